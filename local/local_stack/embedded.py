@@ -1,0 +1,91 @@
+"""AWS for the local stack: an embedded moto server on a free loopback port, and the process
+environment that points every boto3 client at it.
+
+The handlers build their clients from the environment (`AWS_ENDPOINT_URL` is honoured by botocore
+itself), so the same code that runs in Lambda talks to moto here, assumed-role clients included.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+DEFAULT_REGION = "eu-west-1"
+_FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+class EmbeddedAws:
+    """A moto server in this process. Start it, read `endpoint`, stop it."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self._server = None
+        self.endpoint = ""
+
+    def start(self) -> str:
+        # Set before the first IAM backend exists: AWSDenyAll and the other AWS managed policies are
+        # only there when moto loads them.
+        os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
+        # MOTO_ACCOUNT_ID would override the account of assumed-role credentials: no member accounts.
+        os.environ.pop("MOTO_ACCOUNT_ID", None)
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
+
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address=self.host, port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        self._server = server
+        self.endpoint = f"http://{host}:{port}"
+        return self.endpoint
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+class EnvironmentPatch:
+    """Set environment variables for the stack's lifetime and put the previous values back after."""
+
+    def __init__(self) -> None:
+        self._saved: dict[str, str | None] = {}
+
+    def set(self, values: Mapping[str, str | None]) -> None:
+        for name, value in values.items():
+            if name not in self._saved:
+                self._saved[name] = os.environ.get(name)
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    def setdefault(self, values: Mapping[str, str]) -> None:
+        """Set only what the user has not set: their environment wins."""
+        self.set({name: value for name, value in values.items() if name not in os.environ})
+
+    def restore(self) -> None:
+        for name, value in self._saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved.clear()
+
+
+def aws_environment(endpoint: str, region: str, *, embedded: bool) -> dict[str, str | None]:
+    """What every client of the process needs to reach `endpoint` in `region`.
+
+    Embedded moto gets fake credentials, never the user's (no real key is sent anywhere, and no profile
+    or SSO refresh is attempted). Against another endpoint the credentials are the user's.
+    """
+    env: dict[str, str | None] = {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": region, "AWS_REGION": region}
+    if embedded:
+        env.update(_FAKE_CREDENTIALS)
+        env.update({"AWS_SESSION_TOKEN": None, "AWS_PROFILE": None, "AWS_DEFAULT_PROFILE": None})
+    return env
+
+
+def default_region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION

@@ -1,0 +1,171 @@
+"""What the API does, without event shapes: accept a request, report a status.
+
+The request path makes at most two AWS calls: one DynamoDB transaction (the QUEUED record, the
+instance's in-flight slot and, with an Idempotency-Key, the key) and one SQS send. A deduplicated
+request makes two (the transaction, then a read of the status of the isolation it joins), three
+with an Idempotency-Key (its answer is remembered).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.config import IngestSettings
+from shared.errors import IsolationError, RequestNotFound
+from shared.models import (
+    ISOLATION_ID_PATTERN,
+    Accepted,
+    ErrorInfo,
+    IsolationRecord,
+    IsolationRequest,
+    Source,
+    Status,
+    Target,
+    WebhookMessage,
+    new_isolation_id,
+)
+from shared.observability import logger
+from shared.store import Created, IdempotencyClaim, IsolationStore, Joined, Replayed
+
+_ISOLATION_ID = re.compile(ISOLATION_ID_PATTERN)
+
+
+class AccountNotAllowed(IsolationError):
+    def __init__(self, account_id: str) -> None:
+        super().__init__("AccountNotAllowed", f"account {account_id} is not in the allowed accounts")
+
+
+class IdempotencyConflict(IsolationError):
+    def __init__(self) -> None:
+        super().__init__("IdempotencyConflict", "this Idempotency-Key was used with a different request body")
+
+
+class EnqueueFailed(IsolationError):
+    """The request was valid but could not be queued; nothing is left half-done (retry it)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    status_code: int
+    body: dict[str, Any]
+
+
+def accept(
+    request: IsolationRequest,
+    *,
+    settings: IngestSettings,
+    store: IsolationStore,
+    sqs: Any,
+    idempotency_key: str | None = None,
+) -> Answer:
+    if not settings.account_allowed(request.account_id):
+        raise AccountNotAllowed(request.account_id)
+
+    record = IsolationRecord.queued(
+        isolation_id=new_isolation_id(),
+        source=Source.WEBHOOK,
+        target=_target(request),
+        reason=request.reason,
+        requested_by=request.requested_by,
+    )
+    accepted = Answer(202, _accepted(record.isolation_id, Status.QUEUED).body())
+    claim = _claim(idempotency_key, request, accepted, settings) if idempotency_key is not None else None
+
+    outcome = store.create_queued(record, lease_seconds=settings.ACTIVE_LEASE_SECONDS, idempotency=claim)
+    if isinstance(outcome, Replayed):
+        return _replay(outcome, claim)
+    if isinstance(outcome, Joined):
+        joined = _joined(outcome.isolation_id, store)
+        if claim is None:
+            return joined
+        remembered = store.put_idempotency(_with_answer(claim, joined))
+        return joined if remembered is None else _replay(remembered, claim)
+    if not isinstance(outcome, Created):  # a uuid4 collision: cannot happen, never answer wrongly
+        raise EnqueueFailed("IdConflict", "could not allocate an isolation id; retry the request")
+
+    _enqueue(record, request, settings=settings, store=store, sqs=sqs, claim=claim)
+    logger.info("isolation queued", extra={"isolation_id": record.isolation_id})
+    return accepted
+
+
+def status(isolation_id: str, *, store: IsolationStore) -> IsolationRecord:
+    # Only well-formed ids reach the table, so no other kind of item can be read through this route.
+    if not _ISOLATION_ID.match(isolation_id):
+        raise RequestNotFound(isolation_id)
+    record = store.get(isolation_id, consistent=True)
+    if record is None:
+        raise RequestNotFound(isolation_id)
+    return record
+
+
+def history(instance_id: str, account_id: str | None, *, store: IsolationStore) -> list[IsolationRecord]:
+    return store.list_for_instance(instance_id, account_id)
+
+
+def _target(request: IsolationRequest) -> Target:
+    return Target(account_id=request.account_id, region=request.region, instance_id=request.instance_id)
+
+
+def _accepted(isolation_id: str, state: Status, *, deduplicated: bool | None = None) -> Accepted:
+    return Accepted(
+        isolation_id=isolation_id,
+        status=state,
+        status_url=f"/isolations/{isolation_id}",
+        deduplicated=deduplicated,
+    )
+
+
+def _joined(isolation_id: str, store: IsolationStore) -> Answer:
+    """The answer for a request that joins an isolation in flight, with that isolation's status."""
+    current = store.get(isolation_id, consistent=False)
+    state = current.status if current is not None else Status.QUEUED
+    return Answer(200, _accepted(isolation_id, state, deduplicated=True).body())
+
+
+def _claim(key: str, request: IsolationRequest, answer: Answer, settings: IngestSettings) -> IdempotencyClaim:
+    return IdempotencyClaim(
+        key_hash=hashlib.sha256(key.encode()).hexdigest(),
+        body_hash=hashlib.sha256(
+            json.dumps(request.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest(),
+        status_code=answer.status_code,
+        answer=answer.body,
+        ttl_seconds=settings.IDEMPOTENCY_TTL_SECONDS,
+    )
+
+
+def _with_answer(claim: IdempotencyClaim, answer: Answer) -> IdempotencyClaim:
+    return IdempotencyClaim(
+        claim.key_hash, claim.body_hash, answer.status_code, answer.body, claim.ttl_seconds
+    )
+
+
+def _replay(replayed: Replayed, claim: IdempotencyClaim | None) -> Answer:
+    if claim is None or replayed.body_hash != claim.body_hash:
+        raise IdempotencyConflict()
+    return Answer(replayed.status_code, replayed.answer)
+
+
+def _enqueue(
+    record: IsolationRecord,
+    request: IsolationRequest,
+    *,
+    settings: IngestSettings,
+    store: IsolationStore,
+    sqs: Any,
+    claim: IdempotencyClaim | None,
+) -> None:
+    message = WebhookMessage(isolation_id=record.isolation_id, request=request)
+    try:
+        sqs.send_message(QueueUrl=settings.QUEUE_URL, MessageBody=message.model_dump_json())
+    except (ClientError, BotoCoreError) as exc:
+        logger.exception("enqueue failed", extra={"isolation_id": record.isolation_id})
+        error = ErrorInfo(code="EnqueueFailed", message=f"the request could not be queued: {exc}")
+        store.abandon(record, error, claim.key_hash if claim else None)
+        raise EnqueueFailed("EnqueueFailed", "the request could not be queued; retry it") from exc

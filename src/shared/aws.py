@@ -1,0 +1,278 @@
+"""AWS access: the one place that builds clients and assumed-role sessions, and maps AWS errors.
+
+- `client(service, ...)` builds every boto3 client of the service and applies the registered event
+  hooks, so tests and the benchmark can observe or inject on every call (`add_event_hook`).
+- `session_for_account(...)` assumes the execution role in a target account and caches the session per
+  (account, region, role) until shortly before its credentials expire: an STS call on the path to
+  containment is time the attacker gets for free.
+- `classify(exc)` turns a botocore error into a `RetryableError` or a `PermanentError`.
+
+Endpoints come from the environment (`AWS_ENDPOINT_URL`, honoured by botocore itself), which is how the
+local stack points everything at its moto server.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache, lru_cache
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from shared.errors import IsolationError, PermanentError, RetryableError
+
+# Standard retry mode already retries throttling and 5xx a few times with jitter; what survives that
+# is handed to the queue. Short timeouts: a hung call must not eat the Lambda's whole budget.
+_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 3},
+    connect_timeout=3,
+    read_timeout=10,
+)
+
+#: Refresh an assumed-role session when less than this is left of its credentials.
+_REFRESH_MARGIN_SECONDS = 300
+#: Requested lifetime of assumed-role credentials (1 h: the role-chaining maximum, the safe default).
+_SESSION_SECONDS = 3600
+
+_hooks: list[tuple[str, Callable[..., Any]]] = []
+_hooks_lock = threading.Lock()
+
+
+def add_event_hook(event_name: str, handler: Callable[..., Any]) -> Callable[[], None]:
+    """Register a botocore event hook on every client built from now on; returns its remover.
+
+    `event_name` is a botocore event such as `before-call.ec2.ModifyNetworkInterfaceAttribute` or
+    `before-call` for all. A handler that raises `ClientError` injects that AWS error.
+    """
+    entry = (event_name, handler)
+    with _hooks_lock:
+        _hooks.append(entry)
+
+    def remove() -> None:
+        with _hooks_lock:
+            if entry in _hooks:
+                _hooks.remove(entry)
+
+    return remove
+
+
+class _HookDispatcher:
+    """Registered on each client once; forwards to whatever hooks are registered at call time."""
+
+    def __init__(self, event_name: str) -> None:
+        self.event_name = event_name
+
+    def __call__(self, event_name: str = "", **kwargs: Any) -> Any:
+        with _hooks_lock:
+            handlers = [h for name, h in _hooks if event_name == name or event_name.startswith(name + ".")]
+        result = None
+        for handler in handlers:
+            outcome = handler(event_name=event_name, **kwargs)
+            if outcome is not None:
+                result = outcome
+        return result
+
+
+def client(service: str, *, session: boto3.Session | None = None, region: str | None = None) -> Any:
+    """Build a boto3 client; every client in the project comes from here."""
+    built = (session or _default_session()).client(service, region_name=region, config=_CONFIG)
+    for event in ("before-call", "after-call", "before-parameter-build"):
+        built.meta.events.register(event, _HookDispatcher(event))
+    return built
+
+
+@lru_cache(maxsize=1)
+def _default_session() -> boto3.Session:
+    return boto3.Session()
+
+
+@cache
+def same_account_client(service: str) -> Any:
+    """Clients of the service's own account (SQS, DynamoDB): built once, reused by warm starts."""
+    return client(service)
+
+
+def reset_caches() -> None:
+    """Forget cached clients and sessions (tests, and the local stack between runs)."""
+    same_account_client.cache_clear()
+    _default_session.cache_clear()
+    with _sessions_lock:
+        _sessions.clear()
+
+
+# --- assumed-role sessions -------------------------------------------------------------------------
+
+
+@dataclass
+class AccountSession:
+    """An assumed-role session in one target account and region, with its clients."""
+
+    account_id: str
+    region: str
+    session: boto3.Session
+    expires_at: float
+    _clients: dict[str, Any]
+
+    def client(self, service: str) -> Any:
+        if service not in self._clients:
+            self._clients[service] = client(service, session=self.session, region=self.region)
+        return self._clients[service]
+
+    @property
+    def fresh(self) -> bool:
+        return self.expires_at - time.time() > _REFRESH_MARGIN_SECONDS
+
+
+_sessions: dict[tuple[str, str, str], AccountSession] = {}
+_sessions_lock = threading.Lock()
+
+
+def role_arn(account_id: str, role_name: str) -> str:
+    return f"arn:aws:iam::{account_id}:role/{role_name}"
+
+
+def session_for_account(
+    account_id: str,
+    region: str,
+    role_name: str,
+    *,
+    external_id: str | None = None,
+    base: boto3.Session | None = None,
+) -> AccountSession:
+    """Assume `role_name` in `account_id`; cached until shortly before the credentials expire."""
+    key = (account_id, region, role_name)
+    with _sessions_lock:
+        cached = _sessions.get(key)
+    if cached is not None and cached.fresh:
+        return cached
+
+    arn = role_arn(account_id, role_name)
+    params: dict[str, Any] = {
+        "RoleArn": arn,
+        "RoleSessionName": "ec2-isolation-worker",
+        "DurationSeconds": _SESSION_SECONDS,
+    }
+    if external_id:
+        params["ExternalId"] = external_id
+    sts = client("sts", session=base, region=region) if base else same_account_client("sts")
+    try:
+        credentials = sts.assume_role(**params)["Credentials"]
+    except ClientError as exc:
+        raise classify(exc, permanent_code="RoleNotAssumable", context=f"cannot assume {arn}") from exc
+    except BotoCoreError as exc:
+        raise classify(exc, context=f"cannot assume {arn}") from exc
+
+    session = boto3.Session(
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+        region_name=region,
+    )
+    expiration = credentials["Expiration"]
+    if isinstance(expiration, datetime):
+        expires_at = expiration.astimezone(UTC).timestamp()
+    else:  # pragma: no cover - botocore always parses timestamps
+        expires_at = time.time() + _SESSION_SECONDS
+    account_session = AccountSession(account_id, region, session, expires_at, {})
+    with _sessions_lock:
+        _sessions[key] = account_session
+    return account_session
+
+
+def forget_session(account_id: str, region: str, role_name: str) -> None:
+    """Drop a cached session (after the target account rejected its credentials)."""
+    with _sessions_lock:
+        _sessions.pop((account_id, region, role_name), None)
+
+
+# --- error mapping ---------------------------------------------------------------------------------
+
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceededException",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "LimitExceededException",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "Unavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "IDPCommunicationError",
+        "EC2ThrottledException",
+        "TransactionInProgressException",
+    }
+)
+ACCESS_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnauthorizedOperation",
+        "AuthFailure",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "OptInRequired",
+        "Blocked",
+    }
+)
+#: Credentials the target account no longer accepts: drop the cached session and retry.
+EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def classify(exc: Exception, *, permanent_code: str | None = None, context: str = "") -> IsolationError:
+    """Map a botocore/network error onto what the worker should do with it.
+
+    Throttling, 5xx and network errors are retryable; access errors and every other 4xx are permanent.
+    `permanent_code` replaces the AWS code of a permanent error with a domain code (e.g.
+    `RoleNotAssumable`); the AWS code stays in the message.
+    """
+    prefix = f"{context}: " if context else ""
+    if isinstance(exc, IsolationError):
+        return exc
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        message = str(exc.response.get("Error", {}).get("Message", "")) or str(exc)
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        text = f"{prefix}{code}: {message}"
+        if code in THROTTLING_CODES or code in TRANSIENT_CODES or code in EXPIRED_CODES or status >= 500:
+            return RetryableError(code, text)
+        return PermanentError(permanent_code or code, text)
+    if isinstance(
+        exc, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError | ConnectionClosedError
+    ):
+        return RetryableError(type(exc).__name__, f"{prefix}{exc}")
+    if isinstance(exc, BotoCoreError):
+        return RetryableError(type(exc).__name__, f"{prefix}{exc}")
+    return RetryableError(type(exc).__name__, f"{prefix}{exc}")

@@ -1,0 +1,80 @@
+"""Settings from the environment, in one place. Only this module reads `os.environ`.
+
+A misconfigured deploy fails on the first invocation with a readable validation error.
+In tests: set the environment, then call `ingest_settings.cache_clear()` / `worker_settings.cache_clear()`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+def _split_ids(value: object) -> object:
+    if isinstance(value, str):
+        return frozenset(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+AccountAllowList = Annotated[
+    frozenset[Annotated[str, Field(pattern=r"^[0-9]{12}$")]], BeforeValidator(_split_ids)
+]
+
+
+class CommonSettings(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    TABLE_NAME: Annotated[str, Field(min_length=1)]
+    #: Empty means any account.
+    ALLOWED_ACCOUNT_IDS: AccountAllowList = frozenset()
+    #: How long an isolation may hold an instance's "in flight" slot before a new request may take it
+    #: over (a safety net: the worker releases the slot when the isolation ends).
+    ACTIVE_LEASE_SECONDS: Annotated[int, Field(gt=0)] = 3600
+
+    def account_allowed(self, account_id: str) -> bool:
+        return not self.ALLOWED_ACCOUNT_IDS or account_id in self.ALLOWED_ACCOUNT_IDS
+
+
+class IngestSettings(CommonSettings):
+    QUEUE_URL: Annotated[str, Field(min_length=1)]
+    IDEMPOTENCY_TTL_SECONDS: Annotated[int, Field(gt=0)] = 86400
+
+
+class WorkerSettings(CommonSettings):
+    QUEUE_URL: Annotated[str, Field(min_length=1)]
+    TARGET_ROLE_NAME: Annotated[str, Field(min_length=1)]
+    EXTERNAL_ID: str | None = None
+    #: The queue's redrive maxReceiveCount: on that receive a retryable failure ends the record FAILED.
+    MAX_RECEIVE_COUNT: Annotated[int, Field(ge=1)] = 5
+    COALESCE_WINDOW_SECONDS: Annotated[int, Field(ge=0)] = 900
+    ISOLATION_SG_NAME: Annotated[str, Field(min_length=1)] = "ec2-isolation"
+    ISOLATION_PROFILE_NAME: Annotated[str, Field(min_length=1)] = "ec2-isolation-deny-all"
+    ISOLATION_ROLE_NAME: Annotated[str, Field(min_length=1)] = "ec2-isolation-deny-all"
+    #: Upper bound of the in-process wait for IAM / EC2 eventual consistency before the retry is
+    #: handed back to the queue.
+    CONSISTENCY_WAIT_SECONDS: Annotated[float, Field(ge=0)] = 20.0
+    #: Delay of the first retry through the queue; doubles per receive, capped at 900 s (SQS maximum).
+    RETRY_BASE_DELAY_SECONDS: Annotated[int, Field(ge=0, le=900)] = 10
+
+    def empty_to_none(self) -> WorkerSettings:
+        return self
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    if env.get("EXTERNAL_ID") == "":
+        env.pop("EXTERNAL_ID")
+    return env
+
+
+@lru_cache
+def ingest_settings() -> IngestSettings:
+    return IngestSettings.model_validate(_environment())
+
+
+@lru_cache
+def worker_settings() -> WorkerSettings:
+    return WorkerSettings.model_validate(_environment())

@@ -1,0 +1,205 @@
+"""The data that crosses a boundary: webhook requests, queue messages, isolation records.
+
+Constraints live in the types so bad input fails at the edge (a 4xx in ingest, the DLQ in the worker)
+and never reaches the logic. Patterns use explicit ASCII classes: pydantic's regex engine treats `\\d`
+as any Unicode digit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8}([0-9a-f]{9})?$"
+ACCOUNT_ID_PATTERN = r"^[0-9]{12}$"
+REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-[0-9]$"
+ISOLATION_ID_PATTERN = r"^iso-[0-9a-f]{32}$"
+
+InstanceId = Annotated[str, StringConstraints(pattern=INSTANCE_ID_PATTERN)]
+AccountId = Annotated[str, StringConstraints(pattern=ACCOUNT_ID_PATTERN)]
+Region = Annotated[str, StringConstraints(pattern=REGION_PATTERN)]
+
+#: Every tag the service writes starts with this prefix (CONTRACT §5).
+TAG_PREFIX = "ec2-isolation:"
+EXEMPT_TAG = f"{TAG_PREFIX}exempt"
+
+# Namespace for isolation ids derived from a trigger's event id, so a redelivered event maps to the
+# same record instead of starting a second isolation.
+_TRIGGER_NAMESPACE = uuid.UUID("6f1d3c4e-2b8a-4f57-9a51-0c3e7d9b2a10")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso8601(moment: datetime) -> str:
+    """ISO-8601 UTC with a `Z`, millisecond precision: sorts as text, reads as time."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def new_isolation_id() -> str:
+    return f"iso-{uuid.uuid4().hex}"
+
+
+def trigger_isolation_id(source: str, event_id: str) -> str:
+    return f"iso-{uuid.uuid5(_TRIGGER_NAMESPACE, f'{source}:{event_id}').hex}"
+
+
+class Status(StrEnum):
+    QUEUED = "QUEUED"
+    IN_PROGRESS = "IN_PROGRESS"
+    ISOLATED = "ISOLATED"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+
+    @property
+    def is_active(self) -> bool:
+        return self in (Status.QUEUED, Status.IN_PROGRESS)
+
+
+class Source(StrEnum):
+    WEBHOOK = "webhook"
+    GUARDDUTY = "guardduty"
+    TAG = "tag"
+
+
+class StepStatus(StrEnum):
+    DONE = "done"
+    ALREADY = "already"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class IsolationRequest(BaseModel):
+    """Body of `POST /isolate` (CONTRACT §2). Unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    instance_id: InstanceId = Field(description="EC2 instance id, i-xxxxxxxx or i-xxxxxxxxxxxxxxxxx")
+    account_id: AccountId = Field(description="12-digit AWS account id that owns the instance")
+    region: Region = Field(description="AWS region of the instance, e.g. eu-west-1")
+    reason: Annotated[str, Field(max_length=1024)] | None = Field(
+        default=None, description="Why the instance is being isolated (free text)"
+    )
+    requested_by: Annotated[str, Field(max_length=256)] | None = Field(
+        default=None, description="Who asked for the isolation (free text)"
+    )
+
+
+class Target(BaseModel):
+    """The instance an isolation acts on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: AccountId
+    region: Region
+    instance_id: InstanceId
+
+    @property
+    def key(self) -> str:
+        return f"{self.account_id}#{self.region}#{self.instance_id}"
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:ec2:{self.region}:{self.account_id}:instance/{self.instance_id}"
+
+
+class StepRecord(BaseModel):
+    name: str
+    status: StepStatus
+    detail: str = ""
+    at: str
+
+
+class NetworkInterfaceState(BaseModel):
+    id: str
+    security_group_ids: list[str]
+
+
+class PriorState(BaseModel):
+    vpc_id: str
+    network_interfaces: list[NetworkInterfaceState]
+    instance_profile_arn: str | None = None
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class IsolationRecord(BaseModel):
+    """The isolation record of CONTRACT §4, as stored and as served."""
+
+    isolation_id: str
+    status: Status
+    source: Source
+    instance_id: str
+    account_id: str
+    region: str
+    reason: str | None = None
+    requested_by: str | None = None
+    trigger: dict[str, Any] = Field(default_factory=dict)
+    created_at: str
+    updated_at: str
+    contained_at: str | None = None
+    attempts: int = 0
+    steps: list[StepRecord] = Field(default_factory=list)
+    prior_state: PriorState | None = None
+    error: ErrorInfo | None = None
+
+    @property
+    def target(self) -> Target:
+        return Target(account_id=self.account_id, region=self.region, instance_id=self.instance_id)
+
+    @classmethod
+    def queued(
+        cls,
+        *,
+        isolation_id: str,
+        source: Source,
+        target: Target,
+        reason: str | None = None,
+        requested_by: str | None = None,
+        trigger: dict[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> IsolationRecord:
+        stamp = iso8601(now or utcnow())
+        return cls(
+            isolation_id=isolation_id,
+            status=Status.QUEUED,
+            source=source,
+            instance_id=target.instance_id,
+            account_id=target.account_id,
+            region=target.region,
+            reason=reason,
+            requested_by=requested_by,
+            trigger=trigger or {},
+            created_at=stamp,
+            updated_at=stamp,
+        )
+
+
+class WebhookMessage(BaseModel):
+    """What ingest puts on the queue for a webhook request: the record already exists (QUEUED)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["webhook"] = "webhook"
+    isolation_id: Annotated[str, StringConstraints(pattern=ISOLATION_ID_PATTERN)]
+    request: IsolationRequest
+
+
+class Accepted(BaseModel):
+    """Answer of `POST /isolate` (202, or 200 with `deduplicated`)."""
+
+    isolation_id: str
+    status: Status
+    status_url: str
+    deduplicated: bool | None = None
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)

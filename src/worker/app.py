@@ -1,0 +1,83 @@
+"""SQS Lambda: one isolation per message, partial batch failures.
+
+- A valid message runs `run_isolation`; a permanent failure is recorded and acknowledged.
+- A retryable failure fails only its item; the worker sets the message's visibility to the retry delay
+  (exponential per receive, capped at SQS's 900 s), so IAM propagation is retried in seconds rather
+  than after the queue's visibility timeout.
+- A message that is not an isolation request fails its item with no delay, so SQS moves it to the DLQ
+  after maxReceiveCount receives; it is logged with its message id and never blocks the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.aws import same_account_client
+from shared.config import worker_settings
+from shared.errors import RetryableError
+from shared.observability import logger, metrics
+from shared.store import IsolationStore
+from worker.messages import InvalidMessage, parse
+from worker.runner import WorkerDeps, run_isolation
+
+MAX_VISIBILITY_SECONDS = 900
+
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+def deps() -> WorkerDeps:
+    settings = worker_settings()
+    return WorkerDeps(settings=settings, store=IsolationStore(settings.TABLE_NAME))
+
+
+def record_handler(record: SQSRecord) -> str:
+    logger.append_keys(message_id=record.message_id)
+    receive_count = int(record.attributes.approximate_receive_count or 1)
+    try:
+        job = parse(record.body)
+    except InvalidMessage as exc:
+        logger.error("not an isolation request: on to the DLQ", extra={"reason": str(exc)})
+        _retry_after(record, 0)
+        raise
+    worker = deps()
+    try:
+        return run_isolation(job, worker, receive_count=receive_count).value
+    except RetryableError as exc:
+        last = receive_count >= worker.settings.MAX_RECEIVE_COUNT
+        delay = (
+            0
+            if last
+            else exc.delay_seconds or _backoff(worker.settings.RETRY_BASE_DELAY_SECONDS, receive_count)
+        )
+        _retry_after(record, delay)
+        raise
+    finally:
+        logger.remove_keys(["isolation_id", "account_id", "instance_id", "source", "step"])
+
+
+def _backoff(base: int, receive_count: int) -> int:
+    return min(MAX_VISIBILITY_SECONDS, base * 2 ** max(0, receive_count - 1))
+
+
+def _retry_after(record: SQSRecord, seconds: int) -> None:
+    """Make the failed message visible again after `seconds` (instead of the visibility timeout)."""
+    try:
+        same_account_client("sqs").change_message_visibility(
+            QueueUrl=worker_settings().QUEUE_URL,
+            ReceiptHandle=record.receipt_handle,
+            VisibilityTimeout=min(MAX_VISIBILITY_SECONDS, max(0, int(seconds))),
+        )
+    except (ClientError, BotoCoreError):  # the queue's visibility timeout still brings it back
+        logger.exception("could not set the retry delay")
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )

@@ -1,0 +1,235 @@
+"""Runs one isolation: opens its record, contains the instance, records every outcome as it happens.
+
+Order on the path to containment (warm: credentials and isolation group cached):
+DescribeInstances → the record's IN_PROGRESS write with `prior_state` → ModifyNetworkInterfaceAttribute
+per interface (→ `contained_at`). Then the instance profile, termination protection and tags.
+
+Errors: a `PermanentError` ends the record FAILED and the message is acknowledged; a `RetryableError`
+propagates (SQS redelivers), except on the last allowed receive, where the record ends FAILED with the
+last error first (marked resumable: a DLQ redrive runs it again). Nothing stays IN_PROGRESS forever.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.aws import AccountSession, classify, forget_session, session_for_account
+from shared.config import WorkerSettings
+from shared.errors import IsolationError, PermanentError, RetryableError
+from shared.models import (
+    EXEMPT_TAG,
+    ErrorInfo,
+    IsolationRecord,
+    Status,
+    StepRecord,
+    StepStatus,
+    Target,
+    iso8601,
+    utcnow,
+)
+from shared.observability import MetricUnit, logger, metrics
+from shared.store import Coalesced, Exists, IsolationStore, Joined, LeaseHeld
+from worker.instance import describe
+from worker.messages import Job
+from worker.steps import PLAN, StepContext, StepOutcome
+
+#: How long one attempt holds the record (longer than the worker's 60 s timeout).
+LEASE_SECONDS = 120
+#: A copy of the message running concurrently elsewhere: look again after this.
+IN_FLIGHT_RETRY_SECONDS = 30
+
+
+class Outcome(StrEnum):
+    ISOLATED = "isolated"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    JOINED = "joined"
+    COALESCED = "coalesced"
+    DUPLICATE = "duplicate"
+
+
+@dataclass
+class WorkerDeps:
+    settings: WorkerSettings
+    store: IsolationStore
+    sessions: Callable[[Target], AccountSession] | None = None
+    sleep: Callable[[float], None] = field(default=time.sleep)
+
+    def session(self, target: Target) -> AccountSession:
+        if self.sessions is not None:
+            return self.sessions(target)
+        return session_for_account(
+            target.account_id,
+            target.region,
+            self.settings.TARGET_ROLE_NAME,
+            external_id=self.settings.EXTERNAL_ID,
+        )
+
+
+def run_isolation(job: Job, deps: WorkerDeps, *, receive_count: int = 1) -> Outcome:
+    logger.append_keys(
+        isolation_id=job.isolation_id,
+        account_id=job.target.account_id,
+        instance_id=job.target.instance_id,
+        source=job.source.value,
+    )
+    opened = _open_record(job, deps)
+    if isinstance(opened, Outcome):
+        return opened
+    record = opened
+    owner = uuid.uuid4().hex
+    try:
+        outcome = _isolate(job, record, deps, owner)
+    except PermanentError as error:
+        logger.warning("isolation failed", extra={"code": error.code, "error": error.message})
+        deps.store.finish(record, Status.FAILED, error=ErrorInfo(code=error.code, message=error.message))
+        _count(Outcome.FAILED)
+        return Outcome.FAILED
+    except RetryableError as error:
+        if _is_access_expiry(error):
+            forget_session(job.target.account_id, job.target.region, deps.settings.TARGET_ROLE_NAME)
+        if receive_count >= deps.settings.MAX_RECEIVE_COUNT:
+            logger.error("retries exhausted", extra={"code": error.code, "receive_count": receive_count})
+            message = f"gave up after {receive_count} attempts; last error: {error.message}"
+            deps.store.finish(
+                record, Status.FAILED, error=ErrorInfo(code=error.code, message=message), resumable=True
+            )
+            _count(Outcome.FAILED)
+        else:
+            logger.warning("will retry", extra={"code": error.code, "receive_count": receive_count})
+            deps.store.release_lease(record.isolation_id, owner)
+        raise
+    _count(outcome)
+    return outcome
+
+
+def _open_record(job: Job, deps: WorkerDeps) -> IsolationRecord | Outcome:
+    """The record this message runs, or the reason it runs nothing."""
+    store, settings = deps.store, deps.settings
+    fresh = IsolationRecord.queued(
+        isolation_id=job.isolation_id,
+        source=job.source,
+        target=job.target,
+        reason=job.reason,
+        requested_by=job.requested_by,
+        trigger=job.trigger,
+    )
+    if job.is_trigger:
+        created = store.create_queued(
+            fresh,
+            lease_seconds=settings.ACTIVE_LEASE_SECONDS,
+            coalesce_window_seconds=settings.COALESCE_WINDOW_SECONDS,
+        )
+        if isinstance(created, Joined):
+            logger.info("joined the isolation in flight", extra={"joined": created.isolation_id})
+            _count(Outcome.JOINED)
+            return Outcome.JOINED
+        if isinstance(created, Coalesced):
+            _record_coalesced(fresh, created.isolation_id, store)
+            _count(Outcome.COALESCED)
+            return Outcome.COALESCED
+        record = created.record if isinstance(created, Exists) else fresh
+    else:
+        existing = store.get(job.isolation_id)
+        if existing is None:  # a webhook-shaped message that did not come through ingest
+            store.put_record(fresh)
+            existing = fresh
+        record = existing
+
+    if record.status in (Status.ISOLATED, Status.SKIPPED) or (
+        record.status is Status.FAILED and not store.is_resumable(record.isolation_id)
+    ):
+        logger.info("record already ended: nothing to do", extra={"status": record.status.value})
+        return Outcome.DUPLICATE
+    return record
+
+
+def _record_coalesced(fresh: IsolationRecord, earlier_id: str, store: IsolationStore) -> None:
+    step = StepRecord(
+        name="coalesced",
+        status=StepStatus.ALREADY,
+        detail=f"isolated less than the coalesce window ago by {earlier_id}",
+        at=iso8601(utcnow()),
+    )
+    store.put_record(fresh.model_copy(update={"status": Status.ISOLATED, "steps": [step]}))
+    logger.info("coalesced with a recent isolation", extra={"earlier": earlier_id})
+
+
+def _isolate(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str) -> Outcome:
+    settings, store = deps.settings, deps.store
+    if not settings.account_allowed(job.target.account_id):
+        raise PermanentError(
+            "AccountNotAllowed", f"account {job.target.account_id} is not in the allowed accounts"
+        )
+    try:
+        account = deps.session(job.target)
+        facts = describe(account.client("ec2"), job.target)
+    except (ClientError, BotoCoreError) as exc:
+        raise classify(exc) from exc
+
+    if job.is_trigger and facts.tags.get(EXEMPT_TAG, "").strip().lower() == "true":
+        skip = StepOutcome.skipped("check-exemption", f"instance tagged {EXEMPT_TAG}=true: left untouched")
+        store.finish(record, Status.SKIPPED, extra_step=skip.record())
+        return Outcome.SKIPPED
+
+    try:
+        store.begin_attempt(
+            record.isolation_id, owner=owner, lease_seconds=LEASE_SECONDS, prior_state=facts.prior_state()
+        )
+    except LeaseHeld as exc:
+        raise RetryableError(
+            "IsolationInProgress",
+            "another worker is running this isolation",
+            delay_seconds=IN_FLIGHT_RETRY_SECONDS,
+        ) from exc
+
+    ctx = StepContext(
+        isolation_id=record.isolation_id,
+        source=record.source,
+        target=job.target,
+        facts=facts,
+        account=account,
+        settings=settings,
+        sleep=deps.sleep,
+    )
+    for step_class in PLAN:
+        step = step_class()
+        logger.append_keys(step=step.name)
+        try:
+            outcome = step.run(ctx)
+        except (ClientError, BotoCoreError, IsolationError) as exc:
+            error = classify(exc, context=step.name)
+            _record_failed_step(store, record.isolation_id, step.name, error)
+            raise error from exc
+        contained_at = iso8601(utcnow()) if step.contains else None
+        store.add_step(record.isolation_id, outcome.record(), contained_at=contained_at)
+        metrics.add_metric(name=f"Step-{outcome.status.value}", unit=MetricUnit.Count, value=1)
+        if contained_at:
+            logger.info("contained", extra={"contained_at": contained_at})
+    logger.remove_keys(["step"])
+    store.finish(record, Status.ISOLATED)
+    return Outcome.ISOLATED
+
+
+def _record_failed_step(store: IsolationStore, isolation_id: str, name: str, error: IsolationError) -> None:
+    retry = " (will retry)" if isinstance(error, RetryableError) else ""
+    try:
+        store.add_step(
+            isolation_id, StepOutcome.failed(name, f"{error.code}: {error.message}{retry}").record()
+        )
+    except (ClientError, BotoCoreError):  # the original error matters more; it is logged and raised
+        logger.exception("could not record the failed step")
+
+
+def _is_access_expiry(error: IsolationError) -> bool:
+    return error.code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired")
+
+
+def _count(outcome: Outcome) -> None:
+    metrics.add_metric(name=f"Isolation-{outcome.value}", unit=MetricUnit.Count, value=1)

@@ -1,0 +1,246 @@
+"""Containment: the isolation security group of each VPC, alone on every network interface.
+
+AWS facts this respects (see shared/AWS-FACTS.md):
+- groups are found by VPC (`vpc-id` + `group-name` filters), never by `GroupNames`, which only finds
+  groups of the default VPC;
+- a new group gets allow-all egress (IPv4, and IPv6 in a VPC with an IPv6 CIDR): revoke what
+  DescribeSecurityGroups shows, not an assumed shape;
+- right after CreateSecurityGroup other calls may answer `InvalidGroup.NotFound` for a while;
+- `ModifyInstanceAttribute(Groups=...)` fails on multi-ENI instances: set groups per interface.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shared.aws import error_code
+from shared.errors import RetryableError
+from shared.models import TAG_PREFIX
+from worker.consistency import until_consistent
+from worker.steps.base import Step, StepContext, StepOutcome, register
+
+MANAGED_TAG = f"{TAG_PREFIX}managed"
+_NOT_YET = frozenset({"InvalidGroup.NotFound"})
+
+# Warm-Lambda cache of isolation group ids: (account, region, vpc, group name) -> group id.
+_groups: dict[tuple[str, str, str, str], str] = {}
+_groups_lock = threading.Lock()
+
+
+def forget_cached_groups() -> None:
+    with _groups_lock:
+        _groups.clear()
+
+
+def _cache_key(ctx: StepContext, vpc_id: str) -> tuple[str, str, str, str]:
+    return (ctx.target.account_id, ctx.target.region, vpc_id, ctx.settings.ISOLATION_SG_NAME)
+
+
+@register
+class EnsureIsolationSecurityGroup(Step):
+    name = "ensure-isolation-sg"
+    permissions = (
+        "ec2:DescribeSecurityGroups",
+        "ec2:CreateSecurityGroup",
+        "ec2:CreateTags",
+        "ec2:RevokeSecurityGroupEgress",
+        "ec2:RevokeSecurityGroupIngress",
+    )
+
+    def run(self, ctx: StepContext) -> StepOutcome:
+        created: list[str] = []
+        repaired: list[str] = []
+        reused: list[str] = []
+        for vpc_id in ctx.facts.vpc_ids:
+            with _groups_lock:
+                cached = _groups.get(_cache_key(ctx, vpc_id))
+            if cached is not None:
+                ctx.isolation_groups[vpc_id] = cached
+                reused.append(f"{cached} ({vpc_id})")
+                continue
+            group_id, was_created, revoked = self._ensure(ctx, vpc_id)
+            ctx.isolation_groups[vpc_id] = group_id
+            with _groups_lock:
+                _groups[_cache_key(ctx, vpc_id)] = group_id
+            label = f"{group_id} ({vpc_id})"
+            if was_created:
+                created.append(f"{label}, {revoked} default rule(s) revoked")
+            elif revoked:
+                repaired.append(f"{label}, {revoked} stray rule(s) revoked")
+            else:
+                reused.append(label)
+        parts = (
+            [f"created {', '.join(created)}"] * bool(created)
+            + [f"repaired {', '.join(repaired)}"] * bool(repaired)
+            + [f"in place {', '.join(reused)}"] * bool(reused)
+        )
+        detail = "; ".join(parts)
+        return (
+            StepOutcome.done(self.name, detail)
+            if created or repaired
+            else StepOutcome.already(self.name, detail)
+        )
+
+    def _ensure(self, ctx: StepContext, vpc_id: str) -> tuple[str, bool, int]:
+        """(group id, created now?, rules revoked)"""
+        group = self._find(ctx, vpc_id)
+        created = False
+        if group is None:
+            group_id = self._create(ctx, vpc_id)
+            created = True
+            group = until_consistent(
+                lambda: self._describe(ctx, group_id),
+                codes=_NOT_YET,
+                budget_seconds=ctx.settings.CONSISTENCY_WAIT_SECONDS,
+                sleep=ctx.sleep,
+                what=f"DescribeSecurityGroups {group_id}",
+            )
+        revoked = self._strip(ctx, group)
+        return group["GroupId"], created, revoked
+
+    def _find(self, ctx: StepContext, vpc_id: str) -> dict[str, Any] | None:
+        groups = ctx.ec2.describe_security_groups(
+            Filters=[
+                {"Name": "vpc-id", "Values": [vpc_id]},
+                {"Name": "group-name", "Values": [ctx.settings.ISOLATION_SG_NAME]},
+            ]
+        )["SecurityGroups"]
+        return min(groups, key=lambda g: g["GroupId"]) if groups else None
+
+    def _describe(self, ctx: StepContext, group_id: str) -> dict[str, Any]:
+        return ctx.ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
+
+    def _create(self, ctx: StepContext, vpc_id: str) -> str:
+        try:
+            return str(
+                ctx.ec2.create_security_group(
+                    GroupName=ctx.settings.ISOLATION_SG_NAME,
+                    Description="ec2-isolation: no ingress, no egress. Do not add rules.",
+                    VpcId=vpc_id,
+                    TagSpecifications=[
+                        {"ResourceType": "security-group", "Tags": [{"Key": MANAGED_TAG, "Value": "true"}]}
+                    ],
+                )["GroupId"]
+            )
+        except ClientError as exc:
+            if error_code(exc) != "InvalidGroup.Duplicate":
+                raise
+            # Another worker created it a moment ago: use theirs.
+            group = until_consistent(
+                lambda: self._find_or_raise(ctx, vpc_id),
+                codes=_NOT_YET,
+                budget_seconds=ctx.settings.CONSISTENCY_WAIT_SECONDS,
+                sleep=ctx.sleep,
+                what=f"isolation group of {vpc_id}",
+            )
+            return str(group["GroupId"])
+
+    def _find_or_raise(self, ctx: StepContext, vpc_id: str) -> dict[str, Any]:
+        group = self._find(ctx, vpc_id)
+        if group is None:
+            raise ClientError(
+                {"Error": {"Code": "InvalidGroup.NotFound", "Message": "not visible yet"}},
+                "DescribeSecurityGroups",
+            )
+        return group
+
+    def _strip(self, ctx: StepContext, group: dict[str, Any]) -> int:
+        """Revoke every rule the group has, ingress and egress, IPv4 and IPv6."""
+        revoked = 0
+        for rules, revoke in (
+            (group.get("IpPermissionsEgress", []), ctx.ec2.revoke_security_group_egress),
+            (group.get("IpPermissions", []), ctx.ec2.revoke_security_group_ingress),
+        ):
+            if not rules:
+                continue
+            permissions = [_as_request(rule) for rule in rules]
+
+            def call(permissions: list[dict[str, Any]] = permissions, revoke: Any = revoke) -> None:
+                try:
+                    revoke(GroupId=group["GroupId"], IpPermissions=permissions)
+                except ClientError as exc:
+                    if error_code(exc) != "InvalidPermission.NotFound":  # gone already: fine
+                        raise
+
+            until_consistent(
+                call,
+                codes=_NOT_YET,
+                budget_seconds=ctx.settings.CONSISTENCY_WAIT_SECONDS,
+                sleep=ctx.sleep,
+                what=f"revoke rules of {group['GroupId']}",
+            )
+            revoked += sum(_rule_count(rule) for rule in rules)
+        return revoked
+
+
+@register
+class SwapSecurityGroups(Step):
+    name = "swap-security-groups"
+    permissions = ("ec2:ModifyNetworkInterfaceAttribute",)
+    contains = True
+
+    def run(self, ctx: StepContext) -> StepOutcome:
+        changed: list[str] = []
+        unchanged: list[str] = []
+        for interface in ctx.facts.interfaces:
+            group_id = ctx.isolation_groups[interface.vpc_id]
+            if interface.security_group_ids == (group_id,):
+                unchanged.append(interface.id)
+                continue
+            self._set(ctx, interface.id, interface.vpc_id, group_id)
+            changed.append(f"{interface.id} [{', '.join(interface.security_group_ids) or '-'}] -> {group_id}")
+        if changed:
+            tail = f"; already isolated: {', '.join(unchanged)}" if unchanged else ""
+            return StepOutcome.done(self.name, "; ".join(changed) + tail)
+        return StepOutcome.already(self.name, f"only the isolation group on {', '.join(unchanged)}")
+
+    def _set(self, ctx: StepContext, eni_id: str, vpc_id: str, group_id: str) -> None:
+        def call() -> None:
+            ctx.ec2.modify_network_interface_attribute(NetworkInterfaceId=eni_id, Groups=[group_id])
+
+        try:
+            until_consistent(
+                call,
+                codes=_NOT_YET,
+                budget_seconds=ctx.settings.CONSISTENCY_WAIT_SECONDS,
+                sleep=ctx.sleep,
+                what=f"ModifyNetworkInterfaceAttribute {eni_id}",
+            )
+        except RetryableError:
+            # The cached group may have been deleted behind our back: find or create it afresh next time.
+            with _groups_lock:
+                _groups.pop(_cache_key(ctx, vpc_id), None)
+            raise
+
+
+def _as_request(rule: dict[str, Any]) -> dict[str, Any]:
+    """A described rule as a revoke request accepts it (descriptions and ids dropped)."""
+    request: dict[str, Any] = {"IpProtocol": rule["IpProtocol"]}
+    for key in ("FromPort", "ToPort"):
+        if key in rule:
+            request[key] = rule[key]
+    if rule.get("IpRanges"):
+        request["IpRanges"] = [{"CidrIp": r["CidrIp"]} for r in rule["IpRanges"]]
+    if rule.get("Ipv6Ranges"):
+        request["Ipv6Ranges"] = [{"CidrIpv6": r["CidrIpv6"]} for r in rule["Ipv6Ranges"]]
+    if rule.get("PrefixListIds"):
+        request["PrefixListIds"] = [{"PrefixListId": p["PrefixListId"]} for p in rule["PrefixListIds"]]
+    if rule.get("UserIdGroupPairs"):
+        request["UserIdGroupPairs"] = [
+            {k: v for k, v in pair.items() if k in ("GroupId", "UserId", "VpcId", "VpcPeeringConnectionId")}
+            for pair in rule["UserIdGroupPairs"]
+        ]
+    return request
+
+
+def _rule_count(rule: dict[str, Any]) -> int:
+    return max(
+        1,
+        len(rule.get("IpRanges", []))
+        + len(rule.get("Ipv6Ranges", []))
+        + len(rule.get("PrefixListIds", []))
+        + len(rule.get("UserIdGroupPairs", [])),
+    )
