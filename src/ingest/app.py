@@ -21,7 +21,7 @@ from shared.aws import same_account_client
 from shared.config import ingest_settings
 from shared.errors import RequestNotFound
 from shared.models import ACCOUNT_ID_PATTERN, INSTANCE_ID_PATTERN, IsolationRequest
-from shared.observability import logger, metrics
+from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 
 app = APIGatewayRestResolver(enable_validation=True)
@@ -131,6 +131,7 @@ def no_route(_: Exception) -> Response:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    metrics.add_metric(name="ApiRequest", unit=MetricUnit.Count, value=1)
     try:
         event = screen(event)
     except BodyRejected as rejected:

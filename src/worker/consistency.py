@@ -6,6 +6,7 @@ Wait in-process with exponential backoff while the budget lasts; past it, hand t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -22,12 +23,17 @@ MAX_DELAY_SECONDS = 4.0
 QUEUE_RETRY_DELAY_SECONDS = 15
 
 
+def pause(seconds: float) -> None:
+    """The wait between two tries (tests replace it to record waits instead of sleeping)."""
+    time.sleep(seconds)
+
+
 def until_consistent(
     call: Callable[[], T],
     *,
     codes: frozenset[str],
     budget_seconds: float,
-    sleep: Callable[[float], None],
+    sleep: Callable[[float], None] | None,
     what: str,
 ) -> T:
     """Run `call`; while it fails with one of `codes`, back off and try again within the budget."""
@@ -46,6 +52,6 @@ def until_consistent(
                     f"{what}: still {code} after {waited:.1f}s (eventual consistency); retrying later",
                     delay_seconds=QUEUE_RETRY_DELAY_SECONDS,
                 ) from exc
-            sleep(delay)
+            (sleep or pause)(delay)
             waited += delay
             delay = min(delay * 2, MAX_DELAY_SECONDS)

@@ -11,10 +11,9 @@ last error first (marked resumable: a DLQ redrive runs it again). Nothing stays 
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -59,7 +58,7 @@ class WorkerDeps:
     settings: WorkerSettings
     store: IsolationStore
     sessions: Callable[[Target], AccountSession] | None = None
-    sleep: Callable[[float], None] = field(default=time.sleep)
+    sleep: Callable[[float], None] | None = None
 
     def session(self, target: Target) -> AccountSession:
         if self.sessions is not None:

@@ -3,7 +3,6 @@ needs and one `run` that checks before it acts, so a redelivered message is harm
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ class StepContext:
     facts: InstanceFacts
     account: AccountSession
     settings: WorkerSettings
-    sleep: Callable[[float], None] = time.sleep
+    #: None: `worker.consistency.pause`.
+    sleep: Callable[[float], None] | None = None
     #: Filled by ensure-isolation-sg: the isolation security group of each VPC.
     isolation_groups: dict[str, str] = field(default_factory=dict)
 

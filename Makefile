@@ -1,0 +1,49 @@
+# ec2-isolation: every target sets itself up (`install` is idempotent).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+.PHONY: install run test lint format demo bench build deploy clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+run: install
+	$(BIN)/ec2-isolation serve --host $(HOST) --port $(PORT) --seed-demo
+
+test: install lint
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src local tests scripts
+	$(BIN)/ruff format --check src local tests scripts
+	$(BIN)/cfn-lint template.yaml iam-execution-role.yml
+
+format: install
+	$(BIN)/ruff format src local tests scripts
+	$(BIN)/ruff check --fix src local tests scripts
+
+demo: install
+	$(BIN)/ec2-isolation demo
+
+bench: install
+	$(BIN)/python scripts/bench.py
+
+# Deployment needs the AWS SAM CLI and credentials for the security (operations) account.
+build:
+	sam build
+
+deploy: build
+	sam deploy --guided
+
+clean:
+	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache

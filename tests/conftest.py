@@ -1,0 +1,235 @@
+"""Fixtures shared by the unit and integration suites: moto in-process, the stack's own resources built
+from template.yaml, member accounts, fault injection."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from local_stack.cfn import load_template, resolve
+from shared import aws
+from shared.config import ingest_settings, worker_settings
+from shared.store import IsolationStore
+from tests.support.aws import Faults, Member
+from tests.support.events import LambdaContext, api_event, sqs_event
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_REGION = "us-east-1"
+SECURITY_ACCOUNT = "123456789012"
+MEMBER_ACCOUNT = "111122223333"
+OTHER_ACCOUNT = "444455556666"
+MEMBER_REGION = "eu-west-1"
+
+
+@pytest.fixture(scope="session")
+def template() -> dict[str, Any]:
+    return resolve(load_template(ROOT / "template.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _aws_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("AWS_PROFILE", "MOTO_ACCOUNT_ID", "AWS_ENDPOINT_URL", "ALLOWED_ACCOUNT_IDS", "EXTERNAL_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", STACK_REGION)
+    monkeypatch.setenv("AWS_REGION", STACK_REGION)
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Ec2Isolation")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "ec2-isolation")
+    yield
+    _forget_everything()
+
+
+def _forget_everything() -> None:
+    from worker.steps import forget_caches
+
+    ingest_settings.cache_clear()
+    worker_settings.cache_clear()
+    aws.reset_caches()
+    forget_caches()
+
+
+@pytest.fixture
+def faults() -> Iterator[Faults]:
+    injected = Faults()
+    yield injected
+    injected.clear()
+
+
+@pytest.fixture
+def aws_mock() -> Iterator[None]:
+    """moto in-process, with AWS managed policies (AWSDenyAll exists in every real account)."""
+    with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
+        _forget_everything()
+        yield
+
+
+@dataclass
+class Stack:
+    """The security account's side: table, queue and DLQ as template.yaml declares them."""
+
+    table_name: str
+    queue_url: str
+    queue_arn: str
+    dlq_url: str
+    sqs: Any
+    store: IsolationStore
+    max_receive_count: int
+
+    def api(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        from ingest.app import lambda_handler
+
+        response = lambda_handler(api_event(method, path, **kwargs), LambdaContext())
+        return response["statusCode"], json.loads(response["body"])
+
+    def receive(self, *, wait: bool = False) -> list[dict[str, Any]]:
+        return self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=10,
+            MessageSystemAttributeNames=["All"],
+            WaitTimeSeconds=1 if wait else 0,
+        ).get("Messages", [])
+
+    def queued(self) -> int:
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]) + int(
+            attributes["ApproximateNumberOfMessagesNotVisible"]
+        )
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return self.sqs.receive_message(QueueUrl=self.dlq_url, MaxNumberOfMessages=10).get("Messages", [])
+
+    def send(self, body: dict[str, Any] | str) -> None:
+        self.sqs.send_message(
+            QueueUrl=self.queue_url, MessageBody=body if isinstance(body, str) else json.dumps(body)
+        )
+
+    def work(self, messages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """One invocation of the worker with what the queue gives (or `messages`), then what Lambda's
+        event source mapping does: delete the successes, leave the failures."""
+        from worker.app import lambda_handler
+
+        batch = self.receive() if messages is None else messages
+        if not batch:
+            return {"batchItemFailures": []}
+        try:
+            response = lambda_handler(sqs_event(batch, self.queue_arn), LambdaContext())
+        except Exception:  # every record failed: Powertools raises, the whole batch comes back
+            return {"batchItemFailures": [{"itemIdentifier": m["MessageId"]} for m in batch], "raised": True}
+        failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+        done = [m for m in batch if m["MessageId"] not in failed]
+        if done:
+            self.sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
+            )
+        return response
+
+    def drain(self, *, rounds: int = 10) -> list[dict[str, Any]]:
+        """Run the worker until the queue is empty, letting retry delays pass at once."""
+        responses = []
+        for _ in range(rounds):
+            batch = self.receive()
+            if not batch:
+                break
+            response = self.work(batch)
+            responses.append(response)
+            failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+            for message in batch:
+                if message["MessageId"] in failed:  # time passes: the retry delay is over
+                    self.sqs.change_message_visibility(
+                        QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+                    )
+        return responses
+
+
+def build_stack(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch, **env: str) -> Stack:
+    resources = template["Resources"]
+    table = resources["IsolationTable"]["Properties"]
+    ddb = boto3.client("dynamodb", region_name=STACK_REGION)
+    ddb.create_table(
+        TableName="ec2-isolation-test",
+        KeySchema=table["KeySchema"],
+        AttributeDefinitions=table["AttributeDefinitions"],
+        BillingMode=table["BillingMode"],
+        GlobalSecondaryIndexes=[
+            {k: v for k, v in index.items() if k in ("IndexName", "KeySchema", "Projection")}
+            for index in table["GlobalSecondaryIndexes"]
+        ],
+    )
+    sqs = boto3.client("sqs", region_name=STACK_REGION)
+    queue = resources["IsolationQueue"]["Properties"]
+    dlq_url = sqs.create_queue(
+        QueueName="ec2-isolation-dlq",
+        Attributes={
+            "MessageRetentionPeriod": str(
+                resources["IsolationDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"]
+            )
+        },
+    )["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    max_receive = int(queue["RedrivePolicy"]["maxReceiveCount"])
+    queue_url = sqs.create_queue(
+        QueueName="ec2-isolation",
+        Attributes={
+            "VisibilityTimeout": str(queue["VisibilityTimeout"]),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive}),
+        },
+    )["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    settings = {
+        "TABLE_NAME": "ec2-isolation-test",
+        "QUEUE_URL": queue_url,
+        "TARGET_ROLE_NAME": template["Parameters"]["TargetRoleName"],
+        "MAX_RECEIVE_COUNT": str(max_receive),
+        "CONSISTENCY_WAIT_SECONDS": "2",
+        **env,
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    _forget_everything()
+    return Stack(
+        table_name="ec2-isolation-test",
+        queue_url=queue_url,
+        queue_arn=queue_arn,
+        dlq_url=dlq_url,
+        sqs=sqs,
+        store=IsolationStore("ec2-isolation-test", client=ddb),
+        max_receive_count=max_receive,
+    )
+
+
+@pytest.fixture
+def stack(aws_mock: None, template: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Stack:
+    return build_stack(template, monkeypatch)
+
+
+@pytest.fixture
+def member(aws_mock: None) -> Member:
+    """A member account as the StackSet leaves it: the isolation role and profile exist."""
+    account = Member(MEMBER_ACCOUNT, MEMBER_REGION)
+    account.install_isolation_profile()
+    return account
+
+
+@pytest.fixture(autouse=True)
+def _no_real_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Backoff waits are recorded, not slept, in unit and integration tests."""
+    slept: list[float] = []
+    monkeypatch.setattr("worker.consistency.pause", slept.append)
+    return slept

@@ -1,0 +1,241 @@
+"""Test helpers for AWS: member accounts in moto, and faults injected with the project's client hooks."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from shared import aws
+
+ISOLATION_NAME = "ec2-isolation-deny-all"
+AMI = "ami-12c6146b"  # one of moto's stock images
+
+
+@dataclass
+class Vpc:
+    id: str
+    subnet_ids: list[str]
+    app_group_id: str
+
+
+class Member:
+    """A member account of the demo organization, reached the way the worker reaches it (AssumeRole)."""
+
+    def __init__(self, account_id: str, region: str) -> None:
+        self.account_id = account_id
+        self.region = region
+        credentials = boto3.client("sts", region_name=region).assume_role(
+            RoleArn=f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole", RoleSessionName="tests"
+        )["Credentials"]
+        self.session = boto3.Session(
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+            region_name=region,
+        )
+        self.ec2 = self.session.client("ec2")
+        self.iam = self.session.client("iam")
+
+    # --- building --------------------------------------------------------------------------------
+
+    def vpc(self, cidr: str = "10.0.0.0/16", *, ipv6: bool = False, subnets: int = 1) -> Vpc:
+        vpc_id = self.ec2.create_vpc(CidrBlock=cidr, AmazonProvidedIpv6CidrBlock=ipv6)["Vpc"]["VpcId"]
+        base = cidr.split(".")
+        subnet_ids = [
+            self.ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"{base[0]}.{base[1]}.{i}.0/24")["Subnet"][
+                "SubnetId"
+            ]
+            for i in range(subnets)
+        ]
+        group = self.ec2.create_security_group(GroupName="app", Description="app", VpcId=vpc_id)["GroupId"]
+        self.ec2.authorize_security_group_ingress(
+            GroupId=group,
+            IpPermissions=[
+                {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+            ],
+        )
+        return Vpc(vpc_id, subnet_ids, group)
+
+    def app_profile(self, name: str = "app") -> str:
+        try:
+            self.iam.create_role(
+                RoleName=name, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17"})
+            )
+            self.iam.create_instance_profile(InstanceProfileName=name)
+            self.iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "EntityAlreadyExists":
+                raise
+        return name
+
+    def install_isolation_profile(self, *, deny_all: bool = True) -> str:
+        """What iam-execution-role.yml creates in every member account."""
+        self.iam.create_role(
+            RoleName=ISOLATION_NAME,
+            AssumeRolePolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Action": "sts:AssumeRole",
+                            "Principal": {"Service": "ec2.amazonaws.com"},
+                        }
+                    ],
+                }
+            ),
+        )
+        if deny_all:
+            self.iam.attach_role_policy(
+                RoleName=ISOLATION_NAME, PolicyArn="arn:aws:iam::aws:policy/AWSDenyAll"
+            )
+        arn = self.iam.create_instance_profile(InstanceProfileName=ISOLATION_NAME)["InstanceProfile"]["Arn"]
+        self.iam.add_role_to_instance_profile(InstanceProfileName=ISOLATION_NAME, RoleName=ISOLATION_NAME)
+        return str(arn)
+
+    def instance(
+        self,
+        vpc: Vpc,
+        *,
+        enis: int = 2,
+        profile: str | None = "app",
+        tags: dict[str, str] | None = None,
+        extra_groups: list[str] | None = None,
+    ) -> str:
+        """Launch with NetworkInterfaces=[...], so moto keeps per-ENI groups (AWS-FACTS)."""
+        params: dict[str, Any] = {
+            "ImageId": AMI,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "InstanceType": "t3.micro",
+            "NetworkInterfaces": [
+                {
+                    "DeviceIndex": i,
+                    "SubnetId": vpc.subnet_ids[i % len(vpc.subnet_ids)],
+                    "Groups": [vpc.app_group_id, *(extra_groups or [])],
+                }
+                for i in range(enis)
+            ],
+        }
+        if profile:
+            params["IamInstanceProfile"] = {"Name": self.app_profile(profile)}
+        if tags:
+            params["TagSpecifications"] = [
+                {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+            ]
+        return str(self.ec2.run_instances(**params)["Instances"][0]["InstanceId"])
+
+    # --- observing -------------------------------------------------------------------------------
+
+    def described(self, instance_id: str) -> dict[str, Any]:
+        return self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+
+    def eni_groups(self, instance_id: str) -> dict[str, list[str]]:
+        return {
+            eni["NetworkInterfaceId"]: [g["GroupId"] for g in eni["Groups"]]
+            for eni in self.described(instance_id)["NetworkInterfaces"]
+        }
+
+    def isolation_groups(self, vpc_id: str) -> list[dict[str, Any]]:
+        return self.ec2.describe_security_groups(
+            Filters=[
+                {"Name": "vpc-id", "Values": [vpc_id]},
+                {"Name": "group-name", "Values": ["ec2-isolation"]},
+            ]
+        )["SecurityGroups"]
+
+    def profile_of(self, instance_id: str) -> str | None:
+        """The associated profile, from the associations (moto's DescribeInstances lags a replace)."""
+        associations = self.ec2.describe_iam_instance_profile_associations(
+            Filters=[
+                {"Name": "instance-id", "Values": [instance_id]},
+                {"Name": "state", "Values": ["associated"]},
+            ]
+        )["IamInstanceProfileAssociations"]
+        return associations[0]["IamInstanceProfile"]["Arn"] if associations else None
+
+    def tags(self, instance_id: str) -> dict[str, str]:
+        return {t["Key"]: t["Value"] for t in self.described(instance_id).get("Tags", [])}
+
+    def termination_protected(self, instance_id: str) -> bool:
+        return bool(
+            self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="disableApiTermination")[
+                "DisableApiTermination"
+            ]["Value"]
+        )
+
+
+# --- faults and call counting ------------------------------------------------------------------------
+
+
+def client_error(code: str, operation: str, status: int = 400, message: str = "injected") -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        operation,
+    )
+
+
+@dataclass
+class Fault:
+    """Raises `code` on the first `times` calls of `service.operation` (None: every call)."""
+
+    service: str
+    operation: str
+    code: str
+    times: int | None = 1
+    status: int = 400
+    when: Callable[[dict[str, Any]], bool] | None = None
+    raised: int = 0
+    seen: int = 0
+
+    def __call__(self, params: dict[str, Any], **_: Any) -> None:
+        if self.when is not None and not self.when(params):
+            return
+        self.seen += 1
+        if self.times is None or self.raised < self.times:
+            self.raised += 1
+            raise client_error(self.code, self.operation, self.status)
+
+
+@dataclass
+class Faults:
+    """Registered on every client the project builds (shared.aws.add_event_hook); removed after the test."""
+
+    _removers: list[Callable[[], None]] = field(default_factory=list)
+    calls: Counter[str] = field(default_factory=Counter)
+    log: list[str] = field(default_factory=list)
+
+    def inject(self, service: str, operation: str, code: str, **kwargs: Any) -> Fault:
+        fault = Fault(service, operation, code, **kwargs)
+        self._removers.append(aws.add_event_hook(f"before-call.{service}.{operation}", fault))
+        return fault
+
+    def count(self) -> None:
+        def record(event_name: str, **_: Any) -> None:
+            name = ".".join(event_name.split(".")[1:3])
+            self.calls[name] += 1
+            self.log.append(name)
+
+        self._removers.append(aws.add_event_hook("before-call", record))
+
+    def clear(self) -> None:
+        for remove in self._removers:
+            remove()
+        self._removers.clear()
+
+
+@contextmanager
+def counting() -> Iterator[Faults]:
+    faults = Faults()
+    faults.count()
+    try:
+        yield faults
+    finally:
+        faults.clear()
