@@ -3,9 +3,10 @@ from template.yaml, member accounts, fault injection."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,7 @@ class Stack:
     sqs: Any
     store: IsolationStore
     max_receive_count: int
+    retrying: list[dict[str, Any]] = field(default_factory=list)
 
     def api(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
         from ingest.app import lambda_handler
@@ -126,8 +128,10 @@ class Stack:
         try:
             response = lambda_handler(sqs_event(batch, self.queue_arn), LambdaContext())
         except Exception:  # every record failed: Powertools raises, the whole batch comes back
+            self.retrying.extend(batch)
             return {"batchItemFailures": [{"itemIdentifier": m["MessageId"]} for m in batch], "raised": True}
         failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+        self.retrying.extend(m for m in batch if m["MessageId"] in failed)
         done = [m for m in batch if m["MessageId"] not in failed]
         if done:
             self.sqs.delete_message_batch(
@@ -136,6 +140,15 @@ class Stack:
             )
         return response
 
+    def let_time_pass(self) -> None:
+        """The retry delays the worker set on failed messages are over: they are visible again."""
+        for message in self.retrying:
+            with contextlib.suppress(self.sqs.exceptions.ClientError):  # moved to the DLQ or deleted
+                self.sqs.change_message_visibility(
+                    QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+                )
+        self.retrying.clear()
+
     def drain(self, *, rounds: int = 10) -> list[dict[str, Any]]:
         """Run the worker until the queue is empty, letting retry delays pass at once."""
         responses = []
@@ -143,14 +156,8 @@ class Stack:
             batch = self.receive()
             if not batch:
                 break
-            response = self.work(batch)
-            responses.append(response)
-            failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
-            for message in batch:
-                if message["MessageId"] in failed:  # time passes: the retry delay is over
-                    self.sqs.change_message_visibility(
-                        QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
-                    )
+            responses.append(self.work(batch))
+            self.let_time_pass()
         return responses
 
 

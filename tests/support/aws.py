@@ -214,8 +214,14 @@ class Faults:
 
     def inject(self, service: str, operation: str, code: str, **kwargs: Any) -> Fault:
         fault = Fault(service, operation, code, **kwargs)
-        self._removers.append(aws.add_event_hook(f"before-call.{service}.{operation}", fault))
+        # before-parameter-build sees the API parameters as the code passed them; raising there fails
+        # the call before anything is sent, as an AWS error would.
+        self._removers.append(aws.add_event_hook(f"before-parameter-build.{service}.{operation}", fault))
         return fault
+
+    def hook(self, event_name: str, handler: Callable[..., Any]) -> None:
+        """Any botocore hook (e.g. `after-call.ec2.CreateSecurityGroup`) on the project's clients."""
+        self._removers.append(aws.add_event_hook(event_name, handler))
 
     def count(self) -> None:
         def record(event_name: str, **_: Any) -> None:

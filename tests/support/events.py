@@ -104,3 +104,88 @@ def load_event(name: str, **replacements: str) -> dict[str, Any]:
     for old, new in replacements.items():
         text = text.replace(old, new)
     return json.loads(text)
+
+
+def guardduty_event(
+    account_id: str,
+    region: str,
+    instance_id: str,
+    *,
+    severity: float = 8.0,
+    finding_type: str = "UnauthorizedAccess:EC2/SSHBruteForce",
+    finding_id: str | None = None,
+    administrator: str = "123456789012",
+) -> dict[str, Any]:
+    """A GuardDuty finding as EventBridge delivers it to the delegated administrator's bus."""
+    finding_id = finding_id or uuid.uuid4().hex
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "GuardDuty Finding",
+        "source": "aws.guardduty",
+        "account": administrator,
+        "time": "2026-11-26T12:00:00Z",
+        "region": region,
+        "resources": [],
+        "detail": {
+            "schemaVersion": "2.0",
+            "accountId": account_id,
+            "region": region,
+            "partition": "aws",
+            "id": finding_id,
+            "arn": f"arn:aws:guardduty:{region}:{account_id}:detector/d1/finding/{finding_id}",
+            "type": finding_type,
+            "resource": {
+                "resourceType": "Instance",
+                "instanceDetails": {
+                    "instanceId": instance_id,
+                    "instanceType": "t3.micro",
+                    "networkInterfaces": [],
+                    "tags": [],
+                },
+            },
+            "service": {
+                "serviceName": "guardduty",
+                "detectorId": "d1",
+                "action": {"actionType": "NETWORK_CONNECTION"},
+                "resourceRole": "TARGET",
+                "count": 1,
+            },
+            "severity": severity,
+            "createdAt": "2026-11-26T11:59:00.000Z",
+            "updatedAt": "2026-11-26T12:00:00.000Z",
+            "title": f"{finding_type} against {instance_id}.",
+            "description": "Injected by the tests.",
+        },
+    }
+
+
+def tag_event(
+    account_id: str,
+    region: str,
+    instance_id: str,
+    *,
+    changed: list[str] | None = None,
+    tags: dict[str, str] | None = None,
+    include_account: bool = False,
+) -> dict[str, Any]:
+    """A `Tag Change on Resource` event as moto delivers it (no `account`), unless told otherwise."""
+    event: dict[str, Any] = {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Tag Change on Resource",
+        "source": "aws.tag",
+        "time": "2026-11-26T12:00:00Z",
+        "region": region,
+        "resources": [f"arn:aws:ec2:{region}:{account_id}:instance/{instance_id}"],
+        "detail": {
+            "changed-tag-keys": changed if changed is not None else ["isolate"],
+            "service": "ec2",
+            "resource-type": "instance",
+            "version": 3,
+            "tags": tags if tags is not None else {"isolate": "true", "Name": "web"},
+        },
+    }
+    if include_account:
+        event["account"] = account_id
+    return event
