@@ -34,6 +34,21 @@ def template() -> dict[str, Any]:
     return resolve(load_template(ROOT / "template.yaml"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _few_managed_policies() -> Iterator[None]:
+    """moto parses its ~1,000 AWS managed policies for every account it creates (about 0.1 s each);
+    the service only needs AWSDenyAll, so the tests give moto just the policies they use."""
+    import moto.iam.models as iam_models
+
+    full = iam_models.aws_managed_policies_data
+    wanted = {"AWSDenyAll", "AmazonS3ReadOnlyAccess", "AdministratorAccess"}
+    iam_models.aws_managed_policies_data = json.dumps(
+        {name: body for name, body in json.loads(full).items() if name in wanted}
+    )
+    yield
+    iam_models.aws_managed_policies_data = full
+
+
 @pytest.fixture(autouse=True)
 def _aws_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("AWS_PROFILE", "MOTO_ACCOUNT_ID", "AWS_ENDPOINT_URL", "ALLOWED_ACCOUNT_IDS", "EXTERNAL_ID"):
