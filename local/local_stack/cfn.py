@@ -87,6 +87,8 @@ for _tag in (
     _Loader.add_constructor(f"!{_tag}", _short_form(f"Fn::{_tag}"))
 _Loader.add_constructor("!Ref", _short_form("Ref"))
 _Loader.add_constructor("!Condition", _short_form("Condition"))
+# CloudFormation reads `Version: 2012-10-17` as a string, not a date.
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))
 
 
 def load_template(path: str | Path) -> dict[str, Any]:

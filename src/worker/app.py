@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from shared.aws import same_account_client
 from shared.config import worker_settings
 from shared.errors import RetryableError
-from shared.observability import logger, metrics
+from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 from worker.messages import InvalidMessage, parse
 from worker.runner import WorkerDeps, run_isolation
@@ -78,6 +78,7 @@ def _retry_after(record: SQSRecord, seconds: int) -> None:
 @logger.inject_lambda_context
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    metrics.add_metric(name="MessagesReceived", unit=MetricUnit.Count, value=len(event.get("Records") or []))
     return process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context
     )

@@ -89,15 +89,7 @@ class EnsureIsolationSecurityGroup(Step):
         group = self._find(ctx, vpc_id)
         created = False
         if group is None:
-            group_id = self._create(ctx, vpc_id)
-            created = True
-            group = until_consistent(
-                lambda: self._describe(ctx, group_id),
-                codes=_NOT_YET,
-                budget_seconds=ctx.settings.CONSISTENCY_WAIT_SECONDS,
-                sleep=ctx.sleep,
-                what=f"DescribeSecurityGroups {group_id}",
-            )
+            group, created = self._create(ctx, vpc_id)
         revoked = self._strip(ctx, group)
         return group["GroupId"], created, revoked
 
@@ -113,30 +105,35 @@ class EnsureIsolationSecurityGroup(Step):
     def _describe(self, ctx: StepContext, group_id: str) -> dict[str, Any]:
         return ctx.ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
 
-    def _create(self, ctx: StepContext, vpc_id: str) -> str:
+    def _create(self, ctx: StepContext, vpc_id: str) -> tuple[dict[str, Any], bool]:
+        """Create the VPC's group; (the group as described, created by us?)."""
         try:
-            return str(
-                ctx.ec2.create_security_group(
-                    GroupName=ctx.settings.ISOLATION_SG_NAME,
-                    Description="ec2-isolation: no ingress, no egress. Do not add rules.",
-                    VpcId=vpc_id,
-                    TagSpecifications=[
-                        {"ResourceType": "security-group", "Tags": [{"Key": MANAGED_TAG, "Value": "true"}]}
-                    ],
-                )["GroupId"]
-            )
+            group_id = ctx.ec2.create_security_group(
+                GroupName=ctx.settings.ISOLATION_SG_NAME,
+                Description="ec2-isolation: no ingress, no egress. Do not add rules.",
+                VpcId=vpc_id,
+                TagSpecifications=[
+                    {"ResourceType": "security-group", "Tags": [{"Key": MANAGED_TAG, "Value": "true"}]}
+                ],
+            )["GroupId"]
         except ClientError as exc:
             if error_code(exc) != "InvalidGroup.Duplicate":
                 raise
             # Another worker created it a moment ago: use theirs.
-            group = until_consistent(
-                lambda: self._find_or_raise(ctx, vpc_id),
-                codes=_NOT_YET,
-                budget_seconds=ctx.settings.CONSISTENCY_WAIT_SECONDS,
-                sleep=ctx.sleep,
-                what=f"isolation group of {vpc_id}",
-            )
-            return str(group["GroupId"])
+            return self._consistently(
+                ctx, lambda: self._find_or_raise(ctx, vpc_id), f"group of {vpc_id}"
+            ), False
+        # Describe what AWS gave the new group (its default egress), once it is visible.
+        return self._consistently(ctx, lambda: self._describe(ctx, group_id), f"new group {group_id}"), True
+
+    def _consistently(self, ctx: StepContext, call: Any, what: str) -> dict[str, Any]:
+        return until_consistent(
+            call,
+            codes=_NOT_YET,
+            budget_seconds=ctx.settings.CONSISTENCY_WAIT_SECONDS,
+            sleep=ctx.sleep,
+            what=what,
+        )
 
     def _find_or_raise(self, ctx: StepContext, vpc_id: str) -> dict[str, Any]:
         group = self._find(ctx, vpc_id)

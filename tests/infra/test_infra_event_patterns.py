@@ -1,0 +1,201 @@
+"""The rules' event patterns, read from the templates and evaluated by moto's EventBridge matcher (the
+one the local stack runs), against events in the documented AWS shapes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from moto.events.models import EventPattern
+
+from local_stack.cfn import event_pattern
+
+INSTANCE_ARN = "arn:aws:ec2:eu-west-1:222222222222:instance/i-0123456789abcdef0"
+
+
+def _finding(severity: float = 8.0, *, finding_type: str = "Backdoor:EC2/C&CActivity.B!DNS", resource_type: str = "Instance") -> dict[str, Any]:  # fmt: skip
+    return {
+        "version": "0",
+        "id": "c8c4daa7-a20c-2f03-0070-b7393dd542ad",
+        "detail-type": "GuardDuty Finding",
+        "source": "aws.guardduty",
+        "account": "111111111111",
+        "time": "2026-11-01T10:00:00Z",
+        "region": "eu-west-1",
+        "resources": [],
+        "detail": {
+            "schemaVersion": "2.0",
+            "accountId": "222222222222",
+            "region": "eu-west-1",
+            "id": "16afba5c5c43e07c9e3e5e2e544e95df",
+            "type": finding_type,
+            "severity": severity,
+            "resource": {
+                "resourceType": resource_type,
+                "instanceDetails": {"instanceId": "i-0123456789abcdef0"},
+            },
+            "service": {"resourceRole": "TARGET"},
+            "updatedAt": "2026-11-01T09:58:00Z",
+        },
+    }
+
+
+def _tag_change(
+    changed: list[str], tags: dict[str, str], *, resource_type: str = "instance"
+) -> dict[str, Any]:
+    return {
+        "version": "0",
+        "id": "ffd8a6fe-32f8-ef66-c85c-111111111111",
+        "detail-type": "Tag Change on Resource",
+        "source": "aws.tag",
+        "account": "222222222222",
+        "time": "2026-11-01T10:00:00Z",
+        "region": "eu-west-1",
+        "resources": [INSTANCE_ARN],
+        "detail": {
+            "changed-tag-keys": changed,
+            "service": "ec2",
+            "resource-type": resource_type,
+            "version": 3,
+            "tags": tags,
+        },
+    }
+
+
+def _matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
+    # EventPattern.load parses the pattern as EventBridge's PutRule would receive it (a JSON string).
+    return EventPattern.load(json.dumps(pattern)).matches_event(event)
+
+
+def _only_simple_matchers(node: Any) -> bool:
+    """Plain values, `prefix` and `numeric`: what both AWS and the local stack's moto evaluate alike."""
+    if isinstance(node, dict):
+        return all(_only_simple_matchers(value) for value in node.values())
+    assert isinstance(node, list) and node, node
+    for item in node:
+        if isinstance(item, dict):
+            ((matcher, argument),) = item.items()
+            if matcher == "prefix":
+                assert isinstance(argument, str)
+            elif matcher == "numeric":
+                assert all(isinstance(v, (int, float)) for v in argument[1::2]), "numbers, not strings"
+            else:
+                return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def guardduty(deployed):
+    def pattern(**overrides: str) -> dict[str, Any]:
+        return event_pattern(deployed(**overrides)["Resources"]["GuardDutyFindingRule"])
+
+    return pattern
+
+
+@pytest.fixture(scope="module")
+def tag_pattern(deployed) -> dict[str, Any]:
+    return event_pattern(deployed()["Resources"]["TagChangeRule"])
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"FindingTypePrefixes": "Backdoor:EC2/,CryptoCurrency:EC2/", "MinSeverity": "4.5"}]
+)
+def test_patterns_use_only_simple_matchers(guardduty, tag_pattern, overrides) -> None:
+    assert _only_simple_matchers(guardduty(**overrides))
+    assert _only_simple_matchers(tag_pattern)
+
+
+@pytest.mark.parametrize(
+    ("severity", "isolates"),
+    [(8.9, True), (7.0, True), (7, True), (6.9, False), (2.0, False)],
+)
+def test_guardduty_severity_threshold(guardduty, severity: float, isolates: bool) -> None:
+    # Given the default threshold (7) and an EC2 finding of some severity
+    # Then it reaches the queue only at or above the threshold
+    assert _matches(guardduty(), _finding(severity)) is isolates
+
+
+def test_guardduty_threshold_is_a_parameter(guardduty) -> None:
+    assert _matches(guardduty(MinSeverity="4"), _finding(5.0))
+    assert not _matches(guardduty(MinSeverity="8.5"), _finding(8.0))
+
+
+@pytest.mark.parametrize("resource_type", ["AccessKey", "S3Bucket", "EKSCluster"])
+def test_guardduty_findings_of_other_resources_are_ignored(guardduty, resource_type: str) -> None:
+    assert not _matches(guardduty(), _finding(8.0, resource_type=resource_type))
+
+
+def test_other_sources_are_ignored(guardduty) -> None:
+    event = _finding(8.0)
+    event["source"] = "custom.guardduty"
+    assert not _matches(guardduty(), event)
+
+
+def test_guardduty_finding_type_prefixes(guardduty) -> None:
+    # Given a filter on two finding type prefixes
+    pattern = guardduty(FindingTypePrefixes="Backdoor:EC2/,CryptoCurrency:EC2/")
+    # Then findings of those types match and others do not
+    assert _matches(pattern, _finding(finding_type="Backdoor:EC2/C&CActivity.B!DNS"))
+    assert _matches(pattern, _finding(finding_type="CryptoCurrency:EC2/BitcoinTool.B"))
+    assert not _matches(pattern, _finding(finding_type="Recon:EC2/PortProbeUnprotectedPort"))
+    # And without the filter every type matches
+    assert _matches(guardduty(), _finding(finding_type="Recon:EC2/PortProbeUnprotectedPort"))
+    assert "type" not in guardduty()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("changed", "tags", "resource_type", "isolates"),
+    [
+        (["isolate"], {"isolate": "true", "Name": "web"}, "instance", True),
+        (["isolate", "Owner"], {"isolate": "true"}, "instance", True),
+        (["isolate"], {"isolate": "false"}, "instance", False),
+        (["isolate"], {"isolate": "True"}, "instance", False),
+        # isolate=true already there, another tag changes
+        (["Name"], {"isolate": "true", "Name": "web"}, "instance", False),
+        # the service's own tags on an instance tagged isolate=true never trigger again
+        (
+            ["ec2-isolation:id", "ec2-isolation:at", "ec2-isolation:source"],
+            {"isolate": "true"},
+            "instance",
+            False,
+        ),
+        # the isolate tag was deleted
+        (["isolate"], {"Name": "web"}, "instance", False),
+        (["isolate"], {"isolate": "true"}, "volume", False),
+    ],
+)
+def test_tag_change_pattern(tag_pattern, changed, tags, resource_type, isolates: bool) -> None:
+    assert _matches(tag_pattern, _tag_change(changed, tags, resource_type=resource_type)) is isolates
+
+
+def test_member_accounts_forward_exactly_the_tag_pattern(deployed, member_stack) -> None:
+    # Given the member account's forwarding rule (created when a central bus of another account is set)
+    stack = member_stack(CentralEventBusArn="arn:aws:events:eu-west-1:111111111111:event-bus/default")
+    forwarded = event_pattern(stack["Resources"]["TagForwardingRule"])
+    # Then it forwards what the central TagChangeRule acts on, no more and no less
+    assert forwarded == event_pattern(deployed()["Resources"]["TagChangeRule"])
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed"),
+    [
+        ("", True),
+        ("Backdoor:EC2/", True),
+        ("Backdoor:EC2/C&CActivity.B!DNS,CryptoCurrency:EC2/", True),
+        ('Backdoor"}]', False),  # would break out of the JSON pattern
+        ("Backdoor:EC2/\\", False),
+        ("Backdoor:EC2/, Recon:EC2/", False),
+        ("Backdoor:EC2/,,Recon:EC2/", False),
+        ("Backdoor:EC2/,", False),
+    ],
+)
+def test_finding_type_prefixes_cannot_inject_into_the_pattern(
+    sam_template, value: str, allowed: bool
+) -> None:
+    # The GuardDuty pattern is a JSON string built with Fn::Sub (a Ref to a Number parameter would be a
+    # string, which EventBridge's numeric matcher rejects), so the parameter's pattern guards it.
+    import re
+
+    pattern = sam_template["Parameters"]["FindingTypePrefixes"]["AllowedPattern"]
+    assert (re.fullmatch(pattern, value) is not None) is allowed

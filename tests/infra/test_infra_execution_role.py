@@ -1,0 +1,198 @@
+"""iam-execution-role.yml: the member-account role grants exactly what the worker's steps call, each
+action as narrowly as AWS allows; and the two templates and the code agree on names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+#: Actions that support no resource-level permission: the only ones granted on "*".
+DESCRIBE_ACTIONS = {
+    "ec2:DescribeInstances",
+    "ec2:DescribeSecurityGroups",
+    "ec2:DescribeIamInstanceProfileAssociations",
+}
+ACCOUNT = "123456789012"  # the resolver's default AWS::AccountId
+WORKER_ROLE_ARN = "arn:aws:iam::111111111111:role/ec2-isolation-WorkerFunctionRole-ABC123"
+
+
+def _execution_statements(stack: dict[str, Any], helpers) -> list[dict[str, Any]]:
+    return list(helpers.policy_statements(stack["Resources"]["ExecutionRole"]))
+
+
+def _granting(statements: list[dict[str, Any]], action: str, helpers) -> list[dict[str, Any]]:
+    return [s for s in statements if action in helpers.as_list(s["Action"])]
+
+
+def test_role_grants_exactly_the_step_catalogue(member_stack, helpers) -> None:
+    # Given the worker's step catalogue, each step declaring the actions it calls
+    from worker.steps import required_permissions
+
+    required = set(required_permissions())
+    # When the member template's execution role is read
+    granted = helpers.actions_of(member_stack()["Resources"]["ExecutionRole"])
+    # Then it grants every action a step calls, and nothing else
+    assert granted - required == set(), "granted but no step calls it"
+    assert required - granted == set(), "a step calls it but the role does not grant it"
+
+
+def test_only_describe_actions_have_star_resources(member_stack, helpers) -> None:
+    for statement in _execution_statements(member_stack(), helpers):
+        assert statement["Effect"] == "Allow"
+        actions = set(helpers.as_list(statement["Action"]))
+        assert not any("*" in action for action in actions)
+        if statement["Resource"] == "*" or "*" in helpers.as_list(statement["Resource"]):
+            assert actions <= DESCRIBE_ACTIONS, statement.get("Sid")
+        else:
+            assert not actions & DESCRIBE_ACTIONS, statement.get("Sid")
+
+
+def test_every_other_resource_is_in_this_account(member_stack, helpers) -> None:
+    for statement in _execution_statements(member_stack(), helpers):
+        for resource in helpers.as_list(statement["Resource"]):
+            if resource != "*":
+                assert resource.split(":")[4] == ACCOUNT, resource
+
+
+@pytest.mark.parametrize("external_id", ["", "incident-response-7f3a"])
+def test_only_the_worker_role_may_assume_it(member_stack, external_id: str) -> None:
+    # Given the member template with and without an external id
+    role = member_stack(ExternalId=external_id)["Resources"]["ExecutionRole"]["Properties"]
+    # Then its one trust statement names the worker's role, for sts:AssumeRole
+    (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"AWS": WORKER_ROLE_ARN}
+    assert statement["Action"] == "sts:AssumeRole"
+    # And the external id is required when set
+    if external_id:
+        assert statement["Condition"] == {"StringEquals": {"sts:ExternalId": external_id}}
+    else:
+        assert "Condition" not in statement
+    assert role["RoleName"] == "ec2-isolation-execution"
+    assert role["MaxSessionDuration"] >= 3600  # the worker asks for one-hour sessions
+
+
+def test_security_groups_are_created_and_emptied_only_with_the_managed_tag(member_stack, helpers) -> None:
+    statements = _execution_statements(member_stack(), helpers)
+    groups = f"arn:aws:ec2:*:{ACCOUNT}:security-group/*"
+    # CreateSecurityGroup: in any VPC, but the new group must carry the managed tag
+    by_resource = {s["Resource"]: s for s in _granting(statements, "ec2:CreateSecurityGroup", helpers)}
+    assert set(by_resource) == {f"arn:aws:ec2:*:{ACCOUNT}:vpc/*", groups}
+    assert by_resource[groups]["Condition"] == {
+        "StringEquals": {"aws:RequestTag/ec2-isolation:managed": "true"}
+    }
+    # Revoking rules: only on groups that carry it
+    for action in ("ec2:RevokeSecurityGroupEgress", "ec2:RevokeSecurityGroupIngress"):
+        (statement,) = _granting(statements, action, helpers)
+        assert statement["Resource"] == groups
+        assert statement["Condition"] == {"StringEquals": {"aws:ResourceTag/ec2-isolation:managed": "true"}}
+
+
+def test_tags_are_written_only_on_create_or_under_the_service_prefix(member_stack, helpers) -> None:
+    statements = _granting(_execution_statements(member_stack(), helpers), "ec2:CreateTags", helpers)
+    conditions = {s["Resource"]: s["Condition"] for s in statements}
+    assert conditions == {
+        f"arn:aws:ec2:*:{ACCOUNT}:security-group/*": {
+            "StringEquals": {"ec2:CreateAction": "CreateSecurityGroup"}
+        },
+        f"arn:aws:ec2:*:{ACCOUNT}:instance/*": {
+            "ForAllValues:StringLike": {"aws:TagKeys": ["ec2-isolation:*"]}
+        },
+    }
+
+
+def test_iam_actions_touch_only_the_isolation_role_and_profile(member_stack, helpers) -> None:
+    stack = member_stack(IsolationRoleName="ir-deny", IsolationProfileName="ir-deny-profile")
+    statements = _execution_statements(stack, helpers)
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/ir-deny"
+    profile_arn = f"arn:aws:iam::{ACCOUNT}:instance-profile/ir-deny-profile"
+    for statement in statements:
+        actions = helpers.as_list(statement["Action"])
+        if not any(a.startswith("iam:") for a in actions):
+            continue
+        assert all(a.startswith("iam:") for a in actions)
+        assert statement["Resource"] in (role_arn, profile_arn), statement
+    (pass_role,) = _granting(statements, "iam:PassRole", helpers)
+    assert pass_role["Resource"] == role_arn
+    assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+    (attach,) = _granting(statements, "iam:AttachRolePolicy", helpers)
+    assert attach["Condition"] == {"ArnEquals": {"iam:PolicyARN": "arn:aws:iam::aws:policy/AWSDenyAll"}}
+    for action in ("iam:GetInstanceProfile", "iam:CreateInstanceProfile", "iam:AddRoleToInstanceProfile"):
+        assert [s["Resource"] for s in _granting(statements, action, helpers)] == [profile_arn]
+
+
+def test_isolation_profile_holds_a_deny_all_role(member_stack) -> None:
+    resources = member_stack()["Resources"]
+    role = resources["IsolationRole"]["Properties"]
+    assert role["RoleName"] == "ec2-isolation-deny-all"
+    assert role["ManagedPolicyArns"] == ["arn:aws:iam::aws:policy/AWSDenyAll"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "ec2.amazonaws.com"}
+    profile = resources["IsolationInstanceProfile"]["Properties"]
+    assert profile == {"InstanceProfileName": "ec2-isolation-deny-all", "Roles": [{"Ref": "IsolationRole"}]}
+    assert set(member_stack()["Outputs"]) == {"ExecutionRoleArn", "IsolationInstanceProfileArn"}
+
+
+@pytest.mark.parametrize(
+    ("bus", "forwards"),
+    [
+        ("", False),
+        ("arn:aws:events:eu-west-1:111111111111:event-bus/default", True),
+        # the security account itself: its own TagChangeRule sees the events, a rule cannot target its bus
+        (f"arn:aws:events:eu-west-1:{ACCOUNT}:event-bus/default", False),
+    ],
+)
+def test_tag_forwarding_only_to_another_accounts_bus(member_stack, helpers, bus: str, forwards: bool) -> None:
+    resources = member_stack(CentralEventBusArn=bus)["Resources"]
+    assert ("TagForwardingRule" in resources) is forwards
+    assert ("TagForwardingRole" in resources) is forwards
+    if forwards:
+        (target,) = resources["TagForwardingRule"]["Properties"]["Targets"]
+        assert target["Arn"] == bus
+        assert target["RoleArn"] == {"Fn::GetAtt": ["TagForwardingRole", "Arn"]}
+        (statement,) = helpers.policy_statements(resources["TagForwardingRole"])
+        assert statement == {"Effect": "Allow", "Action": "events:PutEvents", "Resource": bus}
+
+
+# --- the templates and the code agree -----------------------------------------------------------------
+
+
+def test_member_and_central_templates_agree_on_names(sam_template, member_template) -> None:
+    central, members = sam_template["Parameters"], member_template["Parameters"]
+    assert central["TargetRoleName"]["Default"] == members["RoleName"]["Default"]
+    assert central["ExternalId"]["Default"] == members["ExternalId"]["Default"] == ""
+    for name in ("IsolationRoleName", "IsolationProfileName"):
+        assert central[name]["Default"] == members[name]["Default"], name
+
+
+def test_worker_settings_defaults_match_the_templates(member_template) -> None:
+    from shared.config import WorkerSettings
+
+    fields = WorkerSettings.model_fields
+    parameters = member_template["Parameters"]
+    assert fields["ISOLATION_ROLE_NAME"].default == parameters["IsolationRoleName"]["Default"]
+    assert fields["ISOLATION_PROFILE_NAME"].default == parameters["IsolationProfileName"]["Default"]
+
+
+def test_the_managed_tag_of_the_conditions_is_the_one_the_worker_writes() -> None:
+    from worker.steps.network import MANAGED_TAG
+
+    assert MANAGED_TAG == "ec2-isolation:managed"
+
+
+@pytest.mark.parametrize(
+    ("function", "settings_class"),
+    [("IngestFunction", "IngestSettings"), ("WorkerFunction", "WorkerSettings")],
+)
+def test_function_environment_fits_its_settings(deployed, function: str, settings_class: str) -> None:
+    # Given the environment the template gives a function (defaults resolved)
+    import shared.config as config
+
+    env = deployed()["Resources"][function]["Properties"]["Environment"]["Variables"]  # Globals merged in
+    settings = getattr(config, settings_class)
+    # Then every variable it sets is a setting of the function (or Powertools'), ...
+    unknown = {k for k in env if k not in settings.model_fields and not k.startswith("POWERTOOLS_")}
+    assert unknown == set()
+    # ... and every required setting is set
+    required = {name for name, field in settings.model_fields.items() if field.is_required()}
+    assert required <= set(env)

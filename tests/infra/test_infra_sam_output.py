@@ -1,0 +1,370 @@
+"""What template.yaml deploys, checked on the SAM output (the resources CloudFormation really creates)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+#: Actions AWS authorises only on "*" (X-Ray has no resource-level permissions).
+STAR_ONLY_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+
+INGEST_ACTIONS = {
+    "logs:CreateLogStream",
+    "logs:PutLogEvents",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "sqs:SendMessage",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:Query",
+}
+WORKER_ACTIONS = {
+    "logs:CreateLogStream",
+    "logs:PutLogEvents",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "sts:AssumeRole",
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:GetQueueAttributes",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:Query",
+}
+
+
+def _of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def _worker_mapping(transformed: dict[str, Any]) -> dict[str, Any]:
+    mappings = [
+        r["Properties"]
+        for r in _of_type(transformed, "AWS::Lambda::EventSourceMapping").values()
+        if r["Properties"]["FunctionName"] == {"Ref": "WorkerFunction"}
+    ]
+    assert len(mappings) == 1
+    return mappings[0]
+
+
+def test_worker_reads_the_queue_with_partial_batch_failures(transformed: dict[str, Any]) -> None:
+    # Given the worker's event source mapping as SAM generates it
+    mapping = _worker_mapping(transformed)
+    # Then it reads the isolation queue, reports failed items one by one and has bounded concurrency
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["IsolationQueue", "Arn"]}
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "WorkerMaxConcurrency"}}
+    assert mapping["BatchSize"] == 10
+    assert mapping["MaximumBatchingWindowInSeconds"] == 0
+
+
+def test_queue_visibility_is_at_least_six_worker_timeouts(transformed: dict[str, Any]) -> None:
+    # Given the queue and the worker function
+    queue = transformed["Resources"]["IsolationQueue"]["Properties"]
+    worker = transformed["Resources"]["WorkerFunction"]["Properties"]
+    # Then a message stays hidden for at least 6 x the function's timeout (AWS's advice)
+    assert queue["VisibilityTimeout"] >= 6 * worker["Timeout"]
+
+
+def test_queue_redrives_to_the_dead_letter_queue(transformed: dict[str, Any]) -> None:
+    resources = transformed["Resources"]
+    redrive = resources["IsolationQueue"]["Properties"]["RedrivePolicy"]
+    # Then after MaxReceiveCount receives a message moves to the DLQ, which keeps it 14 days
+    assert redrive == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["IsolationDeadLetterQueue", "Arn"]},
+        "maxReceiveCount": {"Ref": "MaxReceiveCount"},
+    }
+    assert resources["IsolationDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"] == 1209600
+    assert resources["IsolationQueue"]["Properties"]["MessageRetentionPeriod"] == 1209600
+    for name in ("IsolationQueue", "IsolationDeadLetterQueue"):
+        assert resources[name]["Properties"]["SqsManagedSseEnabled"] is True
+
+
+def test_worker_environment_carries_max_receive_count(deployed) -> None:
+    # Given the deployed stack with a non-default MaxReceiveCount
+    stack = deployed(MaxReceiveCount="7")
+    # Then the worker knows which receive is the last one, and the queue agrees
+    env = stack["Resources"]["WorkerFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["MAX_RECEIVE_COUNT"] == 7
+    assert stack["Resources"]["IsolationQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 7
+
+
+def test_every_function_logs_to_its_own_group_with_retention(deployed) -> None:
+    # Given the deployed stack (names resolved)
+    stack = deployed()
+    resources = stack["Resources"]
+    functions = _of_type(stack, "AWS::Lambda::Function")
+    assert set(functions) == {"IngestFunction", "WorkerFunction"}
+    for name, function in functions.items():
+        properties = function["Properties"]
+        # Then its log group is declared, named after the function, and expires
+        group_name = properties["LoggingConfig"]["LogGroup"]["Ref"]
+        group = resources[group_name]
+        assert group["Type"] == "AWS::Logs::LogGroup"
+        assert group["Properties"]["LogGroupName"] == f"/aws/lambda/{properties['FunctionName']}"
+        assert group["Properties"]["RetentionInDays"] == 365
+        # And the function's role may write there and nowhere else
+        role = resources[properties["Role"]["Fn::GetAtt"][0]]
+        log_statements = [
+            s
+            for p in role["Properties"]["Policies"]
+            for s in p["PolicyDocument"]["Statement"]
+            if any(
+                a.startswith("logs:")
+                for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+            )
+        ]
+        assert [s["Resource"] for s in log_statements] == [{"Fn::GetAtt": [group_name, "Arn"]}], name
+
+
+def test_functions_run_the_contract_handlers(transformed: dict[str, Any]) -> None:
+    resources = transformed["Resources"]
+    ingest, worker = resources["IngestFunction"]["Properties"], resources["WorkerFunction"]["Properties"]
+    assert ingest["Handler"] == "ingest.app.lambda_handler"
+    assert worker["Handler"] == "worker.app.lambda_handler"
+    for function in (ingest, worker):
+        assert function["Runtime"] == "python3.12"
+        assert function["Architectures"] == ["arm64"]
+        assert function["TracingConfig"] == {"Mode": "Active"}
+        assert function["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == "ec2-isolation"
+
+
+def test_every_api_method_requires_the_api_key(transformed: dict[str, Any]) -> None:
+    # Given the REST API definition SAM generates
+    body = transformed["Resources"]["IsolationApi"]["Properties"]["Body"]
+    methods = {(path, verb): op for path, ops in body["paths"].items() for verb, op in ops.items()}
+    # Then it has exactly the contract's routes
+    assert set(methods) == {
+        ("/isolate", "post"),
+        ("/isolations/{isolation_id}", "get"),
+        ("/isolations", "get"),
+    }
+    # And each needs the x-api-key header
+    for route, operation in methods.items():
+        assert operation["security"] == [{"api_key": []}], route
+    assert body["components"]["securitySchemes"]["api_key"] == {
+        "type": "apiKey",
+        "name": "x-api-key",
+        "in": "header",
+    }
+    # And API Gateway's own errors (missing key, throttling) are JSON
+    for response in ("DEFAULT_4XX", "DEFAULT_5XX"):
+        templates = body["x-amazon-apigateway-gateway-responses"][response]["responseTemplates"]
+        assert set(templates) == {"application/json"}
+
+
+def test_api_key_usage_plan_and_stage(transformed: dict[str, Any]) -> None:
+    resources = transformed["Resources"]
+    # Then the key is the one the ApiKeyId output names, and a usage plan throttles it
+    assert resources["IsolationApiApiKey"]["Type"] == "AWS::ApiGateway::ApiKey"
+    assert transformed["Outputs"]["ApiKeyId"]["Value"] == {"Ref": "IsolationApiApiKey"}
+    plans = _of_type(transformed, "AWS::ApiGateway::UsagePlan")
+    assert len(plans) == 1
+    (plan,) = plans.values()
+    assert set(plan["Properties"]["Throttle"]) == {"BurstLimit", "RateLimit"}
+    stages = _of_type(transformed, "AWS::ApiGateway::Stage")
+    assert [s["Properties"]["StageName"] for s in stages.values()] == ["v1"]
+    assert all(s["Properties"]["TracingEnabled"] is True for s in stages.values())
+
+
+def test_no_iam_statement_allows_star_resources(transformed: dict[str, Any], helpers) -> None:
+    # Given every policy in the SAM output (roles, queue and bus policies)
+    offenders = []
+    for name, resource in transformed["Resources"].items():
+        for statement in helpers.policy_statements(resource):
+            actions = set(helpers.as_list(statement["Action"]))
+            # Then no action is a wildcard ...
+            assert not any("*" in action for action in actions if statement["Effect"] == "Allow"), name
+            # ... and "*" resources only go with actions that cannot be scoped
+            star = "*" in helpers.as_list(statement.get("Resource", []))
+            if star and statement["Effect"] == "Allow" and not actions <= STAR_ONLY_ACTIONS:
+                offenders.append((name, statement.get("Sid"), sorted(actions)))
+    assert offenders == []
+
+
+def test_function_roles_have_no_managed_policies(transformed: dict[str, Any]) -> None:
+    # SAM's managed policies (AWSLambdaBasicExecutionRole, AWSLambdaSQSQueueExecutionRole) use "*".
+    for name in ("IngestFunctionRole", "WorkerFunctionRole"):
+        assert "ManagedPolicyArns" not in transformed["Resources"][name]["Properties"], name
+
+
+def test_ingest_can_only_enqueue_and_use_the_table(transformed: dict[str, Any], helpers) -> None:
+    role = transformed["Resources"]["IngestFunctionRole"]
+    actions = helpers.actions_of(role)
+    assert actions == INGEST_ACTIONS
+    assert not {a for a in actions if a.split(":")[0] in ("sts", "ec2", "iam")}
+    for statement in helpers.policy_statements(role):
+        if "sqs:SendMessage" in helpers.as_list(statement["Action"]):
+            assert statement["Resource"] == {"Fn::GetAtt": ["IsolationQueue", "Arn"]}
+
+
+def test_worker_permissions_are_exactly_its_calls(transformed: dict[str, Any], helpers) -> None:
+    role = transformed["Resources"]["WorkerFunctionRole"]
+    assert helpers.actions_of(role) == WORKER_ACTIONS
+    for statement in helpers.policy_statements(role):
+        actions = set(helpers.as_list(statement["Action"]))
+        if actions & {"sqs:ReceiveMessage", "sqs:DeleteMessage"}:
+            assert statement["Resource"] == {"Fn::GetAtt": ["IsolationQueue", "Arn"]}
+        if any(a.startswith("dynamodb:") for a in actions):
+            assert statement["Resource"] in (
+                {"Fn::GetAtt": ["IsolationTable", "Arn"]},
+                {"Fn::Sub": "${IsolationTable.Arn}/index/by-instance"},
+            )
+
+
+@pytest.mark.parametrize("organization", ["", "o-a1b2c3d4e5"])
+def test_worker_can_assume_only_the_target_role_name(deployed, helpers, organization: str) -> None:
+    # Given the deployed stack, with and without an organization id
+    stack = deployed(TargetRoleName="ir-exec", OrganizationId=organization)
+    role = stack["Resources"]["WorkerFunctionRole"]
+    statements = [
+        s
+        for s in helpers.policy_statements(role)
+        if any(a.startswith("sts:") for a in helpers.as_list(s["Action"]))
+    ]
+    # Then it may assume one role name, in any account, and nothing else of STS
+    assert len(statements) == 1
+    (statement,) = statements
+    assert statement["Action"] == "sts:AssumeRole"
+    assert statement["Resource"] == "arn:aws:iam::*:role/ir-exec"
+    # And only roles of the organization when one is given
+    if organization:
+        assert statement["Condition"] == {"StringEquals": {"aws:ResourceOrgID": organization}}
+    else:
+        assert "Condition" not in statement
+
+
+def test_table_has_the_instance_index_pitr_and_sse(transformed: dict[str, Any]) -> None:
+    table = transformed["Resources"]["IsolationTable"]
+    properties = table["Properties"]
+    assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain"
+    assert properties["BillingMode"] == "PAY_PER_REQUEST"
+    assert properties["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert properties["SSESpecification"] == {"SSEEnabled": True}
+    assert properties["DeletionProtectionEnabled"] is True
+    assert properties["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    (index,) = properties["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "by-instance"
+    assert index["KeySchema"] == [
+        {"AttributeName": "instance_id", "KeyType": "HASH"},
+        {"AttributeName": "created_at", "KeyType": "RANGE"},
+    ]
+    assert index["Projection"] == {"ProjectionType": "ALL"}
+
+
+def test_rules_deliver_to_the_queue_and_never_drop_an_event(transformed: dict[str, Any]) -> None:
+    resources = transformed["Resources"]
+    for name in ("GuardDutyFindingRule", "TagChangeRule"):
+        (target,) = resources[name]["Properties"]["Targets"]
+        assert target["Arn"] == {"Fn::GetAtt": ["IsolationQueue", "Arn"]}
+        assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["IsolationDeadLetterQueue", "Arn"]}}
+        assert target["RetryPolicy"] == {"MaximumEventAgeInSeconds": 86400, "MaximumRetryAttempts": 185}
+
+
+@pytest.mark.parametrize("queue", ["IsolationQueue", "IsolationDeadLetterQueue"])
+def test_only_the_two_rules_may_send_to_the_queues(transformed: dict[str, Any], helpers, queue: str) -> None:
+    # Given the queue's resource policy
+    (policy,) = [
+        r
+        for r in transformed["Resources"].values()
+        if r["Type"] == "AWS::SQS::QueuePolicy" and r["Properties"]["Queues"] == [{"Ref": queue}]
+    ]
+    allows = [s for s in helpers.policy_statements(policy) if s["Effect"] == "Allow"]
+    # Then EventBridge may send, only on behalf of this stack's rules
+    assert allows == [
+        {
+            "Sid": allows[0]["Sid"],
+            "Effect": "Allow",
+            "Principal": {"Service": "events.amazonaws.com"},
+            "Action": "sqs:SendMessage",
+            "Resource": {"Fn::GetAtt": [queue, "Arn"]},
+            "Condition": {
+                "ArnEquals": {
+                    "aws:SourceArn": [
+                        {"Fn::GetAtt": ["GuardDutyFindingRule", "Arn"]},
+                        {"Fn::GetAtt": ["TagChangeRule", "Arn"]},
+                    ]
+                }
+            },
+        }
+    ]
+    # And nobody may use the queue without TLS
+    denies = [s for s in helpers.policy_statements(policy) if s["Effect"] == "Deny"]
+    assert [s["Condition"] for s in denies] == [{"Bool": {"aws:SecureTransport": "false"}}]
+
+
+def test_organization_may_forward_events_only_when_configured(deployed) -> None:
+    assert "CentralBusPolicy" not in deployed()["Resources"]
+    policy = deployed(OrganizationId="o-a1b2c3d4e5")["Resources"]["CentralBusPolicy"]["Properties"]
+    assert policy["EventBusName"] == "default"
+    assert policy["Statement"]["Action"] == "events:PutEvents"
+    assert policy["Statement"]["Condition"] == {"StringEquals": {"aws:PrincipalOrgID": "o-a1b2c3d4e5"}}
+
+
+def test_outputs(deployed) -> None:
+    outputs = deployed()["Outputs"]
+    assert set(outputs) == {
+        "ApiUrl",
+        "ApiKeyId",
+        "QueueUrl",
+        "DeadLetterQueueUrl",
+        "TableName",
+        "WorkerRoleArn",
+        "EventBusArn",
+    }
+    assert outputs["ApiUrl"]["Value"] == {
+        "Fn::Sub": "https://${IsolationApi}.execute-api.us-east-1.amazonaws.com/v1"
+    }
+    assert outputs["WorkerRoleArn"]["Value"] == {"Fn::GetAtt": ["WorkerFunctionRole", "Arn"]}
+    assert outputs["EventBusArn"]["Value"] == "arn:aws:events:us-east-1:123456789012:event-bus/default"
+
+
+def test_access_logging_and_account_role_follow_their_parameters(deployed) -> None:
+    default = deployed()["Resources"]
+    assert "ApiAccessLogGroup" in default and "ApiGatewayAccount" not in default
+    stage = next(r for r in default.values() if r["Type"] == "AWS::ApiGateway::Stage")
+    assert stage["Properties"]["AccessLogSetting"]["DestinationArn"] == {
+        "Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]
+    }
+
+    off = deployed(ApiAccessLogging="false")["Resources"]
+    stage = next(r for r in off.values() if r["Type"] == "AWS::ApiGateway::Stage")
+    assert "ApiAccessLogGroup" not in off and "AccessLogSetting" not in stage["Properties"]
+
+    assert "ApiGatewayAccount" in deployed(CreateApiGatewayAccountRole="true")["Resources"]
+
+
+def test_parameters_the_code_and_local_stack_rely_on(sam_template: dict[str, Any]) -> None:
+    parameters = sam_template["Parameters"]
+    defaults = {name: spec.get("Default") for name, spec in parameters.items()}
+    assert {
+        "TargetRoleName": "ec2-isolation-execution",
+        "ExternalId": "",
+        "AllowedAccountIds": "",
+        "MaxReceiveCount": 5,
+        "MinSeverity": 7,
+        "FindingTypePrefixes": "",
+        "CoalesceWindowSeconds": 900,
+        "OrganizationId": "",
+        "WorkerMaxConcurrency": 10,
+        "LogRetentionDays": 365,
+        "ApiThrottleRateLimit": 20,
+        "ApiThrottleBurstLimit": 40,
+    }.items() <= defaults.items()
+    assert parameters["ExternalId"]["NoEcho"] is True
+    assert (parameters["MaxReceiveCount"]["MinValue"], parameters["MaxReceiveCount"]["MaxValue"]) == (2, 20)
+    assert (
+        parameters["WorkerMaxConcurrency"]["MinValue"],
+        parameters["WorkerMaxConcurrency"]["MaxValue"],
+    ) == (
+        2,
+        1000,
+    )
