@@ -4,12 +4,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov pins older boto3/botocore than the service uses: it lives in a venv of its own.
+CHECKOV_VENV := .venv-checkov
+CHECKOV := $(CURDIR)/$(CHECKOV_VENV)/bin/checkov
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
 .PHONY: install run test lint format demo bench build deploy clean
 
 install: $(STAMP)
+
+$(CHECKOV):
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'checkov>=3.2,<4'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +27,8 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/ec2-isolation serve --host $(HOST) --port $(PORT) --seed-demo
 
-test: install lint
-	$(BIN)/python -m pytest -q
+test: install $(CHECKOV) lint
+	CHECKOV=$(CHECKOV) $(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check src local tests scripts
@@ -46,4 +53,4 @@ deploy: build
 	sam deploy --guided
 
 clean:
-	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache
