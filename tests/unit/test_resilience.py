@@ -1,0 +1,157 @@
+"""The tricky parts on their own: error classification, bounded consistency waits, session caching."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.stub import Stubber
+
+from shared import aws
+from shared.errors import PermanentError, RetryableError
+from worker.consistency import until_consistent
+
+
+def error(code: str, status: int = 400) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Op"
+    )
+
+
+@pytest.mark.parametrize(
+    "code,status",
+    [
+        ("RequestLimitExceeded", 503),
+        ("Throttling", 400),
+        ("ThrottlingException", 400),
+        ("InternalError", 500),
+        ("ServiceUnavailable", 503),
+        ("SomethingNew", 502),
+        ("ExpiredToken", 400),
+    ],
+)
+def test_transient_errors_are_retryable(code: str, status: int) -> None:
+    assert isinstance(aws.classify(error(code, status)), RetryableError)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "AccessDenied",
+        "UnauthorizedOperation",
+        "InvalidInstanceID.NotFound",
+        "IncorrectInstanceState",
+        "AuthFailure",
+    ],
+)
+def test_client_errors_are_permanent(code: str) -> None:
+    classified = aws.classify(error(code, 400))
+    assert isinstance(classified, PermanentError) and classified.code == code
+
+
+def test_permanent_code_can_be_renamed_and_keeps_the_aws_code_in_the_message() -> None:
+    classified = aws.classify(
+        error("AccessDenied", 403), permanent_code="RoleNotAssumable", context="assume x"
+    )
+    assert classified.code == "RoleNotAssumable"
+    assert "AccessDenied" in classified.message and "assume x" in classified.message
+
+
+def test_network_errors_are_retryable() -> None:
+    assert isinstance(aws.classify(EndpointConnectionError(endpoint_url="https://ec2")), RetryableError)
+
+
+def test_consistency_wait_is_bounded_and_backs_off() -> None:
+    # Given a call that fails with a consistency code every time
+    slept: list[float] = []
+    calls = 0
+
+    def never() -> None:
+        nonlocal calls
+        calls += 1
+        raise error("InvalidParameterValue")
+
+    # When it is waited for with a 5 s budget
+    with pytest.raises(RetryableError) as raised:
+        until_consistent(
+            never, codes=frozenset({"InvalidParameterValue"}), budget_seconds=5, sleep=slept.append, what="x"
+        )
+
+    # Then the waits double, stay within the budget, and the retry goes to the queue with a delay hint
+    assert slept == [0.25, 0.5, 1.0, 2.0]
+    assert sum(slept) <= 5 and calls == 5
+    assert raised.value.delay_seconds and raised.value.delay_seconds > 0
+
+
+def test_consistency_wait_passes_other_errors_through_at_once() -> None:
+    slept: list[float] = []
+
+    def denied() -> None:
+        raise error("AccessDenied")
+
+    with pytest.raises(ClientError):
+        until_consistent(
+            denied, codes=frozenset({"InvalidParameterValue"}), budget_seconds=5, sleep=slept.append, what="x"
+        )
+    assert slept == []
+
+
+def _credentials(expires_in: float) -> dict[str, Any]:
+    return {
+        "Credentials": {
+            "AccessKeyId": "ASIAEXAMPLEEXAMPLE12",
+            "SecretAccessKey": "secret",
+            "SessionToken": "token",
+            "Expiration": dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expires_in),
+        }
+    }
+
+
+def test_assumed_sessions_are_cached_until_shortly_before_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given STS, stubbed, and a cold cache
+    aws.reset_caches()
+    base = boto3.Session(aws_access_key_id="a", aws_secret_access_key="b", region_name="us-east-1")
+    sts = base.client("sts")
+    params = {
+        "RoleArn": "arn:aws:iam::111122223333:role/ec2-isolation-execution",
+        "RoleSessionName": "ec2-isolation-worker",
+        "DurationSeconds": 3600,
+        "ExternalId": "x-1",
+    }
+    with Stubber(sts) as stub:
+        stub.add_response("assume_role", _credentials(3600), expected_params=params)
+        stub.add_response("assume_role", _credentials(3600), expected_params=params)
+        monkeypatch.setattr(aws, "same_account_client", lambda service: sts)
+        # When the same account is asked for twice
+        first = aws.session_for_account(
+            "111122223333", "eu-west-1", "ec2-isolation-execution", external_id="x-1"
+        )
+        second = aws.session_for_account(
+            "111122223333", "eu-west-1", "ec2-isolation-execution", external_id="x-1"
+        )
+        # Then STS was called once (with the ExternalId)
+        assert first is second
+        assert len(stub._queue) == 1
+        # And when the credentials are about to expire, they are renewed
+        first.expires_at = dt.datetime.now(dt.UTC).timestamp() + 60
+        third = aws.session_for_account(
+            "111122223333", "eu-west-1", "ec2-isolation-execution", external_id="x-1"
+        )
+        assert third is not first
+        stub.assert_no_pending_responses()
+
+
+def test_assume_role_denied_is_permanent_role_not_assumable(monkeypatch: pytest.MonkeyPatch) -> None:
+    aws.reset_caches()
+    base = boto3.Session(aws_access_key_id="a", aws_secret_access_key="b", region_name="us-east-1")
+    sts = base.client("sts")
+    with Stubber(sts) as stub:
+        stub.add_client_error("assume_role", "AccessDenied", http_status_code=403)
+        monkeypatch.setattr(aws, "same_account_client", lambda service: sts)
+        with pytest.raises(PermanentError) as raised:
+            aws.session_for_account("111122223333", "eu-west-1", "ec2-isolation-execution")
+    assert raised.value.code == "RoleNotAssumable"
+    assert "arn:aws:iam::111122223333:role/ec2-isolation-execution" in raised.value.message
