@@ -151,6 +151,7 @@ def session_for_account(
     *,
     external_id: str | None = None,
     base: boto3.Session | None = None,
+    sts: Any = None,
 ) -> AccountSession:
     """Assume `role_name` in `account_id`; cached until shortly before the credentials expire."""
     key = (account_id, region, role_name)
@@ -167,7 +168,8 @@ def session_for_account(
     }
     if external_id:
         params["ExternalId"] = external_id
-    sts = client("sts", session=base, region=region) if base else same_account_client("sts")
+    if sts is None:
+        sts = client("sts", session=base, region=region) if base else same_account_client("sts")
     try:
         credentials = sts.assume_role(**params)["Credentials"]
     except ClientError as exc:

@@ -110,7 +110,7 @@ def _credentials(expires_in: float) -> dict[str, Any]:
     }
 
 
-def test_assumed_sessions_are_cached_until_shortly_before_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_assumed_sessions_are_cached_until_shortly_before_expiry() -> None:
     # Given STS, stubbed, and a cold cache
     aws.reset_caches()
     base = boto3.Session(aws_access_key_id="a", aws_secret_access_key="b", region_name="us-east-1")
@@ -124,13 +124,12 @@ def test_assumed_sessions_are_cached_until_shortly_before_expiry(monkeypatch: py
     with Stubber(sts) as stub:
         stub.add_response("assume_role", _credentials(3600), expected_params=params)
         stub.add_response("assume_role", _credentials(3600), expected_params=params)
-        monkeypatch.setattr(aws, "same_account_client", lambda service: sts)
         # When the same account is asked for twice
         first = aws.session_for_account(
-            "111122223333", "eu-west-1", "ec2-isolation-execution", external_id="x-1"
+            "111122223333", "eu-west-1", "ec2-isolation-execution", external_id="x-1", sts=sts
         )
         second = aws.session_for_account(
-            "111122223333", "eu-west-1", "ec2-isolation-execution", external_id="x-1"
+            "111122223333", "eu-west-1", "ec2-isolation-execution", external_id="x-1", sts=sts
         )
         # Then STS was called once (with the ExternalId)
         assert first is second
@@ -138,20 +137,19 @@ def test_assumed_sessions_are_cached_until_shortly_before_expiry(monkeypatch: py
         # And when the credentials are about to expire, they are renewed
         first.expires_at = dt.datetime.now(dt.UTC).timestamp() + 60
         third = aws.session_for_account(
-            "111122223333", "eu-west-1", "ec2-isolation-execution", external_id="x-1"
+            "111122223333", "eu-west-1", "ec2-isolation-execution", external_id="x-1", sts=sts
         )
         assert third is not first
         stub.assert_no_pending_responses()
 
 
-def test_assume_role_denied_is_permanent_role_not_assumable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_assume_role_denied_is_permanent_role_not_assumable() -> None:
     aws.reset_caches()
     base = boto3.Session(aws_access_key_id="a", aws_secret_access_key="b", region_name="us-east-1")
     sts = base.client("sts")
     with Stubber(sts) as stub:
         stub.add_client_error("assume_role", "AccessDenied", http_status_code=403)
-        monkeypatch.setattr(aws, "same_account_client", lambda service: sts)
         with pytest.raises(PermanentError) as raised:
-            aws.session_for_account("111122223333", "eu-west-1", "ec2-isolation-execution")
+            aws.session_for_account("111122223333", "eu-west-1", "ec2-isolation-execution", sts=sts)
     assert raised.value.code == "RoleNotAssumable"
     assert "arn:aws:iam::111122223333:role/ec2-isolation-execution" in raised.value.message
