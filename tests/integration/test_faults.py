@@ -1,0 +1,216 @@
+"""Faults on the worst day: crashes between steps, duplicate and concurrent deliveries, AWS errors
+injected with their real codes. For each, the final record and the final EC2 state."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from tests.conftest import Stack
+from tests.integration.test_worker import assert_isolated, isolate, record_of, steps
+from tests.support.aws import ISOLATION_NAME, Faults, Member
+
+from shared.models import Status
+
+
+class Crash(BaseException):
+    """The process dies (timeout, out of memory): nothing in the handler gets to run after it."""
+
+
+def post(stack: Stack, member: Member, instance_id: str) -> str:
+    status, body = stack.api(
+        "POST",
+        "/isolate",
+        body={"instance_id": instance_id, "account_id": member.account_id, "region": member.region},
+    )
+    assert status == 202, body
+    return str(body["isolation_id"])
+
+
+def test_crash_between_the_network_cut_and_the_profile_swap_resumes(
+    stack: Stack, member: Member, faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the worker dies right after the security groups are swapped, before the profile swap
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    isolation_id = post(stack, member, instance)
+
+    def die(**_: Any) -> None:
+        raise Crash()
+
+    faults.hook("before-parameter-build.ec2.DescribeIamInstanceProfileAssociations", die)
+    faults.hook("before-parameter-build.iam.GetInstanceProfile", die)
+    [message] = stack.receive()
+    with pytest.raises(Crash):
+        stack.work([message])
+
+    # Then the record shows where it stopped: contained, profile not swapped, still IN_PROGRESS
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "IN_PROGRESS"
+    assert record["contained_at"] is not None
+    assert steps(record) == {"ensure-isolation-sg": "done", "swap-security-groups": "done"}
+    assert member.profile_of(instance).endswith("/app")
+    assert all(
+        groups == [member.isolation_groups(vpc.id)[0]["GroupId"]]
+        for groups in member.eni_groups(instance).values()
+    )
+
+    # When the message comes back after the visibility timeout, and the dead attempt's lease has expired
+    faults.clear()
+    real_time = time.time
+    monkeypatch.setattr("shared.store.time.time", lambda: real_time() + 600)
+    stack.sqs.change_message_visibility(
+        QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+    )
+    stack.drain()
+
+    # Then it finishes: what was done is `already`, the rest is done, the prior state is the original one
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "ISOLATED" and record["attempts"] == 2
+    assert [(s["name"], s["status"]) for s in record["steps"]] == [
+        ("ensure-isolation-sg", "done"),
+        ("swap-security-groups", "done"),
+        ("ensure-isolation-sg", "already"),
+        ("swap-security-groups", "already"),
+        ("swap-instance-profile", "done"),
+        ("enable-termination-protection", "done"),
+        ("tag-instance", "done"),
+    ]
+    assert record["prior_state"]["network_interfaces"][0]["security_group_ids"] == [vpc.app_group_id]
+    assert assert_isolated(member, instance, vpc.id)
+
+
+def test_a_copy_delivered_while_another_runs_backs_off_without_touching_anything(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given another worker holds the isolation (the same message delivered twice, one copy running)
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    isolation_id = post(stack, member, instance)
+    stack.store.begin_attempt(isolation_id, owner="the-other-worker", lease_seconds=120, prior_state=None)
+    faults.count()
+
+    # When this copy is processed
+    response = stack.work()
+
+    # Then it fails its item for a later look, changing neither the record's steps nor EC2
+    assert len(response["batchItemFailures"]) == 1
+    assert not [c for c in faults.calls if c.startswith("ec2.Modify") or c.startswith("ec2.Create")]
+    assert record_of(stack, isolation_id)["steps"] == []
+
+    # And once the other worker has finished, the copy is acknowledged as a duplicate
+    stack.store.finish(stack.store.get(isolation_id), Status.ISOLATED)
+    stack.let_time_pass()
+    stack.drain()
+    assert stack.queued() == 0
+    assert record_of(stack, isolation_id)["status"] == "ISOLATED"
+
+
+def test_two_copies_processed_concurrently_isolate_once(stack: Stack, member: Member) -> None:
+    # Given one message received twice at the same time (SQS at-least-once delivery)
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    isolation_id = post(stack, member, instance)
+    [message] = stack.receive()
+    stack.sqs.change_message_visibility(
+        QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+    )
+    [copy] = stack.receive()
+    assert copy["MessageId"] == message["MessageId"]
+
+    # When two workers run them concurrently
+    results: list[dict[str, Any]] = []
+    workers = [threading.Thread(target=lambda m=m: results.append(stack.work([m]))) for m in (message, copy)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    stack.let_time_pass()
+    stack.drain()
+
+    # Then the instance is isolated once: one group, one set of steps that all succeeded
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "ISOLATED"
+    assert len(member.isolation_groups(vpc.id)) == 1
+    assert [s["name"] for s in record["steps"] if s["status"] == "done"].count("swap-security-groups") == 1
+    assert_isolated(member, instance, vpc.id)
+
+
+@pytest.mark.parametrize(
+    "service,operation,code,status",
+    [
+        ("ec2", "DescribeInstances", "RequestLimitExceeded", 503),
+        ("ec2", "ModifyNetworkInterfaceAttribute", "InternalError", 500),
+        ("ec2", "CreateSecurityGroup", "ServiceUnavailable", 503),
+        ("sts", "AssumeRole", "Throttling", 400),
+        ("ec2", "CreateTags", "RequestLimitExceeded", 503),
+    ],
+)
+def test_transient_errors_on_any_call_end_isolated(
+    stack: Stack, member: Member, faults: Faults, service: str, operation: str, code: str, status: int
+) -> None:
+    # Given a transient AWS error outlasting botocore's own retries on the first receive
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    fault = faults.inject(service, operation, code, status=status, times=4)
+
+    # When it is isolated
+    record = isolate(stack, member, instance)
+
+    # Then the retry through the queue finishes it
+    assert fault.raised == 4
+    assert record["status"] == "ISOLATED", record
+    assert record["error"] is None
+    assert_isolated(member, instance, vpc.id)
+
+
+def test_incorrect_instance_state_is_permanent(stack: Stack, member: Member, faults: Faults) -> None:
+    # Given the instance is terminated between the describe and the network call
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    faults.inject("ec2", "ModifyNetworkInterfaceAttribute", "IncorrectInstanceState", times=None)
+
+    # When it is isolated
+    record = isolate(stack, member, instance)
+
+    # Then FAILED with the AWS code, the failed step recorded, not retried
+    assert record["status"] == "FAILED"
+    assert record["error"]["code"] == "IncorrectInstanceState"
+    assert steps(record)["swap-security-groups"] == "failed"
+    assert stack.queued() == 0
+
+
+def test_expired_credentials_are_dropped_and_renewed(stack: Stack, member: Member, faults: Faults) -> None:
+    # Given the cached session's credentials are refused once
+    vpc = member.vpc()
+    first, second = member.instance(vpc), member.instance(vpc)
+    isolate(stack, member, first)
+    faults.inject("ec2", "DescribeInstances", "ExpiredToken", times=1)
+    faults.count()
+
+    # When the next isolation runs
+    record = isolate(stack, member, second)
+
+    # Then the session was assumed again and the isolation finished
+    assert record["status"] == "ISOLATED"
+    assert faults.calls["sts.AssumeRole"] == 1
+
+
+def test_isolation_profile_holding_another_role_is_reported(stack: Stack, member: Member) -> None:
+    # Given someone replaced the role in the isolation profile
+    member.iam.remove_role_from_instance_profile(InstanceProfileName=ISOLATION_NAME, RoleName=ISOLATION_NAME)
+    member.iam.create_role(RoleName="admin", AssumeRolePolicyDocument="{}")
+    member.iam.add_role_to_instance_profile(InstanceProfileName=ISOLATION_NAME, RoleName="admin")
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+
+    # When an instance is isolated
+    record = isolate(stack, member, instance)
+
+    # Then the profile is not used (it would grant the admin role), the network cut stands, FAILED says why
+    assert record["status"] == "FAILED"
+    assert record["error"]["code"] == "IsolationProfileMisconfigured"
+    assert record["contained_at"] is not None
+    assert member.profile_of(instance).endswith("/app")
