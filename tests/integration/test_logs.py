@@ -1,0 +1,56 @@
+"""Logs are JSON, name the isolation on every line about it, and never carry secrets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import Stack
+from tests.integration.test_worker import isolate
+from tests.support.aws import Faults, Member
+
+
+def json_lines(text: str) -> list[dict]:
+    """Every non-empty line, parsed: a line that is not JSON fails the test."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_worker_logs_name_the_isolation_and_hold_no_credentials(
+    stack: Stack, member: Member, faults: Faults, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Given a successful and a failed isolation, with the credentials the worker was given noted
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    secrets: set[str] = set()
+    faults.hook(
+        "after-call.sts.AssumeRole",
+        lambda parsed, **_: secrets.update(
+            {parsed["Credentials"]["SecretAccessKey"], parsed["Credentials"]["SessionToken"]}
+        ),
+    )
+    capfd.readouterr()
+    record = isolate(stack, member, instance, reason="log check")
+    failed = isolate(stack, member, "i-0000000000000000f")
+
+    # When the logs are read
+    output = capfd.readouterr().out
+    lines = json_lines(output)
+
+    # Then every log line is JSON, the worker's lines about an isolation name it, and no secret appears
+    assert lines, "the worker logs"
+    assert secrets and not any(secret in output for secret in secrets)
+    assert "test-key" not in output  # the API key of the requests
+    about = [
+        line
+        for line in lines
+        if line.get("level")
+        and line.get("location", "").startswith(("run_isolation", "_isolate", "_open_record"))
+    ]
+    assert about
+    for line in about:
+        assert line["isolation_id"] in (record["isolation_id"], failed["isolation_id"])
+        assert line["account_id"] == member.account_id and line["instance_id"] in (
+            instance,
+            "i-0000000000000000f",
+        )
