@@ -102,11 +102,14 @@ def _check_json(text: str) -> None:
         elif char in "]}":
             depth -= 1
     try:
-        json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except BodyRejected:
         raise
     except (ValueError, RecursionError) as exc:
         raise BodyRejected(400, f"request body is not valid JSON: {exc}", "json_invalid") from exc
+    if not isinstance(value, dict):
+        # Every body this API takes is an object; route validation would read some other shapes leniently.
+        raise BodyRejected(422, "request body must be a JSON object", "model_attributes_type")
 
 
 def _reject_constant(name: str) -> Any:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+from collections.abc import Iterator
 
 import pytest
-
 from tests.conftest import Stack
 from tests.integration.test_worker import isolate
 from tests.support.aws import Faults, Member
+
+from shared.observability import logger
 
 
 def json_lines(text: str) -> list[dict]:
@@ -16,8 +20,19 @@ def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+@pytest.fixture
+def log_output() -> Iterator[io.StringIO]:
+    """What the service's logger writes, formatted as in Lambda (Powertools' JSON formatter)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logger.registered_formatter)
+    logger._logger.addHandler(handler)
+    yield stream
+    logger._logger.removeHandler(handler)
+
+
 def test_worker_logs_name_the_isolation_and_hold_no_credentials(
-    stack: Stack, member: Member, faults: Faults, capfd: pytest.CaptureFixture[str]
+    stack: Stack, member: Member, faults: Faults, log_output: io.StringIO
 ) -> None:
     # Given a successful and a failed isolation, with the credentials the worker was given noted
     vpc = member.vpc()
@@ -29,12 +44,11 @@ def test_worker_logs_name_the_isolation_and_hold_no_credentials(
             {parsed["Credentials"]["SecretAccessKey"], parsed["Credentials"]["SessionToken"]}
         ),
     )
-    capfd.readouterr()
     record = isolate(stack, member, instance, reason="log check")
     failed = isolate(stack, member, "i-0000000000000000f")
 
     # When the logs are read
-    output = capfd.readouterr().out
+    output = log_output.getvalue()
     lines = json_lines(output)
 
     # Then every log line is JSON, the worker's lines about an isolation name it, and no secret appears
