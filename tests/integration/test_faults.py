@@ -214,3 +214,18 @@ def test_isolation_profile_holding_another_role_is_reported(stack: Stack, member
     assert record["error"]["code"] == "IsolationProfileMisconfigured"
     assert record["contained_at"] is not None
     assert member.profile_of(instance).endswith("/app")
+
+
+def test_own_table_throttling_is_retried_through_the_queue(stack: Stack, member: Member, faults: Faults) -> None:
+    # Given the service's own table throttles the worker's first writes
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    isolation_id = post(stack, member, instance)
+    faults.inject("dynamodb", "UpdateItem", "ProvisionedThroughputExceededException", status=400, times=3)
+
+    # When the worker runs (botocore retries, then the queue)
+    stack.drain()
+
+    # Then the isolation ends ISOLATED all the same
+    assert record_of(stack, isolation_id)["status"] == "ISOLATED"
+    assert_isolated(member, instance, vpc.id)
