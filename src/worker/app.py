@@ -77,7 +77,7 @@ def _retry_after(record: SQSRecord, seconds: int) -> None:
 
 @logger.inject_lambda_context
 @metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: Any) -> Any:
     metrics.add_metric(name="MessagesReceived", unit=MetricUnit.Count, value=len(event.get("Records") or []))
     return process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context

@@ -96,7 +96,7 @@ class GuardDutyFinding(_Tolerant):
 class GuardDutyFindingEvent(EventEnvelope):
     source: Literal["aws.guardduty"]
     detail_type: Literal["GuardDuty Finding"] = Field(alias="detail-type")
-    detail: GuardDutyFinding  # type: ignore[assignment]
+    detail: GuardDutyFinding
 
 
 class TagChangeDetail(_Tolerant):
@@ -109,7 +109,7 @@ class TagChangeDetail(_Tolerant):
 class TagChangeEvent(EventEnvelope):
     source: Literal["aws.tag"]
     detail_type: Literal["Tag Change on Resource"] = Field(alias="detail-type")
-    detail: TagChangeDetail  # type: ignore[assignment]
+    detail: TagChangeDetail
 
 
 # --- parsing -----------------------------------------------------------------------------------------
