@@ -10,7 +10,10 @@ import json
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
 from botocore.exceptions import BotoCoreError, ClientError
@@ -81,7 +84,7 @@ def list_isolations(
 
 
 def _field(loc: Any) -> str:
-    parts = [str(part) for part in (loc or ()) if part not in ("body", "query", "path", "header")]
+    parts = [p for p in (loc or ()) if isinstance(p, str) and p not in ("body", "query", "path", "header")]
     return ".".join(parts) or (str(loc[0]) if loc else "body")
 
 
@@ -94,6 +97,13 @@ def invalid_request(exc: RequestValidationError) -> Response:
     status = 400 if any(error["type"] == "json_invalid" for error in errors) else 422
     fields = ", ".join(sorted({error["field"] for error in errors}))
     return _json(status, {"message": f"invalid request: {fields}", "errors": errors})
+
+
+@app.exception_handler(RequestUnsupportedContentType)
+def unsupported_content_type(exc: RequestUnsupportedContentType) -> Response:
+    message = "content-type must be application/json"
+    error = {"field": "body", "type": "unsupported_content_type", "message": message}
+    return _json(415, {"message": message, "errors": [error]})
 
 
 @app.exception_handler(service.AccountNotAllowed)

@@ -32,6 +32,9 @@ class BodyRejected(Exception):
 
 def screen(event: dict[str, Any]) -> dict[str, Any]:
     """Return the event with its body as checked UTF-8 text, or raise `BodyRejected`."""
+    content_type = _header(event, "content-type")
+    if content_type and _is_json(content_type):
+        event = _json_content_type(event)
     raw = event.get("body")
     if raw is None:
         return event
@@ -51,12 +54,22 @@ def screen(event: dict[str, Any]) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise BodyRejected(400, "request body is not valid UTF-8", "body_encoding") from exc
 
-    content_type = _header(event, "content-type")
     if content_type and not _is_json(content_type):
         raise BodyRejected(415, "content-type must be application/json", "unsupported_content_type")
-    if text.strip():
+    if text:
         _check_json(text)
     return {**event, "body": text, "isBase64Encoded": False}
+
+
+def _json_content_type(event: dict[str, Any]) -> dict[str, Any]:
+    """Any JSON media type (any case, a +json suffix, parameters) as the one the router parses."""
+    headers = {k: v for k, v in (event.get("headers") or {}).items() if k.lower() != "content-type"}
+    multi = {k: v for k, v in (event.get("multiValueHeaders") or {}).items() if k.lower() != "content-type"}
+    return {
+        **event,
+        "headers": {**headers, "content-type": "application/json"},
+        "multiValueHeaders": {**multi, "content-type": ["application/json"]},
+    }
 
 
 def _header(event: dict[str, Any], name: str) -> str:

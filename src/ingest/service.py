@@ -96,7 +96,7 @@ def accept(
 
 def status(isolation_id: str, *, store: IsolationStore) -> IsolationRecord:
     # Only well-formed ids reach the table, so no other kind of item can be read through this route.
-    if not _ISOLATION_ID.match(isolation_id):
+    if not _ISOLATION_ID.fullmatch(isolation_id):
         raise RequestNotFound(isolation_id)
     record = store.get(isolation_id, consistent=True)
     if record is None:
@@ -163,7 +163,7 @@ def _enqueue(
 ) -> None:
     message = WebhookMessage(isolation_id=record.isolation_id, request=request)
     try:
-        sqs.send_message(QueueUrl=settings.QUEUE_URL, MessageBody=message.model_dump_json())
+        sqs.send_message(QueueUrl=settings.QUEUE_URL, MessageBody=json.dumps(message.model_dump(mode="json")))
     except (ClientError, BotoCoreError) as exc:
         logger.exception("enqueue failed", extra={"isolation_id": record.isolation_id})
         error = ErrorInfo(code="EnqueueFailed", message=f"the request could not be queued: {exc}")

@@ -207,7 +207,9 @@ class IsolationStore:
                     "Put": {
                         "TableName": self.table_name,
                         "Item": serialize(_idempotency_item(idempotency, now)),
-                        "ConditionExpression": "attribute_not_exists(pk)",
+                        # TTL deletes expired keys days late: an expired key counts as free.
+                        "ConditionExpression": "attribute_not_exists(pk) OR expires_at < :now",
+                        "ExpressionAttributeValues": _values(now=int(now)),
                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                     }
                 }
@@ -290,7 +292,8 @@ class IsolationStore:
             self.client.put_item(
                 TableName=self.table_name,
                 Item=serialize(_idempotency_item(claim, now)),
-                ConditionExpression="attribute_not_exists(pk)",
+                ConditionExpression="attribute_not_exists(pk) OR expires_at < :now",
+                ExpressionAttributeValues=_values(now=int(now)),
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
