@@ -58,6 +58,11 @@ class WorkerSettings(CommonSettings):
     CONSISTENCY_WAIT_SECONDS: Annotated[float, Field(ge=0)] = 20.0
     #: Delay of the first retry through the queue; doubles per receive, capped at 900 s (SQS maximum).
     RETRY_BASE_DELAY_SECONDS: Annotated[int, Field(ge=0, le=900)] = 10
+    #: Delay of a retry after the eventual-consistency budget ran out (IAM propagation takes seconds
+    #: to tens of seconds).
+    CONSISTENCY_RETRY_SECONDS: Annotated[int, Field(ge=0, le=900)] = 15
+    #: Delay before a copy of a message whose isolation another worker runs looks again.
+    IN_FLIGHT_RETRY_SECONDS: Annotated[int, Field(ge=0, le=900)] = 30
 
     def empty_to_none(self) -> WorkerSettings:
         return self

@@ -22,10 +22,12 @@ class IsolationError(Exception):
 class RetryableError(IsolationError):
     """Transient: throttling, 5xx, timeouts, eventual consistency. Try again later."""
 
-    def __init__(self, code: str, message: str, *, delay_seconds: int | None = None) -> None:
+    def __init__(self, code: str, message: str, *, wait: str | None = None) -> None:
         super().__init__(code, message)
-        #: A hint for the retry through the queue (None: the worker's backoff decides).
-        self.delay_seconds = delay_seconds
+        #: Why to wait before the retry through the queue: "consistency" (AWS eventual consistency) or
+        #: "in-flight" (another worker holds the isolation); None: the worker's exponential backoff.
+        #: The worker's settings turn it into seconds.
+        self.wait = wait
 
 
 class PermanentError(IsolationError):

@@ -17,7 +17,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.aws import same_account_client
-from shared.config import worker_settings
+from shared.config import WorkerSettings, worker_settings
 from shared.errors import RetryableError
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
@@ -46,21 +46,25 @@ def record_handler(record: SQSRecord) -> str:
     worker = deps()
     try:
         return run_isolation(job, worker, receive_count=receive_count).value
-    except RetryableError as exc:
+    except (RetryableError, ClientError, BotoCoreError) as exc:
+        # A ClientError here comes from the service's own table: retried like any transient error.
+        if not isinstance(exc, RetryableError):
+            logger.exception("worker error: will retry")
         last = receive_count >= worker.settings.MAX_RECEIVE_COUNT
-        delay = (
-            0
-            if last
-            else exc.delay_seconds or _backoff(worker.settings.RETRY_BASE_DELAY_SECONDS, receive_count)
-        )
-        _retry_after(record, delay)
+        _retry_after(record, 0 if last else _retry_delay(exc, worker.settings, receive_count))
         raise
     finally:
         logger.remove_keys(["isolation_id", "account_id", "instance_id", "source", "step"])
 
 
-def _backoff(base: int, receive_count: int) -> int:
-    return min(MAX_VISIBILITY_SECONDS, base * 2 ** max(0, receive_count - 1))
+def _retry_delay(exc: Exception, settings: WorkerSettings, receive_count: int) -> int:
+    """Seconds until the retry: the settings' wait for a known cause, else exponential backoff."""
+    wait = exc.wait if isinstance(exc, RetryableError) else None
+    if wait == "consistency":
+        return settings.CONSISTENCY_RETRY_SECONDS
+    if wait == "in-flight":
+        return settings.IN_FLIGHT_RETRY_SECONDS
+    return min(MAX_VISIBILITY_SECONDS, settings.RETRY_BASE_DELAY_SECONDS * 2 ** max(0, receive_count - 1))
 
 
 def _retry_after(record: SQSRecord, seconds: int) -> None:

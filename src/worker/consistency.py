@@ -19,8 +19,6 @@ T = TypeVar("T")
 
 FIRST_DELAY_SECONDS = 0.25
 MAX_DELAY_SECONDS = 4.0
-#: When the budget is spent: how long the message waits in the queue before the next attempt.
-QUEUE_RETRY_DELAY_SECONDS = 15
 
 
 def pause(seconds: float) -> None:
@@ -50,7 +48,7 @@ def until_consistent(
                 raise RetryableError(
                     code,
                     f"{what}: still {code} after {waited:.1f}s (eventual consistency); retrying later",
-                    delay_seconds=QUEUE_RETRY_DELAY_SECONDS,
+                    wait="consistency",
                 ) from exc
             (sleep or pause)(delay)
             waited += delay

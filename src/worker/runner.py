@@ -40,8 +40,6 @@ from worker.steps import PLAN, StepContext, StepOutcome
 
 #: How long one attempt holds the record (longer than the worker's 60 s timeout).
 LEASE_SECONDS = 120
-#: A copy of the message running concurrently elsewhere: look again after this.
-IN_FLIGHT_RETRY_SECONDS = 30
 
 
 class Outcome(StrEnum):
@@ -185,7 +183,7 @@ def _isolate(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str) ->
         raise RetryableError(
             "IsolationInProgress",
             "another worker is running this isolation",
-            delay_seconds=IN_FLIGHT_RETRY_SECONDS,
+            wait="in-flight",
         ) from exc
 
     ctx = StepContext(

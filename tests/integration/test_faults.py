@@ -216,16 +216,23 @@ def test_isolation_profile_holding_another_role_is_reported(stack: Stack, member
     assert member.profile_of(instance).endswith("/app")
 
 
-def test_own_table_throttling_is_retried_through_the_queue(stack: Stack, member: Member, faults: Faults) -> None:
+def test_own_table_throttling_is_retried_through_the_queue(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
     # Given the service's own table throttles the worker's first writes
     vpc = member.vpc()
     instance = member.instance(vpc)
     isolation_id = post(stack, member, instance)
-    faults.inject("dynamodb", "UpdateItem", "ProvisionedThroughputExceededException", status=400, times=3)
+    # (4 times: more than botocore's own 3 attempts, so the message itself must come back)
+    throttled = faults.inject(
+        "dynamodb", "UpdateItem", "ProvisionedThroughputExceededException", status=400, times=4
+    )
 
     # When the worker runs (botocore retries, then the queue)
-    stack.drain()
+    responses = stack.drain()
 
-    # Then the isolation ends ISOLATED all the same
+    # Then the first receive failed its item, and the isolation ends ISOLATED all the same
+    assert throttled.raised == 4
+    assert len(responses[0]["batchItemFailures"]) == 1
     assert record_of(stack, isolation_id)["status"] == "ISOLATED"
     assert_isolated(member, instance, vpc.id)

@@ -83,7 +83,7 @@ def test_consistency_wait_is_bounded_and_backs_off() -> None:
     # Then the waits double, stay within the budget, and the retry goes to the queue with a delay hint
     assert slept == [0.25, 0.5, 1.0, 2.0]
     assert sum(slept) <= 5 and calls == 5
-    assert raised.value.delay_seconds and raised.value.delay_seconds > 0
+    assert raised.value.wait == "consistency"
 
 
 def test_consistency_wait_passes_other_errors_through_at_once() -> None:
@@ -153,3 +153,25 @@ def test_assume_role_denied_is_permanent_role_not_assumable() -> None:
             aws.session_for_account("111122223333", "eu-west-1", "ec2-isolation-execution", sts=sts)
     assert raised.value.code == "RoleNotAssumable"
     assert "arn:aws:iam::111122223333:role/ec2-isolation-execution" in raised.value.message
+
+
+def test_retry_delays_come_from_the_settings() -> None:
+    from shared.config import WorkerSettings
+    from worker.app import _retry_delay
+
+    settings = WorkerSettings(
+        TABLE_NAME="t", QUEUE_URL="q", TARGET_ROLE_NAME="r",
+        RETRY_BASE_DELAY_SECONDS=10, CONSISTENCY_RETRY_SECONDS=15, IN_FLIGHT_RETRY_SECONDS=30,
+    )  # fmt: skip
+    # Exponential per receive, capped at SQS's 900 s
+    assert [_retry_delay(RetryableError("Throttling", "x"), settings, n) for n in (1, 2, 3, 8)] == [
+        10,
+        20,
+        40,
+        900,
+    ]
+    # Known causes wait their own time
+    assert _retry_delay(RetryableError("InvalidParameterValue", "x", wait="consistency"), settings, 3) == 15
+    assert _retry_delay(RetryableError("IsolationInProgress", "x", wait="in-flight"), settings, 1) == 30
+    # An error of the service's own table backs off like throttling
+    assert _retry_delay(error("InternalServerError", 500), settings, 2) == 20
