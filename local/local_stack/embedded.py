@@ -80,7 +80,11 @@ def aws_environment(endpoint: str, region: str, *, embedded: bool) -> dict[str, 
     Embedded moto gets fake credentials, never the user's (no real key is sent anywhere, and no profile
     or SSO refresh is attempted). Against another endpoint the credentials are the user's.
     """
-    env: dict[str, str | None] = {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": region, "AWS_REGION": region}
+    env: dict[str, str | None] = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_REGION": region,
+    }
     if embedded:
         env.update(_FAKE_CREDENTIALS)
         env.update({"AWS_SESSION_TOKEN": None, "AWS_PROFILE": None, "AWS_DEFAULT_PROFILE": None})

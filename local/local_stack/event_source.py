@@ -26,7 +26,12 @@ log = logging.getLogger("local_stack.worker")
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
-_RECORD_ATTRIBUTES = ("ApproximateReceiveCount", "SentTimestamp", "SenderId", "ApproximateFirstReceiveTimestamp")
+_RECORD_ATTRIBUTES = (
+    "ApproximateReceiveCount",
+    "SentTimestamp",
+    "SenderId",
+    "ApproximateFirstReceiveTimestamp",
+)
 
 
 def _message_attributes(attributes: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ serves the OpenAPI document Powertools generates from the routes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import json
 import logging
@@ -366,10 +367,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Protocol errors (bad request line, headers too long...): JSON like every other answer."""
         self.close_connection = True
-        try:
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # garbage, not HTTP/0.9: answer with a status line
+        with contextlib.suppress(OSError):  # the client is gone
             self._send(code, [], _json_body({"message": message or self.responses.get(code, ("Error",))[0]}))
-        except OSError:
-            pass
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)

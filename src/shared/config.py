@@ -64,9 +64,6 @@ class WorkerSettings(CommonSettings):
     #: Delay before a copy of a message whose isolation another worker runs looks again.
     IN_FLIGHT_RETRY_SECONDS: Annotated[int, Field(ge=0, le=900)] = 30
 
-    def empty_to_none(self) -> WorkerSettings:
-        return self
-
 
 def _environment() -> dict[str, str]:
     env = dict(os.environ)
