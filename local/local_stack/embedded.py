@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import urllib.request
 from collections.abc import Mapping
+from typing import Any
 
 DEFAULT_REGION = "eu-west-1"
 _FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -20,15 +22,20 @@ class EmbeddedAws:
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
-        self._server = None
+        self._server: Any = None
+        self._env = EnvironmentPatch()
         self.endpoint = ""
 
     def start(self) -> str:
-        # Set before the first IAM backend exists: AWSDenyAll and the other AWS managed policies are
-        # only there when moto loads them.
-        os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
-        # MOTO_ACCOUNT_ID would override the account of assumed-role credentials: no member accounts.
-        os.environ.pop("MOTO_ACCOUNT_ID", None)
+        self._env.set(
+            {
+                # Read when moto creates an account's IAM backend: AWSDenyAll and the other AWS managed
+                # policies exist only when moto loads them.
+                "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",
+                # Would override the account of assumed-role credentials: no member accounts.
+                "MOTO_ACCOUNT_ID": None,
+            }
+        )
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
 
         from moto.server import ThreadedMotoServer
@@ -38,12 +45,18 @@ class EmbeddedAws:
         host, port = server.get_host_and_port()
         self._server = server
         self.endpoint = f"http://{host}:{port}"
+        # moto's backends are process-wide: an earlier server (or stack) in this process left its
+        # resources there. Embedded AWS starts empty.
+        reset = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST", data=b"")
+        with urllib.request.urlopen(reset, timeout=30):  # noqa: S310 - our own loopback server
+            pass
         return self.endpoint
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        self._env.restore()
 
 
 class EnvironmentPatch:

@@ -7,7 +7,9 @@ moves them to the dead-letter queue after `maxReceiveCount` receives. As in Lamb
 
 - a handler that raises, exceeds its timeout, or answers with an `itemIdentifier` that is not in the
   batch fails the whole batch (nothing is deleted);
-- several pollers may run concurrently (the mapping's `MaximumConcurrency`).
+- several pollers may receive concurrently (the mapping's `MaximumConcurrency`), but the handler runs
+  one batch at a time: in-process there is one execution environment, and the handler's module-level
+  state (Powertools' batch processor, the worker's caches) is, as in Lambda, per environment.
 """
 
 from __future__ import annotations
@@ -159,6 +161,9 @@ class SqsEventSource:
         self.wait_seconds = wait_seconds
         self.concurrency = max(1, int(concurrency))
         self.stats = Stats()
+        # One execution environment: invocations run one at a time, as in one Lambda sandbox. The
+        # handler's module-level objects (Powertools' batch processor, caches) assume exactly that.
+        self._invocation = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -212,19 +217,21 @@ class SqsEventSource:
         """Invoke the handler with one batch and settle it on the queue."""
         event = {"Records": [sqs_record(m, queue_arn=self.queue_arn, region=self.region) for m in messages]}
         ids = [m["MessageId"] for m in messages]
-        context = self.context()
-        outcome = BatchOutcome(message_ids=ids, failed=set(), started=time.time())
-        try:
-            result = self.handler(event, context)
-            outcome.failed = failed_ids(result, ids)
-            if context.expired():
-                outcome.error = f"function timed out after {self.timeout_seconds:g} s"
+        outcome = BatchOutcome(message_ids=ids, failed=set())
+        with self._invocation:
+            context = self.context()
+            outcome.started = time.time()
+            try:
+                result = self.handler(event, context)
+                outcome.failed = failed_ids(result, ids)
+                if context.expired():
+                    outcome.error = f"function timed out after {self.timeout_seconds:g} s"
+                    outcome.failed = set(ids)
+            except Exception as exc:  # Lambda: the invocation failed, every message comes back
+                log.exception("worker handler failed; the batch of %d returns to the queue", len(ids))
+                outcome.error = f"{type(exc).__name__}: {exc}"
                 outcome.failed = set(ids)
-        except Exception as exc:  # Lambda: the invocation failed, every message comes back
-            log.exception("worker handler failed; the batch of %d returns to the queue", len(ids))
-            outcome.error = f"{type(exc).__name__}: {exc}"
-            outcome.failed = set(ids)
-        outcome.duration = time.time() - outcome.started
+            outcome.duration = time.time() - outcome.started
         if outcome.error and "timed out" in outcome.error:
             log.warning("worker %s; the batch of %d returns to the queue", outcome.error, len(ids))
         self._delete(sqs, [m for m in messages if m["MessageId"] not in outcome.failed])

@@ -285,7 +285,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             account_id=api.account_id,
         )
         try:
-            result = api.handler(event, api.context_factory())
+            with api.invocation:
+                result = api.handler(event, api.context_factory())
             status, headers, data = proxy_response(result)
         except Exception:
             log.exception("ingest handler failed on %s %s", method, match.resource)
@@ -404,6 +405,10 @@ class ApiServer:
         self.stage = stage
         self.account_id = account_id
         self.openapi = openapi
+        # One execution environment: requests are read and answered concurrently, the handler runs one
+        # at a time (Powertools' resolver keeps the current event on a module-level object, as Lambda
+        # allows: one invocation per environment at a time).
+        self.invocation = threading.Lock()
         self._httpd = self._Server((host, port), _RequestHandler)
         self._httpd.api = self
         self._thread: threading.Thread | None = None

@@ -1,0 +1,182 @@
+"""`ec2-isolation`: the local stack on the command line.
+
+ec2-isolation serve [--host 127.0.0.1] [--port 8080] [--aws-endpoint URL] [--api-key KEY]
+                    [--target-role-name NAME] [--allowed-accounts ID,ID] [--seed-demo]
+ec2-isolation demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+log = logging.getLogger("local_stack")
+
+
+def _accounts(value: str) -> list[str]:
+    accounts = [part.strip() for part in value.split(",") if part.strip()]
+    for account in accounts:
+        if not re.fullmatch(r"[0-9]{12}", account):
+            raise argparse.ArgumentTypeError(f"{account!r} is not a 12-digit account id")
+    return accounts
+
+
+def _role_name(value: str) -> str:
+    if not re.fullmatch(r"[\w+=,.@-]{1,64}", value, flags=re.ASCII):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IAM role name")
+    return value
+
+
+def _endpoint(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http(s) URL")
+    return value.rstrip("/")
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="ec2-isolation", description="ec2-isolation's local stack: the service on a local AWS endpoint."
+    )
+    commands = root.add_subparsers(dest="command", metavar="{serve,demo}")
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the HTTP API and run the worker against a local AWS endpoint",
+        description="Create what template.yaml declares in an AWS endpoint (an embedded moto server unless "
+        "--aws-endpoint is given), serve the HTTP API through the ingest handler and run the worker on the "
+        "queue as Lambda's SQS event source mapping would.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address of the HTTP API (default 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, default=8080, help="port of the HTTP API (default 8080; 0: any free port)"
+    )
+    serve.add_argument(
+        "--aws-endpoint",
+        type=_endpoint,
+        metavar="URL",
+        help="an AWS-compatible endpoint to use (credentials from the environment) instead of embedded moto",
+    )
+    serve.add_argument(
+        "--api-key", metavar="KEY", help="the x-api-key to require (default: a random key, printed)"
+    )
+    serve.add_argument(
+        "--target-role-name",
+        type=_role_name,
+        metavar="NAME",
+        help="role the worker assumes in member accounts (default: template.yaml's TargetRoleName)",
+    )
+    serve.add_argument(
+        "--allowed-accounts",
+        type=_accounts,
+        metavar="ID,ID",
+        help="accounts that may be isolated (default: any)",
+    )
+    serve.add_argument(
+        "--seed-demo", action="store_true", help="create a demo organization and print curl commands"
+    )
+    serve.add_argument(
+        "--pollers",
+        type=_positive,
+        default=2,
+        help="concurrent worker pollers of the queue (the event source's MaximumConcurrency; default 2)",
+    )
+    serve.add_argument("--template", metavar="PATH", help="template.yaml to read (default: the project's)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every request and batch")
+
+    commands.add_parser(
+        "demo",
+        help="the whole story in one command: webhook, GuardDuty finding and tag event isolate three instances",
+    )
+    return root
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from local_stack.seed import summary
+    from local_stack.stack import LocalStack
+
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    stack = LocalStack(
+        host=args.host,
+        port=args.port,
+        aws_endpoint=args.aws_endpoint,
+        api_key=args.api_key,
+        target_role_name=args.target_role_name,
+        allowed_accounts=args.allowed_accounts,
+        seed_demo=args.seed_demo,
+        template=args.template,
+        pollers=args.pollers,
+    )
+    try:
+        stack.start()
+    except OSError as exc:
+        print(f"ec2-isolation: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        log.debug("start failed", exc_info=True)
+        print(f"ec2-isolation: the local stack did not start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        assert stack.provisioned is not None
+        kind = "embedded moto" if not args.aws_endpoint else "external"
+        print(
+            f"aws endpoint: {stack.aws_endpoint} ({kind}; account {stack.account_id}, region {stack.region})"
+        )
+        print(
+            f"queue: {stack.provisioned.queue_url} (dead letters: {stack.provisioned.dead_letter_queue_url})"
+        )
+        print(f"table: {stack.provisioned.table_name}")
+        print(f"api key: {stack.api_key}" if not args.api_key else "api key: as given by --api-key")
+        if stack.demo is not None:
+            print(summary(stack.demo, api_url=stack.api_url, api_key=stack.api_key))
+        print(f"ready on {stack.api_url}", flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("stopping", flush=True)
+    finally:
+        stack.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command is None:
+        parser().print_help()
+        return 2
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    if args.command == "serve":
+        return serve(args)
+    from local_stack.demo import run_demo
+
+    return run_demo()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

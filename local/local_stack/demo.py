@@ -1,0 +1,156 @@
+"""`ec2-isolation demo`: the whole story in one command, no input needed.
+
+Embedded AWS, the demo organization, the API on a free loopback port; then three isolations, each of a
+different demo instance and each started a different way:
+
+- webhook: `POST /isolate` over HTTP to the local API;
+- GuardDuty: a finding (severity 8, the documented event shape) put on the stack's default bus, where
+  the delegated administrator receives its members' findings;
+- tag: the instance tagged `isolate=true` in its account, and the `Tag Change on Resource` event put on
+  the stack's bus as the member account's forwarding rule delivers it.
+
+It waits (bounded) for the outcomes, prints a table and exits 0 only when all three are ISOLATED.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+from local_stack.sample_events import guardduty_finding, tag_change
+
+#: Quiet handlers: the table is the output (the user's environment still wins).
+DEMO_ENVIRONMENT = {"POWERTOOLS_LOG_LEVEL": "ERROR", "POWERTOOLS_METRICS_DISABLED": "true"}
+WAIT_SECONDS = 45
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    parse = lambda text: datetime.fromisoformat(text.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(end) - parse(start)).total_seconds()
+
+
+def _steps(record: dict[str, Any]) -> str:
+    return " ".join(f"{step['name']}:{step['status']}" for step in record.get("steps") or []) or "-"
+
+
+def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    header = ("source", "account", "instance", "status", "contained in", "steps")
+    lines = []
+    for source, record in rows:
+        seconds = _seconds_between(record.get("created_at"), record.get("contained_at"))
+        lines.append(
+            (
+                source,
+                str(record.get("account_id", "-")),
+                str(record.get("instance_id", "-")),
+                str(record.get("status", "-")),
+                f"{seconds:.2f} s" if seconds is not None else "-",
+                _steps(record),
+            )
+        )
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header) - 1)]
+    out = []
+    for row in [header, *lines]:
+        out.append(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1]
+        )
+    return "\n".join(out)
+
+
+def run_demo() -> int:
+    from local_stack.stack import LocalStack
+
+    started = time.monotonic()
+    environment = {name: value for name, value in DEMO_ENVIRONMENT.items() if name not in os.environ}
+    print("starting the local stack: embedded AWS, demo organization, API and worker ...", flush=True)
+    with LocalStack(seed_demo=True, environment=environment) as stack:
+        demo = stack.demo
+        assert demo is not None
+        print(f"aws endpoint: {stack.aws_endpoint}")
+        print(f"ready on {stack.api_url} ({time.monotonic() - started:.1f} s)", flush=True)
+
+        by_webhook = demo.instance("web-1", account=0)
+        by_finding = demo.instance("ipv6-1", account=0)
+        by_tag = demo.instance("web-1", account=1)
+
+        status, body = stack.request(
+            "POST",
+            "/isolate",
+            {
+                "instance_id": by_webhook.instance_id,
+                "account_id": by_webhook.account_id,
+                "region": by_webhook.region,
+                "reason": "demo: webhook",
+                "requested_by": "ec2-isolation demo",
+            },
+        )
+        print(f"webhook   POST /isolate {by_webhook.instance_id} -> {status} {body.get('status', body)}")
+
+        finding = guardduty_finding(
+            account_id=by_finding.account_id,
+            region=by_finding.region,
+            instance_id=by_finding.instance_id,
+            severity=8,
+            administrator_account=stack.account_id,
+        )
+        stack.put_event(finding)
+        print(
+            f"guardduty finding {finding['detail']['type']} (severity 8) for {by_finding.instance_id} -> bus"
+        )
+
+        stack.client("ec2", by_tag.account_id).create_tags(
+            Resources=[by_tag.instance_id], Tags=[{"Key": "isolate", "Value": "true"}]
+        )
+        stack.put_event(
+            tag_change(account_id=by_tag.account_id, region=by_tag.region, instance_id=by_tag.instance_id)
+        )
+        print(f"tag       isolate=true on {by_tag.instance_id} -> bus", flush=True)
+
+        targets = [("webhook", by_webhook), ("guardduty", by_finding), ("tag", by_tag)]
+        deadline = time.monotonic() + WAIT_SECONDS
+        results: dict[str, dict[str, Any]] = {}
+        while time.monotonic() < deadline and len(results) < len(targets):
+            for source, instance in targets:
+                if source in results:
+                    continue
+                items = stack.records(instance.instance_id, instance.account_id)
+                if items and items[0]["status"] in ("ISOLATED", "FAILED", "SKIPPED"):
+                    results[source] = items[0]
+            time.sleep(0.25)
+        rows = []
+        for source, instance in targets:
+            record = results.get(source)
+            if record is None:
+                items = stack.records(instance.instance_id, instance.account_id)
+                record = (
+                    items[0]
+                    if items
+                    else {
+                        "account_id": instance.account_id,
+                        "instance_id": instance.instance_id,
+                        "status": "NO RECORD",
+                    }
+                )
+            rows.append((source, record))
+        print()
+        print(table(rows))
+        for source, record in rows:
+            if record.get("error"):
+                print(f"{source}: {record['error'].get('code')}: {record['error'].get('message')}")
+        isolated = all(record.get("status") == "ISOLATED" for _, record in rows)
+        print()
+        print(
+            f"{'all three isolated' if isolated else 'NOT all isolated'} "
+            f"({time.monotonic() - started:.1f} s in all)",
+            flush=True,
+        )
+    return 0 if isolated else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_demo())

@@ -1,0 +1,111 @@
+"""EventBridge events in the shapes AWS documents, for the demo and the benchmark.
+
+- GuardDuty finding (`aws.guardduty` / `GuardDuty Finding`): `detail` is the finding, with the
+  affected instance in `resource.instanceDetails` and the member account in `accountId`.
+- Tag change (`aws.tag` / `Tag Change on Resource`): `resources` is the instance ARN, `detail` holds
+  `changed-tag-keys`, `service`, `resource-type`, `version` and `tags` (the tags after the change).
+
+tests/events/*.json hold the same shapes as fixed files.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+
+def _now() -> str:
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def guardduty_finding(
+    *,
+    account_id: str,
+    region: str,
+    instance_id: str,
+    severity: float = 8,
+    finding_type: str = "CryptoCurrency:EC2/BitcoinTool.B!DNS",
+    administrator_account: str | None = None,
+) -> dict[str, Any]:
+    finding_id = uuid.uuid4().hex
+    now = _now()
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "GuardDuty Finding",
+        "source": "aws.guardduty",
+        "account": administrator_account or account_id,
+        "time": now,
+        "region": region,
+        "resources": [],
+        "detail": {
+            "schemaVersion": "2.0",
+            "accountId": account_id,
+            "region": region,
+            "partition": "aws",
+            "id": finding_id,
+            "arn": f"arn:aws:guardduty:{region}:{account_id}:detector/demo/finding/{finding_id}",
+            "type": finding_type,
+            "resource": {
+                "resourceType": "Instance",
+                "instanceDetails": {
+                    "instanceId": instance_id,
+                    "instanceType": "t3.micro",
+                    "instanceState": "running",
+                    "availabilityZone": f"{region}a",
+                    "imageId": "ami-0123456789abcdef0",
+                    "networkInterfaces": [],
+                    "tags": [],
+                },
+            },
+            "service": {
+                "serviceName": "guardduty",
+                "detectorId": "demo",
+                "action": {
+                    "actionType": "DNS_REQUEST",
+                    "dnsRequestAction": {"domain": "pool.example.com", "protocol": "UDP", "blocked": False},
+                },
+                "resourceRole": "ACTOR",
+                "eventFirstSeen": now,
+                "eventLastSeen": now,
+                "archived": False,
+                "count": 1,
+            },
+            "severity": severity,
+            "createdAt": now,
+            "updatedAt": now,
+            "title": f"The EC2 instance {instance_id} is querying a domain name associated with Bitcoin.",
+            "description": f"The EC2 instance {instance_id} is querying a domain name associated with "
+            "cryptocurrency-related activity.",
+        },
+    }
+
+
+def tag_change(
+    *,
+    account_id: str,
+    region: str,
+    instance_id: str,
+    tags: dict[str, str] | None = None,
+    changed: list[str] | None = None,
+) -> dict[str, Any]:
+    tags = {"isolate": "true"} if tags is None else tags
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Tag Change on Resource",
+        "source": "aws.tag",
+        "account": account_id,
+        "time": _now(),
+        "region": region,
+        "resources": [f"arn:aws:ec2:{region}:{account_id}:instance/{instance_id}"],
+        "detail": {
+            "changed-tag-keys": changed if changed is not None else ["isolate"],
+            "service": "ec2",
+            "resource-type": "instance",
+            "version": 1,
+            "tags": tags,
+        },
+    }

@@ -1,0 +1,394 @@
+"""The local stack in one object: AWS (embedded moto or an endpoint), what template.yaml declares,
+the HTTP API in front of the ingest handler and the worker on the queue.
+
+    with LocalStack(seed_demo=True) as stack:
+        status, body = stack.request("POST", "/isolate", {"instance_id": ..., ...})
+        record = stack.wait_for(body["isolation_id"])
+        ec2 = stack.client("ec2", account_id=record["account_id"])
+
+The handlers read their settings from the environment, which is process-wide: run one stack per
+process at a time. The environment is put back when the stack stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import secrets
+import time
+import urllib.error
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from local_stack import cfn
+from local_stack.embedded import EmbeddedAws, EnvironmentPatch, aws_environment, default_region
+from local_stack.event_source import SqsEventSource
+from local_stack.http_api import ApiServer
+from local_stack.lambda_context import LambdaContext
+from local_stack.provision import (
+    INGEST,
+    WORKER,
+    Provisioned,
+    api_routes,
+    function_settings,
+    provision,
+    queue_event,
+    runtime_environment,
+)
+from local_stack.seed import DemoOrg, member_session, seed_demo
+
+log = logging.getLogger("local_stack")
+
+STACK_NAME = "ec2-isolation-local"
+TERMINAL = frozenset({"ISOLATED", "FAILED", "SKIPPED"})
+
+#: Local-stack defaults the user's environment may override: retries and eventual-consistency waits in
+#: seconds rather than the deployed tens of seconds, so a local isolation ends quickly.
+LOCAL_DEFAULTS = {"CONSISTENCY_WAIT_SECONDS": "2", "RETRY_BASE_DELAY_SECONDS": "1"}
+#: Template variables the user's environment may override (the others must match what was created).
+USER_OVERRIDABLE = frozenset({"POWERTOOLS_LOG_LEVEL"})
+
+
+def project_root() -> Path:
+    """The directory holding template.yaml: the checkout this package runs from, else the cwd."""
+    for directory in Path(__file__).resolve().parents:
+        if (directory / "template.yaml").is_file():
+            return directory
+    return Path.cwd()
+
+
+def _version() -> str:
+    try:
+        return metadata.version("ec2-isolation")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+class LocalStack:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        aws_endpoint: str | None = None,
+        api_key: str | None = None,
+        target_role_name: str | None = None,
+        allowed_accounts: list[str] | None = None,
+        seed_demo: bool = False,
+        region: str | None = None,
+        template: str | Path | None = None,
+        execution_template: str | Path | None = None,
+        pollers: int = 2,
+        worker: bool = True,
+        environment: dict[str, str] | None = None,
+    ) -> None:
+        root = project_root()
+        self.host = host
+        self.port = port
+        self.requested_endpoint = aws_endpoint
+        self.api_key = api_key or secrets.token_urlsafe(24)
+        self.target_role_name = target_role_name
+        self.allowed_accounts = allowed_accounts
+        self.seed = seed_demo
+        self.region = region or default_region()
+        self.template_path = Path(template) if template else root / "template.yaml"
+        self.execution_template_path = (
+            Path(execution_template) if execution_template else root / "iam-execution-role.yml"
+        )
+        self.pollers = pollers
+        self.run_worker = worker
+        self.extra_environment = dict(environment or {})
+
+        self.aws_endpoint = ""
+        self.account_id = ""
+        self.resolved: dict[str, Any] = {}
+        self.provisioned: Provisioned | None = None
+        self.demo: DemoOrg | None = None
+        self.api: ApiServer | None = None
+        self.event_source: SqsEventSource | None = None
+        self.ingest_handler: Any = None
+        self.worker_handler: Any = None
+        self._embedded: EmbeddedAws | None = None
+        self._env = EnvironmentPatch()
+        self._sessions: dict[str, boto3.Session] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> LocalStack:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        # Bound first: a port in use fails at once, not after the demo organization is seeded. Nothing
+        # is served before `start()`, once the handlers are set.
+        self.api = ApiServer(
+            handler=self._not_ready,
+            api_key=self.api_key,
+            routes=(),
+            context_factory=lambda: None,
+            host=self.host,
+            port=self.port,
+            openapi=self._openapi,
+        )
+        if self.requested_endpoint:
+            self.aws_endpoint = self.requested_endpoint.rstrip("/")
+        else:
+            self._embedded = EmbeddedAws(
+                self.host if self.host in ("127.0.0.1", "localhost") else "127.0.0.1"
+            )
+            self.aws_endpoint = self._embedded.start()
+        self._env.set(aws_environment(self.aws_endpoint, self.region, embedded=self._embedded is not None))
+        self.account_id = str(self.client("sts").get_caller_identity()["Account"])
+
+        overrides: dict[str, str] = {}
+        if self.target_role_name:
+            overrides["TargetRoleName"] = self.target_role_name
+        if self.allowed_accounts is not None:
+            overrides["AllowedAccountIds"] = ",".join(self.allowed_accounts)
+        pseudo = {"AWS::AccountId": self.account_id, "AWS::Region": self.region, "AWS::StackName": STACK_NAME}
+        self.resolved = cfn.resolve(cfn.load_template(self.template_path), overrides, pseudo=pseudo)
+        self.provisioned = provision(
+            self.resolved,
+            sqs=self.client("sqs"),
+            dynamodb=self.client("dynamodb"),
+            events=self.client("events"),
+            region=self.region,
+            account_id=self.account_id,
+            prefix=STACK_NAME,
+        )
+        self._configure_functions()
+
+        if self.seed:
+            self.demo = seed_demo(
+                region=self.region,
+                execution_template=self.execution_template_path,
+                target_role_name=str(self.resolved["Parameters"]["TargetRoleName"]),
+                external_id=str(self.resolved["Parameters"].get("ExternalId") or "") or None,
+            )
+
+        ingest = function_settings(self.resolved, INGEST)
+        self.api.handler = self.ingest_handler
+        self.api.routes = tuple(api_routes(self.resolved))
+        self.api.account_id = self.account_id
+        self.api.context_factory = lambda: LambdaContext(
+            function_name=f"{STACK_NAME}-ingest",
+            timeout_seconds=ingest.timeout_seconds,
+            region=self.region,
+            account_id=self.account_id,
+            memory_limit_in_mb=ingest.memory_mb,
+        )
+        worker = function_settings(self.resolved, WORKER)
+        self.event_source = SqsEventSource(
+            sqs_factory=lambda: self.client("sqs"),
+            handler=self.worker_handler,
+            queue_url=self.provisioned.queue_url,
+            queue_arn=self.provisioned.queue_arn,
+            region=self.region,
+            account_id=self.account_id,
+            function_name=f"{STACK_NAME}-worker",
+            timeout_seconds=worker.timeout_seconds,
+            memory_mb=worker.memory_mb,
+            batch_size=int(queue_event(self.resolved).get("BatchSize", 10)),
+            concurrency=self.pollers,
+        )
+        self.api.start()
+        if self.run_worker:
+            self.event_source.start()
+
+    @staticmethod
+    def _not_ready(event: dict[str, Any], context: Any) -> Any:
+        raise RuntimeError("the local stack is not started")
+
+    def _configure_functions(self) -> None:
+        """Both functions' environment from the template, then the handlers imported under it."""
+        assert self.provisioned is not None
+        template_env = runtime_environment(self.resolved, self.provisioned)
+        self._env.set({k: v for k, v in template_env.items() if k not in USER_OVERRIDABLE})
+        self._env.setdefault({k: v for k, v in template_env.items() if k in USER_OVERRIDABLE})
+        self._env.setdefault(LOCAL_DEFAULTS)
+        self._env.set(self.extra_environment)
+        self._reset_handler_caches()
+        self.ingest_handler = importlib.import_module("ingest.app").lambda_handler
+        self.worker_handler = importlib.import_module("worker.app").lambda_handler
+
+    @staticmethod
+    def _reset_handler_caches() -> None:
+        """Settings, clients, sessions and per-VPC caches belong to one stack's endpoint."""
+        from shared import aws, config
+
+        config.ingest_settings.cache_clear()
+        config.worker_settings.cache_clear()
+        aws.reset_caches()
+        steps = importlib.import_module("worker.steps")
+        if hasattr(steps, "forget_caches"):
+            steps.forget_caches()
+
+    def _openapi(self) -> str:
+        app = importlib.import_module("ingest.app").app
+        return str(app.get_openapi_json_schema(title="ec2-isolation", version=_version()))
+
+    def stop(self) -> None:
+        if self.event_source is not None:
+            self.event_source.stop()
+        if self.api is not None:
+            self.api.stop()
+            self.api = None
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
+        self._env.restore()
+        self._sessions.clear()
+        with contextlib.suppress(ImportError):  # src/ not importable: nothing was cached
+            self._reset_handler_caches()
+
+    def pause_worker(self) -> None:
+        """Stop polling the queue (messages stay there) until `resume_worker`."""
+        if self.event_source is not None:
+            self.event_source.stop()
+
+    def resume_worker(self) -> None:
+        if self.event_source is not None:
+            self.event_source.start()
+
+    # --- using it ----------------------------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        assert self.api is not None, "the stack is not started"
+        return self.api.url
+
+    def session(self, account_id: str | None = None) -> boto3.Session:
+        """A boto3 session in the stack's account, or in `account_id` (an assumed role there)."""
+        if account_id is None or account_id == self.account_id:
+            # A new session each time: boto3's default session may hold credentials from before the
+            # stack set its environment.
+            return boto3.Session(region_name=self.region)
+        if account_id not in self._sessions:
+            self._sessions[account_id] = member_session(account_id, self.region)
+        return self._sessions[account_id]
+
+    def client(self, service: str, account_id: str | None = None) -> Any:
+        return self.session(account_id).client(service, region_name=self.region)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        api_key: str | None = "",
+        timeout: float = 30,
+    ) -> tuple[int, Any]:
+        """One HTTP request to the local API; returns (status, JSON body or raw text).
+
+        `api_key`: "" sends the stack's key, None sends none, anything else is sent as given.
+        """
+        data: bytes | None
+        if body is None or isinstance(body, bytes):
+            data = body
+        elif isinstance(body, str):
+            data = body.encode("utf-8")
+        else:
+            data = json.dumps(body).encode("utf-8")
+        all_headers = {"content-type": "application/json"} if data is not None else {}
+        if api_key is not None:
+            all_headers["x-api-key"] = api_key or self.api_key
+        all_headers.update(headers or {})
+        request = urllib.request.Request(self.api_url + path, data=data, method=method, headers=all_headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback
+                status, text = response.status, response.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as error:
+            status, text = error.code, error.read().decode("utf-8", "replace")
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+    def records(self, instance_id: str, account_id: str | None = None) -> list[dict[str, Any]]:
+        query = f"/isolations?instance_id={instance_id}" + (f"&account_id={account_id}" if account_id else "")
+        status, body = self.request("GET", query)
+        if status != 200:
+            raise RuntimeError(f"GET {query} answered {status}: {body}")
+        return list(body["items"])
+
+    def wait_for(
+        self, isolation_id: str, *, statuses: frozenset[str] | set[str] = TERMINAL, timeout: float = 30
+    ) -> dict[str, Any]:
+        """The record once its status is one of `statuses`; TimeoutError with the last one otherwise."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while True:
+            status, last = self.request("GET", f"/isolations/{isolation_id}")
+            if status == 200 and last.get("status") in statuses:
+                return dict(last)
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"isolation {isolation_id} not in {sorted(statuses)} after {timeout} s: {last}"
+                )
+            time.sleep(0.2)
+
+    def wait_for_instance(
+        self,
+        instance_id: str,
+        account_id: str | None = None,
+        *,
+        statuses: frozenset[str] | set[str] = TERMINAL,
+        timeout: float = 30,
+    ) -> dict[str, Any]:
+        """The newest record of an instance once its status is one of `statuses`."""
+        deadline = time.monotonic() + timeout
+        items: list[dict[str, Any]] = []
+        while True:
+            items = self.records(instance_id, account_id)
+            if items and items[0].get("status") in statuses:
+                return items[0]
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"no record of {instance_id} in {sorted(statuses)} after {timeout} s: {items}"
+                )
+            time.sleep(0.2)
+
+    def queue_depth(self, *, dead_letter: bool = False) -> int:
+        """Messages on the queue (visible + in flight + delayed), or on the dead-letter queue."""
+        assert self.provisioned is not None
+        url = self.provisioned.dead_letter_queue_url if dead_letter else self.provisioned.queue_url
+        attributes = self.client("sqs").get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )["Attributes"]
+        return sum(int(value) for value in attributes.values())
+
+    def put_event(self, event: dict[str, Any], *, account_id: str | None = None) -> str:
+        """Put an event (in the EventBridge envelope shape of tests/events) on a default bus."""
+        entry = {
+            "Source": event["source"],
+            "DetailType": event["detail-type"],
+            "Detail": json.dumps(event["detail"]),
+            "Resources": list(event.get("resources") or []),
+        }
+        answer = self.client("events", account_id).put_events(Entries=[entry])
+        if answer.get("FailedEntryCount"):
+            raise RuntimeError(f"put_events failed: {answer['Entries']}")
+        return str(answer["Entries"][0]["EventId"])

@@ -1,0 +1,177 @@
+"""Helpers of the end-to-end suite: the served stack in a subprocess, sample events, what isolated means."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from local_stack.seed import DemoInstance, member_session
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = ROOT / "tests" / "events"
+# The console script the project installs, as a user runs it (the module when it is not installed).
+_SCRIPT = Path(sys.executable).with_name("ec2-isolation")
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "local_stack.cli"]
+ISOLATION_PROFILE = "ec2-isolation-deny-all"
+DENY_ALL = "arn:aws:iam::aws:policy/AWSDenyAll"
+
+# The placeholders of tests/events/*.json (valid ids, so each file is a valid event as it is).
+SAMPLE_ACCOUNT = "111122223333"
+SAMPLE_REGION = "eu-west-1"
+SAMPLE_INSTANCE = "i-0123456789abcdef0"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def sample_event(name: str, instance: DemoInstance) -> dict[str, Any]:
+    """A tests/events sample retargeted at a demo instance."""
+    text = (EVENTS / name).read_text()
+    text = text.replace(SAMPLE_INSTANCE, instance.instance_id)
+    text = text.replace(SAMPLE_ACCOUNT, instance.account_id).replace(SAMPLE_REGION, instance.region)
+    return json.loads(text)
+
+
+def subprocess_environment(**extra: str) -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("AWS_", "MOTO_")) and name not in ("TABLE_NAME", "QUEUE_URL")
+    }
+    env.update({"PYTHONUNBUFFERED": "1", "AWS_DEFAULT_REGION": SAMPLE_REGION}, **extra)
+    return env
+
+
+class Served:
+    """`ec2-isolation serve` in a subprocess; its output is collected as it comes."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [*CLI, "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env or subprocess_environment(),
+            cwd=ROOT,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for_line(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if line.startswith(prefix):
+                    return line
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(
+            f"no {prefix!r} line within {timeout} s; output:\n" + "\n".join(self.lines[-60:])
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._reader.join(timeout=5)
+        return int(self.process.returncode)
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "MOTO_ACCOUNT_ID"):
+            patch.delenv(name, raising=False)
+        for name, value in values.items():
+            patch.setenv(name, value)
+        yield
+
+
+def member_clients(instance: DemoInstance) -> tuple[Any, Any]:
+    """EC2 and IAM clients in the instance's account (moto lets the test assume any role)."""
+    return _member_clients(os.environ.get("AWS_ENDPOINT_URL", ""), instance.account_id, instance.region)
+
+
+@functools.lru_cache(maxsize=16)
+def _member_clients(endpoint: str, account_id: str, region: str) -> tuple[Any, Any]:
+    session = member_session(account_id, region, base=boto3.Session(region_name=region))
+    return session.client("ec2"), session.client("iam")
+
+
+def assert_isolated(instance: DemoInstance, record: dict[str, Any], *, source: str) -> None:
+    """CONTRACT §5, observed in the member account."""
+    ec2, iam = member_clients(instance)
+    assert record["status"] == "ISOLATED", record
+    assert record["source"] == source
+    assert record["contained_at"] is not None
+    assert record["steps"] and all(step["status"] in ("done", "already") for step in record["steps"]), record
+    assert record["prior_state"]["vpc_id"] == instance.vpc_id
+    assert sorted(eni["id"] for eni in record["prior_state"]["network_interfaces"]) == sorted(
+        instance.eni_ids
+    )
+
+    # Every interface has exactly one group: the VPC's isolation group, with no rules at all.
+    interfaces = ec2.describe_network_interfaces(NetworkInterfaceIds=instance.eni_ids)["NetworkInterfaces"]
+    assert len(interfaces) == len(instance.eni_ids) >= 2
+    groups = {tuple(group["GroupId"] for group in eni["Groups"]) for eni in interfaces}
+    assert len(groups) == 1 and len(next(iter(groups))) == 1, groups
+    (isolation_group,) = next(iter(groups))
+    assert isolation_group not in instance.security_group_ids
+    group = ec2.describe_security_groups(GroupIds=[isolation_group])["SecurityGroups"][0]
+    assert group["VpcId"] == instance.vpc_id
+    assert group["IpPermissions"] == []
+    assert group["IpPermissionsEgress"] == []  # IPv4 and IPv6 rules alike
+
+    # The deny-all isolation profile, whether or not the instance had a profile before.
+    associations = ec2.describe_iam_instance_profile_associations(
+        Filters=[
+            {"Name": "instance-id", "Values": [instance.instance_id]},
+            {"Name": "state", "Values": ["associated"]},
+        ]
+    )["IamInstanceProfileAssociations"]
+    assert len(associations) == 1
+    assert associations[0]["IamInstanceProfile"]["Arn"].endswith(f":instance-profile/{ISOLATION_PROFILE}")
+    profile = iam.get_instance_profile(InstanceProfileName=ISOLATION_PROFILE)["InstanceProfile"]
+    (role,) = profile["Roles"]
+    attached = iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"]
+    assert [policy["PolicyArn"] for policy in attached] == [DENY_ALL]
+
+    # Tags and termination protection.
+    described = ec2.describe_instances(InstanceIds=[instance.instance_id])["Reservations"][0]["Instances"][0]
+    tags = {tag["Key"]: tag["Value"] for tag in described.get("Tags", [])}
+    assert tags["ec2-isolation:id"] == record["isolation_id"]
+    assert tags["ec2-isolation:source"] == source
+    datetime.fromisoformat(tags["ec2-isolation:at"].replace("Z", "+00:00"))
+    protection = ec2.describe_instance_attribute(
+        InstanceId=instance.instance_id, Attribute="disableApiTermination"
+    )
+    assert protection["DisableApiTermination"]["Value"] is True

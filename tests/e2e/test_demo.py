@@ -1,0 +1,34 @@
+"""`ec2-isolation demo`: the whole story in one command exits 0 with all three instances isolated."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.e2e.helpers import CLI, ROOT, subprocess_environment
+
+pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(100)]
+
+
+def test_demo_isolates_three_ways() -> None:
+    # When a person runs the demo with no input
+    done = subprocess.run(
+        [*CLI, "demo"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=subprocess_environment(),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+
+    # Then it exits 0 and its table shows each trigger's instance ISOLATED
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["source", "account", "instance"])
+    rows = {line.split()[0]: line.split() for line in lines[header + 1 : header + 4]}
+    for source in ("webhook", "guardduty", "tag"):
+        assert rows[source][3] == "ISOLATED", output
+    assert "all three isolated" in done.stdout

@@ -1,0 +1,151 @@
+"""The trigger rules as deployed: tests/events samples put on the local stack's bus, through the rules
+created from template.yaml's own event patterns, to the queue and the worker (or nowhere)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from local_stack.seed import DemoInstance
+from local_stack.stack import LocalStack
+from tests.e2e.helpers import assert_isolated, member_clients, sample_event
+
+pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(90)]
+
+# moto delivers a matched event to the queue within PutEvents: what is not there at once never comes.
+# The wait is a margin, not a necessity.
+QUIET_SECONDS = 0.75
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    # Not POWERTOOLS_LOG_LEVEL: the shared Logger keeps the level it was created with, for later suites too.
+    environment = {"POWERTOOLS_METRICS_DISABLED": "true"}
+    with LocalStack(seed_demo=True, region="eu-west-1", worker=False, environment=environment) as local:
+        yield local
+
+
+@pytest.fixture
+def paused(stack: LocalStack) -> LocalStack:
+    """The stack with its worker stopped: what the rules deliver stays on the queue to be counted."""
+    stack.pause_worker()
+    assert stack.queue_depth() == 0
+    return stack
+
+
+def _tag(instance: DemoInstance, tags: dict[str, str]) -> None:
+    ec2, _ = member_clients(instance)
+    ec2.create_tags(Resources=[instance.instance_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+
+
+def _stays_empty(stack: LocalStack) -> None:
+    deadline = time.monotonic() + QUIET_SECONDS
+    while time.monotonic() < deadline:
+        assert stack.queue_depth() == 0
+        time.sleep(0.25)
+
+
+def _no_record_after_worker_runs(stack: LocalStack, instance: DemoInstance) -> None:
+    stack.resume_worker()
+    time.sleep(0.5)
+    assert stack.records(instance.instance_id, instance.account_id) == []
+    assert stack.queue_depth(dead_letter=True) == 0
+
+
+def _isolated_by(stack: LocalStack, instance: DemoInstance, source: str) -> dict[str, Any]:
+    assert stack.queue_depth() == 1  # the rule matched: the event is on the queue, unchanged
+    stack.resume_worker()
+    record = stack.wait_for_instance(instance.instance_id, instance.account_id, timeout=30)
+    assert_isolated(instance, record, source=source)
+    return record
+
+
+def test_high_severity_ec2_finding_isolates(paused: LocalStack) -> None:
+    # Given a severity-8 GuardDuty finding about a demo instance
+    instance = paused.demo.instance("web-1", 0)
+    event = sample_event("guardduty-finding-ec2-high.json", instance)
+
+    # When GuardDuty publishes it on the (delegated administrator's) bus
+    paused.put_event(event)
+
+    # Then the rule sends it to the queue and the worker isolates the instance, recording the finding
+    record = _isolated_by(paused, instance, "guardduty")
+    assert record["trigger"]["finding_id"] == event["detail"]["id"]
+    assert record["trigger"]["severity"] == 8
+
+
+def test_low_severity_finding_does_not_isolate(paused: LocalStack) -> None:
+    instance = paused.demo.instance("web-2", 0)
+    paused.put_event(sample_event("guardduty-finding-ec2-low.json", instance))
+    _stays_empty(paused)
+    _no_record_after_worker_runs(paused, instance)
+
+
+@pytest.mark.parametrize("sample", ["guardduty-finding-iam-accesskey.json", "guardduty-finding-s3.json"])
+def test_finding_about_another_resource_does_not_isolate(paused: LocalStack, sample: str) -> None:
+    # A high-severity finding, but not about an instance (the instance id in its text is a red herring)
+    instance = paused.demo.instance("web-2", 0)
+    event = sample_event(sample, instance)
+    assert event["detail"]["severity"] >= 7
+    paused.put_event(event)
+    _stays_empty(paused)
+    _no_record_after_worker_runs(paused, instance)
+
+
+def test_isolate_true_tag_isolates(paused: LocalStack) -> None:
+    # Given a demo instance tagged isolate=true in its account
+    instance = paused.demo.instance("web-1", 1)
+    _tag(instance, {"isolate": "true"})
+
+    # When the tag change event arrives on the bus
+    event = sample_event("tag-isolate-true.json", instance)
+    paused.put_event(event)
+
+    # Then it is isolated, the record says so
+    record = _isolated_by(paused, instance, "tag")
+    assert record["trigger"]["resource_arn"] == event["resources"][0]
+
+
+@pytest.mark.parametrize(
+    ("sample", "tags"),
+    [
+        ("tag-isolate-false.json", {"isolate": "false"}),
+        ("tag-other-tag-while-isolate-true.json", {"isolate": "true", "team": "platform"}),
+        (
+            "tag-ec2-isolation-tags.json",
+            {
+                "isolate": "true",
+                "ec2-isolation:source": "tag",
+                "ec2-isolation:at": "2026-11-26T10:20:03.412Z",
+            },
+        ),
+    ],
+    ids=["isolate-false", "other-tag-changed", "service-own-tags"],
+)
+def test_tag_changes_that_must_not_isolate(paused: LocalStack, sample: str, tags: dict[str, str]) -> None:
+    instance = paused.demo.instance("web-2", 1)
+    _tag(instance, tags)
+    paused.put_event(sample_event(sample, instance))
+    _stays_empty(paused)
+    _no_record_after_worker_runs(paused, instance)
+
+
+def test_finding_for_exempt_instance_is_skipped(paused: LocalStack) -> None:
+    # Given an instance tagged ec2-isolation:exempt=true
+    instance = paused.demo.instance("exempt", 0)
+    assert instance.exempt
+
+    # When a high-severity finding names it
+    paused.put_event(sample_event("guardduty-finding-ec2-high.json", instance))
+
+    # Then the record says SKIPPED and the instance keeps its groups
+    assert paused.queue_depth() == 1
+    paused.resume_worker()
+    record = paused.wait_for_instance(instance.instance_id, instance.account_id, timeout=30)
+    assert record["status"] == "SKIPPED" and record["source"] == "guardduty"
+    ec2, _ = member_clients(instance)
+    interfaces = ec2.describe_network_interfaces(NetworkInterfaceIds=instance.eni_ids)["NetworkInterfaces"]
+    assert sorted({g["GroupId"] for eni in interfaces for g in eni["Groups"]}) == instance.security_group_ids
