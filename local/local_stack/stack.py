@@ -50,7 +50,12 @@ TERMINAL = frozenset({"ISOLATED", "FAILED", "SKIPPED"})
 
 #: Local-stack defaults the user's environment may override: retries and eventual-consistency waits in
 #: seconds rather than the deployed tens of seconds, so a local isolation ends quickly.
-LOCAL_DEFAULTS = {"CONSISTENCY_WAIT_SECONDS": "2", "RETRY_BASE_DELAY_SECONDS": "1"}
+LOCAL_DEFAULTS = {
+    "CONSISTENCY_WAIT_SECONDS": "2",
+    "RETRY_BASE_DELAY_SECONDS": "1",
+    "CONSISTENCY_RETRY_SECONDS": "2",
+    "IN_FLIGHT_RETRY_SECONDS": "2",
+}
 #: Template variables the user's environment may override (the others must match what was created).
 USER_OVERRIDABLE = frozenset({"POWERTOOLS_LOG_LEVEL"})
 
