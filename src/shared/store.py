@@ -136,6 +136,23 @@ class LeaseHeld(Exception):
     """Another worker is running this isolation right now."""
 
 
+class RecordEnded(Exception):
+    """The record is ISOLATED, SKIPPED or FAILED for good: a redelivered message has nothing to do."""
+
+    def __init__(self, record: IsolationRecord) -> None:
+        super().__init__(record.isolation_id)
+        self.record = record
+
+
+class RecordMissing(Exception):
+    """No record with this id (a message that did not come through ingest)."""
+
+
+#: A record a worker may (still) run: not ended, or ended FAILED with its retries exhausted (a DLQ
+#: redrive resumes it).
+_RUNNABLE = "(#s IN (:queued, :running) OR resumable = :true)"
+
+
 class IsolationStore:
     def __init__(self, table_name: str, *, client: Any = None) -> None:
         self.table_name = table_name
@@ -363,7 +380,9 @@ class IsolationStore:
     ) -> IsolationRecord:
         """Mark the record IN_PROGRESS, count the attempt, keep the first `prior_state`, take the lease.
 
-        Raises `LeaseHeld` while another worker holds the lease on this record.
+        One conditional write, the only one before the first change to the instance. Raises `LeaseHeld`
+        while another worker holds the lease, `RecordEnded` when there is nothing left to do,
+        `RecordMissing` when there is no such record.
         """
         now = time.time()
         update = _Update(
@@ -380,6 +399,8 @@ class IsolationStore:
             owner=owner,
             until=_epoch(now + lease_seconds),
             now=_epoch(now),
+            queued=Status.QUEUED.value,
+            true=True,
         )
         if prior_state is not None:
             # The first attempt's view is the instance as it was: a retry sees it half isolated.
@@ -389,16 +410,26 @@ class IsolationStore:
                 TableName=self.table_name,
                 Key={"pk": {"S": isolation_id}},
                 ConditionExpression=(
-                    "attribute_exists(pk) AND "
+                    f"attribute_exists(pk) AND {_RUNNABLE} AND "
                     "(attribute_not_exists(lease_until) OR lease_until < :now OR lease_owner = :owner)"
                 ),
                 ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 **update.params(),
             )["Attributes"]
         except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                raise LeaseHeld(isolation_id) from exc
-            raise
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            old = exc.response.get("Item")
+            current = deserialize(old) if old else self.get_raw(isolation_id)
+            if current is None:
+                raise RecordMissing(isolation_id) from exc
+            ended = current.get("status") not in (Status.QUEUED, Status.IN_PROGRESS) and not current.get(
+                "resumable"
+            )
+            if ended:
+                raise RecordEnded(_record(current)) from exc
+            raise LeaseHeld(isolation_id) from exc
         return _record(deserialize(item))
 
     def release_lease(self, isolation_id: str, owner: str) -> None:
@@ -415,18 +446,15 @@ class IsolationStore:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
 
-    def is_resumable(self, isolation_id: str) -> bool:
-        """A FAILED record whose retries ran out (its message went on to the DLQ): a redrive resumes it."""
-        item = self.get_raw(isolation_id)
-        return bool(item and item.get("resumable"))
-
-    def add_step(self, isolation_id: str, step: StepRecord, *, contained_at: str | None = None) -> None:
+    def add_steps(
+        self, isolation_id: str, steps: list[StepRecord], *, contained_at: str | None = None
+    ) -> None:
         update = _Update(
             "steps = list_append(if_not_exists(steps, :empty), :step)",
             "updated_at = :stamp",
             empty=[],
-            step=[step.model_dump(mode="json")],
-            stamp=step.at,
+            step=[step.model_dump(mode="json") for step in steps],
+            stamp=steps[-1].at,
         )
         if contained_at is not None:
             update.set("contained_at = if_not_exists(contained_at, :contained)", contained=contained_at)
@@ -439,7 +467,7 @@ class IsolationStore:
         *,
         error: ErrorInfo | None = None,
         resumable: bool = False,
-        extra_step: StepRecord | None = None,
+        extra_steps: list[StepRecord] | None = None,
     ) -> None:
         """End the record and release the instance's in-flight slot.
 
@@ -452,20 +480,32 @@ class IsolationStore:
             remove=("lease_owner", "lease_until"),
             status=status.value,
             stamp=iso8601(utcnow()),
+            queued=Status.QUEUED.value,
+            running=Status.IN_PROGRESS.value,
+            true=True,
         )
         if error is not None:
             update.set("#e = :error", error=error.model_dump())
         if resumable:
             update.set("resumable = :true", true=True)
-        if extra_step is not None:
+        if extra_steps:
             update.set(
                 "steps = list_append(if_not_exists(steps, :empty), :step)",
                 empty=[],
-                step=[extra_step.model_dump(mode="json")],
+                step=[step.model_dump(mode="json") for step in extra_steps],
             )
-        self.client.update_item(
-            TableName=self.table_name, Key={"pk": {"S": record.isolation_id}}, **update.params()
-        )
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key={"pk": {"S": record.isolation_id}},
+                # A record that ended (a redelivered message's) keeps its outcome.
+                ConditionExpression=_RUNNABLE,
+                **update.params(),
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            return
         self.release_slot(record, isolated=status is Status.ISOLATED)
 
     def release_slot(self, record: IsolationRecord, *, isolated: bool) -> None:

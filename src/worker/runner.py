@@ -33,8 +33,8 @@ from shared.models import (
     utcnow,
 )
 from shared.observability import MetricUnit, logger, metrics
-from shared.store import Coalesced, Exists, IsolationStore, Joined, LeaseHeld
-from worker.instance import describe
+from shared.store import Coalesced, Exists, IsolationStore, Joined, LeaseHeld, RecordEnded, RecordMissing
+from worker.instance import InstanceFacts, describe
 from worker.messages import Job
 from worker.steps import PLAN, StepContext, StepOutcome
 
@@ -85,6 +85,7 @@ def run_isolation(job: Job, deps: WorkerDeps, *, receive_count: int = 1) -> Outc
         outcome = _isolate(job, record, deps, owner)
     except PermanentError as error:
         logger.warning("isolation failed", extra={"code": error.code, "error": error.message})
+        deps.store.put_record(record)  # a message that did not come through ingest may have none yet
         deps.store.finish(record, Status.FAILED, error=ErrorInfo(code=error.code, message=error.message))
         _count(Outcome.FAILED)
         return Outcome.FAILED
@@ -94,6 +95,7 @@ def run_isolation(job: Job, deps: WorkerDeps, *, receive_count: int = 1) -> Outc
         if receive_count >= deps.settings.MAX_RECEIVE_COUNT:
             logger.error("retries exhausted", extra={"code": error.code, "receive_count": receive_count})
             message = f"gave up after {receive_count} attempts; last error: {error.message}"
+            deps.store.put_record(record)
             deps.store.finish(
                 record, Status.FAILED, error=ErrorInfo(code=error.code, message=message), resumable=True
             )
@@ -131,20 +133,32 @@ def _open_record(job: Job, deps: WorkerDeps) -> IsolationRecord | Outcome:
             _record_coalesced(fresh, created.isolation_id, store)
             _count(Outcome.COALESCED)
             return Outcome.COALESCED
-        record = created.record if isinstance(created, Exists) else fresh
-    else:
-        existing = store.get(job.isolation_id)
-        if existing is None:  # a webhook-shaped message that did not come through ingest
-            store.put_record(fresh)
-            existing = fresh
-        record = existing
+        if isinstance(created, Exists) and created.record.status in (Status.ISOLATED, Status.SKIPPED):
+            return _duplicate(created.record)
+        # (a FAILED one may be a DLQ redrive: `begin_attempt` decides)
+        return created.record if isinstance(created, Exists) else fresh
+    # A webhook's record was written by ingest: no read here; `begin_attempt`'s condition tells
+    # whether it still has something to do.
+    return fresh
 
-    if record.status in (Status.ISOLATED, Status.SKIPPED) or (
-        record.status is Status.FAILED and not store.is_resumable(record.isolation_id)
-    ):
-        logger.info("record already ended: nothing to do", extra={"status": record.status.value})
-        return Outcome.DUPLICATE
-    return record
+
+def _duplicate(record: IsolationRecord) -> Outcome:
+    logger.info("record already ended: nothing to do", extra={"status": record.status.value})
+    _count(Outcome.DUPLICATE)
+    return Outcome.DUPLICATE
+
+
+def _begin(record: IsolationRecord, deps: WorkerDeps, owner: str, facts: InstanceFacts) -> None:
+    try:
+        deps.store.begin_attempt(
+            record.isolation_id, owner=owner, lease_seconds=LEASE_SECONDS, prior_state=facts.prior_state()
+        )
+    except RecordMissing:
+        # A webhook-shaped message that did not come through ingest: it gets its record now.
+        deps.store.put_record(record)
+        deps.store.begin_attempt(
+            record.isolation_id, owner=owner, lease_seconds=LEASE_SECONDS, prior_state=facts.prior_state()
+        )
 
 
 def _record_coalesced(fresh: IsolationRecord, earlier_id: str, store: IsolationStore) -> None:
@@ -172,13 +186,13 @@ def _isolate(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str) ->
 
     if job.is_trigger and facts.tags.get(EXEMPT_TAG, "").strip().lower() == "true":
         skip = StepOutcome.skipped("check-exemption", f"instance tagged {EXEMPT_TAG}=true: left untouched")
-        store.finish(record, Status.SKIPPED, extra_step=skip.record())
+        store.finish(record, Status.SKIPPED, extra_steps=[skip.record()])
         return Outcome.SKIPPED
 
     try:
-        store.begin_attempt(
-            record.isolation_id, owner=owner, lease_seconds=LEASE_SECONDS, prior_state=facts.prior_state()
-        )
+        _begin(record, deps, owner, facts)
+    except RecordEnded as ended:
+        return _duplicate(ended.record)
     except LeaseHeld as exc:
         raise RetryableError(
             "IsolationInProgress",
@@ -195,6 +209,9 @@ def _isolate(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str) ->
         settings=settings,
         sleep=deps.sleep,
     )
+    # A step that changed something is recorded before the next one starts; one that found everything
+    # in place (`already`) rides with the next write, so a warm run makes no extra write before the cut.
+    unwritten: list[StepRecord] = []
     for step_class in PLAN:
         step = step_class()
         logger.append_keys(step=step.name)
@@ -202,24 +219,30 @@ def _isolate(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str) ->
             outcome = step.run(ctx)
         except (ClientError, BotoCoreError, IsolationError) as exc:
             error = classify(exc, context=step.name)
-            _record_failed_step(store, record.isolation_id, step.name, error)
+            _record_failed_step(store, record.isolation_id, unwritten, step.name, error)
             raise error from exc
-        contained_at = iso8601(utcnow()) if step.contains else None
-        store.add_step(record.isolation_id, outcome.record(), contained_at=contained_at)
         metrics.add_metric(name=f"Step-{outcome.status.value}", unit=MetricUnit.Count, value=1)
-        if contained_at:
+        unwritten.append(outcome.record())
+        if step.contains:
+            contained_at = iso8601(utcnow())
+            store.add_steps(record.isolation_id, unwritten, contained_at=contained_at)
+            unwritten = []
             logger.info("contained", extra={"contained_at": contained_at})
+        elif outcome.status is not StepStatus.ALREADY:
+            store.add_steps(record.isolation_id, unwritten)
+            unwritten = []
     logger.remove_keys(["step"])
-    store.finish(record, Status.ISOLATED)
+    store.finish(record, Status.ISOLATED, extra_steps=unwritten)
     return Outcome.ISOLATED
 
 
-def _record_failed_step(store: IsolationStore, isolation_id: str, name: str, error: IsolationError) -> None:
+def _record_failed_step(
+    store: IsolationStore, isolation_id: str, unwritten: list[StepRecord], name: str, error: IsolationError
+) -> None:
     retry = " (will retry)" if isinstance(error, RetryableError) else ""
+    failed = StepOutcome.failed(name, f"{error.code}: {error.message}{retry}").record()
     try:
-        store.add_step(
-            isolation_id, StepOutcome.failed(name, f"{error.code}: {error.message}{retry}").record()
-        )
+        store.add_steps(isolation_id, [*unwritten, failed])
     except (ClientError, BotoCoreError):  # the original error matters more; it is logged and raised
         logger.exception("could not record the failed step")
 

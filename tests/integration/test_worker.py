@@ -272,7 +272,8 @@ def test_rerun_on_an_isolated_instance_changes_nothing(stack: Stack, member: Mem
     stack.drain()
 
     # Then it is acknowledged without touching the instance
-    assert not [c for c in faults.calls if c.startswith(("ec2.", "iam."))]
+    # (one read of the instance: the worker learns the record has ended from its only write before a change)
+    assert [c for c in faults.calls if c.startswith(("ec2.", "iam."))] == ["ec2.DescribeInstances"]
     assert record_of(stack, first["isolation_id"]) == first
     assert (member.eni_groups(instance), member.profile_of(instance)) == state
 
@@ -656,3 +657,32 @@ def test_exempt_instance_is_skipped_for_triggers_but_not_for_a_person(stack: Sta
     record = isolate(stack, member, instance)
     assert record["status"] == "ISOLATED"
     assert_isolated(member, instance, vpc.id)
+
+
+def test_warm_path_to_containment_is_describe_one_write_and_one_call_per_eni(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given a warm worker (credentials and the VPC's isolation group cached) and a 2-ENI instance
+    vpc = member.vpc()
+    first, second = member.instance(vpc), member.instance(vpc, enis=2)
+    isolate(stack, member, first)
+    status, body = stack.api(
+        "POST",
+        "/isolate",
+        body={"instance_id": second, "account_id": member.account_id, "region": member.region},
+    )
+
+    # When the worker isolates it
+    faults.count()
+    stack.drain()
+
+    # Then the calls up to the network cut are: one describe, the prior-state write, one call per ENI
+    calls = faults.log
+    last_cut = max(i for i, call in enumerate(calls) if call == "ec2.ModifyNetworkInterfaceAttribute")
+    assert calls[: last_cut + 1] == [
+        "ec2.DescribeInstances",
+        "dynamodb.UpdateItem",
+        "ec2.ModifyNetworkInterfaceAttribute",
+        "ec2.ModifyNetworkInterfaceAttribute",
+    ]
+    assert record_of(stack, body["isolation_id"])["status"] == "ISOLATED"
