@@ -209,9 +209,12 @@ def _isolate(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str) ->
         settings=settings,
         sleep=deps.sleep,
     )
-    # A step that changed something is recorded before the next one starts; one that found everything
-    # in place (`already`) rides with the next write, so a warm run makes no extra write before the cut.
+    # Outcomes are written as they happen, with two exceptions that save writes without losing
+    # anything: nothing is written between the prior-state write and the network cut (the steps before
+    # it ride with `contained_at`), and the last step rides with the final status. A failed step is
+    # written at once with whatever rode along.
     unwritten: list[StepRecord] = []
+    contained = False
     for step_class in PLAN:
         step = step_class()
         logger.append_keys(step=step.name)
@@ -226,9 +229,9 @@ def _isolate(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str) ->
         if step.contains:
             contained_at = iso8601(utcnow())
             store.add_steps(record.isolation_id, unwritten, contained_at=contained_at)
-            unwritten = []
+            unwritten, contained = [], True
             logger.info("contained", extra={"contained_at": contained_at})
-        elif outcome.status is not StepStatus.ALREADY:
+        elif contained and outcome.status is not StepStatus.ALREADY and step_class is not PLAN[-1]:
             store.add_steps(record.isolation_id, unwritten)
             unwritten = []
     logger.remove_keys(["step"])
