@@ -22,6 +22,7 @@ import ipaddress
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,14 +140,14 @@ def _organization(org: Any) -> str:
         return str(org.describe_organization()["Organization"]["Id"])
 
 
-def _member_accounts(org: Any) -> list[tuple[str, str]]:
+def _member_accounts(org: Any, names: Sequence[str] = MEMBER_ACCOUNT_NAMES) -> list[tuple[str, str]]:
     existing = {
         account["Name"]: account["Id"]
         for page in org.get_paginator("list_accounts").paginate()
         for account in page["Accounts"]
     }
     members = []
-    for name in MEMBER_ACCOUNT_NAMES:
+    for name in names:
         if name not in existing:
             status = org.create_account(Email=f"{name}@example.com", AccountName=name)["CreateAccountStatus"]
             for _ in range(50):
@@ -446,7 +447,9 @@ def _launch(ec2: Any, spec: InstanceSpec, network: dict[str, Any], image_id: str
     return str(ec2.run_instances(**request)["Instances"][0]["InstanceId"])
 
 
-def _described(ec2: Any, account_id: str, region: str) -> list[DemoInstance]:
+def _described(
+    ec2: Any, account_id: str, region: str, specs: Sequence[InstanceSpec] = INSTANCES
+) -> list[DemoInstance]:
     """The demo instances found in the account (running, tagged by the seed)."""
     pages = ec2.get_paginator("describe_instances").paginate(
         Filters=[
@@ -477,29 +480,29 @@ def _described(ec2: Any, account_id: str, region: str) -> list[DemoInstance]:
                         exempt=tags.get(EXEMPT_TAG) == "true",
                     )
                 )
-    order = [spec.label for spec in INSTANCES]
+    order = [spec.label for spec in specs]
     return sorted(found, key=lambda i: order.index(i.label) if i.label in order else len(order))
 
 
 def _workloads(
-    session: boto3.Session, account_id: str, region: str
+    session: boto3.Session, account_id: str, region: str, specs: Sequence[InstanceSpec] = INSTANCES
 ) -> tuple[dict[str, str], list[DemoInstance]]:
     ec2 = session.client("ec2")
-    existing = _described(ec2, account_id, region)
+    existing = _described(ec2, account_id, region, specs)
     if existing:
         vpcs = {}
         for instance in existing:
-            spec = next((s for s in INSTANCES if s.label == instance.label), None)
+            spec = next((s for s in specs if s.label == instance.label), None)
             if spec is not None:
                 vpcs[spec.vpc] = instance.vpc_id
         return vpcs, existing
     profile_arn = _app_profile(session.client("iam"))
     networks = _network(ec2, region)
     image_id = _image(ec2)
-    for spec in INSTANCES:
+    for spec in specs:
         _launch(ec2, spec, networks[spec.vpc], image_id, profile_arn)
     return {kind: network["vpc_id"] for kind, network in networks.items()}, _described(
-        ec2, account_id, region
+        ec2, account_id, region, specs
     )
 
 
@@ -513,8 +516,14 @@ def seed_demo(
     target_role_name: str,
     external_id: str | None = None,
     base: boto3.Session | None = None,
+    account_names: Sequence[str] = MEMBER_ACCOUNT_NAMES,
+    instances: Sequence[InstanceSpec] = INSTANCES,
 ) -> DemoOrg:
-    """Create the demo organization (or find the one already there) in the endpoint."""
+    """Create the demo organization (or find the one already there) in the endpoint.
+
+    `account_names` and `instances` default to the demo's two accounts of six instances each; a larger
+    organization (the chaos test's) names more accounts and instances (every account gets them all).
+    """
     base = base or boto3.Session(region_name=region)
     security_account = str(base.client("sts", region_name=region).get_caller_identity()["Account"])
     org = base.client("organizations", region_name=region)
@@ -524,11 +533,11 @@ def seed_demo(
     if external_id:
         parameters["ExternalId"] = external_id
     accounts = []
-    for name, account_id in _member_accounts(org):
+    for name, account_id in _member_accounts(org, account_names):
         session = member_session(account_id, region, base=base)
         role_arn, deployment = _execution_role(session, account_id, region, execution_template, parameters)
-        vpcs, instances = _workloads(session, account_id, region)
-        accounts.append(DemoAccount(name, account_id, role_arn, deployment, vpcs, instances))
+        vpcs, launched = _workloads(session, account_id, region, instances)
+        accounts.append(DemoAccount(name, account_id, role_arn, deployment, vpcs, launched))
     return DemoOrg(organization_id, security_account, region, worker_role_arn, accounts)
 
 

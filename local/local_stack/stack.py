@@ -20,6 +20,7 @@ import secrets
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from local_stack.provision import (
     queue_event,
     runtime_environment,
 )
-from local_stack.seed import DemoOrg, member_session, seed_demo
+from local_stack.seed import DemoOrg, InstanceSpec, member_session, seed_demo
 
 log = logging.getLogger("local_stack")
 
@@ -92,7 +93,12 @@ class LocalStack:
         pollers: int = 2,
         worker: bool = True,
         environment: dict[str, str] | None = None,
+        demo_accounts: Sequence[str] | None = None,
+        demo_instances: Sequence[InstanceSpec] | None = None,
     ) -> None:
+        """`demo_accounts`/`demo_instances`: with `seed_demo`, the member accounts (by name) and the
+        instances of each account to seed instead of the demo's own (seed.MEMBER_ACCOUNT_NAMES,
+        seed.INSTANCES)."""
         root = project_root()
         self.host = host
         self.port = port
@@ -109,6 +115,11 @@ class LocalStack:
         self.pollers = pollers
         self.run_worker = worker
         self.extra_environment = dict(environment or {})
+        self.demo_options: dict[str, Any] = {}
+        if demo_accounts is not None:
+            self.demo_options["account_names"] = tuple(demo_accounts)
+        if demo_instances is not None:
+            self.demo_options["instances"] = tuple(demo_instances)
 
         self.aws_endpoint = ""
         self.account_id = ""
@@ -185,6 +196,7 @@ class LocalStack:
                 execution_template=self.execution_template_path,
                 target_role_name=str(self.resolved["Parameters"]["TargetRoleName"]),
                 external_id=str(self.resolved["Parameters"].get("ExternalId") or "") or None,
+                **self.demo_options,
             )
 
         ingest = function_settings(self.resolved, INGEST)
