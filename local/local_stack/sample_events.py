@@ -11,13 +11,13 @@ tests/events/*.json hold the same shapes as fixed files.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
+
+from shared.models import iso8601, utcnow
 
 
 def _now() -> str:
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    return iso8601(utcnow())
 
 
 def guardduty_finding(
@@ -28,8 +28,10 @@ def guardduty_finding(
     severity: float = 8,
     finding_type: str = "CryptoCurrency:EC2/BitcoinTool.B!DNS",
     administrator_account: str | None = None,
+    finding_id: str | None = None,
 ) -> dict[str, Any]:
-    finding_id = uuid.uuid4().hex
+    """A finding about an instance as it reaches the delegated administrator's bus."""
+    finding_id = finding_id or uuid.uuid4().hex
     now = _now()
     return {
         "version": "0",
@@ -90,9 +92,11 @@ def tag_change(
     instance_id: str,
     tags: dict[str, str] | None = None,
     changed: list[str] | None = None,
+    with_account: bool = True,
 ) -> dict[str, Any]:
+    """A tag change on an instance. `with_account=False`: as moto delivers it, with no `account`."""
     tags = {"isolate": "true"} if tags is None else tags
-    return {
+    event: dict[str, Any] = {
         "version": "0",
         "id": str(uuid.uuid4()),
         "detail-type": "Tag Change on Resource",
@@ -109,3 +113,6 @@ def tag_change(
             "tags": tags,
         },
     }
+    if not with_account:
+        del event["account"]
+    return event

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from tests.conftest import MEMBER_ACCOUNT, OTHER_ACCOUNT, Stack, build_stack
 from tests.support.aws import ISOLATION_NAME, Faults, Member
-from tests.support.events import guardduty_event, tag_event
+
+from local_stack.sample_events import guardduty_finding, tag_change
 
 
 def isolate(stack: Stack, member: Member, instance_id: str, **fields: Any) -> dict[str, Any]:
@@ -544,7 +545,14 @@ def test_guardduty_finding_isolates_with_the_finding_on_record(stack: Stack, mem
     # Given a GuardDuty finding about a member instance, delivered on the administrator's bus
     vpc = member.vpc()
     instance = member.instance(vpc)
-    event = guardduty_event(member.account_id, member.region, instance, severity=8.5)
+    event = guardduty_finding(
+        account_id=member.account_id,
+        region=member.region,
+        instance_id=instance,
+        severity=8.5,
+        finding_type="UnauthorizedAccess:EC2/SSHBruteForce",
+        administrator_account="123456789012",
+    )
 
     # When the worker takes it
     stack.send(event)
@@ -574,7 +582,9 @@ def test_findings_for_an_instance_in_flight_join_it(stack: Stack, member: Member
 
     # When three findings about it are processed first
     for _ in range(3):
-        stack.send(guardduty_event(member.account_id, member.region, instance))
+        stack.send(
+            guardduty_finding(account_id=member.account_id, region=member.region, instance_id=instance)
+        )
     stack.drain()
 
     # Then they joined it: no record of their own, and the one isolation runs when its message comes
@@ -594,7 +604,7 @@ def test_finding_within_the_coalesce_window_is_recorded_without_calls(
 
     # When GuardDuty re-publishes its finding
     faults.count()
-    stack.send(guardduty_event(member.account_id, member.region, instance))
+    stack.send(guardduty_finding(account_id=member.account_id, region=member.region, instance_id=instance))
     stack.drain()
 
     # Then a record says ISOLATED with one `coalesced` step naming the earlier isolation, no call to the account
@@ -610,7 +620,7 @@ def test_the_same_event_delivered_twice_isolates_once(stack: Stack, member: Memb
     # Given one finding event delivered twice (at-least-once delivery)
     vpc = member.vpc()
     instance = member.instance(vpc)
-    event = guardduty_event(member.account_id, member.region, instance)
+    event = guardduty_finding(account_id=member.account_id, region=member.region, instance_id=instance)
     stack.send(event)
     stack.send(event)
 
@@ -627,7 +637,11 @@ def test_tag_event_isolates_from_the_arn(stack: Stack, member: Member) -> None:
     instance = member.instance(vpc)
 
     # When the worker takes it
-    stack.send(tag_event(member.account_id, member.region, instance))
+    stack.send(
+        tag_change(
+            account_id=member.account_id, region=member.region, instance_id=instance, with_account=False
+        )
+    )
     stack.drain()
 
     # Then it is isolated with source tag
@@ -644,7 +658,7 @@ def test_exempt_instance_is_skipped_for_triggers_but_not_for_a_person(stack: Sta
     before = member.eni_groups(instance)
 
     # When a finding names it
-    stack.send(guardduty_event(member.account_id, member.region, instance))
+    stack.send(guardduty_finding(account_id=member.account_id, region=member.region, instance_id=instance))
     stack.drain()
 
     # Then it is SKIPPED, saying why, and untouched
