@@ -29,6 +29,26 @@ OTHER_ACCOUNT = "444455556666"
 MEMBER_REGION = "eu-west-1"
 
 
+_FIGURES: list[tuple[str, str]] = []
+
+
+@pytest.fixture
+def figures() -> Any:
+    """`figures(title, text)`: printed at the end of the run (the README quotes them)."""
+
+    def add(title: str, text: str) -> None:
+        _FIGURES.append((title, text))
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for title in dict.fromkeys(title for title, _ in _FIGURES):
+        terminalreporter.write_sep("-", title)
+        for text in (text for named, text in _FIGURES if named == title):
+            terminalreporter.write_line(text)
+
+
 @pytest.fixture(scope="session")
 def template() -> dict[str, Any]:
     return resolve(load_template(ROOT / "template.yaml"))

@@ -277,17 +277,17 @@ def make_event(
 
 
 @pytest.fixture
-def probe(
-    stack: Stack, faults: Faults, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
-) -> Iterator[Probe]:
+def probe(stack: Stack, faults: Faults, figures: Any, request: pytest.FixtureRequest) -> Iterator[Probe]:
     faults.count()
     checked = Probe(stack, faults)
     # Seed: an isolation already in flight, so dedup and the status routes have something to find
     checked.post(json.dumps(POOL_REQUESTS[0]).encode(), headers={"content-type": "application/json"})
     yield checked
     summary = ", ".join(f"{code}: {n}" for code, n in sorted(checked.statuses.items()))
-    with capsys.disabled():
-        print(f"\n{request.node.name}: {checked.cases} cases ({summary})")
+    figures(
+        "fuzz: ingest handler, real API Gateway events",
+        f"{request.node.name}: {checked.cases} cases ({summary})",
+    )
 
 
 # --- strategies -------------------------------------------------------------------------------------
