@@ -35,8 +35,6 @@ WORKER_ACTIONS = {
     "dynamodb:GetItem",
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
-    "dynamodb:ConditionCheckItem",
-    "dynamodb:Query",
 }
 
 
