@@ -19,7 +19,6 @@ INGEST_ACTIONS = {
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
     "dynamodb:DeleteItem",
-    "dynamodb:ConditionCheckItem",
     "dynamodb:Query",
 }
 WORKER_ACTIONS = {
