@@ -82,7 +82,7 @@ def run_isolation(job: Job, deps: WorkerDeps, *, receive_count: int = 1) -> Outc
     record = opened
     owner = uuid.uuid4().hex
     try:
-        outcome = _isolate(job, record, deps, owner)
+        outcome = _attempt(job, record, deps, owner)
     except PermanentError as error:
         logger.warning("isolation failed", extra={"code": error.code, "error": error.message})
         deps.store.put_record(record)  # a message that did not come through ingest may have none yet
@@ -106,6 +106,16 @@ def run_isolation(job: Job, deps: WorkerDeps, *, receive_count: int = 1) -> Outc
         raise
     _count(outcome)
     return outcome
+
+
+def _attempt(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str) -> Outcome:
+    try:
+        return _isolate(job, record, deps, owner)
+    except (ClientError, BotoCoreError) as exc:
+        # Target-account errors are classified where they happen; what is left comes from the
+        # service's own table, and is retried (and, on the last receive, recorded) like any transient.
+        error = classify(exc)
+        raise RetryableError(error.code, f"isolation record: {error.message}") from exc
 
 
 def _open_record(job: Job, deps: WorkerDeps) -> IsolationRecord | Outcome:

@@ -236,3 +236,28 @@ def test_own_table_throttling_is_retried_through_the_queue(
     assert len(responses[0]["batchItemFailures"]) == 1
     assert record_of(stack, isolation_id)["status"] == "ISOLATED"
     assert_isolated(member, instance, vpc.id)
+
+
+def test_own_table_failing_on_every_receive_still_ends_the_record(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given the prior-state write to the service's table fails every time
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    isolation_id = post(stack, member, instance)
+    faults.inject(
+        "dynamodb", "UpdateItem", "InternalServerError", status=500, times=None,
+        when=lambda params: "lease_owner = :owner" in params.get("UpdateExpression", "")
+        and "prior_state" in params.get("UpdateExpression", ""),
+    )  # fmt: skip
+
+    # When the worker has used every receive
+    stack.drain(rounds=stack.max_receive_count + 2)
+    stack.receive()
+
+    # Then the record is FAILED with the last error (not left QUEUED), the message in the DLQ, the
+    # instance untouched (nothing is changed before the prior state is written)
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "FAILED" and record["error"]["code"] == "InternalServerError"
+    assert len(stack.dead_letters()) == 1
+    assert member.isolation_groups(vpc.id) == []
