@@ -508,7 +508,12 @@ class IsolationStore:
             return
         self.release_slot(record, isolated=status is Status.ISOLATED)
 
-    def release_slot(self, record: IsolationRecord, *, isolated: bool) -> None:
+    def release_slot(self, record: IsolationRecord, *, isolated: bool, only_if_held: bool = False) -> None:
+        """Free the instance's in-flight slot if this isolation holds it; remember a success.
+
+        `only_if_held`: touch nothing when the slot is not this isolation's (a redelivered message
+        making sure an earlier release that failed is done).
+        """
         now = _epoch(time.time())
         key = {"pk": {"S": slot_key(record.target)}}
         last = "SET last_isolated_id = :id, last_isolated_at = :now " if isolated else ""
@@ -526,7 +531,7 @@ class IsolationStore:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
             # The slot belongs to another isolation (or none): leave it, but remember the success.
-            if isolated:
+            if isolated and not only_if_held:
                 self.client.update_item(
                     TableName=self.table_name,
                     Key=key,

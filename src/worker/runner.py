@@ -144,7 +144,7 @@ def _open_record(job: Job, deps: WorkerDeps) -> IsolationRecord | Outcome:
             _count(Outcome.COALESCED)
             return Outcome.COALESCED
         if isinstance(created, Exists) and created.record.status in (Status.ISOLATED, Status.SKIPPED):
-            return _duplicate(created.record)
+            return _duplicate(created.record, store)
         # (a FAILED one may be a DLQ redrive: `begin_attempt` decides)
         return created.record if isinstance(created, Exists) else fresh
     # A webhook's record was written by ingest: no read here; `begin_attempt`'s condition tells
@@ -152,8 +152,11 @@ def _open_record(job: Job, deps: WorkerDeps) -> IsolationRecord | Outcome:
     return fresh
 
 
-def _duplicate(record: IsolationRecord) -> Outcome:
+def _duplicate(record: IsolationRecord, store: IsolationStore) -> Outcome:
     logger.info("record already ended: nothing to do", extra={"status": record.status.value})
+    # The run that ended it may have died (or hit throttling) between the final status and freeing the
+    # instance's slot; freeing it here keeps later requests from joining an isolation that is over.
+    store.release_slot(record, isolated=record.status is Status.ISOLATED, only_if_held=True)
     _count(Outcome.DUPLICATE)
     return Outcome.DUPLICATE
 
@@ -202,7 +205,7 @@ def _isolate(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str) ->
     try:
         _begin(record, deps, owner, facts)
     except RecordEnded as ended:
-        return _duplicate(ended.record)
+        return _duplicate(ended.record, deps.store)
     except LeaseHeld as exc:
         raise RetryableError(
             "IsolationInProgress",

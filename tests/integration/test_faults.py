@@ -261,3 +261,28 @@ def test_own_table_failing_on_every_receive_still_ends_the_record(
     assert record["status"] == "FAILED" and record["error"]["code"] == "InternalServerError"
     assert len(stack.dead_letters()) == 1
     assert member.isolation_groups(vpc.id) == []
+
+
+def test_slot_left_taken_by_a_failed_release_is_freed_by_the_redelivery(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given the slot release after the final status is throttled past botocore's retries, once
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    first = post(stack, member, instance)
+    faults.inject(
+        "dynamodb", "UpdateItem", "ProvisionedThroughputExceededException", status=400, times=4,
+        when=lambda params: params.get("Key", {}).get("pk", {}).get("S", "").startswith("instance#"),
+    )  # fmt: skip
+
+    # When the worker runs until the queue is empty
+    stack.drain()
+
+    # Then the record is ISOLATED, and a new request for the instance is a new isolation, not a join
+    assert record_of(stack, first)["status"] == "ISOLATED"
+    status, body = stack.api(
+        "POST",
+        "/isolate",
+        body={"instance_id": instance, "account_id": member.account_id, "region": member.region},
+    )
+    assert status == 202 and body["isolation_id"] != first
