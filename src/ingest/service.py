@@ -81,7 +81,7 @@ def accept(
     if isinstance(outcome, Replayed):
         return _replay(outcome, claim)
     if isinstance(outcome, Joined):
-        joined = _joined(outcome.isolation_id, store)
+        joined = Answer(200, _accepted(outcome.isolation_id, outcome.status, deduplicated=True).body())
         if claim is None:
             return joined
         remembered = store.put_idempotency(_with_answer(claim, joined))
@@ -119,13 +119,6 @@ def _accepted(isolation_id: str, state: Status, *, deduplicated: bool | None = N
         status_url=f"/isolations/{isolation_id}",
         deduplicated=deduplicated,
     )
-
-
-def _joined(isolation_id: str, store: IsolationStore) -> Answer:
-    """The answer for a request that joins an isolation in flight, with that isolation's status."""
-    current = store.get(isolation_id, consistent=False)
-    state = current.status if current is not None else Status.QUEUED
-    return Answer(200, _accepted(isolation_id, state, deduplicated=True).body())
 
 
 def _claim(key: str, request: IsolationRequest, answer: Answer, settings: IngestSettings) -> IdempotencyClaim:

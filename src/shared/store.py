@@ -41,7 +41,7 @@ _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
 # Attributes of a record item that are not part of the served record.
-_INTERNAL = ("pk", "lease_owner", "lease_until", "resumable")
+_INTERNAL = ("pk", "lease_owner", "lease_until", "resumable", "final_attempt")
 
 
 def _to_dynamo(value: Any) -> Any:
@@ -95,9 +95,10 @@ class Created:
 
 @dataclass(frozen=True)
 class Joined:
-    """Another isolation of the same instance is in flight."""
+    """Another isolation of the same instance is in flight (`status`: QUEUED or IN_PROGRESS)."""
 
     isolation_id: str
+    status: Status
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,20 @@ class RecordMissing(Exception):
 #: A record a worker may (still) run: not ended, or ended FAILED with its retries exhausted (a DLQ
 #: redrive resumes it).
 _RUNNABLE = "(#s IN (:queued, :running) OR resumable = :true)"
+#: A record whose worker died during the message's last allowed receive (a timeout, out of memory, a
+#: crash): nothing is left to end it, since the message goes on to the DLQ. Once its lease has expired
+#: (the lease outlasts the worker's timeout) no worker runs it any more: a reader ends it FAILED.
+_LOST = "#s = :running AND final_attempt = :true AND lease_until < :now"
+WORKER_LOST = "WorkerLost"
+
+
+def _is_lost(item: dict[str, Any], now: float) -> bool:
+    return (
+        item.get("status") == Status.IN_PROGRESS
+        and item.get("final_attempt") is True
+        and item.get("lease_until") is not None
+        and float(item["lease_until"]) < now
+    )
 
 
 class IsolationStore:
@@ -164,7 +179,7 @@ class IsolationStore:
         item = self.client.get_item(
             TableName=self.table_name, Key={"pk": {"S": isolation_id}}, ConsistentRead=consistent
         ).get("Item")
-        return _record(deserialize(item)) if item else None
+        return self._served(deserialize(item)) if item else None
 
     def get_raw(self, isolation_id: str) -> dict[str, Any] | None:
         item = self.client.get_item(
@@ -188,11 +203,33 @@ class IsolationStore:
         records: list[IsolationRecord] = []
         while len(records) < MAX_LISTED:
             page = self.client.query(**params)
-            records.extend(_record(deserialize(item)) for item in page.get("Items", []))
+            records.extend(self._served(deserialize(item)) for item in page.get("Items", []))
             if "LastEvaluatedKey" not in page:
                 break
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         return records[:MAX_LISTED]
+
+    def _served(self, item: dict[str, Any]) -> IsolationRecord:
+        """A record as served: one whose worker was lost on the last receive is ended FAILED first
+        (a conditional write, so a reader racing another changes nothing twice)."""
+        record = _record(item)
+        now = time.time()
+        if not _is_lost(item, now):
+            return record
+        message = (
+            f"the worker stopped during the last allowed attempt (attempt {record.attempts}) without "
+            "recording an outcome (a timeout, out of memory or a crash); the request is in the "
+            "dead-letter queue, and a redrive resumes it. Steps recorded done are in place."
+        )
+        self.finish(
+            record,
+            Status.FAILED,
+            error=ErrorInfo(code=WORKER_LOST, message=message),
+            resumable=True,
+            lost_at=now,
+        )
+        current = self._get_item(record.isolation_id)
+        return _record(current) if current else record
 
     # --- ingest --------------------------------------------------------------------------------------
 
@@ -209,8 +246,29 @@ class IsolationStore:
         Fails (without writing anything) to `Replayed` when the idempotency key was used before,
         `Exists` when the record id is taken, `Joined` when another isolation of the instance is in
         flight, `Coalesced` when `coalesce_window_seconds` is given and the instance was isolated
-        within it.
+        within it. A join reads the isolation it joins (its status is the answer): when that one has
+        in fact ended (its worker lost, see `_LOST`), the slot is free by then and the write is tried
+        once more.
         """
+        outcome = self._create_queued(record, lease_seconds, idempotency, coalesce_window_seconds)
+        if not isinstance(outcome, Joined):
+            return outcome
+        current = self.get(outcome.isolation_id)
+        if current is None or current.status in (Status.QUEUED, Status.IN_PROGRESS):
+            return Joined(outcome.isolation_id, current.status if current else Status.QUEUED)
+        again = self._create_queued(record, lease_seconds, idempotency, coalesce_window_seconds)
+        if not isinstance(again, Joined):
+            return again
+        same = again.isolation_id == outcome.isolation_id
+        return Joined(again.isolation_id, current.status if same else Status.QUEUED)
+
+    def _create_queued(
+        self,
+        record: IsolationRecord,
+        lease_seconds: int,
+        idempotency: IdempotencyClaim | None,
+        coalesce_window_seconds: int | None,
+    ) -> Created | Joined | Replayed | Coalesced | Exists:
         now = time.time()
         slot_condition = "(attribute_not_exists(active_id) OR active_since < :stale)"
         values = _values(id=record.isolation_id, now=_epoch(now), stale=_epoch(now - lease_seconds))
@@ -288,7 +346,7 @@ class IsolationStore:
             if pk == record.isolation_id:
                 return Exists(_record(current))
             if current.get("active_id") and float(current.get("active_since") or 0) >= stale_before:
-                return Joined(str(current["active_id"]))
+                return Joined(str(current["active_id"]), Status.QUEUED)
             if coalesce_window_seconds is not None and current.get("last_isolated_id"):
                 return Coalesced(str(current["last_isolated_id"]))
         raise exc
@@ -376,9 +434,18 @@ class IsolationStore:
         return True
 
     def begin_attempt(
-        self, isolation_id: str, *, owner: str, lease_seconds: int, prior_state: PriorState | None
+        self,
+        isolation_id: str,
+        *,
+        owner: str,
+        lease_seconds: int,
+        prior_state: PriorState | None,
+        final: bool = False,
     ) -> IsolationRecord:
         """Mark the record IN_PROGRESS, count the attempt, keep the first `prior_state`, take the lease.
+
+        `final`: the message's last allowed receive; if this attempt dies without ending the record,
+        a reader ends it once the lease has expired (see `_LOST`).
 
         One conditional write, the only one before the first change to the instance. Raises `LeaseHeld`
         while another worker holds the lease, `RecordEnded` when there is nothing left to do,
@@ -391,7 +458,7 @@ class IsolationStore:
             "updated_at = :stamp",
             "lease_owner = :owner",
             "lease_until = :until",
-            remove=("#e", "resumable"),
+            remove=("#e", "resumable") if final else ("#e", "resumable", "final_attempt"),
             running=Status.IN_PROGRESS.value,
             zero=0,
             one=1,
@@ -402,6 +469,8 @@ class IsolationStore:
             queued=Status.QUEUED.value,
             true=True,
         )
+        if final:
+            update.set("final_attempt = :true")
         if prior_state is not None:
             # The first attempt's view is the instance as it was: a retry sees it half isolated.
             update.set("prior_state = if_not_exists(prior_state, :prior)", prior=prior_state.model_dump())
@@ -468,21 +537,27 @@ class IsolationStore:
         error: ErrorInfo | None = None,
         resumable: bool = False,
         extra_steps: list[StepRecord] | None = None,
+        lost_at: float | None = None,
     ) -> None:
         """End the record and release the instance's in-flight slot.
 
         `resumable` marks a FAILED record whose message went on to the DLQ (retries exhausted): a
-        redrive of that message runs it again.
+        redrive of that message runs it again. `lost_at`: end it only if it is lost at that time.
         """
+        if lost_at is None:
+            condition = _RUNNABLE
+            values: dict[str, Any] = {"queued": Status.QUEUED.value, "running": Status.IN_PROGRESS.value}
+        else:
+            condition = _LOST
+            values = {"running": Status.IN_PROGRESS.value, "now": _epoch(lost_at)}
         update = _Update(
             "#s = :status",
             "updated_at = :stamp",
-            remove=("lease_owner", "lease_until"),
+            remove=("lease_owner", "lease_until", "final_attempt"),
             status=status.value,
             stamp=iso8601(utcnow()),
-            queued=Status.QUEUED.value,
-            running=Status.IN_PROGRESS.value,
             true=True,
+            **values,
         )
         if error is not None:
             update.set("#e = :error", error=error.model_dump())
@@ -494,50 +569,72 @@ class IsolationStore:
                 empty=[],
                 step=[step.model_dump(mode="json") for step in extra_steps],
             )
+        isolated = status is Status.ISOLATED
+        # The record's end and the slot's release are one transaction: an isolation that ended never
+        # keeps its instance's slot (later requests would join an isolation that is over).
+        ending = {
+            "TableName": self.table_name,
+            "Key": {"pk": {"S": record.isolation_id}},
+            # A record that ended (a redelivered message's) keeps its outcome.
+            "ConditionExpression": condition,
+            **update.params(),
+        }
         try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key={"pk": {"S": record.isolation_id}},
-                # A record that ended (a redelivered message's) keeps its outcome.
-                ConditionExpression=_RUNNABLE,
-                **update.params(),
+            self.client.transact_write_items(
+                TransactItems=[{"Update": ending}, {"Update": self._slot_release(record, isolated)}]
             )
+            return
+        except ClientError as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
+            if not reasons or reasons[0] == "ConditionalCheckFailed":
+                return  # the record had already ended
+            if reasons[1:2] != ["ConditionalCheckFailed"]:
+                raise  # a conflict with another write: retried like any transient error
+        # The slot is not this isolation's (taken over after a lease expired, or freed already).
+        try:
+            self.client.update_item(**ending)
         except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
             return
-        self.release_slot(record, isolated=status is Status.ISOLATED)
+        if isolated:
+            self._remember_isolated(record)
 
-    def release_slot(self, record: IsolationRecord, *, isolated: bool, only_if_held: bool = False) -> None:
-        """Free the instance's in-flight slot if this isolation holds it; remember a success.
-
-        `only_if_held`: touch nothing when the slot is not this isolation's (a redelivered message
-        making sure an earlier release that failed is done).
-        """
-        now = _epoch(time.time())
-        key = {"pk": {"S": slot_key(record.target)}}
+    def _slot_release(self, record: IsolationRecord, isolated: bool) -> dict[str, Any]:
+        """The update that frees the instance's slot held by `record` (and remembers a success)."""
         last = "SET last_isolated_id = :id, last_isolated_at = :now " if isolated else ""
+        values: dict[str, Any] = {"id": record.isolation_id}
+        if isolated:
+            values["now"] = _epoch(time.time())
+        return {
+            "TableName": self.table_name,
+            "Key": {"pk": {"S": slot_key(record.target)}},
+            "UpdateExpression": f"{last}REMOVE active_id, active_since",
+            "ConditionExpression": "active_id = :id",
+            "ExpressionAttributeValues": _values(**values),
+        }
+
+    def _remember_isolated(self, record: IsolationRecord) -> None:
+        self.client.update_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": slot_key(record.target)}},
+            UpdateExpression="SET last_isolated_id = :id, last_isolated_at = :now",
+            ExpressionAttributeValues=_values(id=record.isolation_id, now=_epoch(time.time())),
+        )
+
+    def release_slot(self, record: IsolationRecord) -> None:
+        """Free the instance's slot if this ended isolation still holds it; touch nothing otherwise.
+
+        Every way a record ends frees the slot in the same transaction; a redelivered message of an
+        ended record calls this anyway, so that no slot outlives its isolation whatever happened.
+        """
         try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key=key,
-                UpdateExpression=f"{last}REMOVE active_id, active_since",
-                ConditionExpression="active_id = :id",
-                ExpressionAttributeValues=_values(
-                    id=record.isolation_id, **({"now": now} if isolated else {})
-                ),
-            )
+            self.client.update_item(**self._slot_release(record, isolated=record.status is Status.ISOLATED))
         except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
-            # The slot belongs to another isolation (or none): leave it, but remember the success.
-            if isolated and not only_if_held:
-                self.client.update_item(
-                    TableName=self.table_name,
-                    Key=key,
-                    UpdateExpression="SET last_isolated_id = :id, last_isolated_at = :now",
-                    ExpressionAttributeValues=_values(id=record.isolation_id, now=now),
-                )
 
 
 class _Update:

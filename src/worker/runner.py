@@ -6,7 +6,9 @@ per interface (→ `contained_at`). Then the instance profile, termination prote
 
 Errors: a `PermanentError` ends the record FAILED and the message is acknowledged; a `RetryableError`
 propagates (SQS redelivers), except on the last allowed receive, where the record ends FAILED with the
-last error first (marked resumable: a DLQ redrive runs it again). Nothing stays IN_PROGRESS forever.
+last error first (marked resumable: a DLQ redrive runs it again). If the worker dies during the last
+receive, a reader ends the record FAILED (`WorkerLost`) once its lease has expired (see
+`shared.store`). Nothing stays QUEUED or IN_PROGRESS forever.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from enum import StrEnum
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.aws import AccountSession, classify, forget_session, session_for_account
+from shared.aws import (
+    THROTTLING_CODES,
+    TRANSIENT_CODES,
+    AccountSession,
+    classify,
+    forget_session,
+    session_for_account,
+)
 from shared.config import WorkerSettings
 from shared.errors import IsolationError, PermanentError, RetryableError
 from shared.models import (
@@ -34,12 +43,15 @@ from shared.models import (
 )
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import Coalesced, Exists, IsolationStore, Joined, LeaseHeld, RecordEnded, RecordMissing
+from worker.consistency import until_consistent
 from worker.instance import InstanceFacts, describe
 from worker.messages import Job
 from worker.steps import PLAN, StepContext, StepOutcome
 
 #: How long one attempt holds the record (longer than the worker's 60 s timeout).
 LEASE_SECONDS = 120
+#: How long the last receive keeps trying to write its FAILED outcome when its own table throttles.
+FINAL_WRITE_BUDGET_SECONDS = 4.0
 
 
 class Outcome(StrEnum):
@@ -76,13 +88,19 @@ def run_isolation(job: Job, deps: WorkerDeps, *, receive_count: int = 1) -> Outc
         instance_id=job.target.instance_id,
         source=job.source.value,
     )
-    opened = _open_record(job, deps)
-    if isinstance(opened, Outcome):
-        return opened
-    record = opened
+    # The record as the message describes it: what an error path ends (id and target are all it uses).
+    record = IsolationRecord.queued(
+        isolation_id=job.isolation_id,
+        source=job.source,
+        target=job.target,
+        reason=job.reason,
+        requested_by=job.requested_by,
+        trigger=job.trigger,
+    )
     owner = uuid.uuid4().hex
     try:
-        outcome = _attempt(job, record, deps, owner)
+        final = receive_count >= deps.settings.MAX_RECEIVE_COUNT
+        outcome = _attempt(job, record, deps, owner, final=final)
     except PermanentError as error:
         logger.warning("isolation failed", extra={"code": error.code, "error": error.message})
         deps.store.put_record(record)  # a message that did not come through ingest may have none yet
@@ -95,10 +113,7 @@ def run_isolation(job: Job, deps: WorkerDeps, *, receive_count: int = 1) -> Outc
         if receive_count >= deps.settings.MAX_RECEIVE_COUNT:
             logger.error("retries exhausted", extra={"code": error.code, "receive_count": receive_count})
             message = f"gave up after {receive_count} attempts; last error: {error.message}"
-            deps.store.put_record(record)
-            deps.store.finish(
-                record, Status.FAILED, error=ErrorInfo(code=error.code, message=message), resumable=True
-            )
+            _end_failed_for_good(record, ErrorInfo(code=error.code, message=message), deps)
             _count(Outcome.FAILED)
         else:
             logger.warning("will retry", extra={"code": error.code, "receive_count": receive_count})
@@ -108,9 +123,30 @@ def run_isolation(job: Job, deps: WorkerDeps, *, receive_count: int = 1) -> Outc
     return outcome
 
 
-def _attempt(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str) -> Outcome:
+def _end_failed_for_good(record: IsolationRecord, error: ErrorInfo, deps: WorkerDeps) -> None:
+    """End the record FAILED (resumable by a DLQ redrive) on the message's last receive: the last
+    chance to, so a throttled write is tried again for a few seconds (its own table is what failed,
+    often)."""
+
+    def end() -> None:
+        deps.store.put_record(record)  # a trigger's record may not exist yet
+        deps.store.finish(record, Status.FAILED, error=error, resumable=True)
+
+    until_consistent(
+        end,
+        codes=THROTTLING_CODES | TRANSIENT_CODES,
+        budget_seconds=FINAL_WRITE_BUDGET_SECONDS,
+        sleep=deps.sleep,
+        what="the final FAILED write",
+    )
+
+
+def _attempt(job: Job, fresh: IsolationRecord, deps: WorkerDeps, owner: str, *, final: bool) -> Outcome:
     try:
-        return _isolate(job, record, deps, owner)
+        opened = _open_record(job, fresh, deps)
+        if isinstance(opened, Outcome):
+            return opened
+        return _isolate(job, opened, deps, owner, final=final)
     except (ClientError, BotoCoreError) as exc:
         # Target-account errors are classified where they happen; what is left comes from the
         # service's own table, and is retried (and, on the last receive, recorded) like any transient.
@@ -118,17 +154,9 @@ def _attempt(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str) ->
         raise RetryableError(error.code, f"isolation record: {error.message}") from exc
 
 
-def _open_record(job: Job, deps: WorkerDeps) -> IsolationRecord | Outcome:
+def _open_record(job: Job, fresh: IsolationRecord, deps: WorkerDeps) -> IsolationRecord | Outcome:
     """The record this message runs, or the reason it runs nothing."""
     store, settings = deps.store, deps.settings
-    fresh = IsolationRecord.queued(
-        isolation_id=job.isolation_id,
-        source=job.source,
-        target=job.target,
-        reason=job.reason,
-        requested_by=job.requested_by,
-        trigger=job.trigger,
-    )
     if job.is_trigger:
         created = store.create_queued(
             fresh,
@@ -137,11 +165,9 @@ def _open_record(job: Job, deps: WorkerDeps) -> IsolationRecord | Outcome:
         )
         if isinstance(created, Joined):
             logger.info("joined the isolation in flight", extra={"joined": created.isolation_id})
-            _count(Outcome.JOINED)
             return Outcome.JOINED
         if isinstance(created, Coalesced):
             _record_coalesced(fresh, created.isolation_id, store)
-            _count(Outcome.COALESCED)
             return Outcome.COALESCED
         if isinstance(created, Exists) and created.record.status in (Status.ISOLATED, Status.SKIPPED):
             return _duplicate(created.record, store)
@@ -154,24 +180,28 @@ def _open_record(job: Job, deps: WorkerDeps) -> IsolationRecord | Outcome:
 
 def _duplicate(record: IsolationRecord, store: IsolationStore) -> Outcome:
     logger.info("record already ended: nothing to do", extra={"status": record.status.value})
-    # The run that ended it may have died (or hit throttling) between the final status and freeing the
-    # instance's slot; freeing it here keeps later requests from joining an isolation that is over.
-    store.release_slot(record, isolated=record.status is Status.ISOLATED, only_if_held=True)
-    _count(Outcome.DUPLICATE)
+    # The record's end frees the instance's slot in the same transaction; this makes sure of it for a
+    # record that ended some other way, so later requests never join an isolation that is over.
+    store.release_slot(record)
     return Outcome.DUPLICATE
 
 
-def _begin(record: IsolationRecord, deps: WorkerDeps, owner: str, facts: InstanceFacts) -> None:
-    try:
+def _begin(record: IsolationRecord, deps: WorkerDeps, owner: str, facts: InstanceFacts, final: bool) -> None:
+    def begin() -> None:
         deps.store.begin_attempt(
-            record.isolation_id, owner=owner, lease_seconds=LEASE_SECONDS, prior_state=facts.prior_state()
+            record.isolation_id,
+            owner=owner,
+            lease_seconds=LEASE_SECONDS,
+            prior_state=facts.prior_state(),
+            final=final,
         )
+
+    try:
+        begin()
     except RecordMissing:
         # A webhook-shaped message that did not come through ingest: it gets its record now.
         deps.store.put_record(record)
-        deps.store.begin_attempt(
-            record.isolation_id, owner=owner, lease_seconds=LEASE_SECONDS, prior_state=facts.prior_state()
-        )
+        begin()
 
 
 def _record_coalesced(fresh: IsolationRecord, earlier_id: str, store: IsolationStore) -> None:
@@ -185,7 +215,7 @@ def _record_coalesced(fresh: IsolationRecord, earlier_id: str, store: IsolationS
     logger.info("coalesced with a recent isolation", extra={"earlier": earlier_id})
 
 
-def _isolate(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str) -> Outcome:
+def _isolate(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str, *, final: bool) -> Outcome:
     settings, store = deps.settings, deps.store
     if not settings.account_allowed(job.target.account_id):
         raise PermanentError(
@@ -203,7 +233,7 @@ def _isolate(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str) ->
         return Outcome.SKIPPED
 
     try:
-        _begin(record, deps, owner, facts)
+        _begin(record, deps, owner, facts, final)
     except RecordEnded as ended:
         return _duplicate(ended.record, deps.store)
     except LeaseHeld as exc:

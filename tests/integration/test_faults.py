@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from tests.conftest import Stack
-from tests.integration.test_worker import assert_isolated, isolate, record_of, steps
+from tests.integration.test_worker import assert_isolated, isolate, record_of, records_for, steps
 from tests.support.aws import ISOLATION_NAME, Faults, Member
 
+from local_stack.sample_events import guardduty_finding
 from shared.models import Status
 
 
@@ -263,26 +264,140 @@ def test_own_table_failing_on_every_receive_still_ends_the_record(
     assert member.isolation_groups(vpc.id) == []
 
 
-def test_slot_left_taken_by_a_failed_release_is_freed_by_the_redelivery(
+def test_final_write_throttled_is_retried_and_frees_the_slot(
     stack: Stack, member: Member, faults: Faults
 ) -> None:
-    # Given the slot release after the final status is throttled past botocore's retries, once
+    # Given the final write (the record's end and the slot's release, one transaction) throttled past
+    # botocore's retries on every receive but the last
     vpc = member.vpc()
     instance = member.instance(vpc)
     first = post(stack, member, instance)
     faults.inject(
-        "dynamodb", "UpdateItem", "ProvisionedThroughputExceededException", status=400, times=4,
-        when=lambda params: params.get("Key", {}).get("pk", {}).get("S", "").startswith("instance#"),
+        "dynamodb", "TransactWriteItems", "ProvisionedThroughputExceededException", status=400,
+        times=stack.max_receive_count - 1,
     )  # fmt: skip
 
     # When the worker runs until the queue is empty
-    stack.drain()
+    stack.drain(rounds=stack.max_receive_count + 2)
 
-    # Then the record is ISOLATED, and a new request for the instance is a new isolation, not a join
+    # Then the record is ISOLATED, the record and the slot were never out of step: a new request for
+    # the instance is a new isolation, not a join of the one that ended
     assert record_of(stack, first)["status"] == "ISOLATED"
+    assert stack.dead_letters() == []
     status, body = stack.api(
         "POST",
         "/isolate",
         body={"instance_id": instance, "account_id": member.account_id, "region": member.region},
     )
     assert status == 202 and body["isolation_id"] != first
+
+
+def _crash_on_the_last_receive(stack: Stack, member: Member, faults: Faults, instance: str) -> str:
+    """The worker dies after the network cut during the message's last allowed receive; the message
+    goes on to the DLQ (as SQS does on the next receive). Returns the isolation id."""
+    isolation_id = post(stack, member, instance)
+
+    def die(**_: Any) -> None:
+        raise Crash()
+
+    faults.hook("before-parameter-build.ec2.DescribeIamInstanceProfileAssociations", die)
+    faults.hook("before-parameter-build.iam.GetInstanceProfile", die)
+    [message] = stack.receive()
+    message["Attributes"]["ApproximateReceiveCount"] = str(stack.max_receive_count)
+    with pytest.raises(Crash):
+        stack.work([message])
+    faults.clear()
+    stack.sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
+    stack.sqs.send_message(QueueUrl=stack.dlq_url, MessageBody=message["Body"])
+    return isolation_id
+
+
+def _lease_expired(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_time = time.time
+    monkeypatch.setattr("shared.store.time.time", lambda: real_time() + 600)
+
+
+def test_worker_lost_on_the_last_receive_is_reported_failed_and_a_redrive_resumes_it(
+    stack: Stack, member: Member, faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the worker died during the last allowed receive, after the network cut
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    isolation_id = _crash_on_the_last_receive(stack, member, faults, instance)
+
+    # Then while its lease runs, the record is IN_PROGRESS (the attempt may still be alive)
+    assert record_of(stack, isolation_id)["status"] == "IN_PROGRESS"
+
+    # When the lease has expired (no worker will touch it again: the message is in the DLQ)
+    _lease_expired(monkeypatch)
+
+    # Then a reader sees it FAILED, saying why, with the steps that are in place
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "FAILED" and record["error"]["code"] == "WorkerLost"
+    assert "dead-letter queue" in record["error"]["message"]
+    assert record["contained_at"] and steps(record)["swap-security-groups"] == "done"
+    status, listed = stack.api("GET", "/isolations", query={"instance_id": instance})
+    assert status == 200 and [r["status"] for r in listed["items"]] == ["FAILED"]
+
+    # When the DLQ is redriven to the queue
+    [dead] = stack.dead_letters()
+    stack.send(dead["Body"])
+    stack.drain()
+
+    # Then the same isolation resumes and ends ISOLATED
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "ISOLATED" and record["error"] is None
+    assert_isolated(member, instance, vpc.id)
+
+
+def test_request_for_an_instance_whose_worker_was_lost_is_a_new_isolation(
+    stack: Stack, member: Member, faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an isolation whose worker was lost on the last receive, its lease expired, nobody read it
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    lost = _crash_on_the_last_receive(stack, member, faults, instance)
+    _lease_expired(monkeypatch)
+
+    # When a person asks again
+    status, body = stack.api(
+        "POST",
+        "/isolate",
+        body={"instance_id": instance, "account_id": member.account_id, "region": member.region},
+    )
+
+    # Then it is a new isolation (not a join of the lost one), which isolates the instance
+    assert status == 202 and body["isolation_id"] != lost and "deduplicated" not in body
+    stack.drain()
+    assert record_of(stack, body["isolation_id"])["status"] == "ISOLATED"
+    assert record_of(stack, lost)["error"]["code"] == "WorkerLost"
+    assert_isolated(member, instance, vpc.id)
+
+
+def test_trigger_whose_record_cannot_be_written_ends_failed_on_the_last_receive(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given a GuardDuty finding, and the service's table throttling every transaction on every receive,
+    # and the last receive's final write twice more
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    event = guardduty_finding(account_id=member.account_id, region=member.region, instance_id=instance)
+    throttled = faults.inject(
+        "dynamodb", "TransactWriteItems", "ProvisionedThroughputExceededException", status=400,
+        times=stack.max_receive_count + 2,
+    )  # fmt: skip
+
+    # When the worker has used every receive
+    stack.send(event)
+    stack.drain(rounds=stack.max_receive_count + 2)
+    stack.receive()
+
+    # Then the finding is not lost: its record is FAILED with the last error, its message in the DLQ,
+    # and the instance untouched
+    assert throttled.raised == stack.max_receive_count + 2
+    [record] = records_for(stack, instance)
+    assert record["status"] == "FAILED" and record["source"] == "guardduty"
+    assert record["error"]["code"] == "ProvisionedThroughputExceededException"
+    assert record["error"]["message"].startswith(f"gave up after {stack.max_receive_count} attempts")
+    assert len(stack.dead_letters()) == 1
+    assert member.isolation_groups(vpc.id) == []
