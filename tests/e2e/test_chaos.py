@@ -1,0 +1,960 @@
+"""Chaos: hundreds of isolations over three member accounts through the local stack, with AWS faults and
+worker crashes injected at random (seeded) on the worker's calls. Whatever the interleaving, every request
+must end in a state a responder can trust:
+
+- every request ends ISOLATED, FAILED or SKIPPED (a request that joined another isolation ends as that
+  one does), or its message is in the DLQ and its record FAILED; nothing is QUEUED or IN_PROGRESS, and no
+  instance's in-flight slot is still taken;
+- an instance with an ISOLATED record is isolated as CONTRACT §5 says; on every instance, what is in place
+  is what its records say was done (no half-isolated instance without a record saying which steps ran);
+  exempt, terminated and never-requested instances are untouched;
+- one isolation security group per VPC, with no rules.
+
+How the faults get in: one botocore hook (`shared.aws.add_event_hook`) on every client the project builds,
+at `before-parameter-build`, which fails a call with the real AWS error code and HTTP status before it is
+sent (botocore's own retries never see it: it is the error that survived them). It injects only while the
+worker runs an isolation (a thread-local set around `worker.runner.run_isolation`), so ingest's calls and
+the test's own checks (plain boto3 clients) never get a fault. A crash may come on any receive, the last
+one included: its message goes on to the DLQ, and once its lease has expired the first read of its record
+through the API ends it FAILED (`WorkerLost`); the checks read every record through the API first, as a
+responder would.
+
+Two knobs make the local run fast (both put back after the test):
+- `worker.runner.LEASE_SECONDS` (120 s) becomes LEASE_SECONDS: the lease a crashed attempt leaves on its
+  record. 8 s keeps the deployed relation: a lease outlasts a message's remaining retries (locally
+  1 + 2 + 2 + 2 s of retry delays, deployed 10 + 30 + 30 + 30 s);
+- the queue's visibility timeout (360 s in template.yaml) becomes VISIBILITY_TIMEOUT_SECONDS, longer than
+  the lease plus the time a message can wait in its batch before its attempt begins, as deployed (60 s
+  worker timeout + 120 s lease < 360 s): a crashed message comes back once its lease has expired.
+
+The violations found are listed all at once, after the figures. Figures and violations go to the end of
+the run (`figures` fixture); `-s` also prints them as they come:
+`.venv/bin/python -m pytest tests/e2e/test_chaos.py -q -s -p no:randomly`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from boto3.dynamodb.types import TypeDeserializer
+from botocore.exceptions import ClientError
+
+from local_stack import seed
+from local_stack.sample_events import guardduty_finding, tag_change
+from local_stack.seed import DemoInstance, InstanceSpec
+from local_stack.stack import LocalStack
+from tests.e2e.helpers import DENY_ALL, member_clients
+
+pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(300)]
+
+SEED = 20240611
+#: How long the run may take to settle once every request is in.
+SETTLE_SECONDS = 150.0
+LEASE_SECONDS = 8
+VISIBILITY_TIMEOUT_SECONDS = 30
+TERMINAL = frozenset({"ISOLATED", "FAILED", "SKIPPED"})
+ACCOUNT_NAMES = (*seed.MEMBER_ACCOUNT_NAMES, "demo-workloads-c")
+#: AssumeRole calls into the third account that fail with AccessDenied: a window (the role not deployed
+#: there yet). A failed AssumeRole caches nothing, so these are that account's first isolations.
+ACCESS_DENIED_WINDOW = 3
+STEPS = (
+    "ensure-isolation-sg",
+    "swap-security-groups",
+    "swap-instance-profile",
+    "enable-termination-protection",
+    "tag-instance",
+)
+SOURCES = ("webhook", "guardduty", "tag")
+#: The error of a request for an instance that cannot be isolated.
+EXPECTED_FAILURE = {"missing": "InstanceNotFound", "terminated": "InstanceTerminated"}
+TITLE = "chaos: isolations through the local stack, faults injected at random (seeded)"
+
+
+def _chaos_specs() -> tuple[InstanceSpec, ...]:
+    """The demo's 6 instances and 18 more per account: both VPCs, some without a profile, one more exempt,
+    one terminated before the run."""
+    specs = [
+        InstanceSpec(f"chaos-{index:02d}", "ipv6" if index % 3 == 0 else "main", profile=index % 4 != 1)
+        for index in range(16)
+    ]
+    specs.append(InstanceSpec("chaos-exempt", "ipv6", exempt=True))
+    specs.append(InstanceSpec("chaos-terminated", "main"))
+    return (*seed.INSTANCES, *specs)
+
+
+SPECS = _chaos_specs()
+
+
+class WorkerCrash(Exception):  # noqa: N818 - what happens to the worker, not an error of the service
+    """The worker dies in the middle of an isolation (out of memory, timeout, the host going away).
+
+    An Exception, not a BaseException: `SqsEventSource.process` and `_poll_forever` catch `Exception`
+    only, so a BaseException would end the poller thread for good (nothing restarts it, unlike Lambda).
+    Raised from a hook, it escapes the runner (which handles AWS and domain errors only) and leaves the
+    record IN_PROGRESS and leased; Powertools fails just this item and the worker sets no retry delay
+    (it is not an AWS error): the message comes back after the queue's visibility timeout, as after a
+    real crash. The call it is raised on never happens.
+    """
+
+
+# --- the faults ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    code: str
+    status: int
+
+    def error(self, operation: str) -> ClientError:
+        return ClientError(
+            {
+                "Error": {"Code": self.code, "Message": f"injected by the chaos test ({operation})"},
+                "ResponseMetadata": {"HTTPStatusCode": self.status},
+            },
+            operation,
+        )
+
+
+THROTTLED_EC2 = Fault("RequestLimitExceeded", 503)
+THROTTLED = Fault("Throttling", 400)
+INTERNAL = Fault("InternalError", 500)
+IAM_PROPAGATION = Fault("InvalidParameterValue", 400)
+NOT_YET_VISIBLE = Fault("InvalidGroup.NotFound", 400)
+TABLE_THROTTLED = Fault("ProvisionedThroughputExceededException", 400)
+EXPIRED = Fault("ExpiredToken", 400)
+ACCESS_DENIED = Fault("AccessDenied", 403)
+UNAUTHORIZED = Fault("UnauthorizedOperation", 403)
+
+#: (call, fault, probability per call) on the worker's calls; the first that fires wins. `dynamodb.slot`
+#: is an UpdateItem of an instance's in-flight slot, `dynamodb.record` one of an isolation record;
+#: `dynamodb.TransactWriteItems` is a record's end with its slot's release (or a trigger's new record).
+RULES: tuple[tuple[str, Fault, float], ...] = (
+    ("ec2.ReplaceIamInstanceProfileAssociation", IAM_PROPAGATION, 0.25),
+    ("ec2.AssociateIamInstanceProfile", IAM_PROPAGATION, 0.25),
+    ("ec2.ModifyNetworkInterfaceAttribute", NOT_YET_VISIBLE, 0.04),
+    ("ec2.RevokeSecurityGroupEgress", NOT_YET_VISIBLE, 0.5),
+    ("ec2.DescribeInstances", EXPIRED, 0.015),
+    ("ec2.ModifyInstanceAttribute", UNAUTHORIZED, 0.04),
+    ("ec2.*", THROTTLED_EC2, 0.025),
+    ("ec2.*", INTERNAL, 0.012),
+    ("sts.AssumeRole", THROTTLED, 0.25),
+    ("iam.*", THROTTLED, 0.25),
+    ("dynamodb.record", TABLE_THROTTLED, 0.015),
+    ("dynamodb.slot", TABLE_THROTTLED, 0.05),
+    ("dynamodb.TransactWriteItems", TABLE_THROTTLED, 0.04),
+)
+#: Probability that an attempt is set to crash, and where: at the n-th call of an operation. The 2nd
+#: ModifyNetworkInterfaceAttribute falls between the two interfaces of an instance, the others between
+#: two steps.
+CRASH_PROBABILITY = 0.05
+CRASH_POINTS = (
+    ("ec2.ModifyNetworkInterfaceAttribute", 2),
+    ("ec2.DescribeIamInstanceProfileAssociations", 1),
+    ("ec2.DescribeInstanceAttribute", 1),
+    ("ec2.CreateTags", 1),
+)
+
+#: Where a doomed isolation's last receive crashes: after the network cut, before the profile swap.
+DOOMED_CRASH = ("ec2.DescribeIamInstanceProfileAssociations", 1)
+DOOMED_PER_ACCOUNT = 1
+
+
+@dataclass
+class Attempt:
+    isolation_id: str
+    crash_at: tuple[str, int] | None
+    doomed: bool = False  # every call of DescribeInstances throttled
+    calls: Counter[str] = field(default_factory=Counter)
+
+
+class Chaos:
+    """The fault injector (a botocore hook) and the worker's tally. Thread-safe."""
+
+    def __init__(
+        self, seed_value: int, denied_account: str, doomed: set[str], max_receive_count: int
+    ) -> None:
+        self.rng = random.Random(seed_value)
+        #: Instances whose first isolation is throttled on every receive but the last, and crashes on the
+        #: last one after the network cut: its message goes on to the DLQ, its record is FAILED
+        #: (`WorkerLost`) once read, and a later request isolates the instance.
+        self.doomed_instances = doomed
+        self.doomed: dict[str, str] = {}  # instance id -> its doomed isolation
+        self.max_receive_count = max_receive_count
+        self.denied_account = denied_account
+        self.lock = threading.Lock()
+        self.local = threading.local()
+        self.injected: Counter[str] = Counter()
+        self.runs: Counter[str] = Counter()  # what each run of the worker (one per receive) ended with
+        self.crashed: set[str] = set()
+        self.access_denied = 0
+        self.joined: dict[str, str] = {}  # a trigger's isolation id -> the isolation in flight it joined
+        #: What each isolation's runs met (receives, faults, outcomes), shown with its violations.
+        self.trace: dict[str, list[str]] = {}
+        #: Isolation records whose own write (UpdateItem) got a fault after the instance was changed.
+        self.write_failed: set[str] = set()
+
+    @contextlib.contextmanager
+    def attempt(self, job: Any, receive_count: int) -> Iterator[None]:
+        """Faults are on while the worker runs this job; a crash may be planned for it."""
+        crash_at = None
+        with self.lock:
+            instance_id = job.target.instance_id
+            if instance_id in self.doomed_instances:
+                self.doomed.setdefault(instance_id, job.isolation_id)
+            doomed = self.doomed.get(instance_id) == job.isolation_id
+            if doomed and receive_count >= self.max_receive_count:
+                crash_at, doomed = DOOMED_CRASH, False
+            elif job.isolation_id not in self.crashed and self.rng.random() < CRASH_PROBABILITY:
+                crash_at = self.rng.choice(CRASH_POINTS)
+        self.note(job.isolation_id, f"receive {receive_count}")
+        self.local.attempt = Attempt(job.isolation_id, crash_at, doomed)
+        try:
+            yield
+        finally:
+            self.local.attempt = None
+
+    def ran(self, job: Any, outcome: str) -> None:
+        with self.lock:
+            self.runs[outcome] += 1
+        self.note(job.isolation_id, outcome)
+
+    def note(self, isolation_id: str, event: str) -> None:
+        with self.lock:
+            self.trace.setdefault(isolation_id, []).append(event)
+
+    def __call__(self, event_name: str = "", params: Any = None, **_: Any) -> None:
+        attempt: Attempt | None = getattr(self.local, "attempt", None)
+        if attempt is None:  # not the worker running an isolation
+            return
+        _, service, operation = event_name.split(".", 2)
+        call = f"{service}.{operation}"
+        attempt.calls[call] += 1
+        params = params or {}
+        key = str(params.get("Key", {}).get("pk", {}).get("S", ""))
+        if call == "dynamodb.TransactWriteItems":  # the first item is the record's
+            first = next(iter(params.get("TransactItems") or [{}]))
+            write = first.get("Update") or first.get("Put") or {}
+            key = str((write.get("Key") or write.get("Item") or {}).get("pk", {}).get("S", ""))
+        real = call
+        if call == "dynamodb.UpdateItem":
+            call = "dynamodb.slot" if key.startswith("instance#") else "dynamodb.record"
+        fault = self._fault(attempt, call, real, str(params.get("RoleArn", "")))
+        if fault is None:
+            return
+        if isinstance(fault, WorkerCrash):
+            self.note(attempt.isolation_id, f"worker crash on {call}")
+            raise fault
+        self.note(attempt.isolation_id, f"{fault.code} on {call}")
+        if call in ("dynamodb.record", "dynamodb.TransactWriteItems"):
+            with self.lock:
+                self.write_failed.add(key)
+        raise fault.error(operation)
+
+    def _fault(self, attempt: Attempt, call: str, real: str, role_arn: str) -> Fault | WorkerCrash | None:
+        with self.lock:
+            if attempt.crash_at == (call, attempt.calls[call]):
+                self.crashed.add(attempt.isolation_id)
+                self.injected["worker crash"] += 1
+                return WorkerCrash(f"{call} #{attempt.calls[call]} of {attempt.isolation_id}")
+            if attempt.doomed and call == "ec2.DescribeInstances":
+                self.injected[
+                    f"{THROTTLED_EC2.code} {THROTTLED_EC2.status} (every receive but the last)"
+                ] += 1
+                return THROTTLED_EC2
+            denied = call == "sts.AssumeRole" and self.denied_account in role_arn
+            if denied and self.access_denied < ACCESS_DENIED_WINDOW:
+                self.access_denied += 1
+                self.injected[f"{ACCESS_DENIED.code} {ACCESS_DENIED.status} (sts.AssumeRole)"] += 1
+                return ACCESS_DENIED
+            for pattern, fault, probability in RULES:
+                matches = pattern == call or (pattern.endswith(".*") and call.startswith(pattern[:-1]))
+                if matches and self.rng.random() < probability:
+                    where = real if call.startswith("dynamodb.") else pattern
+                    self.injected[f"{fault.code} {fault.status} ({where})"] += 1
+                    return fault
+        return None
+
+
+# --- the requests -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    account_id: str
+    region: str
+    instance_id: str
+    kind: str  # "normal", "exempt", "terminated" or "missing"
+
+
+@dataclass
+class Request:
+    number: int
+    source: str
+    target: Target
+    idempotency_key: str | None = None
+    replays: int | None = None  # the number of the request whose Idempotency-Key and body this repeats
+    http_status: int | None = None
+    answer: Any = None
+    event_id: str | None = None
+
+    def own_id(self) -> str | None:
+        """The isolation id of the request's own record (a webhook's answer may name a joined one)."""
+        if self.source == "webhook":
+            return self.answer.get("isolation_id") if isinstance(self.answer, dict) else None
+        from shared.models import trigger_isolation_id
+
+        return trigger_isolation_id(self.source, str(self.event_id))
+
+
+def plan(rng: random.Random, targets: list[Target]) -> list[Request]:
+    """Every normal instance once, then 130 repeats, the exempt ones twice, the terminated and the missing
+    ones once, shuffled; a third of the webhooks with an Idempotency-Key, half of those sent again."""
+    normal = [t for t in targets if t.kind == "normal"]
+    requests: list[Request] = []
+
+    def add(source: str, target: Target) -> None:
+        requests.append(Request(len(requests), source, target))
+
+    def any_source() -> str:
+        return rng.choices(SOURCES, weights=(50, 25, 25))[0]
+
+    for target in normal:
+        add(any_source(), target)
+    for _ in range(130):
+        add(any_source(), rng.choice(normal))
+    for target in (t for t in targets if t.kind == "exempt"):
+        for _ in range(2):
+            add(rng.choice(("guardduty", "tag")), target)
+    for target in (t for t in targets if t.kind in EXPECTED_FAILURE):
+        add("webhook" if rng.random() < 0.7 else "guardduty", target)
+    rng.shuffle(requests)
+
+    ordered = list(requests)
+    replays: list[tuple[int, Request]] = []
+    for position, request in enumerate(requests):
+        if request.source == "webhook" and rng.random() < 0.35:
+            request.idempotency_key = f"chaos-{rng.getrandbits(64):016x}"
+            if rng.random() < 0.5:
+                replay = Request(-1, "webhook", request.target, request.idempotency_key, replays=-1)
+                replays.append((position + rng.randint(1, 20), replay))
+    for position, replay in sorted(replays, key=lambda pair: -pair[0]):
+        ordered.insert(position, replay)
+    for number, request in enumerate(ordered):
+        request.number = number
+    first = {}
+    for request in ordered:
+        if request.idempotency_key:
+            first.setdefault(request.idempotency_key, request.number)
+            if request.replays is not None:
+                request.replays = first[request.idempotency_key]
+    return ordered
+
+
+def send(stack: LocalStack, request: Request) -> None:
+    target = request.target
+    if request.source == "webhook":
+        headers = {"Idempotency-Key": request.idempotency_key} if request.idempotency_key else None
+        body = {
+            "instance_id": target.instance_id,
+            "account_id": target.account_id,
+            "region": target.region,
+            "reason": "chaos test",
+            "requested_by": "tests/e2e/test_chaos.py",
+        }
+        request.http_status, request.answer = stack.request("POST", "/isolate", body, headers=headers)
+        return
+    builder = guardduty_finding if request.source == "guardduty" else tag_change
+    event = builder(account_id=target.account_id, region=target.region, instance_id=target.instance_id)
+    request.event_id = stack.put_event(event)
+
+
+# --- what the member accounts and the stack show ------------------------------------------------------
+
+
+@dataclass
+class Observed:
+    eni_groups: dict[str, list[str]]
+    profile_arn: str | None
+    protected: bool
+    tags: dict[str, str]
+
+
+def observe(instance: DemoInstance) -> Observed:
+    ec2, _ = member_clients(instance)
+    interfaces = ec2.describe_network_interfaces(NetworkInterfaceIds=instance.eni_ids)["NetworkInterfaces"]
+    # moto's DescribeInstances lags a profile replacement: the associations are the truth.
+    associations = ec2.describe_iam_instance_profile_associations(
+        Filters=[
+            {"Name": "instance-id", "Values": [instance.instance_id]},
+            {"Name": "state", "Values": ["associated"]},
+        ]
+    )["IamInstanceProfileAssociations"]
+    described = ec2.describe_instances(InstanceIds=[instance.instance_id])["Reservations"][0]["Instances"][0]
+    protection = ec2.describe_instance_attribute(
+        InstanceId=instance.instance_id, Attribute="disableApiTermination"
+    )
+    return Observed(
+        eni_groups={eni["NetworkInterfaceId"]: [g["GroupId"] for g in eni["Groups"]] for eni in interfaces},
+        profile_arn=";".join(sorted(a["IamInstanceProfile"]["Arn"] for a in associations)) or None,
+        protected=bool(protection["DisableApiTermination"]["Value"]),
+        tags={tag["Key"]: tag["Value"] for tag in described.get("Tags", [])},
+    )
+
+
+def isolation_groups(instance: DemoInstance, group_name: str) -> list[dict[str, Any]]:
+    ec2, _ = member_clients(instance)
+    return list(
+        ec2.describe_security_groups(
+            Filters=[
+                {"Name": "vpc-id", "Values": [instance.vpc_id]},
+                {"Name": "group-name", "Values": [group_name]},
+            ]
+        )["SecurityGroups"]
+    )
+
+
+def scan_table(stack: LocalStack) -> list[dict[str, Any]]:
+    assert stack.provisioned is not None
+    deserializer = TypeDeserializer()
+    pages = (
+        stack.client("dynamodb")
+        .get_paginator("scan")
+        .paginate(TableName=stack.provisioned.table_name, ConsistentRead=True)
+    )
+    return [
+        {k: deserializer.deserialize(v) for k, v in item.items()} for page in pages for item in page["Items"]
+    ]
+
+
+def dead_letters(stack: LocalStack) -> list[str]:
+    assert stack.provisioned is not None
+    sqs = stack.client("sqs")
+    bodies: dict[str, str] = {}
+    for _ in range(50):
+        messages = sqs.receive_message(
+            QueueUrl=stack.provisioned.dead_letter_queue_url, MaxNumberOfMessages=10, VisibilityTimeout=300
+        ).get("Messages", [])
+        if not messages:
+            break
+        bodies.update((m["MessageId"], m["Body"]) for m in messages)
+    return list(bodies.values())
+
+
+def settle(stack: LocalStack, *, timeout: float) -> float:
+    """Seconds until nothing can change any more: the queue empty (no message visible, in flight or
+    delayed) three times in a row. A record still QUEUED or IN_PROGRESS then has nothing to end it."""
+    begun = time.monotonic()
+    quiet = 0
+    while time.monotonic() - begun < timeout and quiet < 3:
+        quiet = quiet + 1 if stack.queue_depth() == 0 else 0
+        time.sleep(0.5)
+    return time.monotonic() - begun
+
+
+# --- the test -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def serial_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's DynamoDB is not safe under concurrent requests: a cancelled TransactWriteItems puts back a
+    copy of the whole table taken when it started, undoing what other threads wrote meanwhile (and the
+    copy itself can fail: "dictionary changed size during iteration"). Ingest's threads and the worker
+    write concurrently here, so the embedded moto server answers DynamoDB requests one at a time, as if
+    each were atomic (DynamoDB's own guarantee for a single request)."""
+    from moto.dynamodb.responses import DynamoHandler
+
+    lock = threading.RLock()
+    call_action = DynamoHandler.call_action
+
+    def one_at_a_time(self: Any) -> Any:
+        with lock:
+            return call_action(self)
+
+    monkeypatch.setattr(DynamoHandler, "call_action", one_at_a_time)
+
+
+@pytest.fixture
+def quiet_logs() -> Iterator[None]:
+    """The worker's JSON log lines (thousands) off the terminal; the level is put back after."""
+    from shared.observability import logger
+
+    level = logger.log_level
+    logger.setLevel("CRITICAL")
+    yield
+    logger.setLevel(level)
+
+
+def test_chaos(
+    monkeypatch: pytest.MonkeyPatch,
+    serial_dynamodb: None,
+    quiet_logs: None,
+    figures: Callable[[str, str], None],
+) -> None:
+    started = time.monotonic()
+    with LocalStack(
+        seed_demo=True,
+        region="eu-west-1",
+        pollers=2,
+        worker=False,
+        environment={"POWERTOOLS_METRICS_DISABLED": "true"},
+        demo_accounts=ACCOUNT_NAMES,
+        demo_instances=SPECS,
+    ) as stack:
+        import worker.app
+        import worker.runner
+        from shared import aws
+        from shared.config import worker_settings
+        from shared.store import IsolationStore, Joined
+        from worker.messages import parse
+
+        assert stack.demo is not None and stack.provisioned is not None
+        settings = worker_settings()
+        max_receive = settings.MAX_RECEIVE_COUNT
+        sqs = stack.client("sqs")
+        queue = stack.provisioned.queue_url
+        redrive = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["RedrivePolicy"])["Attributes"]
+        assert int(json.loads(redrive["RedrivePolicy"])["maxReceiveCount"]) == max_receive == 5
+        sqs.set_queue_attributes(
+            QueueUrl=queue, Attributes={"VisibilityTimeout": str(VISIBILITY_TIMEOUT_SECONDS)}
+        )
+        monkeypatch.setattr(worker.runner, "LEASE_SECONDS", LEASE_SECONDS)
+
+        # Three member accounts; one instance of each is terminated, two made-up ids per account.
+        accounts = stack.demo.accounts
+        assert len(accounts) == 3
+        rng = random.Random(SEED)
+        targets: list[Target] = []
+        demo: dict[str, DemoInstance] = {}
+        for account in accounts:
+            for instance in account.instances:
+                kind = "exempt" if instance.exempt else "normal"
+                if instance.label == "chaos-terminated":
+                    member_clients(instance)[0].terminate_instances(InstanceIds=[instance.instance_id])
+                    kind = "terminated"
+                else:
+                    demo[instance.instance_id] = instance
+                targets.append(Target(instance.account_id, instance.region, instance.instance_id, kind))
+            for _ in range(2):
+                targets.append(
+                    Target(account.account_id, stack.region, f"i-0{rng.getrandbits(64):016x}", "missing")
+                )
+        before = {instance_id: observe(instance) for instance_id, instance in demo.items()}
+        requests = plan(rng, targets)
+        assert len(requests) >= 200
+        seeded = time.monotonic()
+
+        # Faults on the worker's calls only; the worker's runs and the joins tallied.
+        doomed = {
+            instance.instance_id
+            for account in accounts[:2]
+            for instance in [i for i in account.instances if i.instance_id in demo][:DOOMED_PER_ACCOUNT]
+        }
+        chaos = Chaos(SEED, accounts[2].account_id, doomed, max_receive)
+        real_run = worker.app.run_isolation
+        real_create = IsolationStore.create_queued
+
+        def run_isolation(job: Any, deps: Any, *, receive_count: int = 1) -> Any:
+            with chaos.attempt(job, receive_count):
+                try:
+                    outcome = real_run(job, deps, receive_count=receive_count)
+                except WorkerCrash:
+                    chaos.ran(job, "crashed")
+                    raise
+                except Exception as exc:
+                    chaos.ran(job, f"retry ({getattr(exc, 'code', type(exc).__name__)})")
+                    raise
+            chaos.ran(job, outcome.value)
+            return outcome
+
+        def create_queued(store: IsolationStore, record: Any, **kwargs: Any) -> Any:
+            created = real_create(store, record, **kwargs)
+            if isinstance(created, Joined):
+                with chaos.lock:
+                    chaos.joined[record.isolation_id] = created.isolation_id
+            return created
+
+        monkeypatch.setattr(worker.app, "run_isolation", run_isolation)
+        monkeypatch.setattr(IsolationStore, "create_queued", create_queued)
+        remove_hook = aws.add_event_hook("before-parameter-build", chaos)
+        try:
+            # Powertools prints its metric set every 100 values even with metrics disabled: not here.
+            with contextlib.redirect_stdout(io.StringIO()):
+                stack.resume_worker()
+                with ThreadPoolExecutor(max_workers=4, thread_name_prefix="chaos-client") as clients:
+                    futures = []
+                    for request in requests:  # four at a time, paced so the worker interleaves
+                        futures.append(clients.submit(send, stack, request))
+                        time.sleep(rng.uniform(0.0, 0.04))
+                    for future in futures:
+                        future.result()
+                sent = time.monotonic()
+                settled = settle(stack, timeout=SETTLE_SECONDS)
+        finally:
+            stack.pause_worker()
+            remove_hook()
+        finished = time.monotonic()
+
+        # A responder reads the records through the API: a record whose worker was lost on the last
+        # receive is ended FAILED by that read. Then the table as it is.
+        for item in scan_table(stack):
+            if str(item["pk"]).startswith("iso-"):
+                stack.request("GET", f"/isolations/{item['pk']}")
+        items = scan_table(stack)
+        records = {str(item["pk"]): item for item in items if str(item["pk"]).startswith("iso-")}
+        for isolation_id, record in records.items():  # shown with the record in a violation
+            record["trace"] = chaos.trace.get(isolation_id, [])
+        dlq = dead_letters(stack)
+        problems: list[str] = []
+
+        def expect(condition: Any, message: str, *details: Any) -> bool:
+            if not condition:
+                problems.append(message + "".join(f"\n    {_show(detail)}" for detail in details))
+            return bool(condition)
+
+        # --- every request ends ISOLATED, FAILED or SKIPPED; nothing QUEUED or IN_PROGRESS ----------
+        for record in records.values():
+            expect(record["status"] in TERMINAL, f"record {record['status']} after {settled:.0f} s", record)
+        expect(stack.queue_depth() == 0, "messages left on the queue")
+
+        outcomes: dict[int, dict[str, Any]] = {}
+        for request in requests:
+            if request.source == "webhook":
+                expect(request.http_status in (200, 202), "webhook not accepted", request)
+                if request.http_status not in (200, 202):
+                    continue
+                deduplicated = request.http_status == 200
+                expect(
+                    deduplicated == bool(request.answer.get("deduplicated")),
+                    "200 without deduplicated",
+                    request,
+                )
+            own = request.own_id()
+            isolation_id = own if own in records else chaos.joined.get(str(own))
+            if not expect(isolation_id, "a request without a record that joined nothing", request):
+                continue
+            status, record = stack.request("GET", f"/isolations/{isolation_id}")
+            if not expect(status == 200, f"GET /isolations/{isolation_id} answered {status}", record):
+                continue
+            outcomes[request.number] = record
+            target = request.target
+            expect(record["status"] in TERMINAL, "a request not ended", request, record)
+            expect(
+                (record["account_id"], record["instance_id"]) == (target.account_id, target.instance_id),
+                "a request answered with another instance's isolation",
+                request,
+                record,
+            )
+            if target.kind in EXPECTED_FAILURE:
+                error = record.get("error") or {}
+                expect(
+                    record["status"] == "FAILED"
+                    and (
+                        error.get("code") in (EXPECTED_FAILURE[target.kind], "RoleNotAssumable")
+                        or str(error.get("message", "")).startswith("gave up after")
+                    ),
+                    f"a {target.kind} instance's isolation did not fail as it should",
+                    record,
+                )
+            if target.kind == "exempt":
+                expect(record["status"] != "ISOLATED", "a trigger isolated an exempt instance", record)
+            if request.replays is not None:
+                first = requests[request.replays]
+                expect(
+                    request.answer == first.answer,
+                    "a repeated Idempotency-Key got another answer",
+                    request,
+                    first,
+                )
+
+        for record in records.values():
+            if record["status"] == "FAILED":
+                expect((record.get("error") or {}).get("code"), "FAILED without an error", record)
+                expect(
+                    (record.get("error") or {}).get("code") != "IsolationInProgress",
+                    "FAILED for a lease no live worker held (handlers run one at a time here, and a "
+                    "crashed attempt's lease expires before its message comes back)",
+                    record,
+                )
+            if record["status"] == "ISOLATED" and not _coalesced(record):
+                last = {step["name"]: step["status"] for step in record["steps"]}
+                expect(
+                    all(last.get(name) in ("done", "already") for name in STEPS)
+                    and record.get("contained_at"),
+                    "ISOLATED with a step not in place",
+                    record,
+                )
+        held = [item for item in items if str(item["pk"]).startswith("instance#") and item.get("active_id")]
+        for slot in held:
+            expect(
+                False,
+                "an in-flight slot still taken after every record ended",
+                slot,
+                records.get(slot["active_id"]),
+            )
+
+        # --- DLQ: each message's record is FAILED -------------------------------------------------
+        for body in dlq:
+            job = parse(body)
+            record = records.get(job.isolation_id) or {}
+            expect(
+                record.get("status") == "FAILED", "a message in the DLQ whose record is not FAILED", record
+            )
+
+        # --- the member accounts: what is in place is what the records say ------------------------
+        history: dict[str, list[dict[str, Any]]] = {}
+        for record in records.values():
+            history.setdefault(record["instance_id"], []).append(record)
+        isolated = 0
+        unrecorded: Counter[str] = Counter()
+        for instance_id, instance in demo.items():
+            isolated += _check_instance(
+                expect,
+                instance,
+                history.get(instance_id, []),
+                before[instance_id],
+                observe(instance),
+                isolation_groups(instance, settings.ISOLATION_SG_NAME),
+                settings.ISOLATION_PROFILE_NAME,
+                unrecorded,
+                chaos.write_failed,
+            )
+        for account in accounts:
+            for kind, vpc_id in account.vpcs.items():
+                groups = isolation_groups(
+                    next(i for i in account.instances if i.vpc_id == vpc_id), settings.ISOLATION_SG_NAME
+                )
+                expect(len(groups) <= 1, f"isolation groups in the {kind} VPC of {account.name}", *groups)
+                for group in groups:
+                    expect(
+                        not group["IpPermissions"] and not group["IpPermissionsEgress"],
+                        "rules on an isolation group",
+                        group,
+                    )
+            _, iam = member_clients(account.instances[0])
+            profile = iam.get_instance_profile(InstanceProfileName=settings.ISOLATION_PROFILE_NAME)[
+                "InstanceProfile"
+            ]
+            roles = [role["RoleName"] for role in profile["Roles"]]
+            policies = [
+                policy["PolicyArn"]
+                for role in roles
+                for policy in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]
+            ]
+            expect(
+                len(roles) == 1 and policies == [DENY_ALL], "the isolation profile allows something", profile
+            )
+
+        lines = _figures(
+            requests=requests,
+            outcomes=outcomes,
+            records=records,
+            chaos=chaos,
+            dlq=len(dlq),
+            instances=len(demo),
+            isolated=isolated,
+            unrecorded=unrecorded,
+            seconds={
+                "seed": seeded - started,
+                "requests": sent - seeded,
+                "settle": settled,
+                "total": finished - started,
+            },
+        )
+        if problems:
+            lines.append(f"chaos: {len(problems)} violations (the first 10 below)")
+            lines += [f"chaos: - {problem}" for problem in problems[:10]]
+        text = "\n".join(lines)
+        figures(TITLE, text)
+        print("\n" + text)
+        assert not problems, f"{len(problems)} violations:\n" + "\n".join(problems[:25])
+
+
+def _coalesced(record: dict[str, Any]) -> bool:
+    return [step["name"] for step in record["steps"]] == ["coalesced"]
+
+
+_SHOWN = ("isolation_id", "status", "source", "instance_id", "attempts", "error", "contained_at")
+
+
+def _show(value: Any) -> str:
+    """A record in one line: its main fields, its steps, and what the worker's runs of it met."""
+    if isinstance(value, dict) and "isolation_id" in value and "steps" in value:
+        steps = [f"{s['name']}:{s['status']}" for s in value.get("steps", [])]
+        value = {key: value.get(key) for key in _SHOWN} | {"steps": steps, "trace": value.get("trace")}
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _done(history: list[dict[str, Any]], name: str) -> bool:
+    return any(s["name"] == name and s["status"] in ("done", "already") for r in history for s in r["steps"])
+
+
+def _tried(history: list[dict[str, Any]], name: str) -> bool:
+    return any(s["name"] == name for r in history for s in r["steps"])
+
+
+def _check_instance(
+    expect: Callable[..., bool],
+    instance: DemoInstance,
+    history: list[dict[str, Any]],
+    before: Observed,
+    now: Observed,
+    groups: list[dict[str, Any]],
+    profile_name: str,
+    unrecorded: Counter[str],
+    write_failed: set[str],
+) -> int:
+    """What is in place on the instance is what its records say, and CONTRACT §5 when one says ISOLATED.
+
+    A change no record mentions is a violation, unless one of the instance's records had a write failed
+    by the injector (the change was made, its record write failed, and no later attempt got as far as
+    that step again to record it `already`): counted in `unrecorded`. Returns 1 for an isolated instance.
+    """
+    where = f"{instance.label} {instance.instance_id} in {instance.account_id}"
+    state = {"records": [_show(r) for r in history], "before": before.__dict__, "now": now.__dict__}
+    group_ids = [g["GroupId"] for g in groups]
+    profile_suffix = f":instance-profile/{profile_name}"
+
+    def recorded(step: str, what: str) -> None:
+        if _tried(history, step):
+            return
+        if any(r["isolation_id"] in write_failed for r in history):
+            unrecorded[step] += 1
+            return
+        expect(False, f"{where}: {what}, no record says so", state)
+
+    # Network: each interface has its own groups or only the VPC's isolation group, nothing in between.
+    changed = [eni for eni, ids in now.eni_groups.items() if ids != before.eni_groups[eni]]
+    expect(
+        all(now.eni_groups[eni] == group_ids for eni in changed),
+        f"{where}: an interface neither as it was nor isolated",
+        state,
+    )
+    if changed:
+        recorded("swap-security-groups", "interfaces isolated")
+    if _done(history, "swap-security-groups"):
+        expect(
+            len(changed) == len(now.eni_groups), f"{where}: swap recorded, an interface not isolated", state
+        )
+        expect(any(r.get("contained_at") for r in history), f"{where}: swap recorded, no contained_at", state)
+
+    # Instance profile: the original or the isolation profile.
+    swapped = now.profile_arn != before.profile_arn
+    if swapped:
+        expect(
+            str(now.profile_arn).endswith(profile_suffix),
+            f"{where}: a profile neither as it was nor the isolation one",
+            state,
+        )
+        recorded("swap-instance-profile", "profile swapped")
+    if _done(history, "swap-instance-profile"):
+        expect(
+            str(now.profile_arn).endswith(profile_suffix),
+            f"{where}: profile swap recorded, not in place",
+            state,
+        )
+
+    # Termination protection.
+    if now.protected:
+        recorded("enable-termination-protection", "termination protection on")
+    if _done(history, "enable-termination-protection"):
+        expect(now.protected, f"{where}: protection recorded, not in place", state)
+
+    # Tags: the id and source of one of the instance's isolations.
+    tagged = now.tags.get("ec2-isolation:id")
+    sources = {r["isolation_id"]: r["source"] for r in history}
+    if tagged is not None:
+        expect(tagged in sources, f"{where}: tagged with the id of none of its isolations", state)
+        expect(
+            now.tags.get("ec2-isolation:source") == sources.get(tagged), f"{where}: wrong source tag", state
+        )
+        expect(now.tags.get("ec2-isolation:at"), f"{where}: no ec2-isolation:at tag", state)
+        if not _tried([r for r in history if r["isolation_id"] == tagged], "tag-instance"):
+            if tagged in write_failed:
+                unrecorded["tag-instance"] += 1
+            else:
+                expect(False, f"{where}: tagged by {tagged}, its record does not say so", state)
+    if _done(history, "tag-instance"):
+        expect(tagged is not None, f"{where}: tagging recorded, no tag", state)
+
+    if instance.exempt or not history:
+        expect(
+            not changed and not swapped and not now.protected and tagged is None, f"{where}: touched", state
+        )
+
+    # CONTRACT §5 for an instance with an ISOLATED record.
+    if not any(r["status"] == "ISOLATED" for r in history):
+        return 0
+    expect(
+        len(group_ids) == 1
+        and all(ids == group_ids for ids in now.eni_groups.values())
+        and not groups[0]["IpPermissions"]
+        and not groups[0]["IpPermissionsEgress"]
+        and str(now.profile_arn).endswith(profile_suffix)
+        and now.protected
+        and tagged is not None,
+        f"{where}: an ISOLATED record, the instance not isolated (CONTRACT §5)",
+        state,
+    )
+    return 1
+
+
+def _figures(
+    *,
+    requests: list[Request],
+    outcomes: dict[int, dict[str, Any]],
+    records: dict[str, dict[str, Any]],
+    chaos: Chaos,
+    dlq: int,
+    instances: int,
+    isolated: int,
+    unrecorded: Counter[str],
+    seconds: dict[str, float],
+) -> list[str]:
+    by_source = Counter(r.source for r in requests)
+    keyed = sum(1 for r in requests if r.idempotency_key and r.replays is None)
+    replayed = sum(1 for r in requests if r.replays is not None)
+    deduplicated = sum(1 for r in requests if r.http_status == 200)
+    joined = sum(1 for r in requests if r.source != "webhook" and r.own_id() not in records)
+    coalesced = sum(1 for r in outcomes.values() if _coalesced(r))
+    by_status = Counter(r["status"] for r in outcomes.values())
+    failed = Counter((r.get("error") or {}).get("code") for r in outcomes.values() if r["status"] == "FAILED")
+    retried = sum(n for outcome, n in chaos.runs.items() if outcome.startswith("retry"))
+    faults = sorted(chaos.injected.items(), key=lambda kv: (-kv[1], kv[0]))
+    lines = [
+        f"{len(requests)} requests, {instances} instances in 3 accounts, seed {SEED}, "
+        f"{seconds['total']:.0f} s (setup {seconds['seed']:.0f} s, requests {seconds['requests']:.0f} s, "
+        f"settle {seconds['settle']:.0f} s)",
+        "requests: "
+        + ", ".join(f"{source} {by_source[source]}" for source in SOURCES)
+        + f"; {keyed} with an Idempotency-Key, {replayed} of them repeated; {deduplicated} webhooks "
+        f"deduplicated, {joined} triggers joined an isolation in flight, {coalesced} coalesced",
+        f"faults injected: {sum(chaos.injected.values())}: "
+        + ", ".join(f"{kind} x{n}" for kind, n in faults),
+        "outcomes: "
+        + ", ".join(f"{status} {by_status[status]}" for status in ("ISOLATED", "FAILED", "SKIPPED"))
+        + (
+            " (FAILED: " + ", ".join(f"{code} {n}" for code, n in failed.most_common()) + ")"
+            if failed
+            else ""
+        )
+        + f"; {isolated} instances isolated",
+        f"worker: {sum(chaos.runs.values())} runs, {retried} retried through the queue, "
+        f"{chaos.runs['crashed']} crashed; {len(records)} records; {dlq} messages in the DLQ",
+    ]
+    if unrecorded:
+        lines.append(
+            "changes in place that no record mentions, each after an injected failure of its record's "
+            "write: " + ", ".join(f"{step} {n}" for step, n in sorted(unrecorded.items()))
+        )
+    return [f"chaos: {line}" for line in lines]
