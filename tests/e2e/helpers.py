@@ -20,7 +20,7 @@ from typing import Any
 import boto3
 import pytest
 
-from local_stack.seed import DemoInstance, member_session
+from local_stack.seed import DemoInstance, DemoOrg, find_demo, member_session
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "tests" / "events"
@@ -114,6 +114,20 @@ def environment(**values: str) -> Iterator[None]:
         for name, value in values.items():
             patch.setenv(name, value)
         yield
+
+
+@contextlib.contextmanager
+def demo_on(endpoint: str) -> Iterator[DemoOrg]:
+    """The demo organization a served stack seeded on `endpoint`, with this process's AWS clients
+    pointed there for as long as the block runs."""
+    with environment(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="eu-west-1",
+        AWS_REGION="eu-west-1",
+    ):
+        yield find_demo(region="eu-west-1", target_role_name="ec2-isolation-execution")
 
 
 def member_clients(instance: DemoInstance) -> tuple[Any, Any]:

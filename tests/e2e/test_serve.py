@@ -15,8 +15,8 @@ from typing import Any
 import boto3
 import pytest
 
-from local_stack.seed import DemoOrg, find_demo
-from tests.e2e.helpers import Served, assert_isolated, environment, free_port, member_clients
+from local_stack.seed import DemoOrg
+from tests.e2e.helpers import Served, assert_isolated, demo_on, free_port, member_clients
 
 pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(120)]
 
@@ -72,14 +72,7 @@ def server() -> Iterator[Server]:
         ready = served.wait_for_line("ready on ", STARTUP_SECONDS)
         assert ready == f"ready on http://127.0.0.1:{port}"
         endpoint = endpoint_line.split()[2]
-        with environment(
-            AWS_ENDPOINT_URL=endpoint,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION="eu-west-1",
-            AWS_REGION="eu-west-1",
-        ):
-            demo = find_demo(region="eu-west-1", target_role_name="ec2-isolation-execution")
+        with demo_on(endpoint) as demo:
             yield Server(served, f"http://127.0.0.1:{port}", api_key, endpoint, demo)
     finally:
         served.stop(signal.SIGKILL if served.process.poll() is None else signal.SIGTERM)

@@ -11,8 +11,7 @@ import urllib.request
 
 import pytest
 
-from local_stack.seed import find_demo
-from tests.e2e.helpers import Served, assert_isolated, environment, free_port, subprocess_environment
+from tests.e2e.helpers import Served, assert_isolated, demo_on, free_port, subprocess_environment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(150)]
 
@@ -45,14 +44,7 @@ def test_serve_uses_an_existing_moto_server() -> None:
             env=subprocess_environment(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing"),
         )  # fmt: skip
         served.wait_for_line("ready on ", 90)
-        with environment(
-            AWS_ENDPOINT_URL=endpoint,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION="eu-west-1",
-            AWS_REGION="eu-west-1",
-        ):
-            demo = find_demo(region="eu-west-1", target_role_name="ec2-isolation-execution")
+        with demo_on(endpoint) as demo:
             instance = demo.instance("web-2", account=1)
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}/isolate",

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 from tests.conftest import Stack
-from tests.integration.test_worker import assert_isolated, isolate, record_of, records_for, steps
+from tests.integration.test_worker import (
+    assert_isolated,
+    isolate,
+    record_of,
+    records_for,
+    request_isolation,
+    steps,
+)
 from tests.support.aws import ISOLATION_NAME, Faults, Member
 
 from local_stack.sample_events import guardduty_finding
@@ -20,23 +27,13 @@ class Crash(BaseException):
     """The process dies (timeout, out of memory): nothing in the handler gets to run after it."""
 
 
-def post(stack: Stack, member: Member, instance_id: str) -> str:
-    status, body = stack.api(
-        "POST",
-        "/isolate",
-        body={"instance_id": instance_id, "account_id": member.account_id, "region": member.region},
-    )
-    assert status == 202, body
-    return str(body["isolation_id"])
-
-
 def test_crash_between_the_network_cut_and_the_profile_swap_resumes(
     stack: Stack, member: Member, faults: Faults, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given the worker dies right after the security groups are swapped, before the profile swap
     vpc = member.vpc()
     instance = member.instance(vpc)
-    isolation_id = post(stack, member, instance)
+    isolation_id = request_isolation(stack, member, instance)
 
     def die(**_: Any) -> None:
         raise Crash()
@@ -89,7 +86,7 @@ def test_a_copy_delivered_while_another_runs_backs_off_without_touching_anything
     # Given another worker holds the isolation (the same message delivered twice, one copy running)
     vpc = member.vpc()
     instance = member.instance(vpc)
-    isolation_id = post(stack, member, instance)
+    isolation_id = request_isolation(stack, member, instance)
     stack.store.begin_attempt(isolation_id, owner="the-other-worker", lease_seconds=120, prior_state=None)
     faults.count()
 
@@ -113,7 +110,7 @@ def test_two_copies_processed_concurrently_isolate_once(stack: Stack, member: Me
     # Given one message received twice at the same time (SQS at-least-once delivery)
     vpc = member.vpc()
     instance = member.instance(vpc)
-    isolation_id = post(stack, member, instance)
+    isolation_id = request_isolation(stack, member, instance)
     [message] = stack.receive()
     stack.sqs.change_message_visibility(
         QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
@@ -223,7 +220,7 @@ def test_own_table_throttling_is_retried_through_the_queue(
     # Given the service's own table throttles the worker's first writes
     vpc = member.vpc()
     instance = member.instance(vpc)
-    isolation_id = post(stack, member, instance)
+    isolation_id = request_isolation(stack, member, instance)
     # (4 times: more than botocore's own 3 attempts, so the message itself must come back)
     throttled = faults.inject(
         "dynamodb", "UpdateItem", "ProvisionedThroughputExceededException", status=400, times=4
@@ -245,7 +242,7 @@ def test_own_table_failing_on_every_receive_still_ends_the_record(
     # Given the prior-state write to the service's table fails every time
     vpc = member.vpc()
     instance = member.instance(vpc)
-    isolation_id = post(stack, member, instance)
+    isolation_id = request_isolation(stack, member, instance)
     faults.inject(
         "dynamodb", "UpdateItem", "InternalServerError", status=500, times=None,
         when=lambda params: "lease_owner = :owner" in params.get("UpdateExpression", "")
@@ -271,7 +268,7 @@ def test_final_write_throttled_is_retried_and_frees_the_slot(
     # botocore's retries on every receive but the last
     vpc = member.vpc()
     instance = member.instance(vpc)
-    first = post(stack, member, instance)
+    first = request_isolation(stack, member, instance)
     faults.inject(
         "dynamodb", "TransactWriteItems", "ProvisionedThroughputExceededException", status=400,
         times=stack.max_receive_count - 1,
@@ -284,18 +281,13 @@ def test_final_write_throttled_is_retried_and_frees_the_slot(
     # the instance is a new isolation, not a join of the one that ended
     assert record_of(stack, first)["status"] == "ISOLATED"
     assert stack.dead_letters() == []
-    status, body = stack.api(
-        "POST",
-        "/isolate",
-        body={"instance_id": instance, "account_id": member.account_id, "region": member.region},
-    )
-    assert status == 202 and body["isolation_id"] != first
+    assert request_isolation(stack, member, instance) != first
 
 
 def _crash_on_the_last_receive(stack: Stack, member: Member, faults: Faults, instance: str) -> str:
     """The worker dies after the network cut during the message's last allowed receive; the message
     goes on to the DLQ (as SQS does on the next receive). Returns the isolation id."""
-    isolation_id = post(stack, member, instance)
+    isolation_id = request_isolation(stack, member, instance)
 
     def die(**_: Any) -> None:
         raise Crash()
@@ -360,16 +352,12 @@ def test_request_for_an_instance_whose_worker_was_lost_is_a_new_isolation(
     _lease_expired(monkeypatch)
 
     # When a person asks again
-    status, body = stack.api(
-        "POST",
-        "/isolate",
-        body={"instance_id": instance, "account_id": member.account_id, "region": member.region},
-    )
+    isolation_id = request_isolation(stack, member, instance)
 
-    # Then it is a new isolation (not a join of the lost one), which isolates the instance
-    assert status == 202 and body["isolation_id"] != lost and "deduplicated" not in body
+    # Then it is a new isolation (202, not a join of the lost one), which isolates the instance
+    assert isolation_id != lost
     stack.drain()
-    assert record_of(stack, body["isolation_id"])["status"] == "ISOLATED"
+    assert record_of(stack, isolation_id)["status"] == "ISOLATED"
     assert record_of(stack, lost)["error"]["code"] == "WorkerLost"
     assert_isolated(member, instance, vpc.id)
 

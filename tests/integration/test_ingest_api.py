@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from tests.conftest import MEMBER_ACCOUNT, MEMBER_REGION, OTHER_ACCOUNT, Stack
 from tests.support.aws import Faults
+from tests.support.contract import RECORD_FIELDS
 from tests.support.events import LambdaContext, api_event
 
 from shared.config import ingest_settings
@@ -24,24 +25,6 @@ pytestmark = pytest.mark.disable_socket
 INSTANCE = "i-0123456789abcdef0"
 VALID: dict[str, Any] = {"instance_id": INSTANCE, "account_id": MEMBER_ACCOUNT, "region": MEMBER_REGION}
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
-RECORD_FIELDS = {
-    "isolation_id",
-    "status",
-    "source",
-    "instance_id",
-    "account_id",
-    "region",
-    "reason",
-    "requested_by",
-    "trigger",
-    "created_at",
-    "updated_at",
-    "contained_at",
-    "attempts",
-    "steps",
-    "prior_state",
-    "error",
-}
 
 
 # --- helpers -----------------------------------------------------------------------------------------

@@ -12,16 +12,22 @@ from tests.support.aws import ISOLATION_NAME, Faults, Member
 from local_stack.sample_events import guardduty_finding, tag_change
 
 
-def isolate(stack: Stack, member: Member, instance_id: str, **fields: Any) -> dict[str, Any]:
-    """POST /isolate, run the worker until the queue is empty, return the record."""
+def request_isolation(stack: Stack, member: Member, instance_id: str, **fields: Any) -> str:
+    """POST /isolate for a member's instance, accepted as a new isolation (202); its id."""
     status, body = stack.api(
         "POST",
         "/isolate",
         body={"instance_id": instance_id, "account_id": member.account_id, "region": member.region, **fields},
     )
     assert status == 202, body
+    return str(body["isolation_id"])
+
+
+def isolate(stack: Stack, member: Member, instance_id: str, **fields: Any) -> dict[str, Any]:
+    """POST /isolate, run the worker until the queue is empty, return the record."""
+    isolation_id = request_isolation(stack, member, instance_id, **fields)
     stack.drain()
-    return record_of(stack, body["isolation_id"])
+    return record_of(stack, isolation_id)
 
 
 def record_of(stack: Stack, isolation_id: str) -> dict[str, Any]:
@@ -434,18 +440,14 @@ def test_iam_propagation_past_the_bound_goes_back_to_the_queue(
     vpc = member.vpc()
     instance = member.instance(vpc)
     lag = faults.inject("ec2", "ReplaceIamInstanceProfileAssociation", "InvalidParameterValue", times=6)
-    status, body = stack.api(
-        "POST",
-        "/isolate",
-        body={"instance_id": instance, "account_id": member.account_id, "region": member.region},
-    )
+    isolation_id = request_isolation(stack, member, instance)
 
     # When the worker runs once
     response = stack.work()
 
     # Then the item failed (SQS will retry), the network is already cut, and the record says so
     assert len(response["batchItemFailures"]) == 1
-    record = record_of(stack, body["isolation_id"])
+    record = record_of(stack, isolation_id)
     assert record["status"] == "IN_PROGRESS"
     assert record["contained_at"] is not None
     assert steps(record)["swap-instance-profile"] == "failed"
@@ -454,7 +456,7 @@ def test_iam_propagation_past_the_bound_goes_back_to_the_queue(
     # And when the message comes back after its retry delay, IAM has caught up and it finishes
     stack.let_time_pass()
     stack.drain()
-    record = record_of(stack, body["isolation_id"])
+    record = record_of(stack, isolation_id)
     assert record["status"] == "ISOLATED" and record["attempts"] == 2
     assert lag.raised == 6
     assert_isolated(member, instance, vpc.id)
@@ -523,18 +525,14 @@ def test_invalid_message_goes_to_the_dlq_without_blocking_the_batch(stack: Stack
     instance = member.instance(vpc)
     stack.send("not json {")
     stack.send({"source": "aws.s3", "detail-type": "Object Created", "detail": {}})
-    status, body = stack.api(
-        "POST",
-        "/isolate",
-        body={"instance_id": instance, "account_id": member.account_id, "region": member.region},
-    )
+    isolation_id = request_isolation(stack, member, instance)
 
     # When the worker runs until the queue is empty
     stack.drain(rounds=stack.max_receive_count + 3)
     stack.receive()
 
     # Then the request is isolated and both bad messages are in the DLQ
-    assert record_of(stack, body["isolation_id"])["status"] == "ISOLATED"
+    assert record_of(stack, isolation_id)["status"] == "ISOLATED"
     assert sorted(m["Body"][:10] for m in stack.dead_letters()) == sorted(["not json {", '{"source":'])
 
 
@@ -573,11 +571,7 @@ def test_findings_for_an_instance_in_flight_join_it(stack: Stack, member: Member
     # Given an isolation of an instance queued by the webhook, its message not yet processed
     vpc = member.vpc()
     instance = member.instance(vpc)
-    stack.api(
-        "POST",
-        "/isolate",
-        body={"instance_id": instance, "account_id": member.account_id, "region": member.region},
-    )
+    request_isolation(stack, member, instance)
     [webhook_message] = stack.receive()
 
     # When three findings about it are processed first
@@ -680,11 +674,7 @@ def test_warm_path_to_containment_is_describe_one_write_and_one_call_per_eni(
     vpc = member.vpc()
     first, second = member.instance(vpc), member.instance(vpc, enis=2)
     isolate(stack, member, first)
-    status, body = stack.api(
-        "POST",
-        "/isolate",
-        body={"instance_id": second, "account_id": member.account_id, "region": member.region},
-    )
+    isolation_id = request_isolation(stack, member, second)
 
     # When the worker isolates it
     faults.count()
@@ -699,4 +689,4 @@ def test_warm_path_to_containment_is_describe_one_write_and_one_call_per_eni(
         "ec2.ModifyNetworkInterfaceAttribute",
         "ec2.ModifyNetworkInterfaceAttribute",
     ]
-    assert record_of(stack, body["isolation_id"])["status"] == "ISOLATED"
+    assert record_of(stack, isolation_id)["status"] == "ISOLATED"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from tests.support.contract import RECORD_FIELDS
 
 from shared.models import (
     ISOLATION_ID_PATTERN,
@@ -29,24 +30,6 @@ VALID: dict[str, Any] = {
     "instance_id": "i-0123456789abcdef0",
     "account_id": "111122223333",
     "region": "eu-west-1",
-}
-RECORD_FIELDS = {
-    "isolation_id",
-    "status",
-    "source",
-    "instance_id",
-    "account_id",
-    "region",
-    "reason",
-    "requested_by",
-    "trigger",
-    "created_at",
-    "updated_at",
-    "contained_at",
-    "attempts",
-    "steps",
-    "prior_state",
-    "error",
 }
 
 
