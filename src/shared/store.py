@@ -95,10 +95,17 @@ class Created:
 
 @dataclass(frozen=True)
 class Joined:
-    """Another isolation of the same instance is in flight (`status`: QUEUED or IN_PROGRESS)."""
+    """Another isolation of the same instance is in flight; `status` is its status as just read."""
 
     isolation_id: str
     status: Status
+
+
+@dataclass(frozen=True)
+class _SlotTaken:
+    """The instance's slot is held by this isolation (whose status `create_queued` then reads)."""
+
+    isolation_id: str
 
 
 @dataclass(frozen=True)
@@ -250,17 +257,15 @@ class IsolationStore:
         in fact ended (its worker lost, see `_LOST`), the slot is free by then and the write is tried
         once more.
         """
-        outcome = self._create_queued(record, lease_seconds, idempotency, coalesce_window_seconds)
-        if not isinstance(outcome, Joined):
-            return outcome
-        current = self.get(outcome.isolation_id)
-        if current is None or current.status in (Status.QUEUED, Status.IN_PROGRESS):
-            return Joined(outcome.isolation_id, current.status if current else Status.QUEUED)
-        again = self._create_queued(record, lease_seconds, idempotency, coalesce_window_seconds)
-        if not isinstance(again, Joined):
-            return again
-        same = again.isolation_id == outcome.isolation_id
-        return Joined(again.isolation_id, current.status if same else Status.QUEUED)
+        tries = 0
+        while True:
+            outcome = self._create_queued(record, lease_seconds, idempotency, coalesce_window_seconds)
+            if not isinstance(outcome, _SlotTaken):
+                return outcome
+            tries += 1
+            current = self.get(outcome.isolation_id)  # ends it first if its worker was lost
+            if current is None or current.status in (Status.QUEUED, Status.IN_PROGRESS) or tries == 2:
+                return Joined(outcome.isolation_id, current.status if current else Status.QUEUED)
 
     def _create_queued(
         self,
@@ -268,7 +273,7 @@ class IsolationStore:
         lease_seconds: int,
         idempotency: IdempotencyClaim | None,
         coalesce_window_seconds: int | None,
-    ) -> Created | Joined | Replayed | Coalesced | Exists:
+    ) -> Created | _SlotTaken | Replayed | Coalesced | Exists:
         now = time.time()
         slot_condition = "(attribute_not_exists(active_id) OR active_since < :stale)"
         values = _values(id=record.isolation_id, now=_epoch(now), stale=_epoch(now - lease_seconds))
@@ -329,7 +334,7 @@ class IsolationStore:
         idempotency: IdempotencyClaim | None,
         coalesce_window_seconds: int | None,
         stale_before: float,
-    ) -> Joined | Replayed | Coalesced | Exists:
+    ) -> _SlotTaken | Replayed | Coalesced | Exists:
         """Which condition cancelled the transaction, in the order of the items (idempotency first)."""
         reasons = exc.response.get("CancellationReasons") or []
         for item, reason in zip(items, reasons, strict=False):
@@ -346,7 +351,7 @@ class IsolationStore:
             if pk == record.isolation_id:
                 return Exists(_record(current))
             if current.get("active_id") and float(current.get("active_since") or 0) >= stale_before:
-                return Joined(str(current["active_id"]), Status.QUEUED)
+                return _SlotTaken(str(current["active_id"]))
             if coalesce_window_seconds is not None and current.get("last_isolated_id"):
                 return Coalesced(str(current["last_isolated_id"]))
         raise exc

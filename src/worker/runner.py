@@ -98,8 +98,8 @@ def run_isolation(job: Job, deps: WorkerDeps, *, receive_count: int = 1) -> Outc
         trigger=job.trigger,
     )
     owner = uuid.uuid4().hex
+    final = receive_count >= deps.settings.MAX_RECEIVE_COUNT
     try:
-        final = receive_count >= deps.settings.MAX_RECEIVE_COUNT
         outcome = _attempt(job, record, deps, owner, final=final)
     except PermanentError as error:
         logger.warning("isolation failed", extra={"code": error.code, "error": error.message})
@@ -110,7 +110,7 @@ def run_isolation(job: Job, deps: WorkerDeps, *, receive_count: int = 1) -> Outc
     except RetryableError as error:
         if _is_access_expiry(error):
             forget_session(job.target.account_id, job.target.region, deps.settings.TARGET_ROLE_NAME)
-        if receive_count >= deps.settings.MAX_RECEIVE_COUNT:
+        if final:
             logger.error("retries exhausted", extra={"code": error.code, "receive_count": receive_count})
             message = f"gave up after {receive_count} attempts; last error: {error.message}"
             _end_failed_for_good(record, ErrorInfo(code=error.code, message=message), deps)
