@@ -1,8 +1,8 @@
-"""What CONTRACT.md fixes, written once for the tests that check the code against it."""
+"""What the API and the record promise (docs/api.md, docs/record.md), written once for the tests."""
 
 from __future__ import annotations
 
-#: The fields of an isolation record as served (CONTRACT §4), no more, no fewer.
+#: The fields of an isolation record as served (docs/record.md), no more, no fewer.
 RECORD_FIELDS = frozenset(
     {
         "isolation_id",
