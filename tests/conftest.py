@@ -16,7 +16,7 @@ from moto import mock_aws
 
 from local_stack.cfn import load_template, resolve
 from shared import aws
-from shared.config import ingest_settings, worker_settings
+from shared.config import ingest_settings, sweeper_settings, worker_settings
 from shared.store import IsolationStore
 from tests.support.aws import Faults, Member
 from tests.support.events import LambdaContext, api_event, sqs_event
@@ -89,6 +89,7 @@ def _forget_everything() -> None:
 
     ingest_settings.cache_clear()
     worker_settings.cache_clear()
+    sweeper_settings.cache_clear()
     aws.reset_caches()
     forget_caches()
 
@@ -175,6 +176,12 @@ class Stack:
             )
         return response
 
+    def sweep(self) -> dict[str, Any]:
+        """One run of the scheduled sweeper."""
+        from sweeper.app import lambda_handler
+
+        return dict(lambda_handler({}, LambdaContext()))
+
     def let_time_pass(self) -> None:
         """The retry delays the worker set on failed messages are over: they are visible again."""
         for message in self.retrying:
@@ -237,6 +244,7 @@ def build_stack(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch, **env
     settings = {
         "TABLE_NAME": "ec2-isolation-test",
         "QUEUE_URL": queue_url,
+        "DEAD_LETTER_QUEUE_URL": dlq_url,
         "TARGET_ROLE_NAME": template["Parameters"]["TargetRoleName"],
         "MAX_RECEIVE_COUNT": str(max_receive),
         "CONSISTENCY_WAIT_SECONDS": "2",

@@ -70,7 +70,7 @@ def accept(
     record = IsolationRecord.queued(
         isolation_id=new_isolation_id(),
         source=Source.WEBHOOK,
-        target=_target(request),
+        target=Target.of(request),
         reason=request.reason,
         requested_by=request.requested_by,
     )
@@ -98,7 +98,7 @@ def status(isolation_id: str, *, store: IsolationStore) -> IsolationRecord:
     # Only well-formed ids reach the table, so no other kind of item can be read through this route.
     if not _ISOLATION_ID.fullmatch(isolation_id):
         raise RequestNotFound(isolation_id)
-    record = store.get(isolation_id, consistent=True)
+    record = store.get(isolation_id)
     if record is None:
         raise RequestNotFound(isolation_id)
     return record
@@ -106,10 +106,6 @@ def status(isolation_id: str, *, store: IsolationStore) -> IsolationRecord:
 
 def history(instance_id: str, account_id: str | None, *, store: IsolationStore) -> list[IsolationRecord]:
     return store.list_for_instance(instance_id, account_id)
-
-
-def _target(request: IsolationRequest) -> Target:
-    return Target(account_id=request.account_id, region=request.region, instance_id=request.instance_id)
 
 
 def _accepted(isolation_id: str, state: Status, *, deduplicated: bool | None = None) -> Accepted:

@@ -5,7 +5,7 @@
 - `session_for_account(...)` assumes the execution role in a target account and caches the session per
   (account, region, role) until shortly before its credentials expire: an STS call on the path to
   containment is time the attacker gets for free.
-- `classify(exc)` turns a botocore error into a `RetryableError` or a `PermanentError`.
+Errors of these calls are classified by `shared.errors.classify`.
 
 Endpoints come from the environment (`AWS_ENDPOINT_URL`, honoured by botocore itself), which is how the
 local stack points everything at its moto server.
@@ -23,16 +23,9 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    ReadTimeoutError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.errors import IsolationError, PermanentError, RetryableError
+from shared.errors import classify
 
 # Standard retry mode already retries throttling and 5xx a few times with jitter; what survives that
 # is handed to the queue. Short timeouts: a hung call must not eat the Lambda's whole budget.
@@ -72,9 +65,6 @@ def add_event_hook(event_name: str, handler: Callable[..., Any]) -> Callable[[],
 class _HookDispatcher:
     """Registered on each client once; forwards to whatever hooks are registered at call time."""
 
-    def __init__(self, event_name: str) -> None:
-        self.event_name = event_name
-
     def __call__(self, event_name: str = "", **kwargs: Any) -> Any:
         with _hooks_lock:
             handlers = [h for name, h in _hooks if event_name == name or event_name.startswith(name + ".")]
@@ -90,7 +80,7 @@ def client(service: str, *, session: boto3.Session | None = None, region: str | 
     """Build a boto3 client; every client in the project comes from here."""
     built = (session or _default_session()).client(service, region_name=region, config=_CONFIG)
     for event in ("before-call", "after-call", "before-parameter-build"):
-        built.meta.events.register(event, _HookDispatcher(event))
+        built.meta.events.register(event, _HookDispatcher())
     return built
 
 
@@ -198,83 +188,3 @@ def forget_session(account_id: str, region: str, role_name: str) -> None:
     """Drop a cached session (after the target account rejected its credentials)."""
     with _sessions_lock:
         _sessions.pop((account_id, region, role_name), None)
-
-
-# --- error mapping ---------------------------------------------------------------------------------
-
-THROTTLING_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceededException",
-        "SlowDown",
-        "PriorRequestNotComplete",
-        "LimitExceededException",
-    }
-)
-TRANSIENT_CODES = frozenset(
-    {
-        "InternalError",
-        "InternalFailure",
-        "InternalServerError",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "Unavailable",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "IDPCommunicationError",
-        "EC2ThrottledException",
-        "TransactionInProgressException",
-    }
-)
-ACCESS_CODES = frozenset(
-    {
-        "AccessDenied",
-        "AccessDeniedException",
-        "UnauthorizedOperation",
-        "AuthFailure",
-        "InvalidClientTokenId",
-        "UnrecognizedClientException",
-        "OptInRequired",
-        "Blocked",
-    }
-)
-#: Credentials the target account no longer accepts: drop the cached session and retry.
-EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
-
-
-def error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
-
-
-def classify(exc: Exception, *, permanent_code: str | None = None, context: str = "") -> IsolationError:
-    """Map a botocore/network error onto what the worker should do with it.
-
-    Throttling, 5xx and network errors are retryable; access errors and every other 4xx are permanent.
-    `permanent_code` replaces the AWS code of a permanent error with a domain code (e.g.
-    `RoleNotAssumable`); the AWS code stays in the message.
-    """
-    prefix = f"{context}: " if context else ""
-    if isinstance(exc, IsolationError):
-        return exc
-    if isinstance(exc, ClientError):
-        code = error_code(exc)
-        message = str(exc.response.get("Error", {}).get("Message", "")) or str(exc)
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        text = f"{prefix}{code}: {message}"
-        if code in THROTTLING_CODES or code in TRANSIENT_CODES or code in EXPIRED_CODES or status >= 500:
-            return RetryableError(code, text)
-        return PermanentError(permanent_code or code, text)
-    if isinstance(
-        exc, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError | ConnectionClosedError
-    ):
-        return RetryableError(type(exc).__name__, f"{prefix}{exc}")
-    if isinstance(exc, BotoCoreError):
-        return RetryableError(type(exc).__name__, f"{prefix}{exc}")
-    return RetryableError(type(exc).__name__, f"{prefix}{exc}")

@@ -65,6 +65,12 @@ class WorkerSettings(CommonSettings):
     IN_FLIGHT_RETRY_SECONDS: Annotated[int, Field(ge=0, le=900)] = 30
 
 
+class SweeperSettings(CommonSettings):
+    DEAD_LETTER_QUEUE_URL: Annotated[str, Field(min_length=1)]
+    #: At most this many DLQ receives (of up to 10 messages each) per run.
+    DLQ_PEEKS: Annotated[int, Field(ge=1, le=100)] = 10
+
+
 def _environment() -> dict[str, str]:
     env = dict(os.environ)
     if env.get("EXTERNAL_ID") == "":
@@ -80,3 +86,8 @@ def ingest_settings() -> IngestSettings:
 @lru_cache
 def worker_settings() -> WorkerSettings:
     return WorkerSettings.model_validate(_environment())
+
+
+@lru_cache
+def sweeper_settings() -> SweeperSettings:
+    return SweeperSettings.model_validate(_environment())

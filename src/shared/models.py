@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from shared.lifecycle import Status
+
 INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8}([0-9a-f]{9})?$"
 ACCOUNT_ID_PATTERN = r"^[0-9]{12}$"
 REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-[0-9]$"
@@ -23,8 +25,9 @@ InstanceId = Annotated[str, StringConstraints(pattern=INSTANCE_ID_PATTERN)]
 AccountId = Annotated[str, StringConstraints(pattern=ACCOUNT_ID_PATTERN)]
 Region = Annotated[str, StringConstraints(pattern=REGION_PATTERN)]
 
-#: Every tag the service writes starts with this prefix (CONTRACT §5).
+#: Every tag the service writes starts with this prefix.
 TAG_PREFIX = "ec2-isolation:"
+#: `ec2-isolation:exempt` = `true` on an instance: triggers leave it alone (a webhook still isolates it).
 EXEMPT_TAG = f"{TAG_PREFIX}exempt"
 
 # Namespace for isolation ids derived from a trigger's event id, so a redelivered event maps to the
@@ -49,18 +52,6 @@ def trigger_isolation_id(source: str, event_id: str) -> str:
     return f"iso-{uuid.uuid5(_TRIGGER_NAMESPACE, f'{source}:{event_id}').hex}"
 
 
-class Status(StrEnum):
-    QUEUED = "QUEUED"
-    IN_PROGRESS = "IN_PROGRESS"
-    ISOLATED = "ISOLATED"
-    FAILED = "FAILED"
-    SKIPPED = "SKIPPED"
-
-    @property
-    def is_active(self) -> bool:
-        return self in (Status.QUEUED, Status.IN_PROGRESS)
-
-
 class Source(StrEnum):
     WEBHOOK = "webhook"
     GUARDDUTY = "guardduty"
@@ -75,7 +66,7 @@ class StepStatus(StrEnum):
 
 
 class IsolationRequest(BaseModel):
-    """Body of `POST /isolate` (CONTRACT §2). Unknown fields are rejected."""
+    """Body of `POST /isolate` (docs/api.md). Unknown fields are rejected."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -99,6 +90,10 @@ class Target(BaseModel):
     region: Region
     instance_id: InstanceId
 
+    @classmethod
+    def of(cls, request: IsolationRequest) -> Target:
+        return cls(account_id=request.account_id, region=request.region, instance_id=request.instance_id)
+
     @property
     def key(self) -> str:
         return f"{self.account_id}#{self.region}#{self.instance_id}"
@@ -109,21 +104,52 @@ class Target(BaseModel):
 
 
 class StepRecord(BaseModel):
+    """One step's outcome, as a step returns it and as the record keeps it."""
+
     name: str
     status: StepStatus
     detail: str = ""
-    at: str
+    at: str = Field(default_factory=lambda: iso8601(utcnow()))
+
+    @classmethod
+    def done(cls, name: str, detail: str = "") -> StepRecord:
+        return cls(name=name, status=StepStatus.DONE, detail=detail)
+
+    @classmethod
+    def already(cls, name: str, detail: str = "") -> StepRecord:
+        return cls(name=name, status=StepStatus.ALREADY, detail=detail)
+
+    @classmethod
+    def skipped(cls, name: str, detail: str = "") -> StepRecord:
+        return cls(name=name, status=StepStatus.SKIPPED, detail=detail)
+
+    @classmethod
+    def failed(cls, name: str, detail: str = "") -> StepRecord:
+        return cls(name=name, status=StepStatus.FAILED, detail=detail)
 
 
 class NetworkInterfaceState(BaseModel):
     id: str
     security_group_ids: list[str]
+    #: The interface's VPC, for the steps; not kept in the record (the record's `vpc_id` is the
+    #: instance's).
+    vpc_id: str | None = Field(default=None, exclude=True)
 
 
 class PriorState(BaseModel):
+    """The instance as the first attempt found it: what a release puts back."""
+
     vpc_id: str
     network_interfaces: list[NetworkInterfaceState]
     instance_profile_arn: str | None = None
+
+    @property
+    def vpc_ids(self) -> list[str]:
+        """Every VPC the instance has an interface in (ENIs of several VPCs are possible), in order."""
+        return list(dict.fromkeys(self.vpc_of(i) for i in self.network_interfaces))
+
+    def vpc_of(self, interface: NetworkInterfaceState) -> str:
+        return interface.vpc_id or self.vpc_id
 
 
 class ErrorInfo(BaseModel):
@@ -132,7 +158,8 @@ class ErrorInfo(BaseModel):
 
 
 class IsolationRecord(BaseModel):
-    """The isolation record of CONTRACT §4, as stored and as served."""
+    """The isolation record, as stored and as served (docs/record.md). A message on the queue is parsed
+    into one too: the record as the message describes it, QUEUED."""
 
     isolation_id: str
     status: Status
@@ -154,6 +181,11 @@ class IsolationRecord(BaseModel):
     @property
     def target(self) -> Target:
         return Target(account_id=self.account_id, region=self.region, instance_id=self.instance_id)
+
+    @property
+    def started_by_trigger(self) -> bool:
+        """Started by an event rather than a person (exemptions and coalescing apply)."""
+        return self.source is not Source.WEBHOOK
 
     @classmethod
     def queued(

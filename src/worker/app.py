@@ -1,6 +1,6 @@
 """SQS Lambda: one isolation per message, partial batch failures.
 
-- A valid message runs `run_isolation`; a permanent failure is recorded and acknowledged.
+- A valid message runs one `Attempt`; a permanent failure is recorded and acknowledged.
 - A retryable failure fails only its item; the worker sets the message's visibility to the retry delay
   (exponential per receive, capped at SQS's 900 s), so IAM propagation is retried in seconds rather
   than after the queue's visibility timeout.
@@ -14,7 +14,6 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.aws import same_account_client
 from shared.config import WorkerSettings, worker_settings
@@ -22,7 +21,7 @@ from shared.errors import RetryableError
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 from worker.messages import InvalidMessage, parse
-from worker.runner import WorkerDeps, run_isolation
+from worker.runner import Attempt, WorkerDeps
 
 MAX_VISIBILITY_SECONDS = 900
 
@@ -36,22 +35,20 @@ def deps() -> WorkerDeps:
 
 def record_handler(record: SQSRecord) -> str:
     logger.append_keys(message_id=record.message_id)
-    receive_count = int(record.attributes.approximate_receive_count or 1)
     try:
-        job = parse(record.body)
+        requested = parse(record.body)
     except InvalidMessage as exc:
         logger.error("not an isolation request: on to the DLQ", extra={"reason": str(exc)})
         _retry_after(record, 0)
         raise
-    worker = deps()
+    attempt = Attempt(requested, deps(), receive_count=int(record.attributes.approximate_receive_count or 1))
     try:
-        return run_isolation(job, worker, receive_count=receive_count).value
-    except (RetryableError, ClientError, BotoCoreError) as exc:
-        # A ClientError here comes from the service's own table: retried like any transient error.
-        if not isinstance(exc, RetryableError):
-            logger.exception("worker error: will retry")
-        last = receive_count >= worker.settings.MAX_RECEIVE_COUNT
-        _retry_after(record, 0 if last else _retry_delay(exc, worker.settings, receive_count))
+        return attempt.run().value
+    except Exception as exc:
+        # `Attempt.run` has recorded what it could; the message comes back after the retry delay (at
+        # once on the last receive: SQS then moves it to the DLQ).
+        settings = attempt.deps.settings
+        _retry_after(record, 0 if attempt.final else _retry_delay(exc, settings, attempt.receive_count))
         raise
     finally:
         logger.remove_keys(["isolation_id", "account_id", "instance_id", "source", "step"])
@@ -75,7 +72,7 @@ def _retry_after(record: SQSRecord, seconds: int) -> None:
             ReceiptHandle=record.receipt_handle,
             VisibilityTimeout=min(MAX_VISIBILITY_SECONDS, max(0, int(seconds))),
         )
-    except (ClientError, BotoCoreError):  # the queue's visibility timeout still brings it back
+    except Exception:  # the queue's visibility timeout still brings it back
         logger.exception("could not set the retry delay")
 
 

@@ -1,7 +1,8 @@
-"""Bounded waits for AWS eventual consistency (IAM propagation, a just-created security group).
+"""Bounded in-process retries: AWS eventual consistency (IAM propagation, a just-created security group)
+and, on a message's last receive, the service's own table throttling the final write.
 
 Wait in-process with exponential backoff while the budget lasts; past it, hand the retry to the queue
-(`RetryableError`) rather than hold the Lambda.
+(`RetryableError`, saying what was still failing and why) rather than hold the Lambda.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from typing import TypeVar
 
 from botocore.exceptions import ClientError
 
-from shared.aws import error_code
-from shared.errors import RetryableError
+from shared.errors import RetryableError, error_code
 
 T = TypeVar("T")
 
@@ -26,15 +26,18 @@ def pause(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def until_consistent(
+def retry_within(
     call: Callable[[], T],
     *,
     codes: frozenset[str],
     budget_seconds: float,
     sleep: Callable[[float], None] | None,
     what: str,
+    cause: str,
+    wait: str | None,
 ) -> T:
-    """Run `call`; while it fails with one of `codes`, back off and try again within the budget."""
+    """Run `call`; while it fails with one of `codes`, back off and try again within the budget. Past
+    it, a `RetryableError` naming `what`, the code and the `cause`, with the queue's `wait`."""
     waited = 0.0
     delay = FIRST_DELAY_SECONDS
     while True:
@@ -46,10 +49,29 @@ def until_consistent(
                 raise
             if waited + delay > budget_seconds:
                 raise RetryableError(
-                    code,
-                    f"{what}: still {code} after {waited:.1f}s (eventual consistency); retrying later",
-                    wait="consistency",
+                    code, f"{what}: still {code} after {waited:.1f}s ({cause}); retrying later", wait=wait
                 ) from exc
             (sleep or pause)(delay)
             waited += delay
             delay = min(delay * 2, MAX_DELAY_SECONDS)
+
+
+def until_consistent(
+    call: Callable[[], T],
+    *,
+    codes: frozenset[str],
+    budget_seconds: float,
+    sleep: Callable[[float], None] | None,
+    what: str,
+) -> T:
+    """`retry_within` for AWS eventual consistency: past the budget, the queue retries after the
+    settings' consistency delay."""
+    return retry_within(
+        call,
+        codes=codes,
+        budget_seconds=budget_seconds,
+        sleep=sleep,
+        what=what,
+        cause="eventual consistency",
+        wait="consistency",
+    )

@@ -5,92 +5,68 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from shared.aws import classify, error_code
-from shared.errors import PermanentError
+from shared.errors import PermanentError, classify, error_code
 from shared.models import NetworkInterfaceState, PriorState, Target
 
 PERMISSIONS = ("ec2:DescribeInstances",)
 GONE_STATES = frozenset({"shutting-down", "terminated"})
+_NOT_FOUND = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
 
 
 @dataclass(frozen=True)
-class Interface:
-    id: str
-    vpc_id: str
-    security_group_ids: tuple[str, ...]
+class Instance:
+    """The instance now: its state as a record keeps it (`state`, the first attempt's is the record's
+    `prior_state`), and its tags."""
 
-
-@dataclass(frozen=True)
-class InstanceFacts:
     instance_id: str
-    state: str
-    vpc_id: str
-    interfaces: tuple[Interface, ...]
-    profile_arn: str | None
+    state: PriorState
     tags: dict[str, str]
 
-    @property
-    def vpc_ids(self) -> list[str]:
-        """Every VPC the instance has an interface in (ENIs of several VPCs are possible), in order."""
-        return list(dict.fromkeys(interface.vpc_id for interface in self.interfaces))
 
-    def prior_state(self) -> PriorState:
-        return PriorState(
-            vpc_id=self.vpc_id,
-            network_interfaces=[
-                NetworkInterfaceState(id=i.id, security_group_ids=list(i.security_group_ids))
-                for i in self.interfaces
-            ],
-            instance_profile_arn=self.profile_arn,
-        )
-
-
-def describe(ec2: Any, target: Target) -> InstanceFacts:
+def describe(ec2: Any, target: Target) -> Instance:
     try:
         reservations = ec2.describe_instances(InstanceIds=[target.instance_id])["Reservations"]
     except ClientError as exc:
-        if error_code(exc) in ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"):
-            raise PermanentError(
-                "InstanceNotFound",
-                f"instance {target.instance_id} not found in {target.account_id}/{target.region}",
-            ) from exc
-        raise classify(exc, context="DescribeInstances") from exc
-    except BotoCoreError as exc:
+        if error_code(exc) in _NOT_FOUND:
+            raise _not_found(target) from exc
         raise classify(exc, context="DescribeInstances") from exc
     instances = [i for r in reservations for i in r.get("Instances", [])]
     if not instances:
-        raise PermanentError(
-            "InstanceNotFound",
-            f"instance {target.instance_id} not found in {target.account_id}/{target.region}",
-        )
-    return facts_of(instances[0])
+        raise _not_found(target)
+    return instance_of(instances[0])
 
 
-def facts_of(instance: dict[str, Any]) -> InstanceFacts:
-    state = instance.get("State", {}).get("Name", "unknown")
+def instance_of(described: dict[str, Any]) -> Instance:
+    instance_id = described["InstanceId"]
+    state = described.get("State", {}).get("Name", "unknown")
     if state in GONE_STATES:
-        raise PermanentError("InstanceTerminated", f"instance {instance['InstanceId']} is {state}")
-    interfaces = tuple(
-        Interface(
+        raise PermanentError("InstanceTerminated", f"instance {instance_id} is {state}")
+    interfaces = [
+        NetworkInterfaceState(
             id=eni["NetworkInterfaceId"],
-            vpc_id=eni.get("VpcId") or instance.get("VpcId", ""),
-            security_group_ids=tuple(g["GroupId"] for g in eni.get("Groups", [])),
+            security_group_ids=[g["GroupId"] for g in eni.get("Groups", [])],
+            vpc_id=eni.get("VpcId") or described.get("VpcId", ""),
         )
-        for eni in sorted(instance.get("NetworkInterfaces", []), key=_device_index)
-    )
+        for eni in sorted(described.get("NetworkInterfaces", []), key=_device_index)
+    ]
     if not interfaces:
-        raise PermanentError(
-            "NoNetworkInterface", f"instance {instance['InstanceId']} has no network interface"
-        )
-    return InstanceFacts(
-        instance_id=instance["InstanceId"],
-        state=state,
-        vpc_id=instance.get("VpcId") or interfaces[0].vpc_id,
-        interfaces=interfaces,
-        profile_arn=(instance.get("IamInstanceProfile") or {}).get("Arn"),
-        tags={t["Key"]: t["Value"] for t in instance.get("Tags", [])},
+        raise PermanentError("NoNetworkInterface", f"instance {instance_id} has no network interface")
+    return Instance(
+        instance_id=instance_id,
+        state=PriorState(
+            vpc_id=described.get("VpcId") or interfaces[0].vpc_id or "",
+            network_interfaces=interfaces,
+            instance_profile_arn=(described.get("IamInstanceProfile") or {}).get("Arn"),
+        ),
+        tags={t["Key"]: t["Value"] for t in described.get("Tags", [])},
+    )
+
+
+def _not_found(target: Target) -> PermanentError:
+    return PermanentError(
+        "InstanceNotFound", f"instance {target.instance_id} not found in {target.account_id}/{target.region}"
     )
 
 

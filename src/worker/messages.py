@@ -1,4 +1,4 @@
-"""What can arrive on the isolation queue, parsed into one `Job`.
+"""What can arrive on the isolation queue, parsed into the record it describes (QUEUED).
 
 Three shapes: the webhook message ingest writes, a GuardDuty finding event and a `Tag Change on
 Resource` event (both unchanged from EventBridge). Anything else is an `InvalidMessage`: the worker
@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared.models import (
     AccountId,
     InstanceId,
+    IsolationRecord,
     Region,
     Source,
     Target,
@@ -39,22 +39,6 @@ ISOLATE_TAG = "isolate"
 
 class InvalidMessage(Exception):
     """The message is not an isolation request this worker understands."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """One isolation to run, whatever brought it."""
-
-    isolation_id: str
-    source: Source
-    target: Target
-    reason: str | None = None
-    requested_by: str | None = None
-    trigger: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_trigger(self) -> bool:
-        return self.source is not Source.WEBHOOK
 
 
 # --- EventBridge shapes ------------------------------------------------------------------------------
@@ -115,7 +99,7 @@ class TagChangeEvent(EventEnvelope):
 # --- parsing -----------------------------------------------------------------------------------------
 
 
-def parse(body: str) -> Job:
+def parse(body: str) -> IsolationRecord:
     try:
         data = json.loads(body)
     except (TypeError, ValueError) as exc:
@@ -134,22 +118,22 @@ def parse(body: str) -> Job:
     raise InvalidMessage("unknown message: neither a webhook request nor a GuardDuty or tag event")
 
 
-def _webhook(message: WebhookMessage) -> Job:
+def _webhook(message: WebhookMessage) -> IsolationRecord:
     request = message.request
-    return Job(
+    return IsolationRecord.queued(
         isolation_id=message.isolation_id,
         source=Source.WEBHOOK,
-        target=Target(account_id=request.account_id, region=request.region, instance_id=request.instance_id),
+        target=Target.of(request),
         reason=request.reason,
         requested_by=request.requested_by,
     )
 
 
-def _finding(event: GuardDutyFindingEvent) -> Job:
+def _finding(event: GuardDutyFindingEvent) -> IsolationRecord:
     finding = event.detail
     if finding.resource.resourceType != "Instance" or finding.resource.instanceDetails is None:
         raise InvalidMessage(f"GuardDuty finding {finding.id} is not about an EC2 instance")
-    return Job(
+    return IsolationRecord.queued(
         isolation_id=trigger_isolation_id(Source.GUARDDUTY, event.id),
         source=Source.GUARDDUTY,
         target=Target(
@@ -169,7 +153,7 @@ def _finding(event: GuardDutyFindingEvent) -> Job:
     )
 
 
-def _tag_change(event: TagChangeEvent) -> Job:
+def _tag_change(event: TagChangeEvent) -> IsolationRecord:
     detail = event.detail
     if ISOLATE_TAG not in detail.changed_tag_keys or detail.tags.get(ISOLATE_TAG) != "true":
         raise InvalidMessage("tag event does not set isolate=true")
@@ -178,7 +162,7 @@ def _tag_change(event: TagChangeEvent) -> Job:
     match = _INSTANCE_ARN.match(event.resources[0])
     if match is None:
         raise InvalidMessage(f"tag event resource {event.resources[0]!r} is not an EC2 instance ARN")
-    return Job(
+    return IsolationRecord.queued(
         isolation_id=trigger_isolation_id(Source.TAG, event.id),
         source=Source.TAG,
         target=Target(account_id=match["account"], region=match["region"], instance_id=match["instance"]),

@@ -1,40 +1,47 @@
-"""Runs one isolation: opens its record, contains the instance, records every outcome as it happens.
+"""One receive of an isolation's message: an `Attempt`.
 
-Order on the path to containment (warm: credentials and isolation group cached):
-DescribeInstances → the record's IN_PROGRESS write with `prior_state` → ModifyNetworkInterfaceAttribute
-per interface (→ `contained_at`). Then the instance profile, termination protection and tags.
+An attempt knows its record (the record as the message describes it), its owner (the lease it takes)
+and whether it runs on the message's last allowed receive, decided once, here. It goes:
 
-Errors: a `PermanentError` ends the record FAILED and the message is acknowledged; a `RetryableError`
-propagates (SQS redelivers), except on the last allowed receive, where the record ends FAILED with the
-last error first (marked resumable: a DLQ redrive runs it again). If the worker dies during the last
-receive, a reader ends the record FAILED (`WorkerLost`) once its lease has expired (see
-`shared.store`). Nothing stays QUEUED or IN_PROGRESS forever.
+1. open: a trigger's message gets its record (or joins the isolation in flight, is coalesced with a
+   recent one, or is a duplicate of one that ended); a webhook's record exists already;
+2. describe: assume the execution role, DescribeInstances; an exempt instance is SKIPPED (triggers only);
+3. begin: the IN_PROGRESS write with `prior_state`, the only write before the first change;
+4. containment (`worker.steps.CONTAINMENT`), then the follow-up (`worker.steps.FOLLOW_UP`); the
+   `StepJournal` decides when outcomes are written.
+
+Its error boundary (`Attempt.run`) takes every exception and classifies it (`shared.errors.classify`):
+a permanent error ends the record FAILED and the message is acknowledged; a retryable one (and anything
+unexpected) brings the message back, except on the last receive, where the record ends FAILED with that
+error first (resumable: a DLQ redrive runs it again). If the worker dies during the last receive, the
+sweeper ends the record. Nothing stays QUEUED or IN_PROGRESS forever.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.aws import (
+from shared.aws import AccountSession, forget_session, session_for_account
+from shared.config import WorkerSettings
+from shared.errors import (
+    EXPIRED_CODES,
     THROTTLING_CODES,
     TRANSIENT_CODES,
-    AccountSession,
+    IsolationError,
+    PermanentError,
+    RetryableError,
     classify,
-    forget_session,
-    session_for_account,
 )
-from shared.config import WorkerSettings
-from shared.errors import IsolationError, PermanentError, RetryableError
+from shared.lifecycle import Status
 from shared.models import (
     EXEMPT_TAG,
     ErrorInfo,
     IsolationRecord,
-    Status,
     StepRecord,
     StepStatus,
     Target,
@@ -43,10 +50,9 @@ from shared.models import (
 )
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import Coalesced, Exists, IsolationStore, Joined, LeaseHeld, RecordEnded, RecordMissing
-from worker.consistency import until_consistent
-from worker.instance import InstanceFacts, describe
-from worker.messages import Job
-from worker.steps import PLAN, StepContext, StepOutcome
+from worker.consistency import retry_within
+from worker.instance import Instance, describe
+from worker.steps import CONTAINMENT, FOLLOW_UP, Step, StepContext
 
 #: How long one attempt holds the record (longer than the worker's 60 s timeout).
 LEASE_SECONDS = 120
@@ -81,85 +87,189 @@ class WorkerDeps:
         )
 
 
-def run_isolation(job: Job, deps: WorkerDeps, *, receive_count: int = 1) -> Outcome:
-    logger.append_keys(
-        isolation_id=job.isolation_id,
-        account_id=job.target.account_id,
-        instance_id=job.target.instance_id,
-        source=job.source.value,
-    )
-    # The record as the message describes it: what an error path ends (id and target are all it uses).
-    record = IsolationRecord.queued(
-        isolation_id=job.isolation_id,
-        source=job.source,
-        target=job.target,
-        reason=job.reason,
-        requested_by=job.requested_by,
-        trigger=job.trigger,
-    )
-    owner = uuid.uuid4().hex
-    final = receive_count >= deps.settings.MAX_RECEIVE_COUNT
-    try:
-        outcome = _attempt(job, record, deps, owner, final=final)
-    except PermanentError as error:
-        logger.warning("isolation failed", extra={"code": error.code, "error": error.message})
-        deps.store.put_record(record)  # a message that did not come through ingest may have none yet
-        deps.store.finish(record, Status.FAILED, error=ErrorInfo(code=error.code, message=error.message))
+@dataclass
+class StepJournal:
+    """Decides when step outcomes are written. Each is written as it happens, with two exceptions that
+    save writes without losing anything: nothing is written between the prior-state write and the
+    network cut (the containment steps ride with `contained_at`), and the last step rides with the final
+    status. A failed step is written at once with whatever rode along."""
+
+    store: IsolationStore
+    isolation_id: str
+    unwritten: list[StepRecord] = field(default_factory=list)
+
+    def contained(self, steps: list[StepRecord]) -> None:
+        contained_at = iso8601(utcnow())
+        self.store.add_steps(self.isolation_id, [*self.unwritten, *steps], contained_at=contained_at)
+        self.unwritten = []
+        logger.info("contained", extra={"contained_at": contained_at})
+
+    def followed_up(self, step: StepRecord, *, last: bool) -> None:
+        self.unwritten.append(step)
+        if not last and step.status is not StepStatus.ALREADY:
+            self.store.add_steps(self.isolation_id, self.unwritten)
+            self.unwritten = []
+
+    def failed(self, name: str, error: IsolationError) -> None:
+        retry = " (will retry)" if isinstance(error, RetryableError) else ""
+        failed = StepRecord.failed(name, f"{error.code}: {error.message}{retry}")
+        try:
+            self.store.add_steps(self.isolation_id, [*self.unwritten, failed])
+            self.unwritten = []
+        except Exception:  # the step's own error matters more; it is logged and raised
+            logger.exception("could not record the failed step")
+
+    def finish(self, record: IsolationRecord) -> None:
+        self.store.finish(record, Status.ISOLATED, extra_steps=self.unwritten)
+        self.unwritten = []
+
+
+@dataclass
+class Attempt:
+    """One receive of one isolation's message."""
+
+    record: IsolationRecord
+    deps: WorkerDeps
+    receive_count: int = 1
+    owner: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: The record's attempts, this one included, once `begin_attempt` counted it and gave it the lease.
+    began_as: int | None = None
+
+    @property
+    def began(self) -> bool:
+        return self.began_as is not None
+
+    @property
+    def final(self) -> bool:
+        """The message's last allowed receive: after it, SQS moves the message to the DLQ."""
+        return self.receive_count >= self.deps.settings.MAX_RECEIVE_COUNT
+
+    def run(self) -> Outcome:
+        """The error boundary: every exception ends here, classified."""
+        logger.append_keys(
+            isolation_id=self.record.isolation_id,
+            account_id=self.record.account_id,
+            instance_id=self.record.instance_id,
+            source=self.record.source.value,
+        )
+        try:
+            outcome = self._run()
+        except Exception as exc:
+            error = classify(exc)
+            try:
+                if isinstance(error, PermanentError):
+                    logger.warning("isolation failed", extra={"code": error.code, "error": error.message})
+                    self._end_failed(ErrorInfo(code=error.code, message=error.message))
+                else:
+                    self._retry_or_give_up(error, exc)
+            except Exception as unrecorded:
+                # The outcome could not be written (the service's own table): the message comes back,
+                # and behind the last receive the sweeper finds it in the DLQ.
+                logger.exception("could not record the outcome")
+                raise classify(unrecorded) from unrecorded
+            if not isinstance(error, PermanentError):
+                raise error from exc
+            outcome = Outcome.FAILED
+        _count(outcome)
+        return outcome
+
+    def _retry_or_give_up(self, error: IsolationError, exc: Exception) -> None:
+        if not isinstance(exc, IsolationError | ClientError | BotoCoreError):
+            logger.exception("unexpected error: retried like a transient one")
+        if error.code in EXPIRED_CODES:
+            forget_session(self.record.account_id, self.record.region, self.deps.settings.TARGET_ROLE_NAME)
+        if not self.final:
+            logger.warning("will retry", extra={"code": error.code, "receive_count": self.receive_count})
+            self.deps.store.end_attempt(self.record.isolation_id, self.owner, began=self.began)
+            return
+        logger.error("retries exhausted", extra={"code": error.code, "receive_count": self.receive_count})
+
+        def give_up() -> None:
+            attempts = self._attempts()
+            message = (
+                f"gave up after {attempts} attempts (the last allowed receive of its message); "
+                f"last error: {error.message}"
+            )
+            self._end_failed(ErrorInfo(code=error.code, message=message), resumable=True, attempts=attempts)
+
+        retry_within(
+            give_up,
+            codes=THROTTLING_CODES | TRANSIENT_CODES,
+            budget_seconds=FINAL_WRITE_BUDGET_SECONDS,
+            sleep=self.deps.sleep,
+            what="the final FAILED write",
+            cause="the service's own table",
+            wait=None,
+        )
         _count(Outcome.FAILED)
-        return Outcome.FAILED
-    except RetryableError as error:
-        if _is_access_expiry(error):
-            forget_session(job.target.account_id, job.target.region, deps.settings.TARGET_ROLE_NAME)
-        if final:
-            logger.error("retries exhausted", extra={"code": error.code, "receive_count": receive_count})
-            message = f"gave up after {receive_count} attempts; last error: {error.message}"
-            _end_failed_for_good(record, ErrorInfo(code=error.code, message=message), deps)
-            _count(Outcome.FAILED)
-        else:
-            logger.warning("will retry", extra={"code": error.code, "receive_count": receive_count})
-            deps.store.release_lease(record.isolation_id, owner)
-        raise
-    _count(outcome)
-    return outcome
 
+    def _attempts(self) -> int:
+        """The record's attempts, this one included. One that failed before `begin_attempt` is counted
+        here; so is every receive of the message (a trigger's earlier receives may have failed before its
+        record existed)."""
+        if self.began_as is not None:
+            return self.began_as
+        current = self.deps.store.get(self.record.isolation_id)
+        return max((current.attempts if current else 0) + 1, self.receive_count)
 
-def _end_failed_for_good(record: IsolationRecord, error: ErrorInfo, deps: WorkerDeps) -> None:
-    """End the record FAILED (resumable by a DLQ redrive) on the message's last receive: the last
-    chance to, so a throttled write is tried again for a few seconds (its own table is what failed,
-    often)."""
+    def _end_failed(self, error: ErrorInfo, *, resumable: bool = False, attempts: int | None = None) -> None:
+        store = self.deps.store
+        store.put_record(self.record)  # a trigger's record may not exist yet
+        if attempts is None and not self.began:
+            attempts = self._attempts()
+        store.finish(self.record, Status.FAILED, error=error, resumable=resumable, attempts=attempts)
 
-    def end() -> None:
-        deps.store.put_record(record)  # a trigger's record may not exist yet
-        deps.store.finish(record, Status.FAILED, error=error, resumable=True)
+    # --- the attempt -------------------------------------------------------------------------------
 
-    until_consistent(
-        end,
-        codes=THROTTLING_CODES | TRANSIENT_CODES,
-        budget_seconds=FINAL_WRITE_BUDGET_SECONDS,
-        sleep=deps.sleep,
-        what="the final FAILED write",
-    )
-
-
-def _attempt(job: Job, fresh: IsolationRecord, deps: WorkerDeps, owner: str, *, final: bool) -> Outcome:
-    try:
-        opened = _open_record(job, fresh, deps)
+    def _run(self) -> Outcome:
+        opened = self._open()
         if isinstance(opened, Outcome):
             return opened
-        return _isolate(job, opened, deps, owner, final=final)
-    except (ClientError, BotoCoreError) as exc:
-        # Target-account errors are classified where they happen; what is left comes from the
-        # service's own table, and is retried (and, on the last receive, recorded) like any transient.
-        error = classify(exc)
-        raise RetryableError(error.code, f"isolation record: {error.message}") from exc
+        settings, target = self.deps.settings, self.record.target
+        if not settings.account_allowed(target.account_id):
+            raise PermanentError(
+                "AccountNotAllowed", f"account {target.account_id} is not in the allowed accounts"
+            )
+        account = self.deps.session(target)
+        instance = describe(account.client("ec2"), target)
+        if self.record.started_by_trigger and instance.tags.get(EXEMPT_TAG, "").strip().lower() == "true":
+            skip = StepRecord.skipped("check-exemption", f"instance tagged {EXEMPT_TAG}=true: left untouched")
+            self.deps.store.finish(self.record, Status.SKIPPED, extra_steps=[skip], attempts=self._attempts())
+            return Outcome.SKIPPED
+        try:
+            self._begin(instance)
+        except RecordEnded as ended:
+            return self._duplicate(ended.record)
+        except LeaseHeld as exc:
+            raise RetryableError(
+                "IsolationInProgress", "another worker is running this isolation", wait="in-flight"
+            ) from exc
+        ctx = StepContext(
+            isolation_id=self.record.isolation_id,
+            source=self.record.source,
+            target=target,
+            instance=instance,
+            account=account,
+            settings=settings,
+            sleep=self.deps.sleep,
+        )
+        journal = StepJournal(self.deps.store, self.record.isolation_id)
+        journal.contained([self._step(step, ctx, journal) for step in CONTAINMENT])
+        for step in FOLLOW_UP:
+            journal.followed_up(self._step(step, ctx, journal), last=step is FOLLOW_UP[-1])
+        logger.remove_keys(["step"])
+        journal.finish(self.record)
+        return Outcome.ISOLATED
 
-
-def _open_record(job: Job, fresh: IsolationRecord, deps: WorkerDeps) -> IsolationRecord | Outcome:
-    """The record this message runs, or the reason it runs nothing."""
-    store, settings = deps.store, deps.settings
-    if job.is_trigger:
+    def _open(self) -> IsolationRecord | Outcome:
+        """The record this message runs, or the reason it runs nothing."""
+        if not self.record.started_by_trigger:
+            # A webhook's record was written by ingest: no read here; `begin_attempt`'s condition tells
+            # whether it still has something to do.
+            return self.record
+        store, settings = self.deps.store, self.deps.settings
         created = store.create_queued(
-            fresh,
+            self.record,
             lease_seconds=settings.ACTIVE_LEASE_SECONDS,
             coalesce_window_seconds=settings.COALESCE_WINDOW_SECONDS,
         )
@@ -167,134 +277,56 @@ def _open_record(job: Job, fresh: IsolationRecord, deps: WorkerDeps) -> Isolatio
             logger.info("joined the isolation in flight", extra={"joined": created.isolation_id})
             return Outcome.JOINED
         if isinstance(created, Coalesced):
-            _record_coalesced(fresh, created.isolation_id, store)
+            self._record_coalesced(created.isolation_id)
             return Outcome.COALESCED
         if isinstance(created, Exists) and created.record.status in (Status.ISOLATED, Status.SKIPPED):
-            return _duplicate(created.record, store)
+            return self._duplicate(created.record)
         # (a FAILED one may be a DLQ redrive: `begin_attempt` decides)
-        return created.record if isinstance(created, Exists) else fresh
-    # A webhook's record was written by ingest: no read here; `begin_attempt`'s condition tells
-    # whether it still has something to do.
-    return fresh
+        return self.record
 
+    def _begin(self, instance: Instance) -> None:
+        def begin() -> IsolationRecord:
+            return self.deps.store.begin_attempt(
+                self.record.isolation_id,
+                owner=self.owner,
+                lease_seconds=LEASE_SECONDS,
+                prior_state=instance.state,
+                final=self.final,
+            )
 
-def _duplicate(record: IsolationRecord, store: IsolationStore) -> Outcome:
-    logger.info("record already ended: nothing to do", extra={"status": record.status.value})
-    # The record's end frees the instance's slot in the same transaction; this makes sure of it for a
-    # record that ended some other way, so later requests never join an isolation that is over.
-    store.release_slot(record)
-    return Outcome.DUPLICATE
+        try:
+            begun = begin()
+        except RecordMissing:
+            # A webhook-shaped message that did not come through ingest: it gets its record now.
+            self.deps.store.put_record(self.record)
+            begun = begin()
+        self.began_as = begun.attempts
 
-
-def _begin(record: IsolationRecord, deps: WorkerDeps, owner: str, facts: InstanceFacts, final: bool) -> None:
-    def begin() -> None:
-        deps.store.begin_attempt(
-            record.isolation_id,
-            owner=owner,
-            lease_seconds=LEASE_SECONDS,
-            prior_state=facts.prior_state(),
-            final=final,
-        )
-
-    try:
-        begin()
-    except RecordMissing:
-        # A webhook-shaped message that did not come through ingest: it gets its record now.
-        deps.store.put_record(record)
-        begin()
-
-
-def _record_coalesced(fresh: IsolationRecord, earlier_id: str, store: IsolationStore) -> None:
-    step = StepRecord(
-        name="coalesced",
-        status=StepStatus.ALREADY,
-        detail=f"isolated less than the coalesce window ago by {earlier_id}",
-        at=iso8601(utcnow()),
-    )
-    store.put_record(fresh.model_copy(update={"status": Status.ISOLATED, "steps": [step]}))
-    logger.info("coalesced with a recent isolation", extra={"earlier": earlier_id})
-
-
-def _isolate(job: Job, record: IsolationRecord, deps: WorkerDeps, owner: str, *, final: bool) -> Outcome:
-    settings, store = deps.settings, deps.store
-    if not settings.account_allowed(job.target.account_id):
-        raise PermanentError(
-            "AccountNotAllowed", f"account {job.target.account_id} is not in the allowed accounts"
-        )
-    try:
-        account = deps.session(job.target)
-        facts = describe(account.client("ec2"), job.target)
-    except (ClientError, BotoCoreError) as exc:
-        raise classify(exc) from exc
-
-    if job.is_trigger and facts.tags.get(EXEMPT_TAG, "").strip().lower() == "true":
-        skip = StepOutcome.skipped("check-exemption", f"instance tagged {EXEMPT_TAG}=true: left untouched")
-        store.finish(record, Status.SKIPPED, extra_steps=[skip.record()])
-        return Outcome.SKIPPED
-
-    try:
-        _begin(record, deps, owner, facts, final)
-    except RecordEnded as ended:
-        return _duplicate(ended.record, deps.store)
-    except LeaseHeld as exc:
-        raise RetryableError(
-            "IsolationInProgress",
-            "another worker is running this isolation",
-            wait="in-flight",
-        ) from exc
-
-    ctx = StepContext(
-        isolation_id=record.isolation_id,
-        source=record.source,
-        target=job.target,
-        facts=facts,
-        account=account,
-        settings=settings,
-        sleep=deps.sleep,
-    )
-    # Outcomes are written as they happen, with two exceptions that save writes without losing
-    # anything: nothing is written between the prior-state write and the network cut (the steps before
-    # it ride with `contained_at`), and the last step rides with the final status. A failed step is
-    # written at once with whatever rode along.
-    unwritten: list[StepRecord] = []
-    contained = False
-    for step_class in PLAN:
+    def _step(self, step_class: type[Step], ctx: StepContext, journal: StepJournal) -> StepRecord:
         step = step_class()
         logger.append_keys(step=step.name)
         try:
             outcome = step.run(ctx)
-        except (ClientError, BotoCoreError, IsolationError) as exc:
+        except Exception as exc:
             error = classify(exc, context=step.name)
-            _record_failed_step(store, record.isolation_id, unwritten, step.name, error)
+            journal.failed(step.name, error)
             raise error from exc
         metrics.add_metric(name=f"Step-{outcome.status.value}", unit=MetricUnit.Count, value=1)
-        unwritten.append(outcome.record())
-        if step.contains:
-            contained_at = iso8601(utcnow())
-            store.add_steps(record.isolation_id, unwritten, contained_at=contained_at)
-            unwritten, contained = [], True
-            logger.info("contained", extra={"contained_at": contained_at})
-        elif contained and outcome.status is not StepStatus.ALREADY and step_class is not PLAN[-1]:
-            store.add_steps(record.isolation_id, unwritten)
-            unwritten = []
-    logger.remove_keys(["step"])
-    store.finish(record, Status.ISOLATED, extra_steps=unwritten)
-    return Outcome.ISOLATED
+        return outcome
 
+    def _duplicate(self, record: IsolationRecord) -> Outcome:
+        logger.info("record already ended: nothing to do", extra={"status": record.status.value})
+        # The record's end frees the instance's slot in the same transaction; this makes sure of it for a
+        # record that ended some other way, so later requests never join an isolation that is over.
+        self.deps.store.release_slot(record)
+        return Outcome.DUPLICATE
 
-def _record_failed_step(
-    store: IsolationStore, isolation_id: str, unwritten: list[StepRecord], name: str, error: IsolationError
-) -> None:
-    retry = " (will retry)" if isinstance(error, RetryableError) else ""
-    failed = StepOutcome.failed(name, f"{error.code}: {error.message}{retry}").record()
-    try:
-        store.add_steps(isolation_id, [*unwritten, failed])
-    except (ClientError, BotoCoreError):  # the original error matters more; it is logged and raised
-        logger.exception("could not record the failed step")
-
-
-def _is_access_expiry(error: IsolationError) -> bool:
-    return error.code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired")
+    def _record_coalesced(self, earlier_id: str) -> None:
+        step = StepRecord.already("coalesced", f"isolated less than the coalesce window ago by {earlier_id}")
+        self.deps.store.put_record(
+            self.record.model_copy(update={"status": Status.ISOLATED, "steps": [step]})
+        )
+        logger.info("coalesced with a recent isolation", extra={"earlier": earlier_id})
 
 
 def _count(outcome: Outcome) -> None:

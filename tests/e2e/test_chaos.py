@@ -5,7 +5,7 @@ must end in a state a responder can trust:
 - every request ends ISOLATED, FAILED or SKIPPED (a request that joined another isolation ends as that
   one does), or its message is in the DLQ and its record FAILED; nothing is QUEUED or IN_PROGRESS, and no
   instance's in-flight slot is still taken;
-- an instance with an ISOLATED record is isolated as CONTRACT §5 says; on every instance, what is in place
+- an instance with an ISOLATED record is isolated as the README's "What isolated means" says; on every instance, what is in place
   is what its records say was done (no half-isolated instance without a record saying which steps ran);
   exempt, terminated and never-requested instances are untouched;
 - one isolation security group per VPC, with no rules.
@@ -13,11 +13,11 @@ must end in a state a responder can trust:
 How the faults get in: one botocore hook (`shared.aws.add_event_hook`) on every client the project builds,
 at `before-parameter-build`, which fails a call with the real AWS error code and HTTP status before it is
 sent (botocore's own retries never see it: it is the error that survived them). It injects only while the
-worker runs an isolation (a thread-local set around `worker.runner.run_isolation`), so ingest's calls and
+worker runs an isolation (a thread-local set around `worker.runner.Attempt.run`), so ingest's calls and
 the test's own checks (plain boto3 clients) never get a fault. A crash may come on any receive, the last
-one included: its message goes on to the DLQ, and once its lease has expired the first read of its record
-through the API ends it FAILED (`WorkerLost`); the checks read every record through the API first, as a
-responder would.
+one included: its message goes on to the DLQ, and once its lease has expired the sweeper ends its record
+FAILED (`WorkerLost`, or `DeadLettered` when it died before its first write); the checks read every
+record through the API first, as a responder would.
 
 Two knobs make the local run fast (both put back after the test):
 - `worker.runner.LEASE_SECONDS` (120 s) becomes LEASE_SECONDS: the lease a crashed attempt leaves on its
@@ -187,7 +187,7 @@ class Chaos:
         self.rng = random.Random(seed_value)
         #: Instances whose first isolation is throttled on every receive but the last, and crashes on the
         #: last one after the network cut: its message goes on to the DLQ, its record is FAILED
-        #: (`WorkerLost`) once read, and a later request isolates the instance.
+        #: (`WorkerLost`) once swept, and a later request isolates the instance.
         self.doomed_instances = doomed
         self.doomed: dict[str, str] = {}  # instance id -> its doomed isolation
         self.max_receive_count = max_receive_count
@@ -511,11 +511,11 @@ def test_chaos(
         demo_accounts=ACCOUNT_NAMES,
         demo_instances=SPECS,
     ) as stack:
-        import worker.app
         import worker.runner
         from shared import aws
         from shared.config import worker_settings
         from shared.store import IsolationStore, Joined
+        from sweeper.sweep import sweep
         from worker.messages import parse
 
         assert stack.demo is not None and stack.provisioned is not None
@@ -561,13 +561,14 @@ def test_chaos(
             for instance in [i for i in account.instances if i.instance_id in demo][:DOOMED_PER_ACCOUNT]
         }
         chaos = Chaos(SEED, accounts[2].account_id, doomed, max_receive)
-        real_run = worker.app.run_isolation
+        real_run = worker.runner.Attempt.run
         real_create = IsolationStore.create_queued
 
-        def run_isolation(job: Any, deps: Any, *, receive_count: int = 1) -> Any:
-            with chaos.attempt(job, receive_count):
+        def run_attempt(attempt: Any) -> Any:
+            job = attempt.record
+            with chaos.attempt(job, attempt.receive_count):
                 try:
-                    outcome = real_run(job, deps, receive_count=receive_count)
+                    outcome = real_run(attempt)
                 except WorkerCrash:
                     chaos.ran(job, "crashed")
                     raise
@@ -584,7 +585,7 @@ def test_chaos(
                     chaos.joined[record.isolation_id] = created.isolation_id
             return created
 
-        monkeypatch.setattr(worker.app, "run_isolation", run_isolation)
+        monkeypatch.setattr(worker.runner.Attempt, "run", run_attempt)
         monkeypatch.setattr(IsolationStore, "create_queued", create_queued)
         remove_hook = aws.add_event_hook("before-parameter-build", chaos)
         try:
@@ -605,8 +606,17 @@ def test_chaos(
             remove_hook()
         finished = time.monotonic()
 
-        # A responder reads the records through the API: a record whose worker was lost on the last
-        # receive is ended FAILED by that read. Then the table as it is.
+        # The scheduled sweeper runs once the last leases have expired: it ends FAILED the records whose
+        # worker was lost on the last receive. A responder reads the records through the API (reads
+        # change nothing). Then the table as it is.
+        time.sleep(LEASE_SECONDS)
+        assert stack.provisioned is not None
+        sweep(
+            IsolationStore(stack.provisioned.table_name, client=stack.client("dynamodb")),
+            sqs,
+            stack.provisioned.dead_letter_queue_url,
+            peeks=20,
+        )
         for item in scan_table(stack):
             if str(item["pk"]).startswith("iso-"):
                 stack.request("GET", f"/isolations/{item['pk']}")
@@ -814,7 +824,7 @@ def _check_instance(
     unrecorded: Counter[str],
     write_failed: set[str],
 ) -> int:
-    """What is in place on the instance is what its records say, and CONTRACT §5 when one says ISOLATED.
+    """What is in place on the instance is what its records say, and isolated as the README says when one says ISOLATED.
 
     A change no record mentions is a violation, unless one of the instance's records had a write failed
     by the injector (the change was made, its record write failed, and no later attempt got as far as
@@ -892,7 +902,7 @@ def _check_instance(
             not changed and not swapped and not now.protected and tagged is None, f"{where}: touched", state
         )
 
-    # CONTRACT §5 for an instance with an ISOLATED record.
+    # What isolated means (README) for an instance with an ISOLATED record.
     if not any(r["status"] == "ISOLATED" for r in history):
         return 0
     expect(
@@ -903,7 +913,7 @@ def _check_instance(
         and str(now.profile_arn).endswith(profile_suffix)
         and now.protected
         and tagged is not None,
-        f"{where}: an ISOLATED record, the instance not isolated (CONTRACT §5)",
+        f"{where}: an ISOLATED record, the instance not isolated",
         state,
     )
     return 1

@@ -6,14 +6,12 @@ from typing import Any
 
 import pytest
 
-#: Actions AWS authorises only on "*" (X-Ray has no resource-level permissions).
-STAR_ONLY_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+#: Actions AWS authorises only on "*": none of the service's (it does not trace with X-Ray).
+STAR_ONLY_ACTIONS: set[str] = set()
 
 INGEST_ACTIONS = {
     "logs:CreateLogStream",
     "logs:PutLogEvents",
-    "xray:PutTraceSegments",
-    "xray:PutTelemetryRecords",
     "sqs:SendMessage",
     "dynamodb:GetItem",
     "dynamodb:PutItem",
@@ -24,8 +22,6 @@ INGEST_ACTIONS = {
 WORKER_ACTIONS = {
     "logs:CreateLogStream",
     "logs:PutLogEvents",
-    "xray:PutTraceSegments",
-    "xray:PutTelemetryRecords",
     "sts:AssumeRole",
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
@@ -34,6 +30,15 @@ WORKER_ACTIONS = {
     "dynamodb:GetItem",
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
+}
+SWEEPER_ACTIONS = {
+    "logs:CreateLogStream",
+    "logs:PutLogEvents",
+    "sqs:ReceiveMessage",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:Query",
 }
 
 
@@ -98,7 +103,7 @@ def test_every_function_logs_to_its_own_group_with_retention(deployed) -> None:
     stack = deployed()
     resources = stack["Resources"]
     functions = _of_type(stack, "AWS::Lambda::Function")
-    assert set(functions) == {"IngestFunction", "WorkerFunction"}
+    assert set(functions) == {"IngestFunction", "WorkerFunction", "SweeperFunction"}
     for name, function in functions.items():
         properties = function["Properties"]
         # Then its log group is declared, named after the function, and expires
@@ -124,12 +129,15 @@ def test_every_function_logs_to_its_own_group_with_retention(deployed) -> None:
 def test_functions_run_the_contract_handlers(transformed: dict[str, Any]) -> None:
     resources = transformed["Resources"]
     ingest, worker = resources["IngestFunction"]["Properties"], resources["WorkerFunction"]["Properties"]
+    sweeper = resources["SweeperFunction"]["Properties"]
     assert ingest["Handler"] == "ingest.app.lambda_handler"
     assert worker["Handler"] == "worker.app.lambda_handler"
-    for function in (ingest, worker):
+    assert sweeper["Handler"] == "sweeper.app.lambda_handler"
+    for function in (ingest, worker, sweeper):
         assert function["Runtime"] == "python3.12"
         assert function["Architectures"] == ["arm64"]
-        assert function["TracingConfig"] == {"Mode": "Active"}
+        # No X-Ray tracing: nothing in the code traces (its import would cost every cold start)
+        assert "TracingConfig" not in function
         assert function["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == "ec2-isolation"
 
 
@@ -238,7 +246,7 @@ def test_worker_can_assume_only_the_target_role_name(deployed, helpers, organiza
         assert "Condition" not in statement
 
 
-def test_table_has_the_instance_index_pitr_and_sse(transformed: dict[str, Any]) -> None:
+def test_table_has_the_instance_and_final_lease_indexes_pitr_and_sse(transformed: dict[str, Any]) -> None:
     table = transformed["Resources"]["IsolationTable"]
     properties = table["Properties"]
     assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain"
@@ -248,13 +256,37 @@ def test_table_has_the_instance_index_pitr_and_sse(transformed: dict[str, Any]) 
     assert properties["SSESpecification"] == {"SSEEnabled": True}
     assert properties["DeletionProtectionEnabled"] is True
     assert properties["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
-    (index,) = properties["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == "by-instance"
-    assert index["KeySchema"] == [
+    by_instance, by_final_lease = properties["GlobalSecondaryIndexes"]
+    assert by_instance["IndexName"] == "by-instance"
+    assert by_instance["KeySchema"] == [
         {"AttributeName": "instance_id", "KeyType": "HASH"},
         {"AttributeName": "created_at", "KeyType": "RANGE"},
     ]
-    assert index["Projection"] == {"ProjectionType": "ALL"}
+    assert by_final_lease["IndexName"] == "by-final-lease"
+    assert by_final_lease["KeySchema"] == [
+        {"AttributeName": "final_attempt", "KeyType": "HASH"},
+        {"AttributeName": "lease_until", "KeyType": "RANGE"},
+    ]
+    for index in (by_instance, by_final_lease):
+        assert index["Projection"] == {"ProjectionType": "ALL"}
+
+
+def test_sweeper_runs_every_minute_peeks_the_dlq_and_queries_its_index_only(
+    transformed: dict[str, Any], helpers
+) -> None:
+    resources = transformed["Resources"]
+    role = resources["SweeperFunctionRole"]
+    assert helpers.actions_of(role) == SWEEPER_ACTIONS
+    for statement in helpers.policy_statements(role):
+        actions = set(helpers.as_list(statement["Action"]))
+        if "sqs:ReceiveMessage" in actions:
+            assert statement["Resource"] == {"Fn::GetAtt": ["IsolationDeadLetterQueue", "Arn"]}
+        if "dynamodb:Query" in actions:
+            assert statement["Resource"] == {"Fn::Sub": "${IsolationTable.Arn}/index/by-final-lease"}
+    (schedule,) = [r for r in resources.values() if r["Type"] == "AWS::Scheduler::Schedule"]
+    assert schedule["Properties"]["ScheduleExpression"] == {"Ref": "SweepSchedule"}
+    assert schedule["Properties"]["Target"]["Arn"] == {"Fn::GetAtt": ["SweeperFunction", "Arn"]}
+    assert transformed["Parameters"]["SweepSchedule"]["Default"] == "rate(1 minute)"
 
 
 def test_rules_deliver_to_the_queue_and_never_drop_an_event(transformed: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from botocore.parsers import ResponseParserError
 from tests.conftest import Stack
 from tests.integration.test_worker import (
     assert_isolated,
@@ -58,7 +59,7 @@ def test_crash_between_the_network_cut_and_the_profile_swap_resumes(
     # When the message comes back after the visibility timeout, and the dead attempt's lease has expired
     faults.clear()
     real_time = time.time
-    monkeypatch.setattr("shared.store.time.time", lambda: real_time() + 600)
+    monkeypatch.setattr("shared.store.records.time.time", lambda: real_time() + 600)
     stack.sqs.change_message_visibility(
         QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
     )
@@ -306,7 +307,7 @@ def _crash_on_the_last_receive(stack: Stack, member: Member, faults: Faults, ins
 
 def _lease_expired(monkeypatch: pytest.MonkeyPatch) -> None:
     real_time = time.time
-    monkeypatch.setattr("shared.store.time.time", lambda: real_time() + 600)
+    monkeypatch.setattr("shared.store.records.time.time", lambda: real_time() + 600)
 
 
 def test_worker_lost_on_the_last_receive_is_reported_failed_and_a_redrive_resumes_it(
@@ -320,8 +321,12 @@ def test_worker_lost_on_the_last_receive_is_reported_failed_and_a_redrive_resume
     # Then while its lease runs, the record is IN_PROGRESS (the attempt may still be alive)
     assert record_of(stack, isolation_id)["status"] == "IN_PROGRESS"
 
-    # When the lease has expired (no worker will touch it again: the message is in the DLQ)
+    # And reading it changes nothing, even once the lease has expired
     _lease_expired(monkeypatch)
+    assert record_of(stack, isolation_id)["status"] == "IN_PROGRESS"
+
+    # When the sweeper runs (no worker will touch it again: the message is in the DLQ)
+    assert stack.sweep()["lost"] == [isolation_id]
 
     # Then a reader sees it FAILED, saying why, with the steps that are in place
     record = record_of(stack, isolation_id)
@@ -389,3 +394,40 @@ def test_trigger_whose_record_cannot_be_written_ends_failed_on_the_last_receive(
     assert record["error"]["message"].startswith(f"gave up after {stack.max_receive_count} attempts")
     assert len(stack.dead_letters()) == 1
     assert member.isolation_groups(vpc.id) == []
+
+
+def test_an_unexpected_exception_is_retried_then_recorded_and_frees_the_instance(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given EC2 answering what botocore cannot parse (an HTML error page) on every call: not an AWS
+    # error, not a network error, an exception nobody planned for
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+
+    def unparsable(**_: Any) -> None:
+        raise ResponseParserError("Unable to parse response (syntax error), invalid XML received")
+
+    faults.hook("before-parameter-build.ec2.DescribeInstances", unparsable)
+    isolation_id = request_isolation(stack, member, instance)
+
+    # When the worker has used every receive
+    stack.drain(rounds=stack.max_receive_count + 1)
+    stack.receive()  # the receive after the last one moves it to the DLQ
+
+    # Then the record is not left QUEUED: it is FAILED with the exception's type and message, every
+    # attempt counted, and its message is in the DLQ
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "FAILED"
+    assert record["error"]["code"] == "ResponseParserError"
+    assert "invalid XML" in record["error"]["message"]
+    assert record["attempts"] == stack.max_receive_count
+    assert f"after {stack.max_receive_count} attempts" in record["error"]["message"]
+    assert len(stack.dead_letters()) == 1
+
+    # And a new request for the instance is a new isolation (the slot was freed), which isolates it
+    faults.clear()
+    again = request_isolation(stack, member, instance)
+    assert again != isolation_id
+    stack.drain()
+    assert record_of(stack, again)["status"] == "ISOLATED"
+    assert_isolated(member, instance, vpc.id)

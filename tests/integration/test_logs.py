@@ -59,7 +59,8 @@ def test_worker_logs_name_the_isolation_and_hold_no_credentials(
         line
         for line in lines
         if line.get("level")
-        and line.get("location", "").startswith(("run_isolation", "_isolate", "_open_record"))
+        and line.get("location", "").split(":")[0]
+        in ("run", "_run", "_open", "_retry_or_give_up", "contained")
     ]
     assert about
     for line in about:

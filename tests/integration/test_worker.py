@@ -47,7 +47,7 @@ def steps(record: dict[str, Any]) -> dict[str, str]:
 
 
 def assert_isolated(member: Member, instance_id: str, vpc_id: str) -> str:
-    """CONTRACT §5, observed in the member account. Returns the isolation group id."""
+    """What isolated means (README), observed in the member account. Returns the isolation group id."""
     groups = member.isolation_groups(vpc_id)
     assert len(groups) == 1, "one isolation group per VPC"
     group = groups[0]
@@ -94,7 +94,7 @@ def test_two_eni_instance_is_isolated_network_first_and_recorded(stack: Stack, m
     assert {eni["id"]: eni["security_group_ids"] for eni in prior["network_interfaces"]} == before
     assert prior["instance_profile_arn"] == f"arn:aws:iam::{MEMBER_ACCOUNT}:instance-profile/app"
     assert record["reason"] == "C2 beaconing" and record["requested_by"] == "soc@example.com"
-    # And the instance is isolated as CONTRACT §5 says
+    # And the instance is isolated as the README says
     assert_isolated(member, instance, vpc.id)
     tags = member.tags(instance)
     assert tags["ec2-isolation:id"] == record["isolation_id"]

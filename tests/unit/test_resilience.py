@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.stub import Stubber
 
-from shared import aws
+from shared import aws, errors
 from shared.errors import PermanentError, RetryableError
 from worker.consistency import until_consistent
 
@@ -34,7 +34,7 @@ def error(code: str, status: int = 400) -> ClientError:
     ],
 )
 def test_transient_errors_are_retryable(code: str, status: int) -> None:
-    assert isinstance(aws.classify(error(code, status)), RetryableError)
+    assert isinstance(errors.classify(error(code, status)), RetryableError)
 
 
 @pytest.mark.parametrize(
@@ -48,12 +48,12 @@ def test_transient_errors_are_retryable(code: str, status: int) -> None:
     ],
 )
 def test_client_errors_are_permanent(code: str) -> None:
-    classified = aws.classify(error(code, 400))
+    classified = errors.classify(error(code, 400))
     assert isinstance(classified, PermanentError) and classified.code == code
 
 
 def test_permanent_code_can_be_renamed_and_keeps_the_aws_code_in_the_message() -> None:
-    classified = aws.classify(
+    classified = errors.classify(
         error("AccessDenied", 403), permanent_code="RoleNotAssumable", context="assume x"
     )
     assert classified.code == "RoleNotAssumable"
@@ -61,7 +61,7 @@ def test_permanent_code_can_be_renamed_and_keeps_the_aws_code_in_the_message() -
 
 
 def test_network_errors_are_retryable() -> None:
-    assert isinstance(aws.classify(EndpointConnectionError(endpoint_url="https://ec2")), RetryableError)
+    assert isinstance(errors.classify(EndpointConnectionError(endpoint_url="https://ec2")), RetryableError)
 
 
 def test_consistency_wait_is_bounded_and_backs_off() -> None:

@@ -11,8 +11,8 @@ from botocore.stub import Stubber
 from shared.aws import AccountSession
 from shared.config import WorkerSettings
 from shared.errors import RetryableError
-from shared.models import Source, StepStatus, Target
-from worker.instance import InstanceFacts, Interface
+from shared.models import NetworkInterfaceState, PriorState, Source, StepStatus, Target
+from worker.instance import Instance
 from worker.steps import forget_caches
 from worker.steps.instance_profile import SwapInstanceProfile
 from worker.steps.instance_state import EnableTerminationProtection, TagInstance
@@ -22,15 +22,20 @@ TARGET = Target(account_id="111122223333", region="eu-west-1", instance_id="i-01
 SETTINGS = WorkerSettings(TABLE_NAME="t", QUEUE_URL="q", TARGET_ROLE_NAME="r", CONSISTENCY_WAIT_SECONDS=5)
 
 
+def eni(eni_id: str, vpc_id: str, groups: tuple[str, ...]) -> NetworkInterfaceState:
+    return NetworkInterfaceState(id=eni_id, vpc_id=vpc_id, security_group_ids=list(groups))
+
+
 def facts(
-    *interfaces: Interface, profile: str | None = None, tags: dict[str, str] | None = None
-) -> InstanceFacts:
-    return InstanceFacts(
+    *interfaces: NetworkInterfaceState, profile: str | None = None, tags: dict[str, str] | None = None
+) -> Instance:
+    return Instance(
         instance_id=TARGET.instance_id,
-        state="running",
-        vpc_id=interfaces[0].vpc_id,
-        interfaces=interfaces,
-        profile_arn=profile,
+        state=PriorState(
+            vpc_id=interfaces[0].vpc_id or "",
+            network_interfaces=list(interfaces),
+            instance_profile_arn=profile,
+        ),
         tags=tags or {},
     )
 
@@ -46,7 +51,7 @@ def clients() -> dict[str, Any]:
     return {"ec2": session.client("ec2"), "iam": session.client("iam")}
 
 
-def context(clients: dict[str, Any], instance: InstanceFacts, slept: list[float] | None = None) -> Any:
+def context(clients: dict[str, Any], instance: Instance, slept: list[float] | None = None) -> Any:
     from worker.steps import StepContext
 
     account = AccountSession(TARGET.account_id, TARGET.region, boto3.Session(), 2**40, dict(clients))
@@ -54,7 +59,7 @@ def context(clients: dict[str, Any], instance: InstanceFacts, slept: list[float]
         isolation_id="iso-" + "0" * 32,
         source=Source.WEBHOOK,
         target=TARGET,
-        facts=instance,
+        instance=instance,
         account=account,
         settings=SETTINGS,
         sleep=(slept.append if slept is not None else None),
@@ -63,7 +68,7 @@ def context(clients: dict[str, Any], instance: InstanceFacts, slept: list[float]
 
 def test_isolation_group_is_looked_up_by_vpc_filter_never_by_group_names(clients: dict[str, Any]) -> None:
     # Given an existing, clean isolation group in the instance's VPC
-    ctx = context(clients, facts(Interface("eni-1", "vpc-1", ("sg-app",))))
+    ctx = context(clients, facts(eni("eni-1", "vpc-1", ("sg-app",))))
     with Stubber(clients["ec2"]) as ec2:
         ec2.add_response(
             "describe_security_groups",
@@ -95,7 +100,7 @@ def test_isolation_group_is_looked_up_by_vpc_filter_never_by_group_names(clients
 
 def test_new_group_loses_every_egress_rule_it_was_created_with(clients: dict[str, Any]) -> None:
     # Given no isolation group yet in an IPv6 VPC
-    ctx = context(clients, facts(Interface("eni-1", "vpc-6", ("sg-app",))))
+    ctx = context(clients, facts(eni("eni-1", "vpc-6", ("sg-app",))))
     egress = [
         {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}], "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}
     ]
@@ -136,7 +141,7 @@ def test_new_group_loses_every_egress_rule_it_was_created_with(clients: dict[str
 
 def test_concurrent_creation_uses_the_other_workers_group(clients: dict[str, Any]) -> None:
     # Given another worker creates the group between our lookup and our create
-    ctx = context(clients, facts(Interface("eni-1", "vpc-1", ("sg-app",))))
+    ctx = context(clients, facts(eni("eni-1", "vpc-1", ("sg-app",))))
     with Stubber(clients["ec2"]) as ec2:
         ec2.add_response("describe_security_groups", {"SecurityGroups": []})
         ec2.add_client_error("create_security_group", "InvalidGroup.Duplicate")
@@ -153,18 +158,18 @@ def test_concurrent_creation_uses_the_other_workers_group(clients: dict[str, Any
 def test_every_interface_gets_only_the_isolation_group_one_call_each(clients: dict[str, Any]) -> None:
     # Given three interfaces, one already isolated
     instance = facts(
-        Interface("eni-1", "vpc-1", ("sg-a", "sg-b")),
-        Interface("eni-2", "vpc-1", ("sg-iso",)),
-        Interface("eni-3", "vpc-1", ()),
+        eni("eni-1", "vpc-1", ("sg-a", "sg-b")),
+        eni("eni-2", "vpc-1", ("sg-iso",)),
+        eni("eni-3", "vpc-1", ()),
     )
     ctx = context(clients, instance)
     ctx.isolation_groups["vpc-1"] = "sg-iso"
     with Stubber(clients["ec2"]) as ec2:
-        for eni in ("eni-1", "eni-3"):
+        for eni_id in ("eni-1", "eni-3"):
             ec2.add_response(
                 "modify_network_interface_attribute",
                 {},
-                expected_params={"NetworkInterfaceId": eni, "Groups": ["sg-iso"]},
+                expected_params={"NetworkInterfaceId": eni_id, "Groups": ["sg-iso"]},
             )
         outcome = SwapSecurityGroups().run(ctx)
         ec2.assert_no_pending_responses()
@@ -174,9 +179,7 @@ def test_every_interface_gets_only_the_isolation_group_one_call_each(clients: di
 
 def test_interfaces_in_two_vpcs_each_get_their_vpcs_group(clients: dict[str, Any]) -> None:
     # Given an instance with interfaces in two VPCs (multi-VPC ENI attachment)
-    ctx = context(
-        clients, facts(Interface("eni-1", "vpc-1", ("sg-a",)), Interface("eni-2", "vpc-2", ("sg-b",)))
-    )
+    ctx = context(clients, facts(eni("eni-1", "vpc-1", ("sg-a",)), eni("eni-2", "vpc-2", ("sg-b",))))
     ctx.isolation_groups.update({"vpc-1": "sg-iso1", "vpc-2": "sg-iso2"})
     with Stubber(clients["ec2"]) as ec2:
         ec2.add_response(
@@ -196,7 +199,7 @@ def test_interfaces_in_two_vpcs_each_get_their_vpcs_group(clients: dict[str, Any
 def test_group_not_found_beyond_the_budget_is_retryable(clients: dict[str, Any]) -> None:
     # Given EC2 keeps answering InvalidGroup.NotFound
     slept: list[float] = []
-    ctx = context(clients, facts(Interface("eni-1", "vpc-1", ("sg-a",))), slept)
+    ctx = context(clients, facts(eni("eni-1", "vpc-1", ("sg-a",))), slept)
     ctx.isolation_groups["vpc-1"] = "sg-iso"
     with Stubber(clients["ec2"]) as ec2:
         for _ in range(10):
@@ -212,7 +215,7 @@ def test_profile_is_replaced_when_one_is_associated(clients: dict[str, Any]) -> 
     # Given an instance with an application profile, and the isolation profile ready
     ctx = context(
         clients,
-        facts(Interface("eni-1", "vpc-1", ()), profile="arn:aws:iam::111122223333:instance-profile/app"),
+        facts(eni("eni-1", "vpc-1", ()), profile="arn:aws:iam::111122223333:instance-profile/app"),
     )
     with Stubber(clients["iam"]) as iam, Stubber(clients["ec2"]) as ec2:
         iam.add_response(
@@ -274,7 +277,7 @@ def test_profile_already_isolation_makes_no_call(clients: dict[str, Any]) -> Non
     ctx = context(
         clients,
         facts(
-            Interface("eni-1", "vpc-1", ()),
+            eni("eni-1", "vpc-1", ()),
             profile="arn:aws:iam::111122223333:instance-profile/ec2-isolation-deny-all",
         ),
     )
@@ -285,7 +288,7 @@ def test_profile_already_isolation_makes_no_call(clients: dict[str, Any]) -> Non
 
 def test_associate_racing_another_association_falls_back_to_replace(clients: dict[str, Any]) -> None:
     # Given no profile when described, but one associated by the time we associate (IncorrectState)
-    ctx = context(clients, facts(Interface("eni-1", "vpc-1", ())))
+    ctx = context(clients, facts(eni("eni-1", "vpc-1", ())))
     from worker.steps.instance_profile import _ready
 
     _ready.add((TARGET.account_id, "ec2-isolation-deny-all"))
@@ -317,7 +320,7 @@ def test_associate_racing_another_association_falls_back_to_replace(clients: dic
 
 
 def test_termination_protection_checked_before_set(clients: dict[str, Any]) -> None:
-    ctx = context(clients, facts(Interface("eni-1", "vpc-1", ())))
+    ctx = context(clients, facts(eni("eni-1", "vpc-1", ())))
     with Stubber(clients["ec2"]) as ec2:
         ec2.add_response(
             "describe_instance_attribute",
@@ -336,7 +339,7 @@ def test_termination_protection_checked_before_set(clients: dict[str, Any]) -> N
 
 
 def test_tags_all_carry_the_prefix(clients: dict[str, Any]) -> None:
-    ctx = context(clients, facts(Interface("eni-1", "vpc-1", ())))
+    ctx = context(clients, facts(eni("eni-1", "vpc-1", ())))
     sent: list[dict[str, Any]] = []
     clients["ec2"].meta.events.register(
         "before-parameter-build.ec2.CreateTags", lambda params, **_: sent.append(params)

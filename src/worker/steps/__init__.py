@@ -1,33 +1,34 @@
-"""The step catalogue, in the order the runner walks it: network first.
+"""The step catalogue: the phases of an isolation, each an ordered tuple of steps.
 
-Importing this package registers every step. `required_permissions()` is what the member-account role
-must grant (tests/infra checks iam-execution-role.yml against it).
+`CONTAINMENT` ends with the network cut (`contained_at` is set with it); `FOLLOW_UP` runs after it.
+`required_permissions()` is what the member-account role must grant (tests/infra checks
+iam-execution-role.yml against it in both directions).
 """
 
 from __future__ import annotations
 
 from worker import instance
 from worker.steps import instance_profile, instance_state, network
-from worker.steps.base import CATALOGUE, Step, StepContext, StepOutcome
+from worker.steps.base import Step, StepContext
 
-__all__ = ["CATALOGUE", "PLAN", "Step", "StepContext", "StepOutcome", "forget_caches", "required_permissions"]
+__all__ = ["CONTAINMENT", "FOLLOW_UP", "PLAN", "Step", "StepContext", "forget_caches", "required_permissions"]
 
-#: The order of an isolation: containment (the network cut) first, then the API cut, then evidence.
-PLAN: tuple[type[Step], ...] = (
-    network.EnsureIsolationSecurityGroup,
-    network.SwapSecurityGroups,
+#: Containment: the network cut, first and fast.
+CONTAINMENT: tuple[type[Step], ...] = (network.EnsureIsolationSecurityGroup, network.SwapSecurityGroups)
+#: Then the API cut and evidence.
+FOLLOW_UP: tuple[type[Step], ...] = (
     instance_profile.SwapInstanceProfile,
     instance_state.EnableTerminationProtection,
     instance_state.TagInstance,
 )
-if set(PLAN) != set(CATALOGUE):  # pragma: no cover - a registered step left out of the plan
-    raise RuntimeError("every registered step must be in PLAN")
+#: The order of an isolation.
+PLAN: tuple[type[Step], ...] = CONTAINMENT + FOLLOW_UP
 
 
 def required_permissions() -> frozenset[str]:
     """Every IAM action the worker calls in a target account."""
     actions = set(instance.PERMISSIONS)
-    for step in CATALOGUE:
+    for step in PLAN:
         actions.update(step.permissions)
     return frozenset(actions)
 

@@ -1,5 +1,6 @@
-"""The step catalogue's shape: each step is a small class with a registered name, the IAM actions it
-needs and one `run` that checks before it acts, so a redelivered message is harmless."""
+"""The step catalogue's shape: each step is a small class with a name, the IAM actions it needs and one
+`run` that checks before it acts, so a redelivered message is harmless. A step returns its outcome as a
+`StepRecord` (done, already, skipped) and raises on failure."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Any, ClassVar
 
 from shared.aws import AccountSession
 from shared.config import WorkerSettings
-from shared.models import Source, StepRecord, StepStatus, Target, iso8601, utcnow
-from worker.instance import InstanceFacts
+from shared.models import Source, StepRecord, Target
+from worker.instance import Instance
 
 
 @dataclass
@@ -21,7 +22,7 @@ class StepContext:
     isolation_id: str
     source: Source
     target: Target
-    facts: InstanceFacts
+    instance: Instance
     account: AccountSession
     settings: WorkerSettings
     #: None: `worker.consistency.pause`.
@@ -38,47 +39,11 @@ class StepContext:
         return self.account.client("iam")
 
 
-@dataclass(frozen=True)
-class StepOutcome:
-    name: str
-    status: StepStatus
-    detail: str = ""
-
-    @classmethod
-    def done(cls, name: str, detail: str = "") -> StepOutcome:
-        return cls(name, StepStatus.DONE, detail)
-
-    @classmethod
-    def already(cls, name: str, detail: str = "") -> StepOutcome:
-        return cls(name, StepStatus.ALREADY, detail)
-
-    @classmethod
-    def skipped(cls, name: str, detail: str = "") -> StepOutcome:
-        return cls(name, StepStatus.SKIPPED, detail)
-
-    @classmethod
-    def failed(cls, name: str, detail: str = "") -> StepOutcome:
-        return cls(name, StepStatus.FAILED, detail)
-
-    def record(self) -> StepRecord:
-        return StepRecord(name=self.name, status=self.status, detail=self.detail, at=iso8601(utcnow()))
-
-
 class Step(ABC):
+    #: kebab-case verb-noun: the name in the record, the logs and the metrics.
     name: ClassVar[str]
+    #: The IAM actions `run` calls in the target account (the member role grants exactly their union).
     permissions: ClassVar[tuple[str, ...]]
-    #: True for the step after which the network cut is in place (`contained_at` is set with it).
-    contains: ClassVar[bool] = False
 
     @abstractmethod
-    def run(self, ctx: StepContext) -> StepOutcome: ...
-
-
-CATALOGUE: list[type[Step]] = []
-
-
-def register(step: type[Step]) -> type[Step]:
-    if any(existing.name == step.name for existing in CATALOGUE):
-        raise ValueError(f"step {step.name!r} registered twice")
-    CATALOGUE.append(step)
-    return step
+    def run(self, ctx: StepContext) -> StepRecord: ...

@@ -19,14 +19,15 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared.aws import error_code
-from shared.errors import PermanentError
+from shared.errors import PermanentError, error_code
+from shared.models import StepRecord
 from worker.consistency import until_consistent
-from worker.steps.base import Step, StepContext, StepOutcome, register
+from worker.steps.base import Step, StepContext
 
 DENY_ALL_POLICY = "arn:aws:iam::aws:policy/AWSDenyAll"
 _PROPAGATING = frozenset({"InvalidParameterValue"})
-_EC2_TRUST = json.dumps(
+#: The trust policy of the isolation role: only EC2 may assume it (the member template says the same).
+EC2_TRUST_POLICY = json.dumps(
     {
         "Version": "2012-10-17",
         "Statement": [
@@ -49,7 +50,6 @@ def profile_name_of(arn: str | None) -> str | None:
     return arn.rsplit("/", 1)[-1] if arn else None
 
 
-@register
 class SwapInstanceProfile(Step):
     name = "swap-instance-profile"
     permissions = (
@@ -64,11 +64,11 @@ class SwapInstanceProfile(Step):
         "iam:AddRoleToInstanceProfile",
     )
 
-    def run(self, ctx: StepContext) -> StepOutcome:
+    def run(self, ctx: StepContext) -> StepRecord:
         profile = ctx.settings.ISOLATION_PROFILE_NAME
-        current = ctx.facts.profile_arn
+        current = ctx.instance.state.instance_profile_arn
         if profile_name_of(current) == profile:
-            return StepOutcome.already(self.name, f"instance profile is {profile}")
+            return StepRecord.already(self.name, f"instance profile is {profile}")
         created = self._ensure_profile(ctx)
         outcome = until_consistent(
             lambda: self._attach(ctx, profile),
@@ -78,17 +78,17 @@ class SwapInstanceProfile(Step):
             what=f"attach instance profile {profile}",
         )
         if created:
-            return StepOutcome(outcome.name, outcome.status, f"{outcome.detail} (created {profile})")
+            return outcome.model_copy(update={"detail": f"{outcome.detail} (created {profile})"})
         return outcome
 
-    def _attach(self, ctx: StepContext, profile: str) -> StepOutcome:
+    def _attach(self, ctx: StepContext, profile: str) -> StepRecord:
         association = self._association(ctx)
         if association is None:
             try:
                 ctx.ec2.associate_iam_instance_profile(
                     IamInstanceProfile={"Name": profile}, InstanceId=ctx.target.instance_id
                 )
-                return StepOutcome.done(self.name, f"associated {profile} (the instance had no profile)")
+                return StepRecord.done(self.name, f"associated {profile} (the instance had no profile)")
             except ClientError as exc:
                 if error_code(exc) != "IncorrectState":
                     raise
@@ -98,11 +98,11 @@ class SwapInstanceProfile(Step):
                     raise
         previous = association.get("IamInstanceProfile", {}).get("Arn")
         if profile_name_of(previous) == profile:
-            return StepOutcome.already(self.name, f"instance profile is {profile}")
+            return StepRecord.already(self.name, f"instance profile is {profile}")
         ctx.ec2.replace_iam_instance_profile_association(
             IamInstanceProfile={"Name": profile}, AssociationId=association["AssociationId"]
         )
-        return StepOutcome.done(self.name, f"replaced {previous} with {profile}")
+        return StepRecord.done(self.name, f"replaced {previous} with {profile}")
 
     def _association(self, ctx: StepContext) -> dict[str, Any] | None:
         associations = ctx.ec2.describe_iam_instance_profile_associations(
@@ -132,7 +132,7 @@ class SwapInstanceProfile(Step):
             created |= _tolerate_exists(
                 lambda: iam.create_role(
                     RoleName=role,
-                    AssumeRolePolicyDocument=_EC2_TRUST,
+                    AssumeRolePolicyDocument=EC2_TRUST_POLICY,
                     Description="ec2-isolation: role of the deny-all isolation instance profile",
                 )
             )

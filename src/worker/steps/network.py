@@ -1,6 +1,6 @@
 """Containment: the isolation security group of each VPC, alone on every network interface.
 
-AWS facts this respects (see shared/AWS-FACTS.md):
+AWS behaviour this respects:
 - groups are found by VPC (`vpc-id` + `group-name` filters), never by `GroupNames`, which only finds
   groups of the default VPC;
 - a new group gets allow-all egress (IPv4, and IPv6 in a VPC with an IPv6 CIDR): revoke what
@@ -16,11 +16,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared.aws import error_code
-from shared.errors import RetryableError
-from shared.models import TAG_PREFIX
+from shared.errors import RetryableError, error_code
+from shared.models import TAG_PREFIX, StepRecord
 from worker.consistency import until_consistent
-from worker.steps.base import Step, StepContext, StepOutcome, register
+from worker.steps.base import Step, StepContext
 
 MANAGED_TAG = f"{TAG_PREFIX}managed"
 _NOT_YET = frozenset({"InvalidGroup.NotFound"})
@@ -39,7 +38,6 @@ def _cache_key(ctx: StepContext, vpc_id: str) -> tuple[str, str, str, str]:
     return (ctx.target.account_id, ctx.target.region, vpc_id, ctx.settings.ISOLATION_SG_NAME)
 
 
-@register
 class EnsureIsolationSecurityGroup(Step):
     name = "ensure-isolation-sg"
     permissions = (
@@ -50,11 +48,11 @@ class EnsureIsolationSecurityGroup(Step):
         "ec2:RevokeSecurityGroupIngress",
     )
 
-    def run(self, ctx: StepContext) -> StepOutcome:
+    def run(self, ctx: StepContext) -> StepRecord:
         created: list[str] = []
         repaired: list[str] = []
         reused: list[str] = []
-        for vpc_id in ctx.facts.vpc_ids:
+        for vpc_id in ctx.instance.state.vpc_ids:
             with _groups_lock:
                 cached = _groups.get(_cache_key(ctx, vpc_id))
             if cached is not None:
@@ -79,9 +77,9 @@ class EnsureIsolationSecurityGroup(Step):
         )
         detail = "; ".join(parts)
         return (
-            StepOutcome.done(self.name, detail)
+            StepRecord.done(self.name, detail)
             if created or repaired
-            else StepOutcome.already(self.name, detail)
+            else StepRecord.already(self.name, detail)
         )
 
     def _ensure(self, ctx: StepContext, vpc_id: str) -> tuple[str, bool, int]:
@@ -173,26 +171,26 @@ class EnsureIsolationSecurityGroup(Step):
         return revoked
 
 
-@register
 class SwapSecurityGroups(Step):
     name = "swap-security-groups"
     permissions = ("ec2:ModifyNetworkInterfaceAttribute",)
-    contains = True
 
-    def run(self, ctx: StepContext) -> StepOutcome:
+    def run(self, ctx: StepContext) -> StepRecord:
         changed: list[str] = []
         unchanged: list[str] = []
-        for interface in ctx.facts.interfaces:
-            group_id = ctx.isolation_groups[interface.vpc_id]
-            if interface.security_group_ids == (group_id,):
+        state = ctx.instance.state
+        for interface in state.network_interfaces:
+            vpc_id = state.vpc_of(interface)
+            group_id = ctx.isolation_groups[vpc_id]
+            if interface.security_group_ids == [group_id]:
                 unchanged.append(interface.id)
                 continue
-            self._set(ctx, interface.id, interface.vpc_id, group_id)
+            self._set(ctx, interface.id, vpc_id, group_id)
             changed.append(f"{interface.id} [{', '.join(interface.security_group_ids) or '-'}] -> {group_id}")
         if changed:
             tail = f"; already isolated: {', '.join(unchanged)}" if unchanged else ""
-            return StepOutcome.done(self.name, "; ".join(changed) + tail)
-        return StepOutcome.already(self.name, f"only the isolation group on {', '.join(unchanged)}")
+            return StepRecord.done(self.name, "; ".join(changed) + tail)
+        return StepRecord.already(self.name, f"only the isolation group on {', '.join(unchanged)}")
 
     def _set(self, ctx: StepContext, eni_id: str, vpc_id: str, group_id: str) -> None:
         def call() -> None:

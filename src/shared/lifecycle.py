@@ -1,0 +1,242 @@
+"""The isolation record's lifecycle, declared once: its statuses, the transitions a record may make and
+the conditions that guard them.
+
+Each condition has two renderings from one definition: `expression()` gives the DynamoDB condition
+expression a conditional write uses (so two workers racing each other cannot both make a transition),
+and `holds(item)` gives the same test in Python (to explain a refused write, or to pick the records a
+transition applies to). tests/unit/test_lifecycle.py walks every transition from every status through
+both renderings and checks that they agree.
+
+```
+            begin                    end
+  QUEUED ─────────▶ IN_PROGRESS ─────────▶ ISOLATED | FAILED | SKIPPED
+    │ ▲               │    ▲ begin (a retry)          │
+    │ └─ (no lease) ──┘    └──── begin (DLQ redrive) ─┘ (FAILED and resumable only)
+    ├─ abandon ─▶ FAILED                (the message could not be enqueued)
+    └─ end ─────▶ SKIPPED | FAILED      (exempt instance, a permanent error before the first write)
+  IN_PROGRESS, on the last receive, lease expired ─ end-lost ─▶ FAILED (resumable)      [sweeper]
+  QUEUED | IN_PROGRESS, no live lease, message in the DLQ ─ end-dead-lettered ─▶ FAILED  [sweeper]
+```
+
+Record attributes the conditions read, beside `status`:
+- `lease_owner`, `lease_until` (epoch seconds): the attempt running the record and until when.
+- `final_attempt` (`"final"`): the attempt runs on the message's last allowed receive; with
+  `lease_until` it keys the sparse `by-final-lease` index the sweeper queries.
+- `resumable` (true): FAILED with its retries exhausted and its message in the DLQ; a redrive resumes it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    QUEUED = "QUEUED"
+    IN_PROGRESS = "IN_PROGRESS"
+    ISOLATED = "ISOLATED"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+
+
+#: The value of `final_attempt` on a record whose attempt runs on its message's last receive.
+FINAL = "final"
+#: The index of records in a last-receive attempt, by lease expiry (hash `final_attempt`, range
+#: `lease_until`): the sweeper's way to find lost workers without a scan.
+FINAL_LEASE_INDEX = "by-final-lease"
+
+
+# --- conditions ------------------------------------------------------------------------------------------
+
+#: Attribute names DynamoDB reserves, written through a placeholder.
+_RESERVED = {"status": "#s", "error": "#e"}
+
+
+def _name(attribute: str) -> str:
+    return _RESERVED.get(attribute, attribute)
+
+
+@dataclass
+class Rendering:
+    """A condition rendered for DynamoDB: the expression, its names and its (plain Python) values."""
+
+    expression: str
+    names: dict[str, str]
+    values: dict[str, Any]
+
+
+class Condition(ABC):
+    """A test of an item, rendered as a DynamoDB condition expression or checked in Python.
+
+    Parameters (`now`, `owner`, ...) are given at use: `:now` in the expression, `params["now"]` in Python.
+    """
+
+    @abstractmethod
+    def _render(self, values: dict[str, Any], params: Mapping[str, Any]) -> str: ...
+
+    @abstractmethod
+    def holds(self, item: Mapping[str, Any], **params: Any) -> bool: ...
+
+    def expression(self, **params: Any) -> Rendering:
+        values: dict[str, Any] = {}
+        text = self._render(values, params)
+        names = {placeholder: name for name, placeholder in _RESERVED.items() if placeholder in text}
+        return Rendering(text, names, values)
+
+    def __and__(self, other: Condition) -> Condition:
+        return AllOf((self, other))
+
+    def __or__(self, other: Condition) -> Condition:
+        return AnyOf((self, other))
+
+
+@dataclass(frozen=True)
+class StatusIn(Condition):
+    statuses: tuple[Status, ...]
+
+    def _render(self, values: dict[str, Any], params: Mapping[str, Any]) -> str:
+        keys = []
+        for status in self.statuses:
+            key = f":status_{status.value.lower()}"
+            values[key] = status.value
+            keys.append(key)
+        return f"#s IN ({', '.join(keys)})"
+
+    def holds(self, item: Mapping[str, Any], **params: Any) -> bool:
+        return item.get("status") in self.statuses
+
+
+@dataclass(frozen=True)
+class Exists(Condition):
+    attribute: str
+
+    def _render(self, values: dict[str, Any], params: Mapping[str, Any]) -> str:
+        return f"attribute_exists({_name(self.attribute)})"
+
+    def holds(self, item: Mapping[str, Any], **params: Any) -> bool:
+        return item.get(self.attribute) is not None
+
+
+@dataclass(frozen=True)
+class Missing(Condition):
+    attribute: str
+
+    def _render(self, values: dict[str, Any], params: Mapping[str, Any]) -> str:
+        return f"attribute_not_exists({_name(self.attribute)})"
+
+    def holds(self, item: Mapping[str, Any], **params: Any) -> bool:
+        return item.get(self.attribute) is None
+
+
+@dataclass(frozen=True)
+class Is(Condition):
+    """The attribute equals a constant."""
+
+    attribute: str
+    value: Any
+
+    def _render(self, values: dict[str, Any], params: Mapping[str, Any]) -> str:
+        key = f":is_{self.attribute}"
+        values[key] = self.value
+        return f"{_name(self.attribute)} = {key}"
+
+    def holds(self, item: Mapping[str, Any], **params: Any) -> bool:
+        return bool(item.get(self.attribute) == self.value)
+
+
+@dataclass(frozen=True)
+class EqualsParam(Condition):
+    """The attribute equals the parameter `param`."""
+
+    attribute: str
+    param: str
+
+    def _render(self, values: dict[str, Any], params: Mapping[str, Any]) -> str:
+        values[f":{self.param}"] = params[self.param]
+        return f"{_name(self.attribute)} = :{self.param}"
+
+    def holds(self, item: Mapping[str, Any], **params: Any) -> bool:
+        return bool(item.get(self.attribute) == params[self.param])
+
+
+@dataclass(frozen=True)
+class Before(Condition):
+    """The (numeric) attribute is less than the parameter `param`; false when it is absent."""
+
+    attribute: str
+    param: str
+
+    def _render(self, values: dict[str, Any], params: Mapping[str, Any]) -> str:
+        values[f":{self.param}"] = params[self.param]
+        return f"{_name(self.attribute)} < :{self.param}"
+
+    def holds(self, item: Mapping[str, Any], **params: Any) -> bool:
+        value = item.get(self.attribute)
+        return value is not None and float(value) < float(params[self.param])
+
+
+@dataclass(frozen=True)
+class AllOf(Condition):
+    parts: tuple[Condition, ...]
+
+    def _render(self, values: dict[str, Any], params: Mapping[str, Any]) -> str:
+        return " AND ".join(f"({part._render(values, params)})" for part in self.parts)
+
+    def holds(self, item: Mapping[str, Any], **params: Any) -> bool:
+        return all(part.holds(item, **params) for part in self.parts)
+
+
+@dataclass(frozen=True)
+class AnyOf(Condition):
+    parts: tuple[Condition, ...]
+
+    def _render(self, values: dict[str, Any], params: Mapping[str, Any]) -> str:
+        return " OR ".join(f"({part._render(values, params)})" for part in self.parts)
+
+    def holds(self, item: Mapping[str, Any], **params: Any) -> bool:
+        return any(part.holds(item, **params) for part in self.parts)
+
+
+# --- the record's conditions -----------------------------------------------------------------------------
+
+ACTIVE = StatusIn((Status.QUEUED, Status.IN_PROGRESS))
+#: A record a worker may (still) run: not ended, or ended FAILED with its retries exhausted (a DLQ
+#: redrive resumes it).
+RUNNABLE = ACTIVE | Is("resumable", True)
+#: No attempt holds the record: no lease, or its lease has expired (`now`).
+UNLEASED = Missing("lease_until") | Before("lease_until", "now")
+#: The attempt `owner` may run the record: no other attempt holds it.
+LEASE_FREE_FOR_OWNER = UNLEASED | EqualsParam("lease_owner", "owner")
+#: The record's worker stopped during the message's last allowed receive (a timeout, out of memory, a
+#: crash) and its lease has expired (`now`): nothing is left to end it, since the message went on to the
+#: DLQ. A record merely waiting in the queue is never lost by this test: only a begun last attempt is.
+LOST = StatusIn((Status.IN_PROGRESS,)) & Is("final_attempt", FINAL) & Before("lease_until", "now")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A change of status the store may make, and the condition the record must meet for it."""
+
+    name: str
+    guard: Condition
+    to: frozenset[Status]
+
+    def allows(self, item: Mapping[str, Any], target: Status, **params: Any) -> bool:
+        return target in self.to and self.guard.holds(item, **params)
+
+
+BEGIN = Transition("begin", Exists("pk") & RUNNABLE & LEASE_FREE_FOR_OWNER, frozenset({Status.IN_PROGRESS}))
+END = Transition("end", RUNNABLE, frozenset({Status.ISOLATED, Status.FAILED, Status.SKIPPED}))
+ABANDON = Transition("abandon", StatusIn((Status.QUEUED,)), frozenset({Status.FAILED}))
+END_LOST = Transition("end-lost", LOST, frozenset({Status.FAILED}))
+END_DEAD_LETTERED = Transition("end-dead-lettered", ACTIVE & UNLEASED, frozenset({Status.FAILED}))
+
+TRANSITIONS = (BEGIN, END, ABANDON, END_LOST, END_DEAD_LETTERED)
+
+
+def ended(item: Mapping[str, Any]) -> bool:
+    """True when no worker will run the record again (it ended, and is not resumable)."""
+    return not RUNNABLE.holds(item)

@@ -1,0 +1,565 @@
+"""Isolation records: the record of an isolation, as stored and as served, and every write that moves
+it along its lifecycle (`shared.lifecycle` declares which moves are allowed and when).
+
+| item | pk | module |
+|---|---|---|
+| isolation record | `iso-<hex>` | this one: the served record plus the attempt's lease (`shared.lifecycle`) |
+| instance slot | `instance#<account>#<region>#<instance>` | `shared.store.slots` |
+| idempotency key | `idempotency#<sha256 of the key>` | `shared.store.idempotency` |
+
+Only record items carry `instance_id`, so the `by-instance` index (instance_id, created_at) holds
+records only; only records in a last-receive attempt carry `final_attempt`, so the `by-final-lease`
+index holds just those. Reads never write. Every write that must be atomic with another is one
+`TransactWriteItems`, so ingest stays at two AWS calls on the request path (this transaction and the
+SQS send).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shared import lifecycle
+from shared.aws import same_account_client
+from shared.errors import error_code
+from shared.lifecycle import FINAL, FINAL_LEASE_INDEX, Status, Transition
+from shared.models import ErrorInfo, IsolationRecord, PriorState, StepRecord, iso8601, utcnow
+from shared.store import idempotency, slots
+from shared.store.dynamo import Write, deserialize, epoch, key, serialize
+from shared.store.idempotency import IdempotencyClaim, Replayed
+
+INSTANCE_INDEX = "by-instance"
+MAX_LISTED = 50
+
+# Attributes of a record item that are not part of the served record.
+_INTERNAL = ("pk", "lease_owner", "lease_until", "resumable", "final_attempt")
+
+#: The codes of a record the sweeper ends (see `shared.lifecycle`).
+WORKER_LOST = "WorkerLost"
+DEAD_LETTERED = "DeadLettered"
+
+
+# --- outcomes of the conditional writes --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Created:
+    record: IsolationRecord
+
+
+@dataclass(frozen=True)
+class Joined:
+    """Another isolation of the same instance is in flight; `status` is its status as just read."""
+
+    isolation_id: str
+    status: Status
+
+
+@dataclass(frozen=True)
+class Coalesced:
+    """The instance was isolated less than the coalesce window ago."""
+
+    isolation_id: str
+
+
+@dataclass(frozen=True)
+class Exists:
+    """A record with this id exists already (a redelivered trigger)."""
+
+    record: IsolationRecord
+
+
+@dataclass(frozen=True)
+class _SlotTaken:
+    """The instance's slot is held by this isolation (as the slot item showed it)."""
+
+    isolation_id: str
+
+
+class LeaseHeld(Exception):
+    """Another worker is running this isolation right now."""
+
+
+class RecordEnded(Exception):
+    """The record is ISOLATED, SKIPPED or FAILED for good: a redelivered message has nothing to do."""
+
+    def __init__(self, record: IsolationRecord) -> None:
+        super().__init__(record.isolation_id)
+        self.record = record
+
+
+class RecordMissing(Exception):
+    """No record with this id (a message that did not come through ingest)."""
+
+
+class IsolationStore:
+    def __init__(self, table_name: str, *, client: Any = None) -> None:
+        self.table_name = table_name
+        self.client = client or same_account_client("dynamodb")
+
+    # --- reads (never a write) -----------------------------------------------------------------------
+
+    def get(self, isolation_id: str) -> IsolationRecord | None:
+        item = self.item(isolation_id)
+        return _record(item) if item else None
+
+    def item(self, pk: str) -> dict[str, Any] | None:
+        """Any item of the table, as stored (consistent read)."""
+        found = self.client.get_item(TableName=self.table_name, Key=key(pk), ConsistentRead=True).get("Item")
+        return deserialize(found) if found else None
+
+    def list_for_instance(self, instance_id: str, account_id: str | None = None) -> list[IsolationRecord]:
+        """Newest first, at most 50."""
+        params: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": INSTANCE_INDEX,
+            "KeyConditionExpression": "instance_id = :iid",
+            "ExpressionAttributeValues": {":iid": {"S": instance_id}},
+            "ScanIndexForward": False,
+            "Limit": MAX_LISTED,
+        }
+        if account_id:
+            params["FilterExpression"] = "account_id = :acct"
+            params["ExpressionAttributeValues"][":acct"] = {"S": account_id}
+        return [_record(item) for item in self._query(params, MAX_LISTED)]
+
+    def lost(self, now: float) -> list[IsolationRecord]:
+        """Records whose worker was lost on the last receive (`lifecycle.LOST` at `now`), from the
+        `by-final-lease` index: only records in a last-receive attempt are in it."""
+        params: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": FINAL_LEASE_INDEX,
+            "KeyConditionExpression": "final_attempt = :final AND lease_until < :now",
+            "ExpressionAttributeValues": {":final": {"S": FINAL}, ":now": {"N": str(epoch(now))}},
+        }
+        # The index is eventually consistent: the sweeper's write checks `LOST` again.
+        return [
+            _record(item) for item in self._query(params, None) if lifecycle.LOST.holds(item, now=epoch(now))
+        ]
+
+    def _query(self, params: dict[str, Any], limit: int | None) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        while limit is None or len(items) < limit:
+            page = self.client.query(**params)
+            items.extend(deserialize(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return items if limit is None else items[:limit]
+
+    # --- ingest --------------------------------------------------------------------------------------
+
+    def create_queued(
+        self,
+        record: IsolationRecord,
+        *,
+        lease_seconds: int,
+        idempotency: IdempotencyClaim | None = None,
+        coalesce_window_seconds: int | None = None,
+    ) -> Created | Joined | Replayed | Coalesced | Exists:
+        """Write a QUEUED record and take the instance's in-flight slot, in one transaction.
+
+        Fails (without writing anything) to `Replayed` when the idempotency key was used before,
+        `Exists` when the record id is taken, `Joined` when another isolation of the instance is in
+        flight, `Coalesced` when `coalesce_window_seconds` is given and the instance was isolated
+        within it. A join reads the isolation it joins (its status is the answer); when that one's
+        worker was lost on its last receive (`lifecycle.LOST`), this request ends it and tries once more
+        rather than join an isolation nobody runs.
+        """
+        for retry in (False, True):
+            outcome = self._create_queued(record, lease_seconds, idempotency, coalesce_window_seconds)
+            if not isinstance(outcome, _SlotTaken):
+                return outcome
+            now = time.time()
+            current = self.item(outcome.isolation_id)
+            if retry or current is None or not lifecycle.LOST.holds(current, now=epoch(now)):
+                return Joined(outcome.isolation_id, Status(current["status"]) if current else Status.QUEUED)
+            self.end_lost(_record(current), now=now)
+        raise AssertionError("unreachable: the second try returns")
+
+    def _create_queued(
+        self,
+        record: IsolationRecord,
+        lease_seconds: int,
+        idempotency_claim: IdempotencyClaim | None,
+        coalesce_window_seconds: int | None,
+    ) -> Created | _SlotTaken | Replayed | Coalesced | Exists:
+        now = time.time()
+        stale = epoch(now - lease_seconds)
+        window = epoch(now - coalesce_window_seconds) if coalesce_window_seconds is not None else None
+        items: list[dict[str, Any]] = []
+        if idempotency_claim is not None:
+            items.append({"Put": idempotency.put(self.table_name, idempotency_claim, now=now)})
+        items.append(
+            {
+                "Put": {
+                    "TableName": self.table_name,
+                    "Item": serialize(_record_item(record)),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            }
+        )
+        items.append(
+            {
+                "Update": slots.take(
+                    self.table_name,
+                    record.target,
+                    record.isolation_id,
+                    now=epoch(now),
+                    stale=stale,
+                    window=window,
+                )
+            }
+        )
+        try:
+            self.client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise
+            return self._explain_cancellation(exc, items, record, idempotency_claim, window, stale)
+        return Created(record)
+
+    def _explain_cancellation(
+        self,
+        exc: ClientError,
+        items: list[dict[str, Any]],
+        record: IsolationRecord,
+        idempotency_claim: IdempotencyClaim | None,
+        window: Decimal | None,
+        stale: Decimal,
+    ) -> _SlotTaken | Replayed | Coalesced | Exists:
+        """Which condition cancelled the transaction, in the order of the items (idempotency first)."""
+        reasons = exc.response.get("CancellationReasons") or []
+        for item, reason in zip(items, reasons, strict=False):
+            if reason.get("Code") != "ConditionalCheckFailed":
+                continue
+            operation = item.get("Put") or item["Update"]
+            pk = (operation.get("Item") or operation["Key"])["pk"]["S"]
+            old = reason.get("Item")
+            current = deserialize(old) if old else self.item(pk)
+            if current is None:  # gone since: the condition would pass now; let the caller retry
+                break
+            if idempotency_claim is not None and pk == idempotency.idempotency_key(
+                idempotency_claim.key_hash
+            ):
+                return idempotency.replayed(current)
+            if pk == record.isolation_id:
+                return Exists(_record(current))
+            holder = slots.holder(current, stale=stale)
+            if holder is not None:
+                return _SlotTaken(holder)
+            if window is not None and current.get("last_isolated_id"):
+                return Coalesced(str(current["last_isolated_id"]))
+        raise exc
+
+    def put_idempotency(self, claim: IdempotencyClaim) -> Replayed | None:
+        """Remember the answer of a request that wrote nothing (a deduplicated one).
+
+        Returns the stored answer when the key was taken in the meantime.
+        """
+        try:
+            self.client.put_item(**idempotency.put(self.table_name, claim, now=time.time()))
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            old = exc.response.get("Item")
+            current = deserialize(old) if old else self.item(idempotency.idempotency_key(claim.key_hash))
+            if current is None:
+                raise
+            return idempotency.replayed(current)
+        return None
+
+    def abandon(self, record: IsolationRecord, error: ErrorInfo, idempotency_hash: str | None) -> None:
+        """Undo an accepted request whose message could not be enqueued: the record becomes FAILED
+        (it stays, so the attempt is on record), the slot and the idempotency key are released."""
+        ending = self._ending(record, Status.FAILED, lifecycle.ABANDON, error=error)
+        items: list[dict[str, Any]] = [
+            {"Update": ending},
+            {"Update": slots.release(self.table_name, record.target, record.isolation_id, isolated_at=None)},
+        ]
+        if idempotency_hash:
+            items.append(
+                {
+                    "Delete": {
+                        "TableName": self.table_name,
+                        "Key": key(idempotency.idempotency_key(idempotency_hash)),
+                    }
+                }
+            )
+        self.client.transact_write_items(TransactItems=items)
+
+    # --- worker --------------------------------------------------------------------------------------
+
+    def put_record(self, record: IsolationRecord) -> bool:
+        """Write a record if its id is free; False when it exists."""
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item=serialize(_record_item(record)),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def begin_attempt(
+        self,
+        isolation_id: str,
+        *,
+        owner: str,
+        lease_seconds: int,
+        prior_state: PriorState | None,
+        final: bool = False,
+    ) -> IsolationRecord:
+        """`lifecycle.BEGIN`: mark the record IN_PROGRESS, count the attempt, keep the first
+        `prior_state`, take the lease.
+
+        `final`: the message's last allowed receive; if this attempt dies without ending the record,
+        the sweeper ends it once the lease has expired (`lifecycle.LOST`).
+
+        One conditional write, the only one before the first change to the instance. Raises `LeaseHeld`
+        while another worker holds the lease, `RecordEnded` when there is nothing left to do,
+        `RecordMissing` when there is no such record.
+        """
+        now = time.time()
+        write = Write(
+            "#s = :running",
+            "attempts = if_not_exists(attempts, :zero) + :one",
+            "updated_at = :stamp",
+            "lease_owner = :owner",
+            "lease_until = :until",
+            remove=("#e", "resumable") if final else ("#e", "resumable", "final_attempt"),
+            condition=lifecycle.BEGIN.guard,
+            params={"now": epoch(now), "owner": owner},
+            running=Status.IN_PROGRESS.value,
+            zero=0,
+            one=1,
+            stamp=iso8601(utcnow()),
+            owner=owner,
+            until=epoch(now + lease_seconds),
+        )
+        if final:
+            write.set("final_attempt = :final", final=FINAL)
+        if prior_state is not None:
+            # The first attempt's view is the instance as it was: a retry sees it half isolated.
+            write.set("prior_state = if_not_exists(prior_state, :prior)", prior=prior_state.model_dump())
+        try:
+            item = self.client.update_item(
+                TableName=self.table_name,
+                Key=key(isolation_id),
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **write.request(),
+            )["Attributes"]
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            old = exc.response.get("Item")
+            current = deserialize(old) if old else self.item(isolation_id)
+            if current is None:
+                raise RecordMissing(isolation_id) from exc
+            if lifecycle.ended(current):
+                raise RecordEnded(_record(current)) from exc
+            raise LeaseHeld(isolation_id) from exc
+        return _record(deserialize(item))
+
+    def end_attempt(self, isolation_id: str, owner: str, *, began: bool) -> None:
+        """A retryable failure ends this attempt. One that `began` gives up its lease, so the retry need
+        not wait for it to expire; one that failed before `begin_attempt` is counted here instead."""
+        if began:
+            write = Write(
+                remove=("lease_owner", "lease_until"),
+                condition=lifecycle.EqualsParam("lease_owner", "owner"),
+                params={"owner": owner},
+            )
+        else:
+            write = Write(
+                "attempts = if_not_exists(attempts, :zero) + :one",
+                condition=lifecycle.Exists("pk"),
+                zero=0,
+                one=1,
+            )
+        try:
+            self.client.update_item(TableName=self.table_name, Key=key(isolation_id), **write.request())
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+
+    def add_steps(
+        self, isolation_id: str, steps: list[StepRecord], *, contained_at: str | None = None
+    ) -> None:
+        write = Write(
+            "steps = list_append(if_not_exists(steps, :empty), :step)",
+            "updated_at = :stamp",
+            empty=[],
+            step=[step.model_dump(mode="json") for step in steps],
+            stamp=steps[-1].at,
+        )
+        if contained_at is not None:
+            write.set("contained_at = if_not_exists(contained_at, :contained)", contained=contained_at)
+        self.client.update_item(TableName=self.table_name, Key=key(isolation_id), **write.request())
+
+    def finish(
+        self,
+        record: IsolationRecord,
+        status: Status,
+        *,
+        error: ErrorInfo | None = None,
+        resumable: bool = False,
+        extra_steps: list[StepRecord] | None = None,
+        attempts: int | None = None,
+        transition: Transition = lifecycle.END,
+        now: float | None = None,
+    ) -> bool:
+        """End the record (`transition`, `lifecycle.END` by default) and free the instance's slot, in
+        one transaction. False when the record could not make the transition (it had ended already).
+
+        `resumable` marks a FAILED record whose message went on to the DLQ (retries exhausted): a
+        redrive of that message runs it again. `attempts`: the attempts to record (when this one failed
+        before `begin_attempt` counted it). `now`: the time the transition's condition is checked at.
+        """
+        moment = time.time() if now is None else now
+        ending = self._ending(
+            record,
+            status,
+            transition,
+            error=error,
+            resumable=resumable,
+            extra_steps=extra_steps,
+            attempts=attempts,
+            now=moment,
+        )
+        isolated_at = epoch(moment) if status is Status.ISOLATED else None
+        # The record's end and the slot's release are one transaction: an isolation that ended never
+        # keeps its instance's slot (later requests would join an isolation that is over).
+        release = slots.release(self.table_name, record.target, record.isolation_id, isolated_at=isolated_at)
+        try:
+            self.client.transact_write_items(TransactItems=[{"Update": ending}, {"Update": release}])
+            return True
+        except ClientError as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
+            if not reasons or reasons[0] == "ConditionalCheckFailed":
+                return False  # the record had already ended
+            if reasons[1:2] != ["ConditionalCheckFailed"]:
+                raise  # a conflict with another write: retried like any transient error
+        # The slot is not this isolation's (taken over after a lease expired, or freed already).
+        try:
+            self.client.update_item(**ending)
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            return False
+        if isolated_at is not None:
+            self.client.update_item(
+                **slots.remember_isolated(
+                    self.table_name, record.target, record.isolation_id, isolated_at=isolated_at
+                )
+            )
+        return True
+
+    def end_lost(self, record: IsolationRecord, *, now: float) -> bool:
+        """`lifecycle.END_LOST`: end FAILED (resumable) a record whose worker was lost on its last receive."""
+        message = (
+            f"the worker stopped during the last allowed attempt (attempt {record.attempts}) without "
+            "recording an outcome (a timeout, out of memory or a crash); the request is in the "
+            "dead-letter queue, and a redrive resumes it. Steps recorded done are in place."
+        )
+        return self.finish(
+            record,
+            Status.FAILED,
+            error=ErrorInfo(code=WORKER_LOST, message=message),
+            resumable=True,
+            transition=lifecycle.END_LOST,
+            now=now,
+        )
+
+    def end_dead_lettered(self, record: IsolationRecord, *, now: float) -> bool:
+        """`lifecycle.END_DEAD_LETTERED`: end FAILED (resumable) a record whose message is in the DLQ
+        while no attempt holds it (its worker stopped on the last receive before its first write)."""
+        message = (
+            f"the request's message is in the dead-letter queue and no outcome was recorded (after "
+            f"{record.attempts} attempt(s) reached the instance, the worker stopped before recording "
+            "one); a redrive resumes it. Steps recorded done are in place."
+        )
+        return self.finish(
+            record,
+            Status.FAILED,
+            error=ErrorInfo(code=DEAD_LETTERED, message=message),
+            resumable=True,
+            transition=lifecycle.END_DEAD_LETTERED,
+            now=now,
+        )
+
+    def release_slot(self, record: IsolationRecord) -> None:
+        """Free the instance's slot if this ended isolation still holds it; touch nothing otherwise.
+
+        Every way a record ends frees the slot in the same transaction; a redelivered message of an
+        ended record calls this anyway, so that no slot outlives its isolation whatever happened.
+        """
+        isolated_at = epoch(time.time()) if record.status is Status.ISOLATED else None
+        try:
+            self.client.update_item(
+                **slots.release(self.table_name, record.target, record.isolation_id, isolated_at=isolated_at)
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+
+    def _ending(
+        self,
+        record: IsolationRecord,
+        status: Status,
+        transition: Transition,
+        *,
+        error: ErrorInfo | None = None,
+        resumable: bool = False,
+        extra_steps: list[StepRecord] | None = None,
+        attempts: int | None = None,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """The update of a record's end by `transition` (checked at `now`)."""
+        if status not in transition.to:
+            raise ValueError(f"{transition.name} cannot end a record {status.value}")
+        write = Write(
+            "#s = :status",
+            "updated_at = :stamp",
+            remove=("lease_owner", "lease_until", "final_attempt"),
+            condition=transition.guard,
+            params={"now": epoch(time.time() if now is None else now)},
+            status=status.value,
+            stamp=iso8601(utcnow()),
+        )
+        if error is not None:
+            write.set("#e = :error", error=error.model_dump())
+        if resumable:
+            write.set("resumable = :resumable", resumable=True)
+        if attempts is not None:
+            write.set("attempts = :attempts", attempts=attempts)
+        if extra_steps:
+            write.set(
+                "steps = list_append(if_not_exists(steps, :empty), :step)",
+                empty=[],
+                step=[step.model_dump(mode="json") for step in extra_steps],
+            )
+        return {"TableName": self.table_name, "Key": key(record.isolation_id), **write.request()}
+
+
+def _record_item(record: IsolationRecord) -> dict[str, Any]:
+    # None-valued fields are left out, so `if_not_exists(prior_state | contained_at, ...)` can set them.
+    item = record.model_dump(mode="json", exclude_none=True)
+    item["pk"] = record.isolation_id
+    return item
+
+
+def _record(data: dict[str, Any]) -> IsolationRecord:
+    """A deserialized record item → the served record (internal attributes dropped)."""
+    return IsolationRecord.model_validate({k: v for k, v in data.items() if k not in _INTERNAL})

@@ -1,0 +1,26 @@
+"""Scheduled Lambda (EventBridge Scheduler, every minute by default): the sweeper (`sweeper.sweep`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.aws import same_account_client
+from shared.config import sweeper_settings
+from shared.observability import MetricUnit, logger, metrics
+from shared.store import IsolationStore
+from sweeper.sweep import sweep
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    settings = sweeper_settings()
+    swept = sweep(
+        IsolationStore(settings.TABLE_NAME),
+        same_account_client("sqs"),
+        settings.DEAD_LETTER_QUEUE_URL,
+        peeks=settings.DLQ_PEEKS,
+    )
+    metrics.add_metric(name="SweptWorkerLost", unit=MetricUnit.Count, value=len(swept.lost))
+    metrics.add_metric(name="SweptDeadLettered", unit=MetricUnit.Count, value=len(swept.dead_lettered))
+    return {"lost": swept.lost, "dead_lettered": swept.dead_lettered, "peeked": swept.peeked}

@@ -1,0 +1,79 @@
+"""What the sweeper does: end FAILED the records no worker will end, and nothing else.
+
+Two cases, both on the message's last allowed receive, after which SQS moves the message to the DLQ:
+- the worker stopped (a timeout, out of memory, a crash) after its attempt began: the record is
+  IN_PROGRESS with a last-receive lease; once that lease has expired (`lifecycle.LOST`), it is ended
+  `WorkerLost`. Found through the `by-final-lease` index, never a scan.
+- the worker stopped before its attempt's first write: the record is QUEUED (or IN_PROGRESS from an
+  earlier receive, its lease expired) and its message is in the DLQ. The sweeper peeks at the DLQ
+  (ReceiveMessage with a zero visibility timeout; it never deletes: a redrive is the operator's call)
+  and ends such a record `DeadLettered`; a trigger's message whose record was never written gets one.
+
+Both end the record resumable: a DLQ redrive runs it again. A record merely waiting in the queue behind a
+burst is never ended by a clock: only an expired last-receive lease or a message in the DLQ ends one.
+Every end is a conditional write (`shared.lifecycle`), so a sweeper racing a worker changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import lifecycle
+from shared.observability import logger
+from shared.store import IsolationStore
+from worker.messages import InvalidMessage, parse
+
+
+@dataclass
+class Swept:
+    lost: list[str] = field(default_factory=list)
+    dead_lettered: list[str] = field(default_factory=list)
+    #: DLQ messages looked at (each once, however many times a receive returned it).
+    peeked: int = 0
+
+
+def sweep(
+    store: IsolationStore, sqs: Any, dead_letter_queue_url: str, *, peeks: int, now: float | None = None
+) -> Swept:
+    moment = time.time() if now is None else now
+    swept = Swept()
+    for record in store.lost(moment):
+        if store.end_lost(record, now=moment):
+            logger.warning(
+                "ended a record whose worker was lost", extra={"isolation_id": record.isolation_id}
+            )
+            swept.lost.append(record.isolation_id)
+    for body in _peek(sqs, dead_letter_queue_url, peeks):
+        swept.peeked += 1
+        try:
+            requested = parse(body)
+        except InvalidMessage:
+            continue  # not an isolation request: nothing to end (the DLQ alarm says it is there)
+        current = store.item(requested.isolation_id)
+        if current is None:
+            store.put_record(requested)  # a trigger whose record was never written
+        elif not lifecycle.END_DEAD_LETTERED.guard.holds(current, now=moment):
+            continue
+        if store.end_dead_lettered(requested, now=moment):
+            logger.warning(
+                "ended a record whose message is in the DLQ", extra={"isolation_id": requested.isolation_id}
+            )
+            swept.dead_lettered.append(requested.isolation_id)
+    return swept
+
+
+def _peek(sqs: Any, queue_url: str, peeks: int) -> list[str]:
+    """The bodies of the messages in the queue, as far as `peeks` receives see them (SQS samples its
+    servers on each receive: a message missed now is seen by a later run)."""
+    seen: dict[str, str] = {}
+    for _ in range(peeks):
+        messages = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0
+        ).get("Messages", [])
+        new = {m["MessageId"]: m["Body"] for m in messages if m["MessageId"] not in seen}
+        if not new:
+            break
+        seen.update(new)
+    return list(seen.values())

@@ -1,0 +1,158 @@
+"""The sweeper: a worker killed at any point of a message's last receive leaves a record that the
+scheduled sweeper ends FAILED (resumable), and a redrive of the DLQ then finishes the isolation. Reads
+never write, and a record merely waiting in the queue is never ended by a clock."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from tests.conftest import Stack
+from tests.integration.test_faults import Crash
+from tests.integration.test_worker import assert_isolated, record_of, records_for, request_isolation
+from tests.support.aws import Faults, Member, counting
+
+from local_stack.sample_events import guardduty_finding
+
+#: Where the worker dies, as the first call it would make at that point.
+CRASH_POINTS = {
+    "before anything": "sts.AssumeRole",
+    "before the attempt's first write": "ec2.DescribeInstances",
+    "after the first write, before the cut": "ec2.ModifyNetworkInterfaceAttribute",
+    "after the cut": "ec2.DescribeIamInstanceProfileAssociations",
+    "at the last step": "ec2.CreateTags",
+    # a trigger's first transaction writes its record; a webhook's is the final write
+    "at the first transaction": "dynamodb.TransactWriteItems",
+}
+
+
+def _time_passes(monkeypatch: pytest.MonkeyPatch, seconds: float = 600) -> None:
+    """Every lease a crashed attempt left has expired (`time.time` moved on for everyone)."""
+    real_time = time.time
+    monkeypatch.setattr("time.time", lambda: real_time() + seconds)
+
+
+def _die_on_the_last_receive(stack: Stack, faults: Faults, call: str) -> None:
+    """The worker takes the message on its last allowed receive and dies at `call`; SQS then moves the
+    message to the DLQ."""
+
+    def die(**_: Any) -> None:
+        raise Crash()
+
+    faults.hook(f"before-parameter-build.{call}", die)
+    [message] = stack.receive()
+    message["Attributes"]["ApproximateReceiveCount"] = str(stack.max_receive_count)
+    with pytest.raises(Crash):
+        stack.work([message])
+    faults.clear()
+    stack.sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
+    stack.sqs.send_message(QueueUrl=stack.dlq_url, MessageBody=message["Body"])
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+@pytest.mark.parametrize("source", ["webhook", "guardduty"])
+def test_a_worker_killed_anywhere_in_the_last_receive_is_swept_and_a_redrive_finishes(
+    stack: Stack, member: Member, faults: Faults, monkeypatch: pytest.MonkeyPatch, source: str, point: str
+) -> None:
+    # Given an isolation whose worker dies at this point of its message's last receive
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    if source == "webhook":
+        request_isolation(stack, member, instance)
+    else:
+        stack.send(
+            guardduty_finding(account_id=member.account_id, region=member.region, instance_id=instance)
+        )
+    _die_on_the_last_receive(stack, faults, CRASH_POINTS[point])
+
+    # When the attempt's lease has expired and the sweeper runs
+    _time_passes(monkeypatch)
+    swept = stack.sweep()
+
+    # Then the isolation has a record, ended FAILED with a code that says why, and its message stays in
+    # the DLQ for a redrive
+    [record] = records_for(stack, instance)
+    assert record["status"] == "FAILED"
+    assert record["error"]["code"] in ("WorkerLost", "DeadLettered")
+    assert record["isolation_id"] in swept["lost"] + swept["dead_lettered"]
+    assert "redrive" in record["error"]["message"]
+    [dead] = stack.dead_letters()
+
+    # And a second run finds nothing more to do
+    again = stack.sweep()
+    assert again["lost"] == [] and again["dead_lettered"] == []
+
+    # When the DLQ message is redriven
+    stack.send(dead["Body"])
+    stack.drain()
+
+    # Then the same isolation resumes and ends ISOLATED
+    [record] = records_for(stack, instance)
+    assert record["status"] == "ISOLATED" and record["error"] is None
+    assert_isolated(member, instance, vpc.id)
+
+
+def test_a_record_waiting_in_the_queue_is_never_ended_by_a_clock(
+    stack: Stack, member: Member, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a request that waits in the queue behind a burst, for a very long time
+    instance = member.instance(member.vpc())
+    isolation_id = request_isolation(stack, member, instance)
+    _time_passes(monkeypatch, seconds=7 * 24 * 3600)
+
+    # When the sweeper runs
+    swept = stack.sweep()
+
+    # Then the record is still QUEUED, and the worker isolates it when its turn comes
+    assert swept == {"lost": [], "dead_lettered": [], "peeked": 0}
+    assert record_of(stack, isolation_id)["status"] == "QUEUED"
+    stack.drain()
+    assert record_of(stack, isolation_id)["status"] == "ISOLATED"
+
+
+def test_a_live_last_attempt_is_left_alone(stack: Stack, member: Member, faults: Faults) -> None:
+    # Given a worker that died on the last receive a moment ago (its lease still runs: it could be alive)
+    instance = member.instance(member.vpc())
+    isolation_id = request_isolation(stack, member, instance)
+    _die_on_the_last_receive(stack, faults, CRASH_POINTS["after the cut"])
+
+    # When the sweeper runs
+    swept = stack.sweep()
+
+    # Then it waits for the lease to expire: the record is untouched
+    assert swept["lost"] == [] and swept["dead_lettered"] == []
+    assert record_of(stack, isolation_id)["status"] == "IN_PROGRESS"
+
+
+def test_messages_in_the_dlq_that_are_not_requests_are_left_there(stack: Stack) -> None:
+    # Given a DLQ holding something that is not an isolation request
+    stack.sqs.send_message(QueueUrl=stack.dlq_url, MessageBody=json.dumps({"hello": "world"}))
+
+    # When the sweeper runs
+    swept = stack.sweep()
+
+    # Then it looked, ended nothing, and deleted nothing
+    assert swept == {"lost": [], "dead_lettered": [], "peeked": 1}
+    assert len(stack.dead_letters()) == 1
+
+
+def test_get_routes_never_write(
+    stack: Stack, member: Member, faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an isolation whose worker was lost on the last receive, its lease long expired, not yet swept
+    instance = member.instance(member.vpc())
+    isolation_id = request_isolation(stack, member, instance)
+    _die_on_the_last_receive(stack, faults, CRASH_POINTS["after the cut"])
+    _time_passes(monkeypatch)
+
+    # When it is read by id and listed
+    with counting() as calls:
+        status, record = stack.api("GET", f"/isolations/{isolation_id}")
+        listed_status, listed = stack.api("GET", "/isolations", query={"instance_id": instance})
+
+    # Then the answers show it as it is, and the only calls made were reads
+    assert status == 200 and record["status"] == "IN_PROGRESS"
+    assert listed_status == 200 and [r["status"] for r in listed["items"]] == ["IN_PROGRESS"]
+    assert calls.calls and set(calls.calls) <= {"dynamodb.GetItem", "dynamodb.Query"}

@@ -1,0 +1,144 @@
+"""The record's lifecycle: every transition, from every state a record can be in, through both renderings
+of its condition (the DynamoDB expression, evaluated by a conditional write, and the Python check)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from shared import lifecycle
+from shared.lifecycle import FINAL, Status, Transition
+from shared.store.dynamo import Write, key, serialize
+
+NOW = Decimal("1000.5")
+ME = "attempt-me"
+
+LEASES: dict[str, dict[str, Any]] = {
+    "no lease": {},
+    "expired lease": {"lease_owner": "attempt-other", "lease_until": Decimal("999")},
+    "live lease of another attempt": {"lease_owner": "attempt-other", "lease_until": Decimal("1100")},
+    "live lease of this attempt": {"lease_owner": ME, "lease_until": Decimal("1100")},
+}
+
+
+def states() -> Iterator[tuple[str, dict[str, Any]]]:
+    for status, resumable, lease, final in itertools.product(Status, (False, True), LEASES, (False, True)):
+        item: dict[str, Any] = {"status": status.value, **LEASES[lease]}
+        if resumable:
+            item["resumable"] = True
+        if final:
+            item["final_attempt"] = FINAL
+        name = (
+            f"{status.value}{' resumable' if resumable else ''}, {lease}{', last receive' if final else ''}"
+        )
+        yield name, item
+
+
+@pytest.fixture(scope="module")
+def table() -> Iterator[Any]:
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="lifecycle",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield client
+
+
+def dynamodb_allows(client: Any, item: dict[str, Any], transition: Transition) -> bool:
+    """Whether DynamoDB lets a write guarded by the transition's expression through, on `item`."""
+    client.put_item(TableName="lifecycle", Item=serialize({"pk": "record", **item}))
+    write = Write("touched = :yes", condition=transition.guard, params={"now": NOW, "owner": ME}, yes=True)
+    try:
+        client.update_item(TableName="lifecycle", Key=key("record"), **write.request())
+    except ClientError as exc:
+        assert exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
+        return False
+    return True
+
+
+@pytest.mark.parametrize("transition", lifecycle.TRANSITIONS, ids=lambda t: t.name)
+def test_both_renderings_agree_from_every_state(table: Any, transition: Transition) -> None:
+    allowed = []
+    for name, item in states():
+        # Given a record in this state; When the transition's condition is checked both ways
+        in_python = transition.guard.holds({"pk": "record", **item}, now=NOW, owner=ME)
+        in_dynamodb = dynamodb_allows(table, item, transition)
+        # Then they agree
+        assert in_python == in_dynamodb, (
+            f"{transition.name} from {name}: python {in_python}, dynamodb {in_dynamodb}"
+        )
+        if in_python:
+            allowed.append(name)
+    # And the transition is possible from some states and not from others
+    assert allowed and len(allowed) < len(list(states()))
+
+
+def allowed_from(transition: Transition) -> set[str]:
+    return {name for name, item in states() if transition.guard.holds({"pk": "r", **item}, now=NOW, owner=ME)}
+
+
+def test_begin_runs_what_is_not_over_and_not_held_by_another_attempt() -> None:
+    allowed = allowed_from(lifecycle.BEGIN)
+    assert "QUEUED, no lease" in allowed
+    assert "IN_PROGRESS, expired lease" in allowed
+    assert "IN_PROGRESS, live lease of this attempt" in allowed
+    assert "FAILED resumable, no lease" in allowed  # a DLQ redrive
+    assert "IN_PROGRESS, live lease of another attempt" not in allowed
+    assert not any(name.startswith(("ISOLATED,", "SKIPPED,", "FAILED,")) for name in allowed)
+
+
+def test_end_comes_from_a_record_still_running_or_resumable_only() -> None:
+    allowed = allowed_from(lifecycle.END)
+    assert {name.split(",")[0] for name in allowed} == {
+        "QUEUED",
+        "IN_PROGRESS",
+        "QUEUED resumable",
+        "IN_PROGRESS resumable",
+        "ISOLATED resumable",
+        "FAILED resumable",
+        "SKIPPED resumable",
+    }
+    assert lifecycle.END.to == {Status.ISOLATED, Status.FAILED, Status.SKIPPED}
+
+
+def test_a_worker_is_lost_only_in_a_begun_last_attempt_whose_lease_expired() -> None:
+    assert allowed_from(lifecycle.END_LOST) == {
+        "IN_PROGRESS, expired lease, last receive",
+        "IN_PROGRESS resumable, expired lease, last receive",
+    }
+
+
+def test_a_dead_lettered_record_is_ended_only_while_no_attempt_holds_it() -> None:
+    allowed = allowed_from(lifecycle.END_DEAD_LETTERED)
+    assert allowed and all(name.startswith(("QUEUED", "IN_PROGRESS")) for name in allowed)
+    assert not any("live lease" in name for name in allowed)
+
+
+def test_abandon_is_for_a_queued_record_only() -> None:
+    assert {name.split(",")[0] for name in allowed_from(lifecycle.ABANDON)} == {"QUEUED", "QUEUED resumable"}
+
+
+def test_active_statuses_are_queued_and_in_progress() -> None:
+    assert {s for s in Status if lifecycle.ACTIVE.holds({"status": s.value})} == {
+        Status.QUEUED,
+        Status.IN_PROGRESS,
+    }
+    assert lifecycle.ended({"status": "FAILED"}) and not lifecycle.ended(
+        {"status": "FAILED", "resumable": True}
+    )
+
+
+def test_a_transition_only_ends_in_its_own_statuses() -> None:
+    item = {"status": "IN_PROGRESS", "final_attempt": FINAL, "lease_until": Decimal("1")}
+    assert lifecycle.END_LOST.allows(item, Status.FAILED, now=NOW)
+    assert not lifecycle.END_LOST.allows(item, Status.ISOLATED, now=NOW)
