@@ -224,9 +224,6 @@ class Transition:
     guard: Condition
     to: frozenset[Status]
 
-    def allows(self, item: Mapping[str, Any], target: Status, **params: Any) -> bool:
-        return target in self.to and self.guard.holds(item, **params)
-
 
 BEGIN = Transition("begin", Exists("pk") & RUNNABLE & LEASE_FREE_FOR_OWNER, frozenset({Status.IN_PROGRESS}))
 END = Transition("end", RUNNABLE, frozenset({Status.ISOLATED, Status.FAILED, Status.SKIPPED}))

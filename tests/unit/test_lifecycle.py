@@ -15,6 +15,8 @@ from moto import mock_aws
 
 from shared import lifecycle
 from shared.lifecycle import FINAL, Status, Transition
+from shared.models import IsolationRecord, Source, Target
+from shared.store import IsolationStore
 from shared.store.dynamo import Write, key, serialize
 
 NOW = Decimal("1000.5")
@@ -138,7 +140,17 @@ def test_active_statuses_are_queued_and_in_progress() -> None:
     )
 
 
-def test_a_transition_only_ends_in_its_own_statuses() -> None:
-    item = {"status": "IN_PROGRESS", "final_attempt": FINAL, "lease_until": Decimal("1")}
-    assert lifecycle.END_LOST.allows(item, Status.FAILED, now=NOW)
-    assert not lifecycle.END_LOST.allows(item, Status.ISOLATED, now=NOW)
+def test_the_store_ends_a_record_only_in_the_statuses_of_the_transition(table: Any) -> None:
+    # Given a record
+    record = IsolationRecord.queued(
+        isolation_id="iso-" + "1" * 32,
+        source=Source.WEBHOOK,
+        target=Target(account_id="111122223333", region="eu-west-1", instance_id="i-0123456789abcdef0"),
+    )
+    # When the store is asked to end it ISOLATED through end-lost (which only ends records FAILED)
+    # Then it refuses before writing anything
+    with pytest.raises(ValueError, match="end-lost cannot end a record ISOLATED"):
+        IsolationStore("lifecycle", client=table).finish(
+            record, Status.ISOLATED, transition=lifecycle.END_LOST
+        )
+    assert "Item" not in table.get_item(TableName="lifecycle", Key=key(record.isolation_id))

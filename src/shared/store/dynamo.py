@@ -51,11 +51,6 @@ def epoch(moment: float) -> Decimal:
     return Decimal(str(round(moment, 3)))
 
 
-def conditional(condition: Condition, **params: Any) -> dict[str, Any]:
-    """The request parameters of a write guarded by `condition` alone."""
-    return Write(condition=condition, params=params).request()
-
-
 class Write:
     """One write's expressions: SET/REMOVE clauses and an optional lifecycle condition, with their values
     merged (a value named twice must be the same value)."""
