@@ -277,6 +277,14 @@ def member(aws_mock: None) -> Member:
     return account
 
 
+@pytest.fixture
+def other_member(aws_mock: None) -> Member:
+    """A second member account, in another region."""
+    account = Member(OTHER_ACCOUNT, "us-east-2")
+    account.install_isolation_profile()
+    return account
+
+
 @pytest.fixture(autouse=True)
 def _no_real_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Backoff waits are recorded, not slept, in unit and integration tests."""

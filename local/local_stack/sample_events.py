@@ -4,6 +4,10 @@
   affected instance in `resource.instanceDetails` and the member account in `accountId`.
 - Tag change (`aws.tag` / `Tag Change on Resource`): `resources` is the instance ARN, `detail` holds
   `changed-tag-keys`, `service`, `resource-type`, `version` and `tags` (the tags after the change).
+- Security Hub custom action (`aws.securityhub` / `Security Hub Findings - Custom Action`): `resources`
+  is the action's ARN, `detail` holds `actionName`, `actionDescription` and the selected `findings` in
+  the AWS Security Finding Format, each with its `Resources` (an EC2 instance: `AwsEc2Instance`, `Id` its
+  ARN).
 
 tests/events/*.json hold the same shapes as fixed files.
 """
@@ -116,3 +120,53 @@ def tag_change(
     if not with_account:
         del event["account"]
     return event
+
+
+def security_hub_custom_action(
+    *,
+    action_account: str,
+    action_region: str,
+    resources: list[tuple[str, str]],
+    action_id: str = "IsolateInstance",
+    action_name: str = "Isolate instance",
+) -> dict[str, Any]:
+    """A custom action on one finding per resource; `resources` are (ASFF type, id) pairs, e.g.
+    ("AwsEc2Instance", instance ARN) or ("AwsS3Bucket", bucket ARN)."""
+    now = _now()
+    findings = []
+    for resource_type, resource_id in resources:
+        finding_id = f"arn:aws:securityhub:{action_region}:{action_account}:finding/{uuid.uuid4()}"
+        account = resource_id.split(":")[4] or action_account
+        findings.append(
+            {
+                "SchemaVersion": "2018-10-08",
+                "Id": finding_id,
+                "ProductArn": f"arn:aws:securityhub:{action_region}::product/aws/guardduty",
+                "GeneratorId": "arn:aws:guardduty:demo",
+                "AwsAccountId": account,
+                "Types": ["TTPs/Command and Control/Backdoor:EC2-C&CActivity.B!DNS"],
+                "CreatedAt": now,
+                "UpdatedAt": now,
+                "Severity": {"Label": "HIGH", "Normalized": 70},
+                "Title": f"Command and control activity from {resource_id.rsplit('/', 1)[-1]}",
+                "Description": "Demo finding.",
+                "Resources": [{"Type": resource_type, "Id": resource_id, "Partition": "aws"}],
+                "RecordState": "ACTIVE",
+                "Workflow": {"Status": "NEW"},
+            }
+        )
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Security Hub Findings - Custom Action",
+        "source": "aws.securityhub",
+        "account": action_account,
+        "time": now,
+        "region": action_region,
+        "resources": [f"arn:aws:securityhub:{action_region}:{action_account}:action/custom/{action_id}"],
+        "detail": {
+            "actionName": action_name,
+            "actionDescription": "Isolate every EC2 instance",
+            "findings": findings,
+        },
+    }

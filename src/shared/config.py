@@ -33,6 +33,9 @@ class CommonSettings(BaseModel):
     #: How long an isolation may hold an instance's "in flight" slot before a new request may take it
     #: over (a safety net: the worker releases the slot when the isolation ends).
     ACTIVE_LEASE_SECONDS: Annotated[int, Field(gt=0)] = 3600
+    #: GuardDuty findings about the container of an EC2 host (resource type `Container`) isolate the host
+    #: (the worker and the sweeper read queue messages alike).
+    ISOLATE_CONTAINER_FINDINGS: bool = False
 
     def account_allowed(self, account_id: str) -> bool:
         return not self.ALLOWED_ACCOUNT_IDS or account_id in self.ALLOWED_ACCOUNT_IDS

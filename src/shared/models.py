@@ -56,6 +56,7 @@ class Source(StrEnum):
     WEBHOOK = "webhook"
     GUARDDUTY = "guardduty"
     TAG = "tag"
+    SECURITY_HUB = "securityhub"
 
 
 class StepStatus(StrEnum):

@@ -20,6 +20,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         same_account_client("sqs"),
         settings.DEAD_LETTER_QUEUE_URL,
         peeks=settings.DLQ_PEEKS,
+        container_findings=settings.ISOLATE_CONTAINER_FINDINGS,
     )
     metrics.add_metric(name="SweptWorkerLost", unit=MetricUnit.Count, value=len(swept.lost))
     metrics.add_metric(name="SweptDeadLettered", unit=MetricUnit.Count, value=len(swept.dead_lettered))

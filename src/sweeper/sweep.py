@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import lifecycle
+from shared.models import IsolationRecord
 from shared.observability import logger
 from shared.store import IsolationStore
-from worker.messages import InvalidMessage, parse
+from worker.messages import Ignored, InvalidMessage, Unusable, parse
 
 
 @dataclass
@@ -35,7 +36,13 @@ class Swept:
 
 
 def sweep(
-    store: IsolationStore, sqs: Any, dead_letter_queue_url: str, *, peeks: int, now: float | None = None
+    store: IsolationStore,
+    sqs: Any,
+    dead_letter_queue_url: str,
+    *,
+    peeks: int,
+    container_findings: bool = False,
+    now: float | None = None,
 ) -> Swept:
     moment = time.time() if now is None else now
     swept = Swept()
@@ -48,20 +55,25 @@ def sweep(
     for body in _peek(sqs, dead_letter_queue_url, peeks):
         swept.peeked += 1
         try:
-            requested = parse(body)
-        except InvalidMessage:
-            continue  # not an isolation request: nothing to end (the DLQ alarm says it is there)
-        current = store.item(requested.isolation_id)
-        if current is None:
-            store.put_record(requested)  # a trigger whose record was never written
-        elif not lifecycle.END_DEAD_LETTERED.guard.holds(current, now=moment):
-            continue
-        if store.end_dead_lettered(requested, now=moment):
-            logger.warning(
-                "ended a record whose message is in the DLQ", extra={"isolation_id": requested.isolation_id}
-            )
-            swept.dead_lettered.append(requested.isolation_id)
+            requested = parse(body, container_findings=container_findings)
+        except (InvalidMessage, Ignored, Unusable):
+            continue  # nothing of this message can be running (the DLQ alarm says it is there)
+        for record in requested:
+            if _end_dead_lettered(store, record, moment):
+                swept.dead_lettered.append(record.isolation_id)
     return swept
+
+
+def _end_dead_lettered(store: IsolationStore, record: IsolationRecord, now: float) -> bool:
+    current = store.item(record.isolation_id)
+    if current is None:
+        store.put_record(record)  # a trigger whose record was never written
+    elif not lifecycle.END_DEAD_LETTERED.guard.holds(current, now=now):
+        return False
+    if not store.end_dead_lettered(record, now=now):
+        return False
+    logger.warning("ended a record whose message is in the DLQ", extra={"isolation_id": record.isolation_id})
+    return True
 
 
 def _peek(sqs: Any, queue_url: str, peeks: int) -> list[str]:

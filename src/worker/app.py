@@ -6,6 +6,10 @@
   than after the queue's visibility timeout.
 - A message that is not an isolation request fails its item with no delay, so SQS moves it to the DLQ
   after maxReceiveCount receives; it is logged with its message id and never blocks the batch.
+- A matched event that isolates nothing (a sample finding) is acknowledged; a matched signal with no
+  usable target is recorded FAILED and acknowledged (`worker.messages`).
+- A Security Hub custom action asks for several isolations: they run one after another, each its own
+  attempt; if one must be retried the message comes back, and the ones that ended are duplicates then.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from shared.config import WorkerSettings, worker_settings
 from shared.errors import RetryableError
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
-from worker.messages import InvalidMessage, parse
+from worker.messages import Ignored, InvalidMessage, Unusable, parse
 from worker.runner import Attempt, WorkerDeps
 
 MAX_VISIBILITY_SECONDS = 900
@@ -35,20 +39,30 @@ def deps() -> WorkerDeps:
 
 def record_handler(record: SQSRecord) -> str:
     logger.append_keys(message_id=record.message_id)
+    worker = deps()
     try:
-        requested = parse(record.body)
+        requested = parse(record.body, container_findings=worker.settings.ISOLATE_CONTAINER_FINDINGS)
     except InvalidMessage as exc:
         logger.error("not an isolation request: on to the DLQ", extra={"reason": str(exc)})
         _retry_after(record, 0)
         raise
-    attempt = Attempt(requested, deps(), receive_count=int(record.attributes.approximate_receive_count or 1))
+    except Ignored as exc:
+        logger.info("matched event that isolates nothing: acknowledged", extra={"reason": str(exc)})
+        return "ignored"
+    except Unusable as exc:
+        logger.error("matched signal without a usable target: recorded FAILED", extra={"reason": str(exc)})
+        worker.store.put_record(exc.record)
+        return "unusable"
+    receive_count = int(record.attributes.approximate_receive_count or 1)
+    attempts = [Attempt(isolation, worker, receive_count=receive_count) for isolation in requested]
     try:
-        return attempt.run().value
+        return ",".join(attempt.run().value for attempt in attempts)
     except Exception as exc:
         # `Attempt.run` has recorded what it could; the message comes back after the retry delay (at
-        # once on the last receive: SQS then moves it to the DLQ).
-        settings = attempt.deps.settings
-        _retry_after(record, 0 if attempt.final else _retry_delay(exc, settings, attempt.receive_count))
+        # once on the last receive: SQS then moves it to the DLQ). Isolations of the same message that
+        # ended already are duplicates on the next receive.
+        last = attempts[0].final
+        _retry_after(record, 0 if last else _retry_delay(exc, worker.settings, receive_count))
         raise
     finally:
         logger.remove_keys(["isolation_id", "account_id", "instance_id", "source", "step"])

@@ -1,44 +1,75 @@
-"""What can arrive on the isolation queue, parsed into the record it describes (QUEUED).
+"""What can arrive on the isolation queue, parsed into the isolations it asks for: records, QUEUED.
 
-Three shapes: the webhook message ingest writes, a GuardDuty finding event and a `Tag Change on
-Resource` event (both unchanged from EventBridge). Anything else is an `InvalidMessage`: the worker
-sends it on to the DLQ rather than guess.
+Four shapes: the webhook message ingest writes, and three EventBridge events, unchanged: a GuardDuty
+finding, a `Tag Change on Resource` and a Security Hub custom action. The target never comes from an
+event's envelope (on the delegated administrator's bus its `account` is the administrator's, and moto
+omits it). Three ways a message runs nothing:
+- `InvalidMessage`: not something the rules send (the worker sends it on to the DLQ rather than guess);
+- `Ignored`: a matched event that must not isolate (a GuardDuty sample finding, a finding about another
+  resource type, a custom action on findings with no EC2 instance): acknowledged and logged;
+- `Unusable`: a matched signal from which no target can be derived: recorded FAILED, naming what is
+  missing (a matched signal never vanishes), and acknowledged, since parsing again cannot help.
 
-GuardDuty: in an organization the findings of member accounts reach the delegated administrator, so
-the envelope's `account` is the administrator's; the target is `detail.accountId`, `detail.region` and
-`detail.resource.instanceDetails.instanceId`. Tag: the target comes from the instance ARN in
-`resources[0]`; the envelope's `account` is the bus owner's once forwarded, and moto omits it.
+GuardDuty: the target is `detail.accountId` (else the account of the finding's `detail.arn`),
+`detail.region` (else the region of `detail.arn`) and `detail.resource.instanceDetails.instanceId`.
+Findings act when `detail.resource.resourceType` is `Instance` (and `Container`, the container of an EC2
+host, when the worker's settings say so). Tag: the instance ARN in `resources[0]`; the value must be
+exactly `true`. Security Hub: every `AwsEc2Instance` resource of every finding (its `Id` is the instance
+ARN) is one isolation.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.lifecycle import Status
 from shared.models import (
     AccountId,
+    ErrorInfo,
     InstanceId,
     IsolationRecord,
     Region,
     Source,
     Target,
     WebhookMessage,
+    iso8601,
     trigger_isolation_id,
+    utcnow,
 )
 
 _INSTANCE_ARN = re.compile(
     r"^arn:aws[a-z-]*:ec2:(?P<region>[a-z]{2}(-[a-z]+)+-[0-9]):(?P<account>[0-9]{12}):instance/"
     r"(?P<instance>i-[0-9a-f]{8}([0-9a-f]{9})?)$"
 )
+_FINDING_ARN = re.compile(
+    r"^arn:aws[a-z-]*:guardduty:(?P<region>[a-z]{2}(-[a-z]+)+-[0-9]):(?P<account>[0-9]{12}):detector/"
+)
 ISOLATE_TAG = "isolate"
+#: The GuardDuty resource types whose findings isolate their instance; `Container` only when asked.
+INSTANCE_FINDING = "Instance"
+CONTAINER_FINDING = "Container"
+SECURITY_HUB_INSTANCE = "AwsEc2Instance"
 
 
 class InvalidMessage(Exception):
     """The message is not an isolation request this worker understands."""
+
+
+class Ignored(Exception):
+    """A matched event that must not isolate anything: acknowledged and logged."""
+
+
+class Unusable(Exception):
+    """A matched signal from which no target can be derived: `record` (FAILED) says what is missing."""
+
+    def __init__(self, record: IsolationRecord) -> None:
+        super().__init__(record.error.message if record.error else record.isolation_id)
+        self.record = record
 
 
 # --- EventBridge shapes ------------------------------------------------------------------------------
@@ -58,7 +89,7 @@ class EventEnvelope(EventBridgeModel):
 
 
 class InstanceDetails(_Tolerant):
-    instanceId: InstanceId
+    instanceId: InstanceId | None = None
 
 
 class FindingResource(_Tolerant):
@@ -66,15 +97,29 @@ class FindingResource(_Tolerant):
     instanceDetails: InstanceDetails | None = None
 
 
+class AdditionalInfo(_Tolerant):
+    sample: bool = False
+
+
+class FindingService(_Tolerant):
+    additionalInfo: AdditionalInfo | None = None
+
+
 class GuardDutyFinding(_Tolerant):
     id: str
     type: str
     severity: float
-    accountId: AccountId
-    region: Region
+    accountId: AccountId | None = None
+    region: Region | None = None
+    arn: str | None = None
     title: str | None = None
     updatedAt: str | None = None
     resource: FindingResource
+    service: FindingService | None = None
+
+    @property
+    def sample(self) -> bool:
+        return bool(self.service and self.service.additionalInfo and self.service.additionalInfo.sample)
 
 
 class GuardDutyFindingEvent(EventEnvelope):
@@ -96,26 +141,70 @@ class TagChangeEvent(EventEnvelope):
     detail: TagChangeDetail
 
 
+class AsffResource(_Tolerant):
+    Type: str
+    Id: str
+
+
+class AsffFinding(_Tolerant):
+    Id: str
+    Title: str | None = None
+    Resources: list[AsffResource] = Field(default_factory=list)
+
+
+class CustomActionDetail(_Tolerant):
+    actionName: str | None = None
+    findings: list[AsffFinding] = Field(default_factory=list)
+
+
+class SecurityHubCustomActionEvent(EventEnvelope):
+    source: Literal["aws.securityhub"]
+    detail_type: Literal["Security Hub Findings - Custom Action"] = Field(alias="detail-type")
+    detail: CustomActionDetail
+
+
 # --- parsing -----------------------------------------------------------------------------------------
 
 
-def parse(body: str) -> IsolationRecord:
+def parse(body: str, *, container_findings: bool = False) -> list[IsolationRecord]:
+    """The isolations the message asks for (several for a Security Hub custom action); raises
+    `InvalidMessage`, `Ignored` or `Unusable`. `container_findings`: GuardDuty findings about the
+    container of an EC2 host isolate the host."""
     try:
         data = json.loads(body)
     except (TypeError, ValueError) as exc:
         raise InvalidMessage(f"body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidMessage("body is not a JSON object")
+    source = data.get("kind") or data.get("source")
     try:
-        if data.get("kind") == "webhook":
-            return _webhook(WebhookMessage.model_validate(data))
-        if data.get("source") == "aws.guardduty":
-            return _finding(GuardDutyFindingEvent.model_validate(data))
-        if data.get("source") == "aws.tag":
-            return _tag_change(TagChangeEvent.model_validate(data))
+        if source == "webhook":
+            return [_webhook(WebhookMessage.model_validate(data))]
+        if source == "aws.guardduty":
+            return [_finding(GuardDutyFindingEvent.model_validate(data), container_findings)]
+        if source == "aws.tag":
+            return [_tag_change(TagChangeEvent.model_validate(data))]
+        if source == "aws.securityhub":
+            return _custom_action(SecurityHubCustomActionEvent.model_validate(data))
     except ValidationError as exc:
-        raise InvalidMessage(f"{data.get('kind') or data.get('source')}: {_summary(exc)}") from exc
-    raise InvalidMessage("unknown message: neither a webhook request nor a GuardDuty or tag event")
+        event_id = data.get("id")
+        if source == "aws.guardduty" and isinstance(event_id, str) and event_id:
+            # A finding the rule matched, in a shape this parser cannot read: on record, never lost.
+            detail = data.get("detail")
+            raise Unusable(
+                _unusable(
+                    Source.GUARDDUTY,
+                    event_id,
+                    f"the finding cannot be read: {_summary(exc)}",
+                    account_id=_text(detail, "accountId"),
+                    region=_text(detail, "region"),
+                    instance_id=_text(detail, "resource", "instanceDetails", "instanceId"),
+                )
+            ) from exc
+        raise InvalidMessage(f"{source}: {_summary(exc)}") from exc
+    raise InvalidMessage(
+        "unknown message: not a webhook request, GuardDuty finding, tag or custom action event"
+    )
 
 
 def _webhook(message: WebhookMessage) -> IsolationRecord:
@@ -129,34 +218,61 @@ def _webhook(message: WebhookMessage) -> IsolationRecord:
     )
 
 
-def _finding(event: GuardDutyFindingEvent) -> IsolationRecord:
+def _finding(event: GuardDutyFindingEvent, container_findings: bool) -> IsolationRecord:
     finding = event.detail
-    if finding.resource.resourceType != "Instance" or finding.resource.instanceDetails is None:
-        raise InvalidMessage(f"GuardDuty finding {finding.id} is not about an EC2 instance")
+    if finding.sample:
+        raise Ignored(f"GuardDuty sample finding {finding.id}: samples never isolate")
+    acting = (INSTANCE_FINDING, CONTAINER_FINDING) if container_findings else (INSTANCE_FINDING,)
+    if finding.resource.resourceType not in acting:
+        raise Ignored(
+            f"GuardDuty finding {finding.id} is about a {finding.resource.resourceType}, not an instance"
+        )
+    from_arn = _FINDING_ARN.match(finding.arn or "")
+    account_id = finding.accountId or (from_arn["account"] if from_arn else None)
+    region = finding.region or (from_arn["region"] if from_arn else None)
+    instance_id = finding.resource.instanceDetails.instanceId if finding.resource.instanceDetails else None
+    trigger = {
+        "event_id": event.id,
+        "finding_id": finding.id,
+        "finding_type": finding.type,
+        "severity": finding.severity,
+        "title": finding.title,
+        "updated_at": finding.updatedAt,
+    }
+    missing = [
+        field
+        for field, value in (
+            ("detail.accountId (or an account in detail.arn)", account_id),
+            ("detail.region (or a region in detail.arn)", region),
+            ("detail.resource.instanceDetails.instanceId", instance_id),
+        )
+        if not value
+    ]
+    if account_id is None or region is None or instance_id is None:
+        raise Unusable(
+            _unusable(
+                Source.GUARDDUTY,
+                event.id,
+                f"the finding names no {', no '.join(missing)}",
+                account_id=account_id,
+                region=region,
+                instance_id=instance_id,
+                trigger=trigger,
+            )
+        )
     return IsolationRecord.queued(
         isolation_id=trigger_isolation_id(Source.GUARDDUTY, event.id),
         source=Source.GUARDDUTY,
-        target=Target(
-            account_id=finding.accountId,
-            region=finding.region,
-            instance_id=finding.resource.instanceDetails.instanceId,
-        ),
+        target=Target(account_id=account_id, region=region, instance_id=instance_id),
         reason=f"GuardDuty {finding.type} (severity {finding.severity:g})",
-        trigger={
-            "event_id": event.id,
-            "finding_id": finding.id,
-            "finding_type": finding.type,
-            "severity": finding.severity,
-            "title": finding.title,
-            "updated_at": finding.updatedAt,
-        },
+        trigger=trigger,
     )
 
 
 def _tag_change(event: TagChangeEvent) -> IsolationRecord:
     detail = event.detail
     if ISOLATE_TAG not in detail.changed_tag_keys or detail.tags.get(ISOLATE_TAG) != "true":
-        raise InvalidMessage("tag event does not set isolate=true")
+        raise Ignored("tag event does not set isolate=true (exactly: other spellings do nothing)")
     if not event.resources:
         raise InvalidMessage("tag event names no resource")
     match = _INSTANCE_ARN.match(event.resources[0])
@@ -174,6 +290,71 @@ def _tag_change(event: TagChangeEvent) -> IsolationRecord:
             "time": event.time.isoformat() if event.time else None,
         },
     )
+
+
+def _custom_action(event: SecurityHubCustomActionEvent) -> list[IsolationRecord]:
+    """One isolation per EC2 instance of the selected findings (an instance in two findings: one)."""
+    records: dict[str, IsolationRecord] = {}
+    for finding in event.detail.findings:
+        for resource in finding.Resources:
+            match = _INSTANCE_ARN.match(resource.Id) if resource.Type == SECURITY_HUB_INSTANCE else None
+            if match is None or resource.Id in records:
+                continue
+            records[resource.Id] = IsolationRecord.queued(
+                isolation_id=trigger_isolation_id(Source.SECURITY_HUB, f"{event.id}:{resource.Id}"),
+                source=Source.SECURITY_HUB,
+                target=Target(
+                    account_id=match["account"], region=match["region"], instance_id=match["instance"]
+                ),
+                reason=f"Security Hub custom action {event.detail.actionName or ''}".strip(),
+                trigger={
+                    "event_id": event.id,
+                    "finding_id": finding.Id,
+                    "title": finding.Title,
+                    "action_name": event.detail.actionName,
+                    "action_arn": event.resources[0] if event.resources else None,
+                },
+            )
+    if not records:
+        types = sorted({r.Type for f in event.detail.findings for r in f.Resources})
+        raise Ignored(
+            f"custom action on findings with no EC2 instance (resource types: {', '.join(types) or 'none'})"
+        )
+    return list(records.values())
+
+
+def _unusable(
+    source: Source,
+    event_id: str,
+    missing: str,
+    *,
+    account_id: str | None = None,
+    region: str | None = None,
+    instance_id: str | None = None,
+    trigger: dict[str, Any] | None = None,
+) -> IsolationRecord:
+    """The FAILED record of a matched signal without a usable target: what could be read of it."""
+    stamp = iso8601(utcnow())
+    return IsolationRecord(
+        isolation_id=trigger_isolation_id(source, event_id),
+        status=Status.FAILED,
+        source=source,
+        instance_id=instance_id or "unknown",
+        account_id=account_id or "unknown",
+        region=region or "unknown",
+        reason=f"{source.value} event {event_id} could not be used",
+        trigger=trigger or {"event_id": event_id},
+        created_at=stamp,
+        updated_at=stamp,
+        error=ErrorInfo(code="UnusableSignal", message=missing),
+    )
+
+
+def _text(data: Any, *path: str) -> str | None:
+    """A string at `path` in raw event data, if there is one."""
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data if isinstance(data, str) and data else None
 
 
 def _summary(exc: ValidationError) -> str:

@@ -69,7 +69,8 @@ def _matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
 
 
 def _only_simple_matchers(node: Any) -> bool:
-    """Plain values, `prefix` and `numeric`: what both AWS and the local stack's moto evaluate alike."""
+    """Plain values, `prefix`, `numeric`, `exists` and `wildcard`: what both AWS and the local stack's moto
+    evaluate alike (`exists: false` is how a pattern matches an absent field; `anything-but` never does)."""
     if isinstance(node, dict):
         return all(_only_simple_matchers(value) for value in node.values())
     assert isinstance(node, list) and node, node
@@ -80,6 +81,10 @@ def _only_simple_matchers(node: Any) -> bool:
                 assert isinstance(argument, str)
             elif matcher == "numeric":
                 assert all(isinstance(v, (int, float)) for v in argument[1::2]), "numbers, not strings"
+            elif matcher == "exists":
+                assert isinstance(argument, bool)
+            elif matcher == "wildcard":
+                assert isinstance(argument, str) and "*" in argument
             else:
                 return False
     return True

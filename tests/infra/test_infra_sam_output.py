@@ -299,7 +299,7 @@ def test_rules_deliver_to_the_queue_and_never_drop_an_event(transformed: dict[st
 
 
 @pytest.mark.parametrize("queue", ["IsolationQueue", "IsolationDeadLetterQueue"])
-def test_only_the_two_rules_may_send_to_the_queues(transformed: dict[str, Any], helpers, queue: str) -> None:
+def test_only_the_stacks_rules_may_send_to_the_queues(transformed: dict[str, Any], helpers, queue: str) -> None:
     # Given the queue's resource policy
     (policy,) = [
         r
@@ -320,6 +320,13 @@ def test_only_the_two_rules_may_send_to_the_queues(transformed: dict[str, Any], 
                     "aws:SourceArn": [
                         {"Fn::GetAtt": ["GuardDutyFindingRule", "Arn"]},
                         {"Fn::GetAtt": ["TagChangeRule", "Arn"]},
+                        {
+                            "Fn::If": [
+                                "CreateSecurityHubAction",
+                                {"Fn::GetAtt": ["SecurityHubActionRule", "Arn"]},
+                                {"Ref": "AWS::NoValue"},
+                            ]
+                        },
                     ]
                 }
             },
