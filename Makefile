@@ -34,7 +34,7 @@ lint: install
 	$(BIN)/ruff check src local tests scripts
 	$(BIN)/ruff format --check src local tests scripts
 	$(BIN)/mypy src
-	$(BIN)/cfn-lint template.yaml iam-execution-role.yml
+	$(BIN)/cfn-lint template.yaml iam-execution-role.yml regional-forwarder.yml
 
 format: install
 	$(BIN)/ruff format src local tests scripts

@@ -299,7 +299,9 @@ def test_rules_deliver_to_the_queue_and_never_drop_an_event(transformed: dict[st
 
 
 @pytest.mark.parametrize("queue", ["IsolationQueue", "IsolationDeadLetterQueue"])
-def test_only_the_stacks_rules_may_send_to_the_queues(transformed: dict[str, Any], helpers, queue: str) -> None:
+def test_only_the_stacks_rules_may_send_to_the_queues(
+    transformed: dict[str, Any], helpers, queue: str
+) -> None:
     # Given the queue's resource policy
     (policy,) = [
         r
@@ -319,14 +321,19 @@ def test_only_the_stacks_rules_may_send_to_the_queues(transformed: dict[str, Any
                 "ArnEquals": {
                     "aws:SourceArn": [
                         {"Fn::GetAtt": ["GuardDutyFindingRule", "Arn"]},
+                        {"Fn::GetAtt": ["GuardDutyFindingBusRule", "Arn"]},
                         {"Fn::GetAtt": ["TagChangeRule", "Arn"]},
-                        {
-                            "Fn::If": [
-                                "CreateSecurityHubAction",
-                                {"Fn::GetAtt": ["SecurityHubActionRule", "Arn"]},
-                                {"Ref": "AWS::NoValue"},
-                            ]
-                        },
+                        {"Fn::GetAtt": ["TagChangeBusRule", "Arn"]},
+                        *(
+                            {
+                                "Fn::If": [
+                                    "CreateSecurityHubAction",
+                                    {"Fn::GetAtt": [rule, "Arn"]},
+                                    {"Ref": "AWS::NoValue"},
+                                ]
+                            }
+                            for rule in ("SecurityHubActionRule", "SecurityHubActionBusRule")
+                        ),
                     ]
                 }
             },
@@ -335,14 +342,6 @@ def test_only_the_stacks_rules_may_send_to_the_queues(transformed: dict[str, Any
     # And nobody may use the queue without TLS
     denies = [s for s in helpers.policy_statements(policy) if s["Effect"] == "Deny"]
     assert [s["Condition"] for s in denies] == [{"Bool": {"aws:SecureTransport": "false"}}]
-
-
-def test_organization_may_forward_events_only_when_configured(deployed) -> None:
-    assert "CentralBusPolicy" not in deployed()["Resources"]
-    policy = deployed(OrganizationId="o-a1b2c3d4e5")["Resources"]["CentralBusPolicy"]["Properties"]
-    assert policy["EventBusName"] == "default"
-    assert policy["Statement"]["Action"] == "events:PutEvents"
-    assert policy["Statement"]["Condition"] == {"StringEquals": {"aws:PrincipalOrgID": "o-a1b2c3d4e5"}}
 
 
 def test_outputs(deployed) -> None:
@@ -360,7 +359,7 @@ def test_outputs(deployed) -> None:
         "Fn::Sub": "https://${IsolationApi}.execute-api.us-east-1.amazonaws.com/v1"
     }
     assert outputs["WorkerRoleArn"]["Value"] == {"Fn::GetAtt": ["WorkerFunctionRole", "Arn"]}
-    assert outputs["EventBusArn"]["Value"] == "arn:aws:events:us-east-1:123456789012:event-bus/default"
+    assert outputs["EventBusArn"]["Value"] == {"Fn::GetAtt": ["IsolationBus", "Arn"]}
 
 
 def test_access_logging_and_account_role_follow_their_parameters(deployed) -> None:
@@ -404,3 +403,39 @@ def test_parameters_the_code_and_local_stack_rely_on(sam_template: dict[str, Any
         2,
         1000,
     )
+
+
+TRIGGER_RULES = ("GuardDutyFindingRule", "TagChangeRule", "SecurityHubActionRule")
+
+
+@pytest.mark.parametrize("rule", TRIGGER_RULES)
+def test_every_trigger_rule_is_on_the_default_bus_and_the_stacks_bus(deployed, rule: str) -> None:
+    # Given the deployed stack (the Security Hub action on)
+    resources = deployed(EnableSecurityHubAction="true")["Resources"]
+    on_default, on_stack_bus = resources[rule], resources[rule.replace("Rule", "BusRule")]
+    # Then the two rules differ only in their bus, and the stack's bus is its own
+    assert on_default["Properties"]["EventBusName"] == "default"
+    assert on_stack_bus["Properties"]["EventBusName"] == {"Fn::GetAtt": ["IsolationBus", "Name"]}
+    assert resources["IsolationBus"]["Properties"]["Name"] == "ec2-isolation"
+    strip = ("EventBusName", "Description")
+    assert {k: v for k, v in on_default["Properties"].items() if k not in strip} == {
+        k: v for k, v in on_stack_bus["Properties"].items() if k not in strip
+    }
+
+
+def test_the_organization_may_put_only_forwarded_sources_on_the_bus(deployed) -> None:
+    # Given the deployed stack with an organization
+    resources = deployed(OrganizationId="o-a1b2c3d4e5")["Resources"]
+    statement = resources["IsolationBusPolicy"]["Properties"]["Statement"]
+    # Then members of the organization may put events of the sources they forward, and nothing else
+    assert statement["Resource"] == {"Fn::GetAtt": ["IsolationBus", "Arn"]}
+    assert statement["Effect"] == "Allow" and statement["Action"] == "events:PutEvents"
+    assert statement["Condition"] == {
+        "StringEquals": {
+            "aws:PrincipalOrgID": "o-a1b2c3d4e5",
+            "events:source": ["aws.tag", "aws.ec2", "aws.iam", "aws.guardduty", "aws.securityhub"],
+        }
+    }
+    assert "ec2-isolation" not in statement["Condition"]["StringEquals"]["events:source"]
+    # And without an organization, no policy: only this account puts events
+    assert "IsolationBusPolicy" not in deployed()["Resources"]
