@@ -53,6 +53,8 @@ class WorkerSettings(CommonSettings):
     #: The queue's redrive maxReceiveCount: on that receive a retryable failure ends the record FAILED.
     MAX_RECEIVE_COUNT: Annotated[int, Field(ge=1)] = 5
     COALESCE_WINDOW_SECONDS: Annotated[int, Field(ge=0)] = 900
+    #: The blast-radius budget: isolations triggers (not a person's webhook) may start per account and hour.
+    MAX_AUTO_ISOLATIONS_PER_HOUR: Annotated[int, Field(ge=1)] = 50
     ISOLATION_SG_NAME: Annotated[str, Field(min_length=1)] = "ec2-isolation"
     ISOLATION_PROFILE_NAME: Annotated[str, Field(min_length=1)] = "ec2-isolation-deny-all"
     ISOLATION_ROLE_NAME: Annotated[str, Field(min_length=1)] = "ec2-isolation-deny-all"

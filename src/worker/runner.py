@@ -49,7 +49,16 @@ from shared.models import (
     utcnow,
 )
 from shared.observability import MetricUnit, logger, metrics
-from shared.store import Coalesced, Exists, IsolationStore, Joined, LeaseHeld, RecordEnded, RecordMissing
+from shared.store import (
+    Coalesced,
+    Exists,
+    IsolationStore,
+    Joined,
+    LeaseHeld,
+    RateLimited,
+    RecordEnded,
+    RecordMissing,
+)
 from worker.consistency import retry_within
 from worker.instance import Instance, describe
 from worker.steps import CONTAINMENT, FOLLOW_UP, Step, StepContext
@@ -66,6 +75,7 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"
     JOINED = "joined"
     COALESCED = "coalesced"
+    RATE_LIMITED = "rate-limited"
     DUPLICATE = "duplicate"
 
 
@@ -272,7 +282,11 @@ class Attempt:
             self.record,
             lease_seconds=settings.ACTIVE_LEASE_SECONDS,
             coalesce_window_seconds=settings.COALESCE_WINDOW_SECONDS,
+            budget=settings.MAX_AUTO_ISOLATIONS_PER_HOUR,
         )
+        if isinstance(created, RateLimited):
+            self._record_rate_limited(created.limit)
+            return Outcome.RATE_LIMITED
         if isinstance(created, Joined):
             logger.info("joined the isolation in flight", extra={"joined": created.isolation_id})
             return Outcome.JOINED
@@ -320,6 +334,22 @@ class Attempt:
         # record that ended some other way, so later requests never join an isolation that is over.
         self.deps.store.release_slot(record)
         return Outcome.DUPLICATE
+
+    def _record_rate_limited(self, limit: int) -> None:
+        message = (
+            f"triggers started {limit} isolations in account {self.record.account_id} this hour already "
+            "(MaxAutoIsolationsPerHour): left untouched; a person can still isolate it through the webhook"
+        )
+        step = StepRecord.skipped("check-blast-radius", message)
+        skipped = self.record.model_copy(
+            update={
+                "status": Status.SKIPPED,
+                "steps": [step],
+                "error": ErrorInfo(code="RateLimited", message=message),
+            }
+        )
+        self.deps.store.put_record(skipped)
+        logger.warning("blast-radius budget spent: trigger skipped", extra={"limit": limit})
 
     def _record_coalesced(self, earlier_id: str) -> None:
         step = StepRecord.already("coalesced", f"isolated less than the coalesce window ago by {earlier_id}")

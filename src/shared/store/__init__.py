@@ -12,6 +12,7 @@ from shared.store.records import (
     IsolationStore,
     Joined,
     LeaseHeld,
+    RateLimited,
     RecordEnded,
     RecordMissing,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "IsolationStore",
     "Joined",
     "LeaseHeld",
+    "RateLimited",
     "RecordEnded",
     "RecordMissing",
     "Replayed",

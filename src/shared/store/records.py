@@ -28,7 +28,7 @@ from shared.aws import same_account_client
 from shared.errors import error_code
 from shared.lifecycle import FINAL, FINAL_LEASE_INDEX, Status, Transition
 from shared.models import ErrorInfo, IsolationRecord, PriorState, StepRecord, iso8601, utcnow
-from shared.store import idempotency, slots
+from shared.store import idempotency, rate_limits, slots
 from shared.store.dynamo import Write, deserialize, epoch, key, serialize
 from shared.store.idempotency import IdempotencyClaim, Replayed
 
@@ -64,6 +64,13 @@ class Coalesced:
     """The instance was isolated less than the coalesce window ago."""
 
     isolation_id: str
+
+
+@dataclass(frozen=True)
+class RateLimited:
+    """Triggers started `limit` isolations in the account this hour already (the blast-radius budget)."""
+
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -160,18 +167,20 @@ class IsolationStore:
         lease_seconds: int,
         idempotency: IdempotencyClaim | None = None,
         coalesce_window_seconds: int | None = None,
-    ) -> Created | Joined | Replayed | Coalesced | Exists:
+        budget: int | None = None,
+    ) -> Created | Joined | Replayed | Coalesced | Exists | RateLimited:
         """Write a QUEUED record and take the instance's in-flight slot, in one transaction.
 
         Fails (without writing anything) to `Replayed` when the idempotency key was used before,
         `Exists` when the record id is taken, `Joined` when another isolation of the instance is in
         flight, `Coalesced` when `coalesce_window_seconds` is given and the instance was isolated
-        within it. A join reads the isolation it joins (its status is the answer); when that one's
+        within it, `RateLimited` when `budget` is given and the account's hourly budget of
+        trigger-started isolations is spent (`shared.store.rate_limits`). A join reads the isolation it joins (its status is the answer); when that one's
         worker was lost on its last receive (`lifecycle.LOST`), this request ends it and tries once more
         rather than join an isolation nobody runs.
         """
         for retry in (False, True):
-            outcome = self._create_queued(record, lease_seconds, idempotency, coalesce_window_seconds)
+            outcome = self._create_queued(record, lease_seconds, idempotency, coalesce_window_seconds, budget)
             if not isinstance(outcome, _SlotTaken):
                 return outcome
             now = time.time()
@@ -187,7 +196,8 @@ class IsolationStore:
         lease_seconds: int,
         idempotency_claim: IdempotencyClaim | None,
         coalesce_window_seconds: int | None,
-    ) -> Created | _SlotTaken | Replayed | Coalesced | Exists:
+        budget: int | None,
+    ) -> Created | _SlotTaken | Replayed | Coalesced | Exists | RateLimited:
         now = time.time()
         stale = epoch(now - lease_seconds)
         window = epoch(now - coalesce_window_seconds) if coalesce_window_seconds is not None else None
@@ -216,12 +226,16 @@ class IsolationStore:
                 )
             }
         )
+        if budget is not None:
+            items.append(
+                {"Update": rate_limits.take(self.table_name, record.account_id, now=now, limit=budget)}
+            )
         try:
             self.client.transact_write_items(TransactItems=items)
         except ClientError as exc:
             if error_code(exc) != "TransactionCanceledException":
                 raise
-            return self._explain_cancellation(exc, items, record, idempotency_claim, window, stale)
+            return self._explain_cancellation(exc, items, record, idempotency_claim, window, stale, budget)
         return Created(record)
 
     def _explain_cancellation(
@@ -232,7 +246,8 @@ class IsolationStore:
         idempotency_claim: IdempotencyClaim | None,
         window: Decimal | None,
         stale: Decimal,
-    ) -> _SlotTaken | Replayed | Coalesced | Exists:
+        budget: int | None,
+    ) -> _SlotTaken | Replayed | Coalesced | Exists | RateLimited:
         """Which condition cancelled the transaction, in the order of the items (idempotency first)."""
         reasons = exc.response.get("CancellationReasons") or []
         for item, reason in zip(items, reasons, strict=False):
@@ -250,6 +265,8 @@ class IsolationStore:
                 return idempotency.replayed(current)
             if pk == record.isolation_id:
                 return Exists(_record(current))
+            if budget is not None and pk.startswith("budget#"):
+                return RateLimited(budget)
             holder = slots.holder(current, stale=stale)
             if holder is not None:
                 return _SlotTaken(holder)

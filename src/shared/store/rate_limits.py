@@ -1,0 +1,41 @@
+"""The blast-radius budget: how many isolations triggers (GuardDuty, tags, Security Hub) may start per
+account and hour. One item per account and hour (`budget#<account>#<YYYY-MM-DDTHH>`) counts them; it is
+taken in the transaction that writes a trigger's QUEUED record, so a storm of false positives stops at
+the budget however many workers race, and a join or a coalesced trigger (which writes no QUEUED record)
+spends nothing. A person's webhook request never spends it. Items expire with the table's TTL."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+from shared.lifecycle import Before, Missing
+from shared.store.dynamo import Write, key
+
+#: Fewer than `limit` isolations started this hour.
+UNDER = Missing("started") | Before("started", "limit")
+_KEEP_SECONDS = 2 * 86400
+
+
+def budget_key(account_id: str, now: float) -> str:
+    return f"budget#{account_id}#{time.strftime('%Y-%m-%dT%H', time.gmtime(now))}"
+
+
+def take(table: str, account_id: str, *, now: float, limit: int) -> dict[str, Any]:
+    """The transaction item that spends one isolation of the account's budget for this hour."""
+    write = Write(
+        "started = if_not_exists(started, :zero) + :one",
+        "expires_at = :expires",
+        condition=UNDER,
+        params={"limit": Decimal(limit)},
+        zero=0,
+        one=1,
+        expires=int(now) + _KEEP_SECONDS,
+    )
+    return {
+        "TableName": table,
+        "Key": key(budget_key(account_id, now)),
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        **write.request(),
+    }
