@@ -715,7 +715,7 @@ def test_chaos(
 
         # --- DLQ: each message's record is FAILED -------------------------------------------------
         for body in dlq:
-            job = parse(body)
+            [job] = parse(body)
             record = records.get(job.isolation_id) or {}
             expect(
                 record.get("status") == "FAILED", "a message in the DLQ whose record is not FAILED", record
