@@ -120,7 +120,19 @@ class Stack:
     sqs: Any
     store: IsolationStore
     max_receive_count: int
+    outcomes_url: str
     retrying: list[dict[str, Any]] = field(default_factory=list)
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        """The outcome events published on the stack's bus so far (a rule on it feeds a test queue)."""
+        events = []
+        while messages := self.sqs.receive_message(QueueUrl=self.outcomes_url, MaxNumberOfMessages=10).get(
+            "Messages", []
+        ):
+            for message in messages:
+                events.append(json.loads(message["Body"]))
+                self.sqs.delete_message(QueueUrl=self.outcomes_url, ReceiptHandle=message["ReceiptHandle"])
+        return events
 
     def api(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
         from ingest.app import lambda_handler
@@ -241,7 +253,9 @@ def build_stack(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch, **env
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
     ]
+    outcomes_url = _outcome_listener(sqs)
     settings = {
+        "EVENT_BUS_NAME": "ec2-isolation-test",
         "TABLE_NAME": "ec2-isolation-test",
         "QUEUE_URL": queue_url,
         "DEAD_LETTER_QUEUE_URL": dlq_url,
@@ -261,7 +275,23 @@ def build_stack(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch, **env
         sqs=sqs,
         store=IsolationStore("ec2-isolation-test", client=ddb),
         max_receive_count=max_receive,
+        outcomes_url=outcomes_url,
     )
+
+
+def _outcome_listener(sqs: Any) -> str:
+    """The stack's bus, with a rule sending every outcome event to a queue the tests read."""
+    events = boto3.client("events", region_name=STACK_REGION)
+    events.create_event_bus(Name="ec2-isolation-test")
+    url = sqs.create_queue(QueueName="ec2-isolation-outcomes")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(
+        Name="outcomes",
+        EventBusName="ec2-isolation-test",
+        EventPattern=json.dumps({"source": ["ec2-isolation"], "detail-type": ["EC2 Isolation Outcome"]}),
+    )
+    events.put_targets(Rule="outcomes", EventBusName="ec2-isolation-test", Targets=[{"Id": "q", "Arn": arn}])
+    return str(url)
 
 
 @pytest.fixture

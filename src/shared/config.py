@@ -36,6 +36,8 @@ class CommonSettings(BaseModel):
     #: GuardDuty findings about the container of an EC2 host (resource type `Container`) isolate the host
     #: (the worker and the sweeper read queue messages alike).
     ISOLATE_CONTAINER_FINDINGS: bool = False
+    #: The stack's event bus, where outcome events are published.
+    EVENT_BUS_NAME: Annotated[str, Field(min_length=1)] = "ec2-isolation"
 
     def account_allowed(self, account_id: str) -> bool:
         return not self.ALLOWED_ACCOUNT_IDS or account_id in self.ALLOWED_ACCOUNT_IDS

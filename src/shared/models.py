@@ -44,6 +44,17 @@ def iso8601(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def seconds_between(start: str | None, end: str | None) -> float | None:
+    """Seconds from one ISO-8601 stamp to another (None when either is missing)."""
+    if not start or not end:
+        return None
+    return (_parsed(end) - _parsed(start)).total_seconds()
+
+
+def _parsed(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
 def new_isolation_id() -> str:
     return f"iso-{uuid.uuid4().hex}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared import outcomes
 from shared.aws import same_account_client
 from shared.config import sweeper_settings
 from shared.observability import MetricUnit, logger, metrics
@@ -15,11 +16,15 @@ from sweeper.sweep import sweep
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     settings = sweeper_settings()
+    store = IsolationStore(settings.TABLE_NAME)
     swept = sweep(
-        IsolationStore(settings.TABLE_NAME),
+        store,
         same_account_client("sqs"),
         settings.DEAD_LETTER_QUEUE_URL,
         peeks=settings.DLQ_PEEKS,
+        announce=lambda isolation_id: outcomes.announce(
+            store, isolation_id, events=same_account_client("events"), bus=settings.EVENT_BUS_NAME
+        ),
         container_findings=settings.ISOLATE_CONTAINER_FINDINGS,
     )
     metrics.add_metric(name="SweptWorkerLost", unit=MetricUnit.Count, value=len(swept.lost))

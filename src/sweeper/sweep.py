@@ -17,6 +17,7 @@ Every end is a conditional write (`shared.lifecycle`), so a sweeper racing a wor
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +42,11 @@ def sweep(
     dead_letter_queue_url: str,
     *,
     peeks: int,
+    announce: Callable[[str], object],
     container_findings: bool = False,
     now: float | None = None,
 ) -> Swept:
+    """End what no worker will end; `announce(isolation_id)` publishes each ended record's outcome."""
     moment = time.time() if now is None else now
     swept = Swept()
     for record in store.lost(moment):
@@ -52,6 +55,7 @@ def sweep(
                 "ended a record whose worker was lost", extra={"isolation_id": record.isolation_id}
             )
             swept.lost.append(record.isolation_id)
+            announce(record.isolation_id)
     for body in _peek(sqs, dead_letter_queue_url, peeks):
         swept.peeked += 1
         try:
@@ -61,6 +65,7 @@ def sweep(
         for record in requested:
             if _end_dead_lettered(store, record, moment):
                 swept.dead_lettered.append(record.isolation_id)
+                announce(record.isolation_id)
     return swept
 
 

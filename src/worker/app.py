@@ -52,6 +52,7 @@ def record_handler(record: SQSRecord) -> str:
     except Unusable as exc:
         logger.error("matched signal without a usable target: recorded FAILED", extra={"reason": str(exc)})
         worker.store.put_record(exc.record)
+        worker.announce(exc.record.isolation_id)
         return "unusable"
     receive_count = int(record.attributes.approximate_receive_count or 1)
     attempts = [Attempt(isolation, worker, receive_count=receive_count) for isolation in requested]

@@ -26,7 +26,8 @@ from enum import StrEnum
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.aws import AccountSession, forget_session, session_for_account
+from shared import outcomes
+from shared.aws import AccountSession, forget_session, same_account_client, session_for_account
 from shared.config import WorkerSettings
 from shared.errors import (
     EXPIRED_CODES,
@@ -79,12 +80,22 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
 
 
+#: Outcomes that end a record (its outcome event is published); a join or a duplicate ends nothing.
+ENDING = frozenset(set(Outcome) - {Outcome.JOINED, Outcome.DUPLICATE})
+
+
 @dataclass
 class WorkerDeps:
     settings: WorkerSettings
     store: IsolationStore
     sessions: Callable[[Target], AccountSession] | None = None
     sleep: Callable[[float], None] | None = None
+
+    def announce(self, isolation_id: str) -> None:
+        """Publish the ended record's outcome event (after its final write; never raises)."""
+        outcomes.announce(
+            self.store, isolation_id, events=same_account_client("events"), bus=self.settings.EVENT_BUS_NAME
+        )
 
     def session(self, target: Target) -> AccountSession:
         if self.sessions is not None:
@@ -181,6 +192,8 @@ class Attempt:
                 raise error from exc
             outcome = Outcome.FAILED
         _count(outcome)
+        if outcome in ENDING:
+            self.deps.announce(self.record.isolation_id)
         return outcome
 
     def _retry_or_give_up(self, error: IsolationError, exc: Exception) -> None:
@@ -212,6 +225,7 @@ class Attempt:
             wait=None,
         )
         _count(Outcome.FAILED)
+        self.deps.announce(self.record.isolation_id)
 
     def _attempts(self) -> int:
         """The record's attempts, this one included. One that failed before `begin_attempt` is counted

@@ -23,6 +23,7 @@ WORKER_ACTIONS = {
     "logs:CreateLogStream",
     "logs:PutLogEvents",
     "sts:AssumeRole",
+    "events:PutEvents",
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
@@ -34,6 +35,7 @@ WORKER_ACTIONS = {
 SWEEPER_ACTIONS = {
     "logs:CreateLogStream",
     "logs:PutLogEvents",
+    "events:PutEvents",
     "sqs:ReceiveMessage",
     "dynamodb:GetItem",
     "dynamodb:PutItem",
@@ -333,6 +335,19 @@ def test_only_the_stacks_rules_may_send_to_the_queues(
                                 ]
                             }
                             for rule in ("SecurityHubActionRule", "SecurityHubActionBusRule")
+                        ),
+                        *(
+                            [
+                                {
+                                    "Fn::If": [
+                                        "HasNotificationTopic",
+                                        {"Fn::GetAtt": ["OutcomeNotificationRule", "Arn"]},
+                                        {"Ref": "AWS::NoValue"},
+                                    ]
+                                }
+                            ]
+                            if queue == "IsolationDeadLetterQueue"
+                            else []
                         ),
                     ]
                 }
