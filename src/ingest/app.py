@@ -79,7 +79,7 @@ def _store() -> IsolationStore:
     },
 )
 def create_isolation(
-    request: Annotated[IsolationRequest, Body()],
+    request: Annotated[IsolationRequest, Body(examples=[rules.EXAMPLE_REQUEST])],
     idempotency_key: Annotated[
         str | None,
         Header(

@@ -24,6 +24,15 @@ EXPECTED = {
     "body": "a JSON object",
 }
 
+#: A request that follows every rule (the OpenAPI document shows it).
+EXAMPLE_REQUEST = {
+    "instance_id": "i-0123456789abcdef0",
+    "account_id": "111122223333",
+    "region": "eu-west-1",
+    "reason": "C2 beaconing reported by the EDR",
+    "requested_by": "soc-oncall@example.com",
+}
+
 _WHERE = ("body", "query", "path", "header")
 
 
