@@ -36,9 +36,11 @@ def _answer(description: str, model: Any) -> OpenAPIResponse:
     return {"description": description, "content": {"application/json": {"model": model}}}
 
 
-#: Answers every route may give: API Gateway's for a missing or wrong key, and a 503 when AWS fails.
+#: Answers every route may give: API Gateway's for a missing or wrong key and for throttling, and a 503
+#: when AWS fails.
 _EVERY_ROUTE: dict[int, OpenAPIResponse] = {
     403: _answer("Missing or wrong API key (API Gateway's answer: only `message`)", ErrorBody),
+    429: _answer("Throttled by the API key's usage plan (API Gateway's answer: only `message`)", ErrorBody),
     503: _answer("AWS is unavailable; nothing was changed; retry the request", ErrorBody),
 }
 
@@ -143,8 +145,7 @@ def list_isolations(
 @app.exception_handler(RequestValidationError)
 def invalid_request(exc: RequestValidationError) -> Response:
     errors = [rules.field_error(error) for error in exc.errors()]
-    status = 400 if any(error.type == "json_invalid" for error in errors) else 422
-    return _error(status, rules.summary(errors), *errors)
+    return _error(422, rules.summary(errors), *errors)
 
 
 @app.exception_handler(BodyRejected)

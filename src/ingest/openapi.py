@@ -16,6 +16,12 @@ from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
 from ingest.app import app
 
 API_KEY_HEADER = "x-api-key"
+#: The shared models' descriptions, in words for the API's readers (the models' docstrings are written
+#: for the code's).
+SCHEMA_DESCRIPTIONS = {
+    "IsolationRequest": "Body of POST /isolate. Unknown fields are rejected.",
+    "IsolationRecord": "Everything one isolation did and found, updated after every step (docs/record.md).",
+}
 _POWERTOOLS_422 = "#/components/schemas/HTTPValidationError"
 DESCRIPTION = (
     "Isolate a potentially compromised EC2 instance in any account of the AWS Organization, and read "
@@ -33,7 +39,10 @@ def document() -> str:
         security_schemes={"apiKey": APIKey(name=API_KEY_HEADER, in_=APIKeyIn.header)},
         security=[{"apiKey": []}],
     )
-    return json.dumps(_without_powertools_defaults(json.loads(generated)), indent=2) + "\n"
+    doc = _without_powertools_defaults(json.loads(generated))
+    for name, description in SCHEMA_DESCRIPTIONS.items():
+        doc["components"]["schemas"][name]["description"] = description
+    return json.dumps(doc, indent=2) + "\n"
 
 
 def _without_powertools_defaults(doc: dict[str, Any]) -> dict[str, Any]:

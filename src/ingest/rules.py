@@ -6,6 +6,7 @@ that an account id is a string of 12 digits.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -39,23 +40,20 @@ _WHERE = ("body", "query", "path", "header")
 def field_name(loc: Sequence[Any]) -> str:
     """The name the caller uses for the input at `loc` (pydantic's location of the error)."""
     names = [part for part in loc if isinstance(part, str) and part not in _WHERE]
-    if not names:
-        return "body"
-    if loc[0] == "header" and names[0].lower() == IDEMPOTENCY_KEY.lower():
+    if names and loc[0] == "header" and names[0].lower() == IDEMPOTENCY_KEY.lower():
         return IDEMPOTENCY_KEY  # header names are case-insensitive; tell it as it is documented
-    return ".".join(names)
+    return ".".join(names) or "body"  # a key "" is a fault of the body: no field has that name
 
 
 def field_error(error: dict[str, Any]) -> FieldError:
     """One pydantic validation error as the API reports it."""
-    field = field_name(error.get("loc") or ())
+    loc = error.get("loc") or ("body",)
+    field = field_name(loc)
     kind = str(error.get("type", ""))
     if kind == "missing":
         message = f"{field} is required: {EXPECTED[field]}" if field in EXPECTED else f"{field} is required"
     elif kind == "extra_forbidden":
-        message = f"{field} is not a field of this request"
-    elif kind == "json_invalid":
-        message = "the request body is not valid JSON"
+        message = f"{json.dumps(loc[-1])} is not a field of this request"
     elif field in EXPECTED:
         message = f"{field} must be {EXPECTED[field]}"
     else:

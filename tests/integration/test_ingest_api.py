@@ -509,6 +509,7 @@ BAD_INPUT: list[tuple[str, Any, dict[str, str] | None, int, str]] = [
     ("requested_by a number", {**VALID, "requested_by": 7}, None, 422, "requested_by"),
     ("unknown field", {**VALID, "steps": ["swap-security-groups"]}, None, 422, "steps"),
     ("misspelt field", {**VALID, "reasons": "x"}, None, 422, "reasons"),
+    ("field with an empty name", {**VALID, "": "x"}, None, 422, "body"),
     ("missing instance_id", {k: v for k, v in VALID.items() if k != "instance_id"}, None, 422, "instance_id"),
     ("missing account_id", {k: v for k, v in VALID.items() if k != "account_id"}, None, 422, "account_id"),
     ("missing region", {k: v for k, v in VALID.items() if k != "region"}, None, 422, "region"),
@@ -630,7 +631,7 @@ def test_missing_and_unknown_fields_are_told_as_such(stack: Stack) -> None:
     assert status == 422, body
     messages = {error["field"]: error["message"] for error in body["errors"]}
     assert messages["account_id"].startswith("account_id is required: a string of 12 digits"), messages
-    assert messages["force"] == "force is not a field of this request", messages
+    assert messages["force"] == '"force" is not a field of this request', messages
 
 
 def test_a_bad_idempotency_key_is_named_as_the_header(stack: Stack) -> None:

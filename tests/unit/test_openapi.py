@@ -55,15 +55,15 @@ def test_every_route_needs_the_api_key(doc: dict[str, Any]) -> None:
         (
             ("post", "/isolate"),
             {"200": "Accepted", "202": "Accepted"}
-            | dict.fromkeys(("400", "403", "409", "413", "415", "422", "503"), "ErrorBody"),
+            | dict.fromkeys(("400", "403", "409", "413", "415", "422", "429", "503"), "ErrorBody"),
         ),
         (
             ("get", "/isolations/{isolation_id}"),
-            {"200": "IsolationRecord"} | dict.fromkeys(("403", "404", "503"), "ErrorBody"),
+            {"200": "IsolationRecord"} | dict.fromkeys(("403", "404", "429", "503"), "ErrorBody"),
         ),
         (
             ("get", "/isolations"),
-            {"200": "IsolationList"} | dict.fromkeys(("403", "422", "503"), "ErrorBody"),
+            {"200": "IsolationList"} | dict.fromkeys(("403", "422", "429", "503"), "ErrorBody"),
         ),
     ],
 )
@@ -89,3 +89,8 @@ def test_the_error_body_is_the_one_the_api_answers(doc: dict[str, Any]) -> None:
 
 def test_only_the_api_routes_are_documented(doc: dict[str, Any]) -> None:
     assert set(operations(doc)) == ROUTES
+
+
+def test_the_document_speaks_for_itself(doc: dict[str, Any]) -> None:
+    # Then it refers to no document outside the repository
+    assert "CONTRACT" not in json.dumps(doc)
