@@ -10,7 +10,7 @@ CHECKOV := $(CURDIR)/$(CHECKOV_VENV)/bin/checkov
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install run test lint format demo bench build deploy clean
+.PHONY: install run test lint format demo bench openapi build deploy clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ demo: install
 
 bench: install
 	$(BIN)/python scripts/bench.py
+
+# After changing the API: regenerate the committed OpenAPI document (a test fails while it drifts).
+openapi: install
+	$(BIN)/python scripts/openapi.py
 
 # Deployment needs the AWS SAM CLI and credentials for the security (operations) account.
 build:

@@ -102,6 +102,26 @@ def faults() -> Iterator[Faults]:
 
 
 @pytest.fixture
+def serial_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's DynamoDB is not safe under concurrent requests (two conditional writes racing can both
+    pass, and a cancelled TransactWriteItems puts back a copy of the whole table taken when it started):
+    tests that run workers concurrently have moto answer DynamoDB requests one at a time, as if each were
+    atomic (DynamoDB's own guarantee for a single request)."""
+    import threading
+
+    from moto.dynamodb.responses import DynamoHandler
+
+    lock = threading.RLock()
+    call_action = DynamoHandler.call_action
+
+    def one_at_a_time(self: Any) -> Any:
+        with lock:
+            return call_action(self)
+
+    monkeypatch.setattr(DynamoHandler, "call_action", one_at_a_time)
+
+
+@pytest.fixture
 def aws_mock() -> Iterator[None]:
     """moto in-process, with AWS managed policies (AWSDenyAll exists in every real account)."""
     with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):

@@ -15,23 +15,42 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestValidationError,
 )
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ingest import service
-from ingest.body_guard import BodyRejected, screen
+from ingest import rules, service
+from ingest.answers import ErrorBody, FieldError, IsolationList
+from ingest.body_guard import BodyRejected, parse, screen
 from shared.aws import same_account_client
 from shared.config import ingest_settings
 from shared.errors import RequestNotFound
-from shared.models import ACCOUNT_ID_PATTERN, INSTANCE_ID_PATTERN, IsolationRequest
+from shared.models import ACCOUNT_ID_PATTERN, INSTANCE_ID_PATTERN, Accepted, IsolationRecord, IsolationRequest
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 
-app = APIGatewayRestResolver(enable_validation=True)
+app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=parse)
+
+
+def _answer(description: str, model: Any) -> OpenAPIResponse:
+    return {"description": description, "content": {"application/json": {"model": model}}}
+
+
+#: Answers every route may give: API Gateway's for a missing or wrong key and for throttling, and a 503
+#: when AWS fails.
+_EVERY_ROUTE: dict[int, OpenAPIResponse] = {
+    403: _answer("Missing or wrong API key (API Gateway's answer: only `message`)", ErrorBody),
+    429: _answer("Throttled by the API key's usage plan (API Gateway's answer: only `message`)", ErrorBody),
+    503: _answer("AWS is unavailable; nothing was changed; retry the request", ErrorBody),
+}
 
 
 def _json(status_code: int, body: dict[str, Any]) -> Response:
     return Response(status_code=status_code, content_type="application/json", body=json.dumps(body))
+
+
+def _error(status_code: int, message: str, *errors: FieldError) -> Response:
+    return _json(status_code, ErrorBody(message=message, errors=list(errors)).dump())
 
 
 def _store() -> IsolationStore:
@@ -42,16 +61,36 @@ def _store() -> IsolationStore:
     "/isolate",
     summary="Isolate an EC2 instance",
     responses={
-        202: {"description": "Accepted and queued"},
-        200: {"description": "Joined an isolation of the same instance already queued or in progress"},
-        403: {"description": "Account not allowed"},
-        409: {"description": "Idempotency-Key reused with a different body"},
-        422: {"description": "A field breaks a rule"},
+        **_EVERY_ROUTE,
+        202: _answer("Accepted, recorded QUEUED and queued", Accepted),
+        200: _answer(
+            "Joined an isolation of the same instance already QUEUED or IN_PROGRESS "
+            "(`deduplicated` is true), or the first answer replayed for a repeated Idempotency-Key",
+            Accepted,
+        ),
+        400: _answer("The body is not UTF-8 JSON, has duplicate keys or nests too deep", ErrorBody),
+        403: _answer(
+            "Missing or wrong API key (API Gateway's answer: only `message`), or `account_id` is not "
+            "in the allowed accounts",
+            ErrorBody,
+        ),
+        409: _answer("Idempotency-Key reused with a different body", ErrorBody),
+        413: _answer("The body is larger than 10 KiB", ErrorBody),
+        415: _answer("The content type is not JSON", ErrorBody),
+        422: _answer("A field breaks a rule; each is named in `errors`", ErrorBody),
     },
 )
 def create_isolation(
-    request: Annotated[IsolationRequest, Body()],
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=128)] = None,
+    request: Annotated[IsolationRequest, Body(examples=[rules.EXAMPLE_REQUEST])],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=rules.IDEMPOTENCY_KEY,
+            min_length=1,
+            max_length=128,
+            description="Repeat a request safely: the same key with the same body gets the first answer",
+        ),
+    ] = None,
 ):
     logger.append_keys(instance_id=request.instance_id, account_id=request.account_id)
     answer = service.accept(
@@ -65,77 +104,99 @@ def create_isolation(
     return _json(answer.status_code, answer.body)
 
 
-@app.get("/isolations/<isolation_id>", summary="One isolation record")
-def get_isolation(isolation_id: Annotated[str, Path()]):
+@app.get(
+    "/isolations/<isolation_id>",
+    summary="One isolation record",
+    responses={
+        **_EVERY_ROUTE,
+        200: _answer("The isolation record", IsolationRecord),
+        404: _answer("No isolation has this id", ErrorBody),
+    },
+)
+def get_isolation(isolation_id: Annotated[str, Path(description="The id POST /isolate answered")]):
     record = service.status(isolation_id, store=_store())
     return _json(200, record.model_dump(mode="json"))
 
 
-@app.get("/isolations", summary="Isolations of an instance, newest first (at most 50)")
+@app.get(
+    "/isolations",
+    summary="Isolations of an instance, newest first (at most 50)",
+    responses={
+        **_EVERY_ROUTE,
+        200: _answer("The instance's isolation records, newest first", IsolationList),
+        422: _answer("A query parameter is missing or malformed; it is named in `errors`", ErrorBody),
+    },
+)
 def list_isolations(
-    instance_id: Annotated[str, Query(pattern=INSTANCE_ID_PATTERN)],
-    account_id: Annotated[str | None, Query(pattern=ACCOUNT_ID_PATTERN)] = None,
+    instance_id: Annotated[
+        str, Query(pattern=INSTANCE_ID_PATTERN, description=rules.EXPECTED["instance_id"])
+    ],
+    account_id: Annotated[
+        str | None, Query(pattern=ACCOUNT_ID_PATTERN, description=rules.EXPECTED["account_id"])
+    ] = None,
 ):
     records = service.history(instance_id, account_id, store=_store())
-    return _json(200, {"items": [record.model_dump(mode="json") for record in records]})
+    return _json(200, IsolationList(items=records).model_dump(mode="json"))
 
 
-# --- errors: one handler per kind, each a JSON body -------------------------------------------------
-
-
-def _field(loc: Any) -> str:
-    parts = [p for p in (loc or ()) if isinstance(p, str) and p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or (str(loc[0]) if loc else "body")
+# --- errors: one handler per kind, each an ErrorBody --------------------------------------------------
 
 
 @app.exception_handler(RequestValidationError)
 def invalid_request(exc: RequestValidationError) -> Response:
-    errors = [
-        {"field": _field(error.get("loc")), "type": error.get("type", ""), "message": error.get("msg", "")}
-        for error in exc.errors()
-    ]
-    status = 400 if any(error["type"] == "json_invalid" for error in errors) else 422
-    fields = ", ".join(sorted({error["field"] for error in errors}))
-    return _json(status, {"message": f"invalid request: {fields}", "errors": errors})
+    errors = [rules.field_error(error) for error in exc.errors()]
+    return _error(422, rules.summary(errors), *errors)
+
+
+@app.exception_handler(BodyRejected)
+def body_rejected(exc: BodyRejected) -> Response:
+    return _json(exc.status_code, exc.body())
 
 
 @app.exception_handler(RequestUnsupportedContentType)
 def unsupported_content_type(exc: RequestUnsupportedContentType) -> Response:
     message = "content-type must be application/json"
-    error = {"field": "body", "type": "unsupported_content_type", "message": message}
-    return _json(415, {"message": message, "errors": [error]})
+    return _error(415, message, FieldError(field="body", type="unsupported_content_type", message=message))
+
+
+@app.exception_handler(service.UnknownRegion)
+def unknown_region(exc: service.UnknownRegion) -> Response:
+    error = rules.unknown_region(exc.region)
+    return _error(422, rules.summary([error]), error)
 
 
 @app.exception_handler(service.AccountNotAllowed)
 def account_not_allowed(exc: service.AccountNotAllowed) -> Response:
-    return _json(403, {"message": exc.message, "errors": [{"field": "account_id", "type": exc.code}]})
+    return _error(403, exc.message, FieldError(field="account_id", type=exc.code, message=exc.message))
 
 
 @app.exception_handler(service.IdempotencyConflict)
 def idempotency_conflict(exc: service.IdempotencyConflict) -> Response:
-    return _json(409, {"message": exc.message, "errors": [{"field": "Idempotency-Key", "type": exc.code}]})
+    return _error(
+        409, exc.message, FieldError(field=rules.IDEMPOTENCY_KEY, type=exc.code, message=exc.message)
+    )
 
 
 @app.exception_handler(RequestNotFound)
 def not_found_record(exc: RequestNotFound) -> Response:
-    return _json(404, {"message": "isolation not found"})
+    return _error(404, "isolation not found")
 
 
 @app.exception_handler(service.EnqueueFailed)
 def enqueue_failed(exc: service.EnqueueFailed) -> Response:
-    return _json(503, {"message": exc.message})
+    return _error(503, exc.message)
 
 
 @app.exception_handler(ClientError)
 @app.exception_handler(BotoCoreError)
 def aws_unavailable(exc: Exception) -> Response:
     logger.exception("AWS call failed")
-    return _json(503, {"message": "the service is temporarily unavailable; retry the request"})
+    return _error(503, "the service is temporarily unavailable; retry the request")
 
 
 @app.not_found
 def no_route(_: Exception) -> Response:
-    return _json(404, {"message": "Not found"})
+    return _error(404, "Not found")
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)

@@ -1,8 +1,13 @@
-"""Screening of a request body before routing: what API Gateway passes through but a JSON API must refuse.
+"""What API Gateway passes through but a JSON API must refuse, in two parts that never parse twice.
 
-Size (10 KiB), encoding (UTF-8; API Gateway base64-encodes bodies it treats as binary), content type,
-and JSON that `json.loads` would accept too kindly (duplicate keys) or choke on (deep nesting). A body
-that passes is handed on as plain text, so route validation sees exactly what was checked here.
+- `screen(event)`, before routing: size (10 KiB), encoding (UTF-8; API Gateway base64-encodes bodies it
+  treats as binary) and content type. No parsing. A body that passes is handed on as plain UTF-8 text
+  labelled `application/json`.
+- `parse(text)`: the router's JSON deserializer, so the body is parsed once, when a route reads it.
+  It refuses what `json.loads` would accept too kindly (duplicate keys, NaN) or choke on (deep nesting)
+  and anything but an object.
+
+Both raise `BodyRejected`, which the app answers with its status and the API's error body.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import base64
 import binascii
 import json
 from typing import Any
+
+from ingest.answers import ErrorBody, FieldError
 
 MAX_BODY_BYTES = 10 * 1024
 MAX_DEPTH = 32
@@ -24,10 +31,8 @@ class BodyRejected(Exception):
         self.error_type = error_type
 
     def body(self) -> dict[str, Any]:
-        return {
-            "message": self.message,
-            "errors": [{"field": "body", "type": self.error_type, "message": self.message}],
-        }
+        error = FieldError(field="body", type=self.error_type, message=self.message)
+        return ErrorBody(message=self.message, errors=[error]).dump()
 
 
 def screen(event: dict[str, Any]) -> dict[str, Any]:
@@ -56,8 +61,6 @@ def screen(event: dict[str, Any]) -> dict[str, Any]:
 
     if content_type and not _is_json(content_type):
         raise BodyRejected(415, "content-type must be application/json", "unsupported_content_type")
-    if text:
-        _check_json(text)
     return {**event, "body": text, "isBase64Encoded": False}
 
 
@@ -93,7 +96,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
-def _check_json(text: str) -> None:
+def parse(text: str) -> dict[str, Any]:
+    """The JSON object `text` holds, parsed strictly, or `BodyRejected`."""
     depth = 0
     deepest = 0
     in_string = escaped = False
@@ -123,6 +127,7 @@ def _check_json(text: str) -> None:
     if not isinstance(value, dict):
         # Every body this API takes is an object; route validation would read some other shapes leniently.
         raise BodyRejected(422, "request body must be a JSON object", "model_attributes_type")
+    return value
 
 
 def _reject_constant(name: str) -> Any:

@@ -31,9 +31,16 @@ from shared.models import (
     new_isolation_id,
 )
 from shared.observability import logger
+from shared.regions import known_region
 from shared.store import Created, IdempotencyClaim, IsolationStore, Joined, Replayed
 
 _ISOLATION_ID = re.compile(ISOLATION_ID_PATTERN)
+
+
+class UnknownRegion(IsolationError):
+    def __init__(self, region: str) -> None:
+        super().__init__("UnknownRegion", f"{region!r} is not a region of the partition")
+        self.region = region
 
 
 class AccountNotAllowed(IsolationError):
@@ -64,6 +71,8 @@ def accept(
     sqs: Any,
     idempotency_key: str | None = None,
 ) -> Answer:
+    if not known_region(request.region, settings.EXTRA_REGIONS):
+        raise UnknownRegion(request.region)
     if not settings.account_allowed(request.account_id):
         raise AccountNotAllowed(request.account_id)
 

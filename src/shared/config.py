@@ -12,6 +12,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from shared.models import REGION_PATTERN
+
 
 def _split_ids(value: object) -> object:
     if isinstance(value, str):
@@ -22,6 +24,7 @@ def _split_ids(value: object) -> object:
 AccountAllowList = Annotated[
     frozenset[Annotated[str, Field(pattern=r"^[0-9]{12}$")]], BeforeValidator(_split_ids)
 ]
+RegionList = Annotated[frozenset[Annotated[str, Field(pattern=REGION_PATTERN)]], BeforeValidator(_split_ids)]
 
 
 class CommonSettings(BaseModel):
@@ -38,6 +41,9 @@ class CommonSettings(BaseModel):
     ISOLATE_CONTAINER_FINDINGS: bool = False
     #: The stack's event bus, where outcome events are published.
     EVENT_BUS_NAME: Annotated[str, Field(min_length=1)] = "ec2-isolation"
+    #: Regions to admit beyond those botocore lists for the partition (comma-separated): for a region
+    #: AWS opened after the deployed botocore was released (`shared.regions.known_region`).
+    EXTRA_REGIONS: RegionList = frozenset()
 
     def account_allowed(self, account_id: str) -> bool:
         return not self.ALLOWED_ACCOUNT_IDS or account_id in self.ALLOWED_ACCOUNT_IDS

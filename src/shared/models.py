@@ -84,7 +84,10 @@ class IsolationRequest(BaseModel):
 
     instance_id: InstanceId = Field(description="EC2 instance id, i-xxxxxxxx or i-xxxxxxxxxxxxxxxxx")
     account_id: AccountId = Field(description="12-digit AWS account id that owns the instance")
-    region: Region = Field(description="AWS region of the instance, e.g. eu-west-1")
+    region: Region = Field(
+        description="AWS region of the instance: a region of the aws partition, such as eu-west-1",
+        examples=["eu-west-1"],
+    )
     reason: Annotated[str, Field(max_length=1024)] | None = Field(
         default=None, description="Why the instance is being isolated (free text)"
     )

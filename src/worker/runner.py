@@ -50,6 +50,7 @@ from shared.models import (
     utcnow,
 )
 from shared.observability import MetricUnit, logger, metrics
+from shared.regions import known_region
 from shared.store import (
     Coalesced,
     Exists,
@@ -253,6 +254,13 @@ class Attempt:
         if not settings.account_allowed(target.account_id):
             raise PermanentError(
                 "AccountNotAllowed", f"account {target.account_id} is not in the allowed accounts"
+            )
+        if not known_region(target.region, settings.EXTRA_REGIONS):
+            # A made-up region (a trigger's, or a message not from ingest) would only ever time out or
+            # answer HTML: no call is made, and retrying cannot help.
+            raise PermanentError(
+                "UnknownRegion",
+                f"{target.region} is not a region of the aws partition (EXTRA_REGIONS admits a new one)",
             )
         account = self.deps.session(target)
         instance = describe(account.client("ec2"), target)

@@ -107,7 +107,9 @@ def test_a_copy_delivered_while_another_runs_backs_off_without_touching_anything
     assert record_of(stack, isolation_id)["status"] == "ISOLATED"
 
 
-def test_two_copies_processed_concurrently_isolate_once(stack: Stack, member: Member) -> None:
+def test_two_copies_processed_concurrently_isolate_once(
+    stack: Stack, member: Member, serial_dynamodb: None
+) -> None:
     # Given one message received twice at the same time (SQS at-least-once delivery)
     vpc = member.vpc()
     instance = member.instance(vpc)

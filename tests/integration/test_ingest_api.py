@@ -1,4 +1,4 @@
-"""The ingest API as a user sees it (CONTRACT §2 and §4): API Gateway REST proxy events into the real
+"""The ingest API as a user sees it (docs/api.md, docs/record.md): API Gateway REST proxy events into the real
 `ingest.app.lambda_handler`, moto in-process behind it, answers and side effects asserted."""
 
 from __future__ import annotations
@@ -509,6 +509,7 @@ BAD_INPUT: list[tuple[str, Any, dict[str, str] | None, int, str]] = [
     ("requested_by a number", {**VALID, "requested_by": 7}, None, 422, "requested_by"),
     ("unknown field", {**VALID, "steps": ["swap-security-groups"]}, None, 422, "steps"),
     ("misspelt field", {**VALID, "reasons": "x"}, None, 422, "reasons"),
+    ("field with an empty name", {**VALID, "": "x"}, None, 422, "body"),
     ("missing instance_id", {k: v for k, v in VALID.items() if k != "instance_id"}, None, 422, "instance_id"),
     ("missing account_id", {k: v for k, v in VALID.items() if k != "account_id"}, None, 422, "account_id"),
     ("missing region", {k: v for k, v in VALID.items() if k != "region"}, None, 422, "region"),
@@ -566,6 +567,85 @@ def test_bad_input_is_a_4xx_naming_the_field_and_changes_nothing(
     # Then a 4xx JSON names the field at fault, and nothing is enqueued or recorded
     assert_client_error(status, answer, expected_status, field)
     assert_nothing_happened(stack)
+
+
+@pytest.mark.parametrize("region", ["eu-wset-1", "xx-" + "a" * 145 + "-1", "us-gov-west-1"])
+def test_a_region_outside_the_partition_is_a_422_naming_region(stack: Stack, region: str) -> None:
+    # Given a region that has the form of one but is not a region of the partition
+    # When an isolation there is requested
+    status, body = post(stack, region=region)
+
+    # Then 422 naming region, saying what is expected, and nothing enqueued or recorded
+    assert_client_error(status, body, 422, "region")
+    (error,) = body["errors"]
+    assert error["type"] == "unknown_region" and "eu-west-1" in error["message"], error
+    assert_nothing_happened(stack)
+
+
+def test_extra_regions_admits_a_region_botocore_does_not_know(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a deployment that admits a region newer than its botocore
+    monkeypatch.setenv("EXTRA_REGIONS", "eu-future-1, ap-future-2")
+    ingest_settings.cache_clear()
+
+    # When an isolation there is requested
+    status, body = post(stack, region="ap-future-2")
+
+    # Then it is accepted
+    assert status == 202, body
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("account_id", 111122223333, "a string of 12 digits"),
+        ("account_id", "1111", "a string of 12 digits"),
+        ("instance_id", 7, '"i-" followed by 8 or 17 lowercase hexadecimal digits'),
+        ("instance_id", "i-XYZ", '"i-" followed by 8 or 17 lowercase hexadecimal digits'),
+        ("region", True, 'an AWS region name, such as "eu-west-1"'),
+        ("region", "EU-west-1", 'an AWS region name, such as "eu-west-1"'),
+        ("reason", "x" * 1025, "at most 1024 characters"),
+        ("requested_by", 7, "at most 256 characters"),
+    ],
+)
+def test_a_broken_field_is_told_in_words_a_person_can_act_on(
+    stack: Stack, field: str, value: Any, says: str
+) -> None:
+    # When a field breaks its rule
+    status, body = post(stack, **{field: value})
+
+    # Then the message names the field and its expected form, not pydantic's generic words
+    assert status == 422, body
+    (error,) = body["errors"]
+    assert error["field"] == field and error["message"].startswith(f"{field} must be "), error
+    assert says in error["message"], error
+    assert "Input should be" not in body["message"] + error["message"]
+
+
+def test_missing_and_unknown_fields_are_told_as_such(stack: Stack) -> None:
+    # When a required field is missing and an unknown one is sent
+    status, body = post(stack, {"instance_id": INSTANCE, "region": MEMBER_REGION, "force": True})
+
+    # Then each is named with what to do about it
+    assert status == 422, body
+    messages = {error["field"]: error["message"] for error in body["errors"]}
+    assert messages["account_id"].startswith("account_id is required: a string of 12 digits"), messages
+    assert messages["force"] == '"force" is not a field of this request', messages
+
+
+def test_a_bad_idempotency_key_is_named_as_the_header(stack: Stack) -> None:
+    # When the header breaks its rule
+    # Then it is named as documented, whatever case the client wrote it in
+    status, body = post(stack, headers={"Idempotency-Key": "k" * 129})
+    assert status == 422, body
+    assert body["errors"] == [
+        {
+            "field": "Idempotency-Key",
+            "type": "string_too_long",
+            "message": "Idempotency-Key must be a string of 1 to 128 characters",
+        }
+    ]
 
 
 def test_every_missing_field_is_named_at_once(stack: Stack) -> None:

@@ -3,8 +3,9 @@ events through `ingest.app.lambda_handler`, against one moto stack per test func
 
 Every answer is checked against invariants (never a 5xx, always JSON, a 4xx changes nothing and names a
 field, a 202 makes exactly one record and one message) and against an oracle written from the contract
-(CONTRACT §2): the request is accepted if and only if the body is a UTF-8 JSON object of at most 10 KiB
-whose fields follow the rules, sent as JSON, with a well-formed Idempotency-Key if any.
+(the API's rules): the request is accepted if and only if the body is a UTF-8 JSON object of at most
+10 KiB whose fields follow the rules (the region one of the aws partition's), sent as JSON, with a
+well-formed Idempotency-Key if any.
 
 Reproducible: `derandomize=True` fixes the examples per test, and no example database is written.
 """
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from botocore.loaders import create_loader
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.conftest import MEMBER_ACCOUNT, MEMBER_REGION, OTHER_ACCOUNT, Stack
@@ -47,7 +49,7 @@ def fuzz_settings(examples: int) -> Any:
     )
 
 
-# --- the oracle: CONTRACT §2, written independently of src/ ---------------------------------------
+# --- the oracle: the API's rules, written independently of src/ ------------------------------------
 
 MAX_BODY = 10 * 1024
 REQUIRED = ("instance_id", "account_id", "region")
@@ -59,8 +61,22 @@ PATTERNS = {
 }
 
 
+#: The regions an isolation may target: the aws partition's, as botocore's data lists them.
+REGIONS = frozenset(
+    name
+    for partition in create_loader().load_data("partitions")["partitions"]
+    if partition["id"] == "aws"
+    for name in partition["regions"]
+    if PATTERNS["region"].fullmatch(name)
+)
+
+
 def matches(name: str, value: Any) -> bool:
     return isinstance(value, str) and PATTERNS[name].fullmatch(value) is not None
+
+
+def region_known(value: Any) -> bool:
+    return matches("region", value) and value in REGIONS
 
 
 def conforms(value: Any) -> bool:
@@ -68,6 +84,8 @@ def conforms(value: Any) -> bool:
     if not isinstance(value, dict) or set(value) - {*REQUIRED, *OPTIONAL_LIMITS}:
         return False
     if not all(name in value and matches(name, value[name]) for name in REQUIRED):
+        return False
+    if not region_known(value["region"]):
         return False
     return all(
         value.get(name) is None or (isinstance(value[name], str) and len(value[name]) <= limit)
@@ -215,7 +233,7 @@ class Probe:
         return status, body
 
     def expect(self, data: bytes | None, headers: dict[str, str], status: int, body: dict[str, Any]) -> None:
-        """What CONTRACT §2 says this request gets."""
+        """What the API's rules say this request gets."""
         content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
         key = next((v for k, v in headers.items() if k.lower() == "idempotency-key"), None)
         where = f"{data!r:.200} {headers} → {status} {body}"
@@ -320,11 +338,13 @@ valid_instance = st.one_of(
 valid_account = st.one_of(
     st.sampled_from([MEMBER_ACCOUNT, OTHER_ACCOUNT]), st.from_regex(r"[0-9]{12}", fullmatch=True)
 )
-valid_region = st.one_of(
-    st.sampled_from([MEMBER_REGION, "us-east-1", "ap-southeast-2", "us-gov-west-1"]),
+valid_region = st.one_of(st.sampled_from([MEMBER_REGION, "us-east-1"]), st.sampled_from(sorted(REGIONS)))
+VALID_VALUES = {"instance_id": valid_instance, "account_id": valid_account, "region": valid_region}
+#: Names with the form of a region that are not one of the partition's (typos, other partitions, made up).
+unknown_regions = st.one_of(
+    st.sampled_from(["eu-wset-1", "us-gov-west-1", "cn-north-1", "aws-global", "xx-" + "a" * 145 + "-1"]),
     st.from_regex(r"[a-z]{2}(-[a-z]{1,9}){1,2}-[0-9]", fullmatch=True),
 )
-VALID_VALUES = {"instance_id": valid_instance, "account_id": valid_account, "region": valid_region}
 
 UNICODE_DIGITS = "٠١٢٣٤٥٦٧٨٩०१२३४५६७८९０１２３４５６７８９"
 
@@ -350,6 +370,8 @@ def near_misses(valid: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 
 
 def field_value(name: str) -> st.SearchStrategy[Any]:
+    if name == "region":
+        return st.one_of(valid_region, valid_region, near_misses(valid_region), unknown_regions, json_scalars)
     if name in VALID_VALUES:
         valid = VALID_VALUES[name]
         return st.one_of(valid, valid, near_misses(valid), json_scalars, json_values)

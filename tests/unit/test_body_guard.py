@@ -1,4 +1,5 @@
-"""ingest.body_guard.screen: what API Gateway passes through but a JSON API must refuse, before routing."""
+"""ingest.body_guard: what API Gateway passes through but a JSON API must refuse: `screen` before routing
+(size, encoding, content type), `parse` as the router's one JSON parse (duplicate keys, depth, objects)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ingest.body_guard import MAX_BODY_BYTES, MAX_DEPTH, BodyRejected, screen
+from ingest.body_guard import MAX_BODY_BYTES, MAX_DEPTH, BodyRejected, parse, screen
 
 pytestmark = pytest.mark.disable_socket
 
@@ -34,6 +35,12 @@ def event(
 def rejected(evt: dict[str, Any]) -> BodyRejected:
     with pytest.raises(BodyRejected) as caught:
         screen(evt)
+    return caught.value
+
+
+def unparsable(text: str) -> BodyRejected:
+    with pytest.raises(BodyRejected) as caught:
+        parse(text)
     return caught.value
 
 
@@ -83,6 +90,13 @@ def test_an_empty_body_passes_for_routing_to_call_missing() -> None:
     # When it is screened
     # Then it is not a JSON error here: validation reports the missing body
     assert screen(event(""))["body"] == ""
+
+
+def test_screening_does_not_parse() -> None:
+    # Given a body that is not JSON, within the size limit
+    # When it is screened
+    # Then it is handed on as it is: the router's one parse (`parse`) refuses it
+    assert screen(event('{"a": 1, "a": 2'))["body"] == '{"a": 1, "a": 2'
 
 
 def test_the_input_event_is_not_modified() -> None:
@@ -206,15 +220,15 @@ def test_nesting_of_32_passes_and_33_is_400(opener: str) -> None:
     # Given JSON nested exactly to the limit, and one level more
     # When they are screened
     # Then the first passes and the second is a 400 (json.loads never sees it)
-    assert screen(event(nested(MAX_DEPTH, opener)))["body"] == nested(MAX_DEPTH, opener)
-    error = rejected(event(nested(MAX_DEPTH + 1, opener)))
+    assert parse(nested(MAX_DEPTH, opener)) == json.loads(nested(MAX_DEPTH, opener))
+    error = unparsable(nested(MAX_DEPTH + 1, opener))
     assert error.status_code == 400 and error.error_type == "json_too_deep"
 
 
 def test_deep_nesting_far_past_the_recursion_limit_is_400_not_a_crash() -> None:
     # Given nesting deeper than Python's recursion limit, within the size limit
     # When it is screened
-    error = rejected(event("[" * 5_000 + "]" * 5_000))
+    error = unparsable("[" * 5_000 + "]" * 5_000)
 
     # Then 400
     assert error.status_code == 400
@@ -226,7 +240,7 @@ def test_brackets_inside_strings_do_not_count_as_depth() -> None:
 
     # When it is screened
     # Then it passes: only structure counts
-    assert screen(event(text))["body"] == text
+    assert parse(text) == json.loads(text)
 
 
 def test_depth_counts_objects_and_arrays_together() -> None:
@@ -236,7 +250,7 @@ def test_depth_counts_objects_and_arrays_together() -> None:
 
     # When it is screened
     # Then it is too deep
-    assert rejected(event(text)).error_type == "json_too_deep"
+    assert unparsable(text).error_type == "json_too_deep"
 
 
 @pytest.mark.parametrize(
@@ -253,7 +267,7 @@ def test_depth_counts_objects_and_arrays_together() -> None:
 def test_duplicate_keys_are_400_at_any_depth(text: str) -> None:
     # Given JSON with a key repeated within one object
     # When it is screened
-    error = rejected(event(text))
+    error = unparsable(text)
 
     # Then 400: json.loads would silently keep the last one
     assert error.status_code == 400 and error.error_type == "json_duplicate_key"
@@ -265,14 +279,14 @@ def test_the_same_key_in_different_objects_is_fine() -> None:
 
     # When it is screened
     # Then it passes
-    assert screen(event(text))["body"] == text
+    assert parse(text) == json.loads(text)
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_non_standard_number_literals_are_400(literal: str) -> None:
     # Given JSON that Python's json would accept but the standard does not
     # When it is screened
-    error = rejected(event(f'{{"reason": {literal}}}'))
+    error = unparsable(f'{{"reason": {literal}}}')
 
     # Then 400
     assert error.status_code == 400 and error.error_type == "json_invalid"
@@ -282,7 +296,7 @@ def test_non_standard_number_literals_are_400(literal: str) -> None:
 def test_malformed_json_is_400(text: str) -> None:
     # Given text that is not JSON
     # When it is screened
-    error = rejected(event(text))
+    error = unparsable(text)
 
     # Then 400 json_invalid
     assert error.status_code == 400 and error.error_type == "json_invalid"
@@ -292,7 +306,7 @@ def test_malformed_json_is_400(text: str) -> None:
 def test_a_body_that_is_not_a_json_object_is_refused(text: str) -> None:
     # Given valid JSON that is not an object (an array holding a valid request included)
     # When it is screened
-    error = rejected(event(text))
+    error = unparsable(text)
 
     # Then a 4xx naming the body: every body this API takes is an object
     assert error.status_code in (400, 422)
@@ -303,7 +317,7 @@ def test_huge_integer_literal_is_400_not_a_crash() -> None:
     # Given an integer past Python's int-from-string limit
     # When it is screened
     # Then 400
-    assert rejected(event('{"reason": ' + "9" * 5_000 + "}")).status_code == 400
+    assert unparsable('{"reason": ' + "9" * 5_000 + "}").status_code == 400
 
 
 # --- content type ------------------------------------------------------------------------------------
@@ -369,7 +383,7 @@ def test_other_content_types_are_415(content_type: str) -> None:
 
 def test_a_rejection_is_the_api_error_shape_naming_the_body() -> None:
     # Given a rejected body
-    error = rejected(event("{"))
+    error = unparsable("{")
 
     # When its answer is built
     body = error.body()

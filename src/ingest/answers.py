@@ -1,0 +1,43 @@
+"""The bodies the API answers with, as models: the code builds them and the OpenAPI document shows them.
+
+Success bodies are `shared.models.Accepted` (POST /isolate), `shared.models.IsolationRecord`
+(GET /isolations/{isolation_id}) and `IsolationList` (GET /isolations). Every other answer is an
+`ErrorBody`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from shared.models import IsolationRecord
+
+
+class IsolationList(BaseModel):
+    """Answer of `GET /isolations`: the instance's isolations, newest first."""
+
+    items: list[IsolationRecord] = Field(description="At most 50 records, newest first")
+
+
+class FieldError(BaseModel):
+    """One thing wrong with the request."""
+
+    field: str = Field(
+        description="What is at fault: a body field (`account_id`), a query parameter, the "
+        "`Idempotency-Key` header, or `body` for the request body as a whole"
+    )
+    type: str = Field(description="A stable, machine-readable name of the rule that was broken")
+    message: str = Field(description="What is wrong and what is expected, for a person")
+
+
+class ErrorBody(BaseModel):
+    """Every answer that is not a success."""
+
+    message: str = Field(description="What went wrong, for a person")
+    errors: list[FieldError] = Field(
+        default_factory=list, description="One entry per fault; absent when no input is at fault"
+    )
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_defaults=True)

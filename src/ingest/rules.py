@@ -1,0 +1,73 @@
+"""What each input must be, in words a person can act on, and validation errors told that way.
+
+pydantic says "Input should be a valid string" for a numeric `account_id`; the caller needs to hear
+that an account id is a string of 12 digits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ingest.answers import FieldError
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
+
+#: The expected form of every input that has one, by the name the caller uses.
+EXPECTED = {
+    "instance_id": 'a string "i-" followed by 8 or 17 lowercase hexadecimal digits, such as "i-0123456789abcdef0"',
+    "account_id": 'a string of 12 digits, such as "111122223333"',
+    "region": 'an AWS region name, such as "eu-west-1"',
+    "reason": "a string of at most 1024 characters, or null",
+    "requested_by": "a string of at most 256 characters, or null",
+    IDEMPOTENCY_KEY: "a string of 1 to 128 characters",
+    "body": "a JSON object",
+}
+
+#: A request that follows every rule (the OpenAPI document shows it).
+EXAMPLE_REQUEST = {
+    "instance_id": "i-0123456789abcdef0",
+    "account_id": "111122223333",
+    "region": "eu-west-1",
+    "reason": "C2 beaconing reported by the EDR",
+    "requested_by": "soc-oncall@example.com",
+}
+
+_WHERE = ("body", "query", "path", "header")
+
+
+def field_name(loc: Sequence[Any]) -> str:
+    """The name the caller uses for the input at `loc` (pydantic's location of the error)."""
+    names = [part for part in loc if isinstance(part, str) and part not in _WHERE]
+    if names and loc[0] == "header" and names[0].lower() == IDEMPOTENCY_KEY.lower():
+        return IDEMPOTENCY_KEY  # header names are case-insensitive; tell it as it is documented
+    return ".".join(names) or "body"  # a key "" is a fault of the body: no field has that name
+
+
+def field_error(error: dict[str, Any]) -> FieldError:
+    """One pydantic validation error as the API reports it."""
+    loc = error.get("loc") or ("body",)
+    field = field_name(loc)
+    kind = str(error.get("type", ""))
+    if kind == "missing":
+        message = f"{field} is required: {EXPECTED[field]}" if field in EXPECTED else f"{field} is required"
+    elif kind == "extra_forbidden":
+        message = f"{json.dumps(loc[-1])} is not a field of this request"
+    elif field in EXPECTED:
+        message = f"{field} must be {EXPECTED[field]}"
+    else:
+        message = str(error.get("msg", ""))
+    return FieldError(field=field, type=kind, message=message)
+
+
+def unknown_region(region: str) -> FieldError:
+    return FieldError(
+        field="region",
+        type="unknown_region",
+        message=f"{region!r} is not an AWS region this service knows; region must be {EXPECTED['region']}",
+    )
+
+
+def summary(errors: Iterable[FieldError]) -> str:
+    return "invalid request: " + ", ".join(sorted({error.field for error in errors}))
