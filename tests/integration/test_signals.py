@@ -15,7 +15,7 @@ import pytest
 from moto.events.models import EventPattern
 from tests.conftest import OTHER_ACCOUNT, ROOT, Stack
 from tests.integration.test_worker import assert_isolated, record_of, records_for
-from tests.support.aws import Member
+from tests.support.aws import Faults, Member
 
 from local_stack.cfn import event_pattern, load_template, resolve
 from local_stack.sample_events import guardduty_finding, security_hub_custom_action, tag_change
@@ -256,3 +256,21 @@ def test_tag_value_other_than_true_is_acknowledged_without_isolating(stack: Stac
     stack.drain()
     assert records_for(stack, instance) == [] and stack.dead_letters() == []
     assert member.isolation_groups(vpc.id) == []
+
+
+def test_a_made_up_region_fails_at_once_without_a_call(stack: Stack, member: Member, faults: Faults) -> None:
+    # Given a finding naming a region of the right form that does not exist
+    faults.count()
+    finding = guardduty_finding(
+        account_id=member.account_id, region="eu-wset-1", instance_id="i-0123456789abcdef0"
+    )
+
+    # When the worker runs
+    stack.send(finding)
+    stack.drain()
+
+    # Then the record is FAILED UnknownRegion on the first receive, and no call went to any account
+    record = record_of(stack, trigger_isolation_id(Source.GUARDDUTY, finding["id"]))
+    assert record["status"] == "FAILED" and record["error"]["code"] == "UnknownRegion"
+    assert record["attempts"] == 1 and stack.dead_letters() == []
+    assert not [call for call in faults.calls if call.startswith(("sts.", "ec2.", "iam."))]
