@@ -1,8 +1,8 @@
 """The bodies the API answers with, as models: the code builds them and the OpenAPI document shows them.
 
 Success bodies are `shared.models.Accepted` (POST /isolate), `shared.models.IsolationRecord`
-(GET /isolations/{isolation_id}) and `IsolationList` (GET /isolations). Every other answer is an
-`ErrorBody`.
+(GET /isolations/{isolation_id}), `IsolationList` (GET /isolations?instance_id=...) and `IsolationPage`
+(GET /isolations). Every other answer is an `ErrorBody`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,17 @@ from shared.models import IsolationRecord
 
 
 class IsolationList(BaseModel):
-    """Answer of `GET /isolations`: the instance's isolations, newest first."""
+    """Answer of `GET /isolations?instance_id=...`: the instance's isolations, newest first."""
 
     items: list[IsolationRecord] = Field(description="At most 50 records, newest first")
+
+
+class IsolationPage(IsolationList):
+    """Answer of `GET /isolations` without `instance_id`: a page of every instance's isolations."""
+
+    next: str | None = Field(
+        description="Pass it back as `next` for the following page; null on the last page"
+    )
 
 
 class FieldError(BaseModel):

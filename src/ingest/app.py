@@ -20,16 +20,19 @@ from aws_lambda_powertools.logging import correlation_paths
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ingest import rules, service
-from ingest.answers import ErrorBody, FieldError, IsolationList
+from ingest.answers import ErrorBody, FieldError, IsolationList, IsolationPage
 from ingest.body_guard import BodyRejected, parse, screen
 from shared.aws import same_account_client
 from shared.config import ingest_settings
 from shared.errors import RequestNotFound
+from shared.lifecycle import Status
 from shared.models import ACCOUNT_ID_PATTERN, INSTANCE_ID_PATTERN, Accepted, IsolationRecord, IsolationRequest
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 
 app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=parse)
+#: The default page of GET /isolations without an instance.
+MAX_PAGE = 50
 
 
 def _answer(description: str, model: Any) -> OpenAPIResponse:
@@ -39,7 +42,7 @@ def _answer(description: str, model: Any) -> OpenAPIResponse:
 #: Answers every route may give: API Gateway's for a missing or wrong key and for throttling, and a 503
 #: when AWS fails.
 _EVERY_ROUTE: dict[int, OpenAPIResponse] = {
-    403: _answer("Missing or wrong API key (API Gateway's answer: only `message`)", ErrorBody),
+    403: _answer("Missing or wrong API key, or no such route (API Gateway's answer)", ErrorBody),
     429: _answer("Throttled by the API key's usage plan (API Gateway's answer: only `message`)", ErrorBody),
     503: _answer("AWS is unavailable; nothing was changed; retry the request", ErrorBody),
 }
@@ -120,23 +123,57 @@ def get_isolation(isolation_id: Annotated[str, Path(description="The id POST /is
 
 @app.get(
     "/isolations",
-    summary="Isolations of an instance, newest first (at most 50)",
+    summary="Isolations of an instance, or of every instance, newest first",
+    description=(
+        "With `instance_id` (and optionally `account_id`): that instance's isolations, at most 50. "
+        "Without it: every instance's, a page of `limit` at a time (`next` is the following page's "
+        "cursor), optionally only those of one `status`."
+    ),
     responses={
         **_EVERY_ROUTE,
-        200: _answer("The instance's isolation records, newest first", IsolationList),
-        422: _answer("A query parameter is missing or malformed; it is named in `errors`", ErrorBody),
+        200: _answer("Isolation records, newest first (`next` only without `instance_id`)", IsolationPage),
+        400: _answer("`next` is not a cursor this API answered", ErrorBody),
+        422: _answer(
+            "A query parameter is malformed, or does not go with the others; named in `errors`", ErrorBody
+        ),
     },
 )
 def list_isolations(
     instance_id: Annotated[
-        str, Query(pattern=INSTANCE_ID_PATTERN, description=rules.EXPECTED["instance_id"])
-    ],
+        str | None, Query(pattern=INSTANCE_ID_PATTERN, description=rules.EXPECTED["instance_id"])
+    ] = None,
     account_id: Annotated[
         str | None, Query(pattern=ACCOUNT_ID_PATTERN, description=rules.EXPECTED["account_id"])
     ] = None,
+    status: Annotated[
+        Status | None, Query(description="Without instance_id: only isolations in this status")
+    ] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, le=100, description="Without instance_id: page size, 1 to 100 (default 50)")
+    ] = None,
+    cursor: Annotated[
+        str | None, Query(alias="next", max_length=512, description=rules.EXPECTED["next"])
+    ] = None,
 ):
-    records = service.history(instance_id, account_id, store=_store())
-    return _json(200, IsolationList(items=records).model_dump(mode="json"))
+    if instance_id is not None:
+        misplaced = [
+            name
+            for name, value in (("status", status), ("limit", limit), ("next", cursor))
+            if value is not None
+        ]
+        if misplaced:
+            return _misplaced(misplaced, "only without instance_id")
+        records = service.history(instance_id, account_id, store=_store())
+        return _json(200, IsolationList(items=records).model_dump(mode="json"))
+    if account_id is not None:
+        return _misplaced(["account_id"], "only with instance_id")
+    records, next_cursor = service.recent(limit or MAX_PAGE, status, cursor, store=_store())
+    return _json(200, IsolationPage(items=records, next=next_cursor).model_dump(mode="json"))
+
+
+def _misplaced(names: list[str], where: str) -> Response:
+    errors = [FieldError(field=name, type="misplaced", message=f"{name} goes {where}") for name in names]
+    return _error(422, rules.summary(errors), *errors)
 
 
 # --- errors: one handler per kind, each an ErrorBody --------------------------------------------------
@@ -163,6 +200,11 @@ def unsupported_content_type(exc: RequestUnsupportedContentType) -> Response:
 def unknown_region(exc: service.UnknownRegion) -> Response:
     error = rules.unknown_region(exc.region)
     return _error(422, rules.summary([error]), error)
+
+
+@app.exception_handler(service.BadCursor)
+def bad_cursor(exc: service.BadCursor) -> Response:
+    return _error(400, exc.message, FieldError(field="next", type=exc.code, message=exc.message))
 
 
 @app.exception_handler(service.AccountNotAllowed)

@@ -22,6 +22,9 @@ EXPECTED = {
     "reason": "a string of at most 1024 characters, or null",
     "requested_by": "a string of at most 256 characters, or null",
     IDEMPOTENCY_KEY: "a string of 1 to 128 characters",
+    "status": "one of QUEUED, IN_PROGRESS, ISOLATED, FAILED, SKIPPED",
+    "limit": "a whole number from 1 to 100",
+    "next": "the cursor a previous page answered, passed back unchanged",
     "body": "a JSON object",
 }
 

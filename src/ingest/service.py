@@ -8,6 +8,7 @@ with an Idempotency-Key (its answer is remembered).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -115,6 +116,39 @@ def status(isolation_id: str, *, store: IsolationStore) -> IsolationRecord:
 
 def history(instance_id: str, account_id: str | None, *, store: IsolationStore) -> list[IsolationRecord]:
     return store.list_for_instance(instance_id, account_id)
+
+
+class BadCursor(IsolationError):
+    def __init__(self) -> None:
+        super().__init__("invalid_cursor", "next must be a cursor this API answered, passed back unchanged")
+
+
+#: A cursor holds only a position in the list (a record's creation time and id): whatever it says, a
+#: page reads the same index with the same filter, so a forged one cannot reach anything else.
+_POSITION = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z#iso-[0-9a-f]{32}$")
+
+
+def recent(
+    limit: int, status: Status | None, cursor: str | None, *, store: IsolationStore
+) -> tuple[list[IsolationRecord], str | None]:
+    """The newest isolations of every instance, a page at a time, with the cursor of the next page."""
+    records, next_position = store.recent(limit, status=status, before=_position(cursor) if cursor else None)
+    return records, _cursor(next_position) if next_position else None
+
+
+def _cursor(position: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"before": position}).encode()).decode().rstrip("=")
+
+
+def _position(cursor: str) -> str:
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError) as exc:
+        raise BadCursor() from exc
+    position = decoded.get("before") if isinstance(decoded, dict) else None
+    if not isinstance(position, str) or not _POSITION.fullmatch(position):
+        raise BadCursor()
+    return position
 
 
 def _accepted(isolation_id: str, state: Status, *, deduplicated: bool | None = None) -> Accepted:

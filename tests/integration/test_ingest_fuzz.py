@@ -623,7 +623,12 @@ def test_random_routes_and_methods(probe: Probe, data: st.DataObject) -> None:
     elif method == "GET" and path == "/isolations":
         instance = (query or {}).get("instance_id")
         account = (query or {}).get("account_id")
-        if matches("instance_id", instance) and (account is None or matches("account_id", account)):
+        if instance is None and account is None:  # every instance's isolations, a page
+            assert status == 200, (query, body)
+            items = body["items"]
+            assert len(items) <= 50 and "next" in body
+            assert [i["created_at"] for i in items] == sorted((i["created_at"] for i in items), reverse=True)
+        elif matches("instance_id", instance) and (account is None or matches("account_id", account)):
             assert status == 200, (query, body)
             items = body["items"]
             assert len(items) <= 50

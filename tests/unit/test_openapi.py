@@ -63,7 +63,7 @@ def test_every_route_needs_the_api_key(doc: dict[str, Any]) -> None:
         ),
         (
             ("get", "/isolations"),
-            {"200": "IsolationList"} | dict.fromkeys(("403", "422", "429", "503"), "ErrorBody"),
+            {"200": "IsolationPage"} | dict.fromkeys(("400", "403", "422", "429", "503"), "ErrorBody"),
         ),
     ],
 )

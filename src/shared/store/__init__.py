@@ -5,6 +5,7 @@ from shared.store.idempotency import IdempotencyClaim, Replayed, idempotency_key
 from shared.store.records import (
     DEAD_LETTERED,
     INSTANCE_INDEX,
+    RECENT_INDEX,
     WORKER_LOST,
     Coalesced,
     Created,
@@ -21,6 +22,7 @@ from shared.store.slots import slot_key
 __all__ = [
     "DEAD_LETTERED",
     "INSTANCE_INDEX",
+    "RECENT_INDEX",
     "WORKER_LOST",
     "Coalesced",
     "Created",

@@ -34,9 +34,14 @@ from shared.store.idempotency import IdempotencyClaim, Replayed
 
 INSTANCE_INDEX = "by-instance"
 MAX_LISTED = 50
+#: The index of every record by creation, newest first: hash `list_shard` (one of `LIST_SHARDS` write
+#: shards, from the id), range `listed_at` (`<created_at>#<isolation_id>`, unique and time-ordered). A
+#: page reads each shard's newest and merges them: no scan, and no one partition takes every write.
+RECENT_INDEX = "by-recent"
+LIST_SHARDS = 4
 
 # Attributes of a record item that are not part of the served record.
-_INTERNAL = ("pk", "lease_owner", "lease_until", "resumable", "final_attempt")
+_INTERNAL = ("pk", "lease_owner", "lease_until", "resumable", "final_attempt", "list_shard", "listed_at")
 
 #: The codes of a record the sweeper ends (see `shared.lifecycle`).
 WORKER_LOST = "WorkerLost"
@@ -133,6 +138,49 @@ class IsolationStore:
             params["FilterExpression"] = "account_id = :acct"
             params["ExpressionAttributeValues"][":acct"] = {"S": account_id}
         return [_record(item) for item in self._query(params, MAX_LISTED)]
+
+    def recent(
+        self, limit: int, *, status: Status | None = None, before: str | None = None
+    ) -> tuple[list[IsolationRecord], str | None]:
+        """The newest records of every instance (`status` only, when given), strictly older than the
+        position `before` (a `listed_at`), at most `limit`; and the position of the next page, if any."""
+        found: list[dict[str, Any]] = []
+        more = False
+        for shard in range(LIST_SHARDS):
+            params: dict[str, Any] = {
+                "TableName": self.table_name,
+                "IndexName": RECENT_INDEX,
+                "KeyConditionExpression": "list_shard = :shard",
+                "ExpressionAttributeValues": {":shard": {"S": f"all#{shard}"}},
+                "ScanIndexForward": False,
+                "Limit": limit,
+            }
+            if before is not None:
+                params["KeyConditionExpression"] += " AND listed_at < :before"
+                params["ExpressionAttributeValues"][":before"] = {"S": before}
+            if status is not None:
+                params["FilterExpression"] = "#s = :status"
+                params["ExpressionAttributeNames"] = {"#s": "status"}
+                params["ExpressionAttributeValues"][":status"] = {"S": status.value}
+            items, rest = self._query_page(params, limit)
+            found.extend(items)
+            more = more or rest
+        found.sort(key=lambda item: str(item["listed_at"]), reverse=True)
+        page = found[:limit]
+        next_before = str(page[-1]["listed_at"]) if page and (more or len(found) > limit) else None
+        return [_record(item) for item in page], next_before
+
+    def _query_page(self, params: dict[str, Any], limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """Up to `limit` items of one query (filters may need several pages); True when more may follow."""
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self.client.query(**params)
+            items.extend(deserialize(item) for item in page.get("Items", []))
+            if len(items) >= limit:
+                return items[:limit], True
+            if "LastEvaluatedKey" not in page:
+                return items, False
+            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def lost(self, now: float) -> list[IsolationRecord]:
         """Records whose worker was lost on the last receive (`lifecycle.LOST` at `now`), from the
@@ -574,6 +622,8 @@ def _record_item(record: IsolationRecord) -> dict[str, Any]:
     # None-valued fields are left out, so `if_not_exists(prior_state | contained_at, ...)` can set them.
     item = record.model_dump(mode="json", exclude_none=True)
     item["pk"] = record.isolation_id
+    item["list_shard"] = f"all#{int.from_bytes(record.isolation_id.encode(), 'big') % LIST_SHARDS}"
+    item["listed_at"] = f"{record.created_at}#{record.isolation_id}"
     return item
 
 
