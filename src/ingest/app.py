@@ -19,7 +19,7 @@ from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ingest import rules, service
+from ingest import console, rules, service
 from ingest.answers import ErrorBody, FieldError, IsolationList, IsolationPage
 from ingest.body_guard import BodyRejected, parse, screen
 from shared.aws import same_account_client
@@ -174,6 +174,16 @@ def list_isolations(
 def _misplaced(names: list[str], where: str) -> Response:
     errors = [FieldError(field=name, type="misplaced", message=f"{name} goes {where}") for name in names]
     return _error(422, rules.summary(errors), *errors)
+
+
+@app.get("/console", include_in_schema=False)
+def status_page():
+    return Response(
+        status_code=200,
+        content_type="text/html; charset=utf-8",
+        body=console.page(),
+        headers=console.headers(),
+    )
 
 
 # --- errors: one handler per kind, each an ErrorBody --------------------------------------------------
