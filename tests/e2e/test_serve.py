@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 
-from local_stack.seed import DemoOrg
+from local_stack.demo_org import DemoOrg
 from tests.e2e.helpers import Served, assert_isolated, demo_on, free_port, member_clients
 
 pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(120)]
