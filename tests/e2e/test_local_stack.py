@@ -387,3 +387,42 @@ def test_chunked_body_is_read(api: tuple[ApiServer, list[dict[str, Any]]]) -> No
         b'POST /isolate HTTP/1.1\r\nx-api-key: k\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{"a\r\n4\r\n":1}\r\n0\r\n\r\n',
     )
     assert events[0]["body"] == '{"a":1}'
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "PROPFIND", "FROBNICATE"])
+@pytest.mark.parametrize("key", [b"x-api-key: k\r\n", b""], ids=["with-key", "without-key"])
+def test_unknown_methods_get_api_gateways_json_403(
+    api: tuple[ApiServer, list[dict[str, Any]]], method: str, key: bytes
+) -> None:
+    # Given a method no route has (CONNECT with its authority-form target)
+    server, events = api
+    target = b"api.local:443" if method == "CONNECT" else b"/isolate"
+
+    # When it is sent, with or without the key
+    raw = _raw(
+        server, method.encode() + b" " + target + b" HTTP/1.1\r\n" + key + b"Content-Length: 0\r\n\r\n"
+    )
+
+    # Then API Gateway's answer for an undefined method: 403 JSON, never 501, and no invocation
+    assert _status_and_json(raw) == (403, {"message": "Missing Authentication Token"})
+    assert b"content-type: application/json" in raw.lower()
+    assert events == []
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"), [(b"", "missing"), (b"x-api-key: not-k\r\n", "wrong")], ids=["missing", "wrong"]
+)
+def test_a_missing_or_wrong_key_is_named(
+    api: tuple[ApiServer, list[dict[str, Any]]], key: bytes, problem: str
+) -> None:
+    # When a defined route is requested without the right key
+    server, events = api
+    raw = _raw(server, b"GET /isolations HTTP/1.1\r\n" + key + b"Content-Length: 0\r\n\r\n")
+
+    # Then a 403 that says which header is missing or wrong
+    message = f"Forbidden: x-api-key is {problem}"
+    assert _status_and_json(raw) == (
+        403,
+        {"message": message, "errors": [{"field": "x-api-key", "type": problem, "message": message}]},
+    )
+    assert events == []
