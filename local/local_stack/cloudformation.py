@@ -5,17 +5,19 @@ physical id of each resource and the value of each expression the caller asked C
 evaluate (as extra stack outputs: parameters, pseudo parameters and `Fn::Sub`/`Fn::If`/`Fn::Join`...
 evaluated by CloudFormation itself, not by a copy of it here).
 
-What moto 5.2.5's CloudFormation gets wrong, and how callers live with it:
+What moto 5.2.5's CloudFormation gets wrong here, and how callers live with it:
 
 - an output whose value is a number crashes it (`TypeError`): literals are never sent as outputs;
-- `DescribeStackResources` lists a resource whose `Condition` is false with no logical id, and crashes
-  (`KeyError: 'PhysicalResourceId'`) on a resource type it cannot create (e.g.
-  `AWS::SQS::QueuePolicy`): such entries are skipped, and callers deploy only types moto creates.
+- a resource it does not create (its `Condition` is false, or a type it does not support, such as
+  `AWS::SQS::QueuePolicy`, `AWS::Events::EventBusPolicy`, `AWS::Scheduler::Schedule` or
+  `AWS::SecurityHub::ActionTarget`, skipped with only a warning and the stack still `CREATE_COMPLETE`)
+  is listed by `DescribeStackResources` with no logical and no physical id: such entries are skipped.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +33,6 @@ class Deployed:
     """What a stack created: logical id -> physical id, the template's own outputs, and the value of
     each expression the caller asked for."""
 
-    name: str
     resources: dict[str, str]
     outputs: dict[str, str]
     values: dict[str, str]
@@ -45,7 +46,10 @@ def deploy_stack(
     parameters: dict[str, str] | None = None,
     evaluate: dict[str, Any] | None = None,
 ) -> Deployed:
-    """Create the stack `name` from `template` (reused if it exists); `evaluate`: name -> expression."""
+    """Create the stack `name` from `template`; `evaluate`: name -> expression to read back.
+
+    A stack of that name already there is reused as it is (its parameters are not updated).
+    """
     expressions = dict(evaluate or {})
     keys = {name_: f"Value{index}" for index, name_ in enumerate(expressions)}
     body = dict(template)
@@ -75,7 +79,7 @@ def deploy_stack(
         if resource.get("LogicalResourceId") and resource.get("PhysicalResourceId")
     }
     values = {name_: outputs.pop(key) for name_, key in keys.items() if key in outputs}
-    return Deployed(name, resources, outputs, values)
+    return Deployed(resources, outputs, values)
 
 
 def _settled(cloudformation: Any, name: str, timeout: float = 60) -> dict[str, Any]:
@@ -90,8 +94,6 @@ def _settled(cloudformation: Any, name: str, timeout: float = 60) -> dict[str, A
 def references(node: Any) -> set[str]:
     """The names an expression refers to: `Ref`, `Fn::GetAtt` and `${...}` in `Fn::Sub` (not pseudo
     parameters, not a Sub's own variables)."""
-    import re
-
     found: set[str] = set()
     if isinstance(node, list):
         for item in node:

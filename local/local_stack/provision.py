@@ -19,11 +19,13 @@ with their dead-letter config and retry policy, roles), except for what is compl
   evaluated by the stack, with PutRule;
 - `TimeToLiveSpecification` is ignored: TTL is turned on with UpdateTimeToLive.
 
-Not deployed, because moto cannot: `AWS::SQS::QueuePolicy` (no support; `DescribeStackResources` then
-fails), `AWS::Events::EventBusPolicy`, `AWS::Scheduler::Schedule` and `AWS::SecurityHub::ActionTarget`
-(`CreateStack` crashes), and the whole transformed template (`KeyError: 'Name'`). An `AWS::Events::Rule`
-on `EventBusName: !Ref Bus` crashes it where `!GetAtt Bus.Name` works, and an event bus's physical id
-comes back `None`: read a bus's name from its `Name` property when buses join the subset.
+Not deployed: what moto does not create (`AWS::SQS::QueuePolicy`, `AWS::Events::EventBusPolicy`,
+`AWS::Scheduler::Schedule`, `AWS::SecurityHub::ActionTarget`: skipped with a warning, the stack still
+"complete"), the functions and the API (moto runs no Lambda code without Docker, and the whole
+transformed template fails: first on the string pattern, then on the functions' code in S3). For when
+the stack's own event bus joins the subset: a rule with `EventBusName: !Ref Bus` crashes `CreateStack`
+(`AttributeError`) where `!GetAtt Bus.Name` works, and the bus's physical id comes back `None`, so a
+bus's name is its `Name` property.
 
 Re-running against an endpoint that already has the stack reuses it.
 """

@@ -2,9 +2,9 @@
 
 The local stack deploys template.yaml's run-time subset through moto's CloudFormation
 (`local_stack.provision`), but these checks look at every resource under many parameter values, and
-moto 5.2.5 cannot help there: it cannot deploy the whole transformed template (`KeyError: 'Name'`; it
-crashes on `AWS::Events::EventBusPolicy`, `AWS::Scheduler::Schedule`, `AWS::SecurityHub::ActionTarget`
-and has no `AWS::SQS::QueuePolicy`), and a deployed stack gives back physical ids, not the resolved
+moto 5.2.5 cannot help there: it cannot deploy the whole transformed template (the functions and their
+code), creates nothing for `AWS::SQS::QueuePolicy`, `AWS::Events::EventBusPolicy` or
+`AWS::CloudWatch::Alarm`, and a deployed stack gives back physical ids, not the resolved
 properties (policy documents under conditions, `Fn::If` on parameters) the checks assert on.
 
     template = sam_transform(load_template("template.yaml"))
