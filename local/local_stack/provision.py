@@ -170,7 +170,14 @@ def provision(
             evaluate[f"pattern:{logical_id}"] = props["EventPattern"]
             props["EventPattern"] = _PLACEHOLDER_PATTERN
     settings = _function_settings(template)
-    evaluate.update({key: value for key, value in settings.items() if references(value) <= evaluable})
+    literals = {key: value for key, value in settings.items() if not isinstance(value, dict | list)}
+    evaluate.update(
+        {
+            key: value
+            for key, value in settings.items()
+            if key not in literals and references(value) <= evaluable
+        }
+    )
     body: dict[str, Any] = {
         key: template[key]
         for key in ("AWSTemplateFormatVersion", "Parameters", "Conditions")
@@ -183,8 +190,7 @@ def provision(
         parameters=parameters,
         evaluate=evaluate,
     )
-    values = {key: value for key, value in settings.items() if not isinstance(value, dict | list)}
-    values.update(stack.values)
+    values = {**literals, **stack.values}
     _complete(client, template, stack.resources, values)
     queue_arns, max_receive_count = _queues(client("sqs"), template, stack.resources)
     functions = _functions(template, values)
