@@ -33,7 +33,7 @@ test: install $(CHECKOV) lint
 lint: install
 	$(BIN)/ruff check src local tests scripts
 	$(BIN)/ruff format --check src local tests scripts
-	$(BIN)/mypy src
+	$(BIN)/mypy src local scripts
 	$(BIN)/cfn-lint template.yaml iam-execution-role.yml regional-forwarder.yml
 
 format: install

@@ -39,7 +39,7 @@ class Calls:
 
     def hook(self, event_name: str = "", **_: Any) -> None:
         if self.recording:
-            _, service, operation = event_name.split(".", 2)
+            _event, service, operation = event_name.split(".", 2)
             with self._lock:
                 self.names.append(f"{service}.{operation}")
 
@@ -96,6 +96,7 @@ def _by_service(names: list[str]) -> str:
 
 
 def isolate(stack: LocalStack, calls: Calls, label: str) -> tuple[list[str], Isolation]:
+    assert stack.demo is not None, "the bench seeds the demo organization"
     instance = stack.demo.instance(label, account=0)
     assert len(instance.eni_ids) == 2, instance
 

@@ -14,12 +14,14 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from local_stack.cfn import load_template, resolve
+from local_stack.event_source import delete_successes, failed_ids
+from local_stack.provision import provision
+from local_stack.templates import load_template, sam_transform
 from shared import aws
 from shared.config import ingest_settings, sweeper_settings, worker_settings
 from shared.store import IsolationStore
 from tests.support.aws import Faults, Member
-from tests.support.events import LambdaContext, api_event, sqs_event
+from tests.support.events import api_event, lambda_context, sqs_event
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK_REGION = "us-east-1"
@@ -51,7 +53,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @pytest.fixture(scope="session")
 def template() -> dict[str, Any]:
-    return resolve(load_template(ROOT / "template.yaml"))
+    """template.yaml after the SAM transform, as the local stack deploys it."""
+    return sam_transform(load_template(ROOT / "template.yaml"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -157,7 +160,7 @@ class Stack:
     def api(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
         from ingest.app import lambda_handler
 
-        response = lambda_handler(api_event(method, path, **kwargs), LambdaContext())
+        response = lambda_handler(api_event(method, path, **kwargs), lambda_context())
         return response["statusCode"], json.loads(response["body"])
 
     def receive(self, *, wait: bool = False) -> list[dict[str, Any]]:
@@ -194,25 +197,20 @@ class Stack:
         if not batch:
             return {"batchItemFailures": []}
         try:
-            response = lambda_handler(sqs_event(batch, self.queue_arn), LambdaContext())
+            response = lambda_handler(sqs_event(batch, self.queue_arn), lambda_context())
         except Exception:  # every record failed: Powertools raises, the whole batch comes back
             self.retrying.extend(batch)
             return {"batchItemFailures": [{"itemIdentifier": m["MessageId"]} for m in batch], "raised": True}
-        failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+        failed = failed_ids(response, [m["MessageId"] for m in batch])
         self.retrying.extend(m for m in batch if m["MessageId"] in failed)
-        done = [m for m in batch if m["MessageId"] not in failed]
-        if done:
-            self.sqs.delete_message_batch(
-                QueueUrl=self.queue_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
-            )
+        delete_successes(self.sqs, self.queue_url, batch, failed)
         return response
 
     def sweep(self) -> dict[str, Any]:
         """One run of the scheduled sweeper."""
         from sweeper.app import lambda_handler
 
-        return dict(lambda_handler({}, LambdaContext()))
+        return dict(lambda_handler({}, lambda_context()))
 
     def let_time_pass(self) -> None:
         """The retry delays the worker set on failed messages are over: they are visible again."""
@@ -236,51 +234,23 @@ class Stack:
 
 
 def build_stack(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch, **env: str) -> Stack:
-    resources = template["Resources"]
-    table = resources["IsolationTable"]["Properties"]
-    ddb = boto3.client("dynamodb", region_name=STACK_REGION)
-    ddb.create_table(
-        TableName="ec2-isolation-test",
-        KeySchema=table["KeySchema"],
-        AttributeDefinitions=table["AttributeDefinitions"],
-        BillingMode=table["BillingMode"],
-        GlobalSecondaryIndexes=[
-            {k: v for k, v in index.items() if k in ("IndexName", "KeySchema", "Projection")}
-            for index in table["GlobalSecondaryIndexes"]
-        ],
+    """The stack's queues and table deployed from the template as the local stack does, and the
+    worker's settings that point at them."""
+    provisioned = provision(
+        template,
+        client=lambda service: boto3.client(service, region_name=STACK_REGION),
+        stack_name="ec2-isolation-test",
     )
+    declared = provisioned.environment()
     sqs = boto3.client("sqs", region_name=STACK_REGION)
-    queue = resources["IsolationQueue"]["Properties"]
-    dlq_url = sqs.create_queue(
-        QueueName="ec2-isolation-dlq",
-        Attributes={
-            "MessageRetentionPeriod": str(
-                resources["IsolationDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"]
-            )
-        },
-    )["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    max_receive = int(queue["RedrivePolicy"]["maxReceiveCount"])
-    queue_url = sqs.create_queue(
-        QueueName="ec2-isolation",
-        Attributes={
-            "VisibilityTimeout": str(queue["VisibilityTimeout"]),
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive}),
-        },
-    )["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
     outcomes_url = _outcome_listener(sqs)
     settings = {
+        **{
+            name: declared[name]
+            for name in ("TABLE_NAME", "QUEUE_URL", "TARGET_ROLE_NAME", "MAX_RECEIVE_COUNT")
+        },
+        "DEAD_LETTER_QUEUE_URL": provisioned.dead_letter_queue_url,
         "EVENT_BUS_NAME": "ec2-isolation-test",
-        "TABLE_NAME": "ec2-isolation-test",
-        "QUEUE_URL": queue_url,
-        "DEAD_LETTER_QUEUE_URL": dlq_url,
-        "TARGET_ROLE_NAME": template["Parameters"]["TargetRoleName"],
-        "MAX_RECEIVE_COUNT": str(max_receive),
         "CONSISTENCY_WAIT_SECONDS": "2",
         **env,
     }
@@ -288,13 +258,15 @@ def build_stack(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch, **env
         monkeypatch.setenv(name, value)
     _forget_everything()
     return Stack(
-        table_name="ec2-isolation-test",
-        queue_url=queue_url,
-        queue_arn=queue_arn,
-        dlq_url=dlq_url,
+        table_name=provisioned.table_name,
+        queue_url=provisioned.queue_url,
+        queue_arn=provisioned.queue_arn,
+        dlq_url=provisioned.dead_letter_queue_url,
         sqs=sqs,
-        store=IsolationStore("ec2-isolation-test", client=ddb),
-        max_receive_count=max_receive,
+        store=IsolationStore(
+            provisioned.table_name, client=boto3.client("dynamodb", region_name=STACK_REGION)
+        ),
+        max_receive_count=provisioned.max_receive_count,
         outcomes_url=outcomes_url,
     )
 

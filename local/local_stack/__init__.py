@@ -14,7 +14,7 @@ __all__ = ["LocalStack"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: `local_stack.cfn` is imported by the infra tests, which need neither boto3 nor moto.
+    # Lazy: `local_stack.templates` is imported by the template checks, which need no moto server.
     if name == "LocalStack":
         from local_stack.stack import LocalStack
 

@@ -8,6 +8,7 @@ ec2-isolation demo
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import signal
@@ -15,6 +16,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from local_stack.demo_org import DemoOrg
 
 log = logging.getLogger("local_stack")
 
@@ -112,7 +117,6 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from local_stack.seed import summary
     from local_stack.stack import LocalStack
 
     stop = threading.Event()
@@ -149,7 +153,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"table: {stack.provisioned.table_name}")
         print(f"api key: {stack.api_key}" if not args.api_key else "api key: as given by --api-key")
         if stack.demo is not None:
-            print(summary(stack.demo, api_url=stack.api_url, api_key=stack.api_key))
+            print(demo_summary(stack.demo, api_url=stack.api_url, api_key=stack.api_key))
         print(f"ready on {stack.api_url}", flush=True)
         while not stop.wait(0.5):
             pass
@@ -157,6 +161,49 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         stack.stop()
     return 0
+
+
+def demo_summary(org: DemoOrg, *, api_url: str, api_key: str) -> str:
+    """The demo organization's ids and ready-to-paste curl commands."""
+    lines = [
+        f"demo organization {org.organization_id} (security account {org.security_account_id}, "
+        f"region {org.region})",
+        f"worker role: {org.worker_role_arn}",
+    ]
+    for account in org.accounts:
+        lines.append(
+            f"account {account.account_id} ({account.name}): execution role {account.execution_role_arn}"
+        )
+        lines.append(f"  vpcs: {', '.join(f'{kind} {vpc}' for kind, vpc in account.vpcs.items())}")
+        for instance in account.instances:
+            notes = []
+            if instance.instance_profile_arn is None:
+                notes.append("no profile")
+            if instance.exempt:
+                notes.append("exempt")
+            lines.append(
+                f"  {instance.label:<10} {instance.instance_id}  vpc {instance.vpc_id}  "
+                f"enis {','.join(instance.eni_ids)}" + (f"  ({', '.join(notes)})" if notes else "")
+            )
+    target = org.instance("web-1")
+    body = json.dumps(
+        {
+            "instance_id": target.instance_id,
+            "account_id": target.account_id,
+            "region": target.region,
+            "reason": "demo",
+        }
+    )
+    lines += [
+        "",
+        "isolate a demo instance:",
+        f"  curl -s -X POST {api_url}/isolate -H 'x-api-key: {api_key}' "
+        f"-H 'content-type: application/json' -d '{body}'",
+        "then follow it (isolation_id from the answer):",
+        f"  curl -s {api_url}/isolations/ISOLATION_ID -H 'x-api-key: {api_key}'",
+        f"  curl -s '{api_url}/isolations?instance_id={target.instance_id}' -H 'x-api-key: {api_key}'",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

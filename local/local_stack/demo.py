@@ -9,7 +9,8 @@ different demo instance and each started a different way:
 - tag: the instance tagged `isolate=true` in its account, and the `Tag Change on Resource` event put on
   the stack's bus as the member account's forwarding rule delivers it.
 
-It waits (bounded) for the outcomes, prints a table and exits 0 only when all three are ISOLATED.
+It waits (bounded) for the outcomes, prints a table and exits 0 only when all three are ISOLATED, as
+the records say and as the member accounts show (`local_stack.isolation_check`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from local_stack.isolation_check import isolation_problems
 from local_stack.sample_events import guardduty_finding, tag_change
 
 #: Quiet handlers: the table is the output (the user's environment still wins).
@@ -142,7 +144,19 @@ def run_demo() -> int:
         for source, record in rows:
             if record.get("error"):
                 print(f"{source}: {record['error'].get('code')}: {record['error'].get('message')}")
-        isolated = all(record.get("status") == "ISOLATED" for _, record in rows)
+        # Isolated means the record says so and the member account shows it.
+        problems = {
+            source: isolation_problems(
+                stack.client("ec2", instance.account_id),
+                stack.client("iam", instance.account_id),
+                instance.instance_id,
+            )
+            for source, instance in targets
+        }
+        for source, found in problems.items():
+            for problem in found:
+                print(f"{source}: {problem}")
+        isolated = all(record.get("status") == "ISOLATED" and not problems[source] for source, record in rows)
         print()
         print(
             f"{'all three isolated' if isolated else 'NOT all isolated'} "

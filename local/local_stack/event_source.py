@@ -75,6 +75,22 @@ def sqs_record(message: dict[str, Any], *, queue_arn: str, region: str) -> dict[
     return record
 
 
+def batch_event(messages: list[dict[str, Any]], *, queue_arn: str, region: str) -> dict[str, Any]:
+    """The SQS event Lambda invokes a function with, from one ReceiveMessage batch."""
+    return {"Records": [sqs_record(message, queue_arn=queue_arn, region=region) for message in messages]}
+
+
+def delete_successes(sqs: Any, queue_url: str, messages: list[dict[str, Any]], failed: set[str]) -> None:
+    """Delete the messages of a batch that did not fail; the failed ones stay for their retry."""
+    done = [message for message in messages if message["MessageId"] not in failed]
+    if not done:
+        return
+    entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)]
+    answer = sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+    for failure in answer.get("Failed", []):
+        log.warning("could not delete a processed message: %s", failure)
+
+
 def failed_ids(result: Any, message_ids: list[str]) -> set[str]:
     """The message ids to leave on the queue, from the handler's answer (Lambda's rules).
 
@@ -215,7 +231,7 @@ class SqsEventSource:
 
     def process(self, sqs: Any, messages: list[dict[str, Any]]) -> BatchOutcome:
         """Invoke the handler with one batch and settle it on the queue."""
-        event = {"Records": [sqs_record(m, queue_arn=self.queue_arn, region=self.region) for m in messages]}
+        event = batch_event(messages, queue_arn=self.queue_arn, region=self.region)
         ids = [m["MessageId"] for m in messages]
         outcome = BatchOutcome(message_ids=ids, failed=set())
         with self._invocation:
@@ -234,7 +250,7 @@ class SqsEventSource:
             outcome.duration = time.time() - outcome.started
         if outcome.error and "timed out" in outcome.error:
             log.warning("worker %s; the batch of %d returns to the queue", outcome.error, len(ids))
-        self._delete(sqs, [m for m in messages if m["MessageId"] not in outcome.failed])
+        delete_successes(sqs, self.queue_url, messages, outcome.failed)
         if outcome.failed:
             log.info("%d of %d messages left on the queue for a retry", len(outcome.failed), len(ids))
         self.stats.add(outcome)
@@ -245,14 +261,6 @@ class SqsEventSource:
         sqs = sqs or self._sqs_factory()
         messages = self.receive(sqs, wait_seconds)
         return self.process(sqs, messages) if messages else None
-
-    def _delete(self, sqs: Any, messages: list[dict[str, Any]]) -> None:
-        if not messages:
-            return
-        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
-        answer = sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
-        for failure in answer.get("Failed", []):
-            log.warning("could not delete a processed message: %s", failure)
 
     def _poll_forever(self) -> None:
         sqs = self._sqs_factory()

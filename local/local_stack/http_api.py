@@ -5,10 +5,13 @@ Each request becomes an API Gateway REST proxy (v1) event; the handler's proxy r
 HTTP answer. API Gateway's own answers are reproduced with the bodies the template's gateway responses
 give them (`{"message": ...}`):
 
-- a path/method that is not one of the template's routes: 403 `Missing Authentication Token` (what
-  API Gateway answers for an undefined resource or method, key or not);
-- a missing or wrong `x-api-key`: 403 `Forbidden`;
+- a path/method that is not one of the template's routes, whatever the method (TRACE, CONNECT, made-up
+  ones): 403 `Missing Authentication Token` (what API Gateway answers for an undefined resource or
+  method, key or not);
+- a missing or wrong `x-api-key`: 403, saying which (`{"message": ..., "errors": [{"field": "x-api-key",
+  ...}]}`; API Gateway itself says only `Forbidden`);
 - a payload over API Gateway's 10 MB: 413, refused from its Content-Length before it is read;
+- protocol garbage (a bad request line, conflicting `Content-Length`s, a bad chunk): 400;
 - a handler that raises or returns something that is not a proxy response: 502 `Internal server
   error`, logged.
 
@@ -25,15 +28,22 @@ import hmac
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 log = logging.getLogger("local_stack.http")
 
@@ -212,178 +222,74 @@ def _json_body(payload: dict[str, Any]) -> bytes:
 
 # --- the server -----------------------------------------------------------------------------------------
 
-
-class _BodyError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+_RAW_HEADERS = "ec2_isolation.raw_headers"  # the request's headers as sent: order, case and repeats kept
+_BAD_LENGTH = "ec2_isolation.bad_content_length"
 
 
-class _RequestHandler(BaseHTTPRequestHandler):
-    server: ApiServer._Server
-    protocol_version = "HTTP/1.1"
+class _RequestHandler(WSGIRequestHandler):
+    """Werkzeug's handler, plus what API Gateway needs that WSGI loses: the headers as sent, and
+    conflicting or malformed `Content-Length` headers (refused rather than guessed)."""
+
     timeout = 60  # an idle or trickling client loses its thread after this
     server_version = "ec2-isolation-local"
     sys_version = ""
 
-    # Every method goes through one path; API Gateway decides by the route table, not by the verb.
-    def do_GET(self) -> None:
-        self._serve()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
-
-    def _serve(self) -> None:
-        started = time.monotonic()
-        status = 500
-        try:
-            status = self._answer()
-        except Exception:  # never let client input take the server down
-            log.exception("unexpected error serving %s %s", self.command, self.path)
-            status = self._send(502, [], _json_body({"message": "Internal server error"}))
-        finally:
-            log.info(
-                "%s %s %s %.0fms",
-                self.command,
-                urlsplit(self.path).path,
-                status,
-                (time.monotonic() - started) * 1000,
-            )
-
-    def _answer(self) -> int:
-        api = self.server.api
-        try:
-            body = self._read_body()
-        except _BodyError as error:
-            self.close_connection = True
-            return self._send(error.status, [], _json_body({"message": error.message}), gateway=True)
-
-        split = urlsplit(self.path)
-        raw_path = split.path or "/"
-        method = self.command.upper()
-
-        if method == "GET" and raw_path == OPENAPI_PATH and api.openapi is not None:
-            if not self._key_ok():
-                return self._forbidden()
-            return self._send(200, [("Content-Type", "application/json")], api.openapi().encode("utf-8"))
-
-        match = match_route(api.routes, method, raw_path)
-        if match is None:
-            return self._send(403, [], _json_body({"message": "Missing Authentication Token"}), gateway=True)
-        if not self._key_ok():
-            return self._forbidden()
-
-        event = build_event(
-            method=method,
-            raw_path=raw_path,
-            query=split.query,
-            headers=list(self.headers.items()),
-            body=body,
-            match=match,
-            source_ip=self.client_address[0],
-            stage=api.stage,
-            account_id=api.account_id,
-        )
-        try:
-            with api.invocation:
-                result = api.handler(event, api.context_factory())
-            status, headers, data = proxy_response(result)
-        except Exception:
-            log.exception("ingest handler failed on %s %s", method, match.resource)
-            return self._send(502, [], _json_body({"message": "Internal server error"}), gateway=True)
-        return self._send(status, headers, data, request_id=event["requestContext"]["requestId"])
-
-    def _key_ok(self) -> bool:
-        given = self.headers.get(API_KEY_HEADER)
-        expected = self.server.api.api_key
-        return given is not None and hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
-
-    def _forbidden(self) -> int:
-        return self._send(403, [], _json_body({"message": "Forbidden"}), gateway=True)
-
-    def _read_body(self) -> bytes | None:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            return self._read_chunked()
+    def make_environ(self) -> WSGIEnvironment:
+        environ = super().make_environ()
+        environ[_RAW_HEADERS] = list(self.headers.items())
         lengths = self.headers.get_all("Content-Length") or []
-        if not lengths:
-            return None
-        if len(set(lengths)) != 1 or not lengths[0].strip().isdigit():
-            raise _BodyError(400, "Bad Content-Length")
-        length = int(lengths[0])
-        if length > MAX_PAYLOAD_BYTES:
-            raise _BodyError(413, "Request Too Long")
-        data = self.rfile.read(length) if length else b""
-        if len(data) != length:
-            raise _BodyError(400, "Incomplete request body")
-        return data
-
-    def _read_chunked(self) -> bytes:
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError as exc:
-                raise _BodyError(400, "Bad chunked encoding") from exc
-            if size == 0:
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(chunks)
-            total += size
-            if total > MAX_PAYLOAD_BYTES:
-                raise _BodyError(413, "Request Too Long")
-            chunk = self.rfile.read(size)
-            if len(chunk) != size:
-                raise _BodyError(400, "Incomplete request body")
-            chunks.append(chunk)
-            self.rfile.readline(8)
-
-    def _send(
-        self,
-        status: int,
-        headers: list[tuple[str, str]],
-        data: bytes,
-        *,
-        gateway: bool = False,
-        request_id: str | None = None,
-    ) -> int:
-        self.send_response(status)
-        names = {name.lower() for name, _ in headers}
-        if "content-type" not in names and (gateway or data):
-            headers = [*headers, ("Content-Type", "application/json")]
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("x-amzn-RequestId", request_id or str(uuid.uuid4()))
-        if gateway and status == 403:
-            self.send_header("x-amzn-ErrorType", "ForbiddenException")
-        self.send_header("Content-Length", str(len(data)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        return status
+        environ[_BAD_LENGTH] = len(set(lengths)) > 1 or not all(value.strip().isdigit() for value in lengths)
+        return environ
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Protocol errors (bad request line, headers too long...): JSON like every other answer."""
+        """Protocol errors before a request exists (bad request line, headers too long...): JSON too."""
         self.close_connection = True
-        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+        if self.request_version == "HTTP/0.9":
             self.request_version = "HTTP/1.0"  # garbage, not HTTP/0.9: answer with a status line
+        data = _json_body({"message": message or self.responses.get(code, ("Error",))[0]})
         with contextlib.suppress(OSError):  # the client is gone
-            self._send(code, [], _json_body({"message": message or self.responses.get(code, ("Error",))[0]}))
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # ApiServer logs each request once, with its duration
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
 
-class ApiServer:
-    """API Gateway in front of `handler`, on host:port (port 0: a free port)."""
+class _Request(Request):
+    max_content_length = MAX_PAYLOAD_BYTES
 
-    class _Server(ThreadingHTTPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-        api: ApiServer
+
+class _Response(Response):
+    default_mimetype = None  # no Content-Type unless the handler gives one
+
+
+def gateway_response(status: int, payload: dict[str, Any], *, close: bool = False) -> Response:
+    """An answer of API Gateway itself (not of the function), JSON as the template's gateway responses."""
+    headers = [("Content-Type", "application/json"), ("x-amzn-RequestId", str(uuid.uuid4()))]
+    if status == 403:
+        headers.append(("x-amzn-ErrorType", "ForbiddenException"))
+    if close:
+        headers.append(("Connection", "close"))
+    return _Response(_json_body(payload), status=status, headers=headers)
+
+
+def _forbidden(problem: str) -> Response:
+    """A missing or wrong key: 403, saying which (API Gateway says only "Forbidden")."""
+    message = f"Forbidden: {API_KEY_HEADER} is {problem}"
+    return gateway_response(
+        403, {"message": message, "errors": [{"field": API_KEY_HEADER, "type": problem, "message": message}]}
+    )
+
+
+class ApiServer:
+    """API Gateway in front of `handler`, on host:port (port 0: a free port), served by Werkzeug."""
 
     def __init__(
         self,
@@ -409,17 +315,20 @@ class ApiServer:
         # at a time (Powertools' resolver keeps the current event on a module-level object, as Lambda
         # allows: one invocation per environment at a time).
         self.invocation = threading.Lock()
-        self._httpd = self._Server((host, port), _RequestHandler)
-        self._httpd.api = self
+        # Bound here, so that a port in use is an OSError at once (Werkzeug would exit the process).
+        with socket.create_server((host, port)) as bound:
+            self._server = make_server(
+                host, port, self._wsgi, threaded=True, request_handler=_RequestHandler, fd=bound.fileno()
+            )
         self._thread: threading.Thread | None = None
 
     @property
     def host(self) -> str:
-        return str(self._httpd.server_address[0])
+        return str(self._server.server_address[0])
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return int(self._server.server_address[1])
 
     @property
     def url(self) -> str:
@@ -427,13 +336,90 @@ class ApiServer:
 
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="local-api", daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="local-api", daemon=True
         )
         self._thread.start()
 
     def stop(self) -> None:
         if self._thread is not None:
-            self._httpd.shutdown()
+            self._server.shutdown()
             self._thread.join(timeout=5)
             self._thread = None
-        self._httpd.server_close()
+        self._server.server_close()
+
+    # --- one request ---
+
+    def _wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        request = _Request(environ)
+        started = time.monotonic()
+        try:
+            response = self._answer(request)
+        except Exception:  # never let client input take the server down
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            response = gateway_response(502, {"message": "Internal server error"})
+        log.info(
+            "%s %s %s %.0fms",
+            request.method,
+            request.path,
+            response.status_code,
+            (time.monotonic() - started) * 1000,
+        )
+        return response(environ, start_response)
+
+    def _key_problem(self, request: Request) -> str | None:
+        given = request.headers.get(API_KEY_HEADER)
+        if given is None:
+            return "missing"
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), self.api_key.encode()):
+            return "wrong"
+        return None
+
+    def _answer(self, request: Request) -> Response:
+        if request.environ[_BAD_LENGTH]:
+            return gateway_response(400, {"message": "Bad Content-Length"}, close=True)
+        try:
+            body = request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            return gateway_response(413, {"message": "Request Too Long"}, close=True)
+        except (BadRequest, OSError):  # a malformed chunked body, a client gone mid-body
+            return gateway_response(400, {"message": "Bad request body"}, close=True)
+
+        split = urlsplit(request.environ.get("RAW_URI") or request.full_path)
+        raw_path = split.path or "/"
+        method = request.method.upper()
+
+        if method == "GET" and raw_path == OPENAPI_PATH and self.openapi is not None:
+            problem = self._key_problem(request)
+            if problem:
+                return _forbidden(problem)
+            return _Response(self.openapi().encode("utf-8"), headers=[("Content-Type", "application/json")])
+
+        match = match_route(self.routes, method, raw_path)
+        if match is None:
+            return gateway_response(403, {"message": "Missing Authentication Token"})
+        problem = self._key_problem(request)
+        if problem:
+            return _forbidden(problem)
+
+        event = build_event(
+            method=method,
+            raw_path=raw_path,
+            query=split.query,
+            headers=request.environ[_RAW_HEADERS],
+            body=body,
+            match=match,
+            source_ip=request.remote_addr or "",
+            stage=self.stage,
+            account_id=self.account_id,
+        )
+        try:
+            with self.invocation:
+                result = self.handler(event, self.context_factory())
+            status, headers, data = proxy_response(result)
+        except Exception:
+            log.exception("ingest handler failed on %s %s", method, match.resource)
+            return gateway_response(502, {"message": "Internal server error"})
+        if data and not any(name.lower() == "content-type" for name, _ in headers):
+            headers.append(("Content-Type", "application/json"))
+        headers.append(("x-amzn-RequestId", event["requestContext"]["requestId"]))
+        return _Response(data, status=status, headers=headers)

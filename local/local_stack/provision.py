@@ -1,295 +1,351 @@
-"""What template.yaml declares that the stack needs at run time, created in an AWS endpoint.
+"""What template.yaml declares that the stack needs at run time, deployed in an AWS endpoint through its
+own CloudFormation, and the functions' settings read back from the same deployment.
 
-Read from the template (resolved by `local_stack.cfn` with its parameter defaults), never restated
-here: the queue and its dead-letter queue (visibility timeout, retention, the redrive policy's
-`maxReceiveCount`), the table (key schema, attribute definitions, global secondary indexes, TTL), the
-EventBridge rules (their own event patterns, on the default bus, targeting the queue), and the
-functions' settings the local stack mimics (environment, timeouts, memory, batch size, routes).
+The template is transformed by samtranslator (`local_stack.templates`); the resources of the types in
+`DEPLOYED_TYPES` (and only those whose references stay within them) are deployed as one stack: the queue
+and its dead-letter queue, the table, the EventBridge rules and the functions' roles and log groups.
+CloudFormation evaluates the parameters and intrinsic functions; the functions (`AWS::Lambda::Function`:
+handler, timeout, memory, environment), their SQS event sources (batch size) and the API's routes are
+read from the transformed template generically, their expressions evaluated by the same stack. Nothing
+here names a function.
 
-Everything is idempotent: re-running against an endpoint that already has the resources reuses them.
+Checked against moto 5.2.5's CloudFormation (in the embedded moto server): it deploys this subset
+faithfully (queue attributes, `VisibilityTimeout`, the redrive policy's `maxReceiveCount` from a Number
+parameter, the table's key schema, attribute definitions and index, rules' object patterns and targets
+with their dead-letter config and retry policy, roles), except for what is completed after the stack:
+
+- an `EventPattern` given as a JSON string (as template.yaml's GuardDuty rule must be) is JSON-encoded a
+  second time and the stack fails: the rule is deployed with a placeholder pattern and given its pattern,
+  evaluated by the stack, with PutRule;
+- `TimeToLiveSpecification` is ignored: TTL is turned on with UpdateTimeToLive.
+
+Not deployed: what moto does not create (`AWS::SQS::QueuePolicy`, `AWS::Events::EventBusPolicy`,
+`AWS::Scheduler::Schedule`, `AWS::SecurityHub::ActionTarget`: skipped with a warning, the stack still
+"complete"), the functions and the API (moto runs no Lambda code without Docker, and the whole
+transformed template fails: first on the string pattern, then on the functions' code in S3). For when
+the stack's own event bus joins the subset: a rule with `EventBusName: !Ref Bus` crashes `CreateStack`
+(`AttributeError`) where `!GetAtt Bus.Name` works, and the bus's physical id comes back `None`, so a
+bus's name is its `Name` property.
+
+Re-running against an endpoint that already has the stack reuses it.
 """
 
 from __future__ import annotations
 
 import json
-import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from local_stack import cfn
+from local_stack.cloudformation import deploy_stack, references
 from local_stack.http_api import Route
-
-log = logging.getLogger("local_stack.provision")
 
 QUEUE = "IsolationQueue"
 DEAD_LETTER_QUEUE = "IsolationDeadLetterQueue"
 TABLE = "IsolationTable"
-WORKER = "WorkerFunction"
-INGEST = "IngestFunction"
-DEFAULT_PREFIX = "ec2-isolation-local"
+DEFAULT_STACK_NAME = "ec2-isolation-local"
 
-# Queue properties that are attributes SQS takes as they are (KMS and policies are AWS-side concerns).
-_QUEUE_ATTRIBUTES = (
-    "VisibilityTimeout",
-    "MessageRetentionPeriod",
-    "DelaySeconds",
-    "MaximumMessageSize",
-    "ReceiveMessageWaitTimeSeconds",
+#: The resource types the local stack deploys (what moto's CloudFormation creates faithfully).
+DEPLOYED_TYPES = frozenset(
+    {"AWS::SQS::Queue", "AWS::DynamoDB::Table", "AWS::Events::Rule", "AWS::IAM::Role", "AWS::Logs::LogGroup"}
 )
+_PLACEHOLDER_PATTERN = {"source": ["ec2-isolation.local.placeholder"]}
+_ANY_METHOD = "x-amazon-apigateway-any-method"
 
-
-# --- reading symbolic references left by the resolver ---------------------------------------------------
-
-
-def ref_target(value: Any) -> tuple[str, str | None] | None:
-    """(logical id, attribute or None) of a reference to a resource, else None.
-
-    Accepts the CloudFormation forms `{"Ref": id}`, `{"Fn::GetAtt": [id, attr]}` and
-    `{"Fn::GetAtt": "id.attr"}`.
-    """
-    if isinstance(value, dict) and len(value) == 1:
-        if "Ref" in value and isinstance(value["Ref"], str):
-            return value["Ref"], None
-        if "Fn::GetAtt" in value:
-            target = value["Fn::GetAtt"]
-            if isinstance(target, str) and "." in target:
-                logical, attribute = target.split(".", 1)
-                return logical, attribute
-            if isinstance(target, list) and len(target) == 2:
-                return str(target[0]), str(target[1])
-    return None
-
-
-def _resources(template: dict[str, Any]) -> dict[str, Any]:
-    return template.get("Resources") or {}
-
-
-def _properties(template: dict[str, Any], logical_id: str) -> dict[str, Any]:
-    resource = _resources(template).get(logical_id)
-    if resource is None:
-        raise KeyError(f"template.yaml has no resource {logical_id}")
-    return resource.get("Properties") or {}
-
-
-def _globals(template: dict[str, Any]) -> dict[str, Any]:
-    return (template.get("Globals") or {}).get("Function") or {}
-
-
-def parameter_default(template: dict[str, Any], name: str, fallback: Any = None) -> Any:
-    return ((template.get("Parameters") or {}).get(name) or {}).get("Default", fallback)
-
-
-# --- what the local stack reads from the functions ------------------------------------------------------
+Client = Callable[[str], Any]
 
 
 @dataclass(frozen=True)
-class FunctionSettings:
+class Function:
+    """An `AWS::Lambda::Function` as the local stack runs it."""
+
+    logical_id: str
+    name: str
+    handler: str  # module.attribute, as in the template
     timeout_seconds: float
     memory_mb: int
-    environment: dict[str, Any]
+    environment: dict[str, str]
 
 
-def function_settings(template: dict[str, Any], logical_id: str) -> FunctionSettings:
-    defaults = _globals(template)
-    props = _properties(template, logical_id)
-    environment = dict(((defaults.get("Environment") or {}).get("Variables")) or {})
-    environment.update(((props.get("Environment") or {}).get("Variables")) or {})
-    return FunctionSettings(
-        timeout_seconds=float(props.get("Timeout", defaults.get("Timeout", 3))),
-        memory_mb=int(props.get("MemorySize", defaults.get("MemorySize", 128))),
-        environment=environment,
-    )
+@dataclass(frozen=True)
+class QueueSource:
+    """An SQS event source mapping: `function` is invoked with batches of the queue."""
+
+    function: str
+    queue: str
+    batch_size: int
 
 
-def queue_event(template: dict[str, Any], function_id: str = WORKER) -> dict[str, Any]:
-    """The properties of the function's SQS event source."""
-    for event in (_properties(template, function_id).get("Events") or {}).values():
-        if event.get("Type") == "SQS":
-            return event.get("Properties") or {}
-    return {}
-
-
-def api_routes(template: dict[str, Any], function_id: str = INGEST) -> list[Route]:
-    """The ingest function's API events: the only routes API Gateway serves."""
-    routes = []
-    for event in (_properties(template, function_id).get("Events") or {}).values():
-        if event.get("Type") == "Api":
-            props = event.get("Properties") or {}
-            method = str(props.get("Method", "any")).upper()
-            routes.append(Route("ANY" if method == "ANY" else method, str(props["Path"])))
-    return routes
-
-
-# --- provisioning ---------------------------------------------------------------------------------------
-
-
-@dataclass
+@dataclass(frozen=True)
 class Provisioned:
-    """Names and addresses of what was created, and the template's run-time settings."""
+    """What the stack created (physical ids by logical id), the parameters as deployed, and the
+    functions with what invokes them."""
 
-    region: str
-    account_id: str
-    queue_url: str
-    queue_arn: str
-    dead_letter_queue_url: str
-    dead_letter_queue_arn: str
-    max_receive_count: int
-    visibility_timeout: int
-    table_name: str
-    rules: dict[str, str] = field(default_factory=dict)  # logical id -> rule name
+    stack_name: str
+    resources: dict[str, str]
+    queue_arns: dict[str, str]
+    parameters: dict[str, str]
+    functions: dict[str, Function] = field(default_factory=dict)
+    routes: dict[str, tuple[Route, ...]] = field(default_factory=dict)  # function -> its API routes
+    queue_sources: tuple[QueueSource, ...] = ()
+    max_receive_count: int = 0
 
-    def names(self) -> dict[str, str]:
-        """What a Ref to each provisioned resource resolves to (CloudFormation's Ref values)."""
-        return {QUEUE: self.queue_url, DEAD_LETTER_QUEUE: self.dead_letter_queue_url, TABLE: self.table_name}
+    @property
+    def queue_url(self) -> str:
+        return self.resources[QUEUE]
+
+    @property
+    def queue_arn(self) -> str:
+        return self.queue_arns[QUEUE]
+
+    @property
+    def dead_letter_queue_url(self) -> str:
+        return self.resources[DEAD_LETTER_QUEUE]
+
+    @property
+    def dead_letter_queue_arn(self) -> str:
+        return self.queue_arns[DEAD_LETTER_QUEUE]
+
+    @property
+    def table_name(self) -> str:
+        return self.resources[TABLE]
+
+    def rules(self, template: dict[str, Any]) -> dict[str, str]:
+        """Logical id -> name of each deployed rule."""
+        return {
+            logical_id: self.resources[logical_id]
+            for logical_id, resource in template["Resources"].items()
+            if resource["Type"] == "AWS::Events::Rule" and logical_id in self.resources
+        }
+
+    def api(self) -> tuple[Function, tuple[Route, ...]]:
+        """The function behind the API, and its routes (the template has one API, one function)."""
+        ((function, routes),) = self.routes.items()
+        return self.functions[function], routes
+
+    def consumer(self, queue: str) -> tuple[Function, QueueSource]:
+        """The function invoked with batches of `queue`, and its event source."""
+        source = next(source for source in self.queue_sources if source.queue == queue)
+        return self.functions[source.function], source
+
+    def environment(self) -> dict[str, str]:
+        """Every function's variables, merged: the functions run in one process locally (they agree
+        where they overlap)."""
+        merged: dict[str, str] = {}
+        for function in self.functions.values():
+            merged.update(function.environment)
+        return merged
+
+
+def deployed_subset(template: dict[str, Any]) -> dict[str, Any]:
+    """The resources of `DEPLOYED_TYPES` whose references all stay within the subset."""
+    resources = {k: v for k, v in template["Resources"].items() if v["Type"] in DEPLOYED_TYPES}
+    parameters = set(template.get("Parameters") or {})
+    while True:
+        outside = {
+            logical_id
+            for logical_id, resource in resources.items()
+            if references(resource.get("Properties")) - parameters - set(resources)
+        }
+        if not outside:
+            return resources
+        resources = {k: v for k, v in resources.items() if k not in outside}
 
 
 def provision(
     template: dict[str, Any],
     *,
-    sqs: Any,
-    dynamodb: Any,
-    events: Any,
-    region: str,
-    account_id: str,
-    prefix: str = DEFAULT_PREFIX,
+    client: Client,
+    parameters: dict[str, str] | None = None,
+    stack_name: str = DEFAULT_STACK_NAME,
 ) -> Provisioned:
-    dlq_url, dlq_arn = _queue(sqs, f"{prefix}-dlq", _queue_attributes(template, DEAD_LETTER_QUEUE, {}))
-    attributes = _queue_attributes(template, QUEUE, {DEAD_LETTER_QUEUE: dlq_arn})
-    queue_url, queue_arn = _queue(sqs, f"{prefix}-queue", attributes)
-    redrive = json.loads(attributes.get("RedrivePolicy", "{}"))
-    table_name = _table(dynamodb, f"{prefix}-isolations", _properties(template, TABLE))
-    rules = _rules(events, template, prefix=prefix, arns={QUEUE: queue_arn, DEAD_LETTER_QUEUE: dlq_arn})
+    """Deploy the subset of the transformed `template` and read back what the local stack runs."""
+    resources = json.loads(json.dumps(deployed_subset(template)))
+    declared = template.get("Parameters") or {}
+    evaluable = set(resources) | set(declared)
+    evaluate: dict[str, Any] = {f"parameter:{name}": {"Ref": name} for name in declared}
+    for logical_id, resource in resources.items():
+        props = resource.get("Properties") or {}
+        if resource["Type"] == "AWS::Events::Rule" and _is_text(props.get("EventPattern")):
+            evaluate[f"pattern:{logical_id}"] = props["EventPattern"]
+            props["EventPattern"] = _PLACEHOLDER_PATTERN
+    settings = _function_settings(template)
+    literals = {key: value for key, value in settings.items() if not isinstance(value, dict | list)}
+    evaluate.update(
+        {
+            key: value
+            for key, value in settings.items()
+            if key not in literals and references(value) <= evaluable
+        }
+    )
+    body: dict[str, Any] = {
+        key: template[key]
+        for key in ("AWSTemplateFormatVersion", "Parameters", "Conditions")
+        if key in template
+    }
+    stack = deploy_stack(
+        client("cloudformation"),
+        name=stack_name,
+        template={**body, "Resources": resources},
+        parameters=parameters,
+        evaluate=evaluate,
+    )
+    values = {**literals, **stack.values}
+    _complete(client, template, stack.resources, values)
+    queue_arns, max_receive_count = _queues(client("sqs"), template, stack.resources)
+    functions = _functions(template, values)
     return Provisioned(
-        region=region,
-        account_id=account_id,
-        queue_url=queue_url,
-        queue_arn=queue_arn,
-        dead_letter_queue_url=dlq_url,
-        dead_letter_queue_arn=dlq_arn,
-        max_receive_count=int(redrive.get("maxReceiveCount", 0)),
-        visibility_timeout=int(attributes.get("VisibilityTimeout", 30)),
-        table_name=table_name,
-        rules=rules,
+        stack_name=stack_name,
+        resources=stack.resources,
+        queue_arns=queue_arns,
+        parameters={
+            name[len("parameter:") :]: v for name, v in values.items() if name.startswith("parameter:")
+        },
+        functions=functions,
+        routes=_routes(template, functions),
+        queue_sources=_queue_sources(template, functions, stack.resources, values),
+        max_receive_count=max_receive_count,
     )
 
 
-def _queue_attributes(template: dict[str, Any], logical_id: str, arns: dict[str, str]) -> dict[str, str]:
-    props = _properties(template, logical_id)
-    attributes = {name: str(props[name]) for name in _QUEUE_ATTRIBUTES if name in props}
-    redrive = props.get("RedrivePolicy")
-    if redrive:
-        target = ref_target(redrive.get("deadLetterTargetArn"))
-        dlq_arn = arns.get(target[0]) if target else redrive.get("deadLetterTargetArn")
-        if not isinstance(dlq_arn, str):
-            raise ValueError(f"{logical_id}: cannot resolve the redrive target {redrive!r}")
-        attributes["RedrivePolicy"] = json.dumps(
-            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": int(redrive["maxReceiveCount"])}
-        )
-    return attributes
+def _is_text(pattern: Any) -> bool:
+    """A JSON string, or a function that makes one (`Fn::Sub`...), rather than an object pattern."""
+    return isinstance(pattern, str) or (
+        isinstance(pattern, dict) and any(key.startswith("Fn::") for key in pattern)
+    )
 
 
-def _queue(sqs: Any, name: str, attributes: dict[str, str]) -> tuple[str, str]:
-    try:
-        url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
-    except ClientError as exc:
-        if "QueueAlreadyExists" not in str(exc) and "QueueNameExists" not in str(exc):
-            raise
-        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
-        sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    return url, arn
-
-
-def _table(dynamodb: Any, name: str, props: dict[str, Any]) -> str:
-    request: dict[str, Any] = {
-        "TableName": name,
-        "KeySchema": props["KeySchema"],
-        "AttributeDefinitions": props["AttributeDefinitions"],
-        "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
-    }
-    if request["BillingMode"] == "PROVISIONED":
-        request["ProvisionedThroughput"] = props["ProvisionedThroughput"]
-    indexes = [
-        {key: value for key, value in index.items() if key != "ContributorInsightsSpecification"}
-        for index in props.get("GlobalSecondaryIndexes") or []
-    ]
-    if indexes:
-        request["GlobalSecondaryIndexes"] = indexes
-    if props.get("LocalSecondaryIndexes"):
-        request["LocalSecondaryIndexes"] = props["LocalSecondaryIndexes"]
-    try:
-        dynamodb.create_table(**request)
-        dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
-            raise
-    ttl = props.get("TimeToLiveSpecification") or {}
-    if ttl.get("Enabled") in (True, "true", "True"):
-        current = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
-        if current.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
-            dynamodb.update_time_to_live(
-                TableName=name,
-                TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
-            )
-    return name
-
-
-def _rules(events: Any, template: dict[str, Any], *, prefix: str, arns: dict[str, str]) -> dict[str, str]:
-    created = {}
-    for logical_id, resource in _resources(template).items():
-        if resource.get("Type") != "AWS::Events::Rule":
+def _complete(
+    client: Client, template: dict[str, Any], physical: dict[str, str], values: dict[str, str]
+) -> None:
+    """What moto's CloudFormation leaves out (see the module's docstring)."""
+    events = client("events")
+    for logical_id, resource in template["Resources"].items():
+        if logical_id not in physical:
             continue
         props = resource.get("Properties") or {}
-        targets = []
-        for target in props.get("Targets") or []:
-            ref = ref_target(target.get("Arn"))
-            if ref is None or ref[0] not in arns:
-                continue  # only the queue is part of the local stack
-            entry: dict[str, Any] = {"Id": str(target.get("Id", ref[0])), "Arn": arns[ref[0]]}
-            dead_letter = ref_target((target.get("DeadLetterConfig") or {}).get("Arn"))
-            if dead_letter and dead_letter[0] in arns:
-                entry["DeadLetterConfig"] = {"Arn": arns[dead_letter[0]]}
-            if target.get("RetryPolicy"):
-                entry["RetryPolicy"] = {k: int(v) for k, v in target["RetryPolicy"].items()}
-            targets.append(entry)
-        if not targets or "EventPattern" not in props:
+        if f"pattern:{logical_id}" in values:
+            rule = events.describe_rule(Name=physical[logical_id])
+            events.put_rule(
+                Name=rule["Name"],
+                EventPattern=values[f"pattern:{logical_id}"],
+                State=rule.get("State", "ENABLED"),
+                Description=rule.get("Description", ""),
+                EventBusName=rule.get("EventBusName", "default"),
+            )
+        ttl = props.get("TimeToLiveSpecification") or {}
+        if resource["Type"] == "AWS::DynamoDB::Table" and ttl.get("Enabled") in (True, "true"):
+            dynamodb = client("dynamodb")
+            current = dynamodb.describe_time_to_live(TableName=physical[logical_id])["TimeToLiveDescription"]
+            if current.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+                dynamodb.update_time_to_live(
+                    TableName=physical[logical_id],
+                    TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
+                )
+
+
+def _queues(sqs: Any, template: dict[str, Any], physical: dict[str, str]) -> tuple[dict[str, str], int]:
+    """Each deployed queue's ARN, and the isolation queue's maxReceiveCount as created."""
+    arns: dict[str, str] = {}
+    max_receive_count = 0
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::SQS::Queue" or logical_id not in physical:
             continue
-        bus = props.get("EventBusName", "default")
-        if bus != "default":
-            log.warning("rule %s is on bus %r; the local stack puts it on the default bus", logical_id, bus)
-        name = f"{prefix}-{logical_id}"
-        events.put_rule(
-            Name=name,
-            EventPattern=json.dumps(cfn.event_pattern(props)),
-            State=str(props.get("State", "ENABLED")),
-            Description=str(props.get("Description", ""))[:512],
+        attributes = sqs.get_queue_attributes(QueueUrl=physical[logical_id], AttributeNames=["All"])[
+            "Attributes"
+        ]
+        arns[logical_id] = attributes["QueueArn"]
+        if logical_id == QUEUE:
+            max_receive_count = int(
+                json.loads(attributes.get("RedrivePolicy", "{}")).get("maxReceiveCount", 0)
+            )
+    return arns, max_receive_count
+
+
+# --- the functions, read from the transformed template ----------------------------------------------
+
+
+def _lambda_functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        logical_id: resource.get("Properties") or {}
+        for logical_id, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Lambda::Function"
+    }
+
+
+def _function_settings(template: dict[str, Any]) -> dict[str, Any]:
+    """`function:<id>:<setting>` -> the template's value (a literal or an expression to evaluate)."""
+    settings: dict[str, Any] = {}
+    for logical_id, props in _lambda_functions(template).items():
+        prefix = f"function:{logical_id}"
+        settings[f"{prefix}:name"] = props.get("FunctionName", logical_id)
+        settings[f"{prefix}:handler"] = props["Handler"]
+        settings[f"{prefix}:timeout"] = props.get("Timeout", 3)
+        settings[f"{prefix}:memory"] = props.get("MemorySize", 128)
+        for name, value in ((props.get("Environment") or {}).get("Variables") or {}).items():
+            settings[f"{prefix}:env:{name}"] = value
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::Lambda::EventSourceMapping":
+            settings[f"source:{logical_id}:batch"] = (resource.get("Properties") or {}).get("BatchSize", 10)
+    return {key: _text(value) for key, value in settings.items()}
+
+
+def _text(value: Any) -> Any:
+    """Literals as CloudFormation passes them on (strings); expressions as they are."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, dict | list) else str(value)
+
+
+def _functions(template: dict[str, Any], values: dict[str, str]) -> dict[str, Function]:
+    functions = {}
+    for logical_id in _lambda_functions(template):
+        prefix = f"function:{logical_id}"
+        environment = {
+            key[len(f"{prefix}:env:") :]: value
+            for key, value in values.items()
+            if key.startswith(f"{prefix}:env:")
+        }
+        functions[logical_id] = Function(
+            logical_id=logical_id,
+            name=values[f"{prefix}:name"],
+            handler=values[f"{prefix}:handler"],
+            timeout_seconds=float(values[f"{prefix}:timeout"]),
+            memory_mb=int(values[f"{prefix}:memory"]),
+            environment=environment,
         )
-        events.put_targets(Rule=name, Targets=targets)
-        created[logical_id] = name
-    return created
+    return functions
 
 
-def runtime_environment(
-    template: dict[str, Any], provisioned: Provisioned, *, functions: tuple[str, ...] = (INGEST, WORKER)
-) -> dict[str, str]:
-    """The functions' environment variables from the template, references replaced by what was created.
+def _routes(template: dict[str, Any], functions: dict[str, Function]) -> dict[str, tuple[Route, ...]]:
+    """The routes of each REST API (its OpenAPI body), by the function they integrate."""
+    routes: dict[str, list[Route]] = {}
+    for resource in template["Resources"].values():
+        if resource["Type"] != "AWS::ApiGateway::RestApi":
+            continue
+        for path, methods in (
+            ((resource.get("Properties") or {}).get("Body") or {}).get("paths") or {}
+        ).items():
+            for method, operation in methods.items():
+                integration = operation.get("x-amazon-apigateway-integration") or {}
+                for function in references(integration.get("uri")) & set(functions):
+                    verb = "ANY" if method == _ANY_METHOD else method.upper()
+                    routes.setdefault(function, []).append(Route(verb, path))
+    return {function: tuple(found) for function, found in routes.items()}
 
-    Both functions run in one process here, so their variables are merged (they agree where they
-    overlap). A variable that refers to something the local stack does not create is left out.
-    """
-    names = provisioned.names()
-    environment: dict[str, str] = {}
-    for function_id in functions:
-        for name, value in function_settings(template, function_id).environment.items():
-            ref = ref_target(value)
-            if ref is not None:
-                if ref[0] in names and ref[1] is None:
-                    environment[name] = names[ref[0]]
-                continue
-            if isinstance(value, bool):
-                environment[name] = "true" if value else "false"
-            elif isinstance(value, str | int | float):
-                environment[name] = str(value)
-    return environment
+
+def _queue_sources(
+    template: dict[str, Any], functions: dict[str, Function], physical: dict[str, str], values: dict[str, str]
+) -> tuple[QueueSource, ...]:
+    sources = []
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Lambda::EventSourceMapping":
+            continue
+        props = resource.get("Properties") or {}
+        function = references(props.get("FunctionName")) & set(functions)
+        queue = references(props.get("EventSourceArn")) & set(physical)
+        if function and queue:
+            sources.append(
+                QueueSource(function.pop(), queue.pop(), int(values[f"source:{logical_id}:batch"]))
+            )
+    return tuple(sources)

@@ -27,22 +27,15 @@ from typing import Any
 
 import boto3
 
-from local_stack import cfn
+from local_stack.demo_org import DemoOrg, seed_demo
 from local_stack.embedded import EmbeddedAws, EnvironmentPatch, aws_environment, default_region
 from local_stack.event_source import SqsEventSource
 from local_stack.http_api import ApiServer
 from local_stack.lambda_context import LambdaContext
-from local_stack.provision import (
-    INGEST,
-    WORKER,
-    Provisioned,
-    api_routes,
-    function_settings,
-    provision,
-    queue_event,
-    runtime_environment,
-)
-from local_stack.seed import DemoOrg, InstanceSpec, member_session, seed_demo
+from local_stack.organization import member_session
+from local_stack.provision import QUEUE, Function, Provisioned, provision
+from local_stack.templates import load_template, sam_transform
+from local_stack.workloads import InstanceSpec
 
 log = logging.getLogger("local_stack")
 
@@ -76,6 +69,12 @@ def _version() -> str:
         return "0.0.0"
 
 
+def _handler(function: Function) -> Any:
+    """The function's handler (`module.attribute`), imported."""
+    module, attribute = function.handler.rsplit(".", 1)
+    return getattr(importlib.import_module(module), attribute)
+
+
 class LocalStack:
     def __init__(
         self,
@@ -97,8 +96,8 @@ class LocalStack:
         demo_instances: Sequence[InstanceSpec] | None = None,
     ) -> None:
         """`demo_accounts`/`demo_instances`: with `seed_demo`, the member accounts (by name) and the
-        instances of each account to seed instead of the demo's own (seed.MEMBER_ACCOUNT_NAMES,
-        seed.INSTANCES)."""
+        instances of each account to seed instead of the demo's own (organization.MEMBER_ACCOUNT_NAMES,
+        workloads.INSTANCES)."""
         root = project_root()
         self.host = host
         self.port = port
@@ -123,7 +122,7 @@ class LocalStack:
 
         self.aws_endpoint = ""
         self.account_id = ""
-        self.resolved: dict[str, Any] = {}
+        self.template: dict[str, Any] = {}  # template.yaml after the SAM transform
         self.provisioned: Provisioned | None = None
         self.demo: DemoOrg | None = None
         self.api: ApiServer | None = None
@@ -177,40 +176,27 @@ class LocalStack:
             overrides["TargetRoleName"] = self.target_role_name
         if self.allowed_accounts is not None:
             overrides["AllowedAccountIds"] = ",".join(self.allowed_accounts)
-        pseudo = {"AWS::AccountId": self.account_id, "AWS::Region": self.region, "AWS::StackName": STACK_NAME}
-        self.resolved = cfn.resolve(cfn.load_template(self.template_path), overrides, pseudo=pseudo)
+        self.template = sam_transform(load_template(self.template_path))
         self.provisioned = provision(
-            self.resolved,
-            sqs=self.client("sqs"),
-            dynamodb=self.client("dynamodb"),
-            events=self.client("events"),
-            region=self.region,
-            account_id=self.account_id,
-            prefix=STACK_NAME,
+            self.template, client=self.client, parameters=overrides, stack_name=STACK_NAME
         )
-        self._configure_functions()
+        ingest, routes = self.provisioned.api()
+        worker, source = self.provisioned.consumer(QUEUE)
+        self._configure_functions(ingest, worker)
 
         if self.seed:
             self.demo = seed_demo(
                 region=self.region,
                 execution_template=self.execution_template_path,
-                target_role_name=str(self.resolved["Parameters"]["TargetRoleName"]),
-                external_id=str(self.resolved["Parameters"].get("ExternalId") or "") or None,
+                target_role_name=self.provisioned.parameters["TargetRoleName"],
+                external_id=self.provisioned.parameters.get("ExternalId") or None,
                 **self.demo_options,
             )
 
-        ingest = function_settings(self.resolved, INGEST)
         self.api.handler = self.ingest_handler
-        self.api.routes = tuple(api_routes(self.resolved))
+        self.api.routes = routes
         self.api.account_id = self.account_id
-        self.api.context_factory = lambda: LambdaContext(
-            function_name=f"{STACK_NAME}-ingest",
-            timeout_seconds=ingest.timeout_seconds,
-            region=self.region,
-            account_id=self.account_id,
-            memory_limit_in_mb=ingest.memory_mb,
-        )
-        worker = function_settings(self.resolved, WORKER)
+        self.api.context_factory = lambda: self._context(ingest)
         self.event_source = SqsEventSource(
             sqs_factory=lambda: self.client("sqs"),
             handler=self.worker_handler,
@@ -218,31 +204,40 @@ class LocalStack:
             queue_arn=self.provisioned.queue_arn,
             region=self.region,
             account_id=self.account_id,
-            function_name=f"{STACK_NAME}-worker",
+            function_name=worker.name,
             timeout_seconds=worker.timeout_seconds,
             memory_mb=worker.memory_mb,
-            batch_size=int(queue_event(self.resolved).get("BatchSize", 10)),
+            batch_size=source.batch_size,
             concurrency=self.pollers,
         )
         self.api.start()
         if self.run_worker:
             self.event_source.start()
 
+    def _context(self, function: Function) -> LambdaContext:
+        return LambdaContext(
+            function_name=function.name,
+            timeout_seconds=function.timeout_seconds,
+            region=self.region,
+            account_id=self.account_id,
+            memory_limit_in_mb=function.memory_mb,
+        )
+
     @staticmethod
     def _not_ready(event: dict[str, Any], context: Any) -> Any:
         raise RuntimeError("the local stack is not started")
 
-    def _configure_functions(self) -> None:
-        """Both functions' environment from the template, then the handlers imported under it."""
+    def _configure_functions(self, ingest: Function, worker: Function) -> None:
+        """The functions' environment from the template, then their handlers imported under it."""
         assert self.provisioned is not None
-        template_env = runtime_environment(self.resolved, self.provisioned)
+        template_env = self.provisioned.environment()
         self._env.set({k: v for k, v in template_env.items() if k not in USER_OVERRIDABLE})
         self._env.setdefault({k: v for k, v in template_env.items() if k in USER_OVERRIDABLE})
         self._env.setdefault(LOCAL_DEFAULTS)
         self._env.set(self.extra_environment)
         self._reset_handler_caches()
-        self.ingest_handler = importlib.import_module("ingest.app").lambda_handler
-        self.worker_handler = importlib.import_module("worker.app").lambda_handler
+        self.ingest_handler = _handler(ingest)
+        self.worker_handler = _handler(worker)
 
     @staticmethod
     def _reset_handler_caches() -> None:

@@ -24,7 +24,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from local_stack.seed import DemoOrg
+from local_stack.demo_org import DemoOrg
 from tests.e2e.helpers import Served, demo_on, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(120)]

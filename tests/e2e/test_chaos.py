@@ -50,11 +50,12 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
-from local_stack import seed
+from local_stack.isolation_check import DENY_ALL
+from local_stack.organization import MEMBER_ACCOUNT_NAMES
 from local_stack.sample_events import guardduty_finding, tag_change
-from local_stack.seed import DemoInstance, InstanceSpec
 from local_stack.stack import LocalStack
-from tests.e2e.helpers import DENY_ALL, member_clients
+from local_stack.workloads import INSTANCES, DemoInstance, InstanceSpec
+from tests.e2e.helpers import member_clients
 
 pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(300)]
 
@@ -64,7 +65,7 @@ SETTLE_SECONDS = 150.0
 LEASE_SECONDS = 8
 VISIBILITY_TIMEOUT_SECONDS = 30
 TERMINAL = frozenset({"ISOLATED", "FAILED", "SKIPPED"})
-ACCOUNT_NAMES = (*seed.MEMBER_ACCOUNT_NAMES, "demo-workloads-c")
+ACCOUNT_NAMES = (*MEMBER_ACCOUNT_NAMES, "demo-workloads-c")
 #: AssumeRole calls into the third account that fail with AccessDenied: a window (the role not deployed
 #: there yet). A failed AssumeRole caches nothing, so these are that account's first isolations.
 ACCESS_DENIED_WINDOW = 3
@@ -90,7 +91,7 @@ def _chaos_specs() -> tuple[InstanceSpec, ...]:
     ]
     specs.append(InstanceSpec("chaos-exempt", "ipv6", exempt=True))
     specs.append(InstanceSpec("chaos-terminated", "main"))
-    return (*seed.INSTANCES, *specs)
+    return (*INSTANCES, *specs)
 
 
 SPECS = _chaos_specs()
@@ -824,7 +825,7 @@ def _check_instance(
     unrecorded: Counter[str],
     write_failed: set[str],
 ) -> int:
-    """What is in place on the instance is what its records say, and isolated as the README says when one says ISOLATED.
+    """What is in place on the instance is what its records say, and isolated when one says ISOLATED.
 
     A change no record mentions is a violation, unless one of the instance's records had a write failed
     by the injector (the change was made, its record write failed, and no later attempt got as far as
@@ -902,7 +903,7 @@ def _check_instance(
             not changed and not swapped and not now.protected and tagged is None, f"{where}: touched", state
         )
 
-    # What isolated means (README) for an instance with an ISOLATED record.
+    # Isolated (the README's "What isolated means") for an instance with an ISOLATED record.
     if not any(r["status"] == "ISOLATED" for r in history):
         return 0
     expect(

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from local_stack.seed import DemoInstance
 from local_stack.stack import LocalStack
+from local_stack.workloads import DemoInstance
 from tests.e2e.helpers import assert_isolated, member_clients, sample_event
 
 pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(90)]

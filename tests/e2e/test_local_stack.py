@@ -12,15 +12,14 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventModel, SqsModel
 
-from local_stack import cfn
 from local_stack.event_source import SqsEventSource
-from local_stack.http_api import ApiServer, Route
+from local_stack.http_api import ApiServer
 from local_stack.provision import provision
-from local_stack.stack import LocalStack, project_root
+from local_stack.stack import STACK_NAME, LocalStack
+from tests.infra.resolver import event_pattern, resolve
+from tests.support.events import ROUTES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(60)]
-
-ROUTES = [Route("POST", "/isolate"), Route("GET", "/isolations/{isolation_id}"), Route("GET", "/isolations")]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +31,9 @@ def stack() -> Iterator[LocalStack]:
 
 
 @pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    return cfn.resolve(cfn.load_template(project_root() / "template.yaml"))
+def template(stack: LocalStack) -> dict[str, Any]:
+    """The transformed template the stack deployed, resolved offline with its defaults."""
+    return resolve(stack.template)
 
 
 # --- provisioning ------------------------------------------------------------------------------------
@@ -68,24 +68,16 @@ def test_rules_carry_the_templates_patterns_and_target_the_queue(
 ) -> None:
     events = stack.client("events")
     for logical_id in ("GuardDutyFindingRule", "TagChangeRule"):
-        name = stack.provisioned.rules[logical_id]
+        name = stack.provisioned.rules(stack.template)[logical_id]
         rule = events.describe_rule(Name=name)
-        assert json.loads(rule["EventPattern"]) == cfn.event_pattern(template["Resources"][logical_id])
+        assert json.loads(rule["EventPattern"]) == event_pattern(template["Resources"][logical_id])
         assert rule["State"] == "ENABLED" and rule.get("EventBusName", "default") == "default"
         targets = events.list_targets_by_rule(Rule=name)["Targets"]
         assert [target["Arn"] for target in targets] == [stack.provisioned.queue_arn]
 
 
 def test_provisioning_again_reuses_everything(stack: LocalStack) -> None:
-    again = provision(
-        stack.resolved,
-        sqs=stack.client("sqs"),
-        dynamodb=stack.client("dynamodb"),
-        events=stack.client("events"),
-        region=stack.region,
-        account_id=stack.account_id,
-        prefix="ec2-isolation-local",
-    )
+    again = provision(stack.template, client=stack.client, stack_name=STACK_NAME)
     assert again == stack.provisioned
 
 
@@ -97,7 +89,7 @@ def test_handlers_get_the_templates_environment(stack: LocalStack) -> None:
         "TABLE_NAME": stack.provisioned.table_name,
         "QUEUE_URL": stack.provisioned.queue_url,
         "MAX_RECEIVE_COUNT": stack.provisioned.max_receive_count,
-        "TARGET_ROLE_NAME": stack.resolved["Parameters"]["TargetRoleName"],
+        "TARGET_ROLE_NAME": stack.provisioned.parameters["TargetRoleName"],
     }
     assert {name: settings[name] for name in expected} == expected
 
@@ -395,3 +387,42 @@ def test_chunked_body_is_read(api: tuple[ApiServer, list[dict[str, Any]]]) -> No
         b'POST /isolate HTTP/1.1\r\nx-api-key: k\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{"a\r\n4\r\n":1}\r\n0\r\n\r\n',
     )
     assert events[0]["body"] == '{"a":1}'
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "PROPFIND", "FROBNICATE"])
+@pytest.mark.parametrize("key", [b"x-api-key: k\r\n", b""], ids=["with-key", "without-key"])
+def test_unknown_methods_get_api_gateways_json_403(
+    api: tuple[ApiServer, list[dict[str, Any]]], method: str, key: bytes
+) -> None:
+    # Given a method no route has (CONNECT with its authority-form target)
+    server, events = api
+    target = b"api.local:443" if method == "CONNECT" else b"/isolate"
+
+    # When it is sent, with or without the key
+    raw = _raw(
+        server, method.encode() + b" " + target + b" HTTP/1.1\r\n" + key + b"Content-Length: 0\r\n\r\n"
+    )
+
+    # Then API Gateway's answer for an undefined method: 403 JSON, never 501, and no invocation
+    assert _status_and_json(raw) == (403, {"message": "Missing Authentication Token"})
+    assert b"content-type: application/json" in raw.lower()
+    assert events == []
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"), [(b"", "missing"), (b"x-api-key: not-k\r\n", "wrong")], ids=["missing", "wrong"]
+)
+def test_a_missing_or_wrong_key_is_named(
+    api: tuple[ApiServer, list[dict[str, Any]]], key: bytes, problem: str
+) -> None:
+    # When a defined route is requested without the right key
+    server, events = api
+    raw = _raw(server, b"GET /isolations HTTP/1.1\r\n" + key + b"Content-Length: 0\r\n\r\n")
+
+    # Then a 403 that says which header is missing or wrong
+    message = f"Forbidden: x-api-key is {problem}"
+    assert _status_and_json(raw) == (
+        403,
+        {"message": message, "errors": [{"field": "x-api-key", "type": problem, "message": message}]},
+    )
+    assert events == []

@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 
-from local_stack.seed import DemoOrg
+from local_stack.demo_org import DemoOrg
 from tests.e2e.helpers import Served, assert_isolated, demo_on, free_port, member_clients
 
 pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(120)]
@@ -145,10 +145,15 @@ def test_api_key_is_required(server: Server, key: str | None, method: str, path:
         method, path, body if method == "POST" else None, x_api_key=key or ""
     )
 
-    # Then API Gateway's answer: 403, JSON
+    # Then API Gateway's answer: 403, JSON, saying what is wrong with the key
     assert status == 403
     assert headers["Content-Type"] == "application/json"
-    assert answer == {"message": "Forbidden"}
+    problem = "wrong" if key else "missing"
+    message = f"Forbidden: x-api-key is {problem}"
+    assert answer == {
+        "message": message,
+        "errors": [{"field": "x-api-key", "type": problem, "message": message}],
+    }
 
 
 def test_unknown_route_is_a_json_403(server: Server) -> None:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.infra.resolver import resolve
 
-from local_stack.cfn import load_template, resolve
+from local_stack.templates import load_template, sam_transform
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -22,27 +22,6 @@ MEMBER_TEMPLATE = ROOT / "iam-execution-role.yml"
 #: A member template needs the worker's role; any well-formed ARN will do offline.
 WORKER_ROLE_ARN = "arn:aws:iam::111111111111:role/ec2-isolation-WorkerFunctionRole-ABC123"
 MEMBER_DEFAULTS = {"WorkerRoleArn": WORKER_ROLE_ARN}
-
-_CODE_URI = "s3://ec2-isolation-artifacts/src.zip"
-
-
-def _sam_transform(template: dict[str, Any]) -> dict[str, Any]:
-    import boto3
-    from samtranslator.parser.parser import Parser
-    from samtranslator.translator.translator import Translator
-
-    source = copy.deepcopy(template)
-    for body in [source.get("Globals", {}).get("Function", {})] + [
-        r.get("Properties", {})
-        for r in source["Resources"].values()
-        if r["Type"] == "AWS::Serverless::Function"
-    ]:
-        if "CodeUri" in body:
-            body["CodeUri"] = _CODE_URI
-    logging.getLogger("samtranslator").setLevel(logging.ERROR)
-    translator = Translator(None, Parser(), boto_session=boto3.Session(region_name="us-east-1"))
-    output = translator.translate(source, parameter_values={}, get_managed_policy_map=lambda: {})
-    return json.loads(json.dumps(output))
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +39,7 @@ def member_template() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def transformed(sam_template: dict[str, Any]) -> dict[str, Any]:
     """template.yaml after the SAM transform: what CloudFormation deploys (parameters unresolved)."""
-    return _sam_transform(sam_template)
+    return sam_transform(sam_template)
 
 
 @pytest.fixture(scope="session")

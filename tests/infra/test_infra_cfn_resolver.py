@@ -1,4 +1,4 @@
-"""local_stack.cfn: the offline template reader the local stack and these checks share."""
+"""tests.infra.resolver: the offline evaluator these checks read the templates with."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from local_stack.cfn import TemplateError, as_json, event_pattern, load_template, parameter_values, resolve
+from tests.infra.resolver import (
+    TemplateError,
+    as_json,
+    event_pattern,
+    load_template,
+    parameter_values,
+    resolve,
+)
 
 TEMPLATE = """\
 Parameters:

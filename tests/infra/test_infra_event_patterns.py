@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 from moto.events.models import EventPattern
-
-from local_stack.cfn import event_pattern
+from tests.infra.resolver import event_pattern
 
 INSTANCE_ARN = "arn:aws:ec2:eu-west-1:222222222222:instance/i-0123456789abcdef0"
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from moto.events.models import EventPattern
+from tests.infra.resolver import event_pattern, resolve
 
-from local_stack.cfn import event_pattern, load_template, resolve
+from local_stack.templates import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 BUS = "arn:aws:events:eu-west-1:123456789012:event-bus/ec2-isolation"

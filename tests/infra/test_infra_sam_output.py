@@ -252,7 +252,7 @@ def test_worker_can_assume_only_the_target_role_name(deployed, helpers, organiza
         assert "Condition" not in statement
 
 
-def test_table_has_the_instance_and_final_lease_indexes_pitr_and_sse(transformed: dict[str, Any]) -> None:
+def test_table_has_its_three_indexes_pitr_and_sse(transformed: dict[str, Any]) -> None:
     table = transformed["Resources"]["IsolationTable"]
     properties = table["Properties"]
     assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain"
@@ -262,7 +262,12 @@ def test_table_has_the_instance_and_final_lease_indexes_pitr_and_sse(transformed
     assert properties["SSESpecification"] == {"SSEEnabled": True}
     assert properties["DeletionProtectionEnabled"] is True
     assert properties["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
-    by_instance, by_final_lease = properties["GlobalSecondaryIndexes"]
+    by_instance, by_recent, by_final_lease = properties["GlobalSecondaryIndexes"]
+    assert by_recent["IndexName"] == "by-recent"
+    assert by_recent["KeySchema"] == [
+        {"AttributeName": "list_shard", "KeyType": "HASH"},
+        {"AttributeName": "listed_at", "KeyType": "RANGE"},
+    ]
     assert by_instance["IndexName"] == "by-instance"
     assert by_instance["KeySchema"] == [
         {"AttributeName": "instance_id", "KeyType": "HASH"},
@@ -273,7 +278,7 @@ def test_table_has_the_instance_and_final_lease_indexes_pitr_and_sse(transformed
         {"AttributeName": "final_attempt", "KeyType": "HASH"},
         {"AttributeName": "lease_until", "KeyType": "RANGE"},
     ]
-    for index in (by_instance, by_final_lease):
+    for index in (by_instance, by_recent, by_final_lease):
         assert index["Projection"] == {"ProjectionType": "ALL"}
 
 

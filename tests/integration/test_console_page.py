@@ -8,14 +8,14 @@ import hashlib
 import re
 
 from tests.conftest import Stack
-from tests.support.events import LambdaContext, api_event
+from tests.support.events import api_event, lambda_context
 
 from ingest.app import lambda_handler
 
 
 def test_the_page_is_served_with_a_strict_policy(stack: Stack) -> None:
     # When the page is asked for
-    response = lambda_handler(api_event("GET", "/console"), LambdaContext())
+    response = lambda_handler(api_event("GET", "/console"), lambda_context())
 
     # Then it is HTML, never cached, never framed, with a policy that allows exactly its own two blocks
     assert response["statusCode"] == 200

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import MEMBER_ACCOUNT, MEMBER_REGION, OTHER_ACCOUNT, Stack
 from tests.support.aws import Faults
 from tests.support.contract import RECORD_FIELDS
-from tests.support.events import LambdaContext, api_event
+from tests.support.events import api_event, lambda_context
 
 from shared.config import ingest_settings
 from shared.models import IsolationRecord, Source, Status, Target, new_isolation_id
@@ -41,7 +41,7 @@ def invoke(event: dict[str, Any]) -> dict[str, Any]:
     """The handler with a hand-made event (imported late: the stack fixture sets the environment)."""
     from ingest.app import lambda_handler
 
-    return lambda_handler(event, LambdaContext())
+    return lambda_handler(event, lambda_context())
 
 
 def items(stack: Stack) -> list[dict[str, Any]]:

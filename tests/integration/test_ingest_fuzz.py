@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.conftest import MEMBER_ACCOUNT, MEMBER_REGION, OTHER_ACCOUNT, Stack
 from tests.support.aws import Faults
-from tests.support.events import LambdaContext, api_event
+from tests.support.events import api_event, lambda_context
 
 pytestmark = pytest.mark.disable_socket
 
@@ -170,7 +170,7 @@ class Probe:
 
         before = self._state or self.state()
         sends_before = self.faults.calls["sqs.SendMessage"]
-        response = lambda_handler(event, LambdaContext())
+        response = lambda_handler(event, lambda_context())
         self.cases += 1
         status = int(response["statusCode"])
         self.statuses[status] += 1

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from moto.events.models import EventPattern
 from tests.conftest import OTHER_ACCOUNT, ROOT, Stack
+from tests.infra.resolver import event_pattern, resolve
 from tests.integration.test_worker import assert_isolated, record_of, records_for
 from tests.support.aws import Faults, Member
 
-from local_stack.cfn import event_pattern, load_template, resolve
 from local_stack.sample_events import guardduty_finding, security_hub_custom_action, tag_change
+from local_stack.templates import load_template
 from shared.models import Source, trigger_isolation_id
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"

@@ -1,9 +1,13 @@
-"""A small CloudFormation reader: load a (SAM) template and resolve its intrinsic functions offline.
+"""An offline evaluator of CloudFormation's intrinsic functions, for the template checks.
 
-The local stack builds its queue, table and rules from `template.yaml` with this, and the infra tests
-read the templates through it, so both see what CloudFormation would deploy:
+The local stack deploys template.yaml's run-time subset through moto's CloudFormation
+(`local_stack.provision`), but these checks look at every resource under many parameter values, and
+moto 5.2.5 cannot help there: it cannot deploy the whole transformed template (the functions and their
+code), creates nothing for `AWS::SQS::QueuePolicy`, `AWS::Events::EventBusPolicy` or
+`AWS::CloudWatch::Alarm`, and a deployed stack gives back physical ids, not the resolved
+properties (policy documents under conditions, `Fn::If` on parameters) the checks assert on.
 
-    template = load_template("template.yaml")
+    template = sam_transform(load_template("template.yaml"))
     resolved = resolve(template, {"MinSeverity": "4"})
     pattern = event_pattern(resolved["Resources"]["GuardDutyFindingRule"])
 
@@ -25,10 +29,9 @@ import copy
 import json
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import yaml
+from local_stack.templates import TemplateError, load_template
 
 __all__ = [
     "DEFAULT_PSEUDO_PARAMETERS",
@@ -51,56 +54,6 @@ DEFAULT_PSEUDO_PARAMETERS: dict[str, Any] = {
     ),
     "AWS::NotificationARNs": [],
 }
-
-
-class TemplateError(ValueError):
-    """The template cannot be read or resolved (an unknown parameter, a malformed function...)."""
-
-
-# --- loading ----------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML with CloudFormation's short-form tags (`!Ref`, `!Sub`, ...) turned into long form."""
-
-
-def _short_form(name: str) -> Any:
-    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> dict[str, Any]:
-        value: Any
-        if isinstance(node, yaml.ScalarNode):
-            value = loader.construct_scalar(node)
-        elif isinstance(node, yaml.SequenceNode):
-            value = loader.construct_sequence(node, deep=True)
-        else:
-            value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-        if name == "Fn::GetAtt" and isinstance(value, str):
-            value = value.split(".", 1)
-        return {name: value}
-
-    return construct
-
-
-for _tag in (
-    "Base64", "Cidr", "FindInMap", "GetAtt", "GetAZs", "ImportValue", "Join", "Select", "Split", "Sub",
-    "Transform", "If", "Equals", "Not", "And", "Or", "ToJsonString", "Length",
-):  # fmt: skip
-    _Loader.add_constructor(f"!{_tag}", _short_form(f"Fn::{_tag}"))
-_Loader.add_constructor("!Ref", _short_form("Ref"))
-_Loader.add_constructor("!Condition", _short_form("Condition"))
-# CloudFormation reads `Version: 2012-10-17` as a string, not a date.
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))
-
-
-def load_template(path: str | Path) -> dict[str, Any]:
-    """Read a CloudFormation/SAM template (YAML or JSON) with intrinsic functions in long form."""
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        document = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise TemplateError(f"{path}: {exc}") from exc
-    if not isinstance(document, dict):
-        raise TemplateError(f"{path}: not a template")
-    return document
 
 
 # --- resolving --------------------------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""The demo organization's accounts: the organization itself, its member accounts, sessions in them,
+and the local worker's role in the stack's own (security) account, which member accounts trust."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+WORKER_ROLE_NAME = "ec2-isolation-worker-local"
+MEMBER_ACCOUNT_NAMES = ("demo-workloads-a", "demo-workloads-b")
+ACCESS_ROLE = "OrganizationAccountAccessRole"
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def member_session(account_id: str, region: str, *, base: boto3.Session | None = None) -> boto3.Session:
+    """A session in a member account (moto lets the caller assume any role of any account)."""
+    sts = (base or boto3.Session()).client("sts", region_name=region)
+    credentials = sts.assume_role(
+        RoleArn=f"arn:aws:iam::{account_id}:role/{ACCESS_ROLE}", RoleSessionName="ec2-isolation-seed"
+    )["Credentials"]
+    return boto3.Session(
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+        region_name=region,
+    )
+
+
+def organization(org: Any) -> str:
+    """The organization's id, created if the caller has none."""
+    try:
+        return str(org.create_organization(FeatureSet="ALL")["Organization"]["Id"])
+    except ClientError as exc:
+        if error_code(exc) != "AlreadyInOrganizationException":
+            raise
+        return str(org.describe_organization()["Organization"]["Id"])
+
+
+def accounts_by_name(org: Any) -> dict[str, str]:
+    return {
+        account["Name"]: account["Id"]
+        for page in org.get_paginator("list_accounts").paginate()
+        for account in page["Accounts"]
+    }
+
+
+def member_accounts(org: Any, names: Sequence[str] = MEMBER_ACCOUNT_NAMES) -> list[tuple[str, str]]:
+    """(name, account id) of each named member account, created if missing."""
+    existing = accounts_by_name(org)
+    members = []
+    for name in names:
+        if name not in existing:
+            status = org.create_account(Email=f"{name}@example.com", AccountName=name)["CreateAccountStatus"]
+            for _ in range(50):
+                if status["State"] != "IN_PROGRESS":
+                    break
+                time.sleep(0.1)
+                status = org.describe_create_account_status(CreateAccountRequestId=status["Id"])[
+                    "CreateAccountStatus"
+                ]
+            if status["State"] != "SUCCEEDED":
+                raise RuntimeError(f"could not create account {name}: {status.get('FailureReason')}")
+            existing[name] = status["AccountId"]
+        members.append((name, existing[name]))
+    return members
+
+
+def worker_role(iam: Any) -> str:
+    """The local worker's role in the security account: what member accounts trust."""
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    try:
+        role = iam.create_role(RoleName=WORKER_ROLE_NAME, AssumeRolePolicyDocument=json.dumps(trust))
+    except ClientError as exc:
+        if error_code(exc) != "EntityAlreadyExists":
+            raise
+        role = iam.get_role(RoleName=WORKER_ROLE_NAME)
+    return str(role["Role"]["Arn"])
