@@ -154,6 +154,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"api key: {stack.api_key}" if not args.api_key else "api key: as given by --api-key")
         if stack.demo is not None:
             print(demo_summary(stack.demo, api_url=stack.api_url, api_key=stack.api_key))
+        key_fragment = stack.api_key if not args.api_key else "<your key>"
+        print(f"console: {stack.api_url}/console#key={key_fragment}")
         print(f"ready on {stack.api_url}", flush=True)
         while not stop.wait(0.5):
             pass

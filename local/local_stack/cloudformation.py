@@ -24,6 +24,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from shared.errors import error_code
+
 _CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"]
 _REFERENCE_IN_SUB = r"\$\{([^}!][^}]*)\}"
 
@@ -67,7 +69,7 @@ def deploy_stack(
             Capabilities=_CAPABILITIES,
         )
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "AlreadyExistsException":
+        if error_code(exc) != "AlreadyExistsException":
             raise
     stack = _settled(cloudformation, name)
     if not str(stack["StackStatus"]).endswith("_COMPLETE") or "ROLLBACK" in str(stack["StackStatus"]):

@@ -1,15 +1,17 @@
 """`ec2-isolation demo`: the whole story in one command, no input needed.
 
-Embedded AWS, the demo organization, the API on a free loopback port; then three isolations, each of a
+Embedded AWS, the demo organization, the API on a free loopback port; then four isolations, each of a
 different demo instance and each started a different way:
 
 - webhook: `POST /isolate` over HTTP to the local API;
 - GuardDuty: a finding (severity 8, the documented event shape) put on the stack's default bus, where
   the delegated administrator receives its members' findings;
 - tag: the instance tagged `isolate=true` in its account, and the `Tag Change on Resource` event put on
-  the stack's bus as the member account's forwarding rule delivers it.
+  the stack's bus as the member account's forwarding rule delivers it;
+- Security Hub: an analyst's "Isolate instance" custom action on two findings (the instance, and an S3
+  bucket that is ignored) put on the stack's default bus.
 
-It waits (bounded) for the outcomes, prints a table and exits 0 only when all three are ISOLATED, as
+It waits (bounded) for the outcomes, prints a table and exits 0 only when all four are ISOLATED, as
 the records say and as the member accounts show (`local_stack.isolation_check`).
 """
 
@@ -18,22 +20,15 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import datetime
 from typing import Any
 
 from local_stack.isolation_check import isolation_problems
-from local_stack.sample_events import guardduty_finding, tag_change
+from local_stack.sample_events import guardduty_finding, security_hub_custom_action, tag_change
+from shared.models import seconds_between
 
 #: Quiet handlers: the table is the output (the user's environment still wins).
 DEMO_ENVIRONMENT = {"POWERTOOLS_LOG_LEVEL": "ERROR", "POWERTOOLS_METRICS_DISABLED": "true"}
 WAIT_SECONDS = 45
-
-
-def _seconds_between(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    parse = lambda text: datetime.fromisoformat(text.replace("Z", "+00:00"))  # noqa: E731
-    return (parse(end) - parse(start)).total_seconds()
 
 
 def _steps(record: dict[str, Any]) -> str:
@@ -44,7 +39,7 @@ def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     header = ("source", "account", "instance", "status", "contained in", "steps")
     lines = []
     for source, record in rows:
-        seconds = _seconds_between(record.get("created_at"), record.get("contained_at"))
+        seconds = seconds_between(record.get("created_at"), record.get("contained_at"))
         lines.append(
             (
                 source,
@@ -79,6 +74,7 @@ def run_demo() -> int:
         by_webhook = demo.instance("web-1", account=0)
         by_finding = demo.instance("ipv6-1", account=0)
         by_tag = demo.instance("web-1", account=1)
+        by_action = demo.instance("web-2", account=1)
 
         status, body = stack.request(
             "POST",
@@ -113,7 +109,26 @@ def run_demo() -> int:
         )
         print(f"tag       isolate=true on {by_tag.instance_id} -> bus", flush=True)
 
-        targets = [("webhook", by_webhook), ("guardduty", by_finding), ("tag", by_tag)]
+        stack.put_event(
+            security_hub_custom_action(
+                action_account=stack.account_id,
+                action_region=stack.region,
+                resources=[
+                    ("AwsEc2Instance", by_action.arn),
+                    ("AwsS3Bucket", "arn:aws:s3:::demo-app-assets"),
+                ],
+            )
+        )
+        print(
+            f"security hub custom action 'Isolate instance' on {by_action.instance_id} (and an S3 bucket) -> bus"
+        )
+
+        targets = [
+            ("webhook", by_webhook),
+            ("guardduty", by_finding),
+            ("tag", by_tag),
+            ("securityhub", by_action),
+        ]
         deadline = time.monotonic() + WAIT_SECONDS
         results: dict[str, dict[str, Any]] = {}
         while time.monotonic() < deadline and len(results) < len(targets):
@@ -159,7 +174,7 @@ def run_demo() -> int:
         isolated = all(record.get("status") == "ISOLATED" and not problems[source] for source, record in rows)
         print()
         print(
-            f"{'all three isolated' if isolated else 'NOT all isolated'} "
+            f"{'all four isolated' if isolated else 'NOT all isolated'} "
             f"({time.monotonic() - started:.1f} s in all)",
             flush=True,
         )

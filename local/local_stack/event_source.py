@@ -145,6 +145,13 @@ class Stats:
             self.handler_errors += outcome.error is not None
 
 
+class EnvironmentDied(BaseException):  # noqa: N818 - what happens to the environment, not an error
+    """The execution environment died in the middle of an invocation (out of memory, a timeout, the host
+    going away): nothing of the handler runs after it, the batch comes back after the visibility
+    timeout, and Lambda starts a new environment. A BaseException, so that no `except Exception` in the
+    handler can catch it (tests raise it from a hook to kill the worker where they want)."""
+
+
 class SqsEventSource:
     """Pollers of one queue, invoking `handler` with SQS batch events."""
 
@@ -246,6 +253,12 @@ class SqsEventSource:
             except Exception as exc:  # Lambda: the invocation failed, every message comes back
                 log.exception("worker handler failed; the batch of %d returns to the queue", len(ids))
                 outcome.error = f"{type(exc).__name__}: {exc}"
+                outcome.failed = set(ids)
+            except EnvironmentDied as died:  # every message comes back after its visibility timeout
+                log.warning(
+                    "worker environment died (%s); the batch of %d returns to the queue", died, len(ids)
+                )
+                outcome.error = f"environment died: {died}"
                 outcome.failed = set(ids)
             outcome.duration = time.time() - outcome.started
         if outcome.error and "timed out" in outcome.error:

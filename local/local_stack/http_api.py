@@ -64,6 +64,8 @@ class MalformedResponse(Exception):
 class Route:
     method: str  # upper case
     resource: str  # as in the template: /isolations/{isolation_id}
+    #: The route needs the API key (in the template: the operation's `security`); the status page does not.
+    key_required: bool = True
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -78,6 +80,7 @@ class Route:
 class Match:
     resource: str
     path_parameters: dict[str, str] | None
+    key_required: bool = True
 
 
 def match_route(routes: Iterable[Route], method: str, raw_path: str) -> Match | None:
@@ -89,7 +92,7 @@ def match_route(routes: Iterable[Route], method: str, raw_path: str) -> Match | 
         found = route.pattern.match(path)
         if found:
             params = {name: unquote(value) for name, value in found.groupdict().items()}
-            return Match(route.resource, params or None)
+            return Match(route.resource, params or None, route.key_required)
     return None
 
 
@@ -397,7 +400,7 @@ class ApiServer:
         match = match_route(self.routes, method, raw_path)
         if match is None:
             return gateway_response(403, {"message": "Missing Authentication Token"})
-        problem = self._key_problem(request)
+        problem = self._key_problem(request) if match.key_required else None
         if problem:
             return _forbidden(problem)
 

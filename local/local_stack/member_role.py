@@ -15,8 +15,8 @@ import boto3
 from botocore.exceptions import ClientError
 
 from local_stack.cloudformation import deploy_stack
-from local_stack.organization import error_code
 from local_stack.templates import load_template
+from shared.errors import error_code
 
 log = logging.getLogger("local_stack.member_role")
 

@@ -11,13 +11,11 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
+from shared.errors import error_code
+
 WORKER_ROLE_NAME = "ec2-isolation-worker-local"
 MEMBER_ACCOUNT_NAMES = ("demo-workloads-a", "demo-workloads-b")
 ACCESS_ROLE = "OrganizationAccountAccessRole"
-
-
-def error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def member_session(account_id: str, region: str, *, base: boto3.Session | None = None) -> boto3.Session:

@@ -33,6 +33,7 @@ Re-running against an endpoint that already has the stack reuses it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +48,14 @@ DEFAULT_STACK_NAME = "ec2-isolation-local"
 
 #: The resource types the local stack deploys (what moto's CloudFormation creates faithfully).
 DEPLOYED_TYPES = frozenset(
-    {"AWS::SQS::Queue", "AWS::DynamoDB::Table", "AWS::Events::Rule", "AWS::IAM::Role", "AWS::Logs::LogGroup"}
+    {
+        "AWS::SQS::Queue",
+        "AWS::DynamoDB::Table",
+        "AWS::Events::EventBus",
+        "AWS::Events::Rule",
+        "AWS::IAM::Role",
+        "AWS::Logs::LogGroup",
+    }
 )
 _PLACEHOLDER_PATTERN = {"source": ["ec2-isolation.local.placeholder"]}
 _ANY_METHOD = "x-amazon-apigateway-any-method"
@@ -77,6 +85,15 @@ class QueueSource:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """An EventBridge Scheduler schedule: `function` is invoked every `every_seconds` (moto does not
+    create schedules; the local stack runs them itself)."""
+
+    function: str
+    every_seconds: float
+
+
+@dataclass(frozen=True)
 class Provisioned:
     """What the stack created (physical ids by logical id), the parameters as deployed, and the
     functions with what invokes them."""
@@ -88,6 +105,7 @@ class Provisioned:
     functions: dict[str, Function] = field(default_factory=dict)
     routes: dict[str, tuple[Route, ...]] = field(default_factory=dict)  # function -> its API routes
     queue_sources: tuple[QueueSource, ...] = ()
+    schedules: tuple[Schedule, ...] = ()
     max_receive_count: int = 0
 
     @property
@@ -168,6 +186,7 @@ def provision(
         props = resource.get("Properties") or {}
         if resource["Type"] == "AWS::Events::Rule" and _is_text(props.get("EventPattern")):
             evaluate[f"pattern:{logical_id}"] = props["EventPattern"]
+            evaluate[f"bus:{logical_id}"] = props.get("EventBusName", "default")
             props["EventPattern"] = _PLACEHOLDER_PATTERN
     settings = _function_settings(template)
     literals = {key: value for key, value in settings.items() if not isinstance(value, dict | list)}
@@ -180,7 +199,7 @@ def provision(
     )
     body: dict[str, Any] = {
         key: template[key]
-        for key in ("AWSTemplateFormatVersion", "Parameters", "Conditions")
+        for key in ("AWSTemplateFormatVersion", "Parameters", "Mappings", "Conditions")
         if key in template
     }
     stack = deploy_stack(
@@ -204,6 +223,7 @@ def provision(
         functions=functions,
         routes=_routes(template, functions),
         queue_sources=_queue_sources(template, functions, stack.resources, values),
+        schedules=_schedules(template, functions, values),
         max_receive_count=max_receive_count,
     )
 
@@ -225,7 +245,7 @@ def _complete(
             continue
         props = resource.get("Properties") or {}
         if f"pattern:{logical_id}" in values:
-            rule = events.describe_rule(Name=physical[logical_id])
+            rule = events.describe_rule(Name=physical[logical_id], EventBusName=values[f"bus:{logical_id}"])
             events.put_rule(
                 Name=rule["Name"],
                 EventPattern=values[f"pattern:{logical_id}"],
@@ -287,6 +307,10 @@ def _function_settings(template: dict[str, Any]) -> dict[str, Any]:
     for logical_id, resource in template["Resources"].items():
         if resource["Type"] == "AWS::Lambda::EventSourceMapping":
             settings[f"source:{logical_id}:batch"] = (resource.get("Properties") or {}).get("BatchSize", 10)
+        if resource["Type"] == "AWS::Scheduler::Schedule":
+            settings[f"schedule:{logical_id}:expression"] = (resource.get("Properties") or {}).get(
+                "ScheduleExpression"
+            )
     return {key: _text(value) for key, value in settings.items()}
 
 
@@ -330,7 +354,8 @@ def _routes(template: dict[str, Any], functions: dict[str, Function]) -> dict[st
                 integration = operation.get("x-amazon-apigateway-integration") or {}
                 for function in references(integration.get("uri")) & set(functions):
                     verb = "ANY" if method == _ANY_METHOD else method.upper()
-                    routes.setdefault(function, []).append(Route(verb, path))
+                    keyed = bool(operation.get("security"))
+                    routes.setdefault(function, []).append(Route(verb, path, keyed))
     return {function: tuple(found) for function, found in routes.items()}
 
 
@@ -349,3 +374,25 @@ def _queue_sources(
                 QueueSource(function.pop(), queue.pop(), int(values[f"source:{logical_id}:batch"]))
             )
     return tuple(sources)
+
+
+_RATE = re.compile(r"^rate\((?P<count>[0-9]+) (?P<unit>minutes?|hours?|days?)\)$")
+_UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+def _schedules(
+    template: dict[str, Any], functions: dict[str, Function], values: dict[str, str]
+) -> tuple[Schedule, ...]:
+    """Each schedule's target function and period (`rate(...)` expressions; `cron(...)` is not run)."""
+    schedules = []
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Scheduler::Schedule":
+            continue
+        target = references(((resource.get("Properties") or {}).get("Target") or {}).get("Arn")) & set(
+            functions
+        )
+        rate = _RATE.match(str(values.get(f"schedule:{logical_id}:expression", "")))
+        if target and rate:
+            every = int(rate["count"]) * _UNIT_SECONDS[rate["unit"].rstrip("s")]
+            schedules.append(Schedule(target.pop(), float(every)))
+    return tuple(schedules)

@@ -21,7 +21,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from local_stack.http_api import ApiServer
 from local_stack.lambda_context import LambdaContext
 from local_stack.organization import member_session
 from local_stack.provision import QUEUE, Function, Provisioned, provision
+from local_stack.scheduler import ScheduledFunction
 from local_stack.templates import load_template, sam_transform
 from local_stack.workloads import InstanceSpec
 
@@ -60,13 +60,6 @@ def project_root() -> Path:
         if (directory / "template.yaml").is_file():
             return directory
     return Path.cwd()
-
-
-def _version() -> str:
-    try:
-        return metadata.version("ec2-isolation")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 def _handler(function: Function) -> Any:
@@ -127,6 +120,7 @@ class LocalStack:
         self.demo: DemoOrg | None = None
         self.api: ApiServer | None = None
         self.event_source: SqsEventSource | None = None
+        self.scheduled: list[ScheduledFunction] = []
         self.ingest_handler: Any = None
         self.worker_handler: Any = None
         self._embedded: EmbeddedAws | None = None
@@ -171,7 +165,9 @@ class LocalStack:
         self._env.set(aws_environment(self.aws_endpoint, self.region, embedded=self._embedded is not None))
         self.account_id = str(self.client("sts").get_caller_identity()["Account"])
 
-        overrides: dict[str, str] = {}
+        # The Security Hub custom action's rules (moto creates no action target, but its events are
+        # matched and queued as deployed).
+        overrides: dict[str, str] = {"EnableSecurityHubAction": "true"}
         if self.target_role_name:
             overrides["TargetRoleName"] = self.target_role_name
         if self.allowed_accounts is not None:
@@ -210,9 +206,23 @@ class LocalStack:
             batch_size=source.batch_size,
             concurrency=self.pollers,
         )
+        self.scheduled = [
+            self._scheduled(self.provisioned.functions[schedule.function], schedule.every_seconds)
+            for schedule in self.provisioned.schedules
+        ]
         self.api.start()
         if self.run_worker:
             self.event_source.start()
+            for scheduled in self.scheduled:
+                scheduled.start()
+
+    def _scheduled(self, function: Function, every_seconds: float) -> ScheduledFunction:
+        return ScheduledFunction(
+            name=function.name,
+            handler=_handler(function),
+            every_seconds=every_seconds,
+            context_factory=lambda: self._context(function),
+        )
 
     def _context(self, function: Function) -> LambdaContext:
         return LambdaContext(
@@ -246,16 +256,18 @@ class LocalStack:
 
         config.ingest_settings.cache_clear()
         config.worker_settings.cache_clear()
+        config.sweeper_settings.cache_clear()
         aws.reset_caches()
         steps = importlib.import_module("worker.steps")
         if hasattr(steps, "forget_caches"):
             steps.forget_caches()
 
     def _openapi(self) -> str:
-        app = importlib.import_module("ingest.app").app
-        return str(app.get_openapi_json_schema(title="ec2-isolation", version=_version()))
+        return str(importlib.import_module("ingest.openapi").document())
 
     def stop(self) -> None:
+        for scheduled in self.scheduled:
+            scheduled.stop()
         if self.event_source is not None:
             self.event_source.stop()
         if self.api is not None:
@@ -270,13 +282,21 @@ class LocalStack:
             self._reset_handler_caches()
 
     def pause_worker(self) -> None:
-        """Stop polling the queue (messages stay there) until `resume_worker`."""
+        """Stop polling the queue (messages stay there) and running schedules until `resume_worker`."""
+        for scheduled in self.scheduled:
+            scheduled.stop()
         if self.event_source is not None:
             self.event_source.stop()
 
     def resume_worker(self) -> None:
         if self.event_source is not None:
             self.event_source.start()
+        for scheduled in self.scheduled:
+            scheduled.start()
+
+    def run_schedules(self) -> list[Any]:
+        """Run every scheduled function once now (the sweeper), as its next scheduled run would."""
+        return [scheduled.run_once() for scheduled in self.scheduled]
 
     # --- using it ----------------------------------------------------------------------------------
 

@@ -14,10 +14,12 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from local_stack.organization import error_code
+from shared import models
+from shared.errors import error_code
+from worker.steps.instance_profile import EC2_TRUST_POLICY
 
 DEMO_TAG = "ec2-isolation-demo"  # value: the instance's label
-EXEMPT_TAG = "ec2-isolation:exempt"
+EXEMPT_TAG = models.EXEMPT_TAG
 APP_PROFILE = "demo-app"
 
 
@@ -58,12 +60,6 @@ class DemoInstance:
 
 def _app_profile(iam: Any) -> str:
     """An application's instance profile: a role that can read one S3 bucket."""
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
-        ],
-    }
     policy = {
         "Version": "2012-10-17",
         "Statement": [
@@ -75,7 +71,7 @@ def _app_profile(iam: Any) -> str:
         ],
     }
     try:
-        iam.create_role(RoleName=APP_PROFILE, AssumeRolePolicyDocument=json.dumps(trust))
+        iam.create_role(RoleName=APP_PROFILE, AssumeRolePolicyDocument=EC2_TRUST_POLICY)
         iam.put_role_policy(RoleName=APP_PROFILE, PolicyName="read-assets", PolicyDocument=json.dumps(policy))
     except ClientError as exc:
         if error_code(exc) != "EntityAlreadyExists":

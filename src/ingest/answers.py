@@ -24,7 +24,8 @@ class IsolationPage(IsolationList):
     """Answer of `GET /isolations` without `instance_id`: a page of every instance's isolations."""
 
     next: str | None = Field(
-        description="Pass it back as `next` for the following page; null on the last page"
+        default=None,
+        description="Without instance_id: pass it back as `next` for the following page; null on the last page",
     )
 
 

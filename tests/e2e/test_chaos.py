@@ -50,6 +50,7 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
+from local_stack.event_source import EnvironmentDied
 from local_stack.isolation_check import DENY_ALL
 from local_stack.organization import MEMBER_ACCOUNT_NAMES
 from local_stack.sample_events import guardduty_finding, tag_change
@@ -97,15 +98,13 @@ def _chaos_specs() -> tuple[InstanceSpec, ...]:
 SPECS = _chaos_specs()
 
 
-class WorkerCrash(Exception):  # noqa: N818 - what happens to the worker, not an error of the service
+class WorkerCrash(EnvironmentDied):
     """The worker dies in the middle of an isolation (out of memory, timeout, the host going away).
 
-    An Exception, not a BaseException: `SqsEventSource.process` and `_poll_forever` catch `Exception`
-    only, so a BaseException would end the poller thread for good (nothing restarts it, unlike Lambda).
-    Raised from a hook, it escapes the runner (which handles AWS and domain errors only) and leaves the
-    record IN_PROGRESS and leased; Powertools fails just this item and the worker sets no retry delay
-    (it is not an AWS error): the message comes back after the queue's visibility timeout, as after a
-    real crash. The call it is raised on never happens.
+    Raised from a hook, nothing of the worker runs after it (no `except Exception` catches it): the
+    record stays as the last write left it, the local event source treats the invocation as dead (the
+    whole batch comes back after the queue's visibility timeout, as after a real crash) and goes on
+    polling. The call it is raised on never happens.
     """
 
 
@@ -467,25 +466,6 @@ def settle(stack: LocalStack, *, timeout: float) -> float:
 
 
 @pytest.fixture
-def serial_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
-    """moto's DynamoDB is not safe under concurrent requests: a cancelled TransactWriteItems puts back a
-    copy of the whole table taken when it started, undoing what other threads wrote meanwhile (and the
-    copy itself can fail: "dictionary changed size during iteration"). Ingest's threads and the worker
-    write concurrently here, so the embedded moto server answers DynamoDB requests one at a time, as if
-    each were atomic (DynamoDB's own guarantee for a single request)."""
-    from moto.dynamodb.responses import DynamoHandler
-
-    lock = threading.RLock()
-    call_action = DynamoHandler.call_action
-
-    def one_at_a_time(self: Any) -> Any:
-        with lock:
-            return call_action(self)
-
-    monkeypatch.setattr(DynamoHandler, "call_action", one_at_a_time)
-
-
-@pytest.fixture
 def quiet_logs() -> Iterator[None]:
     """The worker's JSON log lines (thousands) off the terminal; the level is put back after."""
     from shared.observability import logger
@@ -516,7 +496,6 @@ def test_chaos(
         from shared import aws
         from shared.config import worker_settings
         from shared.store import IsolationStore, Joined
-        from sweeper.sweep import sweep
         from worker.messages import parse
 
         assert stack.demo is not None and stack.provisioned is not None
@@ -611,13 +590,7 @@ def test_chaos(
         # worker was lost on the last receive. A responder reads the records through the API (reads
         # change nothing). Then the table as it is.
         time.sleep(LEASE_SECONDS)
-        assert stack.provisioned is not None
-        sweep(
-            IsolationStore(stack.provisioned.table_name, client=stack.client("dynamodb")),
-            sqs,
-            stack.provisioned.dead_letter_queue_url,
-            peeks=20,
-        )
+        stack.run_schedules()
         for item in scan_table(stack):
             if str(item["pk"]).startswith("iso-"):
                 stack.request("GET", f"/isolations/{item['pk']}")

@@ -1,4 +1,4 @@
-"""`ec2-isolation demo`: the whole story in one command exits 0 with all three instances isolated."""
+"""`ec2-isolation demo`: the whole story in one command exits 0 with all four instances isolated."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.e2e.helpers import CLI, ROOT, subprocess_environment
 pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(100)]
 
 
-def test_demo_isolates_three_ways() -> None:
+def test_demo_isolates_four_ways() -> None:
     # When a person runs the demo with no input
     done = subprocess.run(
         [*CLI, "demo"],
@@ -28,7 +28,7 @@ def test_demo_isolates_three_ways() -> None:
     assert done.returncode == 0, output[-4000:]
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["source", "account", "instance"])
-    rows = {line.split()[0]: line.split() for line in lines[header + 1 : header + 4]}
-    for source in ("webhook", "guardduty", "tag"):
+    rows = {line.split()[0]: line.split() for line in lines[header + 1 : header + 5]}
+    for source in ("webhook", "guardduty", "tag", "securityhub"):
         assert rows[source][3] == "ISOLATED", output
-    assert "all three isolated" in done.stdout
+    assert "all four isolated" in done.stdout

@@ -13,6 +13,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from shared import aws
+from shared.errors import error_code
 
 ISOLATION_NAME = "ec2-isolation-deny-all"
 AMI = "ami-12c6146b"  # one of moto's stock images
@@ -71,7 +72,7 @@ class Member:
             self.iam.create_instance_profile(InstanceProfileName=name)
             self.iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] != "EntityAlreadyExists":
+            if error_code(exc) != "EntityAlreadyExists":
                 raise
         return name
 

@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from shared import lifecycle
+from shared.errors import error_code
 from shared.lifecycle import FINAL, Status, Transition
 from shared.models import IsolationRecord, Source, Target
 from shared.store import IsolationStore
@@ -63,7 +64,7 @@ def dynamodb_allows(client: Any, item: dict[str, Any], transition: Transition) -
     try:
         client.update_item(TableName="lifecycle", Key=key("record"), **write.request())
     except ClientError as exc:
-        assert exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
+        assert error_code(exc) == "ConditionalCheckFailedException"
         return False
     return True
 
