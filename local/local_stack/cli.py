@@ -1,8 +1,9 @@
-"""`ec2-isolation`: the local stack on the command line.
+"""`ec2-isolation`: the local stack, and the responders' client (`local_stack.client`).
 
 ec2-isolation serve [--host 127.0.0.1] [--port 8080] [--aws-endpoint URL] [--api-key KEY]
                     [--target-role-name NAME] [--allowed-accounts ID,ID] [--seed-demo]
 ec2-isolation demo
+ec2-isolation isolate|status|list|watch ... [--api URL] [--api-key KEY] [--json]
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
+
+from local_stack import client
 
 if TYPE_CHECKING:
     from local_stack.demo_org import DemoOrg
@@ -55,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="ec2-isolation", description="ec2-isolation's local stack: the service on a local AWS endpoint."
     )
-    commands = root.add_subparsers(dest="command", metavar="{serve,demo}")
+    commands = root.add_subparsers(dest="command", metavar="{serve,demo,isolate,status,list,watch}")
 
     serve = commands.add_parser(
         "serve",
@@ -103,8 +106,10 @@ def parser() -> argparse.ArgumentParser:
 
     commands.add_parser(
         "demo",
-        help="the whole story in one command: webhook, GuardDuty finding and tag event isolate three instances",
+        help="the whole story in one command: webhook, GuardDuty finding, tag event and Security Hub action "
+        "isolate four instances",
     )
+    client.add_commands(commands)
     return root
 
 
@@ -222,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("botocore").setLevel(logging.WARNING)
     if args.command == "serve":
         return serve(args)
+    if args.command in client.COMMANDS:
+        return client.main(args)
     from local_stack.demo import run_demo
 
     return run_demo()

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,31 @@ def environment(**values: str) -> Iterator[None]:
         for name, value in values.items():
             patch.setenv(name, value)
         yield
+
+
+@dataclass
+class ServedDemo:
+    """`ec2-isolation serve --seed-demo` on a free loopback port, with its demo organization."""
+
+    served: Served
+    url: str
+    key: str
+    endpoint: str
+    demo: DemoOrg
+
+
+@contextlib.contextmanager
+def serve_demo(startup_seconds: float = 90) -> Iterator[ServedDemo]:
+    port = free_port()
+    key = secrets.token_hex(16)
+    served = Served("--host", "127.0.0.1", "--port", str(port), "--api-key", key, "--seed-demo")
+    try:
+        endpoint = served.wait_for_line("aws endpoint: ", startup_seconds).split()[2]
+        served.wait_for_line("ready on ", startup_seconds)
+        with demo_on(endpoint) as demo:
+            yield ServedDemo(served, f"http://127.0.0.1:{port}", key, endpoint, demo)
+    finally:
+        served.stop(signal.SIGTERM)
 
 
 @contextlib.contextmanager

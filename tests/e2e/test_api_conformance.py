@@ -5,8 +5,6 @@ The records of a real isolation, and of a failed one, are checked against the do
 
 from __future__ import annotations
 
-import secrets
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from schemathesis.checks import (
 )
 
 from local_stack.demo_org import DemoOrg
-from tests.e2e.helpers import Served, demo_on, free_port
+from tests.e2e.helpers import serve_demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(120)]
 
@@ -60,16 +58,8 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[Api]:
-    port = free_port()
-    key = secrets.token_hex(16)
-    served = Served("--host", "127.0.0.1", "--port", str(port), "--api-key", key, "--seed-demo")
-    try:
-        endpoint = served.wait_for_line("aws endpoint: ", STARTUP_SECONDS).split()[2]
-        served.wait_for_line("ready on ", STARTUP_SECONDS)
-        with demo_on(endpoint) as demo:
-            yield Api(f"http://127.0.0.1:{port}", key, demo)
-    finally:
-        served.stop(signal.SIGTERM)
+    with serve_demo(STARTUP_SECONDS) as served:
+        yield Api(served.url, served.key, served.demo)
 
 
 @schema.parametrize()

@@ -1,0 +1,268 @@
+"""The responders' client: the same commands against a deployed API and against `make run`.
+
+    ec2-isolation isolate INSTANCE_ID --account ID --region R [--reason ..] [--requested-by ..] [--wait]
+    ec2-isolation status ISOLATION_ID
+    ec2-isolation list [--instance ID [--account ID]] [--status S] [--limit N]
+    ec2-isolation watch ISOLATION_ID
+
+`--api URL` and `--api-key KEY`, or `EC2_ISOLATION_API` and `EC2_ISOLATION_API_KEY`. Tables for people,
+`--json` for scripts. Exit status: 0 when the record ends as asked (ISOLATED), 1 when it ends otherwise
+(FAILED, SKIPPED), 2 for a usage error, a refused request (wrong key, unknown id, a field the API names)
+or an API that cannot be reached. Only the standard library: nothing of this goes into a Lambda package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from shared.models import seconds_between
+
+API_ENV = "EC2_ISOLATION_API"
+KEY_ENV = "EC2_ISOLATION_API_KEY"
+ENDED_AS_ASKED = frozenset({"ISOLATED", "CHECKED", "RELEASED"})
+ENDED_OTHERWISE = frozenset({"FAILED", "SKIPPED", "RELEASE_FAILED"})
+POLL_SECONDS = 1.0
+COMMANDS = ("isolate", "status", "list", "watch")
+
+
+class ClientError(Exception):
+    """Something a person can act on; the command exits 2."""
+
+
+class Api:
+    def __init__(self, url: str, key: str, *, timeout: float = 15) -> None:
+        self.url = url.rstrip("/")
+        self.key = key
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("x-api-key", self.key)
+        if data is not None:
+            request.add_header("content-type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            raise ClientError(_refusal(error)) from error
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            reason = getattr(error, "reason", error)
+            raise ClientError(f"cannot reach the API at {self.url}: {reason}") from error
+
+
+def _refusal(error: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(error.read() or b"{}")
+    except ValueError:
+        body = {}
+    message = body.get("message") if isinstance(body, dict) else None
+    fields = [f"{e.get('field')}: {e.get('message') or e.get('type')}" for e in (body.get("errors") or [])]
+    if error.code == 403 and not fields and message in (None, "Forbidden"):
+        message = "the API key is missing or wrong"
+    text = f"the API refused the request ({error.code}): {message or error.reason}"
+    return text + "".join(f"\n  {field}" for field in fields)
+
+
+# --- output -------------------------------------------------------------------------------------------
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]
+    )
+
+
+def _contained(record: dict[str, Any]) -> str:
+    seconds = seconds_between(record.get("created_at"), record.get("contained_at"))
+    return f"{seconds:.2f} s" if seconds is not None else "-"
+
+
+def _records_table(records: list[dict[str, Any]]) -> str:
+    header = ("isolation", "status", "source", "account", "region", "instance", "contained in", "created")
+    rows = [
+        (
+            r["isolation_id"],
+            r["status"],
+            r["source"],
+            r["account_id"],
+            r["region"],
+            r["instance_id"],
+            _contained(r),
+            r["created_at"],
+        )
+        for r in records
+    ]
+    return _table(header, rows) if rows else "no isolation"
+
+
+def _step_line(step: dict[str, Any]) -> str:
+    return f"{step['at']}  {step['status']:<8} {step['name']}: {step['detail']}"
+
+
+def _record_text(record: dict[str, Any]) -> str:
+    lines = [
+        f"{record['isolation_id']}  {record['status']}",
+        f"instance {record['instance_id']} in {record['account_id']} {record['region']}, by {record['source']}"
+        f", attempts {record['attempts']}",
+        f"created {record['created_at']}, contained {record.get('contained_at') or '-'} ({_contained(record)})",
+    ]
+    if record.get("reason"):
+        lines.append(f"reason: {record['reason']}")
+    if record.get("error"):
+        lines.append(f"error: {record['error']['code']}: {record['error']['message']}")
+    lines += (
+        ["steps:", *(f"  {_step_line(step)}" for step in record.get("steps") or [])]
+        if record.get("steps")
+        else ["steps: none yet"]
+    )
+    return "\n".join(lines)
+
+
+def _exit_status(record: dict[str, Any]) -> int:
+    return 1 if record["status"] in ENDED_OTHERWISE else 0
+
+
+# --- commands -----------------------------------------------------------------------------------------
+
+
+def watch(
+    api: Api,
+    isolation_id: str,
+    *,
+    out: TextIO,
+    as_json: bool,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Follow the record until it ends: a line per step as it is recorded (and a spinner on a terminal)."""
+    shown = 0
+    spinner = itertools.cycle("|/-\\")
+    live = out.isatty() and not as_json
+    while True:
+        record = api.call("GET", f"/isolations/{urllib.parse.quote(isolation_id)}")
+        steps = record.get("steps") or []
+        if live:
+            out.write("\r\033[K")
+        if not as_json:
+            for step in steps[shown:]:
+                out.write(_step_line(step) + "\n")
+        shown = len(steps)
+        if record["status"] in ENDED_AS_ASKED | ENDED_OTHERWISE:
+            if as_json:
+                out.write(json.dumps(record, indent=2) + "\n")
+            else:
+                out.write(f"{record['status']} {record['instance_id']} (contained in {_contained(record)})\n")
+                if record.get("error"):
+                    out.write(f"error: {record['error']['code']}: {record['error']['message']}\n")
+            out.flush()
+            return _exit_status(record)
+        if live:
+            out.write(f"{next(spinner)} {record['status']} ...")
+        out.flush()
+        sleep(POLL_SECONDS)
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    api = Api(args.api, args.api_key)
+    if args.command == "isolate":
+        body = {"instance_id": args.instance_id, "account_id": args.account, "region": args.region}
+        if args.reason:
+            body["reason"] = args.reason
+        if args.requested_by:
+            body["requested_by"] = args.requested_by
+        accepted = api.call("POST", "/isolate", body)
+        if not args.wait:
+            out.write(json.dumps(accepted, indent=2) + "\n" if args.json else _accepted_text(accepted) + "\n")
+            return 0
+        if not args.json:
+            out.write(_accepted_text(accepted) + "\n")
+        return watch(api, accepted["isolation_id"], out=out, as_json=args.json)
+    if args.command == "status":
+        record = api.call("GET", f"/isolations/{urllib.parse.quote(args.isolation_id)}")
+        out.write(json.dumps(record, indent=2) + "\n" if args.json else _record_text(record) + "\n")
+        return _exit_status(record)
+    if args.command == "watch":
+        return watch(api, args.isolation_id, out=out, as_json=args.json)
+    query = {
+        "instance_id": args.instance,
+        "account_id": args.account,
+        "status": args.status,
+        "limit": args.limit,
+    }
+    page = api.call("GET", "/isolations?" + urllib.parse.urlencode({k: v for k, v in query.items() if v}))
+    if args.json:
+        out.write(json.dumps(page, indent=2) + "\n")
+    else:
+        out.write(_records_table(page["items"]) + "\n")
+        if page.get("next"):
+            out.write("(more: narrow with --status, or raise --limit)\n")
+    return 0
+
+
+def _accepted_text(accepted: dict[str, Any]) -> str:
+    joined = " (joined the isolation already in flight)" if accepted.get("deduplicated") else ""
+    return f"{accepted['isolation_id']} {accepted['status']}{joined}"
+
+
+# --- arguments ----------------------------------------------------------------------------------------
+
+
+def add_commands(commands: Any) -> None:
+    """The client's subcommands, on the console script's parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--api", default=os.environ.get(API_ENV), metavar="URL", help=f"the API's URL (or {API_ENV})"
+    )
+    common.add_argument(
+        "--api-key", default=os.environ.get(KEY_ENV), metavar="KEY", help=f"the API key (or {KEY_ENV})"
+    )
+    common.add_argument("--json", action="store_true", help="JSON for scripts instead of tables")
+
+    isolate = commands.add_parser("isolate", parents=[common], help="isolate an instance")
+    isolate.add_argument("instance_id", metavar="INSTANCE_ID")
+    isolate.add_argument("--account", required=True, metavar="ID", help="the instance's 12-digit account")
+    isolate.add_argument("--region", required=True, metavar="R", help="the instance's region")
+    isolate.add_argument("--reason", help="why (kept in the record)")
+    isolate.add_argument("--requested-by", metavar="WHO", help="who asks (kept in the record)")
+    isolate.add_argument("--wait", action="store_true", help="follow it until it ends (as watch does)")
+
+    status = commands.add_parser("status", parents=[common], help="one isolation's record and steps")
+    status.add_argument("isolation_id", metavar="ISOLATION_ID")
+
+    listing = commands.add_parser("list", parents=[common], help="isolations, newest first")
+    listing.add_argument("--instance", metavar="ID", help="only this instance's")
+    listing.add_argument("--account", metavar="ID", help="with --instance: only in this account")
+    listing.add_argument("--status", help="without --instance: only this status")
+    listing.add_argument("--limit", type=int, help="without --instance: at most this many (1 to 100)")
+
+    watching = commands.add_parser(
+        "watch", parents=[common], help="follow an isolation's steps until it ends"
+    )
+    watching.add_argument("isolation_id", metavar="ISOLATION_ID")
+
+
+def main(args: argparse.Namespace) -> int:
+    if not args.api or not args.api_key:
+        print(
+            f"ec2-isolation {args.command}: give --api and --api-key (or {API_ENV}, {KEY_ENV})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return run(args)
+    except ClientError as error:
+        print(f"ec2-isolation {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,103 @@
+"""The responders' client (`ec2-isolation isolate|status|list|watch`) against `serve`, as a person runs it:
+every command, --json, and every error path with its exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.helpers import CLI, ROOT, ServedDemo, free_port, serve_demo, subprocess_environment
+
+pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(180)]
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[ServedDemo]:
+    with serve_demo() as running:
+        yield running
+
+
+def client(served: ServedDemo | None, *args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = subprocess_environment()
+    env.pop("EC2_ISOLATION_API", None)
+    env.pop("EC2_ISOLATION_API_KEY", None)
+    if served is not None:
+        env.update({"EC2_ISOLATION_API": served.url, "EC2_ISOLATION_API_KEY": key or served.key})
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=90, env=env, cwd=ROOT, stdin=subprocess.DEVNULL
+    )
+
+
+def test_isolate_and_wait_shows_the_steps_and_exits_0(served: ServedDemo) -> None:
+    instance = served.demo.instance("web-1")
+    done = client(served, "isolate", instance.instance_id, "--account", instance.account_id,
+                  "--region", instance.region, "--reason", "client test", "--wait")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    for step in ("ensure-isolation-sg", "swap-security-groups", "tag-instance"):
+        assert step in done.stdout
+    assert f"ISOLATED {instance.instance_id}" in done.stdout
+
+
+def test_status_list_and_watch_of_an_isolation(served: ServedDemo) -> None:
+    instance = served.demo.instance("web-2")
+    accepted = client(served, "isolate", instance.instance_id, "--account", instance.account_id,
+                      "--region", instance.region, "--json")  # fmt: skip
+    assert accepted.returncode == 0, accepted.stderr
+    isolation_id = json.loads(accepted.stdout)["isolation_id"]
+
+    watched = client(served, "watch", isolation_id)
+    assert watched.returncode == 0 and "swap-security-groups" in watched.stdout  # not a terminal: plain lines
+
+    status = client(served, "status", isolation_id)
+    assert status.returncode == 0 and "ISOLATED" in status.stdout and "steps:" in status.stdout
+    record = json.loads(client(served, "status", isolation_id, "--json").stdout)
+    assert record["isolation_id"] == isolation_id and record["status"] == "ISOLATED"
+
+    listed = client(served, "list")
+    assert listed.returncode == 0 and isolation_id in listed.stdout
+    by_instance = json.loads(client(served, "list", "--instance", instance.instance_id, "--json").stdout)
+    assert [r["isolation_id"] for r in by_instance["items"]] == [isolation_id]
+    failed_only = json.loads(client(served, "list", "--status", "FAILED", "--json").stdout)
+    assert all(r["status"] == "FAILED" for r in failed_only["items"])
+
+
+def test_an_isolation_that_fails_exits_1(served: ServedDemo) -> None:
+    account = served.demo.accounts[0]
+    done = client(served, "isolate", "i-0000000000000000f", "--account", account.account_id,
+                  "--region", served.demo.region, "--wait")  # fmt: skip
+    assert done.returncode == 1 and "InstanceNotFound" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("status", "iso-00000000000000000000000000000000"), "isolation not found"),
+        (("isolate", "i-0123456789abcdef0", "--account", "123", "--region", "eu-west-1"), "account_id"),
+        (("isolate", "i-0123456789abcdef0", "--account", "111122223333", "--region", "eu-wset-1"), "region"),
+        (("list", "--status", "ALMOST"), "status"),
+    ],
+)
+def test_refused_requests_exit_2_naming_what_to_fix(
+    served: ServedDemo, args: tuple[str, ...], says: str
+) -> None:
+    done = client(served, *args)
+    assert done.returncode == 2 and says in done.stderr, done.stderr
+
+
+def test_a_wrong_key_exits_2_and_says_so(served: ServedDemo) -> None:
+    done = client(served, "list", key="not-the-key")
+    assert done.returncode == 2 and "x-api-key is wrong" in done.stderr, done.stderr
+
+
+def test_an_unreachable_api_exits_2(served: ServedDemo) -> None:
+    done = client(None, "list", "--api", f"http://127.0.0.1:{free_port()}", "--api-key", "k")
+    assert done.returncode == 2 and "cannot reach the API" in done.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert client(None, "list").returncode == 2  # no API given
+    missing = client(None, "isolate", "i-0123456789abcdef0", "--api", "http://x", "--api-key", "k")
+    assert missing.returncode == 2 and "--account" in missing.stderr
