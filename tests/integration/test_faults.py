@@ -19,13 +19,10 @@ from tests.integration.test_worker import (
     steps,
 )
 from tests.support.aws import ISOLATION_NAME, Faults, Member
+from tests.support.crashes import Crash, die_on_the_last_receive, time_passes
 
 from local_stack.sample_events import guardduty_finding
 from shared.models import Status
-
-
-class Crash(BaseException):
-    """The process dies (timeout, out of memory): nothing in the handler gets to run after it."""
 
 
 def test_crash_between_the_network_cut_and_the_profile_swap_resumes(
@@ -291,25 +288,10 @@ def _crash_on_the_last_receive(stack: Stack, member: Member, faults: Faults, ins
     """The worker dies after the network cut during the message's last allowed receive; the message
     goes on to the DLQ (as SQS does on the next receive). Returns the isolation id."""
     isolation_id = request_isolation(stack, member, instance)
-
-    def die(**_: Any) -> None:
-        raise Crash()
-
-    faults.hook("before-parameter-build.ec2.DescribeIamInstanceProfileAssociations", die)
-    faults.hook("before-parameter-build.iam.GetInstanceProfile", die)
-    [message] = stack.receive()
-    message["Attributes"]["ApproximateReceiveCount"] = str(stack.max_receive_count)
-    with pytest.raises(Crash):
-        stack.work([message])
-    faults.clear()
-    stack.sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
-    stack.sqs.send_message(QueueUrl=stack.dlq_url, MessageBody=message["Body"])
+    die_on_the_last_receive(
+        stack, faults, "ec2.DescribeIamInstanceProfileAssociations", "iam.GetInstanceProfile"
+    )
     return isolation_id
-
-
-def _lease_expired(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_time = time.time
-    monkeypatch.setattr("shared.store.records.time.time", lambda: real_time() + 600)
 
 
 def test_worker_lost_on_the_last_receive_is_reported_failed_and_a_redrive_resumes_it(
@@ -324,7 +306,7 @@ def test_worker_lost_on_the_last_receive_is_reported_failed_and_a_redrive_resume
     assert record_of(stack, isolation_id)["status"] == "IN_PROGRESS"
 
     # And reading it changes nothing, even once the lease has expired
-    _lease_expired(monkeypatch)
+    time_passes(monkeypatch)
     assert record_of(stack, isolation_id)["status"] == "IN_PROGRESS"
 
     # When the sweeper runs (no worker will touch it again: the message is in the DLQ)
@@ -356,7 +338,7 @@ def test_request_for_an_instance_whose_worker_was_lost_is_a_new_isolation(
     vpc = member.vpc()
     instance = member.instance(vpc)
     lost = _crash_on_the_last_receive(stack, member, faults, instance)
-    _lease_expired(monkeypatch)
+    time_passes(monkeypatch)
 
     # When a person asks again
     isolation_id = request_isolation(stack, member, instance)

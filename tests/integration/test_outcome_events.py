@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 from tests.conftest import Stack
-from tests.integration.test_sweeper import CRASH_POINTS, _die_on_the_last_receive, _time_passes
+from tests.integration.test_sweeper import CRASH_POINTS
 from tests.integration.test_worker import isolate, record_of, request_isolation
 from tests.support.aws import Faults, Member
+from tests.support.crashes import die_on_the_last_receive, time_passes
 
 from local_stack.sample_events import guardduty_finding
 from shared import outcomes
@@ -69,8 +70,8 @@ def test_a_swept_record_is_published(
     # Given a worker lost on the last receive, swept once its lease expired
     instance = member.instance(member.vpc())
     isolation_id = request_isolation(stack, member, instance)
-    _die_on_the_last_receive(stack, faults, CRASH_POINTS["after the cut"])
-    _time_passes(monkeypatch)
+    die_on_the_last_receive(stack, faults, CRASH_POINTS["after the cut"])
+    time_passes(monkeypatch)
     stack.sweep()
     # Then the FAILED record's event says so
     detail = only_outcome(stack)["detail"]

@@ -5,14 +5,12 @@ never write, and a record merely waiting in the queue is never ended by a clock.
 from __future__ import annotations
 
 import json
-import time
-from typing import Any
 
 import pytest
 from tests.conftest import Stack
-from tests.integration.test_faults import Crash
 from tests.integration.test_worker import assert_isolated, record_of, records_for, request_isolation
 from tests.support.aws import Faults, Member, counting
+from tests.support.crashes import die_on_the_last_receive, time_passes
 
 from local_stack.sample_events import guardduty_finding
 
@@ -26,29 +24,6 @@ CRASH_POINTS = {
     # a trigger's first transaction writes its record; a webhook's is the final write
     "at the first transaction": "dynamodb.TransactWriteItems",
 }
-
-
-def _time_passes(monkeypatch: pytest.MonkeyPatch, seconds: float = 600) -> None:
-    """Every lease a crashed attempt left has expired (`time.time` moved on for everyone)."""
-    real_time = time.time
-    monkeypatch.setattr("time.time", lambda: real_time() + seconds)
-
-
-def _die_on_the_last_receive(stack: Stack, faults: Faults, call: str) -> None:
-    """The worker takes the message on its last allowed receive and dies at `call`; SQS then moves the
-    message to the DLQ."""
-
-    def die(**_: Any) -> None:
-        raise Crash()
-
-    faults.hook(f"before-parameter-build.{call}", die)
-    [message] = stack.receive()
-    message["Attributes"]["ApproximateReceiveCount"] = str(stack.max_receive_count)
-    with pytest.raises(Crash):
-        stack.work([message])
-    faults.clear()
-    stack.sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
-    stack.sqs.send_message(QueueUrl=stack.dlq_url, MessageBody=message["Body"])
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -65,10 +40,10 @@ def test_a_worker_killed_anywhere_in_the_last_receive_is_swept_and_a_redrive_fin
         stack.send(
             guardduty_finding(account_id=member.account_id, region=member.region, instance_id=instance)
         )
-    _die_on_the_last_receive(stack, faults, CRASH_POINTS[point])
+    die_on_the_last_receive(stack, faults, CRASH_POINTS[point])
 
     # When the attempt's lease has expired and the sweeper runs
-    _time_passes(monkeypatch)
+    time_passes(monkeypatch)
     swept = stack.sweep()
 
     # Then the isolation has a record, ended FAILED with a code that says why, and its message stays in
@@ -100,7 +75,7 @@ def test_a_record_waiting_in_the_queue_is_never_ended_by_a_clock(
     # Given a request that waits in the queue behind a burst, for a very long time
     instance = member.instance(member.vpc())
     isolation_id = request_isolation(stack, member, instance)
-    _time_passes(monkeypatch, seconds=7 * 24 * 3600)
+    time_passes(monkeypatch, seconds=7 * 24 * 3600)
 
     # When the sweeper runs
     swept = stack.sweep()
@@ -116,7 +91,7 @@ def test_a_live_last_attempt_is_left_alone(stack: Stack, member: Member, faults:
     # Given a worker that died on the last receive a moment ago (its lease still runs: it could be alive)
     instance = member.instance(member.vpc())
     isolation_id = request_isolation(stack, member, instance)
-    _die_on_the_last_receive(stack, faults, CRASH_POINTS["after the cut"])
+    die_on_the_last_receive(stack, faults, CRASH_POINTS["after the cut"])
 
     # When the sweeper runs
     swept = stack.sweep()
@@ -144,8 +119,8 @@ def test_get_routes_never_write(
     # Given an isolation whose worker was lost on the last receive, its lease long expired, not yet swept
     instance = member.instance(member.vpc())
     isolation_id = request_isolation(stack, member, instance)
-    _die_on_the_last_receive(stack, faults, CRASH_POINTS["after the cut"])
-    _time_passes(monkeypatch)
+    die_on_the_last_receive(stack, faults, CRASH_POINTS["after the cut"])
+    time_passes(monkeypatch)
 
     # When it is read by id and listed
     with counting() as calls:
