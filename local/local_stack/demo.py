@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+from local_stack import cli, client
 from local_stack.isolation_check import isolation_problems
 from local_stack.sample_events import guardduty_finding, security_hub_custom_action, tag_change
 from shared.models import seconds_between
@@ -172,6 +173,9 @@ def run_demo() -> int:
             for problem in found:
                 print(f"{source}: {problem}")
         isolated = all(record.get("status") == "ISOLATED" and not problems[source] for source, record in rows)
+        _show_with_the_client(
+            stack.api_url, stack.api_key, [record.get("isolation_id") for _, record in rows]
+        )
         print()
         print(
             f"{'all four isolated' if isolated else 'NOT all isolated'} "
@@ -179,6 +183,19 @@ def run_demo() -> int:
             flush=True,
         )
     return 0 if isolated else 1
+
+
+def _show_with_the_client(api_url: str, api_key: str, isolation_ids: list[Any]) -> None:
+    """The client commands that show the demo's isolations, run here, with what they print."""
+    arguments = ["--api", api_url, "--api-key", api_key]
+    commands = [["list", *arguments]]
+    commands += [
+        ["status", str(isolation_id), *arguments] for isolation_id in isolation_ids[:1] if isolation_id
+    ]
+    for command in commands:
+        print()
+        print("$ ec2-isolation " + " ".join(command))
+        client.run(cli.parser().parse_args(command))
 
 
 if __name__ == "__main__":  # pragma: no cover
