@@ -1,12 +1,9 @@
 """The service's one DynamoDB table: isolation records (`records`), instance slots (`slots`),
-idempotency keys (`idempotency`), and the serialization they share (`dynamo`)."""
+idempotency keys (`idempotency`), blast-radius budgets (`rate_limits`), and the serialization they share
+(`dynamo`)."""
 
 from shared.store.idempotency import IdempotencyClaim, Replayed, idempotency_key
 from shared.store.records import (
-    DEAD_LETTERED,
-    INSTANCE_INDEX,
-    RECENT_INDEX,
-    WORKER_LOST,
     Coalesced,
     Created,
     Exists,
@@ -20,10 +17,6 @@ from shared.store.records import (
 from shared.store.slots import slot_key
 
 __all__ = [
-    "DEAD_LETTERED",
-    "INSTANCE_INDEX",
-    "RECENT_INDEX",
-    "WORKER_LOST",
     "Coalesced",
     "Created",
     "Exists",

@@ -6,6 +6,7 @@ it along its lifecycle (`shared.lifecycle` declares which moves are allowed and 
 | isolation record | `iso-<hex>` | this one: the served record plus the attempt's lease (`shared.lifecycle`) |
 | instance slot | `instance#<account>#<region>#<instance>` | `shared.store.slots` |
 | idempotency key | `idempotency#<sha256 of the key>` | `shared.store.idempotency` |
+| blast-radius budget | `budget#<account>#<hour>` | `shared.store.rate_limits` |
 
 Only record items carry `instance_id`, so the `by-instance` index (instance_id, created_at) holds
 records only; only records in a last-receive attempt carry `final_attempt`, so the `by-final-lease`
