@@ -1,7 +1,8 @@
 """Errors say what the caller should do, and this is the one place an AWS error becomes one of them.
 
 - `RetryableError`: let it escape the worker's record handler; SQS redelivers the message.
-- `PermanentError`: record the isolation FAILED and acknowledge the message.
+- `PermanentError`: record the isolation FAILED and acknowledge the message. A
+  `ContainmentIncomplete` does so only after every other step has run.
 - `RequestNotFound`: a status lookup of an unknown id (404).
 
 `classify(exc)` maps any exception onto the first two: throttling, 5xx, expired credentials, network
@@ -37,6 +38,11 @@ class RetryableError(IsolationError):
 
 class PermanentError(IsolationError):
     """Trying again will not help: instance gone, access denied, account not allowed."""
+
+
+class ContainmentIncomplete(PermanentError):
+    """One part of the containment cannot be put in place (e.g. `CredentialsNotCut`), but the rest can:
+    the worker records the step failed, runs every other step, and ends the record FAILED with this."""
 
 
 class RequestNotFound(IsolationError):

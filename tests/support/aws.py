@@ -108,13 +108,23 @@ class Member:
         profile: str | None = "app",
         tags: dict[str, str] | None = None,
         extra_groups: list[str] | None = None,
+        shutdown: str = "terminate",
+        data_volumes: int = 1,
+        spot: bool = False,
     ) -> str:
-        """Launch with NetworkInterfaces=[...], so moto keeps per-ENI groups (AWS-FACTS)."""
+        """Launch with NetworkInterfaces=[...], so moto keeps per-ENI groups. By default as the instances
+        worth isolating often are: shutdown behaviour `terminate`, a root and a data volume, both deleted
+        on termination."""
         params: dict[str, Any] = {
             "ImageId": AMI,
             "MinCount": 1,
             "MaxCount": 1,
             "InstanceType": "t3.micro",
+            "InstanceInitiatedShutdownBehavior": shutdown,
+            "BlockDeviceMappings": [
+                {"DeviceName": device, "Ebs": {"VolumeSize": 8, "DeleteOnTermination": True}}
+                for device in ["/dev/sda1", *(f"/dev/sd{chr(ord('f') + i)}" for i in range(data_volumes))]
+            ],
             "NetworkInterfaces": [
                 {
                     "DeviceIndex": i,
@@ -126,6 +136,8 @@ class Member:
         }
         if profile:
             params["IamInstanceProfile"] = {"Name": self.app_profile(profile)}
+        if spot:
+            params["InstanceMarketOptions"] = {"MarketType": "spot"}
         if tags:
             params["TagSpecifications"] = [
                 {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
@@ -163,6 +175,36 @@ class Member:
 
     def tags(self, instance_id: str) -> dict[str, str]:
         return {t["Key"]: t["Value"] for t in self.described(instance_id).get("Tags", [])}
+
+    def attribute(self, instance_id: str, attribute: str) -> Any:
+        """One attribute as DescribeInstanceAttribute answers it (`disableApiStop`, ...)."""
+        answer = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute=attribute)
+        return next(v["Value"] for k, v in answer.items() if isinstance(v, dict) and "Value" in v)
+
+    def volumes(self, instance_id: str) -> dict[str, bool]:
+        """Attached EBS volumes and their DeleteOnTermination."""
+        return {
+            m["Ebs"]["VolumeId"]: m["Ebs"]["DeleteOnTermination"]
+            for m in self.described(instance_id).get("BlockDeviceMappings", [])
+            if "Ebs" in m
+        }
+
+    def denied_instances(self, role: str) -> list[str]:
+        """The instances the role's deny policy lists (empty without one)."""
+        from worker.steps.credentials import POLICY_NAME
+
+        try:
+            document = self.iam.get_role_policy(RoleName=role, PolicyName=POLICY_NAME)["PolicyDocument"]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "NoSuchEntity":
+                raise
+            return []
+        [statement] = document["Statement"]
+        assert statement["Effect"] == "Deny" and statement["Action"] == "*" and statement["Resource"] == "*"
+        return list(statement["Condition"]["ArnEquals"]["ec2:SourceInstanceARN"])
+
+    def instance_arn(self, instance_id: str) -> str:
+        return f"arn:aws:ec2:{self.region}:{self.account_id}:instance/{instance_id}"
 
     def termination_protected(self, instance_id: str) -> bool:
         return bool(
