@@ -79,6 +79,8 @@ TRANSIENT_CODES = frozenset(
         "IDPCommunicationError",
         "EC2ThrottledException",
         "TransactionInProgressException",
+        # EC2's limit of snapshots in progress per account: it clears as they complete.
+        "ConcurrentSnapshotLimitExceeded",
     }
 )
 #: Credentials the target account no longer accepts: drop the cached session and retry.

@@ -214,6 +214,72 @@ class Member:
         )
 
 
+@dataclass
+class WebTier:
+    """An Auto Scaling group behind an ELBv2 target group and a classic load balancer."""
+
+    group: str
+    target_group_arn: str
+    ip_target_group_arn: str
+    classic: str
+
+
+def web_tier(member: Member, vpc: Vpc, instances: list[str], *, name: str = "web") -> WebTier:
+    """The group holds `instances` (attached: moto registers them with the group's target group and
+    classic load balancer); an `ip` target group has each instance's first address on port 8080."""
+    autoscaling = member.session.client("autoscaling")
+    elbv2 = member.session.client("elbv2")
+    elb = member.session.client("elb")
+    target_group = elbv2.create_target_group(
+        Name=name, Protocol="HTTP", Port=80, VpcId=vpc.id, TargetType="instance"
+    )["TargetGroups"][0]["TargetGroupArn"]
+    ip_group = elbv2.create_target_group(
+        Name=f"{name}-ip", Protocol="HTTP", Port=8080, VpcId=vpc.id, TargetType="ip"
+    )["TargetGroups"][0]["TargetGroupArn"]
+    elb.create_load_balancer(
+        LoadBalancerName=name,
+        Listeners=[{"Protocol": "HTTP", "LoadBalancerPort": 80, "InstancePort": 80}],
+        Subnets=vpc.subnet_ids,
+    )
+    member.ec2.create_launch_template(
+        LaunchTemplateName=name, LaunchTemplateData={"ImageId": AMI, "InstanceType": "t3.micro"}
+    )
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        LaunchTemplate={"LaunchTemplateName": name},
+        MinSize=0,
+        MaxSize=len(instances) * 2 + 2,
+        DesiredCapacity=0,
+        VPCZoneIdentifier=vpc.subnet_ids[0],
+        TargetGroupARNs=[target_group],
+        LoadBalancerNames=[name],
+    )
+    autoscaling.attach_instances(InstanceIds=instances, AutoScalingGroupName=name)
+    addresses = [member.described(i)["NetworkInterfaces"][0]["PrivateIpAddress"] for i in instances]
+    elbv2.register_targets(TargetGroupArn=ip_group, Targets=[{"Id": a, "Port": 8080} for a in addresses])
+    return WebTier(name, target_group, ip_group, name)
+
+
+def targets(member: Member, target_group_arn: str) -> set[str]:
+    health = member.session.client("elbv2").describe_target_health(TargetGroupArn=target_group_arn)
+    return {d["Target"]["Id"] for d in health["TargetHealthDescriptions"]}
+
+
+def classic_instances(member: Member, name: str) -> set[str]:
+    (balancer,) = member.session.client("elb").describe_load_balancers(LoadBalancerNames=[name])[
+        "LoadBalancerDescriptions"
+    ]
+    return {i["InstanceId"] for i in balancer["Instances"]}
+
+
+def group_of(member: Member, group: str) -> dict[str, Any]:
+    return dict(
+        member.session.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[group])[
+            "AutoScalingGroups"
+        ][0]
+    )
+
+
 # --- faults and call counting ------------------------------------------------------------------------
 
 
