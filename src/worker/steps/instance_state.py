@@ -12,7 +12,7 @@ the prior state before it changes it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from shared.models import ISOLATION_ID_TAG, TAG_PREFIX, StepRecord, iso8601, utcnow
 from worker.steps.base import Step, StepContext
@@ -80,40 +80,50 @@ class KeepVolumes(Step):
         return StepRecord.done(self.name, f"DeleteOnTermination false on {', '.join(v.id for v in deleting)}")
 
 
-class EnableStopProtection(Step):
-    name = "enable-stop-protection"
+class _Protection(Step):
+    """An instance attribute that, once on, refuses an API call (stop, terminate)."""
+
     permissions = _MODIFY
+    #: DescribeInstanceAttribute's name, and the key of its answer and of ModifyInstanceAttribute.
+    attribute: ClassVar[str]
+    key: ClassVar[str]
+    #: The prior-state field that keeps its value, and what to call it.
+    prior_field: ClassVar[str]
+    what: ClassVar[str]
+    refused_on_instance_store: ClassVar[bool]
 
     def run(self, ctx: StepContext) -> StepRecord:
-        refused = _refusal(ctx, spot=True, instance_store=True)
+        refused = _refusal(ctx, spot=True, instance_store=self.refused_on_instance_store)
         if refused:
-            return StepRecord.skipped(self.name, f"stop protection: {refused}")
-        protected = bool(_attribute(ctx, "disableApiStop", "DisableApiStop"))
-        ctx.remember(stop_protection=protected)
+            return StepRecord.skipped(self.name, f"{self.what}: {refused}")
+        protected = bool(_attribute(ctx, self.attribute, self.key))
+        ctx.remember(**{self.prior_field: protected})
         if protected:
-            return StepRecord.already(self.name, "stop protection was on")
-        ctx.ec2.modify_instance_attribute(InstanceId=ctx.target.instance_id, DisableApiStop={"Value": True})
-        return StepRecord.done(self.name, "stop protection on")
+            return StepRecord.already(self.name, f"{self.what} was on")
+        ctx.ec2.modify_instance_attribute(InstanceId=ctx.target.instance_id, **{self.key: {"Value": True}})
+        return StepRecord.done(self.name, f"{self.what} on")
 
 
-class EnableTerminationProtection(Step):
+class EnableStopProtection(_Protection):
+    """A stop loses the memory."""
+
+    name = "enable-stop-protection"
+    attribute, key, prior_field, what = (
+        "disableApiStop",
+        "DisableApiStop",
+        "stop_protection",
+        "stop protection",
+    )
+    refused_on_instance_store = True
+
+
+class EnableTerminationProtection(_Protection):
     """An isolated instance is evidence: nobody terminates it by accident (or on purpose) via the API."""
 
     name = "enable-termination-protection"
-    permissions = _MODIFY
-
-    def run(self, ctx: StepContext) -> StepRecord:
-        refused = _refusal(ctx, spot=True, instance_store=False)
-        if refused:
-            return StepRecord.skipped(self.name, f"termination protection: {refused}")
-        protected = bool(_attribute(ctx, "disableApiTermination", "DisableApiTermination"))
-        ctx.remember(termination_protection=protected)
-        if protected:
-            return StepRecord.already(self.name, "termination protection was on")
-        ctx.ec2.modify_instance_attribute(
-            InstanceId=ctx.target.instance_id, DisableApiTermination={"Value": True}
-        )
-        return StepRecord.done(self.name, "termination protection on")
+    attribute, key = "disableApiTermination", "DisableApiTermination"
+    prior_field, what = "termination_protection", "termination protection"
+    refused_on_instance_store = False
 
 
 class TagInstance(Step):
