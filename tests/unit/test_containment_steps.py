@@ -9,6 +9,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
+from tests.support.aws import client_error
 from tests.support.steps import MemoryLeases, Notebook
 
 from shared.aws import AccountSession
@@ -195,3 +196,24 @@ def test_instance_store_backed_instances_cannot_stop() -> None:
     assert shutdown.status is StepStatus.SKIPPED and "instance-store" in shutdown.detail
     assert stop.status is StepStatus.SKIPPED and "instance-store" in stop.detail
     assert termination.status is StepStatus.ALREADY
+
+
+def test_a_lease_the_table_will_not_take_back_does_not_undo_the_deny() -> None:
+    # Given the service's table throttling every attempt to give the role's lease back
+    class Stuck(MemoryLeases):
+        def release_role_lease(self, account_id: str, role_name: str, owner: str) -> None:
+            raise client_error("ProvisionedThroughputExceededException", "UpdateItem")
+
+    leases, slept = Stuck(), []
+    ctx, clients = context(leases=leases, slept=slept)
+    with Stubber(clients["iam"]) as iam:
+        _profile(iam)
+        _policy(iam, None)
+        _policy(iam, None)
+        iam.add_response("list_role_policies", {"PolicyNames": [], "IsTruncated": False})
+        iam.add_response("put_role_policy", {})
+        # When the step runs
+        outcome = DenyInstanceCredentials().run(ctx)
+    # Then the deny stands (the lease expires by itself), after a bounded try to give it back
+    assert outcome.status is StepStatus.DONE
+    assert leases.held and sum(slept) <= 2.0

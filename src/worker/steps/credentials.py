@@ -24,8 +24,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared.errors import ContainmentIncomplete, RetryableError, error_code
+from shared.errors import THROTTLING_CODES, TRANSIENT_CODES, ContainmentIncomplete, RetryableError, error_code
 from shared.models import StepRecord
+from shared.observability import logger
 from worker import consistency
 from worker.steps.base import Step, StepContext
 from worker.steps.instance_profile import profile_name_of
@@ -35,8 +36,11 @@ POLICY_NAME = "ec2-isolation-deny-isolated-instances"
 #: IAM's limit on a role's inline policies together, whitespace not counted.
 INLINE_POLICY_LIMIT = 10_240
 CONDITION_KEY = "ec2:SourceInstanceARN"
-#: How long one worker may hold a role's lease (a holder that died frees it after this).
-ROLE_LEASE_SECONDS = 30.0
+#: How long one worker may hold a role's lease: the worker's timeout, which no holder outlives (a holder
+#: that died frees it after this). Holders normally give it back within a second.
+ROLE_LEASE_SECONDS = 60.0
+#: How long giving the lease back may be retried when the service's table throttles.
+RELEASE_BUDGET_SECONDS = 2.0
 FIRST_WAIT_SECONDS = 0.05
 MAX_WAIT_SECONDS = 1.0
 #: Roles never written, beside the worker's own and the isolation role (path and name, as in the member
@@ -203,4 +207,20 @@ def _role_lease(ctx: StepContext, role: str) -> Iterator[None]:
     try:
         yield
     finally:
-        ctx.leases.release_role_lease(account, role, owner)
+        _release(ctx, role, owner)
+
+
+def _release(ctx: StepContext, role: str, owner: str) -> None:
+    """Give the lease back; if the table will not have it, it expires (what the step did stands)."""
+    try:
+        consistency.retry_within(
+            lambda: ctx.leases.release_role_lease(ctx.target.account_id, role, owner),
+            codes=THROTTLING_CODES | TRANSIENT_CODES,
+            budget_seconds=RELEASE_BUDGET_SECONDS,
+            sleep=ctx.sleep,
+            what=f"giving back the lease of role {role}",
+            cause="the service's own table",
+            wait=None,
+        )
+    except Exception:
+        logger.exception("role lease not given back: it expires", extra={"role": role})
