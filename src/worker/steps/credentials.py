@@ -8,9 +8,9 @@ instance on the role keeps working. Never a role-wide revoke (`aws:TokenIssueTim
 
 Fleets share roles. One policy per instance would run into IAM's aggregate limit of 10,240 characters
 of inline policies per role at about 45 instances; one policy per role listing its isolated instances
-holds about 140, but its read-modify-write must be serialized (IAM has no conditional write): the
-role's lease in the service's table (`shared.store.role_leases`). Past the limit the record ends FAILED
-`CredentialsNotCut`, every other step done.
+holds about 135 (some 74 characters per instance ARN), but its read-modify-write must be serialized
+(IAM has no conditional write): the role's lease in the service's table (`shared.store.role_leases`).
+Past the limit the record ends FAILED `CredentialsNotCut`, every other step done.
 """
 
 from __future__ import annotations
