@@ -56,4 +56,19 @@ def isolation_problems(
     protection = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="disableApiTermination")
     if protection["DisableApiTermination"]["Value"] is not True:
         problems.append("termination protection is off")
+    stop = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="disableApiStop")
+    if stop["DisableApiStop"]["Value"] is not True:
+        problems.append("stop protection is off")
+    shutdown = ec2.describe_instance_attribute(
+        InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior"
+    )
+    if shutdown["InstanceInitiatedShutdownBehavior"]["Value"] != "stop":
+        problems.append("a shutdown from inside the instance would not just stop it")
+    deleted = [
+        m["Ebs"]["VolumeId"]
+        for m in instance.get("BlockDeviceMappings", [])
+        if m["Ebs"].get("DeleteOnTermination")
+    ]
+    if deleted:
+        problems.append(f"volumes deleted on termination: {deleted}")
     return problems

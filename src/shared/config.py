@@ -25,6 +25,10 @@ AccountAllowList = Annotated[
     frozenset[Annotated[str, Field(pattern=r"^[0-9]{12}$")]], BeforeValidator(_split_ids)
 ]
 RegionList = Annotated[frozenset[Annotated[str, Field(pattern=REGION_PATTERN)]], BeforeValidator(_split_ids)]
+RoleArnList = Annotated[
+    frozenset[Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$")]],
+    BeforeValidator(_split_ids),
+]
 
 
 class CommonSettings(BaseModel):
@@ -76,6 +80,16 @@ class WorkerSettings(CommonSettings):
     CONSISTENCY_RETRY_SECONDS: Annotated[int, Field(ge=0, le=900)] = 15
     #: Delay before a copy of a message whose isolation another worker runs looks again.
     IN_FLIGHT_RETRY_SECONDS: Annotated[int, Field(ge=0, le=900)] = 30
+    #: Deny the instance's sessions on its prior role (the member role grants iam:PutRolePolicy only
+    #: with its CutInstanceCredentials parameter on).
+    CUT_INSTANCE_CREDENTIALS: bool = True
+    #: Roles the worker never changes, beside the ones it always leaves alone (the member role denies
+    #: writing them: its ProtectedRoleArns parameter).
+    PROTECTED_ROLE_ARNS: RoleArnList = frozenset()
+    #: One crash-consistent snapshot of the instance's EBS volumes per episode.
+    SNAPSHOT_VOLUMES: bool = True
+    #: Lock the snapshots in governance mode for this many days (0: no lock).
+    SNAPSHOT_LOCK_DAYS: Annotated[int, Field(ge=0, le=36500)] = 0
 
 
 class SweeperSettings(CommonSettings):

@@ -1,7 +1,8 @@
 """Errors say what the caller should do, and this is the one place an AWS error becomes one of them.
 
 - `RetryableError`: let it escape the worker's record handler; SQS redelivers the message.
-- `PermanentError`: record the isolation FAILED and acknowledge the message.
+- `PermanentError`: record the isolation FAILED and acknowledge the message. A
+  `ContainmentIncomplete` does so only after every other step has run.
 - `RequestNotFound`: a status lookup of an unknown id (404).
 
 `classify(exc)` maps any exception onto the first two: throttling, 5xx, expired credentials, network
@@ -39,6 +40,11 @@ class PermanentError(IsolationError):
     """Trying again will not help: instance gone, access denied, account not allowed."""
 
 
+class ContainmentIncomplete(PermanentError):
+    """One part of the containment cannot be put in place (e.g. `CredentialsNotCut`), but the rest can:
+    the worker records the step failed, runs every other step, and ends the record FAILED with this."""
+
+
 class RequestNotFound(IsolationError):
     def __init__(self, isolation_id: str) -> None:
         super().__init__("NotFound", f"no isolation {isolation_id!r}")
@@ -73,6 +79,8 @@ TRANSIENT_CODES = frozenset(
         "IDPCommunicationError",
         "EC2ThrottledException",
         "TransactionInProgressException",
+        # EC2's limit of snapshots in progress per account: it clears as they complete.
+        "ConcurrentSnapshotLimitExceeded",
     }
 )
 #: Credentials the target account no longer accepts: drop the cached session and retry.

@@ -29,6 +29,8 @@ Region = Annotated[str, StringConstraints(pattern=REGION_PATTERN)]
 TAG_PREFIX = "ec2-isolation:"
 #: `ec2-isolation:exempt` = `true` on an instance: triggers leave it alone (a webhook still isolates it).
 EXEMPT_TAG = f"{TAG_PREFIX}exempt"
+#: The isolation that holds the instance; while it is on the instance, the instance's episode is open.
+ISOLATION_ID_TAG = f"{TAG_PREFIX}id"
 
 # Namespace for isolation ids derived from a trigger's event id, so a redelivered event maps to the
 # same record instead of starting a second isolation.
@@ -151,12 +153,41 @@ class NetworkInterfaceState(BaseModel):
     vpc_id: str | None = Field(default=None, exclude=True)
 
 
+class TargetGroupTarget(BaseModel):
+    """A registration of the instance in an ELBv2 target group, as DescribeTargetHealth showed it."""
+
+    arn: str
+    #: The instance id, or an IPv4/IPv6 address of one of its interfaces (`ip` target groups).
+    id: str
+    port: int | None = None
+    availability_zone: str | None = None
+
+
+class VolumeState(BaseModel):
+    id: str
+    delete_on_termination: bool
+
+
 class PriorState(BaseModel):
-    """The instance as the first attempt found it: what a release puts back."""
+    """The instance as its episode's first attempt found it: what a release puts back.
+
+    The first attempt writes what DescribeInstances shows before the first change; each later field is
+    written by the step that reads it, before that step changes anything. A field is None until then.
+    """
 
     vpc_id: str
     network_interfaces: list[NetworkInterfaceState]
     instance_profile_arn: str | None = None
+    #: The role of `instance_profile_arn`.
+    role_name: str | None = None
+    autoscaling_group: str | None = None
+    target_groups: list[TargetGroupTarget] | None = None
+    #: Classic load balancer names.
+    load_balancers: list[str] | None = None
+    volumes: list[VolumeState] | None = None
+    shutdown_behavior: Literal["stop", "terminate"] | None = None
+    termination_protection: bool | None = None
+    stop_protection: bool | None = None
 
     @property
     def vpc_ids(self) -> list[str]:
@@ -165,6 +196,17 @@ class PriorState(BaseModel):
 
     def vpc_of(self, interface: NetworkInterfaceState) -> str:
         return interface.vpc_id or self.vpc_id
+
+
+class Snapshot(BaseModel):
+    volume_id: str
+    snapshot_id: str
+
+
+class Evidence(BaseModel):
+    """What the episode keeps: one crash-consistent snapshot per EBS volume ([] when snapshots are off)."""
+
+    snapshots: list[Snapshot] = Field(default_factory=list)
 
 
 class ErrorInfo(BaseModel):
@@ -179,6 +221,8 @@ class IsolationRecord(BaseModel):
     isolation_id: str
     status: Status
     source: Source
+    #: The isolation of the same episode whose `prior_state` (and evidence) this one carries.
+    inherits_from: str | None = None
     instance_id: str
     account_id: str
     region: str
@@ -191,6 +235,7 @@ class IsolationRecord(BaseModel):
     attempts: int = 0
     steps: list[StepRecord] = Field(default_factory=list)
     prior_state: PriorState | None = None
+    evidence: Evidence | None = None
     error: ErrorInfo | None = None
 
     @property

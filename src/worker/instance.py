@@ -8,7 +8,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.errors import PermanentError, classify, error_code
-from shared.models import NetworkInterfaceState, PriorState, Target
+from shared.models import NetworkInterfaceState, PriorState, Target, VolumeState
 
 PERMISSIONS = ("ec2:DescribeInstances",)
 GONE_STATES = frozenset({"shutting-down", "terminated"})
@@ -16,13 +16,28 @@ _NOT_FOUND = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malform
 
 
 @dataclass(frozen=True)
+class AttachedVolume:
+    id: str
+    device_name: str
+    delete_on_termination: bool
+
+
+@dataclass(frozen=True)
 class Instance:
     """The instance now: its state as a record keeps it (`state`, the first attempt's is the record's
-    `prior_state`), and its tags."""
+    `prior_state`), its tags, and what the steps need beside them."""
 
     instance_id: str
     state: PriorState
     tags: dict[str, str]
+    #: Every private IPv4 and IPv6 address of every interface (`ip` target groups register these).
+    addresses: frozenset[str] = frozenset()
+    #: Attached EBS volumes, by device.
+    volumes: tuple[AttachedVolume, ...] = ()
+    #: "spot" for a Spot instance (EC2 refuses termination and stop protection on those).
+    lifecycle: str | None = None
+    #: "ebs" or "instance-store" (EC2 refuses stop protection on instance-store-backed instances).
+    root_device_type: str = "ebs"
 
 
 def describe(ec2: Any, target: Target) -> Instance:
@@ -53,15 +68,41 @@ def instance_of(described: dict[str, Any]) -> Instance:
     ]
     if not interfaces:
         raise PermanentError("NoNetworkInterface", f"instance {instance_id} has no network interface")
+    volumes = tuple(
+        AttachedVolume(
+            id=mapping["Ebs"]["VolumeId"],
+            device_name=mapping["DeviceName"],
+            delete_on_termination=bool(mapping["Ebs"].get("DeleteOnTermination")),
+        )
+        for mapping in described.get("BlockDeviceMappings", [])
+        if mapping.get("Ebs", {}).get("VolumeId")
+    )
     return Instance(
         instance_id=instance_id,
         state=PriorState(
             vpc_id=described.get("VpcId") or interfaces[0].vpc_id or "",
             network_interfaces=interfaces,
             instance_profile_arn=(described.get("IamInstanceProfile") or {}).get("Arn"),
+            volumes=[VolumeState(id=v.id, delete_on_termination=v.delete_on_termination) for v in volumes],
         ),
         tags={t["Key"]: t["Value"] for t in described.get("Tags", [])},
+        addresses=frozenset(_addresses(described.get("NetworkInterfaces", []))),
+        volumes=volumes,
+        lifecycle=described.get("InstanceLifecycle"),
+        root_device_type=described.get("RootDeviceType", "ebs"),
     )
+
+
+def _addresses(interfaces: list[dict[str, Any]]) -> set[str]:
+    found: set[str] = set()
+    for eni in interfaces:
+        found.update(
+            a["PrivateIpAddress"] for a in eni.get("PrivateIpAddresses", []) if a.get("PrivateIpAddress")
+        )
+        if eni.get("PrivateIpAddress"):
+            found.add(eni["PrivateIpAddress"])
+        found.update(a["Ipv6Address"] for a in eni.get("Ipv6Addresses", []) if a.get("Ipv6Address"))
+    return found
 
 
 def _not_found(target: Target) -> PermanentError:

@@ -6,9 +6,12 @@ and whether it runs on the message's last allowed receive, decided once, here. I
 1. open: a trigger's message gets its record (or joins the isolation in flight, is coalesced with a
    recent one, or is a duplicate of one that ended); a webhook's record exists already;
 2. describe: assume the execution role, DescribeInstances; an exempt instance is SKIPPED (triggers only);
-3. begin: the IN_PROGRESS write with `prior_state`, the only write before the first change;
+3. begin: the IN_PROGRESS write with `prior_state`, the only write before the first change. An instance
+   that carries the `ec2-isolation:id` of another isolation is in an episode: this isolation takes that
+   one's `prior_state` and evidence (`inherits_from`), never the isolated state it sees now;
 4. containment (`worker.steps.CONTAINMENT`), then the follow-up (`worker.steps.FOLLOW_UP`); the
-   `StepJournal` decides when outcomes are written.
+   `StepJournal` decides when outcomes are written. A step that raises `ContainmentIncomplete` is
+   recorded failed, the others still run, and the record ends FAILED with that error.
 
 Its error boundary (`Attempt.run`) takes every exception and classifies it (`shared.errors.classify`):
 a permanent error ends the record FAILED and the message is acknowledged; a retryable one (and anything
@@ -23,6 +26,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -33,6 +37,7 @@ from shared.errors import (
     EXPIRED_CODES,
     THROTTLING_CODES,
     TRANSIENT_CODES,
+    ContainmentIncomplete,
     IsolationError,
     PermanentError,
     RetryableError,
@@ -41,7 +46,9 @@ from shared.errors import (
 from shared.lifecycle import Status
 from shared.models import (
     EXEMPT_TAG,
+    ISOLATION_ID_TAG,
     ErrorInfo,
+    Evidence,
     IsolationRecord,
     StepRecord,
     StepStatus,
@@ -132,6 +139,15 @@ class StepJournal:
             self.store.add_steps(self.isolation_id, self.unwritten)
             self.unwritten = []
 
+    def remember(self, prior: dict[str, Any]) -> None:
+        """Prior-state fields a step read, written before its change (with whatever rode along)."""
+        self.store.add_steps(self.isolation_id, self.unwritten, prior=prior)
+        self.unwritten = []
+
+    def keep_evidence(self, evidence: Evidence) -> None:
+        self.store.add_steps(self.isolation_id, self.unwritten, evidence=evidence)
+        self.unwritten = []
+
     def failed(self, name: str, error: IsolationError) -> None:
         retry = " (will retry)" if isinstance(error, RetryableError) else ""
         failed = StepRecord.failed(name, f"{error.code}: {error.message}{retry}")
@@ -141,8 +157,12 @@ class StepJournal:
         except Exception:  # the step's own error matters more; it is logged and raised
             logger.exception("could not record the failed step")
 
-    def finish(self, record: IsolationRecord) -> None:
-        self.store.finish(record, Status.ISOLATED, extra_steps=self.unwritten)
+    def finish(self, record: IsolationRecord, unmet: ContainmentIncomplete | None = None) -> None:
+        if unmet is None:
+            self.store.finish(record, Status.ISOLATED, extra_steps=self.unwritten)
+        else:
+            error = ErrorInfo(code=unmet.code, message=unmet.message)
+            self.store.finish(record, Status.FAILED, error=error, extra_steps=self.unwritten)
         self.unwritten = []
 
 
@@ -156,6 +176,8 @@ class Attempt:
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
     #: The record's attempts, this one included, once `begin_attempt` counted it and gave it the lease.
     began_as: int | None = None
+    #: A part of the containment that could not be put in place (the record ends FAILED with it).
+    unmet: ContainmentIncomplete | None = None
 
     @property
     def began(self) -> bool:
@@ -269,13 +291,14 @@ class Attempt:
             self.deps.store.finish(self.record, Status.SKIPPED, extra_steps=[skip], attempts=self._attempts())
             return Outcome.SKIPPED
         try:
-            self._begin(instance)
+            begun = self._begin(instance)
         except RecordEnded as ended:
             return self._duplicate(ended.record)
         except LeaseHeld as exc:
             raise RetryableError(
                 "IsolationInProgress", "another worker is running this isolation", wait="in-flight"
             ) from exc
+        journal = StepJournal(self.deps.store, self.record.isolation_id)
         ctx = StepContext(
             isolation_id=self.record.isolation_id,
             source=self.record.source,
@@ -283,14 +306,22 @@ class Attempt:
             instance=instance,
             account=account,
             settings=settings,
+            prior=begun.prior_state or instance.state,
+            evidence=begun.evidence,
+            notes=journal,
+            leases=self.deps.store,
             sleep=self.deps.sleep,
         )
-        journal = StepJournal(self.deps.store, self.record.isolation_id)
         journal.contained([self._step(step, ctx, journal) for step in CONTAINMENT])
         for step in FOLLOW_UP:
             journal.followed_up(self._step(step, ctx, journal), last=step is FOLLOW_UP[-1])
         logger.remove_keys(["step"])
-        journal.finish(self.record)
+        journal.finish(self.record, self.unmet)
+        if self.unmet is not None:
+            logger.warning(
+                "isolation incomplete", extra={"code": self.unmet.code, "error": self.unmet.message}
+            )
+            return Outcome.FAILED
         return Outcome.ISOLATED
 
     def _open(self) -> IsolationRecord | Outcome:
@@ -320,14 +351,18 @@ class Attempt:
         # (a FAILED one may be a DLQ redrive: `begin_attempt` decides)
         return self.record
 
-    def _begin(self, instance: Instance) -> None:
+    def _begin(self, instance: Instance) -> IsolationRecord:
+        episode = self._episode(instance)
+
         def begin() -> IsolationRecord:
             return self.deps.store.begin_attempt(
                 self.record.isolation_id,
                 owner=self.owner,
                 lease_seconds=LEASE_SECONDS,
-                prior_state=instance.state,
+                prior_state=episode.prior_state if episode else instance.state,
                 final=self.final,
+                inherits_from=episode.isolation_id if episode else None,
+                evidence=episode.evidence if episode else None,
             )
 
         try:
@@ -337,12 +372,30 @@ class Attempt:
             self.deps.store.put_record(self.record)
             begun = begin()
         self.began_as = begun.attempts
+        return begun
+
+    def _episode(self, instance: Instance) -> IsolationRecord | None:
+        """The isolation whose episode the instance is in (its `ec2-isolation:id` tag), when it is
+        another one with a prior state: this isolation carries that prior state and evidence."""
+        holder = instance.tags.get(ISOLATION_ID_TAG)
+        if not holder or holder == self.record.isolation_id:
+            return None
+        earlier = self.deps.store.get(holder)
+        if earlier is None or earlier.prior_state is None:
+            # Not a record of this service's table: the instance as it is now is all there is.
+            logger.warning("tagged by an unknown isolation", extra={"tagged_by": holder})
+            return None
+        return earlier
 
     def _step(self, step_class: type[Step], ctx: StepContext, journal: StepJournal) -> StepRecord:
         step = step_class()
         logger.append_keys(step=step.name)
         try:
             outcome = step.run(ctx)
+        except ContainmentIncomplete as exc:
+            # Recorded failed like any step outcome; the other steps still run (`finish` ends FAILED).
+            self.unmet = exc
+            outcome = StepRecord.failed(step.name, f"{exc.code}: {exc.message}")
         except Exception as exc:
             error = classify(exc, context=step.name)
             journal.failed(step.name, error)

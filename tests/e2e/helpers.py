@@ -169,13 +169,21 @@ def _member_clients(endpoint: str, account_id: str, region: str) -> tuple[Any, A
     return session.client("ec2"), session.client("iam")
 
 
+DENY_POLICY = "ec2-isolation-deny-isolated-instances"
+
+
 def assert_isolated(instance: DemoInstance, record: dict[str, Any], *, source: str) -> None:
     """What isolated means, observed in the member account, and the record that says so."""
     ec2, iam = member_clients(instance)
     assert record["status"] == "ISOLATED", record
     assert record["source"] == source
     assert record["contained_at"] is not None
-    assert record["steps"] and all(step["status"] in ("done", "already") for step in record["steps"]), record
+    # Every step in place; a step that does not apply (no Auto Scaling group, no profile) says so: skipped
+    assert record["steps"] and all(
+        step["status"] in ("done", "already", "skipped") for step in record["steps"]
+    ), record
+    network = [s for s in record["steps"] if s["name"] in ("ensure-isolation-sg", "swap-security-groups")]
+    assert network and all(step["status"] in ("done", "already") for step in network), record
     assert record["prior_state"]["vpc_id"] == instance.vpc_id
     assert sorted(eni["id"] for eni in record["prior_state"]["network_interfaces"]) == sorted(
         instance.eni_ids
@@ -196,3 +204,12 @@ def assert_isolated(instance: DemoInstance, record: dict[str, Any], *, source: s
     assert tags["ec2-isolation:id"] == record["isolation_id"]
     assert tags["ec2-isolation:source"] == source
     datetime.fromisoformat(tags["ec2-isolation:at"].replace("Z", "+00:00"))
+
+    # Its credentials denied on its prior role; its volumes' snapshots taken (nothing destroys it:
+    # isolation_problems above).
+    volumes = {m["Ebs"]["VolumeId"] for m in described["BlockDeviceMappings"]}
+    assert {s["volume_id"] for s in record["evidence"]["snapshots"]} == volumes
+    role_name = record["prior_state"].get("role_name")
+    if role_name:
+        document = iam.get_role_policy(RoleName=role_name, PolicyName=DENY_POLICY)["PolicyDocument"]
+        assert instance.arn in document["Statement"][0]["Condition"]["ArnEquals"]["ec2:SourceInstanceARN"]

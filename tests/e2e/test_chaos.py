@@ -7,7 +7,8 @@ must end in a state a responder can trust:
   instance's in-flight slot is still taken;
 - an instance with an ISOLATED record is isolated as the README's "What isolated means" says; on every instance, what is in place
   is what its records say was done (no half-isolated instance without a record saying which steps ran);
-  exempt, terminated and never-requested instances are untouched;
+  exempt, terminated and never-requested instances are untouched; an isolated instance's role denies its
+  sessions (when it had one), it cannot stop or lose its volumes, and each of its volumes has a snapshot;
 - one isolation security group per VPC, with no rules.
 
 How the faults get in: one botocore hook (`shared.aws.add_event_hook`) on every client the project builds,
@@ -56,7 +57,7 @@ from local_stack.organization import MEMBER_ACCOUNT_NAMES
 from local_stack.sample_events import guardduty_finding, tag_change
 from local_stack.stack import LocalStack
 from local_stack.workloads import INSTANCES, DemoInstance, InstanceSpec
-from tests.e2e.helpers import member_clients
+from tests.e2e.helpers import DENY_POLICY, member_clients
 
 pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(300)]
 
@@ -145,11 +146,13 @@ RULES: tuple[tuple[str, Fault, float], ...] = (
     ("ec2.ModifyNetworkInterfaceAttribute", NOT_YET_VISIBLE, 0.04),
     ("ec2.RevokeSecurityGroupEgress", NOT_YET_VISIBLE, 0.5),
     ("ec2.DescribeInstances", EXPIRED, 0.015),
-    ("ec2.ModifyInstanceAttribute", UNAUTHORIZED, 0.04),
+    # An isolation modifies four instance attributes and makes five or six IAM calls: per call, these
+    # rates fail about as many isolations as one attribute and the occasional IAM call did before.
+    ("ec2.ModifyInstanceAttribute", UNAUTHORIZED, 0.01),
     ("ec2.*", THROTTLED_EC2, 0.025),
     ("ec2.*", INTERNAL, 0.012),
     ("sts.AssumeRole", THROTTLED, 0.25),
-    ("iam.*", THROTTLED, 0.25),
+    ("iam.*", THROTTLED, 0.05),
     ("dynamodb.record", TABLE_THROTTLED, 0.015),
     ("dynamodb.slot", TABLE_THROTTLED, 0.05),
     ("dynamodb.TransactWriteItems", TABLE_THROTTLED, 0.04),
@@ -388,10 +391,30 @@ class Observed:
     profile_arn: str | None
     protected: bool
     tags: dict[str, str]
+    stop_protected: bool
+    shutdown: str
+    #: Attached EBS volumes and their DeleteOnTermination.
+    volumes: dict[str, bool]
+    #: The volumes of the snapshots tagged with the instance's id.
+    snapshot_volumes: set[str]
+    #: The instance is in the deny policy of its original profile's role.
+    denied: bool
+
+
+def _denied(iam: Any, instance: DemoInstance) -> bool:
+    if instance.instance_profile_arn is None:
+        return False
+    profile = iam.get_instance_profile(InstanceProfileName=instance.instance_profile_arn.rsplit("/", 1)[-1])
+    (role,) = profile["InstanceProfile"]["Roles"]
+    try:
+        document = iam.get_role_policy(RoleName=role["RoleName"], PolicyName=DENY_POLICY)["PolicyDocument"]
+    except iam.exceptions.NoSuchEntityException:
+        return False
+    return instance.arn in document["Statement"][0]["Condition"]["ArnEquals"]["ec2:SourceInstanceARN"]
 
 
 def observe(instance: DemoInstance) -> Observed:
-    ec2, _ = member_clients(instance)
+    ec2, iam = member_clients(instance)
     interfaces = ec2.describe_network_interfaces(NetworkInterfaceIds=instance.eni_ids)["NetworkInterfaces"]
     # moto's DescribeInstances lags a profile replacement: the associations are the truth.
     associations = ec2.describe_iam_instance_profile_associations(
@@ -404,11 +427,27 @@ def observe(instance: DemoInstance) -> Observed:
     protection = ec2.describe_instance_attribute(
         InstanceId=instance.instance_id, Attribute="disableApiTermination"
     )
+    stop = ec2.describe_instance_attribute(InstanceId=instance.instance_id, Attribute="disableApiStop")
+    shutdown = ec2.describe_instance_attribute(
+        InstanceId=instance.instance_id, Attribute="instanceInitiatedShutdownBehavior"
+    )
+    snapshots = ec2.describe_snapshots(
+        OwnerIds=["self"],
+        Filters=[{"Name": "tag:ec2-isolation:instance-id", "Values": [instance.instance_id]}],
+    )["Snapshots"]
     return Observed(
         eni_groups={eni["NetworkInterfaceId"]: [g["GroupId"] for g in eni["Groups"]] for eni in interfaces},
         profile_arn=";".join(sorted(a["IamInstanceProfile"]["Arn"] for a in associations)) or None,
         protected=bool(protection["DisableApiTermination"]["Value"]),
         tags={tag["Key"]: tag["Value"] for tag in described.get("Tags", [])},
+        stop_protected=bool(stop["DisableApiStop"]["Value"]),
+        shutdown=str(shutdown["InstanceInitiatedShutdownBehavior"]["Value"]),
+        volumes={
+            m["Ebs"]["VolumeId"]: bool(m["Ebs"]["DeleteOnTermination"])
+            for m in described["BlockDeviceMappings"]
+        },
+        snapshot_volumes={snapshot["VolumeId"] for snapshot in snapshots},
+        denied=_denied(iam, instance),
     )
 
 
@@ -871,9 +910,27 @@ def _check_instance(
     if _done(history, "tag-instance"):
         expect(tagged is not None, f"{where}: tagging recorded, no tag", state)
 
+    # Credentials, protections, evidence: what is in place, some record says was done.
+    if now.denied:
+        recorded("deny-instance-credentials", "credentials denied on its role")
+    if now.stop_protected:
+        recorded("enable-stop-protection", "stop protection on")
+    if now.shutdown == "stop" and before.shutdown != "stop":
+        recorded("stop-on-shutdown", "shutdown behaviour stop")
+    if now.snapshot_volumes:
+        recorded("snapshot-volumes", "snapshots taken")
+    expect(
+        not now.snapshot_volumes or now.snapshot_volumes == set(now.volumes),
+        f"{where}: snapshots of some volumes only (one CreateSnapshots takes them all)",
+        state,
+    )
+    touched = now.denied or now.stop_protected or now.snapshot_volumes or now.volumes != before.volumes
+
     if instance.exempt or not history:
         expect(
-            not changed and not swapped and not now.protected and tagged is None, f"{where}: touched", state
+            not changed and not swapped and not now.protected and tagged is None and not touched,
+            f"{where}: touched",
+            state,
         )
 
     # Isolated (the README's "What isolated means") for an instance with an ISOLATED record.
@@ -886,8 +943,14 @@ def _check_instance(
         and not groups[0]["IpPermissionsEgress"]
         and str(now.profile_arn).endswith(profile_suffix)
         and now.protected
-        and tagged is not None,
-        f"{where}: an ISOLATED record, the instance not isolated",
+        and tagged is not None
+        and (now.denied or instance.instance_profile_arn is None)
+        and now.stop_protected
+        and now.shutdown == "stop"
+        and not any(now.volumes.values())
+        and now.snapshot_volumes == set(now.volumes),
+        f"{where}: an ISOLATED record, the instance not isolated (network, API, credentials, protections, "
+        "snapshots)",
         state,
     )
     return 1

@@ -12,13 +12,26 @@ DESCRIBE_ACTIONS = {
     "ec2:DescribeInstances",
     "ec2:DescribeSecurityGroups",
     "ec2:DescribeIamInstanceProfileAssociations",
+    "ec2:DescribeSnapshots",
+    "autoscaling:DescribeAutoScalingInstances",
+    "elasticloadbalancing:DescribeTargetGroups",
+    "elasticloadbalancing:DescribeTargetHealth",
+    "elasticloadbalancing:DescribeLoadBalancers",
 }
 ACCOUNT = "123456789012"  # the resolver's default AWS::AccountId
 WORKER_ROLE_ARN = "arn:aws:iam::111111111111:role/ec2-isolation-WorkerFunctionRole-ABC123"
+#: Every optional capability on: the role then grants every action of the catalogue.
+EVERYTHING_ON = {"CutInstanceCredentials": "true", "SnapshotVolumes": "true", "SnapshotLockDays": "7"}
+#: Snapshot ARNs carry no account.
+SNAPSHOTS = "arn:aws:ec2:*::snapshot/*"
 
 
 def _execution_statements(stack: dict[str, Any], helpers) -> list[dict[str, Any]]:
     return list(helpers.policy_statements(stack["Resources"]["ExecutionRole"]))
+
+
+def _allows(stack: dict[str, Any], helpers) -> list[dict[str, Any]]:
+    return [s for s in _execution_statements(stack, helpers) if s["Effect"] == "Allow"]
 
 
 def _granting(statements: list[dict[str, Any]], action: str, helpers) -> list[dict[str, Any]]:
@@ -30,16 +43,107 @@ def test_role_grants_exactly_the_step_catalogue(member_stack, helpers) -> None:
     from worker.steps import required_permissions
 
     required = set(required_permissions())
-    # When the member template's execution role is read
-    granted = helpers.actions_of(member_stack()["Resources"]["ExecutionRole"])
+    # When the member template's execution role is read, every optional capability on
+    granted = helpers.actions_of(member_stack(**EVERYTHING_ON)["Resources"]["ExecutionRole"])
     # Then it grants every action a step calls, and nothing else
     assert granted - required == set(), "granted but no step calls it"
     assert required - granted == set(), "a step calls it but the role does not grant it"
 
 
+def _switches() -> list[tuple[str, str, tuple[str, ...]]]:
+    from worker.steps.credentials import DenyInstanceCredentials
+    from worker.steps.evidence import SnapshotVolumes
+
+    return [
+        ("CutInstanceCredentials", "false", DenyInstanceCredentials.write_permissions),
+        ("SnapshotVolumes", "false", SnapshotVolumes.write_permissions + SnapshotVolumes.lock_permissions),
+        ("SnapshotLockDays", "0", SnapshotVolumes.lock_permissions),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("parameter", "off", "index"), [(p, o, i) for i, (p, o, _) in enumerate(_switches())]
+)
+def test_a_capability_turned_off_takes_exactly_its_actions_away(
+    member_stack, helpers, parameter: str, off: str, index: int
+) -> None:
+    # Given every capability on, then one turned off
+    removed = set(_switches()[index][2])
+    everything = helpers.actions_of(member_stack(**EVERYTHING_ON)["Resources"]["ExecutionRole"])
+    without = helpers.actions_of(
+        member_stack(**{**EVERYTHING_ON, parameter: off})["Resources"]["ExecutionRole"]
+    )
+    # Then exactly that capability's actions are gone
+    assert everything - without == removed
+
+
+def test_defaults_cut_credentials_and_snapshot_without_a_lock(member_stack, helpers) -> None:
+    granted = helpers.actions_of(member_stack()["Resources"]["ExecutionRole"])
+    assert {"iam:PutRolePolicy", "ec2:CreateSnapshots"} <= granted
+    assert "ec2:LockSnapshot" not in granted
+
+
+def test_role_policies_are_written_only_where_no_guard_denies_it(member_stack, helpers) -> None:
+    # Given the member role with protected roles named
+    protected = f"arn:aws:iam::{ACCOUNT}:role/payments-*"
+    statements = _execution_statements(member_stack(ProtectedRoleArns=protected), helpers)
+    # Then PutRolePolicy is allowed on the account's roles ...
+    (put,) = [
+        s
+        for s in statements
+        if s["Effect"] == "Allow" and "iam:PutRolePolicy" in helpers.as_list(s["Action"])
+    ]
+    assert put["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/*"
+    # ... and explicitly denied, with DeleteRolePolicy, on every role that must never change
+    denies = [s for s in statements if s["Effect"] == "Deny"]
+    assert all(
+        set(helpers.as_list(s["Action"])) == {"iam:PutRolePolicy", "iam:DeleteRolePolicy"} for s in denies
+    )
+    denied = {resource for s in denies for resource in helpers.as_list(s["Resource"])}
+    role = f"arn:aws:iam::{ACCOUNT}:role/"
+    assert denied == {
+        role + "ec2-isolation-execution",
+        role + "ec2-isolation-deny-all",
+        role + "aws-reserved/*",
+        role + "aws-service-role/*",
+        role + "OrganizationAccountAccessRole",
+        role + "stacksets-exec-*",
+        role + "AWSControlTower*",
+        role + "service-role/AWSControlTower*",
+        protected,
+    }
+    # And without protected roles, no empty resource is left in a Deny
+    assert all(
+        resource
+        for s in _execution_statements(member_stack(), helpers)
+        for resource in helpers.as_list(s["Resource"])
+    )
+
+
+def test_the_worker_never_writes_what_the_role_denies() -> None:
+    # The worker skips (rather than fails on) every role the member role guards
+    from worker.steps.credentials import GUARDED_ROLES
+
+    assert set(GUARDED_ROLES) == {
+        "aws-reserved/*",
+        "aws-service-role/*",
+        "OrganizationAccountAccessRole",
+        "stacksets-exec-*",
+        "AWSControlTower*",
+        "service-role/AWSControlTower*",
+    }
+
+
+def test_snapshots_are_tagged_only_on_creation(member_stack, helpers) -> None:
+    statements = _allows(member_stack(**EVERYTHING_ON), helpers)
+    (create,) = _granting(statements, "ec2:CreateSnapshots", helpers)
+    assert SNAPSHOTS in create["Resource"]
+    (lock,) = _granting(statements, "ec2:LockSnapshot", helpers)
+    assert lock["Resource"] == SNAPSHOTS
+
+
 def test_only_describe_actions_have_star_resources(member_stack, helpers) -> None:
-    for statement in _execution_statements(member_stack(), helpers):
-        assert statement["Effect"] == "Allow"
+    for statement in _allows(member_stack(**EVERYTHING_ON), helpers):
         actions = set(helpers.as_list(statement["Action"]))
         assert not any("*" in action for action in actions)
         if statement["Resource"] == "*" or "*" in helpers.as_list(statement["Resource"]):
@@ -49,9 +153,9 @@ def test_only_describe_actions_have_star_resources(member_stack, helpers) -> Non
 
 
 def test_every_other_resource_is_in_this_account(member_stack, helpers) -> None:
-    for statement in _execution_statements(member_stack(), helpers):
+    for statement in _execution_statements(member_stack(**EVERYTHING_ON), helpers):
         for resource in helpers.as_list(statement["Resource"]):
-            if resource != "*":
+            if resource not in ("*", SNAPSHOTS):
                 assert resource.split(":")[4] == ACCOUNT, resource
 
 
@@ -89,21 +193,31 @@ def test_security_groups_are_created_and_emptied_only_with_the_managed_tag(membe
 
 
 def test_tags_are_written_only_on_create_or_under_the_service_prefix(member_stack, helpers) -> None:
-    statements = _granting(_execution_statements(member_stack(), helpers), "ec2:CreateTags", helpers)
+    statements = _granting(_allows(member_stack(), helpers), "ec2:CreateTags", helpers)
     conditions = {s["Resource"]: s["Condition"] for s in statements}
     assert conditions == {
         f"arn:aws:ec2:*:{ACCOUNT}:security-group/*": {
             "StringEquals": {"ec2:CreateAction": "CreateSecurityGroup"}
         },
+        SNAPSHOTS: {"StringEquals": {"ec2:CreateAction": "CreateSnapshots"}},
         f"arn:aws:ec2:*:{ACCOUNT}:instance/*": {
             "ForAllValues:StringLike": {"aws:TagKeys": ["ec2-isolation:*"]}
         },
     }
 
 
+#: The credentials step reads any profile and role policy, and writes role policies (guarded by Denies).
+CREDENTIALS_ACTIONS = {
+    "iam:GetInstanceProfile",
+    "iam:ListRolePolicies",
+    "iam:GetRolePolicy",
+    "iam:PutRolePolicy",
+}
+
+
 def test_iam_actions_touch_only_the_isolation_role_and_profile(member_stack, helpers) -> None:
     stack = member_stack(IsolationRoleName="ir-deny", IsolationProfileName="ir-deny-profile")
-    statements = _execution_statements(stack, helpers)
+    statements = _allows(stack, helpers)
     role_arn = f"arn:aws:iam::{ACCOUNT}:role/ir-deny"
     profile_arn = f"arn:aws:iam::{ACCOUNT}:instance-profile/ir-deny-profile"
     for statement in statements:
@@ -111,13 +225,19 @@ def test_iam_actions_touch_only_the_isolation_role_and_profile(member_stack, hel
         if not any(a.startswith("iam:") for a in actions):
             continue
         assert all(a.startswith("iam:") for a in actions)
+        if set(actions) <= CREDENTIALS_ACTIONS:
+            assert statement["Resource"] in (
+                f"arn:aws:iam::{ACCOUNT}:role/*",
+                f"arn:aws:iam::{ACCOUNT}:instance-profile/*",
+            ), statement
+            continue
         assert statement["Resource"] in (role_arn, profile_arn), statement
     (pass_role,) = _granting(statements, "iam:PassRole", helpers)
     assert pass_role["Resource"] == role_arn
     assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
     (attach,) = _granting(statements, "iam:AttachRolePolicy", helpers)
     assert attach["Condition"] == {"ArnEquals": {"iam:PolicyARN": "arn:aws:iam::aws:policy/AWSDenyAll"}}
-    for action in ("iam:GetInstanceProfile", "iam:CreateInstanceProfile", "iam:AddRoleToInstanceProfile"):
+    for action in ("iam:CreateInstanceProfile", "iam:AddRoleToInstanceProfile"):
         assert [s["Resource"] for s in _granting(statements, action, helpers)] == [profile_arn]
 
 
@@ -165,13 +285,32 @@ def test_member_and_central_templates_agree_on_names(sam_template, member_templa
         assert central[name]["Default"] == members[name]["Default"], name
 
 
-def test_worker_settings_defaults_match_the_templates(member_template) -> None:
+def test_worker_settings_defaults_match_the_templates(sam_template, member_template) -> None:
     from shared.config import WorkerSettings
 
     fields = WorkerSettings.model_fields
     parameters = member_template["Parameters"]
     assert fields["ISOLATION_ROLE_NAME"].default == parameters["IsolationRoleName"]["Default"]
     assert fields["ISOLATION_PROFILE_NAME"].default == parameters["IsolationProfileName"]["Default"]
+    # The capabilities the worker uses are the ones the member role grants, by default and by name
+    central = sam_template["Parameters"]
+    for parameter, setting in (
+        ("CutInstanceCredentials", "CUT_INSTANCE_CREDENTIALS"),
+        ("SnapshotVolumes", "SNAPSHOT_VOLUMES"),
+        ("SnapshotLockDays", "SNAPSHOT_LOCK_DAYS"),
+        ("ProtectedRoleArns", "PROTECTED_ROLE_ARNS"),
+    ):
+        for key in ("Default", "AllowedPattern", "AllowedValues"):
+            assert central[parameter].get(key) == parameters[parameter].get(key), (parameter, key)
+        default = WorkerSettings.model_validate(
+            {
+                "TABLE_NAME": "t",
+                "QUEUE_URL": "q",
+                "TARGET_ROLE_NAME": "r",
+                setting: str(central[parameter]["Default"]),
+            }
+        )
+        assert getattr(default, setting) == fields[setting].default, setting
 
 
 def test_the_managed_tag_of_the_conditions_is_the_one_the_worker_writes() -> None:

@@ -70,8 +70,14 @@ def test_crash_between_the_network_cut_and_the_profile_swap_resumes(
         ("swap-security-groups", "done"),
         ("ensure-isolation-sg", "already"),
         ("swap-security-groups", "already"),
+        ("deny-instance-credentials", "done"),
+        ("leave-auto-scaling-and-load-balancers", "skipped"),
         ("swap-instance-profile", "done"),
+        ("stop-on-shutdown", "done"),
+        ("keep-volumes", "done"),
+        ("enable-stop-protection", "done"),
         ("enable-termination-protection", "done"),
+        ("snapshot-volumes", "done"),
         ("tag-instance", "done"),
     ]
     assert record["prior_state"]["network_interfaces"][0]["security_group_ids"] == [vpc.app_group_id]

@@ -11,6 +11,7 @@ from tests.support.aws import ISOLATION_NAME, Faults, Member
 
 from local_stack.isolation_check import isolation_problems
 from local_stack.sample_events import guardduty_finding, tag_change
+from worker.steps import PLAN
 
 
 def request_isolation(stack: Stack, member: Member, instance_id: str, **fields: Any) -> str:
@@ -47,6 +48,11 @@ def steps(record: dict[str, Any]) -> dict[str, str]:
     return {step["name"]: step["status"] for step in record["steps"]}
 
 
+def detail(record: dict[str, Any], name: str) -> str:
+    """The detail of the step's last outcome."""
+    return str([step for step in record["steps"] if step["name"] == name][-1]["detail"])
+
+
 def assert_isolated(member: Member, instance_id: str, vpc_id: str) -> str:
     """What isolated means, observed in the member account, with the VPC's one isolation group.
     Returns the isolation group id."""
@@ -77,14 +83,10 @@ def test_two_eni_instance_is_isolated_network_first_and_recorded(stack: Stack, m
 
     # Then the record says ISOLATED with each step, network first, and keeps the prior state
     assert record["status"] == "ISOLATED", record
-    assert [s["name"] for s in record["steps"]] == [
-        "ensure-isolation-sg",
-        "swap-security-groups",
-        "swap-instance-profile",
-        "enable-termination-protection",
-        "tag-instance",
-    ]
-    assert set(steps(record).values()) == {"done"}
+    assert [s["name"] for s in record["steps"]] == [step.name for step in PLAN]
+    assert steps(record) == {step.name: "done" for step in PLAN} | {
+        "leave-auto-scaling-and-load-balancers": "skipped"  # in no group, behind no load balancer
+    }
     assert record["contained_at"] is not None
     assert record["created_at"] <= record["contained_at"] <= record["updated_at"]
     assert record["attempts"] == 1 and record["error"] is None
@@ -92,6 +94,15 @@ def test_two_eni_instance_is_isolated_network_first_and_recorded(stack: Stack, m
     assert prior["vpc_id"] == vpc.id
     assert {eni["id"]: eni["security_group_ids"] for eni in prior["network_interfaces"]} == before
     assert prior["instance_profile_arn"] == f"arn:aws:iam::{MEMBER_ACCOUNT}:instance-profile/app"
+    assert prior["role_name"] == "app"
+    assert (prior["autoscaling_group"], prior["target_groups"], prior["load_balancers"]) == (None, [], [])
+    assert prior["shutdown_behavior"] == "terminate"
+    assert (prior["termination_protection"], prior["stop_protection"]) == (False, False)
+    assert {v["id"]: v["delete_on_termination"] for v in prior["volumes"]} == {
+        volume: True for volume in member.volumes(instance)
+    }
+    assert record["inherits_from"] is None
+    assert {s["volume_id"] for s in record["evidence"]["snapshots"]} == set(member.volumes(instance))
     assert record["reason"] == "C2 beaconing" and record["requested_by"] == "soc@example.com"
     # And the instance is isolated as the README's "What isolated means" says
     assert_isolated(member, instance, vpc.id)
@@ -238,7 +249,9 @@ def test_instance_without_a_profile_gets_the_isolation_profile(stack: Stack, mem
     # Then the isolation profile is associated, and the prior state says there was none
     assert record["status"] == "ISOLATED"
     assert record["prior_state"]["instance_profile_arn"] is None
-    assert "had no profile" in record["steps"][2]["detail"]
+    assert "had no profile" in detail(record, "swap-instance-profile")
+    assert steps(record)["deny-instance-credentials"] == "skipped"
+    assert "no instance profile" in detail(record, "deny-instance-credentials")
     assert_isolated(member, instance, vpc.id)
 
 
@@ -253,7 +266,7 @@ def test_missing_isolation_profile_is_created_with_deny_all(stack: Stack, aws_mo
 
     # Then the worker created the role (AWSDenyAll attached) and the profile, and used it
     assert record["status"] == "ISOLATED", record
-    assert "created" in record["steps"][2]["detail"]
+    assert "created" in detail(record, "swap-instance-profile")
     policies = account.iam.list_attached_role_policies(RoleName=ISOLATION_NAME)["AttachedPolicies"]
     assert [p["PolicyArn"] for p in policies] == ["arn:aws:iam::aws:policy/AWSDenyAll"]
     assert_isolated(account, instance, vpc.id)
@@ -296,13 +309,10 @@ def test_new_request_on_an_isolated_instance_records_already(stack: Stack, membe
     # When someone asks again
     second = isolate(stack, member, instance)
 
-    # Then every containment step is `already`, and the tags point at the newest isolation
+    # Then every step is `already` (none applies that did not before), and the tags point at the newest
     assert second["status"] == "ISOLATED"
-    assert steps(second) == {
-        "ensure-isolation-sg": "already",
-        "swap-security-groups": "already",
-        "swap-instance-profile": "already",
-        "enable-termination-protection": "already",
+    assert steps(second) == {step.name: "already" for step in PLAN} | {
+        "leave-auto-scaling-and-load-balancers": "skipped",
         "tag-instance": "done",
     }
     assert member.tags(instance)["ec2-isolation:id"] == second["isolation_id"]
@@ -358,13 +368,18 @@ def test_unauthorized_step_fails_and_shows_what_was_done(
     # When it is isolated
     record = isolate(stack, member, instance)
 
-    # Then FAILED, with the network and profile steps done before it, and the failed step recorded
+    # Then FAILED, with the steps before it done, and the failed step recorded
     assert record["status"] == "FAILED"
     assert record["error"]["code"] == "UnauthorizedOperation"
     assert steps(record) == {
         "ensure-isolation-sg": "done",
         "swap-security-groups": "done",
+        "deny-instance-credentials": "done",
+        "leave-auto-scaling-and-load-balancers": "skipped",
         "swap-instance-profile": "done",
+        "stop-on-shutdown": "done",
+        "keep-volumes": "done",
+        "enable-stop-protection": "done",
         "enable-termination-protection": "failed",
     }
     assert record["contained_at"] is not None

@@ -109,13 +109,23 @@ class Member:
         profile: str | None = "app",
         tags: dict[str, str] | None = None,
         extra_groups: list[str] | None = None,
+        shutdown: str = "terminate",
+        data_volumes: int = 1,
+        spot: bool = False,
     ) -> str:
-        """Launch with NetworkInterfaces=[...], so moto keeps per-ENI groups (AWS-FACTS)."""
+        """Launch with NetworkInterfaces=[...], so moto keeps per-ENI groups. By default as the instances
+        worth isolating often are: shutdown behaviour `terminate`, a root and a data volume, both deleted
+        on termination."""
         params: dict[str, Any] = {
             "ImageId": AMI,
             "MinCount": 1,
             "MaxCount": 1,
             "InstanceType": "t3.micro",
+            "InstanceInitiatedShutdownBehavior": shutdown,
+            "BlockDeviceMappings": [
+                {"DeviceName": device, "Ebs": {"VolumeSize": 8, "DeleteOnTermination": True}}
+                for device in ["/dev/sda1", *(f"/dev/sd{chr(ord('f') + i)}" for i in range(data_volumes))]
+            ],
             "NetworkInterfaces": [
                 {
                     "DeviceIndex": i,
@@ -127,6 +137,8 @@ class Member:
         }
         if profile:
             params["IamInstanceProfile"] = {"Name": self.app_profile(profile)}
+        if spot:
+            params["InstanceMarketOptions"] = {"MarketType": "spot"}
         if tags:
             params["TagSpecifications"] = [
                 {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
@@ -165,12 +177,108 @@ class Member:
     def tags(self, instance_id: str) -> dict[str, str]:
         return {t["Key"]: t["Value"] for t in self.described(instance_id).get("Tags", [])}
 
+    def attribute(self, instance_id: str, attribute: str) -> Any:
+        """One attribute as DescribeInstanceAttribute answers it (`disableApiStop`, ...)."""
+        answer = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute=attribute)
+        return next(v["Value"] for k, v in answer.items() if isinstance(v, dict) and "Value" in v)
+
+    def volumes(self, instance_id: str) -> dict[str, bool]:
+        """Attached EBS volumes and their DeleteOnTermination."""
+        return {
+            m["Ebs"]["VolumeId"]: m["Ebs"]["DeleteOnTermination"]
+            for m in self.described(instance_id).get("BlockDeviceMappings", [])
+            if "Ebs" in m
+        }
+
+    def denied_instances(self, role: str) -> list[str]:
+        """The instances the role's deny policy lists (empty without one)."""
+        from worker.steps.credentials import POLICY_NAME
+
+        try:
+            document = self.iam.get_role_policy(RoleName=role, PolicyName=POLICY_NAME)["PolicyDocument"]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "NoSuchEntity":
+                raise
+            return []
+        [statement] = document["Statement"]
+        assert statement["Effect"] == "Deny" and statement["Action"] == "*" and statement["Resource"] == "*"
+        return list(statement["Condition"]["ArnEquals"]["ec2:SourceInstanceARN"])
+
+    def instance_arn(self, instance_id: str) -> str:
+        return f"arn:aws:ec2:{self.region}:{self.account_id}:instance/{instance_id}"
+
     def termination_protected(self, instance_id: str) -> bool:
         return bool(
             self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="disableApiTermination")[
                 "DisableApiTermination"
             ]["Value"]
         )
+
+
+@dataclass
+class WebTier:
+    """An Auto Scaling group behind an ELBv2 target group and a classic load balancer."""
+
+    group: str
+    target_group_arn: str
+    ip_target_group_arn: str
+    classic: str
+
+
+def web_tier(member: Member, vpc: Vpc, instances: list[str], *, name: str = "web") -> WebTier:
+    """The group holds `instances` (attached: moto registers them with the group's target group and
+    classic load balancer); an `ip` target group has each instance's first address on port 8080."""
+    autoscaling = member.session.client("autoscaling")
+    elbv2 = member.session.client("elbv2")
+    elb = member.session.client("elb")
+    target_group = elbv2.create_target_group(
+        Name=name, Protocol="HTTP", Port=80, VpcId=vpc.id, TargetType="instance"
+    )["TargetGroups"][0]["TargetGroupArn"]
+    ip_group = elbv2.create_target_group(
+        Name=f"{name}-ip", Protocol="HTTP", Port=8080, VpcId=vpc.id, TargetType="ip"
+    )["TargetGroups"][0]["TargetGroupArn"]
+    elb.create_load_balancer(
+        LoadBalancerName=name,
+        Listeners=[{"Protocol": "HTTP", "LoadBalancerPort": 80, "InstancePort": 80}],
+        Subnets=vpc.subnet_ids,
+    )
+    member.ec2.create_launch_template(
+        LaunchTemplateName=name, LaunchTemplateData={"ImageId": AMI, "InstanceType": "t3.micro"}
+    )
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        LaunchTemplate={"LaunchTemplateName": name},
+        MinSize=0,
+        MaxSize=len(instances) * 2 + 2,
+        DesiredCapacity=0,
+        VPCZoneIdentifier=vpc.subnet_ids[0],
+        TargetGroupARNs=[target_group],
+        LoadBalancerNames=[name],
+    )
+    autoscaling.attach_instances(InstanceIds=instances, AutoScalingGroupName=name)
+    addresses = [member.described(i)["NetworkInterfaces"][0]["PrivateIpAddress"] for i in instances]
+    elbv2.register_targets(TargetGroupArn=ip_group, Targets=[{"Id": a, "Port": 8080} for a in addresses])
+    return WebTier(name, target_group, ip_group, name)
+
+
+def targets(member: Member, target_group_arn: str) -> set[str]:
+    health = member.session.client("elbv2").describe_target_health(TargetGroupArn=target_group_arn)
+    return {d["Target"]["Id"] for d in health["TargetHealthDescriptions"]}
+
+
+def classic_instances(member: Member, name: str) -> set[str]:
+    (balancer,) = member.session.client("elb").describe_load_balancers(LoadBalancerNames=[name])[
+        "LoadBalancerDescriptions"
+    ]
+    return {i["InstanceId"] for i in balancer["Instances"]}
+
+
+def group_of(member: Member, group: str) -> dict[str, Any]:
+    return dict(
+        member.session.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[group])[
+            "AutoScalingGroups"
+        ][0]
+    )
 
 
 # --- faults and call counting ------------------------------------------------------------------------

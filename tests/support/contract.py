@@ -8,6 +8,7 @@ RECORD_FIELDS = frozenset(
         "isolation_id",
         "status",
         "source",
+        "inherits_from",
         "instance_id",
         "account_id",
         "region",
@@ -20,6 +21,7 @@ RECORD_FIELDS = frozenset(
         "attempts",
         "steps",
         "prior_state",
+        "evidence",
         "error",
     }
 )

@@ -7,6 +7,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
+from tests.support.steps import MemoryLeases, Notebook
 
 from shared.aws import AccountSession
 from shared.config import WorkerSettings
@@ -62,6 +63,9 @@ def context(clients: dict[str, Any], instance: Instance, slept: list[float] | No
         instance=instance,
         account=account,
         settings=SETTINGS,
+        prior=instance.state,
+        notes=Notebook(),
+        leases=MemoryLeases(),
         sleep=(slept.append if slept is not None else None),
     )
 

@@ -7,6 +7,7 @@ it along its lifecycle (`shared.lifecycle` declares which moves are allowed and 
 | instance slot | `instance#<account>#<region>#<instance>` | `shared.store.slots` |
 | idempotency key | `idempotency#<sha256 of the key>` | `shared.store.idempotency` |
 | blast-radius budget | `budget#<account>#<hour>` | `shared.store.rate_limits` |
+| role lease | `role#<account>#<role name>` | `shared.store.role_leases` |
 
 Only record items carry `instance_id`, so the `by-instance` index (instance_id, created_at) holds
 records only; only records in a last-receive attempt carry `final_attempt`, so the `by-final-lease`
@@ -28,8 +29,8 @@ from shared import lifecycle
 from shared.aws import same_account_client
 from shared.errors import error_code
 from shared.lifecycle import FINAL, FINAL_LEASE_INDEX, Status, Transition
-from shared.models import ErrorInfo, IsolationRecord, PriorState, StepRecord, iso8601, utcnow
-from shared.store import idempotency, rate_limits, slots
+from shared.models import ErrorInfo, Evidence, IsolationRecord, PriorState, StepRecord, iso8601, utcnow
+from shared.store import idempotency, rate_limits, role_leases, slots
 from shared.store.dynamo import Write, deserialize, epoch, key, serialize
 from shared.store.idempotency import IdempotencyClaim, Replayed
 
@@ -383,9 +384,14 @@ class IsolationStore:
         lease_seconds: int,
         prior_state: PriorState | None,
         final: bool = False,
+        inherits_from: str | None = None,
+        evidence: Evidence | None = None,
     ) -> IsolationRecord:
         """`lifecycle.BEGIN`: mark the record IN_PROGRESS, count the attempt, keep the first
         `prior_state`, take the lease.
+
+        `inherits_from`: the isolation of the same episode whose `prior_state` (and `evidence`) this
+        one carries; like `prior_state`, kept from the first attempt.
 
         `final`: the message's last allowed receive; if this attempt dies without ending the record,
         the sweeper ends it once the lease has expired (`lifecycle.LOST`).
@@ -414,8 +420,16 @@ class IsolationStore:
         if final:
             write.set("final_attempt = :final", final=FINAL)
         if prior_state is not None:
-            # The first attempt's view is the instance as it was: a retry sees it half isolated.
-            write.set("prior_state = if_not_exists(prior_state, :prior)", prior=prior_state.model_dump())
+            # The first attempt's view is the instance as it was: a retry sees it half isolated. Fields
+            # not known yet stay absent: the step that reads them writes them (`add_steps(prior=...)`).
+            write.set(
+                "prior_state = if_not_exists(prior_state, :prior)",
+                prior=prior_state.model_dump(exclude_none=True),
+            )
+        if inherits_from is not None:
+            write.set("inherits_from = if_not_exists(inherits_from, :inherits)", inherits=inherits_from)
+        if evidence is not None:
+            write.set("evidence = if_not_exists(evidence, :evidence)", evidence=evidence.model_dump())
         try:
             item = self.client.update_item(
                 TableName=self.table_name,
@@ -459,18 +473,56 @@ class IsolationStore:
                 raise
 
     def add_steps(
-        self, isolation_id: str, steps: list[StepRecord], *, contained_at: str | None = None
+        self,
+        isolation_id: str,
+        steps: list[StepRecord],
+        *,
+        contained_at: str | None = None,
+        prior: dict[str, Any] | None = None,
+        evidence: Evidence | None = None,
     ) -> None:
-        write = Write(
-            "steps = list_append(if_not_exists(steps, :empty), :step)",
-            "updated_at = :stamp",
-            empty=[],
-            step=[step.model_dump(mode="json") for step in steps],
-            stamp=steps[-1].at,
-        )
+        """Append step outcomes, with what rides along: `contained_at`, `prior` (fields of
+        `prior_state` a step read before its change; a field already there is kept) and `evidence`."""
+        write = Write("updated_at = :stamp", stamp=steps[-1].at if steps else iso8601(utcnow()))
+        if steps:
+            write.set(
+                "steps = list_append(if_not_exists(steps, :empty), :step)",
+                empty=[],
+                step=[step.model_dump(mode="json") for step in steps],
+            )
         if contained_at is not None:
             write.set("contained_at = if_not_exists(contained_at, :contained)", contained=contained_at)
+        for name, value in (prior or {}).items():
+            write.set(
+                f"prior_state.{name} = if_not_exists(prior_state.{name}, :prior_{name})",
+                **{f"prior_{name}": value},
+            )
+        if evidence is not None:
+            write.set("evidence = :evidence", evidence=evidence.model_dump())
         self.client.update_item(TableName=self.table_name, Key=key(isolation_id), **write.request())
+
+    # --- role leases -----------------------------------------------------------------------------------
+
+    def take_role_lease(self, account_id: str, role_name: str, owner: str, *, seconds: float) -> bool:
+        """Take the role's lease (`shared.store.role_leases`); False while someone else holds it."""
+        now = time.time()
+        request = role_leases.take(
+            self.table_name, account_id, role_name, owner, now=epoch(now), until=epoch(now + seconds)
+        )
+        try:
+            self.client.update_item(**request)
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
+
+    def release_role_lease(self, account_id: str, role_name: str, owner: str) -> None:
+        try:
+            self.client.update_item(**role_leases.release(self.table_name, account_id, role_name, owner))
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
 
     def finish(
         self,

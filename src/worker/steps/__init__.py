@@ -1,6 +1,9 @@
 """The step catalogue: the phases of an isolation, each an ordered tuple of steps.
 
-`CONTAINMENT` ends with the network cut (`contained_at` is set with it); `FOLLOW_UP` runs after it.
+`CONTAINMENT` ends with the network cut (`contained_at` is set with it); `FOLLOW_UP` runs after it,
+starting with what must not wait: the instance's credentials denied on its role, and the instance out of
+Auto Scaling and its load balancers (before the failing health checks get it replaced). They rely on
+nothing but the described instance and the prior state, so they can move into the containment phase.
 `required_permissions()` is what the member-account role must grant (tests/infra checks
 iam-execution-role.yml against it in both directions).
 """
@@ -8,17 +11,23 @@ iam-execution-role.yml against it in both directions).
 from __future__ import annotations
 
 from worker import instance
-from worker.steps import instance_profile, instance_state, network
+from worker.steps import credentials, evidence, instance_profile, instance_state, load_balancing, network
 from worker.steps.base import Step, StepContext
 
 __all__ = ["CONTAINMENT", "FOLLOW_UP", "PLAN", "Step", "StepContext", "forget_caches", "required_permissions"]
 
 #: Containment: the network cut, first and fast.
 CONTAINMENT: tuple[type[Step], ...] = (network.EnsureIsolationSecurityGroup, network.SwapSecurityGroups)
-#: Then the API cut and evidence.
+#: Then the stolen credentials, Auto Scaling and load balancers, the API cut, protection, evidence, labels.
 FOLLOW_UP: tuple[type[Step], ...] = (
+    credentials.DenyInstanceCredentials,
+    load_balancing.LeaveAutoScalingAndLoadBalancers,
     instance_profile.SwapInstanceProfile,
+    instance_state.StopOnShutdown,
+    instance_state.KeepVolumes,
+    instance_state.EnableStopProtection,
     instance_state.EnableTerminationProtection,
+    evidence.SnapshotVolumes,
     instance_state.TagInstance,
 )
 #: The order of an isolation.
@@ -34,6 +43,7 @@ def required_permissions() -> frozenset[str]:
 
 
 def forget_caches() -> None:
-    """Forget warm-Lambda caches (isolation groups, ready profiles): tests, and the local stack."""
+    """Forget warm-Lambda caches (isolation groups, ready profiles, target groups): tests, local stack."""
     network.forget_cached_groups()
     instance_profile.forget_ready_profiles()
+    load_balancing.forget_target_groups()

@@ -7,17 +7,34 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from shared.aws import AccountSession
 from shared.config import WorkerSettings
-from shared.models import Source, StepRecord, Target
+from shared.models import Evidence, PriorState, Source, StepRecord, Target
 from worker.instance import Instance
+
+
+class Notes(Protocol):
+    """Where a step writes what it found before it changes anything (the runner's `StepJournal`)."""
+
+    def remember(self, prior: dict[str, Any]) -> None: ...
+
+    def keep_evidence(self, evidence: Evidence) -> None: ...
+
+
+class RoleLeases(Protocol):
+    """Per-role serialization (`shared.store.IsolationStore`)."""
+
+    def take_role_lease(self, account_id: str, role_name: str, owner: str, *, seconds: float) -> bool: ...
+
+    def release_role_lease(self, account_id: str, role_name: str, owner: str) -> None: ...
 
 
 @dataclass
 class StepContext:
-    """What a step may use: the target account's clients, the instance as described, settings."""
+    """What a step may use: the target account's clients, the instance as described now, the episode's
+    prior state, settings, and where to write what it finds."""
 
     isolation_id: str
     source: Source
@@ -25,6 +42,12 @@ class StepContext:
     instance: Instance
     account: AccountSession
     settings: WorkerSettings
+    #: The episode's prior state as the record keeps it (the instance before its first isolation).
+    prior: PriorState
+    notes: Notes
+    leases: RoleLeases
+    #: The episode's evidence as the record keeps it (None: none taken yet).
+    evidence: Evidence | None = None
     #: None: `worker.consistency.pause`.
     sleep: Callable[[float], None] | None = None
     #: Filled by ensure-isolation-sg: the isolation security group of each VPC.
@@ -37,6 +60,33 @@ class StepContext:
     @property
     def iam(self) -> Any:
         return self.account.client("iam")
+
+    @property
+    def partition(self) -> str:
+        return str(self.account.session.get_partition_for_region(self.target.region))
+
+    @property
+    def instance_arn(self) -> str:
+        target = self.target
+        return f"arn:{self.partition}:ec2:{target.region}:{target.account_id}:instance/{target.instance_id}"
+
+    def remember(self, **prior: Any) -> None:
+        """Write fields of the prior state before the change they describe; a field the episode knows
+        already keeps its value (the instance as it was, not as a retry finds it)."""
+        unknown = {
+            name: value
+            for name, value in prior.items()
+            if value is not None and getattr(self.prior, name) is None
+        }
+        if not unknown:
+            return
+        self.prior = self.prior.model_copy(update=unknown)
+        dumped = self.prior.model_dump(mode="json")
+        self.notes.remember({name: dumped[name] for name in unknown})
+
+    def keep_evidence(self, evidence: Evidence) -> None:
+        self.evidence = evidence
+        self.notes.keep_evidence(evidence)
 
 
 class Step(ABC):

@@ -1,31 +1,129 @@
-"""Evidence and labels: termination protection on, and the service's tags on the instance."""
+"""Nothing destroys the instance, and it carries the isolation's labels.
+
+- Shutdown behaviour `stop`: with `terminate`, a `shutdown` inside the instance terminates it, whatever
+  the termination protection says.
+- `DeleteOnTermination` false on every attached EBS volume: if the instance goes anyway, its disks stay.
+- Stop protection (`DisableApiStop`): a stop loses the memory.
+- Termination protection (`DisableApiTermination`).
+EC2 refuses termination and stop protection on Spot instances, and stop protection (and stopping) on
+instance-store-backed ones: those are `skipped` with the reason. Each step writes the value it found into
+the prior state before it changes it.
+"""
 
 from __future__ import annotations
 
-from shared.models import TAG_PREFIX, StepRecord, iso8601, utcnow
+from typing import Any, ClassVar
+
+from shared.models import ISOLATION_ID_TAG, TAG_PREFIX, StepRecord, iso8601, utcnow
 from worker.steps.base import Step, StepContext
 
-ID_TAG = f"{TAG_PREFIX}id"
+ID_TAG = ISOLATION_ID_TAG
 AT_TAG = f"{TAG_PREFIX}at"
 SOURCE_TAG = f"{TAG_PREFIX}source"
+_MODIFY = ("ec2:DescribeInstanceAttribute", "ec2:ModifyInstanceAttribute")
 
 
-class EnableTerminationProtection(Step):
+def _attribute(ctx: StepContext, attribute: str, key: str) -> Any:
+    described = ctx.ec2.describe_instance_attribute(InstanceId=ctx.target.instance_id, Attribute=attribute)
+    return described.get(key, {}).get("Value")
+
+
+def _refusal(ctx: StepContext, *, spot: bool, instance_store: bool) -> str | None:
+    """Why EC2 refuses this protection for this instance, if it does."""
+    if spot and ctx.instance.lifecycle == "spot":
+        return "EC2 does not allow it on a Spot instance"
+    if instance_store and ctx.instance.root_device_type == "instance-store":
+        return "EC2 does not allow it on an instance-store-backed instance"
+    return None
+
+
+class StopOnShutdown(Step):
+    name = "stop-on-shutdown"
+    permissions = _MODIFY
+
+    def run(self, ctx: StepContext) -> StepRecord:
+        refused = _refusal(ctx, spot=False, instance_store=True)
+        if refused:
+            return StepRecord.skipped(self.name, f"shutdown behaviour stop: {refused}")
+        behaviour = _attribute(ctx, "instanceInitiatedShutdownBehavior", "InstanceInitiatedShutdownBehavior")
+        ctx.remember(shutdown_behavior=behaviour)
+        if behaviour == "stop":
+            return StepRecord.already(self.name, "shutdown behaviour was stop")
+        # The Attribute/Value form: moto 5.2.5 mistakes InstanceInitiatedShutdownBehavior={"Value": ...} for
+        # a security-group change and empties the groups of a one-interface instance. AWS takes both.
+        ctx.ec2.modify_instance_attribute(
+            InstanceId=ctx.target.instance_id, Attribute="instanceInitiatedShutdownBehavior", Value="stop"
+        )
+        return StepRecord.done(self.name, f"shutdown behaviour stop (was {behaviour})")
+
+
+class KeepVolumes(Step):
+    name = "keep-volumes"
+    permissions = ("ec2:ModifyInstanceAttribute",)
+
+    def run(self, ctx: StepContext) -> StepRecord:
+        volumes = ctx.instance.volumes
+        if not volumes:
+            return StepRecord.skipped(self.name, "no EBS volume attached")
+        deleting = [v for v in volumes if v.delete_on_termination]
+        if not deleting:
+            return StepRecord.already(
+                self.name, f"DeleteOnTermination false on {', '.join(v.id for v in volumes)}"
+            )
+        # (The volumes' prior values came with DescribeInstances, in the prior state written first.)
+        ctx.ec2.modify_instance_attribute(
+            InstanceId=ctx.target.instance_id,
+            BlockDeviceMappings=[
+                {"DeviceName": v.device_name, "Ebs": {"DeleteOnTermination": False}} for v in deleting
+            ],
+        )
+        return StepRecord.done(self.name, f"DeleteOnTermination false on {', '.join(v.id for v in deleting)}")
+
+
+class _Protection(Step):
+    """An instance attribute that, once on, refuses an API call (stop, terminate)."""
+
+    permissions = _MODIFY
+    #: DescribeInstanceAttribute's name, and the key of its answer and of ModifyInstanceAttribute.
+    attribute: ClassVar[str]
+    key: ClassVar[str]
+    #: The prior-state field that keeps its value, and what to call it.
+    prior_field: ClassVar[str]
+    what: ClassVar[str]
+    refused_on_instance_store: ClassVar[bool]
+
+    def run(self, ctx: StepContext) -> StepRecord:
+        refused = _refusal(ctx, spot=True, instance_store=self.refused_on_instance_store)
+        if refused:
+            return StepRecord.skipped(self.name, f"{self.what}: {refused}")
+        protected = bool(_attribute(ctx, self.attribute, self.key))
+        ctx.remember(**{self.prior_field: protected})
+        if protected:
+            return StepRecord.already(self.name, f"{self.what} was on")
+        ctx.ec2.modify_instance_attribute(InstanceId=ctx.target.instance_id, **{self.key: {"Value": True}})
+        return StepRecord.done(self.name, f"{self.what} on")
+
+
+class EnableStopProtection(_Protection):
+    """A stop loses the memory."""
+
+    name = "enable-stop-protection"
+    attribute, key, prior_field, what = (
+        "disableApiStop",
+        "DisableApiStop",
+        "stop_protection",
+        "stop protection",
+    )
+    refused_on_instance_store = True
+
+
+class EnableTerminationProtection(_Protection):
     """An isolated instance is evidence: nobody terminates it by accident (or on purpose) via the API."""
 
     name = "enable-termination-protection"
-    permissions = ("ec2:DescribeInstanceAttribute", "ec2:ModifyInstanceAttribute")
-
-    def run(self, ctx: StepContext) -> StepRecord:
-        attribute = ctx.ec2.describe_instance_attribute(
-            InstanceId=ctx.target.instance_id, Attribute="disableApiTermination"
-        )
-        if attribute.get("DisableApiTermination", {}).get("Value"):
-            return StepRecord.already(self.name, "termination protection was on")
-        ctx.ec2.modify_instance_attribute(
-            InstanceId=ctx.target.instance_id, DisableApiTermination={"Value": True}
-        )
-        return StepRecord.done(self.name, "termination protection on")
+    attribute, key = "disableApiTermination", "DisableApiTermination"
+    prior_field, what = "termination_protection", "termination protection"
+    refused_on_instance_store = False
 
 
 class TagInstance(Step):

@@ -1,0 +1,226 @@
+"""Cut the credentials the instance already holds: temporary credentials it took from its role (IMDS)
+stay valid for hours after the profile swap, and they are what an attacker steals first.
+
+IAM evaluates policies on every request, so a deny on the instance's *prior* role takes effect within
+seconds. The deny is conditioned on `ec2:SourceInstanceARN` (present on requests signed with an
+instance's role credentials, naming that instance): only this instance's sessions die; every other
+instance on the role keeps working. Never a role-wide revoke (`aws:TokenIssueTime`).
+
+Fleets share roles. One policy per instance would run into IAM's aggregate limit of 10,240 characters
+of inline policies per role at about 45 instances; one policy per role listing its isolated instances
+holds about 135 (some 74 characters per instance ARN), but its read-modify-write must be serialized
+(IAM has no conditional write): the role's lease in the service's table (`shared.store.role_leases`).
+Past the limit the record ends FAILED `CredentialsNotCut`, every other step done.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shared.errors import THROTTLING_CODES, TRANSIENT_CODES, ContainmentIncomplete, RetryableError, error_code
+from shared.models import StepRecord
+from shared.observability import logger
+from worker import consistency
+from worker.steps.base import Step, StepContext
+from worker.steps.instance_profile import profile_name_of
+
+#: The inline policy on a role that denies its isolated instances' sessions.
+POLICY_NAME = "ec2-isolation-deny-isolated-instances"
+#: IAM's limit on a role's inline policies together, whitespace not counted.
+INLINE_POLICY_LIMIT = 10_240
+CONDITION_KEY = "ec2:SourceInstanceARN"
+#: How long one worker may hold a role's lease: the worker's timeout, which no holder outlives (a holder
+#: that died frees it after this). Holders normally give it back within a second.
+ROLE_LEASE_SECONDS = 60.0
+#: How long giving the lease back may be retried when the service's table throttles.
+RELEASE_BUDGET_SECONDS = 2.0
+FIRST_WAIT_SECONDS = 0.05
+MAX_WAIT_SECONDS = 1.0
+#: Roles never written, beside the worker's own and the isolation role (path and name, as in the member
+#: role's explicit Deny): AWS-reserved, service-linked, Organizations' and StackSets' and Control Tower's.
+GUARDED_ROLES = (
+    "aws-reserved/*",
+    "aws-service-role/*",
+    "OrganizationAccountAccessRole",
+    "stacksets-exec-*",
+    "AWSControlTower*",
+    "service-role/AWSControlTower*",
+)
+
+
+class DenyInstanceCredentials(Step):
+    name = "deny-instance-credentials"
+    #: iam:PutRolePolicy is granted only while the member template's CutInstanceCredentials is on.
+    write_permissions = ("iam:PutRolePolicy",)
+    permissions = ("iam:GetInstanceProfile", "iam:ListRolePolicies", "iam:GetRolePolicy", *write_permissions)
+
+    def run(self, ctx: StepContext) -> StepRecord:
+        if not ctx.settings.CUT_INSTANCE_CREDENTIALS:
+            return StepRecord.skipped(self.name, "turned off (CutInstanceCredentials=false)")
+        profile = profile_name_of(ctx.prior.instance_profile_arn)
+        if profile is None:
+            return StepRecord.skipped(self.name, "the instance had no instance profile: no role credentials")
+        if profile == ctx.settings.ISOLATION_PROFILE_NAME:
+            return StepRecord.skipped(
+                self.name, f"the prior instance profile is the isolation profile {profile}: nothing to deny"
+            )
+        role = self._role(ctx, profile)
+        if role is None:
+            return StepRecord.skipped(self.name, f"instance profile {profile} holds no role")
+        name, path, arn = role["RoleName"], role.get("Path", "/"), role["Arn"]
+        ctx.remember(role_name=name)
+        if path.startswith("/aws-service-role/"):
+            return StepRecord.skipped(self.name, f"role {name} is service-linked: it cannot be changed")
+        if self._protected(ctx, name, path, arn):
+            return StepRecord.skipped(self.name, f"role {name} is protected: the service never changes it")
+        instance = ctx.instance_arn
+        if instance in _denied(ctx, name):
+            return StepRecord.already(self.name, f"sessions of {instance} denied on role {name}")
+        with _role_lease(ctx, name):
+            denied = _denied(ctx, name)  # again, under the lease: another worker may have added some
+            if instance in denied:
+                return StepRecord.already(self.name, f"sessions of {instance} denied on role {name}")
+            document = policy_document(sorted({*denied, instance}))
+            size = _others_size(ctx, name) + compact_size(document)
+            if size > INLINE_POLICY_LIMIT:
+                raise _not_cut(name, f"its inline policies would need {size} characters")
+            try:
+                ctx.iam.put_role_policy(
+                    RoleName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(document)
+                )
+            except ClientError as exc:
+                if error_code(exc) != "LimitExceeded":
+                    raise
+                raise _not_cut(name, str(exc)) from exc
+        return StepRecord.done(
+            self.name,
+            f"sessions of {instance} denied on role {name} ({POLICY_NAME}: {len(denied) + 1} instance(s), "
+            f"{size}/{INLINE_POLICY_LIMIT} characters of inline policy)",
+        )
+
+    def _role(self, ctx: StepContext, profile: str) -> dict[str, Any] | None:
+        try:
+            roles = ctx.iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"].get(
+                "Roles", []
+            )
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchEntity":
+                raise
+            raise ContainmentIncomplete(
+                "CredentialsNotCut", f"instance profile {profile} no longer exists: its role cannot be found"
+            ) from exc
+        return roles[0] if roles else None
+
+    def _protected(self, ctx: StepContext, name: str, path: str, arn: str) -> bool:
+        settings = ctx.settings
+        if name in (settings.TARGET_ROLE_NAME, settings.ISOLATION_ROLE_NAME):
+            return True
+        if any(fnmatch.fnmatchcase(arn, pattern) for pattern in settings.PROTECTED_ROLE_ARNS):
+            return True
+        qualified = f"{path.strip('/')}/{name}" if path.strip("/") else name
+        return any(fnmatch.fnmatchcase(qualified, pattern) for pattern in GUARDED_ROLES)
+
+
+def policy_document(instance_arns: list[str]) -> dict[str, Any]:
+    """Deny everything to sessions of the listed instances."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "DenyIsolatedInstances",
+                "Effect": "Deny",
+                "Action": "*",
+                "Resource": "*",
+                "Condition": {"ArnEquals": {CONDITION_KEY: instance_arns}},
+            }
+        ],
+    }
+
+
+def compact_size(document: Any) -> int:
+    """A policy's size as IAM counts it (whitespace outside strings not counted)."""
+    return len(json.dumps(document, separators=(",", ":")))
+
+
+def _document(ctx: StepContext, role: str, policy: str) -> Any:
+    document = ctx.iam.get_role_policy(RoleName=role, PolicyName=policy)["PolicyDocument"]
+    return json.loads(document) if isinstance(document, str) else document
+
+
+def _denied(ctx: StepContext, role: str) -> set[str]:
+    """The instances the role's deny policy lists now."""
+    try:
+        document = _document(ctx, role, POLICY_NAME)
+    except ClientError as exc:
+        if error_code(exc) != "NoSuchEntity":
+            raise
+        return set()
+    statements = document.get("Statement", [])
+    arns: set[str] = set()
+    for statement in statements if isinstance(statements, list) else [statements]:
+        for key, values in statement.get("Condition", {}).get("ArnEquals", {}).items():
+            if key.lower() == CONDITION_KEY.lower():
+                arns.update(values if isinstance(values, list) else [values])
+    return arns
+
+
+def _others_size(ctx: StepContext, role: str) -> int:
+    """The size of the role's other inline policies (they share the limit)."""
+    names: list[str] = []
+    for page in ctx.iam.get_paginator("list_role_policies").paginate(RoleName=role):
+        names.extend(page["PolicyNames"])
+    return sum(compact_size(_document(ctx, role, name)) for name in names if name != POLICY_NAME)
+
+
+def _not_cut(role: str, why: str) -> ContainmentIncomplete:
+    return ContainmentIncomplete(
+        "CredentialsNotCut",
+        f"role {role} has no room for another instance in {POLICY_NAME} ({why}; IAM allows "
+        f"{INLINE_POLICY_LIMIT} characters of inline policy per role): the instance's credentials stay valid "
+        "until they expire",
+    )
+
+
+@contextmanager
+def _role_lease(ctx: StepContext, role: str) -> Iterator[None]:
+    """Hold the role's lease while its deny policy is read, extended and written back."""
+    owner = uuid.uuid4().hex
+    account = ctx.target.account_id
+    waited, delay = 0.0, FIRST_WAIT_SECONDS
+    while not ctx.leases.take_role_lease(account, role, owner, seconds=ROLE_LEASE_SECONDS):
+        if waited + delay > ctx.settings.CONSISTENCY_WAIT_SECONDS:
+            raise RetryableError(
+                "RoleLeaseHeld",
+                f"another isolation is changing role {role}'s deny policy (waited {waited:.1f}s)",
+                wait="in-flight",
+            )
+        (ctx.sleep or consistency.pause)(delay)
+        waited += delay
+        delay = min(delay * 2, MAX_WAIT_SECONDS)
+    try:
+        yield
+    finally:
+        _release(ctx, role, owner)
+
+
+def _release(ctx: StepContext, role: str, owner: str) -> None:
+    """Give the lease back; if the table will not have it, it expires (what the step did stands)."""
+    try:
+        consistency.retry_within(
+            lambda: ctx.leases.release_role_lease(ctx.target.account_id, role, owner),
+            codes=THROTTLING_CODES | TRANSIENT_CODES,
+            budget_seconds=RELEASE_BUDGET_SECONDS,
+            sleep=ctx.sleep,
+            what=f"giving back the lease of role {role}",
+            cause="the service's own table",
+            wait=None,
+        )
+    except Exception:
+        logger.exception("role lease not given back: it expires", extra={"role": role})

@@ -1,0 +1,88 @@
+"""Evidence: once per episode, one crash-consistent snapshot of every attached EBS volume (one
+CreateSnapshots call), tagged on creation, so that a later termination (by anyone) does not take the
+disks with it. The step does not wait for the snapshots to complete.
+
+- Tags on creation only (the member role may tag snapshots only with `ec2:CreateAction` =
+  `CreateSnapshots`): `ec2-isolation:id`, `ec2-isolation:instance-id`, `ec2-isolation:at`.
+- A retry finds the snapshots its isolation took before a crash by their `ec2-isolation:id` tag; a later
+  isolation of the episode has them in its `evidence` already: no second snapshot.
+- Optionally locked in governance mode for `SNAPSHOT_LOCK_DAYS`, so that someone in the account cannot
+  delete the evidence.
+- `ConcurrentSnapshotLimitExceeded` (and throttling) is retried through the queue like any transient error.
+"""
+
+from __future__ import annotations
+
+from shared.models import ISOLATION_ID_TAG, TAG_PREFIX, Evidence, Snapshot, StepRecord, iso8601, utcnow
+from worker.steps.base import Step, StepContext
+
+INSTANCE_TAG = f"{TAG_PREFIX}instance-id"
+AT_TAG = f"{TAG_PREFIX}at"
+
+
+class SnapshotVolumes(Step):
+    name = "snapshot-volumes"
+    #: Granted only with the member template's SnapshotVolumes on (and tags only on creation).
+    write_permissions = ("ec2:CreateSnapshots",)
+    #: Granted only with the member template's SnapshotLockDays above 0.
+    lock_permissions = ("ec2:LockSnapshot",)
+    permissions = ("ec2:DescribeSnapshots", "ec2:CreateTags", *write_permissions, *lock_permissions)
+
+    def run(self, ctx: StepContext) -> StepRecord:
+        if ctx.evidence is not None and ctx.evidence.snapshots:
+            return StepRecord.already(self.name, _listed(ctx.evidence, "the episode's snapshots"))
+        if not ctx.settings.SNAPSHOT_VOLUMES:
+            if ctx.evidence is None:
+                ctx.keep_evidence(Evidence())
+            return StepRecord.skipped(self.name, "snapshots are off (SnapshotVolumes=false)")
+        if not ctx.instance.volumes:
+            ctx.keep_evidence(Evidence())
+            return StepRecord.skipped(self.name, "no EBS volume attached")
+        taken = self._taken(ctx)
+        if taken.snapshots:
+            self._lock(ctx, taken)
+            ctx.keep_evidence(taken)
+            return StepRecord.done(self.name, _listed(taken, "found the snapshots an earlier attempt took"))
+        created = ctx.ec2.create_snapshots(
+            InstanceSpecification={"InstanceId": ctx.target.instance_id, "ExcludeBootVolume": False},
+            Description=f"ec2-isolation {ctx.isolation_id}: evidence of {ctx.target.instance_id}",
+            TagSpecifications=[
+                {
+                    "ResourceType": "snapshot",
+                    "Tags": [
+                        {"Key": ISOLATION_ID_TAG, "Value": ctx.isolation_id},
+                        {"Key": INSTANCE_TAG, "Value": ctx.target.instance_id},
+                        {"Key": AT_TAG, "Value": iso8601(utcnow())},
+                    ],
+                }
+            ],
+        )["Snapshots"]
+        evidence = Evidence(
+            snapshots=[Snapshot(volume_id=s["VolumeId"], snapshot_id=s["SnapshotId"]) for s in created]
+        )
+        self._lock(ctx, evidence)
+        ctx.keep_evidence(evidence)
+        return StepRecord.done(self.name, _listed(evidence, "crash-consistent snapshots"))
+
+    def _taken(self, ctx: StepContext) -> Evidence:
+        """Snapshots this isolation took in an attempt that did not get to record them."""
+        found: list[Snapshot] = []
+        paginator = ctx.ec2.get_paginator("describe_snapshots")
+        for page in paginator.paginate(
+            OwnerIds=["self"], Filters=[{"Name": f"tag:{ISOLATION_ID_TAG}", "Values": [ctx.isolation_id]}]
+        ):
+            found.extend(
+                Snapshot(volume_id=s["VolumeId"], snapshot_id=s["SnapshotId"]) for s in page["Snapshots"]
+            )
+        return Evidence(snapshots=sorted(found, key=lambda s: s.volume_id))
+
+    def _lock(self, ctx: StepContext, evidence: Evidence) -> None:
+        days = ctx.settings.SNAPSHOT_LOCK_DAYS
+        if not days:
+            return
+        for snapshot in evidence.snapshots:
+            ctx.ec2.lock_snapshot(SnapshotId=snapshot.snapshot_id, LockMode="governance", LockDuration=days)
+
+
+def _listed(evidence: Evidence, what: str) -> str:
+    return f"{what}: " + ", ".join(f"{s.snapshot_id} ({s.volume_id})" for s in evidence.snapshots)

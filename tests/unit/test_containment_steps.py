@@ -1,0 +1,219 @@
+"""The containment steps with botocore Stubber: the role's deny policy under its lease, the partition of
+the instance ARN, and what EC2 refuses for instance-store-backed instances."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from tests.support.aws import client_error
+from tests.support.steps import MemoryLeases, Notebook
+
+from shared.aws import AccountSession
+from shared.config import WorkerSettings
+from shared.errors import ContainmentIncomplete, RetryableError
+from shared.models import NetworkInterfaceState, PriorState, Source, StepStatus, Target
+from worker.instance import AttachedVolume, Instance
+from worker.steps import StepContext
+from worker.steps.credentials import POLICY_NAME, DenyInstanceCredentials, policy_document
+from worker.steps.instance_state import EnableStopProtection, EnableTerminationProtection, StopOnShutdown
+
+SETTINGS = WorkerSettings(TABLE_NAME="t", QUEUE_URL="q", TARGET_ROLE_NAME="r", CONSISTENCY_WAIT_SECONDS=1)
+PROFILE = "arn:aws:iam::111122223333:instance-profile/app"
+OTHER = "arn:aws:ec2:eu-west-1:111122223333:instance/i-0aaaaaaaaaaaaaaaa"
+
+
+def context(
+    region: str = "eu-west-1",
+    *,
+    leases: MemoryLeases | None = None,
+    slept: list[float] | None = None,
+    root_device_type: str = "ebs",
+) -> tuple[StepContext, dict[str, Any]]:
+    session = boto3.Session(aws_access_key_id="a", aws_secret_access_key="b", region_name=region)
+    clients = {"ec2": session.client("ec2"), "iam": session.client("iam")}
+    target = Target(account_id="111122223333", region=region, instance_id="i-0123456789abcdef0")
+    state = PriorState(
+        vpc_id="vpc-1",
+        network_interfaces=[NetworkInterfaceState(id="eni-1", security_group_ids=["sg-1"], vpc_id="vpc-1")],
+        instance_profile_arn=PROFILE,
+    )
+    instance = Instance(
+        instance_id=target.instance_id,
+        state=state,
+        tags={},
+        volumes=(AttachedVolume("vol-1", "/dev/xvda", True),),
+        root_device_type=root_device_type,
+    )
+    ctx = StepContext(
+        isolation_id="iso-" + "0" * 32,
+        source=Source.WEBHOOK,
+        target=target,
+        instance=instance,
+        account=AccountSession(target.account_id, region, session, 2**40, clients),
+        settings=SETTINGS,
+        prior=state,
+        notes=Notebook(),
+        leases=leases or MemoryLeases(),
+        sleep=slept.append if slept is not None else None,
+    )
+    return ctx, clients
+
+
+def _profile(iam: Stubber) -> None:
+    iam.add_response(
+        "get_instance_profile",
+        {
+            "InstanceProfile": {
+                "Path": "/",
+                "InstanceProfileName": "app",
+                "InstanceProfileId": "AIPAEXAMPLEEXAMPLE1",
+                "Arn": PROFILE,
+                "CreateDate": "2026-01-01T00:00:00Z",
+                "Roles": [
+                    {
+                        "Path": "/",
+                        "RoleName": "app",
+                        "RoleId": "AROAEXAMPLEEXAMPLE1",
+                        "Arn": "arn:aws:iam::111122223333:role/app",
+                        "CreateDate": "2026-01-01T00:00:00Z",
+                    }
+                ],
+            }
+        },
+        {"InstanceProfileName": "app"},
+    )
+
+
+def _policy(iam: Stubber, arns: list[str] | None) -> None:
+    if arns is None:
+        iam.add_client_error("get_role_policy", "NoSuchEntity", http_status_code=404)
+        return
+    iam.add_response(
+        "get_role_policy",
+        {"RoleName": "app", "PolicyName": POLICY_NAME, "PolicyDocument": json.dumps(policy_document(arns))},
+        {"RoleName": "app", "PolicyName": POLICY_NAME},
+    )
+
+
+def test_the_deny_is_merged_under_the_role_lease_after_waiting_for_it() -> None:
+    # Given another instance denied already, and the role's lease held by another worker twice
+    leases, slept = MemoryLeases(busy={"app": 2}), []
+    ctx, clients = context(leases=leases, slept=slept)
+    me = "arn:aws:ec2:eu-west-1:111122223333:instance/i-0123456789abcdef0"
+    with Stubber(clients["iam"]) as iam:
+        _profile(iam)
+        _policy(iam, [OTHER])  # the look before the lease
+        _policy(iam, [OTHER])  # again under the lease
+        iam.add_response("list_role_policies", {"PolicyNames": [POLICY_NAME], "IsTruncated": False})
+        iam.add_response(
+            "put_role_policy",
+            {},
+            {
+                "RoleName": "app",
+                "PolicyName": POLICY_NAME,
+                "PolicyDocument": json.dumps(policy_document(sorted([OTHER, me]))),
+            },
+        )
+        # When the step runs
+        outcome = DenyInstanceCredentials().run(ctx)
+        iam.assert_no_pending_responses()
+    # Then it waited (backing off), wrote both instances, remembered the role first, and let the lease go
+    assert outcome.status is StepStatus.DONE
+    assert slept == [0.05, 0.1]
+    assert ctx.notes.remembered == [{"role_name": "app"}]  # type: ignore[attr-defined]
+    assert leases.taken == ["app"] and leases.held == {}
+
+
+def test_a_lease_held_past_the_budget_is_retried_through_the_queue() -> None:
+    ctx, clients = context(leases=MemoryLeases(busy={"app": 100}), slept=[])
+    with Stubber(clients["iam"]) as iam:
+        _profile(iam)
+        _policy(iam, None)
+        with pytest.raises(RetryableError) as raised:
+            DenyInstanceCredentials().run(ctx)
+    assert raised.value.code == "RoleLeaseHeld" and raised.value.wait == "in-flight"
+
+
+def test_an_entry_written_meanwhile_by_another_attempt_is_already() -> None:
+    ctx, clients = context()
+    me = "arn:aws:ec2:eu-west-1:111122223333:instance/i-0123456789abcdef0"
+    with Stubber(clients["iam"]) as iam:
+        _profile(iam)
+        _policy(iam, [OTHER])
+        _policy(iam, [OTHER, me])  # under the lease: there now
+        outcome = DenyInstanceCredentials().run(ctx)
+        iam.assert_no_pending_responses()
+    assert outcome.status is StepStatus.ALREADY
+
+
+def test_the_instance_arn_takes_the_partition_of_the_region() -> None:
+    # Given an instance in a China region
+    ctx, clients = context("cn-north-1")
+    with Stubber(clients["iam"]) as iam:
+        _profile(iam)
+        _policy(iam, ["arn:aws-cn:ec2:cn-north-1:111122223333:instance/i-0123456789abcdef0"])
+        outcome = DenyInstanceCredentials().run(ctx)
+    # Then the condition names it with the aws-cn partition
+    assert outcome.status is StepStatus.ALREADY
+    assert ctx.instance_arn.startswith("arn:aws-cn:ec2:cn-north-1:")
+
+
+def test_other_inline_policies_count_against_the_limit() -> None:
+    ctx, clients = context()
+    filler = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Deny", "Action": "s3:X", "Resource": "x" * 10_100}],
+    }
+    with Stubber(clients["iam"]) as iam:
+        _profile(iam)
+        _policy(iam, None)
+        _policy(iam, None)
+        iam.add_response("list_role_policies", {"PolicyNames": ["big"], "IsTruncated": False})
+        iam.add_response(
+            "get_role_policy", {"RoleName": "app", "PolicyName": "big", "PolicyDocument": json.dumps(filler)}
+        )
+        with pytest.raises(ContainmentIncomplete) as raised:
+            DenyInstanceCredentials().run(ctx)
+        iam.assert_no_pending_responses()  # and no PutRolePolicy
+    assert raised.value.code == "CredentialsNotCut"
+
+
+def test_instance_store_backed_instances_cannot_stop() -> None:
+    # Given an instance-store-backed instance (EC2 refuses stop and stop protection for it)
+    ctx, clients = context(root_device_type="instance-store")
+    with Stubber(clients["ec2"]) as ec2:
+        # When the steps run: only termination protection calls EC2
+        ec2.add_response("describe_instance_attribute", {"DisableApiTermination": {"Value": True}})
+        shutdown = StopOnShutdown().run(ctx)
+        stop = EnableStopProtection().run(ctx)
+        termination = EnableTerminationProtection().run(ctx)
+        ec2.assert_no_pending_responses()
+    # Then the two it refuses are skipped with the reason
+    assert shutdown.status is StepStatus.SKIPPED and "instance-store" in shutdown.detail
+    assert stop.status is StepStatus.SKIPPED and "instance-store" in stop.detail
+    assert termination.status is StepStatus.ALREADY
+
+
+def test_a_lease_the_table_will_not_take_back_does_not_undo_the_deny() -> None:
+    # Given the service's table throttling every attempt to give the role's lease back
+    class Stuck(MemoryLeases):
+        def release_role_lease(self, account_id: str, role_name: str, owner: str) -> None:
+            raise client_error("ProvisionedThroughputExceededException", "UpdateItem")
+
+    leases, slept = Stuck(), []
+    ctx, clients = context(leases=leases, slept=slept)
+    with Stubber(clients["iam"]) as iam:
+        _profile(iam)
+        _policy(iam, None)
+        _policy(iam, None)
+        iam.add_response("list_role_policies", {"PolicyNames": [], "IsTruncated": False})
+        iam.add_response("put_role_policy", {})
+        # When the step runs
+        outcome = DenyInstanceCredentials().run(ctx)
+    # Then the deny stands (the lease expires by itself), after a bounded try to give it back
+    assert outcome.status is StepStatus.DONE
+    assert leases.held and sum(slept) <= 2.0
