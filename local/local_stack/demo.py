@@ -3,7 +3,8 @@
 Embedded AWS, the demo organization, the API on a free loopback port; then four isolations, each of a
 different demo instance and each started a different way:
 
-- webhook: `POST /isolate` over HTTP to the local API;
+- webhook: `POST /isolate` over HTTP to the local API, for the instance in an Auto Scaling group behind a
+  classic load balancer and a target group;
 - GuardDuty: a finding (severity 8, the documented event shape) put on the stack's default bus, where
   the delegated administrator receives its members' findings;
 - tag: the instance tagged `isolate=true` in its account, and the `Tag Change on Resource` event put on
@@ -72,7 +73,7 @@ def run_demo() -> int:
         print(f"aws endpoint: {stack.aws_endpoint}")
         print(f"ready on {stack.api_url} ({time.monotonic() - started:.1f} s)", flush=True)
 
-        by_webhook = demo.instance("web-1", account=0)
+        by_webhook = demo.instance("web-asg", account=0)  # in an Auto Scaling group, behind load balancers
         by_finding = demo.instance("ipv6-1", account=0)
         by_tag = demo.instance("web-1", account=1)
         by_action = demo.instance("web-2", account=1)

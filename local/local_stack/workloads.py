@@ -1,7 +1,9 @@
 """The demo's workloads in a member account: an application instance profile with an S3 policy, two
 VPCs (a plain IPv4 one and one with an Amazon-provided IPv6 block) with security groups open to 22/443,
 and instances with two network interfaces each: with and without a profile, one in the IPv6 VPC, one
-tagged `ec2-isolation:exempt=true`. `described` finds them again (by their tag)."""
+tagged `ec2-isolation:exempt=true`, one in an Auto Scaling group behind a classic load balancer and a
+target group (shutdown behaviour `terminate`, a second EBS volume, the profile its siblings share).
+`described` finds them again (by their tag)."""
 
 from __future__ import annotations
 
@@ -29,12 +31,19 @@ class InstanceSpec:
     vpc: str  # "main" (IPv4) or "ipv6"
     profile: bool = True
     exempt: bool = False
+    #: In the account's Auto Scaling group, behind its classic load balancer and target group, with
+    #: shutdown behaviour `terminate` and a second EBS volume: what isolation must keep from destroying it.
+    scaled: bool = False
 
+
+#: The Auto Scaling group, classic load balancer and target group of the scaled demo instances.
+SCALED_NAME = "demo-web-asg"
 
 INSTANCES = (
     InstanceSpec("web-1", "main"),
     InstanceSpec("web-2", "main"),
     InstanceSpec("web-3", "main"),
+    InstanceSpec("web-asg", "main", scaled=True),
     InstanceSpec("ipv6-1", "ipv6"),
     InstanceSpec("no-profile", "ipv6", profile=False),
     InstanceSpec("exempt", "main", exempt=True),
@@ -177,7 +186,40 @@ def _launch(ec2: Any, spec: InstanceSpec, network: dict[str, Any], image_id: str
     }
     if spec.profile:
         request["IamInstanceProfile"] = {"Arn": profile_arn}
+    if spec.scaled:
+        request["InstanceInitiatedShutdownBehavior"] = "terminate"
+        request["BlockDeviceMappings"] = [
+            {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 8, "DeleteOnTermination": True}}
+        ]
     return str(ec2.run_instances(**request)["Instances"][0]["InstanceId"])
+
+
+def _scale(session: boto3.Session, network: dict[str, Any], image_id: str, instance_ids: list[str]) -> None:
+    """The Auto Scaling group (no instance of its own), its classic load balancer and target group, and
+    `instance_ids` attached to it (moto then registers them with both, as AWS does)."""
+    ec2, autoscaling = session.client("ec2"), session.client("autoscaling")
+    template = ec2.create_launch_template(
+        LaunchTemplateName=SCALED_NAME, LaunchTemplateData={"ImageId": image_id, "InstanceType": "t3.micro"}
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    session.client("elb").create_load_balancer(
+        LoadBalancerName=SCALED_NAME,
+        Listeners=[{"Protocol": "TCP", "LoadBalancerPort": 443, "InstancePort": 443}],
+        Subnets=network["subnets"][:1],
+    )
+    target_group = session.client("elbv2").create_target_group(
+        Name=SCALED_NAME, Protocol="TCP", Port=443, VpcId=network["vpc_id"], TargetType="instance"
+    )["TargetGroups"][0]["TargetGroupArn"]
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName=SCALED_NAME,
+        LaunchTemplate={"LaunchTemplateId": template},
+        MinSize=0,
+        MaxSize=len(instance_ids) + 2,
+        DesiredCapacity=0,
+        VPCZoneIdentifier=network["subnets"][0],
+        LoadBalancerNames=[SCALED_NAME],
+        TargetGroupARNs=[target_group],
+    )
+    autoscaling.attach_instances(AutoScalingGroupName=SCALED_NAME, InstanceIds=instance_ids)
 
 
 def described(
@@ -232,8 +274,10 @@ def workloads(
     profile_arn = _app_profile(session.client("iam"))
     networks = _network(ec2, region)
     image_id = _image(ec2)
-    for spec in specs:
-        _launch(ec2, spec, networks[spec.vpc], image_id, profile_arn)
+    launched = {spec.label: _launch(ec2, spec, networks[spec.vpc], image_id, profile_arn) for spec in specs}
+    scaled = [launched[spec.label] for spec in specs if spec.scaled]
+    if scaled:
+        _scale(session, networks["main"], image_id, scaled)
     return {kind: network["vpc_id"] for kind, network in networks.items()}, described(
         ec2, account_id, region, specs
     )

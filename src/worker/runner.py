@@ -406,8 +406,12 @@ class Attempt:
     def _duplicate(self, record: IsolationRecord) -> Outcome:
         logger.info("record already ended: nothing to do", extra={"status": record.status.value})
         # The record's end frees the instance's slot in the same transaction; this makes sure of it for a
-        # record that ended some other way, so later requests never join an isolation that is over.
-        self.deps.store.release_slot(record)
+        # record that ended some other way. Best effort: a request that finds the slot held by an ended
+        # isolation frees it itself, so a failure here never sends the message to the DLQ.
+        try:
+            self.deps.store.release_slot(record)
+        except Exception:
+            logger.warning("could not free the slot of an ended isolation", exc_info=True)
         return Outcome.DUPLICATE
 
     def _record_rate_limited(self, limit: int) -> None:

@@ -165,8 +165,33 @@ def member_clients(instance: DemoInstance) -> tuple[Any, Any]:
 
 @functools.lru_cache(maxsize=16)
 def _member_clients(endpoint: str, account_id: str, region: str) -> tuple[Any, Any]:
-    session = member_session(account_id, region, base=boto3.Session(region_name=region))
+    session = _member_session(endpoint, account_id, region)
     return session.client("ec2"), session.client("iam")
+
+
+def load_balanced(instance: DemoInstance) -> bool:
+    """In an Auto Scaling group (not on its way out), or registered with a target group or classic load
+    balancer of its account."""
+    session = _member_session(os.environ.get("AWS_ENDPOINT_URL", ""), instance.account_id, instance.region)
+    membership = session.client("autoscaling").describe_auto_scaling_instances(
+        InstanceIds=[instance.instance_id]
+    )
+    if any(m["LifecycleState"] != "Detaching" for m in membership["AutoScalingInstances"]):
+        return True
+    elbv2 = session.client("elbv2")
+    for group in elbv2.describe_target_groups()["TargetGroups"]:
+        targets = elbv2.describe_target_health(TargetGroupArn=group["TargetGroupArn"])[
+            "TargetHealthDescriptions"
+        ]
+        if any(t["Target"]["Id"] == instance.instance_id for t in targets):
+            return True
+    balancers = session.client("elb").describe_load_balancers()["LoadBalancerDescriptions"]
+    return any(i["InstanceId"] == instance.instance_id for lb in balancers for i in lb["Instances"])
+
+
+@functools.lru_cache(maxsize=16)
+def _member_session(endpoint: str, account_id: str, region: str) -> boto3.Session:
+    return member_session(account_id, region, base=boto3.Session(region_name=region))
 
 
 DENY_POLICY = "ec2-isolation-deny-isolated-instances"
@@ -209,6 +234,7 @@ def assert_isolated(instance: DemoInstance, record: dict[str, Any], *, source: s
     # isolation_problems above).
     volumes = {m["Ebs"]["VolumeId"] for m in described["BlockDeviceMappings"]}
     assert {s["volume_id"] for s in record["evidence"]["snapshots"]} == volumes
+    assert not load_balanced(instance)
     role_name = record["prior_state"].get("role_name")
     if role_name:
         document = iam.get_role_policy(RoleName=role_name, PolicyName=DENY_POLICY)["PolicyDocument"]

@@ -421,3 +421,26 @@ def test_an_unexpected_exception_is_retried_then_recorded_and_frees_the_instance
     stack.drain()
     assert record_of(stack, again)["status"] == "ISOLATED"
     assert_isolated(member, instance, vpc.id)
+
+
+def test_a_slot_left_held_by_an_ended_isolation_is_freed_by_the_next_request(
+    stack: Stack, member: Member
+) -> None:
+    # Given an isolation that ended, whose slot release failed (the slot still names it)
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    first = isolate(stack, member, instance)["isolation_id"]
+    stack.store.client.update_item(
+        TableName=stack.table_name,
+        Key={"pk": {"S": f"instance#{member.account_id}#{member.region}#{instance}"}},
+        UpdateExpression="SET active_id = :id, active_since = :now",
+        ExpressionAttributeValues={":id": {"S": first}, ":now": {"N": str(time.time())}},
+    )
+
+    # When a person asks again
+    second = request_isolation(stack, member, instance)
+
+    # Then it is a new isolation (202), not a join of the one that is over
+    assert second != first
+    stack.drain()
+    assert record_of(stack, second)["status"] == "ISOLATED"

@@ -225,7 +225,8 @@ class IsolationStore:
         `Exists` when the record id is taken, `Joined` when another isolation of the instance is in
         flight, `Coalesced` when `coalesce_window_seconds` is given and the instance was isolated
         within it, `RateLimited` when `budget` is given and the account's hourly budget of
-        trigger-started isolations is spent (`shared.store.rate_limits`). A join reads the isolation it joins (its status is the answer); when that one's
+        trigger-started isolations is spent (`shared.store.rate_limits`). A slot still held by an
+        isolation that is over is freed, and the write tried once more. A join reads the isolation it joins (its status is the answer); when that one's
         worker was lost on its last receive (`lifecycle.LOST`), this request ends it and tries once more
         rather than join an isolation nobody runs.
         """
@@ -235,6 +236,10 @@ class IsolationStore:
                 return outcome
             now = time.time()
             current = self.item(outcome.isolation_id)
+            if current is not None and not retry and lifecycle.ended(current):
+                # An isolation that is over keeps no slot (a release that failed: free it now).
+                self.release_slot(_record(current))
+                continue
             if retry or current is None or not lifecycle.LOST.holds(current, now=epoch(now)):
                 return Joined(outcome.isolation_id, Status(current["status"]) if current else Status.QUEUED)
             self.end_lost(_record(current), now=now)
