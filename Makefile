@@ -37,8 +37,9 @@ browser:
 	      || echo "could not install chromium: the browser tests will be skipped"; \
 	  else echo "chromium is not installed (apt-get install chromium chromium-driver): the browser tests will be skipped"; fi; }
 
+# Two workers (the machine's two cores); a test module stays on one worker, so its fixtures are shared.
 test: install $(CHECKOV) lint browser
-	CHECKOV=$(CHECKOV) $(BIN)/python -m pytest -q
+	CHECKOV=$(CHECKOV) $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check src local tests scripts

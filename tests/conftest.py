@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,14 @@ OTHER_ACCOUNT = "444455556666"
 MEMBER_REGION = "eu-west-1"
 
 
-_FIGURES: list[tuple[str, str]] = []
+#: Where tests leave their figures: a directory shared by the run's processes (pytest-xdist workers
+#: inherit it from the controller's environment), read back by the controller at the end.
+_FIGURES_DIR = "EC2_ISOLATION_TEST_FIGURES"
+
+
+def pytest_configure(config: Any) -> None:
+    if not hasattr(config, "workerinput"):
+        os.environ[_FIGURES_DIR] = tempfile.mkdtemp(prefix="ec2-isolation-figures-")
 
 
 @pytest.fixture
@@ -39,15 +48,24 @@ def figures() -> Any:
     """`figures(title, text)`: printed at the end of the run (the README quotes them)."""
 
     def add(title: str, text: str) -> None:
-        _FIGURES.append((title, text))
+        with (Path(os.environ[_FIGURES_DIR]) / f"{os.getpid()}.jsonl").open("a") as out:
+            out.write(json.dumps([title, text]) + "\n")
 
     return add
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for title in dict.fromkeys(title for title, _ in _FIGURES):
+    folder = os.environ.get(_FIGURES_DIR)
+    if not folder or hasattr(terminalreporter.config, "workerinput"):
+        return
+    found = [
+        tuple(json.loads(line))
+        for path in sorted(Path(folder).glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    for title in dict.fromkeys(title for title, _ in found):
         terminalreporter.write_sep("-", title)
-        for text in (text for named, text in _FIGURES if named == title):
+        for text in (text for named, text in found if named == title):
             terminalreporter.write_line(text)
 
 

@@ -60,11 +60,11 @@ from local_stack.stack import LocalStack
 from local_stack.workloads import INSTANCES, DemoInstance, InstanceSpec
 from tests.e2e.helpers import DENY_POLICY, load_balanced, member_clients
 
-pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(420)]
 
 SEED = 20240611
 #: How long the run may take to settle once every request is in.
-SETTLE_SECONDS = 150.0
+SETTLE_SECONDS = 240.0
 LEASE_SECONDS = 8
 VISIBILITY_TIMEOUT_SECONDS = 30
 TERMINAL = frozenset({"ISOLATED", "FAILED", "SKIPPED"})
