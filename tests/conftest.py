@@ -122,24 +122,28 @@ def faults() -> Iterator[Faults]:
     injected.clear()
 
 
-@pytest.fixture
-def serial_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
-    """moto's DynamoDB is not safe under concurrent requests (two conditional writes racing can both
-    pass, and a cancelled TransactWriteItems puts back a copy of the whole table taken when it started):
-    tests that run workers concurrently have moto answer DynamoDB requests one at a time, as if each were
-    atomic (DynamoDB's own guarantee for a single request)."""
+def one_request_at_a_time(monkeypatch: pytest.MonkeyPatch, handler: Any) -> None:
+    """moto answers the requests `handler` (a moto response class) serves one at a time, as if each were
+    atomic (AWS's own guarantee for a single request): moto is not safe under concurrent requests."""
     import threading
 
-    from moto.dynamodb.responses import DynamoHandler
-
     lock = threading.RLock()
-    call_action = DynamoHandler.call_action
+    call_action = handler.call_action
 
     def one_at_a_time(self: Any) -> Any:
         with lock:
             return call_action(self)
 
-    monkeypatch.setattr(DynamoHandler, "call_action", one_at_a_time)
+    monkeypatch.setattr(handler, "call_action", one_at_a_time)
+
+
+@pytest.fixture
+def serial_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests that run workers concurrently: two conditional writes racing in moto's DynamoDB can both
+    pass, and a cancelled TransactWriteItems puts back a copy of the whole table taken when it started."""
+    from moto.dynamodb.responses import DynamoHandler
+
+    one_request_at_a_time(monkeypatch, DynamoHandler)
 
 
 @pytest.fixture

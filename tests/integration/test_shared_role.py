@@ -10,14 +10,13 @@ it back is widened (a few milliseconds after every GetRolePolicy), as a real IAM
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from tests.conftest import Stack
+from tests.conftest import Stack, one_request_at_a_time
 from tests.integration.test_worker import isolate, record_of, request_isolation
 from tests.support.aws import Faults, Member
 from tests.support.events import sqs_event
@@ -30,16 +29,10 @@ FLEET = 60
 
 @pytest.fixture
 def atomic_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every moto request (IAM's included: the policy's read-modify-write races there) one at a time."""
     from moto.core.responses import BaseResponse
 
-    lock = threading.RLock()
-    call_action = BaseResponse.call_action
-
-    def one_at_a_time(self: Any) -> Any:
-        with lock:
-            return call_action(self)
-
-    monkeypatch.setattr(BaseResponse, "call_action", one_at_a_time)
+    one_request_at_a_time(monkeypatch, BaseResponse)
 
 
 @pytest.fixture
