@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from ingest.answers import ErrorBody, FieldError
@@ -37,7 +38,7 @@ class BodyRejected(Exception):
 
 def screen(event: dict[str, Any]) -> dict[str, Any]:
     """Return the event with its body as checked UTF-8 text, or raise `BodyRejected`."""
-    content_type = _header(event, "content-type")
+    content_type = header(event, "content-type")
     if content_type and _is_json(content_type):
         event = _json_content_type(event)
     raw = event.get("body")
@@ -75,7 +76,8 @@ def _json_content_type(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _header(event: dict[str, Any], name: str) -> str:
+def header(event: Mapping[str, Any], name: str) -> str:
+    """The value of header `name` (lower case; header names are case-insensitive), or ""."""
     for key, value in (event.get("headers") or {}).items():
         if key.lower() == name and isinstance(value, str):
             return value

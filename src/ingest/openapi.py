@@ -1,8 +1,7 @@
-"""The API's OpenAPI document, generated from the routes and their answer models.
+"""The API's OpenAPI document, generated from the routes (`ingest.app.ROUTES`) and their models.
 
 `docs/openapi.json` is this document, committed (`make openapi` writes it; a test fails when it drifts).
-Built on demand, never at import: Powertools' OpenAPI models take tens of milliseconds to import, which
-a cold start of the handler should not pay.
+Only `make openapi` and the tests import this module: the handler never builds the document.
 """
 
 from __future__ import annotations
@@ -11,18 +10,20 @@ import json
 import re
 from typing import Any
 
-from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from ingest.app import app
+from ingest.app import ROUTES
+from ingest.routing import Route
 
 API_KEY_HEADER = "x-api-key"
+REF = "#/components/schemas/{model}"
 #: The shared models' descriptions, in words for the API's readers (the models' docstrings are written
 #: for the code's).
 SCHEMA_DESCRIPTIONS = {
     "IsolationRequest": "Body of POST /isolate. Unknown fields are rejected.",
     "IsolationRecord": "Everything one isolation did and found, updated after every step (docs/record.md).",
 }
-_POWERTOOLS_422 = "#/components/schemas/HTTPValidationError"
 DESCRIPTION = (
     "Isolate a potentially compromised EC2 instance in any account of the AWS Organization, and read "
     "back the record of everything that was done. Every route needs the API key in `x-api-key`; "
@@ -32,36 +33,87 @@ DESCRIPTION = (
 
 def document() -> str:
     """The OpenAPI document as JSON text (what `docs/openapi.json` holds)."""
-    generated = app.get_openapi_json_schema(
-        title="ec2-isolation",
-        version="1",
-        description=DESCRIPTION,
-        security_schemes={"apiKey": APIKey(name=API_KEY_HEADER, in_=APIKeyIn.header)},
-        security=[{"apiKey": []}],
-    )
-    doc = _without_powertools_defaults(json.loads(generated))
+    routes = [route for route in ROUTES if route.documented]
+    bodies: set[tuple[type[BaseModel], JsonSchemaMode]] = {
+        (route.body, "validation") for route in routes if route.body is not None
+    }
+    answers: set[tuple[type[BaseModel], JsonSchemaMode]] = {
+        (answer.model, "serialization") for route in routes for answer in route.answers.values()
+    }
+    models = sorted(bodies | answers, key=lambda pair: pair[0].__name__)
+    _, components = models_json_schema(models, ref_template=REF)
+    schemas: dict[str, Any] = components.get("$defs", {})
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.resource, {})[route.method.lower()] = _operation(route, schemas)
     for name, description in SCHEMA_DESCRIPTIONS.items():
-        doc["components"]["schemas"][name]["description"] = description
+        schemas[name]["description"] = description
+    doc = {
+        "openapi": "3.1.0",
+        "info": {"title": "ec2-isolation", "description": DESCRIPTION, "version": "1"},
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": _referenced(paths, schemas),
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}},
+        },
+        "security": [{"apiKey": []}],
+    }
     return json.dumps(doc, indent=2) + "\n"
 
 
-def _without_powertools_defaults(doc: dict[str, Any]) -> dict[str, Any]:
-    """Powertools gives every route a 422 of its own shape (`HTTPValidationError`) and adds that shape to
-    the components; this API answers every error with `ErrorBody`, and declares its 422s itself. Drop
-    those answers, then every component schema nothing refers to."""
-    for operation in (op for ops in doc["paths"].values() for op in ops.values()):
-        operation["responses"] = {
-            code: answer
-            for code, answer in operation["responses"].items()
-            if _POWERTOOLS_422 not in json.dumps(answer)
+def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": route.summary}
+    if route.description:
+        operation["description"] = route.description
+    parameters = [
+        {"name": name, "in": "path", "required": True, "description": text, "schema": {"type": "string"}}
+        for name, text in route.path.items()
+    ]
+    for model, where in ((route.query, "query"), (route.headers, "header")):
+        if model is not None:
+            parameters += _parameters(model, where, schemas)
+    if parameters:
+        operation["parameters"] = parameters
+    if route.body is not None:
+        schema: dict[str, Any] = {"$ref": REF.format(model=route.body.__name__)}
+        if route.body_examples:
+            schema["examples"] = list(route.body_examples)
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    operation["responses"] = {
+        str(code): {
+            "description": answer.description,
+            "content": {"application/json": {"schema": {"$ref": REF.format(model=answer.model.__name__)}}},
         }
-    schemas = doc["components"]["schemas"]
+        for code, answer in sorted(route.answers.items())
+    }
+    return operation
+
+
+def _parameters(model: type[BaseModel], where: str, schemas: dict[str, Any]) -> list[dict[str, Any]]:
+    """One parameter per field of a query or header model (its types go to the components)."""
+    schema = model.model_json_schema(ref_template=REF, by_alias=True)
+    schemas.update(schema.get("$defs", {}))
+    required = set(schema.get("required", []))
+    return [
+        {
+            "name": name,
+            "in": where,
+            "required": name in required,
+            "description": field.get("description", ""),
+            "schema": field,
+        }
+        for name, field in schema["properties"].items()
+    ]
+
+
+def _referenced(paths: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    """The component schemas the paths refer to, directly or through each other."""
     wanted: set[str] = set()
-    pending: list[Any] = [doc["paths"]]
+    pending: list[Any] = [paths]
     while pending:
         for name in re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(pending.pop())):
             if name not in wanted:
                 wanted.add(name)
                 pending.append(schemas[name])
-    doc["components"]["schemas"] = {name: schemas[name] for name in sorted(wanted)}
-    return doc
+    return {name: schemas[name] for name in sorted(wanted)}

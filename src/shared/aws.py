@@ -1,6 +1,6 @@
 """AWS access: the one place that builds clients and assumed-role sessions, and maps AWS errors.
 
-- `client(service, ...)` builds every boto3 client of the service and applies the registered event
+- `client(service, ...)` builds every AWS client of the service and applies the registered event
   hooks, so tests and the benchmark can observe or inject on every call (`add_event_hook`).
 - `session_for_account(...)` assumes the execution role in a target account and caches the session per
   (account, region, role) until shortly before its credentials expire: an STS call on the path to
@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, Protocol
 
-import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -76,8 +76,38 @@ class _HookDispatcher:
         return result
 
 
-def client(service: str, *, session: boto3.Session | None = None, region: str | None = None) -> Any:
-    """Build a boto3 client; every client in the project comes from here."""
+class Sessions(Protocol):
+    """What the service uses of a session: clients and partitions (a boto3 `Session` has both)."""
+
+    def client(
+        self, service_name: str, region_name: str | None = None, config: Config | None = None
+    ) -> Any: ...
+
+    def get_partition_for_region(self, region_name: str) -> str: ...
+
+
+class Session:
+    """A session on botocore alone, used like a boto3 `Session` (tests and the local stack pass those):
+    importing boto3 imports its resource layer and s3transfer, which every cold start would pay for."""
+
+    def __init__(self, *, credentials: dict[str, Any] | None = None, region: str | None = None) -> None:
+        self._core = botocore.session.Session()
+        if credentials is not None:
+            self._core.set_credentials(
+                credentials["AccessKeyId"], credentials["SecretAccessKey"], credentials["SessionToken"]
+            )
+        if region is not None:
+            self._core.set_config_variable("region", region)
+
+    def client(self, service_name: str, region_name: str | None = None, config: Config | None = None) -> Any:
+        return self._core.create_client(service_name, region_name=region_name, config=config)
+
+    def get_partition_for_region(self, region_name: str) -> str:
+        return str(self._core.get_partition_for_region(region_name))
+
+
+def client(service: str, *, session: Sessions | None = None, region: str | None = None) -> Any:
+    """Build a client; every client in the project comes from here."""
     built = (session or _default_session()).client(service, region_name=region, config=_CONFIG)
     for event in ("before-call", "after-call", "before-parameter-build"):
         built.meta.events.register(event, _HookDispatcher())
@@ -85,8 +115,8 @@ def client(service: str, *, session: boto3.Session | None = None, region: str | 
 
 
 @lru_cache(maxsize=1)
-def _default_session() -> boto3.Session:
-    return boto3.Session()
+def _default_session() -> Session:
+    return Session()
 
 
 @cache
@@ -112,7 +142,7 @@ class AccountSession:
 
     account_id: str
     region: str
-    session: boto3.Session
+    session: Sessions
     expires_at: float
     _clients: dict[str, Any]
 
@@ -140,7 +170,7 @@ def session_for_account(
     role_name: str,
     *,
     external_id: str | None = None,
-    base: boto3.Session | None = None,
+    base: Sessions | None = None,
     sts: Any = None,
 ) -> AccountSession:
     """Assume `role_name` in `account_id`; cached until shortly before the credentials expire."""
@@ -167,12 +197,7 @@ def session_for_account(
     except BotoCoreError as exc:
         raise classify(exc, context=f"cannot assume {arn}") from exc
 
-    session = boto3.Session(
-        aws_access_key_id=credentials["AccessKeyId"],
-        aws_secret_access_key=credentials["SecretAccessKey"],
-        aws_session_token=credentials["SessionToken"],
-        region_name=region,
-    )
+    session = Session(credentials=credentials, region=region)
     expiration = credentials["Expiration"]
     if isinstance(expiration, datetime):
         expires_at = expiration.astimezone(UTC).timestamp()

@@ -1,4 +1,8 @@
-"""The ingest Lambda's cold import stays small: it imports only what the API path needs."""
+"""Each Lambda's cold import stays small: it imports only what its own path needs, and caches nothing a
+SnapStart snapshot must not hold (clients, sessions, credentials are made at the first invocation).
+
+The figures (each handler's import against `import boto3`) are `make bench`'s; these tests check the
+causes: what is imported and what is cached."""
 
 from __future__ import annotations
 
@@ -7,24 +11,63 @@ import os
 import subprocess
 import sys
 
-HEAVY_OR_FOREIGN = (
-    "worker",  # the worker's code
-    "moto",  # test/local-stack only
-    "aws_xray_sdk",  # tracing SDK
-    "aws_lambda_powertools.utilities.batch",
-    "aws_lambda_powertools.utilities.parser",
-    "local_stack",
-    "yaml",
-)
+import pytest
+
+#: Never on any Lambda's path: boto3 (its resource layer and s3transfer: `shared.aws` builds clients on
+#: botocore alone), the test and local-stack tools, tracing.
+NEVER = ("boto3", "s3transfer", "moto", "aws_xray_sdk", "local_stack", "yaml")
+#: What one handler's path has no use for.
+FOREIGN = {
+    "ingest.app": (
+        "worker",
+        "sweeper",
+        # The OpenAPI document is written by `make openapi`, never built by the handler.
+        "ingest.openapi",
+        "aws_lambda_powertools.event_handler",
+        "aws_lambda_powertools.utilities.batch",
+        "aws_lambda_powertools.utilities.parser",
+    ),
+    "worker.app": ("ingest", "sweeper", "aws_lambda_powertools.event_handler"),
+    # The sweeper reads dead-lettered messages with the worker's parser, and runs nothing of the worker.
+    "sweeper.app": (
+        "ingest",
+        "worker.app",
+        "worker.runner",
+        "worker.steps",
+        "aws_lambda_powertools.event_handler",
+    ),
+}
+ENV = {"TABLE_NAME": "t", "QUEUE_URL": "q", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def test_ingest_imports_only_the_api_path() -> None:
-    # Given a fresh interpreter, as a Lambda cold start is
-    code = "import sys, json, ingest.app; print(json.dumps(sorted(sys.modules)))"
-    env = {**os.environ, "TABLE_NAME": "t", "QUEUE_URL": "q"}
-    # When it imports the ingest handler's module
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
-    # Then nothing of the worker, the test tools or unused Powertools utilities came along
-    unwanted = [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY_OR_FOREIGN)]
-    assert unwanted == []
+def imported_by(module: str, then: str = "") -> list[str]:
+    """The modules a fresh interpreter (as a cold start is) has loaded after importing `module`."""
+    code = f"import sys, json, {module}\n{then}\nprint(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **ENV}, check=True
+    )
+    return list(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("handler", sorted(FOREIGN))
+def test_a_handler_imports_only_its_own_path(handler: str) -> None:
+    # When a fresh interpreter imports the handler's module
+    loaded = imported_by(handler)
+    # Then nothing of another function, the tools or unused libraries came along
+    unwanted = NEVER + FOREIGN[handler]
+    assert [m for m in loaded if any(m == u or m.startswith(u + ".") for u in unwanted)] == []
+
+
+@pytest.mark.parametrize("handler", sorted(FOREIGN))
+def test_an_initialized_handler_holds_no_client_session_or_settings(handler: str) -> None:
+    # Given a handler's module imported, which is what a SnapStart snapshot captures
+    check = (
+        "from shared import aws, config\n"
+        "assert aws.same_account_client.cache_info().currsize == 0, 'client'\n"
+        "assert aws._default_session.cache_info().currsize == 0, 'session'\n"
+        "assert not aws._sessions, 'assumed-role credentials'\n"
+        "assert all(f.cache_info().currsize == 0 for f in (config.ingest_settings, config.worker_settings, config.sweeper_settings)), 'settings'"
+    )
+    # Then no client, session, credential or setting was made yet: every environment restored from the
+    # snapshot makes its own at its first invocation
+    imported_by(handler, then=check)

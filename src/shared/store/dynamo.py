@@ -6,41 +6,59 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-
 from shared.lifecycle import Condition
 
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
-
-def _to_dynamo(value: Any) -> Any:
-    """Python → DynamoDB-serializable (floats become Decimals, None-valued map keys are kept)."""
+def _attribute(value: Any) -> dict[str, Any]:
+    """A Python value as a DynamoDB attribute value. Written here rather than with boto3's
+    `TypeSerializer`: importing any of boto3 imports its resource layer and s3transfer, which every cold
+    start would pay for; the store needs only these types."""
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, int | Decimal):
+        return {"N": str(value)}
     if isinstance(value, float):
-        return Decimal(str(value))
+        return {"N": str(Decimal(str(value)))}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, bytes):
+        return {"B": value}
     if isinstance(value, dict):
-        return {k: _to_dynamo(v) for k, v in value.items()}
+        return {"M": {str(k): _attribute(v) for k, v in value.items()}}
     if isinstance(value, list | tuple):
-        return [_to_dynamo(v) for v in value]
-    return value
+        return {"L": [_attribute(v) for v in value]}
+    raise TypeError(f"cannot store a {type(value).__name__} in DynamoDB")
 
 
-def _from_dynamo(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _from_dynamo(v) for k, v in value.items()}
-    if isinstance(value, list | set):
-        return [_from_dynamo(v) for v in value]
-    return value
+def _value(attribute: dict[str, Any]) -> Any:
+    """A DynamoDB attribute value as plain Python (numbers as int or float, sets as lists)."""
+    ((kind, value),) = attribute.items()
+    if kind == "N":
+        return _number(value)
+    if kind == "NULL":
+        return None
+    if kind == "M":
+        return {k: _value(v) for k, v in value.items()}
+    if kind == "L":
+        return [_value(v) for v in value]
+    if kind == "NS":
+        return [_number(v) for v in value]
+    return list(value) if kind in ("SS", "BS") else value  # S, BOOL, B
+
+
+def _number(text: str) -> int | float:
+    number = Decimal(text)
+    return int(number) if number == number.to_integral_value() else float(number)
 
 
 def serialize(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: _serializer.serialize(_to_dynamo(v)) for k, v in item.items()}
+    return {k: _attribute(v) for k, v in item.items()}
 
 
 def deserialize(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: _from_dynamo(_deserializer.deserialize(v)) for k, v in item.items()}
+    return {k: _value(v) for k, v in item.items()}
 
 
 def key(pk: str) -> dict[str, Any]:
@@ -94,7 +112,5 @@ class Write:
         if names:
             request["ExpressionAttributeNames"] = names
         if values:
-            request["ExpressionAttributeValues"] = {
-                k: _serializer.serialize(_to_dynamo(v)) for k, v in values.items()
-            }
+            request["ExpressionAttributeValues"] = serialize(values)
         return request
