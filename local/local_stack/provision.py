@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,6 +293,19 @@ def _lambda_functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def invoked(template: dict[str, Any], expression: Any, functions: Iterable[str]) -> set[str]:
+    """The functions an expression invokes: named directly, or through an alias (the template's
+    `AutoPublishAlias`: the API, queues and schedules invoke the alias `live`)."""
+    found = set()
+    for name in references(expression):
+        resource = template["Resources"].get(name) or {}
+        if resource.get("Type") == "AWS::Lambda::Alias":
+            found |= references((resource.get("Properties") or {}).get("FunctionName"))
+        else:
+            found.add(name)
+    return found & set(functions)
+
+
 def _function_settings(template: dict[str, Any]) -> dict[str, Any]:
     """`function:<id>:<setting>` -> the template's value (a literal or an expression to evaluate)."""
     settings: dict[str, Any] = {}
@@ -352,7 +365,7 @@ def _routes(template: dict[str, Any], functions: dict[str, Function]) -> dict[st
         ).items():
             for method, operation in methods.items():
                 integration = operation.get("x-amazon-apigateway-integration") or {}
-                for function in references(integration.get("uri")) & set(functions):
+                for function in invoked(template, integration.get("uri"), functions):
                     verb = "ANY" if method == _ANY_METHOD else method.upper()
                     keyed = bool(operation.get("security"))
                     routes.setdefault(function, []).append(Route(verb, path, keyed))
@@ -367,7 +380,7 @@ def _queue_sources(
         if resource["Type"] != "AWS::Lambda::EventSourceMapping":
             continue
         props = resource.get("Properties") or {}
-        function = references(props.get("FunctionName")) & set(functions)
+        function = invoked(template, props.get("FunctionName"), functions)
         queue = references(props.get("EventSourceArn")) & set(physical)
         if function and queue:
             sources.append(
@@ -388,8 +401,8 @@ def _schedules(
     for logical_id, resource in template["Resources"].items():
         if resource["Type"] != "AWS::Scheduler::Schedule":
             continue
-        target = references(((resource.get("Properties") or {}).get("Target") or {}).get("Arn")) & set(
-            functions
+        target = invoked(
+            template, ((resource.get("Properties") or {}).get("Target") or {}).get("Arn"), functions
         )
         rate = _RATE.match(str(values.get(f"schedule:{logical_id}:expression", "")))
         if target and rate:

@@ -79,7 +79,10 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
         schema: dict[str, Any] = {"$ref": REF.format(model=route.body.__name__)}
         if route.body_examples:
             schema["examples"] = list(route.body_examples)
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+        operation["requestBody"] = {
+            "required": route.body_required,
+            "content": {"application/json": {"schema": schema}},
+        }
     operation["responses"] = {
         str(code): {
             "description": answer.description,

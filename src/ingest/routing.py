@@ -71,6 +71,8 @@ class Route:
     description: str | None = None
     answers: Mapping[int, Answer] = field(default_factory=dict)
     body: type[BaseModel] | None = None
+    #: False: a request without a body is read as an empty object (every field optional).
+    body_required: bool = True
     body_examples: tuple[Mapping[str, Any], ...] = ()
     query: type[BaseModel] | None = None
     headers: type[BaseModel] | None = None
@@ -102,7 +104,10 @@ def read(route: Route, event: Mapping[str, Any]) -> Request:
     errors: list[dict[str, Any]] = []
     inputs: dict[str, Any] = {"event": event, "path": dict(event.get("pathParameters") or {})}
     if route.body is not None:
-        inputs["body"] = _validated(route.body, _body(event), "body", errors)
+        body = _body(event)
+        if body is None and not route.body_required:
+            body = {}
+        inputs["body"] = _validated(route.body, body, "body", errors)
     if route.query is not None:
         query = dict(event.get("queryStringParameters") or {})
         inputs["query"] = _validated(route.query, query, "query", errors)

@@ -329,8 +329,9 @@ def test_function_environment_fits_its_settings(deployed, function: str, setting
 
     env = deployed()["Resources"][function]["Properties"]["Environment"]["Variables"]  # Globals merged in
     settings = getattr(config, settings_class)
-    # Then every variable it sets is a setting of the function (or Powertools'), ...
-    unknown = {k for k in env if k not in settings.model_fields and not k.startswith("POWERTOOLS_")}
+    # Then every variable it sets is a setting of the function (or a library's: Powertools, pydantic), ...
+    libraries = ("POWERTOOLS_", "PYDANTIC_")
+    unknown = {k for k in env if k not in settings.model_fields and not k.startswith(libraries)}
     assert unknown == set()
     # ... and every required setting is set
     required = {name for name, field in settings.model_fields.items() if field.is_required()}

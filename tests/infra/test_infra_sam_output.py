@@ -52,7 +52,7 @@ def _worker_mapping(transformed: dict[str, Any]) -> dict[str, Any]:
     mappings = [
         r["Properties"]
         for r in _of_type(transformed, "AWS::Lambda::EventSourceMapping").values()
-        if r["Properties"]["FunctionName"] == {"Ref": "WorkerFunction"}
+        if r["Properties"]["FunctionName"] == {"Ref": "WorkerFunctionAliaslive"}
     ]
     assert len(mappings) == 1
     return mappings[0]
@@ -296,7 +296,7 @@ def test_sweeper_runs_every_minute_peeks_the_dlq_and_queries_its_index_only(
             assert statement["Resource"] == {"Fn::Sub": "${IsolationTable.Arn}/index/by-final-lease"}
     (schedule,) = [r for r in resources.values() if r["Type"] == "AWS::Scheduler::Schedule"]
     assert schedule["Properties"]["ScheduleExpression"] == {"Ref": "SweepSchedule"}
-    assert schedule["Properties"]["Target"]["Arn"] == {"Fn::GetAtt": ["SweeperFunction", "Arn"]}
+    assert schedule["Properties"]["Target"]["Arn"] == {"Ref": "SweeperFunctionAliaslive"}
     assert transformed["Parameters"]["SweepSchedule"]["Default"] == "rate(1 minute)"
 
 
