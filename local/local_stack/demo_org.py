@@ -79,7 +79,8 @@ def seed_demo(
     org = base.client("organizations", region_name=region)
     organization_id = organization(org)
     worker_role_arn = worker_role(base.client("iam", region_name=region))
-    parameters = {"WorkerRoleArn": worker_role_arn, "RoleName": target_role_name}
+    # The named IAM resources in this region (a StackSet's IamRegion): the demo has one region.
+    parameters = {"WorkerRoleArn": worker_role_arn, "RoleName": target_role_name, "IamRegion": region}
     if external_id:
         parameters["ExternalId"] = external_id
     accounts = []

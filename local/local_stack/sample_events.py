@@ -8,6 +8,10 @@
   is the action's ARN, `detail` holds `actionName`, `actionDescription` and the selected `findings` in
   the AWS Security Finding Format, each with its `Resources` (an EC2 instance: `AwsEc2Instance`, `Id` its
   ARN).
+- CloudTrail call (`aws.ec2`, `aws.iam`, ... / `AWS API Call via CloudTrail`): `detail` is the CloudTrail
+  record: `eventName`, `eventID`, `eventTime`, `awsRegion`, `recipientAccountId`, the caller in
+  `userIdentity` (an assumed role's issuer in `sessionContext.sessionIssuer`), `requestParameters` and
+  `responseElements` as CloudTrail writes them (EC2 lists as `{"items": [...]}`).
 
 tests/events/*.json hold the same shapes as fixed files.
 """
@@ -170,3 +174,76 @@ def security_hub_custom_action(
             "findings": findings,
         },
     }
+
+
+def cloudtrail_call(
+    *,
+    source: str,
+    event_name: str,
+    account_id: str,
+    region: str,
+    caller_role_arn: str,
+    session_name: str = "harness",
+    request_parameters: dict[str, Any] | None = None,
+    response_elements: dict[str, Any] | None = None,
+    error_code: str | None = None,
+) -> dict[str, Any]:
+    """A management event of a call made with an assumed role (`caller_role_arn`) as CloudTrail
+    delivers it to EventBridge (moto has no CloudTrail: the call's real fields, AWS's shape)."""
+    now = _now()
+    role_name = caller_role_arn.rsplit("/", 1)[-1]
+    event_id = str(uuid.uuid4())
+    detail: dict[str, Any] = {
+        "eventVersion": "1.09",
+        "userIdentity": {
+            "type": "AssumedRole",
+            "principalId": f"AROAEXAMPLE:{session_name}",
+            "arn": f"arn:aws:sts::{account_id}:assumed-role/{role_name}/{session_name}",
+            "accountId": account_id,
+            "accessKeyId": "ASIAEXAMPLE",
+            "sessionContext": {
+                "sessionIssuer": {
+                    "type": "Role",
+                    "principalId": "AROAEXAMPLE",
+                    "arn": caller_role_arn,
+                    "accountId": account_id,
+                    "userName": role_name,
+                },
+                "attributes": {"creationDate": now, "mfaAuthenticated": "false"},
+            },
+        },
+        "eventTime": now,
+        "eventSource": f"{source.removeprefix('aws.')}.amazonaws.com",
+        "eventName": event_name,
+        "awsRegion": region,
+        "sourceIPAddress": "198.51.100.7",
+        "userAgent": "ec2-isolation harness",
+        "requestParameters": request_parameters,
+        "responseElements": response_elements,
+        "requestID": str(uuid.uuid4()),
+        "eventID": event_id,
+        "readOnly": False,
+        "eventType": "AwsApiCall",
+        "managementEvent": True,
+        "recipientAccountId": account_id,
+        "eventCategory": "Management",
+    }
+    if error_code:
+        detail["errorCode"] = error_code
+        detail["errorMessage"] = "injected"
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "AWS API Call via CloudTrail",
+        "source": source,
+        "account": account_id,
+        "time": now,
+        "region": region,
+        "resources": [],
+        "detail": detail,
+    }
+
+
+def groups_changed(eni_id: str, group_ids: list[str]) -> dict[str, Any]:
+    """ModifyNetworkInterfaceAttribute's requestParameters for a change of groups."""
+    return {"networkInterfaceId": eni_id, "groupSet": {"items": [{"groupId": g} for g in group_ids]}}

@@ -120,6 +120,8 @@ class LocalStack:
         self.demo: DemoOrg | None = None
         self.api: ApiServer | None = None
         self.event_source: SqsEventSource | None = None
+        #: The other queues' consumers (the tamper function on the tamper queue), as the template maps them.
+        self.other_sources: list[SqsEventSource] = []
         self.scheduled: list[ScheduledFunction] = []
         self.ingest_handler: Any = None
         self.worker_handler: Any = None
@@ -206,6 +208,11 @@ class LocalStack:
             batch_size=source.batch_size,
             concurrency=self.pollers,
         )
+        self.other_sources = [
+            self._consumer(self.provisioned.functions[other.function], other.queue, other.batch_size)
+            for other in self.provisioned.queue_sources
+            if other.queue != QUEUE
+        ]
         self.scheduled = [
             self._scheduled(self.provisioned.functions[schedule.function], schedule.every_seconds)
             for schedule in self.provisioned.schedules
@@ -213,8 +220,26 @@ class LocalStack:
         self.api.start()
         if self.run_worker:
             self.event_source.start()
+            for other in self.other_sources:
+                other.start()
             for scheduled in self.scheduled:
                 scheduled.start()
+
+    def _consumer(self, function: Function, queue: str, batch_size: int) -> SqsEventSource:
+        assert self.provisioned is not None
+        return SqsEventSource(
+            sqs_factory=lambda: self.client("sqs"),
+            handler=_handler(function),
+            queue_url=self.provisioned.resources[queue],
+            queue_arn=self.provisioned.queue_arns[queue],
+            region=self.region,
+            account_id=self.account_id,
+            function_name=function.name,
+            timeout_seconds=function.timeout_seconds,
+            memory_mb=function.memory_mb,
+            batch_size=batch_size,
+            concurrency=1,
+        )
 
     def _scheduled(self, function: Function, every_seconds: float) -> ScheduledFunction:
         return ScheduledFunction(
@@ -270,6 +295,8 @@ class LocalStack:
             scheduled.stop()
         if self.event_source is not None:
             self.event_source.stop()
+        for other in self.other_sources:
+            other.stop()
         if self.api is not None:
             self.api.stop()
             self.api = None
@@ -287,10 +314,14 @@ class LocalStack:
             scheduled.stop()
         if self.event_source is not None:
             self.event_source.stop()
+        for other in self.other_sources:
+            other.stop()
 
     def resume_worker(self) -> None:
         if self.event_source is not None:
             self.event_source.start()
+        for other in self.other_sources:
+            other.start()
         for scheduled in self.scheduled:
             scheduled.start()
 

@@ -67,6 +67,10 @@ class WorkerSettings(CommonSettings):
     COALESCE_WINDOW_SECONDS: Annotated[int, Field(ge=0)] = 900
     #: The blast-radius budget: isolations triggers (not a person's webhook) may start per account and hour.
     MAX_AUTO_ISOLATIONS_PER_HOUR: Annotated[int, Field(ge=1)] = 50
+    #: Tamper repairs per instance and hour; past it the repair ends FAILED `TamperLoop`.
+    TAMPER_REPAIRS_PER_HOUR: Annotated[int, Field(ge=1)] = 3
+    #: The tamper function's queue (its retries are scheduled there); empty in the isolation worker.
+    TAMPER_QUEUE_URL: str = ""
     ISOLATION_SG_NAME: Annotated[str, Field(min_length=1)] = "ec2-isolation"
     ISOLATION_PROFILE_NAME: Annotated[str, Field(min_length=1)] = "ec2-isolation-deny-all"
     ISOLATION_ROLE_NAME: Annotated[str, Field(min_length=1)] = "ec2-isolation-deny-all"

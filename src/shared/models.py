@@ -70,6 +70,8 @@ class Source(StrEnum):
     GUARDDUTY = "guardduty"
     TAG = "tag"
     SECURITY_HUB = "securityhub"
+    #: A CloudTrail call that undid part of an isolation: the repair (never coalesced, never exempt).
+    TAMPER = "tamper"
 
 
 class StepStatus(StrEnum):

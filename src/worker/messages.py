@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
@@ -54,6 +55,43 @@ ISOLATE_TAG = "isolate"
 INSTANCE_FINDING = "Instance"
 CONTAINER_FINDING = "Container"
 SECURITY_HUB_INSTANCE = "AwsEc2Instance"
+#: CloudTrail management events reach EventBridge with this detail type, `source` the service.
+CLOUDTRAIL_CALL = "AWS API Call via CloudTrail"
+TAMPER_SOURCES = ("aws.ec2", "aws.iam", "aws.autoscaling", "aws.elasticloadbalancing")
+#: The calls that undo part of an isolation (the tamper rule's `eventName` list).
+TAMPER_CALLS = frozenset(
+    {
+        "ModifyNetworkInterfaceAttribute",
+        "AttachNetworkInterface",
+        "ModifyInstanceAttribute",
+        "AuthorizeSecurityGroupIngress",
+        "AuthorizeSecurityGroupEgress",
+        "ReplaceIamInstanceProfileAssociation",
+        "DisassociateIamInstanceProfile",
+        "DeleteRolePolicy",
+        "PutRolePolicy",
+        "AttachInstances",
+        "RegisterTargets",
+        "RegisterInstancesWithLoadBalancer",
+        "DeleteSnapshot",
+    }
+)
+#: What a ModifyInstanceAttribute / ModifyNetworkInterfaceAttribute call must change to undo an
+#: isolation (its request names the attribute as a key, or in `attribute`).
+ISOLATING_ATTRIBUTES = frozenset(
+    {
+        "groupSet",
+        "disableApiTermination",
+        "disableApiStop",
+        "instanceInitiatedShutdownBehavior",
+        "blockDeviceMapping",
+    }
+)
+#: The prefix of the inline policies the service writes on a role (the credentials deny).
+POLICY_PREFIX = "ec2-isolation"
+_ID = r"[0-9a-f]{8}([0-9a-f]{9})?"
+_INSTANCE_ID = re.compile(rf"^i-{_ID}$")
+_ENI_ID = re.compile(rf"^eni-{_ID}$")
 
 
 class InvalidMessage(Exception):
@@ -163,6 +201,69 @@ class SecurityHubCustomActionEvent(EventEnvelope):
     detail: CustomActionDetail
 
 
+class SessionIssuer(_Tolerant):
+    arn: str | None = None
+
+
+class SessionContext(_Tolerant):
+    sessionIssuer: SessionIssuer | None = None
+
+
+class UserIdentity(_Tolerant):
+    type: str | None = None
+    arn: str | None = None
+    sessionContext: SessionContext | None = None
+
+
+class CloudTrailCall(_Tolerant):
+    eventName: str
+    eventID: str
+    eventTime: str | None = None
+    eventSource: str | None = None
+    awsRegion: Region
+    recipientAccountId: AccountId
+    errorCode: str | None = None
+    userIdentity: UserIdentity = Field(default_factory=UserIdentity)
+    requestParameters: dict[str, Any] | None = None
+    responseElements: dict[str, Any] | None = None
+
+
+class CloudTrailEvent(EventEnvelope):
+    source: Literal["aws.ec2", "aws.iam", "aws.autoscaling", "aws.elasticloadbalancing"]
+    detail_type: Literal["AWS API Call via CloudTrail"] = Field(alias="detail-type")
+    detail: CloudTrailCall
+
+
+@dataclass(frozen=True)
+class TamperCall:
+    """A CloudTrail call that may have undone part of an isolation, with the resources it names (the
+    tamper watch, `worker.tamper`, finds the isolations they belong to)."""
+
+    event_name: str
+    event_id: str
+    event_time: str | None
+    caller_arn: str | None
+    #: The role the caller's session was issued by (an assumed role's), if any.
+    issuer_arn: str | None
+    account_id: str
+    #: Where the call was made (IAM's calls: us-east-1, whatever the instances' regions).
+    region: str
+    instance_ids: tuple[str, ...] = ()
+    network_interface_ids: tuple[str, ...] = ()
+    security_group_id: str | None = None
+    snapshot_id: str | None = None
+    role_name: str | None = None
+
+    @property
+    def trigger(self) -> dict[str, Any]:
+        return {
+            "event_name": self.event_name,
+            "caller_arn": self.caller_arn,
+            "event_id": self.event_id,
+            "event_time": self.event_time,
+        }
+
+
 # --- parsing -----------------------------------------------------------------------------------------
 
 
@@ -205,6 +306,62 @@ def parse(body: str, *, container_findings: bool = False) -> list[IsolationRecor
     raise InvalidMessage(
         "unknown message: not a webhook request, GuardDuty finding, tag or custom action event"
     )
+
+
+def parse_tamper(body: str) -> TamperCall:
+    """The tamper queue's message: a CloudTrail event of a call that may undo an isolation. Raises
+    `InvalidMessage` for anything else, `Ignored` for a call that cannot undo one (a failed call, an
+    attribute isolation does not set, a role policy the service did not write)."""
+    try:
+        event = CloudTrailEvent.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidMessage(f"not a CloudTrail call event: {_summary(exc)}") from exc
+    call = event.detail
+    name = call.eventName
+    if name not in TAMPER_CALLS:
+        raise Ignored(f"{name} is not a call the tamper watch looks at")
+    if call.errorCode:
+        raise Ignored(f"{name} {call.eventID} failed ({call.errorCode}): it changed nothing")
+    request = call.requestParameters or {}
+    if name in ("ModifyInstanceAttribute", "ModifyNetworkInterfaceAttribute") and not (
+        ISOLATING_ATTRIBUTES & {*request, str(request.get("attribute") or "")}
+    ):
+        raise Ignored(f"{name} {call.eventID} changes no attribute an isolation sets")
+    role_name = None
+    if name in ("PutRolePolicy", "DeleteRolePolicy"):
+        if not str(request.get("policyName") or "").startswith(POLICY_PREFIX):
+            raise Ignored(f"{name} {call.eventID} is about a policy the service did not write")
+        role_name = str(request.get("roleName") or "") or None
+    found = _ids(request, _INSTANCE_ID) + _ids(call.responseElements or {}, _INSTANCE_ID)
+    group = request.get("groupId") if name.startswith("AuthorizeSecurityGroup") else None
+    snapshot = request.get("snapshotId") if name == "DeleteSnapshot" else None
+    issuer = call.userIdentity.sessionContext.sessionIssuer if call.userIdentity.sessionContext else None
+    return TamperCall(
+        event_name=name,
+        event_id=call.eventID,
+        event_time=call.eventTime,
+        caller_arn=call.userIdentity.arn,
+        issuer_arn=issuer.arn if issuer else None,
+        account_id=call.recipientAccountId,
+        region=call.awsRegion,
+        instance_ids=tuple(dict.fromkeys(found)),
+        network_interface_ids=tuple(dict.fromkeys(_ids(request, _ENI_ID))),
+        security_group_id=group if isinstance(group, str) else None,
+        snapshot_id=snapshot if isinstance(snapshot, str) else None,
+        role_name=role_name,
+    )
+
+
+def _ids(data: Any, pattern: re.Pattern[str]) -> list[str]:
+    """Every string in `data` (nested maps and lists, as CloudTrail writes parameters) that is an id of
+    `pattern`'s kind."""
+    if isinstance(data, str):
+        return [data] if pattern.match(data) else []
+    if isinstance(data, dict):
+        return [found for value in data.values() for found in _ids(value, pattern)]
+    if isinstance(data, list):
+        return [found for value in data for found in _ids(value, pattern)]
+    return []
 
 
 def _webhook(message: WebhookMessage) -> IsolationRecord:

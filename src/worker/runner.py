@@ -50,6 +50,7 @@ from shared.models import (
     ErrorInfo,
     Evidence,
     IsolationRecord,
+    Source,
     StepRecord,
     StepStatus,
     Target,
@@ -67,6 +68,7 @@ from shared.store import (
     RateLimited,
     RecordEnded,
     RecordMissing,
+    RepairsSpent,
 )
 from worker.consistency import retry_within
 from worker.instance import Instance, describe
@@ -86,6 +88,7 @@ class Outcome(StrEnum):
     COALESCED = "coalesced"
     RATE_LIMITED = "rate-limited"
     DUPLICATE = "duplicate"
+    TAMPER_LOOP = "tamper-loop"
 
 
 #: Outcomes that end a record (its outcome event is published); a join or a duplicate ends nothing.
@@ -286,7 +289,8 @@ class Attempt:
             )
         account = self.deps.session(target)
         instance = describe(account.client("ec2"), target)
-        if self.record.started_by_trigger and instance.tags.get(EXEMPT_TAG, "").strip().lower() == "true":
+        exemptable = self.record.started_by_trigger and self.record.source is not Source.TAMPER
+        if exemptable and instance.tags.get(EXEMPT_TAG, "").strip().lower() == "true":
             skip = StepRecord.skipped("check-exemption", f"instance tagged {EXEMPT_TAG}=true: left untouched")
             self.deps.store.finish(self.record, Status.SKIPPED, extra_steps=[skip], attempts=self._attempts())
             return Outcome.SKIPPED
@@ -331,12 +335,23 @@ class Attempt:
             # whether it still has something to do.
             return self.record
         store, settings = self.deps.store, self.deps.settings
+        # A tamper repair is never coalesced and spends no blast-radius budget: its own per-instance one.
+        tamper = self.record.source is Source.TAMPER
         created = store.create_queued(
             self.record,
             lease_seconds=settings.ACTIVE_LEASE_SECONDS,
-            coalesce_window_seconds=settings.COALESCE_WINDOW_SECONDS,
-            budget=settings.MAX_AUTO_ISOLATIONS_PER_HOUR,
+            coalesce_window_seconds=None if tamper else settings.COALESCE_WINDOW_SECONDS,
+            budget=None if tamper else settings.MAX_AUTO_ISOLATIONS_PER_HOUR,
+            repairs=settings.TAMPER_REPAIRS_PER_HOUR if tamper else None,
         )
+        if isinstance(created, RepairsSpent):
+            self._record_tamper_loop(created.limit)
+            return Outcome.TAMPER_LOOP
+        if isinstance(created, Joined) and tamper:
+            # The isolation in flight may have passed the network cut before the call: look again later.
+            raise RetryableError(
+                "IsolationInProgress", f"{created.isolation_id} is in flight", wait="in-flight"
+            )
         if isinstance(created, RateLimited):
             self._record_rate_limited(created.limit)
             return Outcome.RATE_LIMITED
@@ -377,7 +392,8 @@ class Attempt:
     def _episode(self, instance: Instance) -> IsolationRecord | None:
         """The isolation whose episode the instance is in (its `ec2-isolation:id` tag), when it is
         another one with a prior state: this isolation carries that prior state and evidence."""
-        holder = instance.tags.get(ISOLATION_ID_TAG)
+        # A tamper repair names its episode itself (the call may have removed the tag).
+        holder = instance.tags.get(ISOLATION_ID_TAG) or self.record.inherits_from
         if not holder or holder == self.record.isolation_id:
             return None
         earlier = self.deps.store.get(holder)
@@ -429,6 +445,23 @@ class Attempt:
         )
         self.deps.store.put_record(skipped)
         logger.warning("blast-radius budget spent: trigger skipped", extra={"limit": limit})
+
+    def _record_tamper_loop(self, limit: int) -> None:
+        message = (
+            f"tamper events re-isolated {self.record.instance_id} {limit} times this hour already "
+            "(TamperRepairsPerHour): left as the last call made it; an automation may be undoing the "
+            "isolation (look at the call in the trigger), then isolate it through the webhook"
+        )
+        step = StepRecord.failed("check-tamper-repairs", message)
+        looped = self.record.model_copy(
+            update={
+                "status": Status.FAILED,
+                "steps": [step],
+                "error": ErrorInfo(code="TamperLoop", message=message),
+            }
+        )
+        self.deps.store.put_record(looped)
+        logger.warning("tamper-repair budget spent: the instance is left alone", extra={"limit": limit})
 
     def _record_coalesced(self, earlier_id: str) -> None:
         step = StepRecord.already("coalesced", f"isolated less than the coalesce window ago by {earlier_id}")

@@ -203,3 +203,80 @@ def test_finding_type_prefixes_cannot_inject_into_the_pattern(
 
     pattern = sam_template["Parameters"]["FindingTypePrefixes"]["AllowedPattern"]
     assert (re.fullmatch(pattern, value) is not None) is allowed
+
+
+# --- the tamper watch -----------------------------------------------------------------------------------
+
+EVENTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "events"
+CLOUDTRAIL_EVENTS = sorted(p.name for p in EVENTS.glob("cloudtrail-*.json"))
+EXECUTION_ROLE_ISSUER = "arn:aws:iam::{account}:role/ec2-isolation-execution"
+
+
+def _call(name: str, **detail: Any) -> dict[str, Any]:
+    event = json.loads((EVENTS / name).read_text())
+    event["detail"].update(detail)
+    return event
+
+
+@pytest.fixture(scope="module")
+def tamper_pattern(deployed) -> dict[str, Any]:
+    return event_pattern(deployed()["Resources"]["TamperRule"])
+
+
+@pytest.mark.parametrize("name", CLOUDTRAIL_EVENTS)
+def test_calls_that_may_undo_an_isolation_reach_the_tamper_queue(tamper_pattern, name: str) -> None:
+    # Given a documented CloudTrail call event, made by a person's assumed role
+    # Then the tamper rule matches it
+    assert _matches(tamper_pattern, _call(name))
+
+
+@pytest.mark.parametrize("name", CLOUDTRAIL_EVENTS)
+def test_failed_calls_are_dropped(tamper_pattern, name: str) -> None:
+    assert not _matches(tamper_pattern, _call(name, errorCode="Client.UnauthorizedOperation"))
+
+
+@pytest.mark.parametrize("account", ["222222222222", "333333333333"])
+def test_calls_of_the_execution_role_are_dropped_in_every_account(tamper_pattern, account: str) -> None:
+    # Given a call made through the member execution role (the service's own repair) in any account
+    event = _call("cloudtrail-modify-network-interface-attribute.json")
+    issuer = event["detail"]["userIdentity"]["sessionContext"]["sessionIssuer"]
+    issuer["arn"] = EXECUTION_ROLE_ISSUER.format(account=account)
+    # Then the rule drops it
+    assert not _matches(tamper_pattern, event)
+    # And a role whose name only starts like it is not the execution role
+    issuer["arn"] += "-admin"
+    assert _matches(tamper_pattern, event)
+
+
+def test_callers_without_a_session_issuer_are_watched(tamper_pattern) -> None:
+    # Given an IAM user's call: no session context at all ("anything-but" never matches an absent field)
+    event = _call(
+        "cloudtrail-modify-instance-attribute.json",
+        userIdentity={"type": "IAMUser", "arn": "arn:aws:iam::222222222222:user/ops", "userName": "ops"},
+    )
+    # Then the rule matches it
+    assert _matches(tamper_pattern, event)
+
+
+def test_only_the_services_role_policies_are_watched(tamper_pattern) -> None:
+    event = _call("cloudtrail-delete-role-policy.json")
+    event["detail"]["requestParameters"]["policyName"] = "app-s3-access"
+    assert not _matches(tamper_pattern, event)
+
+
+def test_other_calls_are_not_watched(tamper_pattern) -> None:
+    assert not _matches(
+        tamper_pattern, _call("cloudtrail-modify-instance-attribute.json", eventName="StartInstances")
+    )
+
+
+def test_member_accounts_forward_exactly_the_tamper_pattern(deployed, member_stack) -> None:
+    # Given the member template's forwarding rule and the stack's tamper rules, default and renamed roles
+    bus = "arn:aws:events:eu-west-1:111111111111:event-bus/ec2-isolation"
+    for role in ("ec2-isolation-execution", "ir-exec"):
+        forwarded = event_pattern(
+            member_stack(CentralEventBusArn=bus, RoleName=role)["Resources"]["TamperForwardingRule"]
+        )
+        # Then it forwards what the stack's rules act on, no more and no less
+        assert forwarded == event_pattern(deployed(TargetRoleName=role)["Resources"]["TamperRule"])
+        assert forwarded == event_pattern(deployed(TargetRoleName=role)["Resources"]["TamperBusRule"])

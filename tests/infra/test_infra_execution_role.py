@@ -253,25 +253,69 @@ def test_isolation_profile_holds_a_deny_all_role(member_stack) -> None:
     assert set(member_stack()["Outputs"]) == {"ExecutionRoleArn", "IsolationInstanceProfileArn"}
 
 
+HOME = "eu-west-1"
+IAM_RESOURCES = {"ExecutionRole", "IsolationRole", "IsolationInstanceProfile"}
+FORWARDING = {"ForwardingRole", "TagForwardingRule", "TamperForwardingRule"}
+
+
 @pytest.mark.parametrize(
-    ("bus", "forwards"),
+    ("bus", "region", "forwards"),
     [
-        ("", False),
-        ("arn:aws:events:eu-west-1:111111111111:event-bus/default", True),
-        # the security account itself: its own TagChangeRule sees the events, a rule cannot target its bus
-        (f"arn:aws:events:eu-west-1:{ACCOUNT}:event-bus/default", False),
+        ("", HOME, False),
+        (f"arn:aws:events:{HOME}:111111111111:event-bus/ec2-isolation", HOME, True),
+        (f"arn:aws:events:{HOME}:111111111111:event-bus/ec2-isolation", "ap-south-1", True),
+        # the security account in another region: forwarded too, one hop to the home region's bus
+        (f"arn:aws:events:{HOME}:{ACCOUNT}:event-bus/ec2-isolation", "ap-south-1", True),
+        # the security account's home region: the stack's own default-bus rules see the events
+        (f"arn:aws:events:{HOME}:{ACCOUNT}:event-bus/ec2-isolation", HOME, False),
     ],
 )
-def test_tag_forwarding_only_to_another_accounts_bus(member_stack, helpers, bus: str, forwards: bool) -> None:
-    resources = member_stack(CentralEventBusArn=bus)["Resources"]
-    assert ("TagForwardingRule" in resources) is forwards
-    assert ("TagForwardingRole" in resources) is forwards
+def test_every_region_forwards_to_the_stacks_bus_except_the_stacks_own_account_and_region(
+    member_template, helpers, bus: str, region: str, forwards: bool
+) -> None:
+    # Given the member template deployed in `region` of this account
+    from tests.infra.resolver import resolve
+
+    resources = resolve(
+        member_template,
+        {"WorkerRoleArn": WORKER_ROLE_ARN, "CentralEventBusArn": bus, "IamRegion": HOME},
+        pseudo={"AWS::Region": region},
+    )["Resources"]
+    # Then the tag and tamper rules and their unnamed role exist where they must forward, nowhere else
+    assert set(resources) >= FORWARDING if forwards else not FORWARDING & set(resources)
     if forwards:
-        (target,) = resources["TagForwardingRule"]["Properties"]["Targets"]
-        assert target["Arn"] == bus
-        assert target["RoleArn"] == {"Fn::GetAtt": ["TagForwardingRole", "Arn"]}
-        (statement,) = helpers.policy_statements(resources["TagForwardingRole"])
+        assert "RoleName" not in resources["ForwardingRole"]["Properties"]
+        for rule in ("TagForwardingRule", "TamperForwardingRule"):
+            (target,) = resources[rule]["Properties"]["Targets"]
+            assert target["Arn"] == bus and resources[rule]["Properties"]["EventBusName"] == "default"
+            assert target["RoleArn"] == {"Fn::GetAtt": ["ForwardingRole", "Arn"]}
+        (statement,) = helpers.policy_statements(resources["ForwardingRole"])
         assert statement == {"Effect": "Allow", "Action": "events:PutEvents", "Resource": bus}
+
+
+@pytest.mark.parametrize("region", [HOME, "us-east-1", "ap-south-1"])
+def test_named_iam_resources_exist_in_iam_region_only(member_template, region: str) -> None:
+    # Given the member template as a StackSet deploys it to every region, IamRegion the home one
+    from tests.infra.resolver import resolve
+
+    stack = resolve(
+        member_template,
+        {
+            "WorkerRoleArn": WORKER_ROLE_ARN,
+            "IamRegion": HOME,
+            "CentralEventBusArn": f"arn:aws:events:{HOME}:111111111111:event-bus/b",
+        },
+        pseudo={"AWS::Region": region},
+    )
+    resources = stack["Resources"]
+    # Then the named roles and profile (and their outputs) are in that region only, the rules everywhere
+    assert (set(resources) >= IAM_RESOURCES) is (region == HOME)
+    assert (IAM_RESOURCES & set(resources) == set()) is (region != HOME)
+    assert bool(stack["Outputs"]) is (region == HOME)
+    assert set(resources) >= FORWARDING
+    # And nothing else in the template is named
+    named = {n for n, r in resources.items() if {"RoleName", "InstanceProfileName"} & set(r["Properties"])}
+    assert named <= IAM_RESOURCES
 
 
 # --- the templates and the code agree -----------------------------------------------------------------

@@ -31,6 +31,7 @@ WORKER_ACTIONS = {
     "dynamodb:GetItem",
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
+    "dynamodb:Query",  # the tamper function's (it shares the role)
 }
 SWEEPER_ACTIONS = {
     "logs:CreateLogStream",
@@ -105,7 +106,7 @@ def test_every_function_logs_to_its_own_group_with_retention(deployed) -> None:
     stack = deployed()
     resources = stack["Resources"]
     functions = _of_type(stack, "AWS::Lambda::Function")
-    assert set(functions) == {"IngestFunction", "WorkerFunction", "SweeperFunction"}
+    assert set(functions) == {"IngestFunction", "WorkerFunction", "TamperFunction", "SweeperFunction"}
     for name, function in functions.items():
         properties = function["Properties"]
         # Then its log group is declared, named after the function, and expires
@@ -125,7 +126,14 @@ def test_every_function_logs_to_its_own_group_with_retention(deployed) -> None:
                 for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
             )
         ]
-        assert [s["Resource"] for s in log_statements] == [{"Fn::GetAtt": [group_name, "Arn"]}], name
+        # (the tamper function shares the worker's role: member accounts trust that one role)
+        sharing = [
+            f["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+            for f in functions.values()
+            if f["Properties"]["Role"] == properties["Role"]
+        ]
+        groups = [{"Fn::GetAtt": [group, "Arn"]} for group in sharing]
+        assert [s["Resource"] for s in log_statements] == [groups[0] if len(groups) == 1 else groups], name
 
 
 def test_functions_run_the_contract_handlers(transformed: dict[str, Any]) -> None:
@@ -222,11 +230,18 @@ def test_worker_permissions_are_exactly_its_calls(transformed: dict[str, Any], h
     for statement in helpers.policy_statements(role):
         actions = set(helpers.as_list(statement["Action"]))
         if actions & {"sqs:ReceiveMessage", "sqs:DeleteMessage"}:
-            assert statement["Resource"] == {"Fn::GetAtt": ["IsolationQueue", "Arn"]}
+            assert statement["Resource"] == [
+                {"Fn::GetAtt": ["IsolationQueue", "Arn"]},
+                {"Fn::GetAtt": ["TamperQueue", "Arn"]},
+            ]
         if any(a.startswith("dynamodb:") for a in actions):
             assert statement["Resource"] in (
                 {"Fn::GetAtt": ["IsolationTable", "Arn"]},
-                {"Fn::Sub": "${IsolationTable.Arn}/index/by-instance"},
+                # the tamper function finds the isolations a call touches
+                [
+                    {"Fn::Sub": "${IsolationTable.Arn}/index/by-instance"},
+                    {"Fn::Sub": "${IsolationTable.Arn}/index/by-recent"},
+                ],
             )
 
 
@@ -375,6 +390,8 @@ def test_outputs(deployed) -> None:
         "ApiKeyId",
         "QueueUrl",
         "DeadLetterQueueUrl",
+        "TamperQueueUrl",
+        "TamperDeadLetterQueueUrl",
         "TableName",
         "WorkerRoleArn",
         "EventBusArn",
@@ -429,7 +446,7 @@ def test_parameters_the_code_and_local_stack_rely_on(sam_template: dict[str, Any
     )
 
 
-TRIGGER_RULES = ("GuardDutyFindingRule", "TagChangeRule", "SecurityHubActionRule")
+TRIGGER_RULES = ("GuardDutyFindingRule", "TagChangeRule", "SecurityHubActionRule", "TamperRule")
 
 
 @pytest.mark.parametrize("rule", TRIGGER_RULES)
@@ -457,9 +474,52 @@ def test_the_organization_may_put_only_forwarded_sources_on_the_bus(deployed) ->
     assert statement["Condition"] == {
         "StringEquals": {
             "aws:PrincipalOrgID": "o-a1b2c3d4e5",
-            "events:source": ["aws.tag", "aws.ec2", "aws.iam", "aws.guardduty", "aws.securityhub"],
+            "events:source": [
+                "aws.tag",
+                "aws.ec2",
+                "aws.iam",
+                # CloudTrail's AttachInstances, RegisterTargets and RegisterInstancesWithLoadBalancer
+                "aws.autoscaling",
+                "aws.elasticloadbalancing",
+                "aws.guardduty",
+                "aws.securityhub",
+            ],
         }
     }
     assert "ec2-isolation" not in statement["Condition"]["StringEquals"]["events:source"]
     # And without an organization, no policy: only this account puts events
     assert "IsolationBusPolicy" not in deployed()["Resources"]
+
+
+def test_tamper_calls_have_their_own_queue_dead_letter_queue_and_function(deployed, helpers) -> None:
+    # Given the deployed stack
+    resources = deployed()["Resources"]
+    # Then both tamper rules deliver to the tamper queue (its own DLQ), never to the isolation queue
+    for rule in ("TamperRule", "TamperBusRule"):
+        (target,) = resources[rule]["Properties"]["Targets"]
+        assert target["Arn"] == {"Fn::GetAtt": ["TamperQueue", "Arn"]}
+        assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["TamperDeadLetterQueue", "Arn"]}}
+    queue = resources["TamperQueue"]["Properties"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["TamperDeadLetterQueue", "Arn"]}
+    # And its own function consumes it, with partial batch failures and bounded concurrency
+    (mapping,) = [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::Lambda::EventSourceMapping"
+        and r["Properties"]["EventSourceArn"] == {"Fn::GetAtt": ["TamperQueue", "Arn"]}
+    ]
+    assert mapping["FunctionName"] == {"Ref": "TamperFunction"}
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["ScalingConfig"]["MaximumConcurrency"] == 2
+    function = resources["TamperFunction"]["Properties"]
+    assert function["Handler"] == "worker.tamper_app.lambda_handler"
+    assert queue["VisibilityTimeout"] >= 6 * function["Timeout"]
+    assert function["Environment"]["Variables"]["TAMPER_REPAIRS_PER_HOUR"] == 3
+    # And its DLQ and TamperLoop have alarms
+    alarms = {
+        r["Properties"].get("MetricName") for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"
+    }
+    assert "Isolation-tamper-loop" in alarms
+    assert resources["TamperDeadLetterAlarm"]["Properties"]["Dimensions"][0]["Value"] == {
+        "Fn::GetAtt": ["TamperDeadLetterQueue", "QueueName"]
+    }

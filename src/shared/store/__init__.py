@@ -1,5 +1,5 @@
 """The service's one DynamoDB table: isolation records (`records`), instance slots (`slots`),
-idempotency keys (`idempotency`), blast-radius budgets (`rate_limits`), and the serialization they share
+idempotency keys (`idempotency`), blast-radius budgets (`rate_limits`), tamper-repair budgets (`tamper_repairs`), and the serialization they share
 (`dynamo`)."""
 
 from shared.store.idempotency import IdempotencyClaim, Replayed, idempotency_key
@@ -13,6 +13,7 @@ from shared.store.records import (
     RateLimited,
     RecordEnded,
     RecordMissing,
+    RepairsSpent,
 )
 from shared.store.slots import slot_key
 
@@ -27,6 +28,7 @@ __all__ = [
     "RateLimited",
     "RecordEnded",
     "RecordMissing",
+    "RepairsSpent",
     "Replayed",
     "idempotency_key",
     "slot_key",

@@ -7,6 +7,7 @@ it along its lifecycle (`shared.lifecycle` declares which moves are allowed and 
 | instance slot | `instance#<account>#<region>#<instance>` | `shared.store.slots` |
 | idempotency key | `idempotency#<sha256 of the key>` | `shared.store.idempotency` |
 | blast-radius budget | `budget#<account>#<hour>` | `shared.store.rate_limits` |
+| tamper-repair budget | `repairs#<account>#<region>#<instance>#<hour>` | `shared.store.tamper_repairs` |
 | role lease | `role#<account>#<role name>` | `shared.store.role_leases` |
 
 Only record items carry `instance_id`, so the `by-instance` index (instance_id, created_at) holds
@@ -30,7 +31,7 @@ from shared.aws import same_account_client
 from shared.errors import error_code
 from shared.lifecycle import FINAL, FINAL_LEASE_INDEX, Status, Transition
 from shared.models import ErrorInfo, Evidence, IsolationRecord, PriorState, StepRecord, iso8601, utcnow
-from shared.store import idempotency, rate_limits, role_leases, slots
+from shared.store import idempotency, rate_limits, role_leases, slots, tamper_repairs
 from shared.store.dynamo import Write, deserialize, epoch, key, serialize
 from shared.store.idempotency import IdempotencyClaim, Replayed
 
@@ -76,6 +77,13 @@ class Coalesced:
 @dataclass(frozen=True)
 class RateLimited:
     """Triggers started `limit` isolations in the account this hour already (the blast-radius budget)."""
+
+    limit: int
+
+
+@dataclass(frozen=True)
+class RepairsSpent:
+    """Tamper events re-isolated the instance `limit` times this hour already (`TamperRepairsPerHour`)."""
 
     limit: int
 
@@ -184,6 +192,31 @@ class IsolationStore:
                 return items, False
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    def isolated_in_account(self, account_id: str, region: str | None = None) -> list[IsolationRecord]:
+        """Every ISOLATED record of the account (of `region` only, when given), from the `by-recent`
+        index: the tamper watch's way from a security group, a role or a snapshot to the isolations it
+        belongs to (rare events; the index holds every record, filtered here by status and account)."""
+        found: list[IsolationRecord] = []
+        for shard in range(LIST_SHARDS):
+            params: dict[str, Any] = {
+                "TableName": self.table_name,
+                "IndexName": RECENT_INDEX,
+                "KeyConditionExpression": "list_shard = :shard",
+                "FilterExpression": "#s = :status AND account_id = :acct",
+                "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": {
+                    ":shard": {"S": f"all#{shard}"},
+                    ":status": {"S": Status.ISOLATED.value},
+                    ":acct": {"S": account_id},
+                },
+            }
+            if region is not None:
+                params["FilterExpression"] += " AND #r = :region"
+                params["ExpressionAttributeNames"]["#r"] = "region"
+                params["ExpressionAttributeValues"][":region"] = {"S": region}
+            found.extend(_record(item) for item in self._query(params, None))
+        return found
+
     def lost(self, now: float) -> list[IsolationRecord]:
         """Records whose worker was lost on the last receive (`lifecycle.LOST` at `now`), from the
         `by-final-lease` index: only records in a last-receive attempt are in it."""
@@ -218,20 +251,24 @@ class IsolationStore:
         idempotency: IdempotencyClaim | None = None,
         coalesce_window_seconds: int | None = None,
         budget: int | None = None,
-    ) -> Created | Joined | Replayed | Coalesced | Exists | RateLimited:
+        repairs: int | None = None,
+    ) -> Created | Joined | Replayed | Coalesced | Exists | RateLimited | RepairsSpent:
         """Write a QUEUED record and take the instance's in-flight slot, in one transaction.
 
         Fails (without writing anything) to `Replayed` when the idempotency key was used before,
         `Exists` when the record id is taken, `Joined` when another isolation of the instance is in
         flight, `Coalesced` when `coalesce_window_seconds` is given and the instance was isolated
         within it, `RateLimited` when `budget` is given and the account's hourly budget of
-        trigger-started isolations is spent (`shared.store.rate_limits`). A slot still held by an
+        trigger-started isolations is spent (`shared.store.rate_limits`), `RepairsSpent` when `repairs` is
+        given and the instance's hourly budget of tamper repairs is spent (`shared.store.tamper_repairs`). A slot still held by an
         isolation that is over is freed, and the write tried once more. A join reads the isolation it joins (its status is the answer); when that one's
         worker was lost on its last receive (`lifecycle.LOST`), this request ends it and tries once more
         rather than join an isolation nobody runs.
         """
         for retry in (False, True):
-            outcome = self._create_queued(record, lease_seconds, idempotency, coalesce_window_seconds, budget)
+            outcome = self._create_queued(
+                record, lease_seconds, idempotency, coalesce_window_seconds, budget, repairs
+            )
             if not isinstance(outcome, _SlotTaken):
                 return outcome
             now = time.time()
@@ -252,7 +289,8 @@ class IsolationStore:
         idempotency_claim: IdempotencyClaim | None,
         coalesce_window_seconds: int | None,
         budget: int | None,
-    ) -> Created | _SlotTaken | Replayed | Coalesced | Exists | RateLimited:
+        repairs: int | None = None,
+    ) -> Created | _SlotTaken | Replayed | Coalesced | Exists | RateLimited | RepairsSpent:
         now = time.time()
         stale = epoch(now - lease_seconds)
         window = epoch(now - coalesce_window_seconds) if coalesce_window_seconds is not None else None
@@ -285,12 +323,18 @@ class IsolationStore:
             items.append(
                 {"Update": rate_limits.take(self.table_name, record.account_id, now=now, limit=budget)}
             )
+        if repairs is not None:
+            items.append(
+                {"Update": tamper_repairs.take(self.table_name, record.target, now=now, limit=repairs)}
+            )
         try:
             self.client.transact_write_items(TransactItems=items)
         except ClientError as exc:
             if error_code(exc) != "TransactionCanceledException":
                 raise
-            return self._explain_cancellation(exc, items, record, idempotency_claim, window, stale, budget)
+            return self._explain_cancellation(
+                exc, items, record, idempotency_claim, window, stale, budget, repairs
+            )
         return Created(record)
 
     def _explain_cancellation(
@@ -302,7 +346,8 @@ class IsolationStore:
         window: Decimal | None,
         stale: Decimal,
         budget: int | None,
-    ) -> _SlotTaken | Replayed | Coalesced | Exists | RateLimited:
+        repairs: int | None = None,
+    ) -> _SlotTaken | Replayed | Coalesced | Exists | RateLimited | RepairsSpent:
         """Which condition cancelled the transaction, in the order of the items (idempotency first)."""
         reasons = exc.response.get("CancellationReasons") or []
         for item, reason in zip(items, reasons, strict=False):
@@ -322,6 +367,8 @@ class IsolationStore:
                 return Exists(_record(current))
             if budget is not None and pk.startswith("budget#"):
                 return RateLimited(budget)
+            if repairs is not None and pk.startswith(tamper_repairs.PREFIX):
+                return RepairsSpent(repairs)
             holder = slots.holder(current, stale=stale)
             if holder is not None:
                 return _SlotTaken(holder)

@@ -8,12 +8,23 @@ disks with it. The step does not wait for the snapshots to complete.
   isolation of the episode has them in its `evidence` already: no second snapshot.
 - Optionally locked in governance mode for `SNAPSHOT_LOCK_DAYS`, so that someone in the account cannot
   delete the evidence.
+- A tamper repair checks that the episode's snapshots still exist: when one was deleted, it takes the
+  instance's snapshots again (its own, tagged with its id).
 - `ConcurrentSnapshotLimitExceeded` (and throttling) is retried through the queue like any transient error.
 """
 
 from __future__ import annotations
 
-from shared.models import ISOLATION_ID_TAG, TAG_PREFIX, Evidence, Snapshot, StepRecord, iso8601, utcnow
+from shared.models import (
+    ISOLATION_ID_TAG,
+    TAG_PREFIX,
+    Evidence,
+    Snapshot,
+    Source,
+    StepRecord,
+    iso8601,
+    utcnow,
+)
 from worker.steps.base import Step, StepContext
 
 INSTANCE_TAG = f"{TAG_PREFIX}instance-id"
@@ -29,7 +40,8 @@ class SnapshotVolumes(Step):
     permissions = ("ec2:DescribeSnapshots", "ec2:CreateTags", *write_permissions, *lock_permissions)
 
     def run(self, ctx: StepContext) -> StepRecord:
-        if ctx.evidence is not None and ctx.evidence.snapshots:
+        deleted = self._deleted(ctx) if ctx.source is Source.TAMPER else []
+        if ctx.evidence is not None and ctx.evidence.snapshots and not deleted:
             return StepRecord.already(self.name, _listed(ctx.evidence, "the episode's snapshots"))
         if not ctx.settings.SNAPSHOT_VOLUMES:
             if ctx.evidence is None:
@@ -62,7 +74,19 @@ class SnapshotVolumes(Step):
         )
         self._lock(ctx, evidence)
         ctx.keep_evidence(evidence)
-        return StepRecord.done(self.name, _listed(evidence, "crash-consistent snapshots"))
+        what = f"{', '.join(deleted)} deleted: snapshots again" if deleted else "crash-consistent snapshots"
+        return StepRecord.done(self.name, _listed(evidence, what))
+
+    def _deleted(self, ctx: StepContext) -> list[str]:
+        """The episode's snapshots that no longer exist."""
+        listed = [s.snapshot_id for s in ctx.evidence.snapshots] if ctx.evidence else []
+        if not listed:
+            return []
+        found = ctx.ec2.describe_snapshots(
+            OwnerIds=["self"], Filters=[{"Name": "snapshot-id", "Values": listed}]
+        )["Snapshots"]
+        present = {s["SnapshotId"] for s in found}
+        return [snapshot for snapshot in listed if snapshot not in present]
 
     def _taken(self, ctx: StepContext) -> Evidence:
         """Snapshots this isolation took in an attempt that did not get to record them."""

@@ -17,7 +17,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.errors import RetryableError, error_code
-from shared.models import TAG_PREFIX, StepRecord
+from shared.models import TAG_PREFIX, Source, StepRecord
 from worker.consistency import until_consistent
 from worker.steps.base import Step, StepContext
 
@@ -55,7 +55,8 @@ class EnsureIsolationSecurityGroup(Step):
         for vpc_id in ctx.instance.state.vpc_ids:
             with _groups_lock:
                 cached = _groups.get(_cache_key(ctx, vpc_id))
-            if cached is not None:
+            # A tamper repair looks at the group itself: the call may have added a rule to it.
+            if cached is not None and ctx.source is not Source.TAMPER:
                 ctx.isolation_groups[vpc_id] = cached
                 reused.append(f"{cached} ({vpc_id})")
                 continue

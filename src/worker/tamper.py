@@ -1,0 +1,137 @@
+"""The tamper watch: from a CloudTrail call that may have undone part of an isolation to the repairs it
+asks for (QUEUED records, `source` `tamper`), one per instance whose latest isolation is ISOLATED.
+
+Which instances a call touches:
+- an instance id in the call (its parameters or, for `ReplaceIamInstanceProfileAssociation` and
+  `DisassociateIamInstanceProfile`, whose parameters name only the association, its response): that one;
+- a network interface: the isolated instance whose recorded prior state has it;
+- a rule added to a security group: when the group is an isolation group (tagged
+  `ec2-isolation:managed=true`, read in the account), every isolated instance of its VPC gets its own
+  repair (each record shows what was put right for that instance; the first one revokes the rule);
+- a role policy of the service (`ec2-isolation*`): every isolated instance whose prior role it is;
+- a snapshot: the isolation whose evidence lists it (the repair takes the episode's snapshots again).
+
+An instance whose latest isolation is released, failed or skipped is left alone (logged); one whose
+latest isolation is still in flight brings the message back later (that isolation may have passed the
+network cut before the call). A repair belongs to the episode of the isolation it repairs: it names it
+in `inherits_from` (the runner takes its prior state even when the call removed the instance's tag).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+from shared.errors import RetryableError
+from shared.lifecycle import Status
+from shared.models import IsolationRecord, Source, Target, trigger_isolation_id
+from shared.observability import logger
+from worker.messages import Ignored, TamperCall
+from worker.runner import WorkerDeps
+from worker.steps.network import MANAGED_TAG
+
+#: Isolation ids of a record's episode are followed at most this far (coalesced records carry none).
+_MAX_HOPS = 5
+
+
+def repairs(call: TamperCall, deps: WorkerDeps) -> list[IsolationRecord]:
+    """The repairs `call` asks for; raises `Ignored` when it touches no isolated instance."""
+    role = deps.settings.TARGET_ROLE_NAME
+    if call.issuer_arn and fnmatch.fnmatchcase(call.issuer_arn, f"arn:*:iam::*:role/{role}"):
+        raise Ignored(f"{call.event_name} {call.event_id} was made by the execution role: the service's own")
+    latest: dict[Target, IsolationRecord] = {}
+    for instance_id in call.instance_ids:
+        target = Target(account_id=call.account_id, region=call.region, instance_id=instance_id)
+        record = _latest(deps, target)
+        if record is not None:
+            latest[target] = record
+    for record in _indirect(call, deps):
+        latest.setdefault(record.target, _latest(deps, record.target) or record)
+    in_flight = [r.isolation_id for r in latest.values() if r.status in (Status.QUEUED, Status.IN_PROGRESS)]
+    if in_flight:
+        raise RetryableError(
+            "IsolationInProgress",
+            f"isolations {', '.join(in_flight)} are in flight: the call is looked at again once they end",
+            wait="in-flight",
+        )
+    isolated = {target: record for target, record in latest.items() if record.status is Status.ISOLATED}
+    if not isolated:
+        states = ", ".join(f"{t.instance_id} {r.status.value}" for t, r in latest.items()) or "none found"
+        raise Ignored(f"{call.event_name} {call.event_id} touches no isolated instance ({states})")
+    return [_repair(call, target, _episode(deps, record)) for target, record in isolated.items()]
+
+
+def _latest(deps: WorkerDeps, target: Target) -> IsolationRecord | None:
+    """The instance's latest isolation (a SKIPPED record or a dry run changed nothing: they do not count)."""
+    for record in deps.store.list_for_instance(target.instance_id, target.account_id):
+        changed_nothing = record.status is Status.SKIPPED or getattr(record, "dry_run", False)
+        if record.region == target.region and not changed_nothing:
+            return record
+    return None
+
+
+def _indirect(call: TamperCall, deps: WorkerDeps) -> list[IsolationRecord]:
+    """ISOLATED records the call's interfaces, group, role or snapshot belong to."""
+    if not (call.network_interface_ids or call.security_group_id or call.snapshot_id or call.role_name):
+        return []
+    # IAM is global (its calls are recorded in us-east-1): a role serves instances of every region.
+    region = None if call.role_name else call.region
+    records = deps.store.isolated_in_account(call.account_id, region)
+    found: list[IsolationRecord] = []
+    for record in records:
+        prior, evidence = record.prior_state, record.evidence
+        interfaces = {i.id for i in prior.network_interfaces} if prior else set()
+        if (
+            interfaces & set(call.network_interface_ids)
+            or (call.role_name and prior is not None and prior.role_name == call.role_name)
+            or (
+                call.snapshot_id
+                and evidence
+                and call.snapshot_id in {s.snapshot_id for s in evidence.snapshots}
+            )
+        ):
+            found.append(record)
+    if call.security_group_id and records:
+        vpc = _isolation_group_vpc(call, deps, records[0].target)
+        found.extend(r for r in records if vpc is not None and r.prior_state and vpc in r.prior_state.vpc_ids)
+    return found
+
+
+def _isolation_group_vpc(call: TamperCall, deps: WorkerDeps, any_target: Target) -> str | None:
+    """The VPC of the call's group when it is an isolation group (read in the account), else None."""
+    ec2: Any = deps.session(any_target).client("ec2")
+    groups = ec2.describe_security_groups(
+        Filters=[
+            {"Name": "group-id", "Values": [call.security_group_id]},
+            {"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]},
+        ]
+    )["SecurityGroups"]
+    if not groups:
+        logger.info(
+            "a rule added to a group that is not an isolation group", extra={"group": call.security_group_id}
+        )
+        return None
+    return str(groups[0]["VpcId"])
+
+
+def _episode(deps: WorkerDeps, record: IsolationRecord) -> IsolationRecord:
+    """The isolation whose prior state the episode carries (a coalesced record names it)."""
+    for _ in range(_MAX_HOPS):
+        if record.prior_state is not None or record.inherits_from is None:
+            return record
+        earlier = deps.store.get(record.inherits_from)
+        if earlier is None:
+            return record
+        record = earlier
+    return record
+
+
+def _repair(call: TamperCall, target: Target, episode: IsolationRecord) -> IsolationRecord:
+    record = IsolationRecord.queued(
+        isolation_id=trigger_isolation_id(Source.TAMPER, f"{call.event_id}:{target.arn}"),
+        source=Source.TAMPER,
+        target=target,
+        reason=f"tamper: {call.event_name} by {call.caller_arn or 'an unknown caller'} undid part of {episode.isolation_id}",
+        trigger=call.trigger,
+    )
+    return record.model_copy(update={"inherits_from": episode.isolation_id})
