@@ -10,9 +10,12 @@ different demo instance and each started a different way:
 - tag: the instance tagged `isolate=true` in its account, and the `Tag Change on Resource` event put on
   the stack's bus as the member account's forwarding rule delivers it;
 - Security Hub: an analyst's "Isolate instance" custom action on two findings (the instance, and an S3
-  bucket that is ignored) put on the stack's default bus.
+  bucket that is ignored) put on the stack's default bus;
+- tamper: once the GuardDuty isolation is in place, the member account's administrator puts one of the
+  instance's interfaces back in its old groups, and the CloudTrail event of that call (AWS's shape, the
+  call's fields) is put on the stack's bus: the tamper watch isolates it again.
 
-It waits (bounded) for the outcomes, prints a table and exits 0 only when all four are ISOLATED, as
+It waits (bounded) for the outcomes, prints a table and exits 0 only when all five are ISOLATED, as
 the records say and as the member accounts show (`local_stack.isolation_check`).
 """
 
@@ -25,7 +28,13 @@ from typing import Any
 
 from local_stack import cli, client
 from local_stack.isolation_check import isolation_problems
-from local_stack.sample_events import guardduty_finding, security_hub_custom_action, tag_change
+from local_stack.sample_events import (
+    cloudtrail_call,
+    groups_changed,
+    guardduty_finding,
+    security_hub_custom_action,
+    tag_change,
+)
 from shared.models import seconds_between
 
 #: Quiet handlers: the table is the output (the user's environment still wins).
@@ -141,6 +150,9 @@ def run_demo() -> int:
                 if items and items[0]["status"] in ("ISOLATED", "FAILED", "SKIPPED"):
                     results[source] = items[0]
             time.sleep(0.25)
+        if results.get("guardduty", {}).get("status") == "ISOLATED":
+            results["tamper"] = _tamper_repair(stack, by_finding, deadline)
+        targets.append(("tamper", by_finding))
         rows = []
         for source, instance in targets:
             record = results.get(source)
@@ -179,11 +191,40 @@ def run_demo() -> int:
         )
         print()
         print(
-            f"{'all four isolated' if isolated else 'NOT all isolated'} "
+            f"{'all five isolated' if isolated else 'NOT all isolated'} "
             f"({time.monotonic() - started:.1f} s in all)",
             flush=True,
         )
     return 0 if isolated else 1
+
+
+def _tamper_repair(stack: Any, instance: Any, deadline: float) -> dict[str, Any]:
+    """Someone undoes an isolation by hand; the CloudTrail call reaches the bus; the repair's record."""
+    eni, groups = instance.eni_ids[0], instance.security_group_ids
+    stack.client("ec2", instance.account_id).modify_network_interface_attribute(
+        NetworkInterfaceId=eni, Groups=groups
+    )
+    stack.put_event(
+        cloudtrail_call(
+            source="aws.ec2",
+            event_name="ModifyNetworkInterfaceAttribute",
+            account_id=instance.account_id,
+            region=instance.region,
+            caller_role_arn=f"arn:aws:iam::{instance.account_id}:role/OrganizationAccountAccessRole",
+            request_parameters=groups_changed(eni, groups),
+            response_elements={"_return": True},
+        )
+    )
+    print(
+        f"tamper    {eni} of {instance.instance_id} put back in {', '.join(groups)} by hand -> CloudTrail -> bus"
+    )
+    while True:
+        items = stack.records(instance.instance_id, instance.account_id)
+        newest = items[0] if items else {}
+        done = newest.get("source") == "tamper" and newest.get("status") in ("ISOLATED", "FAILED", "SKIPPED")
+        if done or time.monotonic() >= deadline:
+            return dict(newest)
+        time.sleep(0.25)
 
 
 def _show_with_the_client(api_url: str, api_key: str, isolation_ids: list[Any]) -> None:

@@ -16,6 +16,10 @@ Findings act when `detail.resource.resourceType` is `Instance` (and `Container`,
 host, when the worker's settings say so). Tag: the instance ARN in `resources[0]`; the value must be
 exactly `true`. Security Hub: every `AwsEc2Instance` resource of every finding (its `Id` is the instance
 ARN) is one isolation.
+
+The tamper queue carries a fifth shape, read by `parse_tamper`: a CloudTrail call ("AWS API Call via
+CloudTrail") that may undo part of an isolation, with the resources it names (`TamperCall`); the tamper
+watch (`worker.tamper`) finds the isolations they belong to.
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ def repairs(call: TamperCall, deps: WorkerDeps) -> list[IsolationRecord]:
         if record is not None:
             latest[target] = record
     for record in _indirect(call, deps):
-        latest.setdefault(record.target, _latest(deps, record.target) or record)
+        if record.target not in latest:
+            latest[record.target] = _latest(deps, record.target) or record
     in_flight = [r.isolation_id for r in latest.values() if r.status in (Status.QUEUED, Status.IN_PROGRESS)]
     if in_flight:
         raise RetryableError(

@@ -1,4 +1,5 @@
-"""`ec2-isolation demo`: the whole story in one command exits 0 with all four instances isolated."""
+"""`ec2-isolation demo`: the whole story in one command exits 0 with all four instances isolated, and
+the one whose isolation was undone by hand isolated again by the tamper watch."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def test_demo_isolates_four_ways() -> None:
     assert done.returncode == 0, output[-4000:]
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["source", "account", "instance"])
-    rows = {line.split()[0]: line.split() for line in lines[header + 1 : header + 5]}
-    for source in ("webhook", "guardduty", "tag", "securityhub"):
+    rows = {line.split()[0]: line.split() for line in lines[header + 1 : header + 6]}
+    for source in ("webhook", "guardduty", "tag", "securityhub", "tamper"):
         assert rows[source][3] == "ISOLATED", output
-    assert "all four isolated" in done.stdout
+    # And the tamper repair is of the instance the finding isolated
+    assert rows["tamper"][2] == rows["guardduty"][2]
+    assert "all five isolated" in done.stdout

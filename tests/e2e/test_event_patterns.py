@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from local_stack.sample_events import cloudtrail_call, groups_changed
 from local_stack.stack import LocalStack
 from local_stack.workloads import DemoInstance
 from tests.e2e.helpers import assert_isolated, member_clients, sample_event
@@ -149,3 +150,41 @@ def test_finding_for_exempt_instance_is_skipped(paused: LocalStack) -> None:
     ec2, _ = member_clients(instance)
     interfaces = ec2.describe_network_interfaces(NetworkInterfaceIds=instance.eni_ids)["NetworkInterfaces"]
     assert sorted({g["GroupId"] for eni in interfaces for g in eni["Groups"]}) == instance.security_group_ids
+
+
+def test_an_isolation_undone_by_hand_is_undone_in_turn(paused: LocalStack) -> None:
+    # Given a demo instance isolated through the webhook
+    instance = paused.demo.instance("web-3", 1)
+    paused.resume_worker()
+    status, body = paused.request(
+        "POST",
+        "/isolate",
+        {"instance_id": instance.instance_id, "account_id": instance.account_id, "region": instance.region},
+    )
+    assert status == 202, body
+    first = paused.wait_for(body["isolation_id"])
+    assert first["status"] == "ISOLATED"
+
+    # When the member account's administrator (not the execution role) puts an interface back in its
+    # old groups, and CloudTrail's event of that call reaches the stack's bus (moto has no CloudTrail)
+    ec2, _ = member_clients(instance)
+    eni = instance.eni_ids[0]
+    ec2.modify_network_interface_attribute(NetworkInterfaceId=eni, Groups=instance.security_group_ids)
+    call = cloudtrail_call(
+        source="aws.ec2",
+        event_name="ModifyNetworkInterfaceAttribute",
+        account_id=instance.account_id,
+        region=instance.region,
+        caller_role_arn=f"arn:aws:iam::{instance.account_id}:role/OrganizationAccountAccessRole",
+        request_parameters=groups_changed(eni, instance.security_group_ids),
+        response_elements={"_return": True},
+    )
+    paused.put_event(call)
+
+    # Then the tamper function isolates it again, on a record of the same episode that names the call
+    record = paused.wait_for_instance(instance.instance_id, instance.account_id, timeout=30)
+    assert_isolated(instance, record, source="tamper")
+    assert record["trigger"]["event_id"] == call["detail"]["eventID"]
+    assert record["trigger"]["caller_arn"].endswith(":assumed-role/OrganizationAccountAccessRole/harness")
+    assert record["inherits_from"] == first["isolation_id"]
+    assert record["prior_state"] == first["prior_state"]
