@@ -182,7 +182,11 @@ def test_an_isolation_undone_by_hand_is_undone_in_turn(paused: LocalStack) -> No
     paused.put_event(call)
 
     # Then the tamper function isolates it again, on a record of the same episode that names the call
-    record = paused.wait_for_instance(instance.instance_id, instance.account_id, timeout=30)
+    deadline = time.monotonic() + 30
+    while (record := paused.records(instance.instance_id, instance.account_id)[0])["source"] != "tamper":
+        assert time.monotonic() < deadline, "no tamper repair"
+        time.sleep(0.2)
+    record = paused.wait_for(record["isolation_id"])
     assert_isolated(instance, record, source="tamper")
     assert record["trigger"]["event_id"] == call["detail"]["eventID"]
     assert record["trigger"]["caller_arn"].endswith(":assumed-role/OrganizationAccountAccessRole/harness")
