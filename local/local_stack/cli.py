@@ -157,6 +157,12 @@ def serve(args: argparse.Namespace) -> int:
         )
         print(f"table: {stack.provisioned.table_name}")
         print(f"api key: {stack.api_key}" if not args.api_key else "api key: as given by --api-key")
+        for route in stack.api.routes if stack.api is not None else ():
+            if route.signed:
+                print(
+                    f"{route.method} {route.resource}: checks the API key only here; deployed it also "
+                    "needs IAM authorization (SigV4) by a principal of ReleasePrincipalArns"
+                )
         if stack.demo is not None:
             print(demo_summary(stack.demo, api_url=stack.api_url, api_key=stack.api_key))
         key_fragment = stack.api_key if not args.api_key else "<your key>"

@@ -66,6 +66,8 @@ class Route:
     resource: str  # as in the template: /isolations/{isolation_id}
     #: The route needs the API key (in the template: the operation's `security`); the status page does not.
     key_required: bool = True
+    #: Deployed, the route also needs IAM authorization (SigV4); the local stack checks the key only.
+    signed: bool = False
 
     @property
     def pattern(self) -> re.Pattern[str]:

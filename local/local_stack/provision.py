@@ -367,8 +367,9 @@ def _routes(template: dict[str, Any], functions: dict[str, Function]) -> dict[st
                 integration = operation.get("x-amazon-apigateway-integration") or {}
                 for function in invoked(template, integration.get("uri"), functions):
                     verb = "ANY" if method == _ANY_METHOD else method.upper()
-                    keyed = bool(operation.get("security"))
-                    routes.setdefault(function, []).append(Route(verb, path, keyed))
+                    security = operation.get("security") or []
+                    signed = any("AWS_IAM" in requirement for requirement in security)
+                    routes.setdefault(function, []).append(Route(verb, path, bool(security), signed))
     return {function: tuple(found) for function, found in routes.items()}
 
 

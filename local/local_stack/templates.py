@@ -29,8 +29,11 @@ def load_template(path: str | Path) -> dict[str, Any]:
     return plain
 
 
-def sam_transform(template: dict[str, Any]) -> dict[str, Any]:
-    """The SAM template as plain CloudFormation (parameters and functions left for CloudFormation)."""
+def sam_transform(template: dict[str, Any], parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The SAM template as plain CloudFormation (parameters and functions left for CloudFormation).
+
+    SAM itself resolves parameter references in a few places (the API's resource policy): with their
+    defaults, or with `parameters` (as CloudFormation's transform does with the stack's values)."""
     import boto3
     from samtranslator.parser.parser import Parser
     from samtranslator.translator.translator import Translator
@@ -46,6 +49,8 @@ def sam_transform(template: dict[str, Any]) -> dict[str, Any]:
             body["CodeUri"] = CODE_URI
     logging.getLogger("samtranslator").setLevel(logging.ERROR)
     translator = Translator(None, Parser(), boto_session=boto3.Session(region_name="us-east-1"))
-    output = translator.translate(source, parameter_values={}, get_managed_policy_map=lambda: {})
+    output = translator.translate(
+        source, parameter_values=dict(parameters or {}), get_managed_policy_map=lambda: {}
+    )
     transformed: dict[str, Any] = json.loads(json.dumps(output))
     return transformed

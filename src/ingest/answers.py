@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from shared.lifecycle import Status
 from shared.models import IsolationRecord
 
 
@@ -50,3 +51,15 @@ class ErrorBody(BaseModel):
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_defaults=True)
+
+
+class ReleaseRefused(ErrorBody):
+    """A release refused (409): what the record is, or which record to release instead."""
+
+    status: Status | None = Field(default=None, description="The record's status as the refusal read it")
+    latest: str | None = Field(
+        default=None, description="The episode's latest isolation: release through that one instead"
+    )
+    in_flight: str | None = Field(
+        default=None, description="An isolation (or release) of the instance in flight: wait for it to end"
+    )

@@ -1,4 +1,5 @@
-"""API Lambda: routes only. POST /isolate, GET /isolations/{isolation_id}, GET /isolations.
+"""API Lambda: routes only. POST /isolate, GET /isolations/{isolation_id}, GET /isolations,
+POST /isolations/{isolation_id}/release.
 
 Every answer is JSON; every client error is a 4xx naming the field. API Gateway checks the API key
 before this runs (the local stack does the same in front of it).
@@ -13,14 +14,14 @@ from aws_lambda_powertools.logging import correlation_paths
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ingest import console, rules, service
-from ingest.answers import ErrorBody, FieldError, IsolationList, IsolationPage
+from ingest.answers import ErrorBody, FieldError, IsolationList, IsolationPage, ReleaseRefused
 from ingest.body_guard import BodyRejected, screen
 from ingest.inputs import IsolateHeaders, ListQuery
 from ingest.routing import Answer, Invalid, Request, Response, Route, UnsupportedContentType, find, read
 from shared.aws import same_account_client
 from shared.config import ingest_settings
 from shared.errors import RequestNotFound
-from shared.models import Accepted, IsolationRecord, IsolationRequest
+from shared.models import Accepted, IsolationRecord, IsolationRequest, ReleaseRequest
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 
@@ -79,6 +80,22 @@ def list_isolations(request: Request) -> Response:
         return _misplaced(["account_id"], "only with instance_id")
     records, next_cursor = service.recent(query.limit or MAX_PAGE, query.status, query.cursor, store=_store())
     return Response.json(200, IsolationPage(items=records, next=next_cursor).model_dump(mode="json"))
+
+
+def release_isolation(request: Request) -> Response:
+    isolation_id = request.path["isolation_id"]
+    logger.append_keys(isolation_id=isolation_id)
+    # Deployed, API Gateway has checked the SigV4 signature (AWS_IAM) and names the caller here.
+    identity = (request.event.get("requestContext") or {}).get("identity") or {}
+    answer = service.release(
+        isolation_id,
+        request.body,
+        caller_arn=identity.get("userArn") or None,
+        settings=ingest_settings(),
+        store=_store(),
+        sqs=same_account_client("sqs"),
+    )
+    return Response.json(answer.status_code, answer.body)
 
 
 def _misplaced(names: list[str], where: str) -> Response:
@@ -151,6 +168,41 @@ ROUTES: tuple[Route, ...] = (
             ),
         },
     ),
+    Route(
+        "POST",
+        "/isolations/{isolation_id}/release",
+        release_isolation,
+        summary="Undo an isolation from its recorded prior state",
+        description=(
+            "Release the episode through its latest record: ISOLATED, FAILED with a `prior_state`, or "
+            "RELEASE_FAILED (a new request retries it). The worker restores what `prior_state` recorded; "
+            "follow it with GET /isolations/{isolation_id} (RELEASING, then RELEASED or RELEASE_FAILED). "
+            "Deployed, this route also needs IAM authorization (SigV4) by a principal the stack's "
+            "`ReleasePrincipalArns` names; `requested_by` is then the caller's IAM ARN."
+        ),
+        path={"isolation_id": "The id of the episode's latest isolation"},
+        body=ReleaseRequest,
+        body_required=False,
+        answers={
+            **EVERY_ROUTE,
+            202: Answer("Recorded RELEASING and queued", Accepted),
+            400: Answer("The body is not UTF-8 JSON, has duplicate keys or nests too deep", ErrorBody),
+            403: Answer(
+                "Missing or wrong API key, or (deployed) a caller the API's resource policy does not "
+                "allow (API Gateway's answer: only `message`)",
+                ErrorBody,
+            ),
+            404: Answer("No isolation has this id", ErrorBody),
+            409: Answer(
+                "Not releasable now: `status` names the record's status, or `latest` the episode's "
+                "latest record (release through it), or `in_flight` an isolation of the instance in flight",
+                ReleaseRefused,
+            ),
+            413: Answer("The body is larger than 10 KiB", ErrorBody),
+            415: Answer("The content type is not JSON", ErrorBody),
+            422: Answer("A field breaks a rule; each is named in `errors`", ErrorBody),
+        },
+    ),
     Route("GET", "/console", status_page, documented=False),
 )
 
@@ -195,6 +247,17 @@ def _not_found(_: RequestNotFound) -> Response:
     return _error(404, "isolation not found")
 
 
+def _not_releasable(exc: service.NotReleasableNow) -> Response:
+    refused = ReleaseRefused(
+        message=exc.message,
+        errors=[FieldError(field="isolation_id", type="not_releasable", message=exc.message)],
+        status=exc.status,
+        latest=exc.latest,
+        in_flight=exc.holder,
+    )
+    return Response.json(409, refused.dump())
+
+
 def _enqueue_failed(exc: service.EnqueueFailed) -> Response:
     return _error(503, exc.message)
 
@@ -214,6 +277,7 @@ ERRORS: tuple[tuple[type[Exception], Callable[[Any], Response]], ...] = (
     (service.AccountNotAllowed, _account_not_allowed),
     (service.IdempotencyConflict, _idempotency_conflict),
     (RequestNotFound, _not_found),
+    (service.NotReleasableNow, _not_releasable),
     (service.EnqueueFailed, _enqueue_failed),
     (ClientError, _aws_unavailable),
     (BotoCoreError, _aws_unavailable),

@@ -17,6 +17,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from shared import lifecycle
 from shared.config import IngestSettings
 from shared.errors import IsolationError, RequestNotFound
 from shared.models import (
@@ -25,15 +26,29 @@ from shared.models import (
     ErrorInfo,
     IsolationRecord,
     IsolationRequest,
+    ReleaseInfo,
+    ReleaseMessage,
+    ReleaseRequest,
     Source,
     Status,
     Target,
     WebhookMessage,
+    iso8601,
     new_isolation_id,
+    utcnow,
 )
 from shared.observability import logger
 from shared.regions import known_region
-from shared.store import Created, IdempotencyClaim, IsolationStore, Joined, Replayed
+from shared.store import (
+    Created,
+    IdempotencyClaim,
+    InstanceBusy,
+    IsolationStore,
+    Joined,
+    NotReleasable,
+    ReleaseEnd,
+    Replayed,
+)
 
 _ISOLATION_ID = re.compile(ISOLATION_ID_PATTERN)
 
@@ -56,6 +71,24 @@ class IdempotencyConflict(IsolationError):
 
 class EnqueueFailed(IsolationError):
     """The request was valid but could not be queued; nothing is left half-done (retry it)."""
+
+
+class NotReleasableNow(IsolationError):
+    """A release refused: the record's `status` does not allow it, or `latest` is the episode's latest
+    record (release through that one), or `holder` holds the instance (an isolation in flight)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: Status | None = None,
+        latest: str | None = None,
+        holder: str | None = None,
+    ) -> None:
+        super().__init__("NotReleasable", message)
+        self.status = status
+        self.latest = latest
+        self.holder = holder
 
 
 @dataclass(frozen=True)
@@ -102,6 +135,68 @@ def accept(
     _enqueue(record, request, settings=settings, store=store, sqs=sqs, claim=claim)
     logger.info("isolation queued", extra={"isolation_id": record.isolation_id})
     return accepted
+
+
+#: What a release can start from (the record's status), for the 409's message.
+RELEASABLE_FROM = "ISOLATED, FAILED with a prior_state (it changed part of the instance) or RELEASE_FAILED"
+
+
+def release(
+    isolation_id: str,
+    request: ReleaseRequest,
+    *,
+    caller_arn: str | None,
+    settings: IngestSettings,
+    store: IsolationStore,
+    sqs: Any,
+) -> Answer:
+    """Record the release request on the record (RELEASING, the instance's slot taken for it) and enqueue
+    it. `caller_arn`: the caller's authenticated IAM ARN (deployed, IAM authorization), which is then
+    `requested_by` whatever the body says."""
+    record = status(isolation_id, store=store)
+    releasable = lifecycle.RELEASABLE.holds(record.model_dump(mode="json"))
+    latest = store.latest_of_episode(record) if releasable else None
+    if latest is not None and latest.isolation_id != record.isolation_id:
+        raise NotReleasableNow(
+            f"{latest.isolation_id} ({latest.status.value}) is the instance's latest isolation: release the "
+            "episode through it",
+            status=record.status,
+            latest=latest.isolation_id,
+        )
+    info = ReleaseInfo(
+        requested_by=caller_arn or request.requested_by, reason=request.reason, requested_at=iso8601(utcnow())
+    )
+    outcome = store.request_release(record, info, lease_seconds=settings.ACTIVE_LEASE_SECONDS)
+    if isinstance(outcome, NotReleasable):
+        raise NotReleasableNow(_refusal(outcome), status=outcome.status)
+    if isinstance(outcome, InstanceBusy):
+        raise NotReleasableNow(
+            f"isolation {outcome.holder} of the instance is in flight: release once it has ended",
+            status=record.status,
+            holder=outcome.holder,
+        )
+    message = ReleaseMessage(isolation_id=record.isolation_id, requested_at=info.requested_at)
+    try:
+        sqs.send_message(QueueUrl=settings.QUEUE_URL, MessageBody=json.dumps(message.model_dump(mode="json")))
+    except (ClientError, BotoCoreError) as exc:
+        logger.exception("enqueue failed", extra={"isolation_id": record.isolation_id})
+        error = ErrorInfo(code="EnqueueFailed", message=f"the release could not be queued: {exc}")
+        if store.end_release(outcome.record, Status.RELEASE_FAILED, error=error) is not ReleaseEnd.ENDED:
+            logger.error(
+                "the unqueued release could not be ended", extra={"isolation_id": record.isolation_id}
+            )
+        raise EnqueueFailed("EnqueueFailed", "the release could not be queued; retry it") from exc
+    logger.info("release queued", extra={"isolation_id": record.isolation_id})
+    return Answer(202, _accepted(record.isolation_id, Status.RELEASING).body())
+
+
+def _refusal(refused: NotReleasable) -> str:
+    record = refused.record
+    if refused.dry_run:
+        return "a dry run changed nothing: there is nothing to release"
+    if record.status is Status.FAILED:
+        return "the isolation FAILED before it changed anything (no prior_state): there is nothing to release"
+    return f"the isolation is {record.status.value}: only {RELEASABLE_FROM} can be released"
 
 
 def status(isolation_id: str, *, store: IsolationStore) -> IsolationRecord:

@@ -16,7 +16,16 @@ both renderings and checks that they agree.
     └─ end ─────▶ SKIPPED | FAILED      (exempt instance, a permanent error before the first write)
   IN_PROGRESS, on the last receive, lease expired ─ end-lost ─▶ FAILED (resumable)      [sweeper]
   QUEUED | IN_PROGRESS, no live lease, message in the DLQ ─ end-dead-lettered ─▶ FAILED  [sweeper]
+
+  ISOLATED | FAILED with a prior_state | RELEASE_FAILED ─ request-release ─▶ RELEASING    [ingest]
+  RELEASING ─ begin-release (a lease) ─▶ RELEASING ─ end-release ─▶ RELEASED | RELEASE_FAILED
+  RELEASING ─ supersede-release ─▶ RELEASE_FAILED  (an isolation of the instance was requested meanwhile)
+  RELEASING, on the last receive, lease expired ─ end-release-lost ─▶ RELEASE_FAILED     [sweeper]
+  RELEASING, no live lease, message in the DLQ ─ end-release-dead-lettered ─▶ RELEASE_FAILED [sweeper]
 ```
+
+A release works on the episode's latest record only; which record that is comes from the `by-instance`
+index (`shared.store.releases`), not from a condition: a condition sees one item.
 
 Record attributes the conditions read, beside `status`:
 - `lease_owner`, `lease_until` (epoch seconds): the attempt running the record and until when.
@@ -40,6 +49,10 @@ class Status(StrEnum):
     ISOLATED = "ISOLATED"
     FAILED = "FAILED"
     SKIPPED = "SKIPPED"
+    CHECKED = "CHECKED"
+    RELEASING = "RELEASING"
+    RELEASED = "RELEASED"
+    RELEASE_FAILED = "RELEASE_FAILED"
 
 
 #: The value of `final_attempt` on a record whose attempt runs on its message's last receive.
@@ -52,7 +65,7 @@ FINAL_LEASE_INDEX = "by-final-lease"
 # --- conditions ------------------------------------------------------------------------------------------
 
 #: Attribute names DynamoDB reserves, written through a placeholder.
-_RESERVED = {"status": "#s", "error": "#e"}
+_RESERVED = {"status": "#s", "error": "#e", "release": "#r"}
 
 
 def _name(attribute: str) -> str:
@@ -231,7 +244,43 @@ ABANDON = Transition("abandon", StatusIn((Status.QUEUED,)), frozenset({Status.FA
 END_LOST = Transition("end-lost", LOST, frozenset({Status.FAILED}))
 END_DEAD_LETTERED = Transition("end-dead-lettered", ACTIVE & UNLEASED, frozenset({Status.FAILED}))
 
-TRANSITIONS = (BEGIN, END, ABANDON, END_LOST, END_DEAD_LETTERED)
+# --- release ---------------------------------------------------------------------------------------
+
+#: Not a dry run (a dry run changed nothing: there is nothing to release).
+REAL = Missing("dry_run") | Is("dry_run", False)
+#: A record whose isolation may be undone: ISOLATED, RELEASE_FAILED (a new request retries the release),
+#: or FAILED after it wrote a prior state (a failed isolation may have changed part of the instance).
+RELEASABLE = REAL & (
+    StatusIn((Status.ISOLATED, Status.RELEASE_FAILED)) | (StatusIn((Status.FAILED,)) & Exists("prior_state"))
+)
+RELEASE_RUNNING = StatusIn((Status.RELEASING,))
+#: The release's worker stopped during its message's last receive and its lease has expired (`now`).
+RELEASE_LOST = RELEASE_RUNNING & Is("final_attempt", FINAL) & Before("lease_until", "now")
+
+REQUEST_RELEASE = Transition("request-release", RELEASABLE, frozenset({Status.RELEASING}))
+BEGIN_RELEASE = Transition(
+    "begin-release", Exists("pk") & RELEASE_RUNNING & LEASE_FREE_FOR_OWNER, frozenset({Status.RELEASING})
+)
+END_RELEASE = Transition("end-release", RELEASE_RUNNING, frozenset({Status.RELEASED, Status.RELEASE_FAILED}))
+SUPERSEDE_RELEASE = Transition("supersede-release", RELEASE_RUNNING, frozenset({Status.RELEASE_FAILED}))
+END_RELEASE_LOST = Transition("end-release-lost", RELEASE_LOST, frozenset({Status.RELEASE_FAILED}))
+END_RELEASE_DEAD_LETTERED = Transition(
+    "end-release-dead-lettered", RELEASE_RUNNING & UNLEASED, frozenset({Status.RELEASE_FAILED})
+)
+
+TRANSITIONS = (
+    BEGIN,
+    END,
+    ABANDON,
+    END_LOST,
+    END_DEAD_LETTERED,
+    REQUEST_RELEASE,
+    BEGIN_RELEASE,
+    END_RELEASE,
+    SUPERSEDE_RELEASE,
+    END_RELEASE_LOST,
+    END_RELEASE_DEAD_LETTERED,
+)
 
 
 def ended(item: Mapping[str, Any]) -> bool:

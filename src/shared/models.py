@@ -216,6 +216,30 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+class ReleaseRequest(BaseModel):
+    """Body of `POST /isolations/{isolation_id}/release` (optional). Unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    reason: Annotated[str, Field(max_length=1024)] | None = Field(
+        default=None, description="Why the isolation is being undone (free text)"
+    )
+    requested_by: Annotated[str, Field(max_length=256)] | None = Field(
+        default=None,
+        description="Who asks (free text); deployed, the caller's authenticated IAM ARN replaces it",
+    )
+
+
+class ReleaseInfo(BaseModel):
+    """The release of an isolation, as the record keeps it: who asked, why, when, and each release step."""
+
+    requested_by: str | None = None
+    reason: str | None = None
+    requested_at: str
+    steps: list[StepRecord] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
 class IsolationRecord(BaseModel):
     """The isolation record, as stored and as served (docs/record.md). A message on the queue is parsed
     into one too: the record as the message describes it, QUEUED."""
@@ -239,6 +263,10 @@ class IsolationRecord(BaseModel):
     prior_state: PriorState | None = None
     evidence: Evidence | None = None
     error: ErrorInfo | None = None
+    #: When a release put the instance back (RELEASED).
+    released_at: str | None = None
+    #: The latest release of this isolation (RELEASING, RELEASED, RELEASE_FAILED).
+    release: ReleaseInfo | None = None
 
     @property
     def target(self) -> Target:
@@ -285,6 +313,17 @@ class WebhookMessage(BaseModel):
     kind: Literal["webhook"] = "webhook"
     isolation_id: Annotated[str, StringConstraints(pattern=ISOLATION_ID_PATTERN)]
     request: IsolationRequest
+
+
+class ReleaseMessage(BaseModel):
+    """What ingest puts on the queue for a release: the record (RELEASING) says the rest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["release"] = "release"
+    isolation_id: Annotated[str, StringConstraints(pattern=ISOLATION_ID_PATTERN)]
+    #: The release request this message carries out (the record's `release.requested_at`).
+    requested_at: str
 
 
 class Accepted(BaseModel):

@@ -1,4 +1,4 @@
-"""Outcome events: every record that ends (ISOLATED, FAILED, SKIPPED) puts one `EC2 Isolation Outcome`
+"""Outcome events: every record that ends (ISOLATED, FAILED, SKIPPED, RELEASED, RELEASE_FAILED) puts one `EC2 Isolation Outcome`
 event on the stack's bus, so the security team's other tools hear of it without polling.
 
 The record is the truth and is written first; the event carries it as `GET /isolations/{id}` serves it,
@@ -27,6 +27,8 @@ FIRST_DELAY_SECONDS = 0.2
 def summary(record: IsolationRecord) -> str:
     """One line: "ISOLATED i-… in 111122223333 eu-west-1 by guardduty in 0.4 s"."""
     line = f"{record.status.value} {record.instance_id} in {record.account_id} {record.region} by {record.source.value}"
+    if record.status in (Status.RELEASED, Status.RELEASE_FAILED) and record.release is not None:
+        return _release_summary(line.replace(" by ", " (isolated by ", 1) + ")", record)
     contained = seconds_between(record.created_at, record.contained_at)
     if record.status is Status.ISOLATED and contained is not None:
         line += f" in {contained:.1f} s"
@@ -36,6 +38,20 @@ def summary(record: IsolationRecord) -> str:
         line += f": {record.error.code}: {record.error.message}"
     elif record.status is Status.SKIPPED and record.steps:
         line += f": {record.steps[-1].detail}"
+    return line
+
+
+def _release_summary(line: str, record: IsolationRecord) -> str:
+    """ "RELEASED i-… in 111122223333 eu-west-1 (isolated by webhook) in 1.2 s, by arn:…"."""
+    release = record.release
+    assert release is not None
+    took = seconds_between(release.requested_at, record.released_at)
+    if took is not None:
+        line += f" in {took:.1f} s"
+    if release.requested_by:
+        line += f", asked by {release.requested_by}"
+    if release.error is not None:
+        line += f": {release.error.code}: {release.error.message}"
     return line
 
 

@@ -9,7 +9,8 @@ Two cases, both on the message's last allowed receive, after which SQS moves the
   (ReceiveMessage with a zero visibility timeout; it never deletes: a redrive is the operator's call)
   and ends such a record `DeadLettered`; a trigger's message whose record was never written gets one.
 
-Both end the record resumable: a DLQ redrive runs it again. A record merely waiting in the queue behind a
+Both end the record resumable: a DLQ redrive runs it again. A release (RELEASING) lost the same ways
+ends RELEASE_FAILED with the same codes; a new release request finishes it. A record merely waiting in the queue behind a
 burst is never ended by a clock: only an expired last-receive lease or a message in the DLQ ends one.
 Every end is a conditional write (`shared.lifecycle`), so a sweeper racing a worker changes nothing twice.
 """
@@ -25,7 +26,7 @@ from shared import lifecycle
 from shared.models import IsolationRecord
 from shared.observability import logger
 from shared.store import IsolationStore
-from worker.messages import Ignored, InvalidMessage, Unusable, parse
+from worker.messages import Ignored, InvalidMessage, Unusable, parse, release_of
 
 
 @dataclass
@@ -59,6 +60,12 @@ def sweep(
     for body in _peek(sqs, dead_letter_queue_url, peeks):
         swept.peeked += 1
         try:
+            release = release_of(body)
+            if release is not None:
+                if _end_release_dead_lettered(store, release.isolation_id, moment):
+                    swept.dead_lettered.append(release.isolation_id)
+                    announce(release.isolation_id)
+                continue
             requested = parse(body, container_findings=container_findings)
         except (InvalidMessage, Ignored, Unusable):
             continue  # nothing of this message can be running (the DLQ alarm says it is there)
@@ -78,6 +85,17 @@ def _end_dead_lettered(store: IsolationStore, record: IsolationRecord, now: floa
     if not store.end_dead_lettered(record, now=now):
         return False
     logger.warning("ended a record whose message is in the DLQ", extra={"isolation_id": record.isolation_id})
+    return True
+
+
+def _end_release_dead_lettered(store: IsolationStore, isolation_id: str, now: float) -> bool:
+    current = store.item(isolation_id)
+    if current is None or not lifecycle.END_RELEASE_DEAD_LETTERED.guard.holds(current, now=now):
+        return False
+    record = store.get(isolation_id)
+    if record is None or not store.end_release_dead_lettered(record, now=now):
+        return False
+    logger.warning("ended a release whose message is in the DLQ", extra={"isolation_id": isolation_id})
     return True
 
 

@@ -8,6 +8,8 @@
   after maxReceiveCount receives; it is logged with its message id and never blocks the batch.
 - A matched event that isolates nothing (a sample finding) is acknowledged; a matched signal with no
   usable target is recorded FAILED and acknowledged (`worker.messages`).
+- A release message (`POST /isolations/{id}/release`) runs one `worker.release.ReleaseAttempt`, with the
+  same retry and last-receive handling.
 - A Security Hub custom action asks for several isolations: they run one after another, each its own
   attempt; if one must be retried the message comes back, and the ones that ended are duplicates then.
 """
@@ -24,7 +26,8 @@ from shared.config import WorkerSettings, worker_settings
 from shared.errors import RetryableError
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
-from worker.messages import Ignored, InvalidMessage, Unusable, parse
+from worker.messages import Ignored, InvalidMessage, Unusable, parse, release_of
+from worker.release import ReleaseAttempt
 from worker.runner import Attempt, WorkerDeps
 
 MAX_VISIBILITY_SECONDS = 900
@@ -41,7 +44,12 @@ def record_handler(record: SQSRecord) -> str:
     logger.append_keys(message_id=record.message_id)
     worker = deps()
     try:
-        requested = parse(record.body, container_findings=worker.settings.ISOLATE_CONTAINER_FINDINGS)
+        release = release_of(record.body)
+        requested = (
+            parse(record.body, container_findings=worker.settings.ISOLATE_CONTAINER_FINDINGS)
+            if release is None
+            else []
+        )
     except InvalidMessage as exc:
         logger.error("not an isolation request: on to the DLQ", extra={"reason": str(exc)})
         _retry_after(record, 0)
@@ -55,7 +63,11 @@ def record_handler(record: SQSRecord) -> str:
         worker.announce(exc.record.isolation_id)
         return "unusable"
     receive_count = int(record.attributes.approximate_receive_count or 1)
-    attempts = [Attempt(isolation, worker, receive_count=receive_count) for isolation in requested]
+    attempts: list[Attempt | ReleaseAttempt] = (
+        [ReleaseAttempt(release, worker, receive_count=receive_count)]
+        if release is not None
+        else [Attempt(isolation, worker, receive_count=receive_count) for isolation in requested]
+    )
     try:
         return ",".join(attempt.run().value for attempt in attempts)
     except Exception as exc:

@@ -1,7 +1,8 @@
 """What can arrive on the isolation queue, parsed into the isolations it asks for: records, QUEUED.
 
 Four shapes: the webhook message ingest writes, and three EventBridge events, unchanged: a GuardDuty
-finding, a `Tag Change on Resource` and a Security Hub custom action. The target never comes from an
+finding, a `Tag Change on Resource` and a Security Hub custom action. A fifth, the release message
+ingest writes for `POST /isolations/{id}/release`, is read by `release_of` (it asks for no isolation). The target never comes from an
 event's envelope (on the delegated administrator's bus its `account` is the administrator's, and moto
 omits it). Three ways a message runs nothing:
 - `InvalidMessage`: not something the rules send (the worker sends it on to the DLQ rather than guess);
@@ -39,6 +40,7 @@ from shared.models import (
     InstanceId,
     IsolationRecord,
     Region,
+    ReleaseMessage,
     Source,
     Target,
     WebhookMessage,
@@ -269,6 +271,20 @@ class TamperCall:
 
 
 # --- parsing -----------------------------------------------------------------------------------------
+
+
+def release_of(body: str) -> ReleaseMessage | None:
+    """The release the message asks for; None when it is not a release message (`parse` reads it)."""
+    try:
+        data = json.loads(body)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("kind") != "release":
+        return None
+    try:
+        return ReleaseMessage.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidMessage(f"release: {_summary(exc)}") from exc
 
 
 def parse(body: str, *, container_findings: bool = False) -> list[IsolationRecord]:

@@ -22,6 +22,7 @@ sweeper ends the record. Nothing stays QUEUED or IN_PROGRESS forever.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared import outcomes
+from shared import lifecycle, outcomes
 from shared.aws import AccountSession, forget_session, same_account_client, session_for_account
 from shared.config import WorkerSettings
 from shared.errors import (
@@ -70,12 +71,15 @@ from shared.store import (
     RecordMissing,
     RepairsSpent,
 )
+from worker import consistency
 from worker.consistency import retry_within
 from worker.instance import Instance, describe
 from worker.steps import CONTAINMENT, FOLLOW_UP, Step, StepContext
 
 #: How long one attempt holds the record (longer than the worker's 60 s timeout).
 LEASE_SECONDS = 120
+#: The first wait for a release that an isolation took the instance's slot from to stop.
+RELEASE_WAIT_FIRST_SECONDS = 0.1
 #: How long the last receive keeps trying to write its FAILED outcome when its own table throttles.
 FINAL_WRITE_BUDGET_SECONDS = 4.0
 
@@ -396,12 +400,30 @@ class Attempt:
         holder = instance.tags.get(ISOLATION_ID_TAG) or self.record.inherits_from
         if not holder or holder == self.record.isolation_id:
             return None
-        earlier = self.deps.store.get(holder)
+        earlier = self._after_release(holder)
         if earlier is None or earlier.prior_state is None:
             # Not a record of this service's table: the instance as it is now is all there is.
             logger.warning("tagged by an unknown isolation", extra={"tagged_by": holder})
             return None
         return earlier
+
+    def _after_release(self, isolation_id: str) -> IsolationRecord | None:
+        """The record `isolation_id`, once no release of it is running: this isolation took the slot
+        from it, and the release stops before its next step (`worker.release`); wait for that, briefly,
+        so that the two never change the instance at the same time."""
+        waited, delay = 0.0, RELEASE_WAIT_FIRST_SECONDS
+        while True:
+            item = self.deps.store.item(isolation_id)
+            releasing = item is not None and lifecycle.RELEASE_RUNNING.holds(item)
+            if not releasing or lifecycle.UNLEASED.holds(item or {}, now=time.time()):
+                return self.deps.store.get(isolation_id) if item is not None else None
+            if waited + delay > self.deps.settings.CONSISTENCY_WAIT_SECONDS:
+                raise RetryableError(
+                    "ReleaseInProgress", f"the release of {isolation_id} is still stopping", wait="in-flight"
+                )
+            (self.deps.sleep or consistency.pause)(delay)
+            waited += delay
+            delay = min(delay * 2, 1.0)
 
     def _step(self, step_class: type[Step], ctx: StepContext, journal: StepJournal) -> StepRecord:
         step = step_class()
@@ -465,8 +487,16 @@ class Attempt:
 
     def _record_coalesced(self, earlier_id: str) -> None:
         step = StepRecord.already("coalesced", f"isolated less than the coalesce window ago by {earlier_id}")
+        # It belongs to the earlier isolation's episode: a release through it (the latest record) restores
+        # that episode's prior state.
+        earlier = self.deps.store.get(earlier_id)
+        episode = (
+            {"inherits_from": earlier_id, "prior_state": earlier.prior_state, "evidence": earlier.evidence}
+            if earlier is not None
+            else {}
+        )
         self.deps.store.put_record(
-            self.record.model_copy(update={"status": Status.ISOLATED, "steps": [step]})
+            self.record.model_copy(update={"status": Status.ISOLATED, "steps": [step], **episode})
         )
         logger.info("coalesced with a recent isolation", extra={"earlier": earlier_id})
 

@@ -14,6 +14,7 @@ DESCRIBE_ACTIONS = {
     "ec2:DescribeIamInstanceProfileAssociations",
     "ec2:DescribeSnapshots",
     "autoscaling:DescribeAutoScalingInstances",
+    "autoscaling:DescribeAutoScalingGroups",
     "elasticloadbalancing:DescribeTargetGroups",
     "elasticloadbalancing:DescribeTargetHealth",
     "elasticloadbalancing:DescribeLoadBalancers",
@@ -53,9 +54,11 @@ def test_role_grants_exactly_the_step_catalogue(member_stack, helpers) -> None:
 def _switches() -> list[tuple[str, str, tuple[str, ...]]]:
     from worker.steps.credentials import DenyInstanceCredentials
     from worker.steps.evidence import SnapshotVolumes
+    from worker.steps.release import RemoveCredentialsDeny
 
+    credentials = DenyInstanceCredentials.write_permissions + RemoveCredentialsDeny.write_permissions
     return [
-        ("CutInstanceCredentials", "false", DenyInstanceCredentials.write_permissions),
+        ("CutInstanceCredentials", "false", credentials),
         ("SnapshotVolumes", "false", SnapshotVolumes.write_permissions + SnapshotVolumes.lock_permissions),
         ("SnapshotLockDays", "0", SnapshotVolumes.lock_permissions),
     ]
@@ -95,9 +98,12 @@ def test_role_policies_are_written_only_where_no_guard_denies_it(member_stack, h
     ]
     assert put["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/*"
     # ... and explicitly denied, with DeleteRolePolicy, on every role that must never change
-    denies = [s for s in statements if s["Effect"] == "Deny"]
+    denies = [
+        s for s in statements if s["Effect"] == "Deny" and "iam:PutRolePolicy" in helpers.as_list(s["Action"])
+    ]
     assert all(
-        set(helpers.as_list(s["Action"])) == {"iam:PutRolePolicy", "iam:DeleteRolePolicy"} for s in denies
+        set(helpers.as_list(s["Action"])) - {"iam:PassRole"} == {"iam:PutRolePolicy", "iam:DeleteRolePolicy"}
+        for s in denies
     )
     denied = {resource for s in denies for resource in helpers.as_list(s["Resource"])}
     role = f"arn:aws:iam::{ACCOUNT}:role/"
@@ -212,6 +218,7 @@ CREDENTIALS_ACTIONS = {
     "iam:ListRolePolicies",
     "iam:GetRolePolicy",
     "iam:PutRolePolicy",
+    "iam:DeleteRolePolicy",
 }
 
 
@@ -225,6 +232,8 @@ def test_iam_actions_touch_only_the_isolation_role_and_profile(member_stack, hel
         if not any(a.startswith("iam:") for a in actions):
             continue
         assert all(a.startswith("iam:") for a in actions)
+        if actions == ["iam:PassRole"]:
+            continue  # below
         if set(actions) <= CREDENTIALS_ACTIONS:
             assert statement["Resource"] in (
                 f"arn:aws:iam::{ACCOUNT}:role/*",
@@ -232,9 +241,11 @@ def test_iam_actions_touch_only_the_isolation_role_and_profile(member_stack, hel
             ), statement
             continue
         assert statement["Resource"] in (role_arn, profile_arn), statement
-    (pass_role,) = _granting(statements, "iam:PassRole", helpers)
-    assert pass_role["Resource"] == role_arn
-    assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+    # PassRole: the isolation role, and (a release) any role of the account, to EC2 only ...
+    passes = _granting(statements, "iam:PassRole", helpers)
+    assert sorted(s["Resource"] for s in passes) == [f"arn:aws:iam::{ACCOUNT}:role/*", role_arn]
+    for pass_role in passes:
+        assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
     (attach,) = _granting(statements, "iam:AttachRolePolicy", helpers)
     assert attach["Condition"] == {"ArnEquals": {"iam:PolicyARN": "arn:aws:iam::aws:policy/AWSDenyAll"}}
     for action in ("iam:CreateInstanceProfile", "iam:AddRoleToInstanceProfile"):
@@ -380,3 +391,36 @@ def test_function_environment_fits_its_settings(deployed, function: str, setting
     # ... and every required setting is set
     required = {name for name, field in settings.model_fields.items() if field.is_required()}
     assert required <= set(env)
+
+
+def test_prior_roles_are_passed_back_to_ec2_except_the_guarded_and_protected_ones(
+    member_stack, helpers
+) -> None:
+    # Given the member role with protected roles named
+    protected = f"arn:aws:iam::{ACCOUNT}:role/payments-*"
+    statements = _execution_statements(member_stack(ProtectedRoleArns=protected), helpers)
+    # Then PassRole is denied on every role the credentials step never writes but the isolation role
+    # (which every isolation passes), and on the protected ones
+    denied = {
+        resource
+        for s in statements
+        if s["Effect"] == "Deny" and "iam:PassRole" in helpers.as_list(s["Action"])
+        for resource in helpers.as_list(s["Resource"])
+    }
+    role = f"arn:aws:iam::{ACCOUNT}:role/"
+    assert denied == {
+        role + "ec2-isolation-execution",
+        role + "aws-reserved/*",
+        role + "aws-service-role/*",
+        role + "OrganizationAccountAccessRole",
+        role + "stacksets-exec-*",
+        role + "AWSControlTower*",
+        role + "service-role/AWSControlTower*",
+        protected,
+    }
+    # And the worker can create or fill no instance profile but the isolation one: it can only pass a
+    # role some existing profile holds
+    for action in ("iam:CreateInstanceProfile", "iam:AddRoleToInstanceProfile"):
+        assert [s["Resource"] for s in _granting(_allows(member_stack(), helpers), action, helpers)] == [
+            f"arn:aws:iam::{ACCOUNT}:instance-profile/ec2-isolation-deny-all"
+        ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -160,12 +161,16 @@ def test_every_api_method_requires_the_api_key(transformed: dict[str, Any]) -> N
         ("/isolate", "post"),
         ("/isolations/{isolation_id}", "get"),
         ("/isolations", "get"),
+        ("/isolations/{isolation_id}/release", "post"),
         ("/console", "get"),
     }
-    # And each data route needs the x-api-key header; the page (no data in it) loads without one
+    # And each data route needs the x-api-key header (the release IAM authorization too: below); the
+    # page (no data in it) loads without one
     for route, operation in methods.items():
         if route == ("/console", "get"):
             assert "security" not in operation or operation["security"] == [], operation
+        elif route == ("/isolations/{isolation_id}/release", "post"):
+            assert operation["security"] == [{"AWS_IAM": []}, {"api_key": []}], route
         else:
             assert operation["security"] == [{"api_key": []}], route
     assert body["components"]["securitySchemes"]["api_key"] == {
@@ -523,3 +528,72 @@ def test_tamper_calls_have_their_own_queue_dead_letter_queue_and_function(deploy
     assert resources["TamperDeadLetterAlarm"]["Properties"]["Dimensions"][0]["Value"] == {
         "Fn::GetAtt": ["TamperDeadLetterQueue", "QueueName"]
     }
+
+
+RELEASE_ROUTE = "execute-api:/*/POST/isolations/*/release"
+
+
+def _api_policy(sam_template: dict[str, Any], deployed: Any, **parameters: str) -> list[dict[str, Any]]:
+    """The API's resource policy as CloudFormation deploys it with these parameters (SAM resolves the
+    parameter in the policy during the transform, as CloudFormation's transform does)."""
+    from tests.infra.resolver import resolve
+
+    from local_stack.templates import sam_transform
+
+    listed = {k: v.split(",") for k, v in parameters.items()}
+    transformed = sam_transform(sam_template, listed)
+    body = resolve(transformed, parameters)["Resources"]["IsolationApi"]["Properties"]["Body"]
+    return list(body["x-amazon-apigateway-policy"]["Statement"])
+
+
+def test_release_needs_iam_authorization_invoked_with_the_apis_own_permission(
+    transformed: dict[str, Any],
+) -> None:
+    # Given the release route as SAM generates it
+    body = transformed["Resources"]["IsolationApi"]["Properties"]["Body"]
+    operation = body["paths"]["/isolations/{isolation_id}/release"]["post"]
+    # Then it needs SigV4 (AWS_IAM) and the key, and API Gateway calls the function with its own
+    # permission (InvokeRole NONE: no integration credentials, so callers need no lambda:InvokeFunction)
+    assert operation["security"] == [{"AWS_IAM": []}, {"api_key": []}]
+    assert body["components"]["securitySchemes"]["AWS_IAM"]["x-amazon-apigateway-authtype"] == "awsSigv4"
+    assert "credentials" not in operation["x-amazon-apigateway-integration"]
+    permissions = [
+        r["Properties"]
+        for r in _of_type(transformed, "AWS::Lambda::Permission").values()
+        if "release" in json.dumps(r["Properties"].get("SourceArn"))
+    ]
+    assert permissions and all(p["Principal"] == "apigateway.amazonaws.com" for p in permissions)
+
+
+@pytest.mark.parametrize(
+    "principals", ["", "arn:aws:iam::123456789012:role/responder,arn:aws:iam::*:role/ir-*"]
+)
+def test_the_resource_policy_lets_only_the_named_principals_release(
+    sam_template: dict[str, Any], deployed: Any, principals: str
+) -> None:
+    # Given the API's resource policy with and without ReleasePrincipalArns
+    statements = _api_policy(sam_template, deployed, ReleasePrincipalArns=principals)
+    by_sid = {s["Sid"]: s for s in statements}
+    named = principals.split(",") if principals else []
+    # Then the key-only routes are allowed to everyone (a resource policy denies what it does not allow)
+    key_only = by_sid["KeyOnlyRoutes"]
+    assert (key_only["Effect"], key_only["Principal"]) == ("Allow", "*")
+    assert set(key_only["Resource"]) == {
+        "execute-api:/*/POST/isolate",
+        "execute-api:/*/GET/isolations",
+        "execute-api:/*/GET/isolations/*",
+        "execute-api:/*/GET/console",
+    }
+    assert RELEASE_ROUTE not in json.dumps(key_only)
+    # And the release route is denied to every principal but the named ones (to all when none is named)
+    deny = by_sid["ReleaseByNobodyElse"]
+    assert (deny["Effect"], deny["Principal"], deny["Resource"]) == ("Deny", "*", RELEASE_ROUTE)
+    if named:
+        assert deny["Condition"] == {"ArnNotLike": {"aws:PrincipalArn": named}}
+        allow = by_sid["ReleaseByNamedPrincipals"]
+        assert allow["Effect"] == "Allow" and allow["Resource"] == RELEASE_ROUTE
+        assert allow["Condition"] == {"ArnLike": {"aws:PrincipalArn": named}}
+    else:
+        assert "Condition" not in deny
+        assert "ReleaseByNamedPrincipals" not in by_sid
+    assert len(statements) == (3 if named else 2)

@@ -23,5 +23,7 @@ RECORD_FIELDS = frozenset(
         "prior_state",
         "evidence",
         "error",
+        "released_at",
+        "release",
     }
 )

@@ -17,7 +17,12 @@ EVENTS_DIR = Path(__file__).resolve().parent.parent / "events"
 TEST_REGION = "us-east-1"
 TEST_ACCOUNT = "123456789012"
 #: The API's routes, as the template declares them.
-ROUTES = (Route("POST", "/isolate"), Route("GET", "/isolations/{isolation_id}"), Route("GET", "/isolations"))
+ROUTES = (
+    Route("POST", "/isolate"),
+    Route("GET", "/isolations/{isolation_id}"),
+    Route("GET", "/isolations"),
+    Route("POST", "/isolations/{isolation_id}/release", signed=True),
+)
 
 
 def lambda_context() -> LambdaContext:
@@ -33,9 +38,11 @@ def api_event(
     body: str | bytes | dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
     query: dict[str, str] | None = None,
+    user_arn: str | None = None,
 ) -> dict[str, Any]:
     """An API Gateway REST API proxy event, built as the local stack builds it for a request (an
-    undefined route keeps its path as the resource, so that the handler's own 404 can be checked)."""
+    undefined route keeps its path as the resource, so that the handler's own 404 can be checked).
+    `user_arn`: the caller's IAM ARN, as API Gateway fills it in for a SigV4-signed (AWS_IAM) request."""
     data = (
         json.dumps(body).encode()
         if isinstance(body, dict)
@@ -44,7 +51,7 @@ def api_event(
         else body
     )
     all_headers = {"content-type": "application/json", "x-api-key": "test-key", **(headers or {})}
-    return build_event(
+    event = build_event(
         method=method,
         raw_path=path,
         query=urlencode(query or {}),
@@ -55,6 +62,9 @@ def api_event(
         stage="v1",
         account_id=TEST_ACCOUNT,
     )
+    if user_arn is not None:
+        event["requestContext"]["identity"]["userArn"] = user_arn
+    return event
 
 
 def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:

@@ -44,8 +44,21 @@ def states() -> Iterator[tuple[str, dict[str, Any]]]:
         yield name, item
 
 
+def release_states() -> Iterator[tuple[str, dict[str, Any]]]:
+    """What a release reads beside the status: whether the record wrote a prior state, and dry runs."""
+    for status, prior, dry_run in itertools.product(Status, (False, True), (None, False, True)):
+        item = {"status": status.value}
+        if prior:
+            item["prior_state"] = {"vpc_id": "vpc-1", "network_interfaces": []}
+        if dry_run is not None:
+            item["dry_run"] = dry_run
+        yield f"{status.value}{' with prior state' if prior else ''}, dry_run {dry_run}, no lease", item
+
+
 @pytest.fixture(scope="module")
 def table() -> Iterator[Any]:
+    """A table holding one item per state (its name as key): each transition's condition is checked
+    against every one of them, and writes only `touched`, which no condition reads."""
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         client.create_table(
@@ -54,15 +67,24 @@ def table() -> Iterator[Any]:
             AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
             BillingMode="PAY_PER_REQUEST",
         )
+        every = [*states(), *release_states()]
+        for start in range(0, len(every), 25):
+            client.batch_write_item(
+                RequestItems={
+                    "lifecycle": [
+                        {"PutRequest": {"Item": serialize({"pk": name, **item})}}
+                        for name, item in every[start : start + 25]
+                    ]
+                }
+            )
         yield client
 
 
-def dynamodb_allows(client: Any, item: dict[str, Any], transition: Transition) -> bool:
-    """Whether DynamoDB lets a write guarded by the transition's expression through, on `item`."""
-    client.put_item(TableName="lifecycle", Item=serialize({"pk": "record", **item}))
+def dynamodb_allows(client: Any, name: str, transition: Transition) -> bool:
+    """Whether DynamoDB lets a write guarded by the transition's expression through, on the state `name`."""
     write = Write("touched = :yes", condition=transition.guard, params={"now": NOW, "owner": ME}, yes=True)
     try:
-        client.update_item(TableName="lifecycle", Key=key("record"), **write.request())
+        client.update_item(TableName="lifecycle", Key=key(name), **write.request())
     except ClientError as exc:
         assert error_code(exc) == "ConditionalCheckFailedException"
         return False
@@ -72,10 +94,11 @@ def dynamodb_allows(client: Any, item: dict[str, Any], transition: Transition) -
 @pytest.mark.parametrize("transition", lifecycle.TRANSITIONS, ids=lambda t: t.name)
 def test_both_renderings_agree_from_every_state(table: Any, transition: Transition) -> None:
     allowed = []
-    for name, item in states():
+    every = [*states(), *release_states()]
+    for name, item in every:
         # Given a record in this state; When the transition's condition is checked both ways
         in_python = transition.guard.holds({"pk": "record", **item}, now=NOW, owner=ME)
-        in_dynamodb = dynamodb_allows(table, item, transition)
+        in_dynamodb = dynamodb_allows(table, name, transition)
         # Then they agree
         assert in_python == in_dynamodb, (
             f"{transition.name} from {name}: python {in_python}, dynamodb {in_dynamodb}"
@@ -83,11 +106,12 @@ def test_both_renderings_agree_from_every_state(table: Any, transition: Transiti
         if in_python:
             allowed.append(name)
     # And the transition is possible from some states and not from others
-    assert allowed and len(allowed) < len(list(states()))
+    assert allowed and len(allowed) < len(every)
 
 
-def allowed_from(transition: Transition) -> set[str]:
-    return {name for name, item in states() if transition.guard.holds({"pk": "r", **item}, now=NOW, owner=ME)}
+def allowed_from(transition: Transition, *, release: bool = False) -> set[str]:
+    every = [*states(), *release_states()] if release else list(states())
+    return {name for name, item in every if transition.guard.holds({"pk": "r", **item}, now=NOW, owner=ME)}
 
 
 def test_begin_runs_what_is_not_over_and_not_held_by_another_attempt() -> None:
@@ -102,14 +126,8 @@ def test_begin_runs_what_is_not_over_and_not_held_by_another_attempt() -> None:
 
 def test_end_comes_from_a_record_still_running_or_resumable_only() -> None:
     allowed = allowed_from(lifecycle.END)
-    assert {name.split(",")[0] for name in allowed} == {
-        "QUEUED",
-        "IN_PROGRESS",
-        "QUEUED resumable",
-        "IN_PROGRESS resumable",
-        "ISOLATED resumable",
-        "FAILED resumable",
-        "SKIPPED resumable",
+    assert {name.split(",")[0] for name in allowed} == {"QUEUED", "IN_PROGRESS"} | {
+        f"{status.value} resumable" for status in Status
     }
     assert lifecycle.END.to == {Status.ISOLATED, Status.FAILED, Status.SKIPPED}
 
@@ -155,3 +173,37 @@ def test_the_store_ends_a_record_only_in_the_statuses_of_the_transition(table: A
             record, Status.ISOLATED, transition=lifecycle.END_LOST
         )
     assert "Item" not in table.get_item(TableName="lifecycle", Key=key(record.isolation_id))
+
+
+def test_a_release_is_requested_only_of_a_real_record_that_changed_the_instance() -> None:
+    allowed = allowed_from(lifecycle.REQUEST_RELEASE, release=True)
+    # ISOLATED and RELEASE_FAILED (whatever the lease fields say: ended records hold none), FAILED only
+    # with a prior state; never a dry run
+    assert {name.split(",")[0] for name in allowed} == {
+        "ISOLATED",
+        "ISOLATED resumable",
+        "RELEASE_FAILED",
+        "RELEASE_FAILED resumable",
+        "ISOLATED with prior state",
+        "RELEASE_FAILED with prior state",
+        "FAILED with prior state",
+    }
+    assert not any("dry_run True" in name for name in allowed)
+    assert "FAILED, dry_run None, no lease" not in allowed
+
+
+def test_a_release_runs_once_at_a_time_and_ends_from_releasing_only() -> None:
+    begin = allowed_from(lifecycle.BEGIN_RELEASE)
+    assert begin and all(name.startswith("RELEASING") for name in begin)
+    assert not any("live lease of another attempt" in name for name in begin)
+    for transition in (
+        lifecycle.END_RELEASE,
+        lifecycle.SUPERSEDE_RELEASE,
+        lifecycle.END_RELEASE_DEAD_LETTERED,
+    ):
+        assert {name.split(",")[0].split(" ")[0] for name in allowed_from(transition)} == {"RELEASING"}
+    assert allowed_from(lifecycle.END_RELEASE_LOST) == {
+        "RELEASING, expired lease, last receive",
+        "RELEASING resumable, expired lease, last receive",
+    }
+    assert not any("live lease" in name for name in allowed_from(lifecycle.END_RELEASE_DEAD_LETTERED))

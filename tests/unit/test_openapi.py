@@ -14,7 +14,12 @@ from ingest.openapi import document
 pytestmark = pytest.mark.disable_socket
 
 COMMITTED = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
-ROUTES = {("post", "/isolate"), ("get", "/isolations/{isolation_id}"), ("get", "/isolations")}
+ROUTES = {
+    ("post", "/isolate"),
+    ("get", "/isolations/{isolation_id}"),
+    ("get", "/isolations"),
+    ("post", "/isolations/{isolation_id}/release"),
+}
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from shared.store.records import (
     RecordMissing,
     RepairsSpent,
 )
+from shared.store.releases import InstanceBusy, NotReleasable, ReleaseEnd, ReleaseRequested
 from shared.store.slots import slot_key
 
 __all__ = [
@@ -22,13 +23,17 @@ __all__ = [
     "Created",
     "Exists",
     "IdempotencyClaim",
+    "InstanceBusy",
     "IsolationStore",
     "Joined",
     "LeaseHeld",
+    "NotReleasable",
     "RateLimited",
     "RecordEnded",
     "RecordMissing",
     "RepairsSpent",
+    "ReleaseEnd",
+    "ReleaseRequested",
     "Replayed",
     "idempotency_key",
     "slot_key",

@@ -84,7 +84,7 @@ class Write:
         self.clauses = list(clauses)
         self.remove = list(remove)
         self.values = {f":{k}": v for k, v in values.items()}
-        self.names = {"#s": "status", "#e": "error"}
+        self.names = {"#s": "status", "#e": "error", "#r": "release"}
         self.condition = condition.expression(**(params or {})) if condition is not None else None
 
     def set(self, clause: str, **values: Any) -> None:

@@ -10,6 +10,8 @@ it along its lifecycle (`shared.lifecycle` declares which moves are allowed and 
 | tamper-repair budget | `repairs#<account>#<region>#<instance>#<hour>` | `shared.store.tamper_repairs` |
 | role lease | `role#<account>#<role name>` | `shared.store.role_leases` |
 
+Releases of a record (RELEASING, RELEASED, RELEASE_FAILED) are written by `shared.store.releases`.
+
 Only record items carry `instance_id`, so the `by-instance` index (instance_id, created_at) holds
 records only; only records in a last-receive attempt carry `final_attempt`, so the `by-final-lease`
 index holds just those. Reads never write. Every write that must be atomic with another is one
@@ -34,6 +36,7 @@ from shared.models import ErrorInfo, Evidence, IsolationRecord, PriorState, Step
 from shared.store import idempotency, rate_limits, role_leases, slots, tamper_repairs
 from shared.store.dynamo import Write, deserialize, epoch, key, serialize
 from shared.store.idempotency import IdempotencyClaim, Replayed
+from shared.store.releases import ReleaseWrites
 
 INSTANCE_INDEX = "by-instance"
 MAX_LISTED = 50
@@ -118,10 +121,13 @@ class RecordMissing(Exception):
     """No record with this id (a message that did not come through ingest)."""
 
 
-class IsolationStore:
+class IsolationStore(ReleaseWrites):
     def __init__(self, table_name: str, *, client: Any = None) -> None:
         self.table_name = table_name
         self.client = client or same_account_client("dynamodb")
+
+    def _as_record(self, item: dict[str, Any]) -> IsolationRecord:
+        return _record(item)
 
     # --- reads (never a write) -----------------------------------------------------------------------
 
@@ -218,8 +224,9 @@ class IsolationStore:
         return found
 
     def lost(self, now: float) -> list[IsolationRecord]:
-        """Records whose worker was lost on the last receive (`lifecycle.LOST` at `now`), from the
-        `by-final-lease` index: only records in a last-receive attempt are in it."""
+        """Records whose worker was lost on the last receive (`lifecycle.LOST` or, for a release,
+        `lifecycle.RELEASE_LOST` at `now`), from the `by-final-lease` index: only records in a
+        last-receive attempt are in it."""
         params: dict[str, Any] = {
             "TableName": self.table_name,
             "IndexName": FINAL_LEASE_INDEX,
@@ -227,9 +234,8 @@ class IsolationStore:
             "ExpressionAttributeValues": {":final": {"S": FINAL}, ":now": {"N": str(epoch(now))}},
         }
         # The index is eventually consistent: the sweeper's write checks `LOST` again.
-        return [
-            _record(item) for item in self._query(params, None) if lifecycle.LOST.holds(item, now=epoch(now))
-        ]
+        lost = lifecycle.LOST | lifecycle.RELEASE_LOST
+        return [_record(item) for item in self._query(params, None) if lost.holds(item, now=epoch(now))]
 
     def _query(self, params: dict[str, Any], limit: int | None) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -637,7 +643,10 @@ class IsolationStore:
         return True
 
     def end_lost(self, record: IsolationRecord, *, now: float) -> bool:
-        """`lifecycle.END_LOST`: end FAILED (resumable) a record whose worker was lost on its last receive."""
+        """`lifecycle.END_LOST`: end FAILED (resumable) a record whose worker was lost on its last receive
+        (a release's: `end_release_lost`)."""
+        if record.status is Status.RELEASING:
+            return self.end_release_lost(record, now=now)
         message = (
             f"the worker stopped during the last allowed attempt (attempt {record.attempts}) without "
             "recording an outcome (a timeout, out of memory or a crash); the request is in the "

@@ -6,6 +6,10 @@
   `ACTIVE_LEASE_SECONDS` counts as free (a safety net, never the normal way out).
 - `last_isolated_id`, `last_isolated_at`: the last isolation of the instance that ended ISOLATED (a
   trigger within the coalesce window records a coalesced isolation instead of running one).
+- `active_kind` = `release`: the slot is held by a release of `active_id` (`take_for_release`). An
+  isolation requested meanwhile wins: for it the slot is free, and taking it ends the release
+  (`Superseded`, when the release's worker next looks). Requesting a release forgets `last_isolated_*`,
+  so a trigger after a release isolates again.
 """
 
 from __future__ import annotations
@@ -13,16 +17,24 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from shared.lifecycle import Before, EqualsParam, Missing
+from shared.lifecycle import Before, EqualsParam, Is, Missing
 from shared.models import Target
 from shared.store.dynamo import Write, key
 
-#: Nobody holds the slot (`stale`: the epoch before which a holder counts as gone).
-FREE = Missing("active_id") | Before("active_since", "stale")
+RELEASE = "release"
+#: Nobody holds the slot for an isolation (`stale`: the epoch before which a holder counts as gone); a
+#: release holding it gives way to an isolation.
+FREE = Missing("active_id") | Before("active_since", "stale") | Is("active_kind", RELEASE)
+#: Nothing at all holds the slot: a release may take it.
+FREE_FOR_RELEASE = Missing("active_id") | Before("active_since", "stale")
 #: The instance was not isolated within the coalesce window (`window`: its start).
 NOT_RECENTLY_ISOLATED = Missing("last_isolated_at") | Before("last_isolated_at", "window")
 #: The isolation `id` holds the slot.
 HELD_BY = EqualsParam("active_id", "id")
+#: The release of isolation `id` holds the slot (no isolation took it over).
+HELD_BY_RELEASE = HELD_BY & Is("active_kind", RELEASE)
+#: Isolation `id` itself holds the slot (not its release).
+HELD_BY_ISOLATION = HELD_BY & Missing("active_kind")
 
 
 def slot_key(target: Target) -> str:
@@ -39,6 +51,7 @@ def take(
     write = Write(
         "active_id = :id",
         "active_since = :since",
+        remove=("active_kind",),
         condition=condition,
         params=params,
         id=isolation_id,
@@ -60,9 +73,44 @@ def release(table: str, target: Target, isolation_id: str, *, isolated_at: Decim
     write = Write(
         *clauses,
         remove=("active_id", "active_since"),
-        condition=HELD_BY,
+        condition=HELD_BY_ISOLATION,
         params={"id": isolation_id},
         **values,
+    )
+    return {"TableName": table, "Key": key(slot_key(target)), **write.request()}
+
+
+def take_for_release(
+    table: str, target: Target, isolation_id: str, *, now: Decimal, stale: Decimal
+) -> dict[str, Any]:
+    """The transaction item that takes the slot for the release of `isolation_id` and forgets the last
+    isolation (no coalescing with an isolation being undone)."""
+    write = Write(
+        "active_id = :id",
+        "active_since = :since",
+        "active_kind = :kind",
+        remove=("last_isolated_id", "last_isolated_at"),
+        condition=FREE_FOR_RELEASE,
+        params={"stale": stale},
+        id=isolation_id,
+        since=now,
+        kind=RELEASE,
+    )
+    return {
+        "TableName": table,
+        "Key": key(slot_key(target)),
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        **write.request(),
+    }
+
+
+def release_after_release(table: str, target: Target, isolation_id: str) -> dict[str, Any]:
+    """The update that frees the slot the release of `isolation_id` holds (fails when an isolation took
+    it over)."""
+    write = Write(
+        remove=("active_id", "active_since", "active_kind"),
+        condition=HELD_BY_RELEASE,
+        params={"id": isolation_id},
     )
     return {"TableName": table, "Key": key(slot_key(target)), **write.request()}
 

@@ -4,6 +4,7 @@
 starting with what must not wait: the instance's credentials denied on its role, and the instance out of
 Auto Scaling and its load balancers (before the failing health checks get it replaced). They rely on
 nothing but the described instance and the prior state, so they can move into the containment phase.
+`RELEASE` (`worker.steps.release`) undoes an isolation from the record's prior state.
 `required_permissions()` is what the member-account role must grant (tests/infra checks
 iam-execution-role.yml against it in both directions).
 """
@@ -13,8 +14,18 @@ from __future__ import annotations
 from worker import instance
 from worker.steps import credentials, evidence, instance_profile, instance_state, load_balancing, network
 from worker.steps.base import Step, StepContext
+from worker.steps.release import RELEASE
 
-__all__ = ["CONTAINMENT", "FOLLOW_UP", "PLAN", "Step", "StepContext", "forget_caches", "required_permissions"]
+__all__ = [
+    "CONTAINMENT",
+    "FOLLOW_UP",
+    "PLAN",
+    "RELEASE",
+    "Step",
+    "StepContext",
+    "forget_caches",
+    "required_permissions",
+]
 
 #: Containment: the network cut, first and fast.
 CONTAINMENT: tuple[type[Step], ...] = (network.EnsureIsolationSecurityGroup, network.SwapSecurityGroups)
@@ -37,7 +48,7 @@ PLAN: tuple[type[Step], ...] = CONTAINMENT + FOLLOW_UP
 def required_permissions() -> frozenset[str]:
     """Every IAM action the worker calls in a target account."""
     actions = set(instance.PERMISSIONS)
-    for step in PLAN:
+    for step in PLAN + RELEASE:
         actions.update(step.permissions)
     return frozenset(actions)
 

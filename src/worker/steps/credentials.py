@@ -81,14 +81,14 @@ class DenyInstanceCredentials(Step):
         if self._protected(ctx, name, path, arn):
             return StepRecord.skipped(self.name, f"role {name} is protected: the service never changes it")
         instance = ctx.instance_arn
-        if instance in _denied(ctx, name):
+        if instance in denied_instances(ctx, name):
             return StepRecord.already(self.name, f"sessions of {instance} denied on role {name}")
-        with _role_lease(ctx, name):
-            denied = _denied(ctx, name)  # again, under the lease: another worker may have added some
+        with role_lease(ctx, name):
+            denied = denied_instances(ctx, name)  # again, under the lease: another worker may have added some
             if instance in denied:
                 return StepRecord.already(self.name, f"sessions of {instance} denied on role {name}")
             document = policy_document(sorted({*denied, instance}))
-            size = _others_size(ctx, name) + compact_size(document)
+            size = others_size(ctx, name) + compact_size(document)
             if size > INLINE_POLICY_LIMIT:
                 raise _not_cut(name, f"its inline policies would need {size} characters")
             try:
@@ -154,7 +154,7 @@ def _document(ctx: StepContext, role: str, policy: str) -> Any:
     return json.loads(document) if isinstance(document, str) else document
 
 
-def _denied(ctx: StepContext, role: str) -> set[str]:
+def denied_instances(ctx: StepContext, role: str) -> set[str]:
     """The instances the role's deny policy lists now."""
     try:
         document = _document(ctx, role, POLICY_NAME)
@@ -171,7 +171,7 @@ def _denied(ctx: StepContext, role: str) -> set[str]:
     return arns
 
 
-def _others_size(ctx: StepContext, role: str) -> int:
+def others_size(ctx: StepContext, role: str) -> int:
     """The size of the role's other inline policies (they share the limit)."""
     names: list[str] = []
     for page in ctx.iam.get_paginator("list_role_policies").paginate(RoleName=role):
@@ -189,7 +189,7 @@ def _not_cut(role: str, why: str) -> ContainmentIncomplete:
 
 
 @contextmanager
-def _role_lease(ctx: StepContext, role: str) -> Iterator[None]:
+def role_lease(ctx: StepContext, role: str) -> Iterator[None]:
     """Hold the role's lease while its deny policy is read, extended and written back."""
     owner = uuid.uuid4().hex
     account = ctx.target.account_id

@@ -105,13 +105,7 @@ class SwapInstanceProfile(Step):
         return StepRecord.done(self.name, f"replaced {previous} with {profile}")
 
     def _association(self, ctx: StepContext) -> dict[str, Any] | None:
-        associations = ctx.ec2.describe_iam_instance_profile_associations(
-            Filters=[
-                {"Name": "instance-id", "Values": [ctx.target.instance_id]},
-                {"Name": "state", "Values": ["associating", "associated"]},
-            ]
-        )["IamInstanceProfileAssociations"]
-        return associations[0] if associations else None
+        return current_association(ctx)
 
     def _ensure_profile(self, ctx: StepContext) -> bool:
         """Make sure the isolation role and profile exist; True when this call created any of them."""
@@ -154,6 +148,18 @@ class SwapInstanceProfile(Step):
         with _ready_lock:
             _ready.add(key)
         return created
+
+
+def current_association(ctx: StepContext) -> dict[str, Any] | None:
+    """The instance's profile association (associating or associated), if any. Read here rather than
+    from DescribeInstances: moto's does not follow a replaced association."""
+    associations = ctx.ec2.describe_iam_instance_profile_associations(
+        Filters=[
+            {"Name": "instance-id", "Values": [ctx.target.instance_id]},
+            {"Name": "state", "Values": ["associating", "associated"]},
+        ]
+    )["IamInstanceProfileAssociations"]
+    return associations[0] if associations else None
 
 
 def _tolerate_exists(call: Any) -> bool:

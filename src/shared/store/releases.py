@@ -1,0 +1,320 @@
+"""Releases: the writes that undo an isolation's record (`shared.lifecycle` declares which are allowed).
+
+A release request is one transaction: the record becomes RELEASING with its `release` (who asked, why,
+when; steps to come) and the instance's slot is taken for the release (`shared.store.slots`), which also
+forgets the last isolation, so a trigger after a release isolates again. An isolation requested while the
+release runs takes the slot over; the release's worker sees it (`release_held`) and ends the release
+RELEASE_FAILED `Superseded`. The release's end and the slot's release are one transaction too.
+
+Which record is the episode's latest comes from the `by-instance` index (eventually consistent: a record
+written a moment ago may not be in it yet; the slot's conditions catch an isolation in flight anyway).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shared import lifecycle
+from shared.errors import error_code
+from shared.lifecycle import FINAL, Status, Transition
+from shared.models import ErrorInfo, IsolationRecord, ReleaseInfo, StepRecord, iso8601, utcnow
+from shared.store import slots
+from shared.store.dynamo import Write, deserialize, epoch, key
+
+#: The error codes of a release that did not finish.
+SUPERSEDED = "Superseded"
+WORKER_LOST = "WorkerLost"
+DEAD_LETTERED = "DeadLettered"
+
+
+@dataclass(frozen=True)
+class ReleaseRequested:
+    record: IsolationRecord
+
+
+@dataclass(frozen=True)
+class NotReleasable:
+    """The record cannot be released in its current `status` (as the refused write read it)."""
+
+    status: Status
+    record: IsolationRecord
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class InstanceBusy:
+    """Another isolation (or release) of the instance holds its slot: `holder`."""
+
+    holder: str
+
+
+class ReleaseEnd(StrEnum):
+    ENDED = "ended"
+    #: The record had ended already (another worker, or the sweeper).
+    ALREADY = "already"
+    #: An isolation took the instance's slot over: the release did not end RELEASED.
+    SUPERSEDED = "superseded"
+
+
+def changed_the_instance(record: IsolationRecord) -> bool:
+    """A record of the instance's episode: not a dry run, not one that never touched it (SKIPPED, or
+    FAILED before it wrote a prior state)."""
+    if getattr(record, "dry_run", False) or record.status in (Status.SKIPPED, Status.CHECKED):
+        return False
+    return not (record.status is Status.FAILED and record.prior_state is None)
+
+
+class ReleaseWrites:
+    """The release half of `shared.store.IsolationStore` (which provides the attributes and reads below)."""
+
+    table_name: str
+    client: Any
+
+    def item(self, pk: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def list_for_instance(self, instance_id: str, account_id: str | None = None) -> list[IsolationRecord]:
+        raise NotImplementedError
+
+    def _as_record(self, item: dict[str, Any]) -> IsolationRecord:
+        raise NotImplementedError
+
+    # --- ingest --------------------------------------------------------------------------------------
+
+    def latest_of_episode(self, record: IsolationRecord) -> IsolationRecord | None:
+        """The newest record of the instance that belongs to an episode (`changed_the_instance`), or
+        that is still running; None when there is none (an index that has not caught up)."""
+        for candidate in self.list_for_instance(record.instance_id, record.account_id):
+            if candidate.region != record.region:
+                continue
+            if candidate.status in (Status.QUEUED, Status.IN_PROGRESS) or changed_the_instance(candidate):
+                return candidate
+        return None
+
+    def request_release(
+        self, record: IsolationRecord, release: ReleaseInfo, *, lease_seconds: int
+    ) -> ReleaseRequested | NotReleasable | InstanceBusy:
+        """`lifecycle.REQUEST_RELEASE` and the instance's slot for the release, in one transaction."""
+        now = time.time()
+        write = Write(
+            "#s = :releasing",
+            "updated_at = :stamp",
+            "#r = :release",
+            remove=("resumable", "released_at"),
+            condition=lifecycle.REQUEST_RELEASE.guard,
+            releasing=Status.RELEASING.value,
+            stamp=iso8601(utcnow()),
+            release=release.model_dump(mode="json"),
+        )
+        items = [
+            {
+                "Update": {
+                    "TableName": self.table_name,
+                    "Key": key(record.isolation_id),
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                    **write.request(),
+                }
+            },
+            {
+                "Update": slots.take_for_release(
+                    self.table_name,
+                    record.target,
+                    record.isolation_id,
+                    now=epoch(now),
+                    stale=epoch(now - lease_seconds),
+                )
+            },
+        ]
+        try:
+            self.client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise
+            reasons = exc.response.get("CancellationReasons") or []
+            codes = [reason.get("Code") for reason in reasons]
+            if codes[:1] == ["ConditionalCheckFailed"]:
+                old = reasons[0].get("Item")
+                current = deserialize(old) if old else self.item(record.isolation_id)
+                if current is None:
+                    raise
+                return NotReleasable(
+                    Status(current["status"]), self._as_record(current), dry_run=bool(current.get("dry_run"))
+                )
+            if codes[1:2] == ["ConditionalCheckFailed"]:
+                old = reasons[1].get("Item")
+                holder = deserialize(old) if old else self.item(slots.slot_key(record.target))
+                return InstanceBusy(str((holder or {}).get("active_id", "unknown")))
+            raise
+        updated = record.model_copy(update={"status": Status.RELEASING, "release": release})
+        return ReleaseRequested(updated)
+
+    # --- worker --------------------------------------------------------------------------------------
+
+    def begin_release(
+        self, isolation_id: str, *, owner: str, lease_seconds: int, final: bool
+    ) -> IsolationRecord | None:
+        """`lifecycle.BEGIN_RELEASE`: take the record's lease for this release attempt. None when the
+        record is not RELEASING (nothing to do); raises `LeaseHeld` while another attempt holds it."""
+        from shared.store.records import LeaseHeld
+
+        now = time.time()
+        write = Write(
+            "updated_at = :stamp",
+            "lease_owner = :owner",
+            "lease_until = :until",
+            remove=() if final else ("final_attempt",),
+            condition=lifecycle.BEGIN_RELEASE.guard,
+            params={"now": epoch(now), "owner": owner},
+            stamp=iso8601(utcnow()),
+            owner=owner,
+            until=epoch(now + lease_seconds),
+        )
+        if final:
+            write.set("final_attempt = :final", final=FINAL)
+        try:
+            item = self.client.update_item(
+                TableName=self.table_name,
+                Key=key(isolation_id),
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **write.request(),
+            )["Attributes"]
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            old = exc.response.get("Item")
+            current = deserialize(old) if old else self.item(isolation_id)
+            if current is None or current.get("status") != Status.RELEASING.value:
+                return None
+            raise LeaseHeld(isolation_id) from exc
+        return self._as_record(deserialize(item))
+
+    def add_release_steps(self, isolation_id: str, steps: list[StepRecord]) -> None:
+        write = Write(
+            "#r.steps = list_append(#r.steps, :steps)",
+            "updated_at = :stamp",
+            steps=[step.model_dump(mode="json") for step in steps],
+            stamp=steps[-1].at if steps else iso8601(utcnow()),
+        )
+        self.client.update_item(TableName=self.table_name, Key=key(isolation_id), **write.request())
+
+    def release_held(self, record: IsolationRecord) -> bool:
+        """True while the release of `record` still holds the instance's slot (no isolation took it)."""
+        slot = self.item(slots.slot_key(record.target)) or {}
+        return slots.HELD_BY_RELEASE.holds(slot, id=record.isolation_id)
+
+    def give_up_release_lease(self, isolation_id: str, owner: str) -> None:
+        """A retryable failure ends this attempt: give the lease back so the retry need not wait."""
+        write = Write(
+            remove=("lease_owner", "lease_until"),
+            condition=lifecycle.EqualsParam("lease_owner", "owner"),
+            params={"owner": owner},
+        )
+        try:
+            self.client.update_item(TableName=self.table_name, Key=key(isolation_id), **write.request())
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+
+    def end_release(
+        self,
+        record: IsolationRecord,
+        status: Status,
+        *,
+        error: ErrorInfo | None = None,
+        extra_steps: list[StepRecord] | None = None,
+        transition: Transition = lifecycle.END_RELEASE,
+        now: float | None = None,
+    ) -> ReleaseEnd:
+        """End the release (`transition`) and free the instance's slot, in one transaction.
+
+        RELEASED needs the slot still held by the release: when an isolation took it over, nothing is
+        written and the answer is `SUPERSEDED`. RELEASE_FAILED ends the record whoever holds the slot.
+        """
+        moment = time.time() if now is None else now
+        ending = self._release_ending(record, status, transition, error, extra_steps, moment)
+        free = slots.release_after_release(self.table_name, record.target, record.isolation_id)
+        try:
+            self.client.transact_write_items(TransactItems=[{"Update": ending}, {"Update": free}])
+            return ReleaseEnd.ENDED
+        except ClientError as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise
+            codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons") or []]
+            if not codes or codes[0] == "ConditionalCheckFailed":
+                return ReleaseEnd.ALREADY
+            if codes[1:2] != ["ConditionalCheckFailed"]:
+                raise
+        if status is Status.RELEASED:
+            return ReleaseEnd.SUPERSEDED
+        try:
+            self.client.update_item(**ending)
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            return ReleaseEnd.ALREADY
+        return ReleaseEnd.ENDED
+
+    def end_release_lost(self, record: IsolationRecord, *, now: float) -> bool:
+        """`lifecycle.END_RELEASE_LOST`: the release's worker was lost on its message's last receive."""
+        message = (
+            "the worker stopped during the release's last allowed attempt without recording an outcome "
+            "(a timeout, out of memory or a crash); release steps recorded done are in place. Ask for the "
+            "release again to finish it."
+        )
+        return self._end_release_swept(record, WORKER_LOST, message, lifecycle.END_RELEASE_LOST, now)
+
+    def end_release_dead_lettered(self, record: IsolationRecord, *, now: float) -> bool:
+        """`lifecycle.END_RELEASE_DEAD_LETTERED`: the release's message is in the DLQ and no attempt holds
+        the record."""
+        message = (
+            "the release's message is in the dead-letter queue and no outcome was recorded; release steps "
+            "recorded done are in place. Ask for the release again to finish it."
+        )
+        return self._end_release_swept(
+            record, DEAD_LETTERED, message, lifecycle.END_RELEASE_DEAD_LETTERED, now
+        )
+
+    def _end_release_swept(
+        self, record: IsolationRecord, code: str, message: str, transition: Transition, now: float
+    ) -> bool:
+        error = ErrorInfo(code=code, message=message)
+        ended = self.end_release(record, Status.RELEASE_FAILED, error=error, transition=transition, now=now)
+        return ended is ReleaseEnd.ENDED
+
+    def _release_ending(
+        self,
+        record: IsolationRecord,
+        status: Status,
+        transition: Transition,
+        error: ErrorInfo | None,
+        extra_steps: list[StepRecord] | None,
+        now: float,
+    ) -> dict[str, Any]:
+        if status not in transition.to:
+            raise ValueError(f"{transition.name} cannot end a record {status.value}")
+        stamp = iso8601(utcnow())
+        write = Write(
+            "#s = :status",
+            "updated_at = :stamp",
+            remove=("lease_owner", "lease_until", "final_attempt"),
+            condition=transition.guard,
+            params={"now": epoch(now)},
+            status=status.value,
+            stamp=stamp,
+        )
+        if status is Status.RELEASED:
+            write.set("released_at = :stamp")
+        if error is not None:
+            write.set("#r.#e = :error", error=error.model_dump())
+        if extra_steps:
+            write.set(
+                "#r.steps = list_append(#r.steps, :steps)",
+                steps=[step.model_dump(mode="json") for step in extra_steps],
+            )
+        return {"TableName": self.table_name, "Key": key(record.isolation_id), **write.request()}

@@ -1,0 +1,452 @@
+"""The release steps: an isolation undone from the record's `prior_state`, in the order that reopens
+least first (the instance never comes back online with deny-all credentials, and never rejoins its Auto
+Scaling group before it can pass the group's health check):
+
+1. `restore-instance-profile`: the prior profile associated again (the isolation profile removed when
+   there was none);
+2. `remove-credentials-deny`: the instance's entry taken out of its role's deny policy (under the role's
+   lease, like the credentials step; the policy is deleted with its last entry);
+3. `restore-security-groups`: each interface still attached gets its prior groups;
+4. `rejoin-load-balancers`: registered again with its target groups and classic load balancers;
+5. `rejoin-auto-scaling-group`: attached to its group again, once the network is back, when the group
+   still exists and has room (attaching raises the group's desired capacity by one);
+6. `restore-instance-attributes`: shutdown behaviour, stop and termination protection,
+   `DeleteOnTermination`;
+7. `untag-instance`: `ec2-isolation:id`, `:at`, `:source` removed, `ec2-isolation:released-at` added.
+
+Each checks before it acts (`already`), and skips with the reason what no longer exists (an interface
+detached since, a deleted group, role, profile or load balancer) or what the record does not know (an
+older record without the newer prior-state fields restores what it has). Snapshots are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shared.errors import RetryableError, error_code
+from shared.models import TAG_PREFIX, StepRecord, TargetGroupTarget, iso8601, utcnow
+from worker.consistency import until_consistent
+from worker.steps.base import Step, StepContext
+from worker.steps.credentials import POLICY_NAME as DENY_POLICY_NAME
+from worker.steps.credentials import denied_instances, policy_document, role_lease
+from worker.steps.instance_profile import current_association, profile_name_of
+from worker.steps.instance_state import AT_TAG, ID_TAG, SOURCE_TAG, _attribute
+
+RELEASED_AT_TAG = f"{TAG_PREFIX}released-at"
+_PROPAGATING = frozenset({"InvalidParameterValue"})
+_GONE = frozenset({"NoSuchEntity"})
+#: Auto Scaling lifecycle states of an instance on its way out of a group.
+_LEAVING = ("Detaching", "Detached")
+
+
+@dataclass
+class ReleaseContext(StepContext):
+    """A step context for the release: `prior` is the record's prior state, `instance` the instance now."""
+
+    #: Some interface has its prior groups again (done or already): the instance can pass a health check.
+    network_back: bool = False
+
+
+class Notes:
+    """A release writes no prior state and no evidence: its steps' outcomes are its record."""
+
+    def remember(self, prior: dict[str, Any]) -> None:
+        raise AssertionError("a release step never writes the prior state")
+
+    def keep_evidence(self, evidence: Any) -> None:
+        raise AssertionError("a release step never takes evidence")
+
+
+def _outcome(name: str, done: list[str], already: list[str], skipped: list[str]) -> StepRecord:
+    detail = "; ".join([*done, *already, *skipped])
+    if done:
+        return StepRecord.done(name, detail)
+    if already:
+        return StepRecord.already(name, detail)
+    return StepRecord.skipped(name, detail)
+
+
+class RestoreInstanceProfile(Step):
+    name = "restore-instance-profile"
+    permissions = (
+        "ec2:DescribeIamInstanceProfileAssociations",
+        "ec2:AssociateIamInstanceProfile",
+        "ec2:ReplaceIamInstanceProfileAssociation",
+        "ec2:DisassociateIamInstanceProfile",
+        "iam:GetInstanceProfile",
+        "iam:PassRole",
+    )
+
+    def run(self, ctx: StepContext) -> StepRecord:
+        isolation = ctx.settings.ISOLATION_PROFILE_NAME
+        prior = profile_name_of(ctx.prior.instance_profile_arn)
+        association = current_association(ctx)
+        current = profile_name_of((association or {}).get("IamInstanceProfile", {}).get("Arn"))
+        if prior is None or prior == isolation:
+            if current != isolation or association is None:
+                return StepRecord.already(
+                    self.name, "the instance had no instance profile, and has no isolation profile"
+                )
+            ctx.ec2.disassociate_iam_instance_profile(AssociationId=association["AssociationId"])
+            return StepRecord.done(self.name, f"removed {isolation} (the instance had no instance profile)")
+        if current == prior:
+            return StepRecord.already(self.name, f"instance profile is {prior}")
+        try:
+            ctx.iam.get_instance_profile(InstanceProfileName=prior)
+        except ClientError as exc:
+            if error_code(exc) not in _GONE:
+                raise
+            if association is not None and current == isolation:
+                ctx.ec2.disassociate_iam_instance_profile(AssociationId=association["AssociationId"])
+            return StepRecord.skipped(
+                self.name, f"instance profile {prior} no longer exists: {isolation} removed, none associated"
+            )
+        return until_consistent(
+            lambda: self._associate(ctx, prior),
+            codes=_PROPAGATING,
+            budget_seconds=ctx.settings.CONSISTENCY_WAIT_SECONDS,
+            sleep=ctx.sleep,
+            what=f"associate instance profile {prior}",
+        )
+
+    def _associate(self, ctx: StepContext, profile: str) -> StepRecord:
+        association = current_association(ctx)
+        if association is None:
+            ctx.ec2.associate_iam_instance_profile(
+                IamInstanceProfile={"Name": profile}, InstanceId=ctx.target.instance_id
+            )
+            return StepRecord.done(self.name, f"associated {profile}")
+        previous = association.get("IamInstanceProfile", {}).get("Arn")
+        if profile_name_of(previous) == profile:
+            return StepRecord.already(self.name, f"instance profile is {profile}")
+        ctx.ec2.replace_iam_instance_profile_association(
+            IamInstanceProfile={"Name": profile}, AssociationId=association["AssociationId"]
+        )
+        return StepRecord.done(self.name, f"replaced {profile_name_of(previous)} with {profile}")
+
+
+class RemoveCredentialsDeny(Step):
+    name = "remove-credentials-deny"
+    #: Granted only while the member template's CutInstanceCredentials is on (as the deny's own write).
+    write_permissions = ("iam:PutRolePolicy", "iam:DeleteRolePolicy")
+    permissions = ("iam:GetInstanceProfile", "iam:GetRolePolicy", *write_permissions)
+
+    def run(self, ctx: StepContext) -> StepRecord:
+        role = ctx.prior.role_name or self._role_of_profile(ctx)
+        if isinstance(role, StepRecord):
+            return role
+        instance = ctx.instance_arn
+        if instance not in denied_instances(ctx, role):
+            return StepRecord.already(self.name, f"sessions of {instance} not denied on role {role}")
+        if not ctx.settings.CUT_INSTANCE_CREDENTIALS:
+            return StepRecord.skipped(
+                self.name,
+                f"CutInstanceCredentials=false: the worker may not change role {role}; remove "
+                f"{instance} from its {DENY_POLICY_NAME} policy by hand",
+            )
+        with role_lease(ctx, role):
+            denied = denied_instances(ctx, role)  # again, under the lease
+            if instance not in denied:
+                return StepRecord.already(self.name, f"sessions of {instance} not denied on role {role}")
+            rest = sorted(denied - {instance})
+            try:
+                if rest:
+                    ctx.iam.put_role_policy(
+                        RoleName=role,
+                        PolicyName=DENY_POLICY_NAME,
+                        PolicyDocument=json.dumps(policy_document(rest)),
+                    )
+                else:
+                    ctx.iam.delete_role_policy(RoleName=role, PolicyName=DENY_POLICY_NAME)
+            except ClientError as exc:
+                if error_code(exc) not in _GONE:
+                    raise
+                return StepRecord.skipped(self.name, f"role {role} or its deny policy no longer exists")
+        left = f"{len(rest)} instance(s) still denied" if rest else f"{DENY_POLICY_NAME} deleted"
+        return StepRecord.done(self.name, f"sessions of {instance} no longer denied on role {role} ({left})")
+
+    def _role_of_profile(self, ctx: StepContext) -> str | StepRecord:
+        """An older record without `role_name`: the role of the prior profile, as it is now."""
+        profile = profile_name_of(ctx.prior.instance_profile_arn)
+        if profile is None or profile == ctx.settings.ISOLATION_PROFILE_NAME:
+            return StepRecord.skipped(self.name, "the instance had no instance profile: no deny to remove")
+        try:
+            roles = ctx.iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"].get(
+                "Roles", []
+            )
+        except ClientError as exc:
+            if error_code(exc) not in _GONE:
+                raise
+            return StepRecord.skipped(
+                self.name, f"instance profile {profile} no longer exists: no role to change"
+            )
+        if not roles:
+            return StepRecord.skipped(self.name, f"instance profile {profile} holds no role")
+        return str(roles[0]["RoleName"])
+
+
+class RestoreSecurityGroups(Step):
+    name = "restore-security-groups"
+    permissions = ("ec2:DescribeSecurityGroups", "ec2:ModifyNetworkInterfaceAttribute")
+
+    def run(self, ctx: StepContext) -> StepRecord:
+        attached = {i.id: i.security_group_ids for i in ctx.instance.state.network_interfaces}
+        wanted = sorted({g for i in ctx.prior.network_interfaces for g in i.security_group_ids})
+        existing = self._existing(ctx, wanted)
+        done: list[str] = []
+        already: list[str] = []
+        skipped: list[str] = []
+        for interface in ctx.prior.network_interfaces:
+            if interface.id not in attached:
+                skipped.append(f"{interface.id} is no longer attached to the instance: left as it is")
+                continue
+            groups = [g for g in interface.security_group_ids if g in existing]
+            gone = [g for g in interface.security_group_ids if g not in existing]
+            if not groups:
+                skipped.append(
+                    f"{interface.id}: its groups {', '.join(gone) or '-'} no longer exist: isolation group kept"
+                )
+                continue
+            missing = f" ({', '.join(gone)} no longer exist)" if gone else ""
+            if sorted(attached[interface.id]) == sorted(groups):
+                already.append(f"{interface.id} has [{', '.join(groups)}]{missing}")
+                continue
+            ctx.ec2.modify_network_interface_attribute(NetworkInterfaceId=interface.id, Groups=groups)
+            done.append(f"{interface.id} -> [{', '.join(groups)}]{missing}")
+        if isinstance(ctx, ReleaseContext):
+            ctx.network_back = bool(done or already)
+        return _outcome(self.name, done, already, skipped)
+
+    def _existing(self, ctx: StepContext, group_ids: list[str]) -> set[str]:
+        if not group_ids:
+            return set()
+        found: set[str] = set()
+        paginator = ctx.ec2.get_paginator("describe_security_groups")
+        for page in paginator.paginate(Filters=[{"Name": "group-id", "Values": group_ids}]):
+            found.update(g["GroupId"] for g in page["SecurityGroups"])
+        return found
+
+
+class RejoinLoadBalancers(Step):
+    name = "rejoin-load-balancers"
+    permissions = (
+        "elasticloadbalancing:DescribeTargetHealth",
+        "elasticloadbalancing:RegisterTargets",
+        "elasticloadbalancing:DescribeLoadBalancers",
+        "elasticloadbalancing:RegisterInstancesWithLoadBalancer",
+    )
+
+    def run(self, ctx: StepContext) -> StepRecord:
+        registrations = ctx.prior.target_groups or []
+        balancers = ctx.prior.load_balancers or []
+        if not registrations and not balancers:
+            return StepRecord.skipped(self.name, "registered with no load balancer before its isolation")
+        if isinstance(ctx, ReleaseContext) and not ctx.network_back:
+            return StepRecord.skipped(
+                self.name, "the network is not back: not registered (it would fail its health checks)"
+            )
+        done: list[str] = []
+        already: list[str] = []
+        skipped: list[str] = []
+        for registration in registrations:
+            label = _label(registration)
+            try:
+                if self._registered(ctx, registration):
+                    already.append(f"{label} registered")
+                    continue
+                ctx.account.client("elbv2").register_targets(
+                    TargetGroupArn=registration.arn, Targets=[_target(registration)]
+                )
+            except ClientError as exc:
+                if error_code(exc) != "TargetGroupNotFound":
+                    raise
+                skipped.append(f"{label}: the target group no longer exists")
+                continue
+            done.append(f"registered {label}")
+        elb = ctx.account.client("elb")
+        for balancer in balancers:
+            try:
+                (described,) = elb.describe_load_balancers(LoadBalancerNames=[balancer])[
+                    "LoadBalancerDescriptions"
+                ]
+            except ClientError as exc:
+                if error_code(exc) not in ("LoadBalancerNotFound", "AccessPointNotFound"):
+                    raise
+                skipped.append(f"classic load balancer {balancer} no longer exists")
+                continue
+            if any(i.get("InstanceId") == ctx.target.instance_id for i in described.get("Instances", [])):
+                already.append(f"registered with classic load balancer {balancer}")
+                continue
+            elb.register_instances_with_load_balancer(
+                LoadBalancerName=balancer, Instances=[{"InstanceId": ctx.target.instance_id}]
+            )
+            done.append(f"registered with classic load balancer {balancer}")
+        return _outcome(self.name, done, already, skipped)
+
+    def _registered(self, ctx: StepContext, registration: TargetGroupTarget) -> bool:
+        health = ctx.account.client("elbv2").describe_target_health(TargetGroupArn=registration.arn)
+        return any(
+            d["Target"]["Id"] == registration.id
+            and (registration.port is None or d["Target"].get("Port") == registration.port)
+            and d.get("TargetHealth", {}).get("State") not in ("draining", "unused")
+            for d in health["TargetHealthDescriptions"]
+        )
+
+
+class RejoinAutoScalingGroup(Step):
+    name = "rejoin-auto-scaling-group"
+    permissions = (
+        "autoscaling:DescribeAutoScalingInstances",
+        "autoscaling:DescribeAutoScalingGroups",
+        "autoscaling:AttachInstances",
+    )
+
+    def run(self, ctx: StepContext) -> StepRecord:
+        group = ctx.prior.autoscaling_group
+        if not group:
+            return StepRecord.skipped(self.name, "in no Auto Scaling group before its isolation")
+        if isinstance(ctx, ReleaseContext) and not ctx.network_back:
+            return StepRecord.skipped(
+                self.name,
+                f"the network is not back: not attached to {group} (its health check would replace it)",
+            )
+        autoscaling = ctx.account.client("autoscaling")
+        found = autoscaling.describe_auto_scaling_instances(InstanceIds=[ctx.target.instance_id])[
+            "AutoScalingInstances"
+        ]
+        if found:
+            now, state = str(found[0]["AutoScalingGroupName"]), str(found[0].get("LifecycleState", ""))
+            if state.startswith(_LEAVING):
+                # AWS keeps a detached instance Detaching for the deregistration delay (300 s by default).
+                raise RetryableError(
+                    "StillDetaching", f"the instance is still {state} from {now}: attaching it again later"
+                )
+            if now == group:
+                return StepRecord.already(self.name, f"in {group} ({state})")
+            return StepRecord.skipped(self.name, f"in Auto Scaling group {now} now: not moved to {group}")
+        groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"]
+        if not groups:
+            return StepRecord.skipped(self.name, f"Auto Scaling group {group} no longer exists")
+        size, maximum = len(groups[0].get("Instances", [])), int(groups[0]["MaxSize"])
+        if size >= maximum:
+            return StepRecord.skipped(
+                self.name,
+                f"Auto Scaling group {group} is full ({size} of at most {maximum} instances): not attached",
+            )
+        desired = int(groups[0]["DesiredCapacity"])
+        autoscaling.attach_instances(InstanceIds=[ctx.target.instance_id], AutoScalingGroupName=group)
+        return StepRecord.done(
+            self.name, f"attached to {group} (desired capacity {desired} -> {desired + 1})"
+        )
+
+
+class RestoreInstanceAttributes(Step):
+    name = "restore-instance-attributes"
+    permissions = ("ec2:DescribeInstanceAttribute", "ec2:ModifyInstanceAttribute")
+
+    def run(self, ctx: StepContext) -> StepRecord:
+        prior = ctx.prior
+        done: list[str] = []
+        already: list[str] = []
+        instance_id = ctx.target.instance_id
+        if prior.shutdown_behavior is not None:
+            behaviour = _attribute(
+                ctx, "instanceInitiatedShutdownBehavior", "InstanceInitiatedShutdownBehavior"
+            )
+            if behaviour == prior.shutdown_behavior:
+                already.append(f"shutdown behaviour {behaviour}")
+            else:
+                # The Attribute/Value form: moto 5.2.5 mistakes the structured form for a groups change.
+                ctx.ec2.modify_instance_attribute(
+                    InstanceId=instance_id,
+                    Attribute="instanceInitiatedShutdownBehavior",
+                    Value=prior.shutdown_behavior,
+                )
+                done.append(f"shutdown behaviour {prior.shutdown_behavior}")
+        for value, attribute, key, what in (
+            (prior.stop_protection, "disableApiStop", "DisableApiStop", "stop protection"),
+            (
+                prior.termination_protection,
+                "disableApiTermination",
+                "DisableApiTermination",
+                "termination protection",
+            ),
+        ):
+            if value is None:
+                continue
+            setting = f"{what} {'on' if value else 'off'}"
+            if bool(_attribute(ctx, attribute, key)) == value:
+                already.append(setting)
+                continue
+            ctx.ec2.modify_instance_attribute(InstanceId=instance_id, **{key: {"Value": value}})
+            done.append(setting)
+        if prior.volumes is not None:
+            kept = {v.id: v.delete_on_termination for v in prior.volumes}
+            changing = [
+                v for v in ctx.instance.volumes if v.id in kept and kept[v.id] != v.delete_on_termination
+            ]
+            if changing:
+                ctx.ec2.modify_instance_attribute(
+                    InstanceId=instance_id,
+                    BlockDeviceMappings=[
+                        {"DeviceName": v.device_name, "Ebs": {"DeleteOnTermination": kept[v.id]}}
+                        for v in changing
+                    ],
+                )
+                done.extend(f"DeleteOnTermination {kept[v.id]} on {v.id}" for v in changing)
+            elif kept:
+                already.append("DeleteOnTermination as before on every volume still attached")
+        if not done and not already:
+            return StepRecord.skipped(
+                self.name, "the record holds no prior instance attributes (an older record)"
+            )
+        return _outcome(self.name, done, already, [])
+
+
+class UntagInstance(Step):
+    name = "untag-instance"
+    permissions = ("ec2:DeleteTags", "ec2:CreateTags")
+
+    def run(self, ctx: StepContext) -> StepRecord:
+        tags = ctx.instance.tags
+        present = [k for k in (ID_TAG, AT_TAG, SOURCE_TAG) if k in tags]
+        if not present and RELEASED_AT_TAG in tags:
+            return StepRecord.already(self.name, f"{RELEASED_AT_TAG}={tags[RELEASED_AT_TAG]}")
+        if present:
+            ctx.ec2.delete_tags(Resources=[ctx.target.instance_id], Tags=[{"Key": k} for k in present])
+        released = iso8601(utcnow())
+        ctx.ec2.create_tags(
+            Resources=[ctx.target.instance_id], Tags=[{"Key": RELEASED_AT_TAG, "Value": released}]
+        )
+        removed = f"removed {', '.join(present)}; " if present else ""
+        return StepRecord.done(self.name, f"{removed}{RELEASED_AT_TAG}={released}")
+
+
+#: The order of a release (contract: what reopens least first).
+RELEASE: tuple[type[Step], ...] = (
+    RestoreInstanceProfile,
+    RemoveCredentialsDeny,
+    RestoreSecurityGroups,
+    RejoinLoadBalancers,
+    RejoinAutoScalingGroup,
+    RestoreInstanceAttributes,
+    UntagInstance,
+)
+
+
+def _label(registration: TargetGroupTarget) -> str:
+    port = f":{registration.port}" if registration.port is not None else ""
+    return f"{registration.id}{port} in {registration.arn.rsplit(':', 1)[-1]}"
+
+
+def _target(registration: TargetGroupTarget) -> dict[str, Any]:
+    target: dict[str, Any] = {"Id": registration.id}
+    if registration.port is not None:
+        target["Port"] = registration.port
+    if registration.availability_zone is not None:
+        target["AvailabilityZone"] = registration.availability_zone
+    return target

@@ -1,0 +1,354 @@
+"""Release: an isolation undone from its recorded prior state, through the API and the worker (moto
+in-process, real event shapes), compared with the instance as it was before its isolation.
+
+Where moto is more lenient than AWS the test says which gap it works around."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from tests.conftest import Stack
+from tests.integration.test_worker import assert_isolated, isolate, record_of, request_isolation, steps
+from tests.support.aws import Faults, Member, classic_instances, targets, web_tier
+
+from local_stack.sample_events import guardduty_finding, tag_change
+from shared.lifecycle import Status
+from shared.models import IsolationRecord, PriorState, Source, Target, new_isolation_id
+from worker.steps import RELEASE
+
+RELEASE_STEPS = [step.name for step in RELEASE]
+ISOLATION_TAGS = ("ec2-isolation:id", "ec2-isolation:at", "ec2-isolation:source")
+
+
+def ask_release(stack: Stack, isolation_id: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    return stack.api("POST", f"/isolations/{isolation_id}/release", **kwargs)
+
+
+def release(stack: Stack, isolation_id: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """POST the release (accepted: 202 RELEASING), run the worker until the queue is empty; the record."""
+    status, answer = ask_release(stack, isolation_id, body=body or {})
+    assert status == 202, answer
+    assert answer == {
+        "isolation_id": isolation_id,
+        "status": "RELEASING",
+        "status_url": f"/isolations/{isolation_id}",
+    }
+    stack.drain()
+    return record_of(stack, isolation_id)
+
+
+def release_steps(record: dict[str, Any]) -> dict[str, str]:
+    return {step["name"]: step["status"] for step in record["release"]["steps"]}
+
+
+def seen(member: Member, instance: str, tier: Any = None) -> dict[str, Any]:
+    """What a release must put back, as the member account shows it."""
+    state: dict[str, Any] = {
+        "groups": member.eni_groups(instance),
+        "profile": member.profile_of(instance),
+        "denied on app": member.instance_arn(instance) in member.denied_instances("app"),
+        "shutdown": member.attribute(instance, "instanceInitiatedShutdownBehavior"),
+        "stop protection": member.attribute(instance, "disableApiStop"),
+        "termination protection": member.termination_protected(instance),
+        "volumes": member.volumes(instance),
+        "isolation tags": {k for k in member.tags(instance) if k in ISOLATION_TAGS},
+    }
+    if tier is not None:
+        autoscaling = member.session.client("autoscaling")
+        found = autoscaling.describe_auto_scaling_instances(InstanceIds=[instance])["AutoScalingInstances"]
+        address = member.described(instance)["NetworkInterfaces"][0]["PrivateIpAddress"]
+        state |= {
+            "group": found[0]["AutoScalingGroupName"] if found else None,
+            "target group": instance in targets(member, tier.target_group_arn),
+            "ip target group": address in targets(member, tier.ip_target_group_arn),
+            "classic": instance in classic_instances(member, tier.classic),
+        }
+    return state
+
+
+# --- the whole thing ----------------------------------------------------------------------------------
+
+
+def test_release_after_a_full_isolation_puts_back_everything_it_recorded(
+    stack: Stack, member: Member
+) -> None:
+    # Given a web-tier instance (Auto Scaling group, target group, ip target group, classic load balancer,
+    # profile "app" shared with a sibling), as it was before its isolation
+    vpc = member.vpc()
+    instance, sibling = member.instance(vpc, enis=1), member.instance(vpc, enis=1)
+    tier = web_tier(member, vpc, [instance, sibling])
+    before = seen(member, instance, tier)
+    isolated = isolate(stack, member, instance)
+    isolate(stack, member, sibling)
+    assert isolated["status"] == "ISOLATED" and seen(member, instance, tier) != before
+    stack.outcomes()
+
+    # When a responder releases it
+    record = release(stack, isolated["isolation_id"], {"reason": "false positive", "requested_by": "ana"})
+
+    # Then it is RELEASED, each step in the contract's order, and the instance is as it was
+    assert record["status"] == "RELEASED", record
+    assert [s["name"] for s in record["release"]["steps"]] == RELEASE_STEPS
+    assert "failed" not in release_steps(record).values()
+    assert record["released_at"] >= record["release"]["requested_at"]
+    assert (record["release"]["reason"], record["release"]["requested_by"]) == ("false positive", "ana")
+    assert record["release"]["error"] is None
+    after = seen(member, instance, tier)
+    assert after == before
+    assert member.tags(instance)["ec2-isolation:released-at"] <= record["released_at"]
+    # And the sibling stays isolated, its deny kept on the shared role
+    assert_isolated(member, sibling, vpc.id)
+    assert member.denied_instances("app") == [member.instance_arn(sibling)]
+    # And the snapshots are kept
+    assert record["evidence"] == isolated["evidence"]
+    # And one outcome event carries the record as served
+    [event] = stack.outcomes()
+    detail = event["detail"]
+    assert detail.pop("summary").startswith(f"RELEASED {instance} in {member.account_id}")
+    assert detail == record_of(stack, isolated["isolation_id"])
+
+
+def test_release_of_a_failed_isolation_restores_what_it_changed(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given an isolation that FAILED after the network cut (a permanent refusal of a later step)
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    before = seen(member, instance)
+    faults.inject("ec2", "CreateTags", "UnauthorizedOperation", times=None, status=403)
+    failed = isolate(stack, member, instance)
+    faults.clear()
+    assert failed["status"] == "FAILED" and failed["prior_state"] is not None
+
+    # When it is released
+    record = release(stack, failed["isolation_id"])
+
+    # Then what it changed is back
+    assert record["status"] == "RELEASED", record
+    assert seen(member, instance) == before
+    assert release_steps(record)["rejoin-auto-scaling-group"] == "skipped"
+
+
+# --- refused --------------------------------------------------------------------------------------------
+
+
+def _stored(
+    stack: Stack, member: Member, status: Status, *, instance_id: str | None = None, **fields: Any
+) -> str:
+    """A record of `status` written straight into the table (no worker needed to refuse it), for an
+    instance of its own."""
+    target = Target(
+        account_id=member.account_id,
+        region=member.region,
+        instance_id=instance_id or f"i-{uuid.uuid4().hex[:17]}",
+    )
+    record = IsolationRecord.queued(isolation_id=new_isolation_id(), source=Source.WEBHOOK, target=target)
+    record = record.model_copy(update={"status": status, **fields})
+    assert stack.store.put_record(record)
+    return record.isolation_id
+
+
+PRIOR = PriorState(vpc_id="vpc-1", network_interfaces=[])
+#: Every status a release is refused from, with what the record needs to be in it, and what the 409 says.
+REFUSED = [
+    (Status.QUEUED, {}, "is QUEUED"),
+    (Status.IN_PROGRESS, {"prior_state": PRIOR}, "is IN_PROGRESS"),
+    (Status.RELEASING, {"prior_state": PRIOR}, "is RELEASING"),
+    (Status.RELEASED, {"prior_state": PRIOR}, "is RELEASED"),
+    (Status.SKIPPED, {}, "is SKIPPED"),
+    (Status.CHECKED, {"prior_state": PRIOR}, "is CHECKED"),
+    (Status.FAILED, {}, "changed anything"),
+]
+
+
+def test_release_is_refused_from_every_other_status_and_for_bad_requests(
+    stack: Stack, member: Member
+) -> None:
+    for status, fields, says in REFUSED:
+        # Given a record in that status (one per instance)
+        isolation_id = _stored(stack, member, status, **fields)
+        # When its release is asked for
+        code, answer = ask_release(stack, isolation_id)
+        # Then 409 names the status, and the record is unchanged
+        assert code == 409, (status, answer)
+        assert answer["status"] == status.value and says in answer["message"], answer
+        assert answer["errors"][0]["field"] == "isolation_id"
+        assert record_of(stack, isolation_id)["status"] == status.value
+
+    # Given a dry run's record, ISOLATED-looking, as stored (with the field dry runs carry)
+    dry_run = _stored(stack, member, Status.ISOLATED, prior_state=PRIOR)
+    stack.store.client.update_item(
+        TableName=stack.table_name,
+        Key={"pk": {"S": dry_run}},
+        UpdateExpression="SET dry_run = :yes",
+        ExpressionAttributeValues={":yes": {"BOOL": True}},
+    )
+    # Then it is refused: it changed nothing
+    code, answer = ask_release(stack, dry_run)
+    assert code == 409 and "dry run" in answer["message"], answer
+
+    # And unknown or malformed ids are 404, bad bodies 422 naming the field
+    for unknown in ("iso-" + "0" * 32, "not-an-id"):
+        assert ask_release(stack, unknown)[0] == 404
+    isolated = _stored(stack, member, Status.ISOLATED, prior_state=PRIOR, instance_id="i-0123456789abcdef1")
+    for body, field in (({"reason": "x", "force": True}, "force"), ({"reason": "x" * 1025}, "reason")):
+        code, answer = ask_release(stack, isolated, body=body)
+        assert code == 422 and answer["errors"][0]["field"] == field, answer
+    code, answer = ask_release(stack, isolated, body="[]")
+    assert code == 422, answer
+    # And nothing was queued, nothing changed
+    assert stack.queued() == 0 and record_of(stack, isolated)["status"] == "ISOLATED"
+
+
+def test_only_the_episodes_latest_record_releases_it(stack: Stack, member: Member) -> None:
+    # Given an instance isolated by a tag event, then coalesced with a GuardDuty finding
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    stack.send(tag_change(account_id=member.account_id, region=member.region, instance_id=instance))
+    stack.drain()
+    stack.send(guardduty_finding(account_id=member.account_id, region=member.region, instance_id=instance))
+    stack.drain()
+    coalesced, first = stack.api("GET", "/isolations", query={"instance_id": instance})[1]["items"]
+    assert steps(coalesced) == {"coalesced": "already"}
+    assert coalesced["inherits_from"] == first["isolation_id"]
+
+    # When the first is released: 409 naming the latest
+    code, answer = ask_release(stack, first["isolation_id"])
+    assert code == 409 and answer["latest"] == coalesced["isolation_id"], answer
+
+    # Then the release through the latest releases the episode, from the first one's prior state
+    record = release(stack, coalesced["isolation_id"])
+    assert record["status"] == "RELEASED", record
+    assert member.eni_groups(instance) == {
+        eni["id"]: eni["security_group_ids"] for eni in first["prior_state"]["network_interfaces"]
+    }
+
+
+# --- what no longer exists, failures, races -----------------------------------------------------------
+
+
+def test_an_interface_detached_since_is_skipped_and_the_rest_restored(stack: Stack, member: Member) -> None:
+    # Given an isolated two-interface instance whose second interface was detached since
+    vpc = member.vpc()
+    instance = member.instance(vpc, enis=2)
+    before = member.eni_groups(instance)
+    isolated = isolate(stack, member, instance)
+    (second,) = [
+        eni
+        for eni in member.described(instance)["NetworkInterfaces"]
+        if eni["Attachment"]["DeviceIndex"] == 1
+    ]
+    member.ec2.detach_network_interface(AttachmentId=second["Attachment"]["AttachmentId"])
+
+    # When it is released
+    record = release(stack, isolated["isolation_id"])
+
+    # Then the attached one has its groups back, the detached one is skipped with the reason
+    assert record["status"] == "RELEASED", record
+    primary = next(eni for eni in before if eni != second["NetworkInterfaceId"])
+    assert member.eni_groups(instance) == {primary: before[primary]}
+    network = next(s for s in record["release"]["steps"] if s["name"] == "restore-security-groups")
+    assert network["status"] == "done"
+    assert f"{second['NetworkInterfaceId']} is no longer attached" in network["detail"]
+
+
+def test_a_failed_release_ends_release_failed_and_a_second_request_finishes_it(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given an isolated instance, and the network change refused once (a permanent AWS error)
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    before = seen(member, instance)
+    isolated = isolate(stack, member, instance)
+    stack.outcomes()
+    faults.inject("ec2", "ModifyNetworkInterfaceAttribute", "UnauthorizedOperation", status=403)
+
+    # When it is released
+    failed = release(stack, isolated["isolation_id"])
+
+    # Then the release FAILED, saying why and what it did before; its event says so
+    assert failed["status"] == "RELEASE_FAILED", failed
+    assert failed["release"]["error"]["code"] == "UnauthorizedOperation"
+    assert release_steps(failed) == {
+        "restore-instance-profile": "done",
+        "remove-credentials-deny": "done",
+        "restore-security-groups": "failed",
+    }
+    [event] = stack.outcomes()
+    assert (
+        event["detail"]["status"] == "RELEASE_FAILED"
+        and "UnauthorizedOperation" in event["detail"]["summary"]
+    )
+
+    # When a second release is asked for, it finishes: done steps are `already`
+    record = release(stack, isolated["isolation_id"])
+    assert record["status"] == "RELEASED", record
+    assert release_steps(record)["restore-instance-profile"] == "already"
+    assert seen(member, instance) == before
+
+
+def test_an_isolation_requested_during_a_release_wins(stack: Stack, member: Member) -> None:
+    # Given a release requested (not yet run), then an isolation of the same instance
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    isolated = isolate(stack, member, instance)
+    code, _ = ask_release(stack, isolated["isolation_id"])
+    assert code == 202
+    again = request_isolation(stack, member, instance)
+
+    # When the worker runs both
+    stack.drain()
+
+    # Then the release ended RELEASE_FAILED Superseded, the new isolation holds, in the same episode
+    released = record_of(stack, isolated["isolation_id"])
+    assert released["status"] == "RELEASE_FAILED" and released["release"]["error"]["code"] == "Superseded"
+    record = record_of(stack, again)
+    assert record["status"] == "ISOLATED", record
+    assert record["inherits_from"] == isolated["isolation_id"]
+    assert_isolated(member, instance, vpc.id)
+
+
+def test_a_trigger_after_a_release_isolates_again(stack: Stack, member: Member) -> None:
+    # Given an instance isolated by a finding, then released (well within the coalesce window)
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    stack.send(guardduty_finding(account_id=member.account_id, region=member.region, instance_id=instance))
+    stack.drain()
+    [first] = stack.api("GET", "/isolations", query={"instance_id": instance})[1]["items"]
+    assert release(stack, first["isolation_id"])["status"] == "RELEASED"
+
+    # When another finding arrives
+    stack.send(guardduty_finding(account_id=member.account_id, region=member.region, instance_id=instance))
+    stack.drain()
+
+    # Then it isolates the instance again, from its released state (a new episode), not coalesced
+    latest = stack.api("GET", "/isolations", query={"instance_id": instance})[1]["items"][0]
+    assert latest["status"] == "ISOLATED" and "coalesced" not in steps(latest), latest
+    assert latest["inherits_from"] is None
+    assert latest["prior_state"]["network_interfaces"] == first["prior_state"]["network_interfaces"]
+    assert_isolated(member, instance, vpc.id)
+
+
+def test_deployed_the_callers_arn_is_requested_by_and_a_lost_release_is_swept(
+    stack: Stack, member: Member
+) -> None:
+    # Given an isolated record, and a SigV4-signed request (API Gateway fills in the caller's ARN)
+    instance = "i-0123456789abcdef0"
+    isolation_id = _stored(stack, member, Status.ISOLATED, prior_state=PRIOR, instance_id=instance)
+    caller = "arn:aws:sts::123456789012:assumed-role/responder/ana"
+    code, _ = ask_release(stack, isolation_id, body={"requested_by": "someone else"}, user_arn=caller)
+    # Then the record names the authenticated caller, not what the body claims
+    assert code == 202
+    assert record_of(stack, isolation_id)["release"]["requested_by"] == caller
+
+    # Given that the release's worker began its last attempt and died (its lease has expired)
+    assert stack.store.begin_release(isolation_id, owner="dead", lease_seconds=-1, final=True)
+    # When the sweeper runs
+    swept = stack.sweep()
+    # Then the release ended RELEASE_FAILED WorkerLost, and the instance's slot is free again
+    assert swept["lost"] == [isolation_id]
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "RELEASE_FAILED" and record["release"]["error"]["code"] == "WorkerLost"
+    slot = stack.store.item(f"instance#{member.account_id}#{member.region}#{instance}") or {}
+    assert "active_id" not in slot
