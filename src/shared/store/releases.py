@@ -84,6 +84,9 @@ class ReleaseWrites:
     def _as_record(self, item: dict[str, Any]) -> IsolationRecord:
         raise NotImplementedError
 
+    def release_slot(self, record: IsolationRecord) -> None:
+        raise NotImplementedError
+
     # --- ingest --------------------------------------------------------------------------------------
 
     def latest_of_episode(self, record: IsolationRecord) -> IsolationRecord | None:
@@ -99,7 +102,21 @@ class ReleaseWrites:
     def request_release(
         self, record: IsolationRecord, release: ReleaseInfo, *, lease_seconds: int
     ) -> ReleaseRequested | NotReleasable | InstanceBusy:
-        """`lifecycle.REQUEST_RELEASE` and the instance's slot for the release, in one transaction."""
+        """`lifecycle.REQUEST_RELEASE` and the instance's slot for the release, in one transaction. A slot
+        still held by an isolation that is over is freed, and the write tried once more."""
+        for retry in (False, True):
+            outcome = self._request_release(record, release, lease_seconds)
+            if not isinstance(outcome, InstanceBusy) or retry:
+                return outcome
+            holder = self.item(outcome.holder)
+            if holder is None or not lifecycle.ended(holder) or lifecycle.RELEASE_RUNNING.holds(holder):
+                return outcome
+            self.release_slot(self._as_record(holder))
+        raise AssertionError("unreachable: the second try returns")
+
+    def _request_release(
+        self, record: IsolationRecord, release: ReleaseInfo, lease_seconds: int
+    ) -> ReleaseRequested | NotReleasable | InstanceBusy:
         now = time.time()
         write = Write(
             "#s = :releasing",
