@@ -415,8 +415,10 @@ class Attempt:
         while True:
             item = self.deps.store.item(isolation_id)
             releasing = item is not None and lifecycle.RELEASE_RUNNING.holds(item)
-            if not releasing or lifecycle.UNLEASED.holds(item or {}, now=time.time()):
-                return self.deps.store.get(isolation_id) if item is not None else None
+            if item is None:
+                return None
+            if not releasing or lifecycle.UNLEASED.holds(item, now=time.time()):
+                return self.deps.store.as_record(item)
             if waited + delay > self.deps.settings.CONSISTENCY_WAIT_SECONDS:
                 raise RetryableError(
                     "ReleaseInProgress", f"the release of {isolation_id} is still stopping", wait="in-flight"

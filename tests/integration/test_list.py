@@ -66,7 +66,7 @@ def test_status_filter(stack: Stack, five: list[str]) -> None:
         ({"limit": "101"}, "limit", 422),
         ({"limit": "ten"}, "limit", 422),
         ({"status": "isolated"}, "status", 422),
-        ({"status": "RELEASED"}, "status", 422),
+        ({"status": "RELEASE"}, "status", 422),
         ({"next": "not a cursor"}, "next", 400),
         ({"next": base64.urlsafe_b64encode(b'{"before": "pk"}').decode()}, "next", 400),
         ({"next": base64.urlsafe_b64encode(b'{"before": "instance#111122223333"}').decode()}, "next", 400),

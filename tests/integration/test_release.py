@@ -229,9 +229,10 @@ def test_only_the_episodes_latest_record_releases_it(stack: Stack, member: Membe
 
 
 def test_an_interface_detached_since_is_skipped_and_the_rest_restored(stack: Stack, member: Member) -> None:
-    # Given an isolated two-interface instance whose second interface was detached since
+    # Given an isolated two-interface instance without an instance profile, whose second interface was
+    # detached since
     vpc = member.vpc()
-    instance = member.instance(vpc, enis=2)
+    instance = member.instance(vpc, enis=2, profile=None)
     before = member.eni_groups(instance)
     isolated = isolate(stack, member, instance)
     (second,) = [
@@ -251,6 +252,39 @@ def test_an_interface_detached_since_is_skipped_and_the_rest_restored(stack: Sta
     network = next(s for s in record["release"]["steps"] if s["name"] == "restore-security-groups")
     assert network["status"] == "done"
     assert f"{second['NetworkInterfaceId']} is no longer attached" in network["detail"]
+    # And it has no instance profile again, as before
+    assert member.profile_of(instance) is None
+    assert release_steps(record)["restore-instance-profile"] == "done"
+
+
+def test_what_no_longer_exists_is_skipped_saying_why(stack: Stack, member: Member) -> None:
+    # Given an isolated web-tier instance whose group, classic load balancer and ip target group were
+    # deleted since
+    vpc = member.vpc()
+    instance = member.instance(vpc, enis=1)
+    tier = web_tier(member, vpc, [instance])
+    isolated = isolate(stack, member, instance)
+    member.session.client("autoscaling").delete_auto_scaling_group(
+        AutoScalingGroupName=tier.group, ForceDelete=True
+    )
+    member.session.client("elb").delete_load_balancer(LoadBalancerName=tier.classic)
+    member.session.client("elbv2").delete_target_group(TargetGroupArn=tier.ip_target_group_arn)
+
+    # When it is released
+    record = release(stack, isolated["isolation_id"])
+
+    # Then it is RELEASED: back in the target group that is left, the rest skipped with the reason
+    assert record["status"] == "RELEASED", record
+    assert instance in targets(member, tier.target_group_arn)
+    balancers = next(s for s in record["release"]["steps"] if s["name"] == "rejoin-load-balancers")
+    assert balancers["status"] == "done"
+    assert "the target group no longer exists" in balancers["detail"]
+    assert f"classic load balancer {tier.classic} no longer exists" in balancers["detail"]
+    group = next(s for s in record["release"]["steps"] if s["name"] == "rejoin-auto-scaling-group")
+    assert (group["status"], group["detail"]) == (
+        "skipped",
+        f"Auto Scaling group {tier.group} no longer exists",
+    )
 
 
 def test_a_failed_release_ends_release_failed_and_a_second_request_finishes_it(

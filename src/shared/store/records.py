@@ -126,7 +126,7 @@ class IsolationStore(ReleaseWrites):
         self.table_name = table_name
         self.client = client or same_account_client("dynamodb")
 
-    def _as_record(self, item: dict[str, Any]) -> IsolationRecord:
+    def as_record(self, item: dict[str, Any]) -> IsolationRecord:
         return _record(item)
 
     # --- reads (never a write) -----------------------------------------------------------------------

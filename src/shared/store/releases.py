@@ -81,7 +81,7 @@ class ReleaseWrites:
     def list_for_instance(self, instance_id: str, account_id: str | None = None) -> list[IsolationRecord]:
         raise NotImplementedError
 
-    def _as_record(self, item: dict[str, Any]) -> IsolationRecord:
+    def as_record(self, item: dict[str, Any]) -> IsolationRecord:
         raise NotImplementedError
 
     def release_slot(self, record: IsolationRecord) -> None:
@@ -111,7 +111,7 @@ class ReleaseWrites:
             holder = self.item(outcome.holder)
             if holder is None or not lifecycle.ended(holder) or lifecycle.RELEASE_RUNNING.holds(holder):
                 return outcome
-            self.release_slot(self._as_record(holder))
+            self.release_slot(self.as_record(holder))
         raise AssertionError("unreachable: the second try returns")
 
     def _request_release(
@@ -160,7 +160,7 @@ class ReleaseWrites:
                 if current is None:
                     raise
                 return NotReleasable(
-                    Status(current["status"]), self._as_record(current), dry_run=bool(current.get("dry_run"))
+                    Status(current["status"]), self.as_record(current), dry_run=bool(current.get("dry_run"))
                 )
             if codes[1:2] == ["ConditionalCheckFailed"]:
                 old = reasons[1].get("Item")
@@ -209,7 +209,7 @@ class ReleaseWrites:
             if current is None or current.get("status") != Status.RELEASING.value:
                 return None
             raise LeaseHeld(isolation_id) from exc
-        return self._as_record(deserialize(item))
+        return self.as_record(deserialize(item))
 
     def add_release_steps(self, isolation_id: str, steps: list[StepRecord]) -> None:
         write = Write(

@@ -116,10 +116,18 @@ class RestoreInstanceProfile(Step):
     def _associate(self, ctx: StepContext, profile: str) -> StepRecord:
         association = current_association(ctx)
         if association is None:
-            ctx.ec2.associate_iam_instance_profile(
-                IamInstanceProfile={"Name": profile}, InstanceId=ctx.target.instance_id
-            )
-            return StepRecord.done(self.name, f"associated {profile}")
+            try:
+                ctx.ec2.associate_iam_instance_profile(
+                    IamInstanceProfile={"Name": profile}, InstanceId=ctx.target.instance_id
+                )
+                return StepRecord.done(self.name, f"associated {profile}")
+            except ClientError as exc:
+                if error_code(exc) != "IncorrectState":
+                    raise
+                # Associated concurrently (or describe lagged): replace whatever is there now.
+                association = current_association(ctx)
+                if association is None:
+                    raise
         previous = association.get("IamInstanceProfile", {}).get("Arn")
         if profile_name_of(previous) == profile:
             return StepRecord.already(self.name, f"instance profile is {profile}")
