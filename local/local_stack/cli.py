@@ -98,8 +98,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--pollers",
         type=_positive,
-        default=2,
-        help="concurrent worker pollers of the queue (the event source's MaximumConcurrency; default 2)",
+        default=None,
+        help="concurrent worker environments (processes) per queue (default: the event source's "
+        "MaximumConcurrency in the template, WorkerMaxConcurrency)",
     )
     serve.add_argument("--template", metavar="PATH", help="template.yaml to read (default: the project's)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every request and batch")

@@ -1,15 +1,21 @@
-"""The worker's trigger: what Lambda's SQS event source mapping does, in threads.
+"""The worker's trigger: what Lambda's SQS event source mapping does.
 
-Each poller long-polls the queue, hands the batch to the handler as a real SQS event, deletes the
-messages the handler did not report in `batchItemFailures`, and leaves the others: their visibility
-timeout (possibly changed by the worker) decides when they come back, and the queue's redrive policy
-moves them to the dead-letter queue after `maxReceiveCount` receives. As in Lambda:
+One `SqsEventSource` per mapping of the template (its queue, its function, its `BatchSize`, its
+`ScalingConfig.MaximumConcurrency`). Each of its `concurrency` pollers long-polls the queue for up to
+`batch_size` messages, invokes the function with the batch as a real SQS event in one of its execution
+environments (`local_stack.environments`: at most `concurrency` of them, each its own process, so at
+most `concurrency` invocations at once), deletes the messages the handler did not report in
+`batchItemFailures`, and leaves the others: their visibility timeout (possibly changed by the worker)
+decides when they come back, and the queue's redrive policy moves them to the dead-letter queue after
+`maxReceiveCount` receives. As in Lambda:
 
 - a handler that raises, exceeds its timeout, or answers with an `itemIdentifier` that is not in the
   batch fails the whole batch (nothing is deleted);
-- several pollers may receive concurrently (the mapping's `MaximumConcurrency`), but the handler runs
-  one batch at a time: in-process there is one execution environment, and the handler's module-level
-  state (Powertools' batch processor, the worker's caches) is, as in Lambda, per environment.
+- an environment that dies in the middle of an invocation (`EnvironmentDied`: a killed process, a
+  timeout) returns its whole batch, successes included, and is replaced by a new one.
+
+Given a plain handler instead of a runtime, the source runs it in this process, one batch at a time
+(`InProcess`): the mode for tests that inject faults in-process.
 """
 
 from __future__ import annotations
@@ -22,6 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from local_stack.environments import (
+    EnvironmentDied,
+    FunctionTimedOut,
+    HandlerError,
+    InProcess,
+    Invocation,
+    Runtime,
+)
 from local_stack.lambda_context import LambdaContext
 
 log = logging.getLogger("local_stack.worker")
@@ -125,6 +139,8 @@ class BatchOutcome:
     error: str | None = None
     started: float = 0.0
     duration: float = 0.0
+    #: The invocation's answer and what it took (its AWS calls, its environment); None when it died.
+    invocation: Invocation | None = None
 
 
 @dataclass
@@ -145,21 +161,15 @@ class Stats:
             self.handler_errors += outcome.error is not None
 
 
-class EnvironmentDied(BaseException):  # noqa: N818 - what happens to the environment, not an error
-    """The execution environment died in the middle of an invocation (out of memory, a timeout, the host
-    going away): nothing of the handler runs after it, the batch comes back after the visibility
-    timeout, and Lambda starts a new environment. A BaseException, so that no `except Exception` in the
-    handler can catch it (tests raise it from a hook to kill the worker where they want)."""
-
-
 class SqsEventSource:
-    """Pollers of one queue, invoking `handler` with SQS batch events."""
+    """Pollers of one queue, invoking a function with SQS batch events (`handler`: a runtime, or a
+    callable run in this process)."""
 
     def __init__(
         self,
         *,
         sqs_factory: Callable[[], Any],
-        handler: Handler,
+        handler: Handler | Runtime,
         queue_url: str,
         queue_arn: str,
         region: str,
@@ -172,7 +182,7 @@ class SqsEventSource:
         concurrency: int = 2,
     ) -> None:
         self._sqs_factory = sqs_factory
-        self.handler = handler
+        self.runtime: Runtime = InProcess(handler) if callable(handler) else handler
         self.queue_url = queue_url
         self.queue_arn = queue_arn
         self.region = region
@@ -184,9 +194,8 @@ class SqsEventSource:
         self.wait_seconds = wait_seconds
         self.concurrency = max(1, int(concurrency))
         self.stats = Stats()
-        # One execution environment: invocations run one at a time, as in one Lambda sandbox. The
-        # handler's module-level objects (Powertools' batch processor, caches) assume exactly that.
-        self._invocation = threading.Lock()
+        #: Called with every batch's outcome (its invocation's result and AWS calls), from the poller.
+        self.observers: list[Callable[[BatchOutcome], None]] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -208,12 +217,18 @@ class SqsEventSource:
             thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop polling; a batch in progress finishes first (bounded by the function timeout)."""
+        """Stop polling; a batch in progress finishes first (bounded by the function timeout). The
+        environments stay (warm) until `close`."""
         self._stop.set()
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout_seconds + 5)
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads = []
+
+    def close(self) -> None:
+        """Stop polling and end the function's environments."""
+        self.stop()
+        self.runtime.close()
 
     # --- one batch ---
 
@@ -237,36 +252,43 @@ class SqsEventSource:
         return list(answer.get("Messages", []))
 
     def process(self, sqs: Any, messages: list[dict[str, Any]]) -> BatchOutcome:
-        """Invoke the handler with one batch and settle it on the queue."""
+        """Invoke the function with one batch and settle it on the queue."""
         event = batch_event(messages, queue_arn=self.queue_arn, region=self.region)
         ids = [m["MessageId"] for m in messages]
         outcome = BatchOutcome(message_ids=ids, failed=set())
-        with self._invocation:
-            context = self.context()
-            outcome.started = time.time()
-            try:
-                result = self.handler(event, context)
-                outcome.failed = failed_ids(result, ids)
-                if context.expired():
-                    outcome.error = f"function timed out after {self.timeout_seconds:g} s"
-                    outcome.failed = set(ids)
-            except Exception as exc:  # Lambda: the invocation failed, every message comes back
-                log.exception("worker handler failed; the batch of %d returns to the queue", len(ids))
-                outcome.error = f"{type(exc).__name__}: {exc}"
+        context = self.context()
+        outcome.started = time.time()
+        try:
+            outcome.invocation = self.runtime.invoke(event, context)
+            outcome.failed = failed_ids(outcome.invocation.result, ids)
+            if context.expired():
+                outcome.error = f"function timed out after {self.timeout_seconds:g} s"
                 outcome.failed = set(ids)
-            except EnvironmentDied as died:  # every message comes back after its visibility timeout
-                log.warning(
-                    "worker environment died (%s); the batch of %d returns to the queue", died, len(ids)
-                )
-                outcome.error = f"environment died: {died}"
-                outcome.failed = set(ids)
-            outcome.duration = time.time() - outcome.started
+        except FunctionTimedOut:  # Lambda stops the invocation and discards its environment
+            outcome.error = f"function timed out after {self.timeout_seconds:g} s"
+            outcome.failed = set(ids)
+        except HandlerError as exc:  # Lambda: the invocation failed, every message comes back
+            log.warning(
+                "worker handler failed (%s); the batch of %d returns to the queue",
+                exc,
+                len(ids),
+                exc_info=exc.__cause__,  # in-process: the handler's traceback (a process logs its own)
+            )
+            outcome.error = str(exc)
+            outcome.failed = set(ids)
+        except EnvironmentDied as died:  # every message comes back after its visibility timeout
+            log.warning("worker environment died (%s); the batch of %d returns to the queue", died, len(ids))
+            outcome.error = f"environment died: {died}"
+            outcome.failed = set(ids)
+        outcome.duration = time.time() - outcome.started
         if outcome.error and "timed out" in outcome.error:
             log.warning("worker %s; the batch of %d returns to the queue", outcome.error, len(ids))
         delete_successes(sqs, self.queue_url, messages, outcome.failed)
         if outcome.failed:
             log.info("%d of %d messages left on the queue for a retry", len(outcome.failed), len(ids))
         self.stats.add(outcome)
+        for observe in list(self.observers):
+            observe(outcome)
         return outcome
 
     def poll_once(self, sqs: Any | None = None, wait_seconds: int | None = None) -> BatchOutcome | None:

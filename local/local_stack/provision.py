@@ -5,9 +5,9 @@ The template is transformed by samtranslator (`local_stack.templates`); the reso
 `DEPLOYED_TYPES` (and only those whose references stay within them) are deployed as one stack: the queue
 and its dead-letter queue, the table, the EventBridge rules and the functions' roles and log groups.
 CloudFormation evaluates the parameters and intrinsic functions; the functions (`AWS::Lambda::Function`:
-handler, timeout, memory, environment), their SQS event sources (batch size) and the API's routes are
-read from the transformed template generically, their expressions evaluated by the same stack. Nothing
-here names a function.
+handler, timeout, memory, environment), their SQS event sources (batch size, maximum concurrency) and
+the API's routes are read from the transformed template generically, their expressions evaluated by
+the same stack. Nothing here names a function.
 
 Checked against moto 5.2.5's CloudFormation (in the embedded moto server): it deploys this subset
 faithfully (queue attributes, `VisibilityTimeout`, the redrive policy's `maxReceiveCount` from a Number
@@ -82,6 +82,8 @@ class QueueSource:
     function: str
     queue: str
     batch_size: int
+    #: `ScalingConfig.MaximumConcurrency`: at most this many invocations at once (None: not capped).
+    maximum_concurrency: int | None = None
 
 
 @dataclass(frozen=True)
@@ -319,7 +321,11 @@ def _function_settings(template: dict[str, Any]) -> dict[str, Any]:
             settings[f"{prefix}:env:{name}"] = value
     for logical_id, resource in template["Resources"].items():
         if resource["Type"] == "AWS::Lambda::EventSourceMapping":
-            settings[f"source:{logical_id}:batch"] = (resource.get("Properties") or {}).get("BatchSize", 10)
+            mapping = resource.get("Properties") or {}
+            settings[f"source:{logical_id}:batch"] = mapping.get("BatchSize", 10)
+            concurrency = (mapping.get("ScalingConfig") or {}).get("MaximumConcurrency")
+            if concurrency is not None:
+                settings[f"source:{logical_id}:concurrency"] = concurrency
         if resource["Type"] == "AWS::Scheduler::Schedule":
             settings[f"schedule:{logical_id}:expression"] = (resource.get("Properties") or {}).get(
                 "ScheduleExpression"
@@ -384,8 +390,14 @@ def _queue_sources(
         function = invoked(template, props.get("FunctionName"), functions)
         queue = references(props.get("EventSourceArn")) & set(physical)
         if function and queue:
+            concurrency = values.get(f"source:{logical_id}:concurrency")
             sources.append(
-                QueueSource(function.pop(), queue.pop(), int(values[f"source:{logical_id}:batch"]))
+                QueueSource(
+                    function.pop(),
+                    queue.pop(),
+                    int(values[f"source:{logical_id}:batch"]),
+                    int(concurrency) if concurrency is not None else None,
+                )
             )
     return tuple(sources)
 

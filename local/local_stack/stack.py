@@ -8,6 +8,14 @@ the HTTP API in front of the ingest handler and the worker on the queue.
 
 The handlers read their settings from the environment, which is process-wide: run one stack per
 process at a time. The environment is put back when the stack stops.
+
+Functions run as in Lambda (`environments="process"`, the default): each SQS event source mapping of
+the template invokes its function with batches of its `BatchSize` in at most its `MaximumConcurrency`
+execution environments, each a process of its own (`local_stack.environments`); the scheduled functions
+too. The ingest handler runs in this process, behind the HTTP API, and is the only function here, so no
+module state (settings, clients, logger keys) is shared between functions or environments.
+`environments="thread"` runs every function in this process, one invocation at a time: for tests that
+inject faults or crashes in-process.
 """
 
 from __future__ import annotations
@@ -16,23 +24,27 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import secrets
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import boto3
 
 from local_stack.demo_org import DemoOrg, seed_demo
 from local_stack.embedded import EmbeddedAws, EnvironmentPatch, aws_environment, default_region
+from local_stack.environments import FunctionCode, InProcess, Processes, Runtime, Setup
 from local_stack.event_source import SqsEventSource
 from local_stack.http_api import ApiServer
 from local_stack.lambda_context import LambdaContext
 from local_stack.organization import member_session
-from local_stack.provision import QUEUE, Function, Provisioned, provision
+from local_stack.provision import QUEUE, Function, Provisioned, QueueSource, provision
 from local_stack.scheduler import ScheduledFunction
 from local_stack.templates import load_template, sam_transform
 from local_stack.workloads import InstanceSpec
@@ -40,6 +52,8 @@ from local_stack.workloads import InstanceSpec
 log = logging.getLogger("local_stack")
 
 STACK_NAME = "ec2-isolation-local"
+#: A queue's concurrency when its mapping sets no MaximumConcurrency (Lambda's own floor is 2).
+DEFAULT_POLLERS = 2
 TERMINAL = frozenset({"ISOLATED", "FAILED", "SKIPPED"})
 
 #: Local-stack defaults the user's environment may override: retries and eventual-consistency waits in
@@ -82,15 +96,24 @@ class LocalStack:
         region: str | None = None,
         template: str | Path | None = None,
         execution_template: str | Path | None = None,
-        pollers: int = 2,
+        pollers: int | None = None,
         worker: bool = True,
         environment: dict[str, str] | None = None,
         demo_accounts: Sequence[str] | None = None,
         demo_instances: Sequence[InstanceSpec] | None = None,
+        environments: Literal["process", "thread"] = "process",
+        setups: Sequence[Setup] = (),
+        warm: int = 1,
     ) -> None:
         """`demo_accounts`/`demo_instances`: with `seed_demo`, the member accounts (by name) and the
         instances of each account to seed instead of the demo's own (organization.MEMBER_ACCOUNT_NAMES,
-        workloads.INSTANCES)."""
+        workloads.INSTANCES).
+
+        `pollers`: each queue's concurrency (pollers and environments), instead of its mapping's
+        `MaximumConcurrency`. `environments`: see the module's docstring. `setups`: installed in every
+        environment process before its handler is imported (the ingest runs in this process: install
+        them here yourself). `warm`: environments of each queue's function started at once (in the
+        background), so the first batches find them warm."""
         root = project_root()
         self.host = host
         self.port = port
@@ -105,6 +128,9 @@ class LocalStack:
             Path(execution_template) if execution_template else root / "iam-execution-role.yml"
         )
         self.pollers = pollers
+        self.in_process = environments == "thread"
+        self.setups = tuple(setups)
+        self.warm = warm
         self.run_worker = worker
         self.extra_environment = dict(environment or {})
         self.demo_options: dict[str, Any] = {}
@@ -119,12 +145,11 @@ class LocalStack:
         self.provisioned: Provisioned | None = None
         self.demo: DemoOrg | None = None
         self.api: ApiServer | None = None
-        self.event_source: SqsEventSource | None = None
-        #: The other queues' consumers (the tamper function on the tamper queue), as the template maps them.
-        self.other_sources: list[SqsEventSource] = []
+        #: One event source per SQS mapping of the template, by queue (logical id).
+        self.event_sources: dict[str, SqsEventSource] = {}
         self.scheduled: list[ScheduledFunction] = []
         self.ingest_handler: Any = None
-        self.worker_handler: Any = None
+        self._runtimes: list[Runtime] = []
         self._embedded: EmbeddedAws | None = None
         self._env = EnvironmentPatch()
         self._sessions: dict[str, boto3.Session] = {}
@@ -179,8 +204,7 @@ class LocalStack:
             self.template, client=self.client, parameters=overrides, stack_name=STACK_NAME
         )
         ingest, routes = self.provisioned.api()
-        worker, source = self.provisioned.consumer(QUEUE)
-        self._configure_functions(ingest, worker)
+        self._configure_functions(ingest)
 
         if self.seed:
             self.demo = seed_demo(
@@ -195,56 +219,65 @@ class LocalStack:
         self.api.routes = routes
         self.api.account_id = self.account_id
         self.api.context_factory = lambda: self._context(ingest)
-        self.event_source = SqsEventSource(
-            sqs_factory=lambda: self.client("sqs"),
-            handler=self.worker_handler,
-            queue_url=self.provisioned.queue_url,
-            queue_arn=self.provisioned.queue_arn,
-            region=self.region,
-            account_id=self.account_id,
-            function_name=worker.name,
-            timeout_seconds=worker.timeout_seconds,
-            memory_mb=worker.memory_mb,
-            batch_size=source.batch_size,
-            concurrency=self.pollers,
-        )
-        self.other_sources = [
-            self._consumer(self.provisioned.functions[other.function], other.queue, other.batch_size)
-            for other in self.provisioned.queue_sources
-            if other.queue != QUEUE
-        ]
+        self.event_sources = {
+            source.queue: self._event_source(source) for source in self.provisioned.queue_sources
+        }
         self.scheduled = [
             self._scheduled(self.provisioned.functions[schedule.function], schedule.every_seconds)
             for schedule in self.provisioned.schedules
         ]
         self.api.start()
+        for source in self.event_sources.values():
+            runtime = source.runtime
+            if self.warm and isinstance(runtime, Processes):
+                threading.Thread(
+                    target=runtime.warm, args=(self.warm,), name="warm-environments", daemon=True
+                ).start()
         if self.run_worker:
-            self.event_source.start()
-            for other in self.other_sources:
-                other.start()
-            for scheduled in self.scheduled:
-                scheduled.start()
+            self.resume_worker()
 
-    def _consumer(self, function: Function, queue: str, batch_size: int) -> SqsEventSource:
+    def _runtime(self, function: Function, limit: int) -> Runtime:
+        """Where `function` runs: up to `limit` environment processes, or this process."""
+        if self.in_process:
+            runtime: Runtime = InProcess(_handler(function))
+        else:
+            # The function's own variables as this process has them (the user's overrides included);
+            # the rest of the environment (the AWS endpoint) is inherited.
+            environment = {name: os.environ.get(name, value) for name, value in function.environment.items()}
+            runtime = Processes(
+                FunctionCode(function.handler, environment=environment, setups=self.setups), limit=limit
+            )
+        self._runtimes.append(runtime)
+        return runtime
+
+    def _event_source(self, source: QueueSource) -> SqsEventSource:
         assert self.provisioned is not None
+        function = self.provisioned.functions[source.function]
+        concurrency = self.pollers or source.maximum_concurrency or DEFAULT_POLLERS
         return SqsEventSource(
             sqs_factory=lambda: self.client("sqs"),
-            handler=_handler(function),
-            queue_url=self.provisioned.resources[queue],
-            queue_arn=self.provisioned.queue_arns[queue],
+            handler=self._runtime(function, concurrency),
+            queue_url=self.provisioned.resources[source.queue],
+            queue_arn=self.provisioned.queue_arns[source.queue],
             region=self.region,
             account_id=self.account_id,
             function_name=function.name,
             timeout_seconds=function.timeout_seconds,
             memory_mb=function.memory_mb,
-            batch_size=batch_size,
-            concurrency=1,
+            batch_size=source.batch_size,
+            concurrency=concurrency,
         )
 
+    @property
+    def event_source(self) -> SqsEventSource | None:
+        """The isolation queue's event source."""
+        return self.event_sources.get(QUEUE)
+
     def _scheduled(self, function: Function, every_seconds: float) -> ScheduledFunction:
+        runtime = self._runtime(function, 1)
         return ScheduledFunction(
             name=function.name,
-            handler=_handler(function),
+            handler=lambda event, context: runtime.invoke(event, context).result,
             every_seconds=every_seconds,
             context_factory=lambda: self._context(function),
         )
@@ -262,8 +295,8 @@ class LocalStack:
     def _not_ready(event: dict[str, Any], context: Any) -> Any:
         raise RuntimeError("the local stack is not started")
 
-    def _configure_functions(self, ingest: Function, worker: Function) -> None:
-        """The functions' environment from the template, then their handlers imported under it."""
+    def _configure_functions(self, ingest: Function) -> None:
+        """The functions' environment from the template, then the ingest handler imported under it."""
         assert self.provisioned is not None
         template_env = self.provisioned.environment()
         self._env.set({k: v for k, v in template_env.items() if k not in USER_OVERRIDABLE})
@@ -272,7 +305,6 @@ class LocalStack:
         self._env.set(self.extra_environment)
         self._reset_handler_caches()
         self.ingest_handler = _handler(ingest)
-        self.worker_handler = _handler(worker)
 
     @staticmethod
     def _reset_handler_caches() -> None:
@@ -283,8 +315,8 @@ class LocalStack:
         config.worker_settings.cache_clear()
         config.sweeper_settings.cache_clear()
         aws.reset_caches()
-        steps = importlib.import_module("worker.steps")
-        if hasattr(steps, "forget_caches"):
+        steps = sys.modules.get("worker.steps")  # imported here only when the worker runs in-process
+        if steps is not None and hasattr(steps, "forget_caches"):
             steps.forget_caches()
 
     def _openapi(self) -> str:
@@ -293,10 +325,11 @@ class LocalStack:
     def stop(self) -> None:
         for scheduled in self.scheduled:
             scheduled.stop()
-        if self.event_source is not None:
-            self.event_source.stop()
-        for other in self.other_sources:
-            other.stop()
+        for source in self.event_sources.values():
+            source.stop()
+        for runtime in self._runtimes:
+            runtime.close()
+        self._runtimes.clear()
         if self.api is not None:
             self.api.stop()
             self.api = None
@@ -312,16 +345,12 @@ class LocalStack:
         """Stop polling the queue (messages stay there) and running schedules until `resume_worker`."""
         for scheduled in self.scheduled:
             scheduled.stop()
-        if self.event_source is not None:
-            self.event_source.stop()
-        for other in self.other_sources:
-            other.stop()
+        for source in self.event_sources.values():
+            source.stop()
 
     def resume_worker(self) -> None:
-        if self.event_source is not None:
-            self.event_source.start()
-        for other in self.other_sources:
-            other.start()
+        for source in self.event_sources.values():
+            source.start()
         for scheduled in self.scheduled:
             scheduled.start()
 

@@ -534,6 +534,9 @@ def test_chaos(
         pollers=2,
         worker=False,
         environment={"POWERTOOLS_METRICS_DISABLED": "true"},
+        # The faults and crashes are injected in this process (hooks, patched functions): the
+        # functions run here too.
+        environments="thread",
         demo_accounts=ACCOUNT_NAMES,
         demo_instances=SPECS,
     ) as stack:

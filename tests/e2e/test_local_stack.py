@@ -4,6 +4,7 @@ API Gateway stand-in and the SQS event source, each checked against what AWS doe
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventModel, SqsModel
 
+from local_stack.environments import Processes
 from local_stack.event_source import SqsEventSource
 from local_stack.http_api import ApiServer
 from local_stack.provision import provision
@@ -92,6 +94,72 @@ def test_handlers_get_the_templates_environment(stack: LocalStack) -> None:
         "TARGET_ROLE_NAME": stack.provisioned.parameters["TargetRoleName"],
     }
     assert {name: settings[name] for name in expected} == expected
+
+
+def test_the_worker_runs_as_the_templates_mapping_says(stack: LocalStack, template: dict[str, Any]) -> None:
+    # Given the worker's SQS event source in the template, and the stack's model of it
+    (mapping,) = (
+        resource["Properties"]
+        for resource in template["Resources"].values()
+        if resource["Type"] == "AWS::Lambda::EventSourceMapping"
+        and resource["Properties"]["EventSourceArn"] == {"Fn::GetAtt": ["IsolationQueue", "Arn"]}
+    )
+    source = stack.event_source
+    assert source is not None
+
+    # Then the stack polls with its batch size, at most its maximum concurrency, in processes
+    assert source.batch_size == int(mapping["BatchSize"])
+    assert source.concurrency == int(mapping["ScalingConfig"]["MaximumConcurrency"])
+    assert isinstance(source.runtime, Processes) and source.runtime.limit == source.concurrency
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[dict[str, Any]]]:
+    """What the service's logger writes in this process (the ingest's), as JSON objects."""
+    from shared.observability import logger
+
+    lines: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(self.format(record)))
+
+    handler = Collect()
+    handler.setFormatter(logger.registered_formatter)
+    logger._logger.addHandler(handler)
+    yield lines
+    logger._logger.removeHandler(handler)
+
+
+def test_the_ingest_log_carries_no_key_of_the_worker(
+    stack: LocalStack, log_lines: list[dict[str, Any]]
+) -> None:
+    source = stack.event_source
+    assert source is not None
+    ingest, _ = stack.provisioned.api()
+    body = {"instance_id": "i-0123456789abcdef0", "account_id": "111122223333", "region": stack.region}
+    # Given a request the worker has handled, in its own environment (the instance does not exist)
+    status, first = stack.request("POST", "/isolate", body)
+    assert status in (200, 202), first
+    outcomes = []
+    while (outcome := source.poll_once(wait_seconds=1)) is not None:
+        outcomes.append(outcome)
+    record = stack.wait_for(first["isolation_id"], timeout=10)
+    assert record["status"] == "FAILED"
+    # (its AWS calls came back with the batch's result)
+    calls = [name for outcome in outcomes if outcome.invocation for _, name in outcome.invocation.calls or []]
+    assert "sts.AssumeRole" in calls and "ec2.DescribeInstances" in calls
+
+    # When the ingest accepts the next request
+    log_lines.clear()
+    status, second = stack.request("POST", "/isolate", {**body, "instance_id": "i-0123456789abcdef1"})
+    assert status == 202, second
+
+    # Then its "isolation queued" line names the ingest function and this isolation, nothing of the worker
+    (queued,) = (line for line in log_lines if line.get("message") == "isolation queued")
+    assert queued["function_name"] == ingest.name != source.function_name
+    assert queued["isolation_id"] == second["isolation_id"]
+    assert "message_id" not in queued and "step" not in queued
 
 
 # --- the SQS event source ----------------------------------------------------------------------------

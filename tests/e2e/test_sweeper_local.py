@@ -26,7 +26,8 @@ DEATHS = {
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    with LocalStack(seed_demo=True, region="eu-west-1", worker=False) as local:
+    # In this process: the test kills the environment from a hook it registers here.
+    with LocalStack(seed_demo=True, region="eu-west-1", worker=False, environments="thread") as local:
         yield local
 
 
