@@ -16,6 +16,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from local_stack.embedded import serialized
 from local_stack.event_source import delete_successes, failed_ids
 from local_stack.provision import provision
 from local_stack.templates import load_template, sam_transform
@@ -125,16 +126,7 @@ def faults() -> Iterator[Faults]:
 def one_request_at_a_time(monkeypatch: pytest.MonkeyPatch, handler: Any) -> None:
     """moto answers the requests `handler` (a moto response class) serves one at a time, as if each were
     atomic (AWS's own guarantee for a single request): moto is not safe under concurrent requests."""
-    import threading
-
-    lock = threading.RLock()
-    call_action = handler.call_action
-
-    def one_at_a_time(self: Any) -> Any:
-        with lock:
-            return call_action(self)
-
-    monkeypatch.setattr(handler, "call_action", one_at_a_time)
+    monkeypatch.setattr(handler, "call_action", serialized(handler.call_action))
 
 
 @pytest.fixture

@@ -7,10 +7,12 @@ itself), so the same code that runs in Lambda talks to moto here, assumed-role c
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 DEFAULT_REGION = "eu-west-1"
@@ -24,6 +26,7 @@ class EmbeddedAws:
         self.host = host
         self._server: Any = None
         self._env = EnvironmentPatch()
+        self._restore: list[Callable[[], None]] = []
         self.endpoint = ""
 
     def start(self) -> str:
@@ -38,8 +41,14 @@ class EmbeddedAws:
         )
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
 
+        from moto.dynamodb.responses import DynamoHandler
         from moto.server import ThreadedMotoServer
 
+        # moto gap: two DynamoDB transactions at once can both pass their conditions, and a cancelled
+        # one puts back a copy of the table taken when it started (or fails copying it: "dictionary
+        # changed size during iteration"); AWS makes each request atomic. The worker's environments
+        # call it concurrently.
+        self._restore.append(one_request_at_a_time(DynamoHandler))
         server = ThreadedMotoServer(ip_address=self.host, port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
@@ -56,7 +65,34 @@ class EmbeddedAws:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        while self._restore:
+            self._restore.pop()()
         self._env.restore()
+
+
+def serialized(call_action: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A moto response class's `call_action` that answers one request at a time."""
+    lock = threading.RLock()
+
+    @functools.wraps(call_action)
+    def one_at_a_time(self: Any) -> Any:
+        with lock:
+            return call_action(self)
+
+    return one_at_a_time
+
+
+def one_request_at_a_time(handler: type) -> Callable[[], None]:
+    """moto answers the requests `handler` (a moto response class) serves one at a time, as if each were
+    atomic (AWS's own guarantee for a single request): moto is not safe under concurrent requests.
+    Returns what puts it back."""
+    original = handler.__dict__["call_action"]
+    handler.call_action = serialized(original)  # type: ignore[attr-defined]
+
+    def restore() -> None:
+        handler.call_action = original  # type: ignore[attr-defined]
+
+    return restore
 
 
 class EnvironmentPatch:
