@@ -35,14 +35,17 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from local_stack.aws_model import LATENCY_SECONDS, Latency, Throttling
 from local_stack.environments import Processes
-from local_stack.event_source import BatchOutcome
-from local_stack.organization import MEMBER_ACCOUNT_NAMES
-from local_stack.stack import LocalStack
-from local_stack.workloads import INSTANCES, DemoInstance, InstanceSpec
+
+# Only what is light at the top: every environment process imports this module again (multiprocessing's
+# spawn), and what it imports would count in the environments' cold start.
+if TYPE_CHECKING:
+    from local_stack.event_source import BatchOutcome
+    from local_stack.stack import LocalStack
+    from local_stack.workloads import DemoInstance, InstanceSpec
 
 CONTAINMENT_CALL = "ec2.ModifyNetworkInterfaceAttribute"
 #: Calls of the follow-up steps: instance profile, instance attributes, snapshots, tags.
@@ -58,7 +61,6 @@ FOLLOW_UP_CALLS = frozenset(
 )
 #: Services of the stack's own account; every other call goes to a member account.
 OWN_ACCOUNT_SERVICES = frozenset({"sts", "dynamodb", "sqs", "eventbridge", "sns"})
-ACCOUNTS = (*MEMBER_ACCOUNT_NAMES, "demo-workloads-c")
 FLEET_PER_ACCOUNT = 37
 BURST_ONE_VPC = 20
 #: A quarter of the fleet's instances have the demo application's instance profile (one role per
@@ -183,8 +185,7 @@ def _records(stack: LocalStack, isolation_ids: list[str], done: Any, seconds: fl
 
 
 def _settle(stack: LocalStack, isolation_ids: list[str]) -> list[dict[str, Any]]:
-    """The records once contained, then once ended (or as they are by then); all must be contained
-    and none may have failed."""
+    """The records once contained, then once ended (or as they are by then); none may have failed."""
     contained = _records(
         stack, isolation_ids, lambda r: r["contained_at"] or r["status"] in TERMINAL, CONTAIN_SECONDS
     )
@@ -193,9 +194,9 @@ def _settle(stack: LocalStack, isolation_ids: list[str]) -> list[dict[str, Any]]
         {**r, "contained_at": r["contained_at"] or c["contained_at"]}
         for r, c in zip(records, contained, strict=True)
     ]
-    wrong = [r for r in records if not r["contained_at"] or r["status"] not in ("ISOLATED", "IN_PROGRESS")]
-    if wrong:
-        raise SystemExit(f"{len(wrong)} isolations were not contained or failed, e.g. {wrong[0]}")
+    failed = [r for r in records if r["status"] not in ("ISOLATED", "IN_PROGRESS", "QUEUED")]
+    if failed:
+        raise SystemExit(f"{len(failed)} isolations failed, e.g. {failed[0]}")
     return records
 
 
@@ -223,7 +224,7 @@ def isolate_one(stack: LocalStack, batches: Batches, instance: DemoInstance, cal
     isolation_id = _post(stack, instance)
     webhook = calls.stop()
     record = _settle(stack, [isolation_id])[0]
-    if record["status"] != "ISOLATED":
+    if record["status"] != "ISOLATED" or not record["contained_at"]:
         raise SystemExit(f"the isolation of {instance.label} did not end: {record}")
     outcomes = [o for o in batches.settled(stack) if o.invocation is not None]
     if len(outcomes) != 1:
@@ -242,11 +243,16 @@ class Burst:
     seconds: float
 
     def to(self, field_name: str) -> list[float]:
+        """Seconds from `created_at`, of the records that got there within the bench's time."""
         return sorted(
             _timestamp(r[field_name]) - _timestamp(r["created_at"])
             for r in self.records
-            if field_name == "contained_at" or r["status"] == "ISOLATED"
+            if r["contained_at"] and (field_name == "contained_at" or r["status"] == "ISOLATED")
         )
+
+    @property
+    def contained(self) -> int:
+        return sum(bool(r["contained_at"]) for r in self.records)
 
     @property
     def ended(self) -> int:
@@ -278,6 +284,8 @@ def _percentiles(values: list[float]) -> str:
 
 
 def _fleet_specs() -> tuple[InstanceSpec, ...]:
+    from local_stack.workloads import INSTANCES, InstanceSpec
+
     fleet = (
         InstanceSpec(f"fleet-{i:02d}", "main", profile=i % FLEET_WITH_PROFILE_EVERY == 0)
         for i in range(FLEET_PER_ACCOUNT)
@@ -290,6 +298,8 @@ def _progress(text: str) -> None:
 
 
 def main() -> int:
+    from local_stack.organization import MEMBER_ACCOUNT_NAMES
+    from local_stack.stack import LocalStack
     from shared.aws import add_event_hook
     from shared.observability import logger
 
@@ -307,7 +317,7 @@ def main() -> int:
             LocalStack(
                 seed_demo=True,
                 environment=environment,
-                demo_accounts=ACCOUNTS,
+                demo_accounts=(*MEMBER_ACCOUNT_NAMES, "demo-workloads-c"),
                 demo_instances=_fleet_specs(),
                 setups=(latency, throttling),
                 warm=0,
@@ -414,9 +424,12 @@ def report(
         follow_ups = [name for name in before if name in FOLLOW_UP_CALLS]
         all_member = _member_calls([name for _, name in _calls(each.outcomes)])
         print()
-        print(f"{each.title}, sent at once through the webhook ({each.seconds:.1f} s until the last ended):")
+        print(f"{each.title}, sent at once through the webhook ({each.seconds:.1f} s):")
+        late = len(each.records) - each.contained
+        note = f"; {late} not contained within {CONTAIN_SECONDS:.0f} s" if late else ""
         print(
-            f"  time to containment: {_percentiles(contained)}  (max {max(contained) / alone:.0f}x one alone, warm)"
+            f"  time to containment: {_percentiles(contained)}  "
+            f"(max {max(contained) / alone:.0f}x one alone, warm{note})"
         )
         ended = f"{each.ended} of {len(each.records)} ended"
         if each.ended < len(each.records):
