@@ -113,7 +113,7 @@ class LocalStack:
         `MaximumConcurrency`. `environments`: see the module's docstring. `setups`: installed in every
         environment process before its handler is imported (the ingest runs in this process: install
         them here yourself). `warm`: environments of each queue's function started at once (in the
-        background), so the first batches find them warm."""
+        background) when the worker runs, so the first batches find them warm."""
         root = project_root()
         self.host = host
         self.port = port
@@ -229,7 +229,7 @@ class LocalStack:
         self.api.start()
         for source in self.event_sources.values():
             runtime = source.runtime
-            if self.warm and isinstance(runtime, Processes):
+            if self.warm and self.run_worker and isinstance(runtime, Processes):
                 threading.Thread(
                     target=runtime.warm, args=(self.warm,), name="warm-environments", daemon=True
                 ).start()
