@@ -116,11 +116,15 @@ def accept(
         target=Target.of(request),
         reason=request.reason,
         requested_by=request.requested_by,
+        dry_run=request.dry_run,
     )
     accepted = Answer(202, _accepted(record.isolation_id, Status.QUEUED).body())
     claim = _claim(idempotency_key, request, accepted, settings) if idempotency_key is not None else None
 
-    outcome = store.create_queued(record, lease_seconds=settings.ACTIVE_LEASE_SECONDS, idempotency=claim)
+    # A dry run takes no instance slot: it never joins, and is never joined by, a real isolation.
+    outcome = store.create_queued(
+        record, lease_seconds=settings.ACTIVE_LEASE_SECONDS, idempotency=claim, slot=not request.dry_run
+    )
     if isinstance(outcome, Replayed):
         return _replay(outcome, claim)
     if isinstance(outcome, Joined):

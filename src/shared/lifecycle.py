@@ -14,6 +14,7 @@ both renderings and checks that they agree.
     │ └─ (no lease) ──┘    └──── begin (DLQ redrive) ─┘ (FAILED and resumable only)
     ├─ abandon ─▶ FAILED                (the message could not be enqueued)
     └─ end ─────▶ SKIPPED | FAILED      (exempt instance, a permanent error before the first write)
+  IN_PROGRESS of a dry run ─ check ─▶ CHECKED  (a dry run that failed ends FAILED by `end`)
   IN_PROGRESS, on the last receive, lease expired ─ end-lost ─▶ FAILED (resumable)      [sweeper]
   QUEUED | IN_PROGRESS, no live lease, message in the DLQ ─ end-dead-lettered ─▶ FAILED  [sweeper]
 
@@ -32,6 +33,7 @@ Record attributes the conditions read, beside `status`:
 - `final_attempt` (`"final"`): the attempt runs on the message's last allowed receive; with
   `lease_until` it keys the sparse `by-final-lease` index the sweeper queries.
 - `resumable` (true): FAILED with its retries exhausted and its message in the DLQ; a redrive resumes it.
+- `dry_run` (true): the record of a dry run (served as well).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Status(StrEnum):
     ISOLATED = "ISOLATED"
     FAILED = "FAILED"
     SKIPPED = "SKIPPED"
+    #: A dry run that found every step possible (it changed nothing).
     CHECKED = "CHECKED"
     RELEASING = "RELEASING"
     RELEASED = "RELEASED"
@@ -241,6 +244,10 @@ class Transition:
 BEGIN = Transition("begin", Exists("pk") & RUNNABLE & LEASE_FREE_FOR_OWNER, frozenset({Status.IN_PROGRESS}))
 END = Transition("end", RUNNABLE, frozenset({Status.ISOLATED, Status.FAILED, Status.SKIPPED}))
 ABANDON = Transition("abandon", StatusIn((Status.QUEUED,)), frozenset({Status.FAILED}))
+#: A dry run found every step possible: only a dry run ends CHECKED, and only once it has begun.
+CHECK = Transition(
+    "check", StatusIn((Status.IN_PROGRESS,)) & Is("dry_run", True), frozenset({Status.CHECKED})
+)
 END_LOST = Transition("end-lost", LOST, frozenset({Status.FAILED}))
 END_DEAD_LETTERED = Transition("end-dead-lettered", ACTIVE & UNLEASED, frozenset({Status.FAILED}))
 
@@ -271,6 +278,7 @@ END_RELEASE_DEAD_LETTERED = Transition(
 TRANSITIONS = (
     BEGIN,
     END,
+    CHECK,
     ABANDON,
     END_LOST,
     END_DEAD_LETTERED,

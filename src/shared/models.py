@@ -79,6 +79,10 @@ class StepStatus(StrEnum):
     ALREADY = "already"
     SKIPPED = "skipped"
     FAILED = "failed"
+    #: A dry run: the step would change something, and the permission check passed.
+    WOULD = "would"
+    #: A dry run: the step would change something, and nothing could check the permission without acting.
+    UNVERIFIED = "unverified"
 
 
 class IsolationRequest(BaseModel):
@@ -97,6 +101,11 @@ class IsolationRequest(BaseModel):
     )
     requested_by: Annotated[str, Field(max_length=256)] | None = Field(
         default=None, description="Who asked for the isolation (free text)"
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="Check what the isolation would do, and whether it is permitted, without changing "
+        "anything (the record ends CHECKED or FAILED)",
     )
 
 
@@ -145,6 +154,14 @@ class StepRecord(BaseModel):
     @classmethod
     def failed(cls, name: str, detail: str = "") -> StepRecord:
         return cls(name=name, status=StepStatus.FAILED, detail=detail)
+
+    @classmethod
+    def would(cls, name: str, detail: str = "") -> StepRecord:
+        return cls(name=name, status=StepStatus.WOULD, detail=detail)
+
+    @classmethod
+    def unverified(cls, name: str, detail: str = "") -> StepRecord:
+        return cls(name=name, status=StepStatus.UNVERIFIED, detail=detail)
 
 
 class NetworkInterfaceState(BaseModel):
@@ -247,6 +264,8 @@ class IsolationRecord(BaseModel):
     isolation_id: str
     status: Status
     source: Source
+    #: A dry run: checks every step, changes nothing, takes no instance slot (`shared.lifecycle.CHECK`).
+    dry_run: bool = False
     #: The isolation of the same episode whose `prior_state` (and evidence) this one carries.
     inherits_from: str | None = None
     instance_id: str
@@ -288,12 +307,14 @@ class IsolationRecord(BaseModel):
         requested_by: str | None = None,
         trigger: dict[str, Any] | None = None,
         now: datetime | None = None,
+        dry_run: bool = False,
     ) -> IsolationRecord:
         stamp = iso8601(now or utcnow())
         return cls(
             isolation_id=isolation_id,
             status=Status.QUEUED,
             source=source,
+            dry_run=dry_run,
             instance_id=target.instance_id,
             account_id=target.account_id,
             region=target.region,

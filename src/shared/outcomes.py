@@ -1,9 +1,11 @@
-"""Outcome events: every record that ends (ISOLATED, FAILED, SKIPPED, RELEASED, RELEASE_FAILED) puts one `EC2 Isolation Outcome`
-event on the stack's bus, so the security team's other tools hear of it without polling.
+"""Outcome events: every record that ends (ISOLATED, FAILED, SKIPPED, CHECKED, RELEASED, RELEASE_FAILED)
+puts one `EC2 Isolation Outcome` event on the stack's bus, so the security team's other tools hear of it
+without polling.
 
 The record is the truth and is written first; the event carries it as `GET /isolations/{id}` serves it,
-plus `summary`, one line a person reads. Delivery is at least once (a consumer dedupes on
-`isolation_id` and `status`). PutEvents reports failures per entry: those are retried a few times;
+plus `summary`, one line a person reads (a dry run's says so and counts its steps' outcomes; its
+`dry_run` is true, which the NotificationTopicArn rule excludes). Delivery is at least once (a consumer
+dedupes on `isolation_id` and `status`). PutEvents reports failures per entry: those are retried a few times;
 a failure to publish never changes the outcome: it is logged and counted (`OutcomeNotPublished`).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +32,9 @@ def summary(record: IsolationRecord) -> str:
     line = f"{record.status.value} {record.instance_id} in {record.account_id} {record.region} by {record.source.value}"
     if record.status in (Status.RELEASED, Status.RELEASE_FAILED) and record.release is not None:
         return _release_summary(line.replace(" by ", " (isolated by ", 1) + ")", record)
+    if record.dry_run:
+        counts = Counter(step.status.value for step in record.steps)
+        line += f" (dry run: {', '.join(f'{n} {status}' for status, n in counts.items())})"
     contained = seconds_between(record.created_at, record.contained_at)
     if record.status is Status.ISOLATED and contained is not None:
         line += f" in {contained:.1f} s"

@@ -392,6 +392,7 @@ def _webhook(message: WebhookMessage) -> IsolationRecord:
         target=Target.of(request),
         reason=request.reason,
         requested_by=request.requested_by,
+        dry_run=request.dry_run,
     )
 
 

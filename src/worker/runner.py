@@ -11,7 +11,8 @@ and whether it runs on the message's last allowed receive, decided once, here. I
    one's `prior_state` and evidence (`inherits_from`), never the isolated state it sees now;
 4. containment (`worker.steps.CONTAINMENT`), then the follow-up (`worker.steps.FOLLOW_UP`); the
    `StepJournal` decides when outcomes are written. A step that raises `ContainmentIncomplete` is
-   recorded failed, the others still run, and the record ends FAILED with that error.
+   recorded failed, the others still run, and the record ends FAILED with that error. A dry run's record
+   checks each step instead, changing nothing (`worker.dry_run`), and ends CHECKED or FAILED.
 
 Its error boundary (`Attempt.run`) takes every exception and classifies it (`shared.errors.classify`):
 a permanent error ends the record FAILED and the message is acknowledged; a retryable one (and anything
@@ -71,7 +72,7 @@ from shared.store import (
     RecordMissing,
     RepairsSpent,
 )
-from worker import consistency
+from worker import consistency, dry_run
 from worker.consistency import retry_within
 from worker.instance import Instance, describe
 from worker.steps import CONTAINMENT, FOLLOW_UP, Step, StepContext
@@ -93,6 +94,7 @@ class Outcome(StrEnum):
     RATE_LIMITED = "rate-limited"
     DUPLICATE = "duplicate"
     TAMPER_LOOP = "tamper-loop"
+    CHECKED = "checked"
 
 
 #: Outcomes that end a record (its outcome event is published); a join or a duplicate ends nothing.
@@ -306,6 +308,17 @@ class Attempt:
             raise RetryableError(
                 "IsolationInProgress", "another worker is running this isolation", wait="in-flight"
             ) from exc
+        if self.record.dry_run:
+            checked = dry_run.check(
+                self.record,
+                begun,
+                account=account,
+                instance=instance,
+                settings=settings,
+                store=self.deps.store,
+                sleep=self.deps.sleep,
+            )
+            return Outcome.CHECKED if checked is Status.CHECKED else Outcome.FAILED
         journal = StepJournal(self.deps.store, self.record.isolation_id)
         ctx = StepContext(
             isolation_id=self.record.isolation_id,

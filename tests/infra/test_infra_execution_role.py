@@ -240,6 +240,10 @@ def test_iam_actions_touch_only_the_isolation_role_and_profile(member_stack, hel
                 f"arn:aws:iam::{ACCOUNT}:instance-profile/*",
             ), statement
             continue
+        if actions == ["iam:SimulatePrincipalPolicy"]:
+            # A dry run simulates the execution role's own permissions, nobody else's.
+            assert statement["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/ec2-isolation-execution", statement
+            continue
         assert statement["Resource"] in (role_arn, profile_arn), statement
     # PassRole: the isolation role, and (a release) any role of the account, to EC2 only ...
     passes = _granting(statements, "iam:PassRole", helpers)

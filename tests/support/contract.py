@@ -8,6 +8,7 @@ RECORD_FIELDS = frozenset(
         "isolation_id",
         "status",
         "source",
+        "dry_run",
         "inherits_from",
         "instance_id",
         "account_id",

@@ -42,6 +42,9 @@ def states() -> Iterator[tuple[str, dict[str, Any]]]:
             f"{status.value}{' resumable' if resumable else ''}, {lease}{', last receive' if final else ''}"
         )
         yield name, item
+    # Dry runs: every status and lease (never resumable here: the dimension is covered above).
+    for status, lease in itertools.product(Status, LEASES):
+        yield f"{status.value} dry run, {lease}", {"status": status.value, "dry_run": True, **LEASES[lease]}
 
 
 def release_states() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -109,9 +112,14 @@ def test_both_renderings_agree_from_every_state(table: Any, transition: Transiti
     assert allowed and len(allowed) < len(every)
 
 
-def allowed_from(transition: Transition, *, release: bool = False) -> set[str]:
+def allowed_from(transition: Transition, *, release: bool = False, dry_runs: bool = False) -> set[str]:
+    """The states the transition may leave (dry-run records only with `dry_runs`)."""
     every = [*states(), *release_states()] if release else list(states())
-    return {name for name, item in every if transition.guard.holds({"pk": "r", **item}, now=NOW, owner=ME)}
+    return {
+        name
+        for name, item in every
+        if transition.guard.holds({"pk": "r", **item}, now=NOW, owner=ME) and dry_runs == ("dry run" in name)
+    }
 
 
 def test_begin_runs_what_is_not_over_and_not_held_by_another_attempt() -> None:
@@ -130,6 +138,15 @@ def test_end_comes_from_a_record_still_running_or_resumable_only() -> None:
         f"{status.value} resumable" for status in Status
     }
     assert lifecycle.END.to == {Status.ISOLATED, Status.FAILED, Status.SKIPPED}
+
+
+def test_only_a_begun_dry_run_ends_checked() -> None:
+    assert allowed_from(lifecycle.CHECK) == set()
+    assert allowed_from(lifecycle.CHECK, dry_runs=True) == {
+        f"IN_PROGRESS dry run, {lease}" for lease in LEASES
+    }
+    assert lifecycle.CHECK.to == {Status.CHECKED}
+    assert Status.CHECKED not in lifecycle.END.to
 
 
 def test_a_worker_is_lost_only_in_a_begun_last_attempt_whose_lease_expired() -> None:

@@ -258,8 +258,10 @@ class IsolationStore(ReleaseWrites):
         coalesce_window_seconds: int | None = None,
         budget: int | None = None,
         repairs: int | None = None,
+        slot: bool = True,
     ) -> Created | Joined | Replayed | Coalesced | Exists | RateLimited | RepairsSpent:
-        """Write a QUEUED record and take the instance's in-flight slot, in one transaction.
+        """Write a QUEUED record and take the instance's in-flight slot, in one transaction (`slot`
+        False: a dry run's record, which takes no slot, so it never joins nor is joined).
 
         Fails (without writing anything) to `Replayed` when the idempotency key was used before,
         `Exists` when the record id is taken, `Joined` when another isolation of the instance is in
@@ -273,7 +275,7 @@ class IsolationStore(ReleaseWrites):
         """
         for retry in (False, True):
             outcome = self._create_queued(
-                record, lease_seconds, idempotency, coalesce_window_seconds, budget, repairs
+                record, lease_seconds, idempotency, coalesce_window_seconds, budget, repairs, slot
             )
             if not isinstance(outcome, _SlotTaken):
                 return outcome
@@ -296,6 +298,7 @@ class IsolationStore(ReleaseWrites):
         coalesce_window_seconds: int | None,
         budget: int | None,
         repairs: int | None = None,
+        slot: bool = True,
     ) -> Created | _SlotTaken | Replayed | Coalesced | Exists | RateLimited | RepairsSpent:
         now = time.time()
         stale = epoch(now - lease_seconds)
@@ -313,18 +316,19 @@ class IsolationStore(ReleaseWrites):
                 }
             }
         )
-        items.append(
-            {
-                "Update": slots.take(
-                    self.table_name,
-                    record.target,
-                    record.isolation_id,
-                    now=epoch(now),
-                    stale=stale,
-                    window=window,
-                )
-            }
-        )
+        if slot:
+            items.append(
+                {
+                    "Update": slots.take(
+                        self.table_name,
+                        record.target,
+                        record.isolation_id,
+                        now=epoch(now),
+                        stale=stale,
+                        window=window,
+                    )
+                }
+            )
         if budget is not None:
             items.append(
                 {"Update": rate_limits.take(self.table_name, record.account_id, now=now, limit=budget)}
@@ -403,10 +407,15 @@ class IsolationStore(ReleaseWrites):
         """Undo an accepted request whose message could not be enqueued: the record becomes FAILED
         (it stays, so the attempt is on record), the slot and the idempotency key are released."""
         ending = self._ending(record, Status.FAILED, lifecycle.ABANDON, error=error)
-        items: list[dict[str, Any]] = [
-            {"Update": ending},
-            {"Update": slots.release(self.table_name, record.target, record.isolation_id, isolated_at=None)},
-        ]
+        items: list[dict[str, Any]] = [{"Update": ending}]
+        if not record.dry_run:  # a dry run took no slot
+            items.append(
+                {
+                    "Update": slots.release(
+                        self.table_name, record.target, record.isolation_id, isolated_at=None
+                    )
+                }
+            )
         if idempotency_hash:
             items.append(
                 {
@@ -612,6 +621,15 @@ class IsolationStore(ReleaseWrites):
             attempts=attempts,
             now=moment,
         )
+        if record.dry_run:
+            # A dry run holds no slot (and an ISOLATED one never happens): the record's end alone.
+            try:
+                self.client.update_item(**ending)
+            except ClientError as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                return False
+            return True
         isolated_at = epoch(moment) if status is Status.ISOLATED else None
         # The record's end and the slot's release are one transaction: an isolation that ended never
         # keeps its instance's slot (later requests would join an isolation that is over).

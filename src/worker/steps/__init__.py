@@ -6,13 +6,22 @@ Auto Scaling and its load balancers (before the failing health checks get it rep
 nothing but the described instance and the prior state, so they can move into the containment phase.
 `RELEASE` (`worker.steps.release`) undoes an isolation from the record's prior state.
 `required_permissions()` is what the member-account role must grant (tests/infra checks
-iam-execution-role.yml against it in both directions).
+iam-execution-role.yml against it in both directions): the steps' actions, and a dry run's permission
+simulator (`worker.steps.checks`; each step's `check` is its dry run).
 """
 
 from __future__ import annotations
 
 from worker import instance
-from worker.steps import credentials, evidence, instance_profile, instance_state, load_balancing, network
+from worker.steps import (
+    checks,
+    credentials,
+    evidence,
+    instance_profile,
+    instance_state,
+    load_balancing,
+    network,
+)
 from worker.steps.base import Step, StepContext
 from worker.steps.release import RELEASE
 
@@ -47,7 +56,7 @@ PLAN: tuple[type[Step], ...] = CONTAINMENT + FOLLOW_UP
 
 def required_permissions() -> frozenset[str]:
     """Every IAM action the worker calls in a target account."""
-    actions = set(instance.PERMISSIONS)
+    actions = set(instance.PERMISSIONS) | set(checks.PERMISSIONS)
     for step in PLAN + RELEASE:
         actions.update(step.permissions)
     return frozenset(actions)

@@ -1,18 +1,21 @@
 """The step catalogue's shape: each step is a small class with a name, the IAM actions it needs and one
 `run` that checks before it acts, so a redelivered message is harmless. A step returns its outcome as a
-`StepRecord` (done, already, skipped) and raises on failure."""
+`StepRecord` (done, already, skipped) and raises on failure. Its `check` is the dry run of `run`."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from shared.aws import AccountSession
 from shared.config import WorkerSettings
 from shared.models import Evidence, PriorState, Source, StepRecord, Target
 from worker.instance import Instance
+
+if TYPE_CHECKING:
+    from worker.steps.checks import PolicySimulator
 
 
 class Notes(Protocol):
@@ -52,6 +55,8 @@ class StepContext:
     sleep: Callable[[float], None] | None = None
     #: Filled by ensure-isolation-sg: the isolation security group of each VPC.
     isolation_groups: dict[str, str] = field(default_factory=dict)
+    #: A dry run's permission simulator (`worker.steps.checks.simulator` makes it when first needed).
+    simulator: PolicySimulator | None = None
 
     @property
     def ec2(self) -> Any:
@@ -97,3 +102,9 @@ class Step(ABC):
 
     @abstractmethod
     def run(self, ctx: StepContext) -> StepRecord: ...
+
+    def check(self, ctx: StepContext) -> StepRecord:
+        """A dry run of `run`: the same reads, and in place of each change a permission check
+        (`worker.steps.checks`): `would`, `unverified`, `failed`, or `already` / `skipped` as `run`
+        would say. Changes nothing. Every step of the plan has one (tests/unit checks it)."""
+        raise NotImplementedError(f"{self.name} has no dry-run check")

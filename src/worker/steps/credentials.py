@@ -29,6 +29,7 @@ from shared.models import StepRecord
 from shared.observability import logger
 from worker import consistency
 from worker.steps.base import Step, StepContext
+from worker.steps.checks import Action, outcome, simulate
 from worker.steps.instance_profile import profile_name_of
 
 #: The inline policy on a role that denies its isolated instances' sessions.
@@ -62,27 +63,11 @@ class DenyInstanceCredentials(Step):
     permissions = ("iam:GetInstanceProfile", "iam:ListRolePolicies", "iam:GetRolePolicy", *write_permissions)
 
     def run(self, ctx: StepContext) -> StepRecord:
-        if not ctx.settings.CUT_INSTANCE_CREDENTIALS:
-            return StepRecord.skipped(self.name, "turned off (CutInstanceCredentials=false)")
-        profile = profile_name_of(ctx.prior.instance_profile_arn)
-        if profile is None:
-            return StepRecord.skipped(self.name, "the instance had no instance profile: no role credentials")
-        if profile == ctx.settings.ISOLATION_PROFILE_NAME:
-            return StepRecord.skipped(
-                self.name, f"the prior instance profile is the isolation profile {profile}: nothing to deny"
-            )
-        role = self._role(ctx, profile)
-        if role is None:
-            return StepRecord.skipped(self.name, f"instance profile {profile} holds no role")
-        name, path, arn = role["RoleName"], role.get("Path", "/"), role["Arn"]
-        ctx.remember(role_name=name)
-        if path.startswith("/aws-service-role/"):
-            return StepRecord.skipped(self.name, f"role {name} is service-linked: it cannot be changed")
-        if self._protected(ctx, name, path, arn):
-            return StepRecord.skipped(self.name, f"role {name} is protected: the service never changes it")
+        role = self._role_to_change(ctx)
+        if isinstance(role, StepRecord):
+            return role
+        name = role["RoleName"]
         instance = ctx.instance_arn
-        if instance in denied_instances(ctx, name):
-            return StepRecord.already(self.name, f"sessions of {instance} denied on role {name}")
         with role_lease(ctx, name):
             denied = denied_instances(ctx, name)  # again, under the lease: another worker may have added some
             if instance in denied:
@@ -104,6 +89,47 @@ class DenyInstanceCredentials(Step):
             f"sessions of {instance} denied on role {name} ({POLICY_NAME}: {len(denied) + 1} instance(s), "
             f"{size}/{INLINE_POLICY_LIMIT} characters of inline policy)",
         )
+
+    def check(self, ctx: StepContext) -> StepRecord:
+        role = self._role_to_change(ctx)
+        if isinstance(role, StepRecord):
+            return role
+        name, instance = role["RoleName"], ctx.instance_arn
+        denied = denied_instances(ctx, name)
+        size = others_size(ctx, name) + compact_size(policy_document(sorted({*denied, instance})))
+        if size > INLINE_POLICY_LIMIT:
+            raise _not_cut(name, f"its inline policies would need {size} characters")
+        action = Action(
+            "iam:PutRolePolicy",
+            [role["Arn"]],
+            f"deny the sessions of {instance} on role {name} ({POLICY_NAME})",
+        )
+        return outcome(self.name, simulate(ctx, action), "")
+
+    def _role_to_change(self, ctx: StepContext) -> dict[str, Any] | StepRecord:
+        """The role whose policy would deny the instance's sessions, or why there is nothing to do."""
+        if not ctx.settings.CUT_INSTANCE_CREDENTIALS:
+            return StepRecord.skipped(self.name, "turned off (CutInstanceCredentials=false)")
+        profile = profile_name_of(ctx.prior.instance_profile_arn)
+        if profile is None:
+            return StepRecord.skipped(self.name, "the instance had no instance profile: no role credentials")
+        if profile == ctx.settings.ISOLATION_PROFILE_NAME:
+            return StepRecord.skipped(
+                self.name, f"the prior instance profile is the isolation profile {profile}: nothing to deny"
+            )
+        role = self._role(ctx, profile)
+        if role is None:
+            return StepRecord.skipped(self.name, f"instance profile {profile} holds no role")
+        name, path, arn = role["RoleName"], role.get("Path", "/"), role["Arn"]
+        ctx.remember(role_name=name)
+        if path.startswith("/aws-service-role/"):
+            return StepRecord.skipped(self.name, f"role {name} is service-linked: it cannot be changed")
+        if self._protected(ctx, name, path, arn):
+            return StepRecord.skipped(self.name, f"role {name} is protected: the service never changes it")
+        instance = ctx.instance_arn
+        if instance in denied_instances(ctx, name):
+            return StepRecord.already(self.name, f"sessions of {instance} denied on role {name}")
+        return role
 
     def _role(self, ctx: StepContext, profile: str) -> dict[str, Any] | None:
         try:

@@ -15,6 +15,8 @@ disks with it. The step does not wait for the snapshots to complete.
 
 from __future__ import annotations
 
+from typing import Any
+
 from shared.models import (
     ISOLATION_ID_TAG,
     TAG_PREFIX,
@@ -26,6 +28,7 @@ from shared.models import (
     utcnow,
 )
 from worker.steps.base import Step, StepContext
+from worker.steps.checks import Action, ec2_dry_run, outcome, simulate
 
 INSTANCE_TAG = f"{TAG_PREFIX}instance-id"
 AT_TAG = f"{TAG_PREFIX}at"
@@ -55,10 +58,39 @@ class SnapshotVolumes(Step):
             self._lock(ctx, taken)
             ctx.keep_evidence(taken)
             return StepRecord.done(self.name, _listed(taken, "found the snapshots an earlier attempt took"))
-        created = ctx.ec2.create_snapshots(
-            InstanceSpecification={"InstanceId": ctx.target.instance_id, "ExcludeBootVolume": False},
-            Description=f"ec2-isolation {ctx.isolation_id}: evidence of {ctx.target.instance_id}",
-            TagSpecifications=[
+        created = ctx.ec2.create_snapshots(**self._creation(ctx))["Snapshots"]
+        evidence = Evidence(
+            snapshots=[Snapshot(volume_id=s["VolumeId"], snapshot_id=s["SnapshotId"]) for s in created]
+        )
+        self._lock(ctx, evidence)
+        ctx.keep_evidence(evidence)
+        what = f"{', '.join(deleted)} deleted: snapshots again" if deleted else "crash-consistent snapshots"
+        return StepRecord.done(self.name, _listed(evidence, what))
+
+    def check(self, ctx: StepContext) -> StepRecord:
+        if ctx.evidence is not None and ctx.evidence.snapshots:
+            return StepRecord.already(self.name, _listed(ctx.evidence, "the episode's snapshots"))
+        if not ctx.settings.SNAPSHOT_VOLUMES:
+            return StepRecord.skipped(self.name, "snapshots are off (SnapshotVolumes=false)")
+        if not ctx.instance.volumes:
+            return StepRecord.skipped(self.name, "no EBS volume attached")
+        volumes = ", ".join(v.id for v in ctx.instance.volumes)
+        checks = [ec2_dry_run(f"snapshot {volumes}", ctx.ec2.create_snapshots, **self._creation(ctx))]
+        if ctx.settings.SNAPSHOT_LOCK_DAYS:
+            # LockSnapshot names a snapshot that a dry run never takes: simulated.
+            snapshots = f"arn:{ctx.partition}:ec2:{ctx.target.region}::snapshot/*"
+            lock = Action(
+                "ec2:LockSnapshot", [snapshots], f"lock them for {ctx.settings.SNAPSHOT_LOCK_DAYS} day(s)"
+            )
+            checks += simulate(ctx, lock)
+        return outcome(self.name, checks, "")
+
+    def _creation(self, ctx: StepContext) -> dict[str, Any]:
+        """CreateSnapshots' parameters: every volume, crash-consistent, tagged on creation."""
+        return {
+            "InstanceSpecification": {"InstanceId": ctx.target.instance_id, "ExcludeBootVolume": False},
+            "Description": f"ec2-isolation {ctx.isolation_id}: evidence of {ctx.target.instance_id}",
+            "TagSpecifications": [
                 {
                     "ResourceType": "snapshot",
                     "Tags": [
@@ -68,14 +100,7 @@ class SnapshotVolumes(Step):
                     ],
                 }
             ],
-        )["Snapshots"]
-        evidence = Evidence(
-            snapshots=[Snapshot(volume_id=s["VolumeId"], snapshot_id=s["SnapshotId"]) for s in created]
-        )
-        self._lock(ctx, evidence)
-        ctx.keep_evidence(evidence)
-        what = f"{', '.join(deleted)} deleted: snapshots again" if deleted else "crash-consistent snapshots"
-        return StepRecord.done(self.name, _listed(evidence, what))
+        }
 
     def _deleted(self, ctx: StepContext) -> list[str]:
         """The episode's snapshots that no longer exist."""

@@ -23,6 +23,7 @@ from shared.errors import PermanentError, error_code
 from shared.models import StepRecord
 from worker.consistency import until_consistent
 from worker.steps.base import Step, StepContext
+from worker.steps.checks import Action, outcome, simulate
 
 DENY_ALL_POLICY = "arn:aws:iam::aws:policy/AWSDenyAll"
 _PROPAGATING = frozenset({"InvalidParameterValue"})
@@ -81,6 +82,48 @@ class SwapInstanceProfile(Step):
             return outcome.model_copy(update={"detail": f"{outcome.detail} (created {profile})"})
         return outcome
 
+    def check(self, ctx: StepContext) -> StepRecord:
+        # AssociateIamInstanceProfile and ReplaceIamInstanceProfileAssociation take no DryRun: simulated.
+        settings, target = ctx.settings, ctx.target
+        profile, role = settings.ISOLATION_PROFILE_NAME, settings.ISOLATION_ROLE_NAME
+        if profile_name_of(ctx.instance.state.instance_profile_arn) == profile:
+            return StepRecord.already(self.name, f"instance profile is {profile}")
+        iam_arn = f"arn:{ctx.partition}:iam::{target.account_id}:{{}}"
+        role_arn, profile_arn = iam_arn.format(f"role/{role}"), iam_arn.format(f"instance-profile/{profile}")
+        actions: list[Action] = []
+        roles = self._profile_roles(ctx, profile)
+        if roles is None:
+            actions += [
+                Action("iam:CreateRole", [role_arn], f"create role {role}"),
+                Action(
+                    "iam:AttachRolePolicy",
+                    [role_arn],
+                    f"attach AWSDenyAll to {role}",
+                    {"iam:PolicyARN": DENY_ALL_POLICY},
+                ),
+                Action("iam:CreateInstanceProfile", [profile_arn], f"create instance profile {profile}"),
+            ]
+        else:
+            self._check_roles(ctx, roles)
+        if not roles:
+            actions.append(
+                Action("iam:AddRoleToInstanceProfile", [profile_arn], f"add role {role} to {profile}")
+            )
+        association = self._association(ctx)
+        replacing = association is not None
+        call = "ec2:ReplaceIamInstanceProfileAssociation" if replacing else "ec2:AssociateIamInstanceProfile"
+        what = f"replace {association['IamInstanceProfile'].get('Arn')}" if association else "associate"
+        actions += [
+            Action(call, [ctx.instance_arn], f"{what} with {profile}"),
+            Action(
+                "iam:PassRole",
+                [role_arn],
+                f"pass role {role} to EC2",
+                {"iam:PassedToService": "ec2.amazonaws.com"},
+            ),
+        ]
+        return outcome(self.name, simulate(ctx, *actions), "")
+
     def _attach(self, ctx: StepContext, profile: str) -> StepRecord:
         association = self._association(ctx)
         if association is None:
@@ -116,12 +159,7 @@ class SwapInstanceProfile(Step):
         iam = ctx.iam
         profile, role = ctx.settings.ISOLATION_PROFILE_NAME, ctx.settings.ISOLATION_ROLE_NAME
         created = False
-        try:
-            roles = iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"].get("Roles", [])
-        except ClientError as exc:
-            if error_code(exc) != "NoSuchEntity":
-                raise
-            roles = None
+        roles = self._profile_roles(ctx, profile)
         if roles is None:
             created |= _tolerate_exists(
                 lambda: iam.create_role(
@@ -133,12 +171,7 @@ class SwapInstanceProfile(Step):
             iam.attach_role_policy(RoleName=role, PolicyArn=DENY_ALL_POLICY)
             created |= _tolerate_exists(lambda: iam.create_instance_profile(InstanceProfileName=profile))
             roles = []
-        if roles and not any(r.get("RoleName") == role for r in roles):
-            names = ", ".join(r.get("RoleName", "?") for r in roles)
-            raise PermanentError(
-                "IsolationProfileMisconfigured",
-                f"instance profile {profile} in {ctx.target.account_id} holds role(s) {names}, not {role}",
-            )
+        self._check_roles(ctx, roles)
         if not roles:
             # A profile without its role (a crash between two calls, or a hand-made one): complete it.
             _tolerate_exists(
@@ -148,6 +181,28 @@ class SwapInstanceProfile(Step):
         with _ready_lock:
             _ready.add(key)
         return created
+
+    def _profile_roles(self, ctx: StepContext, profile: str) -> list[dict[str, Any]] | None:
+        """The roles of the isolation profile (None: there is no such profile)."""
+        try:
+            roles = ctx.iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"].get(
+                "Roles", []
+            )
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchEntity":
+                raise
+            return None
+        return list(roles)
+
+    def _check_roles(self, ctx: StepContext, roles: list[dict[str, Any]]) -> None:
+        """The isolation profile holds the isolation role (or nothing yet), never another one."""
+        profile, role = ctx.settings.ISOLATION_PROFILE_NAME, ctx.settings.ISOLATION_ROLE_NAME
+        if roles and not any(r.get("RoleName") == role for r in roles):
+            names = ", ".join(r.get("RoleName", "?") for r in roles)
+            raise PermanentError(
+                "IsolationProfileMisconfigured",
+                f"instance profile {profile} in {ctx.target.account_id} holds role(s) {names}, not {role}",
+            )
 
 
 def current_association(ctx: StepContext) -> dict[str, Any] | None:

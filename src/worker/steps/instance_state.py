@@ -15,7 +15,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from shared.models import ISOLATION_ID_TAG, TAG_PREFIX, StepRecord, iso8601, utcnow
+from worker.instance import AttachedVolume
 from worker.steps.base import Step, StepContext
+from worker.steps.checks import ec2_dry_run, outcome
 
 ID_TAG = ISOLATION_ID_TAG
 AT_TAG = f"{TAG_PREFIX}at"
@@ -49,12 +51,30 @@ class StopOnShutdown(Step):
         ctx.remember(shutdown_behavior=behaviour)
         if behaviour == "stop":
             return StepRecord.already(self.name, "shutdown behaviour was stop")
+        ctx.ec2.modify_instance_attribute(**self._change(ctx))
+        return StepRecord.done(self.name, f"shutdown behaviour stop (was {behaviour})")
+
+    def check(self, ctx: StepContext) -> StepRecord:
+        refused = _refusal(ctx, spot=False, instance_store=True)
+        if refused:
+            return StepRecord.skipped(self.name, f"shutdown behaviour stop: {refused}")
+        behaviour = _attribute(ctx, "instanceInitiatedShutdownBehavior", "InstanceInitiatedShutdownBehavior")
+        ctx.remember(shutdown_behavior=behaviour)
+        if behaviour == "stop":
+            return StepRecord.already(self.name, "shutdown behaviour was stop")
+        what = f"set shutdown behaviour stop (is {behaviour})"
+        return outcome(
+            self.name, [ec2_dry_run(what, ctx.ec2.modify_instance_attribute, **self._change(ctx))], ""
+        )
+
+    def _change(self, ctx: StepContext) -> dict[str, Any]:
         # The Attribute/Value form: moto 5.2.5 mistakes InstanceInitiatedShutdownBehavior={"Value": ...} for
         # a security-group change and empties the groups of a one-interface instance. AWS takes both.
-        ctx.ec2.modify_instance_attribute(
-            InstanceId=ctx.target.instance_id, Attribute="instanceInitiatedShutdownBehavior", Value="stop"
-        )
-        return StepRecord.done(self.name, f"shutdown behaviour stop (was {behaviour})")
+        return {
+            "InstanceId": ctx.target.instance_id,
+            "Attribute": "instanceInitiatedShutdownBehavior",
+            "Value": "stop",
+        }
 
 
 class KeepVolumes(Step):
@@ -71,13 +91,32 @@ class KeepVolumes(Step):
                 self.name, f"DeleteOnTermination false on {', '.join(v.id for v in volumes)}"
             )
         # (The volumes' prior values came with DescribeInstances, in the prior state written first.)
-        ctx.ec2.modify_instance_attribute(
-            InstanceId=ctx.target.instance_id,
-            BlockDeviceMappings=[
+        ctx.ec2.modify_instance_attribute(**self._change(ctx, deleting))
+        return StepRecord.done(self.name, f"DeleteOnTermination false on {', '.join(v.id for v in deleting)}")
+
+    def check(self, ctx: StepContext) -> StepRecord:
+        volumes = ctx.instance.volumes
+        if not volumes:
+            return StepRecord.skipped(self.name, "no EBS volume attached")
+        deleting = [v for v in volumes if v.delete_on_termination]
+        if not deleting:
+            return StepRecord.already(
+                self.name, f"DeleteOnTermination false on {', '.join(v.id for v in volumes)}"
+            )
+        what = f"set DeleteOnTermination false on {', '.join(v.id for v in deleting)}"
+        return outcome(
+            self.name,
+            [ec2_dry_run(what, ctx.ec2.modify_instance_attribute, **self._change(ctx, deleting))],
+            "",
+        )
+
+    def _change(self, ctx: StepContext, deleting: list[AttachedVolume]) -> dict[str, Any]:
+        return {
+            "InstanceId": ctx.target.instance_id,
+            "BlockDeviceMappings": [
                 {"DeviceName": v.device_name, "Ebs": {"DeleteOnTermination": False}} for v in deleting
             ],
-        )
-        return StepRecord.done(self.name, f"DeleteOnTermination false on {', '.join(v.id for v in deleting)}")
+        }
 
 
 class _Protection(Step):
@@ -102,6 +141,22 @@ class _Protection(Step):
             return StepRecord.already(self.name, f"{self.what} was on")
         ctx.ec2.modify_instance_attribute(InstanceId=ctx.target.instance_id, **{self.key: {"Value": True}})
         return StepRecord.done(self.name, f"{self.what} on")
+
+    def check(self, ctx: StepContext) -> StepRecord:
+        refused = _refusal(ctx, spot=True, instance_store=self.refused_on_instance_store)
+        if refused:
+            return StepRecord.skipped(self.name, f"{self.what}: {refused}")
+        protected = bool(_attribute(ctx, self.attribute, self.key))
+        ctx.remember(**{self.prior_field: protected})
+        if protected:
+            return StepRecord.already(self.name, f"{self.what} was on")
+        checked = ec2_dry_run(
+            f"turn {self.what} on",
+            ctx.ec2.modify_instance_attribute,
+            InstanceId=ctx.target.instance_id,
+            **{self.key: {"Value": True}},
+        )
+        return outcome(self.name, [checked], "")
 
 
 class EnableStopProtection(_Protection):
@@ -136,10 +191,23 @@ class TagInstance(Step):
     def run(self, ctx: StepContext) -> StepRecord:
         if ctx.instance.tags.get(ID_TAG) == ctx.isolation_id:
             return StepRecord.already(self.name, f"tagged {ID_TAG}={ctx.isolation_id}")
-        tags = {ID_TAG: ctx.isolation_id, AT_TAG: iso8601(utcnow()), SOURCE_TAG: ctx.source.value}
+        tags = self._tags(ctx)
         ctx.ec2.create_tags(
             Resources=[ctx.target.instance_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()]
         )
         previous = ctx.instance.tags.get(ID_TAG)
         note = f" (was {previous})" if previous else ""
         return StepRecord.done(self.name, ", ".join(f"{k}={v}" for k, v in tags.items()) + note)
+
+    def check(self, ctx: StepContext) -> StepRecord:
+        tags = self._tags(ctx)
+        checked = ec2_dry_run(
+            f"tag {', '.join(tags)}",
+            ctx.ec2.create_tags,
+            Resources=[ctx.target.instance_id],
+            Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+        )
+        return outcome(self.name, [checked], "")
+
+    def _tags(self, ctx: StepContext) -> dict[str, str]:
+        return {ID_TAG: ctx.isolation_id, AT_TAG: iso8601(utcnow()), SOURCE_TAG: ctx.source.value}

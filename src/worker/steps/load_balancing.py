@@ -28,6 +28,7 @@ from botocore.exceptions import ClientError
 from shared.errors import error_code
 from shared.models import StepRecord, TargetGroupTarget
 from worker.steps.base import Step, StepContext
+from worker.steps.checks import Action, outcome, simulate
 
 #: How long a warm worker trusts its list of an account's target groups.
 TARGET_GROUPS_TTL_SECONDS = 300.0
@@ -87,6 +88,38 @@ class LeaveAutoScalingAndLoadBalancers(Step):
             done.append(f"deregistered from classic load balancer {balancer}")
         if done:
             return StepRecord.done(self.name, "; ".join(done))
+        return self._nothing_to_do(ctx, group, state)
+
+    def check(self, ctx: StepContext) -> StepRecord:
+        group, state = self._group(ctx)
+        registrations = self._registrations(ctx)
+        balancers = self._classic(ctx)
+        ctx.remember(autoscaling_group=group, target_groups=registrations, load_balancers=balancers)
+        target = ctx.target
+        where = f"arn:{ctx.partition}:{{}}:{target.region}:{target.account_id}:{{}}"
+        actions: list[Action] = []
+        if group is not None and not state.startswith(_LEAVING):
+            # (The group's ARN holds an id DescribeAutoScalingInstances does not give: `*` stands for it.)
+            arn = where.format("autoscaling", f"autoScalingGroup:*:autoScalingGroupName/{group}")
+            actions.append(Action("autoscaling:DetachInstances", [arn], f"detach from {group}"))
+        if registrations:
+            arns = list(dict.fromkeys(r.arn for r in registrations))
+            names = ", ".join(arn.rsplit(":", 1)[-1] for arn in arns)
+            actions.append(Action("elasticloadbalancing:DeregisterTargets", arns, f"deregister from {names}"))
+        if balancers:
+            arns = [where.format("elasticloadbalancing", f"loadbalancer/{b}") for b in balancers]
+            actions.append(
+                Action(
+                    "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
+                    arns,
+                    f"deregister from classic load balancer(s) {', '.join(balancers)}",
+                )
+            )
+        if not actions:
+            return self._nothing_to_do(ctx, group, state)
+        return outcome(self.name, simulate(ctx, *actions), "")
+
+    def _nothing_to_do(self, ctx: StepContext, group: str | None, state: str) -> StepRecord:
         prior = ctx.prior
         if prior.autoscaling_group or prior.target_groups or prior.load_balancers:
             leaving = f" ({group}: {state})" if group else ""

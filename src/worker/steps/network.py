@@ -20,6 +20,7 @@ from shared.errors import RetryableError, error_code
 from shared.models import TAG_PREFIX, Source, StepRecord
 from worker.consistency import until_consistent
 from worker.steps.base import Step, StepContext
+from worker.steps.checks import Check, ec2_dry_run, outcome
 
 MANAGED_TAG = f"{TAG_PREFIX}managed"
 _NOT_YET = frozenset({"InvalidGroup.NotFound"})
@@ -107,14 +108,7 @@ class EnsureIsolationSecurityGroup(Step):
     def _create(self, ctx: StepContext, vpc_id: str) -> tuple[dict[str, Any], bool]:
         """Create the VPC's group; (the group as described, created by us?)."""
         try:
-            group_id = ctx.ec2.create_security_group(
-                GroupName=ctx.settings.ISOLATION_SG_NAME,
-                Description="ec2-isolation: no ingress, no egress. Do not add rules.",
-                VpcId=vpc_id,
-                TagSpecifications=[
-                    {"ResourceType": "security-group", "Tags": [{"Key": MANAGED_TAG, "Value": "true"}]}
-                ],
-            )["GroupId"]
+            group_id = ctx.ec2.create_security_group(**_creation(ctx, vpc_id))["GroupId"]
         except ClientError as exc:
             if error_code(exc) != "InvalidGroup.Duplicate":
                 raise
@@ -146,12 +140,7 @@ class EnsureIsolationSecurityGroup(Step):
     def _strip(self, ctx: StepContext, group: dict[str, Any]) -> int:
         """Revoke every rule the group has, ingress and egress, IPv4 and IPv6."""
         revoked = 0
-        for rules, revoke in (
-            (group.get("IpPermissionsEgress", []), ctx.ec2.revoke_security_group_egress),
-            (group.get("IpPermissions", []), ctx.ec2.revoke_security_group_ingress),
-        ):
-            if not rules:
-                continue
+        for rules, revoke in _rule_sets(ctx, group):
             permissions = [_as_request(rule) for rule in rules]
 
             def call(permissions: list[dict[str, Any]] = permissions, revoke: Any = revoke) -> None:
@@ -170,6 +159,36 @@ class EnsureIsolationSecurityGroup(Step):
             )
             revoked += sum(_rule_count(rule) for rule in rules)
         return revoked
+
+    def check(self, ctx: StepContext) -> StepRecord:
+        checks: list[Check] = []
+        settled: list[str] = []
+        for vpc_id in ctx.instance.state.vpc_ids:
+            group = self._find(ctx, vpc_id)
+            if group is None:
+                checks.append(
+                    ec2_dry_run(
+                        f"create the isolation group of {vpc_id}",
+                        ctx.ec2.create_security_group,
+                        **_creation(ctx, vpc_id),
+                    )
+                )
+                continue
+            ctx.isolation_groups[vpc_id] = group["GroupId"]
+            rule_sets = _rule_sets(ctx, group)
+            for rules, revoke in rule_sets:
+                count = sum(_rule_count(rule) for rule in rules)
+                checks.append(
+                    ec2_dry_run(
+                        f"revoke {count} rule(s) of {group['GroupId']} ({vpc_id})",
+                        revoke,
+                        GroupId=group["GroupId"],
+                        IpPermissions=[_as_request(rule) for rule in rules],
+                    )
+                )
+            if not rule_sets:
+                settled.append(f"{group['GroupId']} ({vpc_id})")
+        return outcome(self.name, checks, f"in place {', '.join(settled)}" if settled else "")
 
 
 class SwapSecurityGroups(Step):
@@ -193,6 +212,30 @@ class SwapSecurityGroups(Step):
             return StepRecord.done(self.name, "; ".join(changed) + tail)
         return StepRecord.already(self.name, f"only the isolation group on {', '.join(unchanged)}")
 
+    def check(self, ctx: StepContext) -> StepRecord:
+        checks: list[Check] = []
+        settled: list[str] = []
+        state = ctx.instance.state
+        for interface in state.network_interfaces:
+            group_id = ctx.isolation_groups.get(state.vpc_of(interface))
+            if group_id is not None and interface.security_group_ids == [group_id]:
+                settled.append(interface.id)
+                continue
+            # The VPC's group does not exist yet (ensure-isolation-sg would create it): EC2 authorises
+            # the same kinds of resource with the interface's own groups.
+            groups = [group_id] if group_id is not None else interface.security_group_ids
+            checks.append(
+                ec2_dry_run(
+                    f"put {group_id or 'the new isolation group'} alone on {interface.id}",
+                    ctx.ec2.modify_network_interface_attribute,
+                    NetworkInterfaceId=interface.id,
+                    Groups=groups,
+                )
+            )
+        return outcome(
+            self.name, checks, f"only the isolation group on {', '.join(settled)}" if settled else ""
+        )
+
     def _set(self, ctx: StepContext, eni_id: str, vpc_id: str, group_id: str) -> None:
         def call() -> None:
             ctx.ec2.modify_network_interface_attribute(NetworkInterfaceId=eni_id, Groups=[group_id])
@@ -210,6 +253,30 @@ class SwapSecurityGroups(Step):
             with _groups_lock:
                 _groups.pop(_cache_key(ctx, vpc_id), None)
             raise
+
+
+def _creation(ctx: StepContext, vpc_id: str) -> dict[str, Any]:
+    """CreateSecurityGroup's parameters for the VPC's isolation group (tagged managed on creation)."""
+    return {
+        "GroupName": ctx.settings.ISOLATION_SG_NAME,
+        "Description": "ec2-isolation: no ingress, no egress. Do not add rules.",
+        "VpcId": vpc_id,
+        "TagSpecifications": [
+            {"ResourceType": "security-group", "Tags": [{"Key": MANAGED_TAG, "Value": "true"}]}
+        ],
+    }
+
+
+def _rule_sets(ctx: StepContext, group: dict[str, Any]) -> list[tuple[list[dict[str, Any]], Any]]:
+    """The group's egress and ingress rules (those it has), each with the call that revokes them."""
+    return [
+        (rules, revoke)
+        for rules, revoke in (
+            (group.get("IpPermissionsEgress", []), ctx.ec2.revoke_security_group_egress),
+            (group.get("IpPermissions", []), ctx.ec2.revoke_security_group_ingress),
+        )
+        if rules
+    ]
 
 
 def _as_request(rule: dict[str, Any]) -> dict[str, Any]:
