@@ -280,3 +280,42 @@ def test_member_accounts_forward_exactly_the_tamper_pattern(deployed, member_sta
         # Then it forwards what the stack's rules act on, no more and no less
         assert forwarded == event_pattern(deployed(TargetRoleName=role)["Resources"]["TamperRule"])
         assert forwarded == event_pattern(deployed(TargetRoleName=role)["Resources"]["TamperBusRule"])
+
+
+def test_the_notification_rule_sends_outcomes_but_never_a_dry_runs(deployed) -> None:
+    # Given the rule that sends each outcome's summary to NotificationTopicArn, and the outcome events the
+    # worker puts on the bus (shared.outcomes.entry), of an isolation and of a dry run
+    from shared import outcomes
+    from shared.lifecycle import Status
+    from shared.models import IsolationRecord, Source, Target
+
+    stack = deployed(NotificationTopicArn="arn:aws:sns:us-east-1:123456789012:responders")
+    pattern = event_pattern(stack["Resources"]["OutcomeNotificationRule"])
+    target = Target(account_id="222222222222", region="eu-west-1", instance_id="i-0123456789abcdef0")
+
+    def event(status: Status, *, dry_run: bool) -> dict[str, Any]:
+        record = IsolationRecord.queued(
+            isolation_id="iso-" + "1" * 32, source=Source.WEBHOOK, target=target, dry_run=dry_run
+        ).model_copy(update={"status": status})
+        entry = outcomes.entry(record, "ec2-isolation")
+        return {
+            "version": "0",
+            "id": "e-1",
+            "detail-type": entry["DetailType"],
+            "source": entry["Source"],
+            "account": "123456789012",
+            "time": "2026-11-01T10:00:00Z",
+            "region": "us-east-1",
+            "resources": entry["Resources"],
+            "detail": json.loads(entry["Detail"]),
+        }
+
+    # Then the isolation's outcomes match, the dry run's do not
+    assert _matches(pattern, event(Status.ISOLATED, dry_run=False))
+    assert _matches(pattern, event(Status.FAILED, dry_run=False))
+    assert not _matches(pattern, event(Status.CHECKED, dry_run=True))
+    assert not _matches(pattern, event(Status.FAILED, dry_run=True))
+    # And so does an event of a record from before dry runs existed (no dry_run field)
+    older = event(Status.ISOLATED, dry_run=False)
+    del older["detail"]["dry_run"]
+    assert _matches(pattern, older)
