@@ -1,13 +1,14 @@
 """The responders' client: the same commands against a deployed API and against `make run`.
 
-    ec2-isolation isolate INSTANCE_ID --account ID --region R [--reason ..] [--requested-by ..] [--wait]
+    ec2-isolation isolate INSTANCE_ID --account ID --region R [--reason ..] [--requested-by ..] [--dry-run]
+                          [--wait]
     ec2-isolation status ISOLATION_ID
     ec2-isolation list [--instance ID [--account ID]] [--status S] [--limit N]
     ec2-isolation watch ISOLATION_ID
 
 `--api URL` and `--api-key KEY`, or `EC2_ISOLATION_API` and `EC2_ISOLATION_API_KEY`. Tables for people,
-`--json` for scripts. Exit status: 0 when the record ends as asked (ISOLATED), 1 when it ends otherwise
-(FAILED, SKIPPED), 2 for a usage error, a refused request (wrong key, unknown id, a field the API names)
+`--json` for scripts. Exit status: 0 when the record ends as asked (ISOLATED, or CHECKED for a
+`--dry-run`), 1 when it ends otherwise (FAILED, SKIPPED), 2 for a usage error, a refused request (wrong key, unknown id, a field the API names)
 or an API that cannot be reached. Only the standard library: nothing of this goes into a Lambda package.
 """
 
@@ -89,6 +90,10 @@ def _contained(record: dict[str, Any]) -> str:
     return f"{seconds:.2f} s" if seconds is not None else "-"
 
 
+def _how_long(record: dict[str, Any]) -> str:
+    return "dry run: nothing changed" if record.get("dry_run") else f"contained in {_contained(record)}"
+
+
 def _records_table(records: list[dict[str, Any]]) -> str:
     header = ("isolation", "status", "source", "account", "region", "instance", "contained in", "created")
     rows = [
@@ -113,7 +118,7 @@ def _step_line(step: dict[str, Any]) -> str:
 
 def _record_text(record: dict[str, Any]) -> str:
     lines = [
-        f"{record['isolation_id']}  {record['status']}",
+        f"{record['isolation_id']}  {record['status']}{'  (dry run)' if record.get('dry_run') else ''}",
         f"instance {record['instance_id']} in {record['account_id']} {record['region']}, by {record['source']}"
         f", attempts {record['attempts']}",
         f"created {record['created_at']}, contained {record.get('contained_at') or '-'} ({_contained(record)})",
@@ -162,7 +167,7 @@ def watch(
             if as_json:
                 out.write(json.dumps(record, indent=2) + "\n")
             else:
-                out.write(f"{record['status']} {record['instance_id']} (contained in {_contained(record)})\n")
+                out.write(f"{record['status']} {record['instance_id']} ({_how_long(record)})\n")
                 if record.get("error"):
                     out.write(f"error: {record['error']['code']}: {record['error']['message']}\n")
             out.flush()
@@ -181,6 +186,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             body["reason"] = args.reason
         if args.requested_by:
             body["requested_by"] = args.requested_by
+        if args.dry_run:
+            body["dry_run"] = True
         accepted = api.call("POST", "/isolate", body)
         if not args.wait:
             out.write(json.dumps(accepted, indent=2) + "\n" if args.json else _accepted_text(accepted) + "\n")
@@ -235,6 +242,9 @@ def add_commands(commands: Any) -> None:
     isolate.add_argument("--region", required=True, metavar="R", help="the instance's region")
     isolate.add_argument("--reason", help="why (kept in the record)")
     isolate.add_argument("--requested-by", metavar="WHO", help="who asks (kept in the record)")
+    isolate.add_argument(
+        "--dry-run", action="store_true", help="check every step and its permissions, change nothing"
+    )
     isolate.add_argument("--wait", action="store_true", help="follow it until it ends (as watch does)")
 
     status = commands.add_parser("status", parents=[common], help="one isolation's record and steps")

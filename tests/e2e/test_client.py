@@ -64,6 +64,23 @@ def test_status_list_and_watch_of_an_isolation(served: ServedDemo) -> None:
     assert all(r["status"] == "FAILED" for r in failed_only["items"])
 
 
+def test_a_dry_run_checks_and_exits_0(served: ServedDemo) -> None:
+    # Given the demo's instance in an Auto Scaling group behind load balancers
+    instance = served.demo.instance("web-asg")
+    # When a responder dry-runs its isolation and waits
+    done = client(served, "isolate", instance.instance_id, "--account", instance.account_id,
+                  "--region", instance.region, "--dry-run", "--wait", "--json")  # fmt: skip
+    # Then it ends CHECKED (exit 0): EC2's steps would work, the others cannot be verified locally
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads(done.stdout)
+    assert record["status"] == "CHECKED" and record["dry_run"] is True
+    statuses = {step["name"]: step["status"] for step in record["steps"]}
+    assert statuses["swap-security-groups"] == "would"
+    assert statuses["leave-auto-scaling-and-load-balancers"] == "unverified"
+    assert "does not implement iam:SimulatePrincipalPolicy" in record["steps"][2]["detail"]
+    assert record["prior_state"]["autoscaling_group"] is not None
+
+
 def test_an_isolation_that_fails_exits_1(served: ServedDemo) -> None:
     account = served.demo.accounts[0]
     done = client(served, "isolate", "i-0000000000000000f", "--account", account.account_id,
