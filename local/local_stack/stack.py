@@ -54,7 +54,7 @@ log = logging.getLogger("local_stack")
 STACK_NAME = "ec2-isolation-local"
 #: A queue's concurrency when its mapping sets no MaximumConcurrency (Lambda's own floor is 2).
 DEFAULT_POLLERS = 2
-TERMINAL = frozenset({"ISOLATED", "FAILED", "SKIPPED"})
+TERMINAL = frozenset({"ISOLATED", "FAILED", "SKIPPED", "CHECKED"})
 
 #: Local-stack defaults the user's environment may override: retries and eventual-consistency waits in
 #: seconds rather than the deployed tens of seconds, so a local isolation ends quickly.

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ingest.answers import FieldError
+from shared.lifecycle import Status
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
 
@@ -22,7 +23,8 @@ EXPECTED = {
     "reason": "a string of at most 1024 characters, or null",
     "requested_by": "a string of at most 256 characters, or null",
     IDEMPOTENCY_KEY: "a string of 1 to 128 characters",
-    "status": "one of QUEUED, IN_PROGRESS, ISOLATED, FAILED, SKIPPED",
+    "dry_run": "a JSON boolean, true or false",
+    "status": f"one of {', '.join(Status)}",
     "limit": "a whole number from 1 to 100",
     "next": "the cursor a previous page answered, passed back unchanged",
     "body": "a JSON object",
