@@ -262,9 +262,7 @@ def _accepted(isolation_id: str, state: Status, *, deduplicated: bool | None = N
 def _claim(key: str, request: IsolationRequest, answer: Answer, settings: IngestSettings) -> IdempotencyClaim:
     return IdempotencyClaim(
         key_hash=hashlib.sha256(key.encode()).hexdigest(),
-        body_hash=hashlib.sha256(
-            json.dumps(request.model_dump(mode="json"), sort_keys=True).encode()
-        ).hexdigest(),
+        body_hash=hashlib.sha256(json.dumps(request.wire(), sort_keys=True).encode()).hexdigest(),
         status_code=answer.status_code,
         answer=answer.body,
         ttl_seconds=settings.IDEMPOTENCY_TTL_SECONDS,
@@ -293,8 +291,9 @@ def _enqueue(
     claim: IdempotencyClaim | None,
 ) -> None:
     message = WebhookMessage(isolation_id=record.isolation_id, request=request)
+    body = {**message.model_dump(mode="json"), "request": request.wire()}
     try:
-        sqs.send_message(QueueUrl=settings.QUEUE_URL, MessageBody=json.dumps(message.model_dump(mode="json")))
+        sqs.send_message(QueueUrl=settings.QUEUE_URL, MessageBody=json.dumps(body))
     except (ClientError, BotoCoreError) as exc:
         logger.exception("enqueue failed", extra={"isolation_id": record.isolation_id})
         error = ErrorInfo(code="EnqueueFailed", message=f"the request could not be queued: {exc}")

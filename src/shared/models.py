@@ -108,6 +108,11 @@ class IsolationRequest(BaseModel):
         "anything (the record ends CHECKED or FAILED)",
     )
 
+    def wire(self) -> dict[str, Any]:
+        """The request as JSON, `dry_run` only when true: a real isolation's queue message and
+        idempotency hash keep the shape they had before dry runs (a worker not yet updated reads it)."""
+        return self.model_dump(mode="json", exclude=None if self.dry_run else {"dry_run"})
+
 
 class Target(BaseModel):
     """The instance an isolation acts on."""
