@@ -386,3 +386,33 @@ def test_deployed_the_callers_arn_is_requested_by_and_a_lost_release_is_swept(
     assert record["status"] == "RELEASE_FAILED" and record["release"]["error"]["code"] == "WorkerLost"
     slot = stack.store.item(f"instance#{member.account_id}#{member.region}#{instance}") or {}
     assert "active_id" not in slot
+
+
+def test_an_isolation_waits_for_a_running_release_to_stop(stack: Stack, member: Member) -> None:
+    # Given an isolated instance whose release a worker is running (it holds the record's lease)
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    isolated = isolate(stack, member, instance)
+    assert ask_release(stack, isolated["isolation_id"])[0] == 202
+    assert stack.store.begin_release(isolated["isolation_id"], owner="running", lease_seconds=60, final=False)
+
+    # When an isolation is requested meanwhile
+    again = request_isolation(stack, member, instance)
+    stack.work()
+
+    # Then it waits: the isolation has not begun (it comes back through the queue), nor has the release
+    # message a second worker got (the lease is held)
+    assert record_of(stack, again)["status"] == "QUEUED"
+    assert record_of(stack, isolated["isolation_id"])["status"] == "RELEASING"
+
+    # When the running release stops (it gives its lease back), and the messages come back
+    stack.store.give_up_release_lease(isolated["isolation_id"], "running")
+    stack.let_time_pass()
+    stack.drain()
+
+    # Then the release ended Superseded and the isolation holds, from the episode's prior state
+    released = record_of(stack, isolated["isolation_id"])
+    assert released["status"] == "RELEASE_FAILED" and released["release"]["error"]["code"] == "Superseded"
+    record = record_of(stack, again)
+    assert record["status"] == "ISOLATED" and record["inherits_from"] == isolated["isolation_id"], record
+    assert_isolated(member, instance, vpc.id)
