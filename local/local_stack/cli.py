@@ -3,7 +3,7 @@
 ec2-isolation serve [--host 127.0.0.1] [--port 8080] [--aws-endpoint URL] [--api-key KEY]
                     [--target-role-name NAME] [--allowed-accounts ID,ID] [--seed-demo]
 ec2-isolation demo
-ec2-isolation isolate|status|list|watch ... [--api URL] [--api-key KEY] [--json]
+ec2-isolation isolate|status|list|watch|release ... [--api URL] [--api-key KEY] [--json]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="ec2-isolation", description="ec2-isolation's local stack: the service on a local AWS endpoint."
     )
-    commands = root.add_subparsers(dest="command", metavar="{serve,demo,isolate,status,list,watch}")
+    commands = root.add_subparsers(dest="command", metavar="{serve,demo,isolate,status,list,watch,release}")
 
     serve = commands.add_parser(
         "serve",

@@ -5,11 +5,14 @@
     ec2-isolation status ISOLATION_ID
     ec2-isolation list [--instance ID [--account ID]] [--status S] [--limit N]
     ec2-isolation watch ISOLATION_ID
+    ec2-isolation release ISOLATION_ID [--reason ..] [--requested-by ..] [--wait]
 
 `--api URL` and `--api-key KEY`, or `EC2_ISOLATION_API` and `EC2_ISOLATION_API_KEY`. Tables for people,
 `--json` for scripts. Exit status: 0 when the record ends as asked (ISOLATED, or CHECKED for a
-`--dry-run`), 1 when it ends otherwise (FAILED, SKIPPED), 2 for a usage error, a refused request (wrong key, unknown id, a field the API names)
-or an API that cannot be reached. Only the standard library: nothing of this goes into a Lambda package.
+`--dry-run`; RELEASED for `release`), 1 when it ends otherwise (FAILED, SKIPPED, RELEASE_FAILED), 2 for a usage error, a refused
+request (wrong key, unknown id, a field the API names, a release the API's IAM authorization denies) or
+an API that cannot be reached. The standard library, and botocore's signer for a release on a deployed
+API (`local_stack.signing`): nothing of this goes into a Lambda package.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ KEY_ENV = "EC2_ISOLATION_API_KEY"
 ENDED_AS_ASKED = frozenset({"ISOLATED", "CHECKED", "RELEASED"})
 ENDED_OTHERWISE = frozenset({"FAILED", "SKIPPED", "RELEASE_FAILED"})
 POLL_SECONDS = 1.0
-COMMANDS = ("isolate", "status", "list", "watch")
+RELEASED = frozenset({"RELEASED"})
+COMMANDS = ("isolate", "status", "list", "watch", "release")
 
 
 class ClientError(Exception):
@@ -46,12 +50,18 @@ class Api:
         self.key = key
         self.timeout = timeout
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, signed: bool = False
+    ) -> Any:
+        """One call; `signed`: a route a deployed API authorizes with IAM as well as the key (release),
+        signed with SigV4 when the API is a deployed one (a local one checks the key only)."""
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("x-api-key", self.key)
+        headers = {"x-api-key": self.key}
         if data is not None:
-            request.add_header("content-type", "application/json")
+            headers["content-type"] = "application/json"
+        if signed:
+            headers = self._signed(method, self.url + path, data, headers)
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read() or b"null")
@@ -61,14 +71,27 @@ class Api:
             reason = getattr(error, "reason", error)
             raise ClientError(f"cannot reach the API at {self.url}: {reason}") from error
 
+    def _signed(self, method: str, url: str, data: bytes | None, headers: dict[str, str]) -> dict[str, str]:
+        from local_stack.signing import NoCredentials, deployed_region, sigv4_headers
+
+        region = deployed_region(self.url)
+        if region is None:
+            return headers
+        try:
+            return sigv4_headers(method, url, data, headers, region=region)
+        except NoCredentials as error:
+            raise ClientError(str(error)) from error
+
 
 def _refusal(error: urllib.error.HTTPError) -> str:
     try:
         body = json.loads(error.read() or b"{}")
     except ValueError:
         body = {}
-    message = body.get("message") if isinstance(body, dict) else None
-    fields = [f"{e.get('field')}: {e.get('message') or e.get('type')}" for e in (body.get("errors") or [])]
+    # API Gateway's own refusals (IAM authorization, resource policy) say `Message`, the service `message`.
+    message = (body.get("message") or body.get("Message")) if isinstance(body, dict) else None
+    errors = (body.get("errors") if isinstance(body, dict) else None) or []
+    fields = [f"{e.get('field')}: {e.get('message') or e.get('type')}" for e in errors if isinstance(e, dict)]
     if error.code == 403 and not fields and message in (None, "Forbidden"):
         message = "the API key is missing or wrong"
     text = f"the API refused the request ({error.code}): {message or error.reason}"
@@ -116,6 +139,39 @@ def _step_line(step: dict[str, Any]) -> str:
     return f"{step['at']}  {step['status']:<8} {step['name']}: {step['detail']}"
 
 
+def _release_steps(record: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((record.get("release") or {}).get("steps") or [])
+
+
+def _timeline(record: dict[str, Any]) -> list[str]:
+    """Every step of the record, the isolation's then the release's, one line each."""
+    lines = [_step_line(step) for step in record.get("steps") or []]
+    return lines + [f"{_step_line(step)}  (release)" for step in _release_steps(record)]
+
+
+def _released(record: dict[str, Any]) -> str:
+    release = record.get("release") or {}
+    seconds = seconds_between(release.get("requested_at"), record.get("released_at"))
+    return f"{seconds:.2f} s" if seconds is not None else "-"
+
+
+def _release_text(record: dict[str, Any]) -> list[str]:
+    release = record.get("release")
+    if not release:
+        return []
+    lines = [
+        f"release: requested {release.get('requested_at')} by {release.get('requested_by') or '-'}"
+        f", released {record.get('released_at') or '-'} ({_released(record)})",
+    ]
+    if release.get("reason"):
+        lines.append(f"  reason: {release['reason']}")
+    if release.get("error"):
+        lines.append(f"  error: {release['error']['code']}: {release['error']['message']}")
+    steps = _release_steps(record)
+    lines += ["  steps:", *(f"    {_step_line(step)}" for step in steps)] if steps else ["  steps: none yet"]
+    return lines
+
+
 def _record_text(record: dict[str, Any]) -> str:
     lines = [
         f"{record['isolation_id']}  {record['status']}{'  (dry run)' if record.get('dry_run') else ''}",
@@ -132,11 +188,23 @@ def _record_text(record: dict[str, Any]) -> str:
         if record.get("steps")
         else ["steps: none yet"]
     )
-    return "\n".join(lines)
+    return "\n".join(lines + _release_text(record))
 
 
-def _exit_status(record: dict[str, Any]) -> int:
-    return 1 if record["status"] in ENDED_OTHERWISE else 0
+def _exit_status(record: dict[str, Any], asked: frozenset[str] = ENDED_AS_ASKED) -> int:
+    """0 when the record ended as asked (or has not ended: status), 1 when it ended otherwise."""
+    ended = record["status"] in ENDED_AS_ASKED | ENDED_OTHERWISE
+    return 1 if ended and record["status"] not in asked else 0
+
+
+def _ended_line(record: dict[str, Any]) -> str:
+    if record.get("release"):
+        line = f"{record['status']} {record['instance_id']} (released in {_released(record)})"
+        error = record["release"].get("error")
+    else:
+        line = f"{record['status']} {record['instance_id']} ({_how_long(record)})"
+        error = record.get("error")
+    return line + (f"\nerror: {error['code']}: {error['message']}" if error else "")
 
 
 # --- commands -----------------------------------------------------------------------------------------
@@ -148,30 +216,27 @@ def watch(
     *,
     out: TextIO,
     as_json: bool,
+    asked: frozenset[str] = ENDED_AS_ASKED,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """Follow the record until it ends: a line per step as it is recorded (and a spinner on a terminal)."""
+    """Follow the record until it ends: a line per step as it is recorded, the release's after the
+    isolation's (and a spinner on a terminal). `asked`: the statuses that exit 0."""
     shown = 0
     spinner = itertools.cycle("|/-\\")
     live = out.isatty() and not as_json
     while True:
         record = api.call("GET", f"/isolations/{urllib.parse.quote(isolation_id)}")
-        steps = record.get("steps") or []
+        lines = _timeline(record)
         if live:
             out.write("\r\033[K")
         if not as_json:
-            for step in steps[shown:]:
-                out.write(_step_line(step) + "\n")
-        shown = len(steps)
+            for line in lines[shown:]:
+                out.write(line + "\n")
+        shown = len(lines)
         if record["status"] in ENDED_AS_ASKED | ENDED_OTHERWISE:
-            if as_json:
-                out.write(json.dumps(record, indent=2) + "\n")
-            else:
-                out.write(f"{record['status']} {record['instance_id']} ({_how_long(record)})\n")
-                if record.get("error"):
-                    out.write(f"error: {record['error']['code']}: {record['error']['message']}\n")
+            out.write(json.dumps(record, indent=2) + "\n" if as_json else _ended_line(record) + "\n")
             out.flush()
-            return _exit_status(record)
+            return _exit_status(record, asked)
         if live:
             out.write(f"{next(spinner)} {record['status']} ...")
         out.flush()
@@ -201,6 +266,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return _exit_status(record)
     if args.command == "watch":
         return watch(api, args.isolation_id, out=out, as_json=args.json)
+    if args.command == "release":
+        return release(api, args, out)
     query = {
         "instance_id": args.instance,
         "account_id": args.account,
@@ -215,6 +282,21 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         if page.get("next"):
             out.write("(more: narrow with --status, or raise --limit)\n")
     return 0
+
+
+def release(api: Api, args: argparse.Namespace, out: TextIO) -> int:
+    """Undo an isolation from its recorded prior state; signed with SigV4 on a deployed API."""
+    body = {
+        name: value for name, value in (("reason", args.reason), ("requested_by", args.requested_by)) if value
+    }
+    path = f"/isolations/{urllib.parse.quote(args.isolation_id, safe='')}/release"
+    accepted = api.call("POST", path, body, signed=True)
+    if not args.wait:
+        out.write(json.dumps(accepted, indent=2) + "\n" if args.json else _accepted_text(accepted) + "\n")
+        return 0
+    if not args.json:
+        out.write(_accepted_text(accepted) + "\n")
+    return watch(api, accepted["isolation_id"], out=out, as_json=args.json, asked=RELEASED)
 
 
 def _accepted_text(accepted: dict[str, Any]) -> str:
@@ -260,6 +342,22 @@ def add_commands(commands: Any) -> None:
         "watch", parents=[common], help="follow an isolation's steps until it ends"
     )
     watching.add_argument("isolation_id", metavar="ISOLATION_ID")
+
+    releasing = commands.add_parser(
+        "release",
+        parents=[common],
+        help="undo an isolation from its recorded prior state (SigV4-signed on a deployed API)",
+        description="Release the instance of an isolation (its episode's latest record): its prior "
+        "profile, credentials, security groups, load balancers, Auto Scaling group, attributes and tags "
+        "come back. On a deployed API the request is signed with your AWS credentials (SigV4) as well "
+        "as sent with the key; the local stack checks the key only.",
+    )
+    releasing.add_argument("isolation_id", metavar="ISOLATION_ID")
+    releasing.add_argument("--reason", help="why (kept in the record's release)")
+    releasing.add_argument(
+        "--requested-by", metavar="WHO", help="who asks (a deployed API records your IAM identity instead)"
+    )
+    releasing.add_argument("--wait", action="store_true", help="follow it until it ends (as watch does)")
 
 
 def main(args: argparse.Namespace) -> int:

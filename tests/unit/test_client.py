@@ -1,0 +1,296 @@
+"""The responders' client without a network: `release` signed with SigV4 for a deployed API (checked
+against an independent computation of the signature), the key alone for a local one, and what
+`release --wait` prints and exits with. The API is a fake `urlopen` answering by route."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import re
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from local_stack import cli, client
+from local_stack.signing import deployed_region
+
+DEPLOYED = "https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/prod"
+LOCAL = "http://127.0.0.1:8080"
+ISOLATION = "iso-0123456789abcdef0123456789abcdef"
+ACCESS_KEY, SECRET_KEY, TOKEN = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session-token"
+
+
+class FakeApi:
+    """`urllib.request.urlopen` answering from a script: (method, path) -> a list of bodies, in turn."""
+
+    def __init__(self, answers: dict[tuple[str, str], list[Any]]) -> None:
+        self.answers = answers
+        self.sent: list[urllib.request.Request] = []
+
+    def __call__(self, request: urllib.request.Request, timeout: float = 0) -> Any:
+        self.sent.append(request)
+        bodies = self.answers[(request.get_method(), urlsplit(request.full_url).path)]
+        body = bodies.pop(0) if len(bodies) > 1 else bodies[0]
+        return _Response(json.dumps(body).encode())
+
+
+class _Response(io.BytesIO):
+    def __enter__(self) -> _Response:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+
+@pytest.fixture
+def credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """The caller's credentials in the environment, the first link of the default chain."""
+    _no_aws_configuration(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", TOKEN)
+
+
+def _no_aws_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def fake_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[[dict[tuple[str, str], list[Any]]], FakeApi]]:
+    def install(answers: dict[tuple[str, str], list[Any]]) -> FakeApi:
+        fake = FakeApi(answers)
+        monkeypatch.setattr(urllib.request, "urlopen", fake)
+        return fake
+
+    yield install
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    status = client.run(cli.parser().parse_args(list(argv)), out)
+    return status, out.getvalue()
+
+
+def _record(status: str, release: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "isolation_id": ISOLATION,
+        "status": status,
+        "source": "webhook",
+        "instance_id": "i-0123456789abcdef0",
+        "account_id": "111122223333",
+        "region": "eu-west-1",
+        "attempts": 1,
+        "created_at": "2026-11-29T10:00:00.000Z",
+        "contained_at": "2026-11-29T10:00:00.400Z",
+        "released_at": "2026-11-29T10:05:01.500Z" if status == "RELEASED" else None,
+        "steps": [
+            {
+                "name": "swap-security-groups",
+                "status": "done",
+                "detail": "2 interfaces",
+                "at": "2026-11-29T10:00:00.400Z",
+            }
+        ],  # fmt: skip
+        "release": release,
+    }
+
+
+RELEASE = {
+    "requested_by": "arn:aws:sts::111122223333:assumed-role/Responder/alice",
+    "reason": "false positive",
+    "requested_at": "2026-11-29T10:05:00.000Z",
+    "steps": [
+        {
+            "name": "restore-security-groups",
+            "status": "done",
+            "detail": "eni-1: sg-1",
+            "at": "2026-11-29T10:05:01.000Z",
+        }
+    ],  # fmt: skip
+    "error": None,
+}
+ACCEPTED = {"isolation_id": ISOLATION, "status": "RELEASING", "status_url": f"/isolations/{ISOLATION}"}
+
+
+def _expected_signature(request: urllib.request.Request, signed: list[str], amz_date: str) -> str:
+    """SigV4 as AWS documents it, computed here without botocore: the oracle for the client's header."""
+    url = urlsplit(request.full_url)
+    sent = {name.lower(): value for name, value in request.header_items()} | {"host": str(url.netloc)}
+    canonical = "\n".join(
+        [
+            request.get_method(),
+            url.path,
+            url.query,
+            "".join(f"{name}:{' '.join(sent[name].split())}\n" for name in signed),
+            ";".join(signed),
+            hashlib.sha256(request.data or b"").hexdigest(),  # type: ignore[arg-type]
+        ]
+    )
+    scope = f"{amz_date[:8]}/eu-west-1/execute-api/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + SECRET_KEY).encode()
+    for part in (amz_date[:8], "eu-west-1", "execute-api", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def test_a_release_on_a_deployed_api_is_signed_for_execute_api_in_its_region(
+    credentials: None, fake_api: Callable[..., FakeApi]
+) -> None:
+    # Given a deployed API (an execute-api address) and the caller's credentials in the default chain
+    api = fake_api({("POST", f"/prod/isolations/{ISOLATION}/release"): [ACCEPTED]})
+
+    # When a responder releases an isolation
+    status, out = run(
+        "release", ISOLATION, "--reason", "false positive", "--api", DEPLOYED, "--api-key", "k1"
+    )
+
+    # Then one request went out, with the key and a SigV4 signature scoped to execute-api in eu-west-1
+    assert status == 0 and f"{ISOLATION} RELEASING" in out
+    [request] = api.sent
+    headers = {name.lower(): value for name, value in request.header_items()}
+    assert headers["x-api-key"] == "k1" and headers["x-amz-security-token"] == TOKEN
+    assert json.loads(request.data) == {"reason": "false positive"}  # type: ignore[arg-type]
+    found = re.fullmatch(
+        r"AWS4-HMAC-SHA256 Credential=([^,]+), SignedHeaders=([^,]+), Signature=([0-9a-f]{64})",
+        headers["authorization"],
+    )
+    assert found, headers["authorization"]
+    credential, signed, signature = found.groups()
+    amz_date = headers["x-amz-date"]
+    assert credential == f"{ACCESS_KEY}/{amz_date[:8]}/eu-west-1/execute-api/aws4_request"
+    # And the key, the body's type, the host and the session token are signed, all of them really sent
+    names = signed.split(";")
+    assert {"host", "x-amz-date", "x-amz-security-token", "x-api-key", "content-type"} <= set(names)
+    assert all(name == "host" or name in headers for name in names)
+    # And the signature is the one AWS computes for exactly this request
+    assert signature == _expected_signature(request, names, amz_date)
+
+
+def test_reads_of_a_deployed_api_and_a_local_release_send_the_key_only(
+    credentials: None, fake_api: Callable[..., FakeApi]
+) -> None:
+    # Given a deployed API and a local one
+    api = fake_api(
+        {
+            ("GET", f"/prod/isolations/{ISOLATION}"): [_record("ISOLATED")],
+            ("POST", f"/isolations/{ISOLATION}/release"): [ACCEPTED],
+        }
+    )
+
+    # When a record is read from the deployed one, and an isolation released on the local one
+    assert run("status", ISOLATION, "--api", DEPLOYED, "--api-key", "k1")[0] == 0
+    assert run("release", ISOLATION, "--api", LOCAL, "--api-key", "k2")[0] == 0
+
+    # Then neither is signed: a read needs the key only, and the local stack checks the key only
+    for request, key in zip(api.sent, ("k1", "k2"), strict=True):
+        headers = {name.lower(): value for name, value in request.header_items()}
+        assert headers["x-api-key"] == key
+        assert "authorization" not in headers and "x-amz-date" not in headers
+
+
+def test_a_deployed_release_without_credentials_exits_2_saying_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, fake_api: Callable[..., FakeApi], capsys: Any
+) -> None:
+    # Given no AWS credentials anywhere in the default chain
+    _no_aws_configuration(monkeypatch, tmp_path)
+    api = fake_api({})
+
+    # When a release is asked of a deployed API
+    status = client.main(cli.parser().parse_args(["release", ISOLATION, "--api", DEPLOYED, "--api-key", "k"]))
+
+    # Then nothing is sent and the command exits 2 naming what is missing
+    assert status == 2 and api.sent == []
+    assert "no AWS credentials" in capsys.readouterr().err
+
+
+def test_a_release_denied_by_the_apis_iam_authorization_exits_2_with_its_message(
+    credentials: None, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    # Given a deployed API whose resource policy denies the caller (API Gateway says `Message`)
+    denied = "User: arn:aws:sts::111122223333:assumed-role/Dev/bob is not authorized to perform: execute-api:Invoke"
+
+    def refuse(request: urllib.request.Request, timeout: float = 0) -> Any:
+        body = io.BytesIO(json.dumps({"Message": denied}).encode())
+        raise urllib.error.HTTPError(request.full_url, 403, "Forbidden", {}, body)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+    # When the caller releases
+    status = client.main(cli.parser().parse_args(["release", ISOLATION, "--api", DEPLOYED, "--api-key", "k"]))
+
+    # Then it exits 2 with API Gateway's own words
+    assert status == 2 and denied in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("ends", "exit_status"), [("RELEASED", 0), ("RELEASE_FAILED", 1)])
+def test_release_wait_follows_the_release_steps_and_exits_by_its_outcome(
+    fake_api: Callable[..., FakeApi], monkeypatch: pytest.MonkeyPatch, ends: str, exit_status: int
+) -> None:
+    # Given a release that runs, then ends RELEASED or RELEASE_FAILED
+    monkeypatch.setattr(client, "POLL_SECONDS", 0.0)
+    release = RELEASE | (
+        {"error": {"code": "Superseded", "message": "isolated again"}} if ends != "RELEASED" else {}
+    )
+    fake_api(
+        {
+            ("POST", f"/isolations/{ISOLATION}/release"): [ACCEPTED],
+            ("GET", f"/isolations/{ISOLATION}"): [
+                _record("RELEASING", RELEASE | {"steps": []}),
+                _record(ends, release),
+            ],
+        }
+    )
+
+    # When the responder releases and waits
+    status, out = run("release", ISOLATION, "--wait", "--api", LOCAL, "--api-key", "k")
+
+    # Then the release's steps are shown after the isolation's, and the exit status is its outcome's
+    assert status == exit_status
+    assert re.search(r"done\s+restore-security-groups: eni-1: sg-1\s+\(release\)", out), out
+    assert out.index("swap-security-groups") < out.index("restore-security-groups")
+    assert f"{ends} i-0123456789abcdef0 (released in" in out
+    assert ("Superseded" in out) == (ends != "RELEASED")
+
+
+def test_status_shows_the_release_part_of_a_record(fake_api: Callable[..., FakeApi]) -> None:
+    # Given a released record
+    fake_api({("GET", f"/isolations/{ISOLATION}"): [_record("RELEASED", RELEASE)]})
+
+    # When its status is shown
+    status, out = run("status", ISOLATION, "--api", LOCAL, "--api-key", "k")
+
+    # Then it exits 0 and says who released it, why, in how long, with the release's steps
+    assert status == 0
+    assert (
+        "release: requested 2026-11-29T10:05:00.000Z by arn:aws:sts::111122223333:assumed-role/Responder/alice"
+        in out
+    )
+    assert "(1.50 s)" in out and "reason: false positive" in out and "restore-security-groups" in out
+
+
+@pytest.mark.parametrize(
+    ("url", "region"),
+    [
+        (DEPLOYED, "eu-west-1"),
+        ("https://abc123.execute-api.cn-north-1.amazonaws.com.cn/v1", "cn-north-1"),
+        ("https://abc123.execute-api.us-gov-west-1.amazonaws.com/", "us-gov-west-1"),
+        ("http://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/prod", None),  # not https: not AWS
+        ("https://isolation.example.com/prod", None),
+        ("https://evil.example.com/a1b2.execute-api.eu-west-1.amazonaws.com", None),
+        (LOCAL, None),
+    ],
+)
+def test_a_deployed_api_is_known_by_its_execute_api_address(url: str, region: str | None) -> None:
+    assert deployed_region(url) == region
