@@ -1,6 +1,7 @@
 """The status page in a real headless Chromium (Debian's chromium and chromium-driver, driven by
-Selenium), against `serve`: the key from the URL fragment, the list, one isolation's timeline, and
-attacker-controlled text shown as text. `make test` installs the browser when it can; without it these
+Selenium), against `serve`: the key from the URL fragment, the list, one isolation's timeline,
+attacker-controlled text shown as text, a release from the timeline, and, on a deployed API's address
+(mapped to the local stack by the browser's resolver), how to release from the CLI instead. `make test` installs the browser when it can; without it these
 tests are skipped, saying how to install it.
 
 `UPDATE_SCREENSHOT=1` also writes docs/console.png (the README shows it)."""
@@ -33,6 +34,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+#: A deployed API's host name; the browser resolves it to the local stack.
+DEPLOYED_HOST = "a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com"
 HOSTILE = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script>'
 
 
@@ -56,6 +59,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "--disable-component-update",
         "--disable-sync",
         "--window-size=1400,900",
+        f"--host-resolver-rules=MAP {DEPLOYED_HOST} 127.0.0.1",
         f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
     ):
         options.add_argument(flag)
@@ -141,3 +145,52 @@ def test_the_page_loads_nothing_from_elsewhere(served: ServedDemo, browser: Any)
     browser.get(f"{served.url}/console")
     entries = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert all(str(name).startswith(served.url) for name in entries), entries
+
+
+def _open_timeline(browser: Any, base: str, key: str, isolation_id: str) -> Any:
+    browser.get(f"{base}/console#key={key}")
+    wait = WebDriverWait(browser, 20)
+    wait.until(
+        expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, f'tr[data-id="{isolation_id}"]'))
+    ).click()
+    wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "detail"), isolation_id))
+    return wait
+
+
+def test_a_responder_releases_an_isolation_from_its_timeline(served: ServedDemo, browser: Any) -> None:
+    # Given an isolated instance, its timeline open
+    isolation_id = _isolate(served, "web-2", "looked like beaconing")
+    wait = _open_timeline(browser, served.url, served.key, isolation_id)
+
+    # When the responder asks for its release, gives a reason and confirms
+    wait.until(expected_conditions.element_to_be_clickable((By.ID, "release-open"))).click()
+    wait.until(expected_conditions.presence_of_element_located((By.ID, "release-reason"))).send_keys(
+        "false positive: backup job"
+    )
+    browser.find_element(By.ID, "release-confirm").click()
+
+    # Then the page follows it to RELEASED and shows the release's steps, reason and requester
+    wait.until(expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail h2"), "RELEASED"))
+    release = browser.find_element(By.ID, "release")
+    assert "reason: false positive: backup job" in release.text
+    assert len(release.find_elements(By.CSS_SELECTOR, "ol.steps li")) >= 1
+    assert "failed" not in [item.text.split()[0] for item in release.find_elements(By.CSS_SELECTOR, "li")]
+    # And there is nothing left to release
+    assert browser.find_elements(By.ID, "release-open") == []
+    assert browser.find_element(By.ID, "error").text == ""
+
+
+def test_a_deployed_page_says_how_to_release_from_the_cli(served: ServedDemo, browser: Any) -> None:
+    # Given an isolated instance and the page at a deployed API's address (release needs SigV4 there)
+    isolation_id = _isolate(served, "no-profile", "deployed page")
+    base = f"http://{DEPLOYED_HOST}:{served.url.rsplit(':', 1)[1]}"
+
+    # When its timeline is opened
+    wait = _open_timeline(browser, base, served.key, isolation_id)
+    wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#release pre")))
+
+    # Then it offers no button but the CLI command that releases it, with this API's address
+    assert browser.find_elements(By.ID, "release-open") == []
+    command = browser.find_element(By.CSS_SELECTOR, "#release pre").text
+    assert command == f"ec2-isolation release {isolation_id} --api {base} --wait"
+    assert "AWS credentials" in browser.find_element(By.ID, "release").text
