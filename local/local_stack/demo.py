@@ -15,8 +15,11 @@ different demo instance and each started a different way:
   instance's interfaces back in its old groups, and the CloudTrail event of that call (AWS's shape, the
   call's fields) is put on the stack's bus: the tamper watch isolates it again.
 
-It waits (bounded) for the outcomes, prints a table and exits 0 only when all five are ISOLATED, as
-the records say and as the member accounts show (`local_stack.isolation_check`).
+It waits (bounded) for the outcomes, then releases the webhook's isolation (`POST
+/isolations/{id}/release`: the instance goes back into its Auto Scaling group and load balancers), prints
+a table of the five isolations and the release, and exits 0 only when all five are ISOLATED and the
+release RELEASED, as the records say and as the member accounts show (`local_stack.isolation_check`:
+isolated, and the released instance as it was before its isolation).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import time
 from typing import Any
 
 from local_stack import cli, client
-from local_stack.isolation_check import isolation_problems
+from local_stack.isolation_check import isolation_problems, observed_state, release_problems
 from local_stack.sample_events import (
     cloudtrail_call,
     groups_changed,
@@ -40,10 +43,18 @@ from shared.models import seconds_between
 #: Quiet handlers: the table is the output (the user's environment still wins).
 DEMO_ENVIRONMENT = {"POWERTOOLS_LOG_LEVEL": "ERROR", "POWERTOOLS_METRICS_DISABLED": "true"}
 WAIT_SECONDS = 45
+ISOLATION_ENDED = ("ISOLATED", "FAILED", "SKIPPED")
+RELEASE_ENDED = ("RELEASED", "RELEASE_FAILED")
 
 
 def _steps(record: dict[str, Any]) -> str:
     return " ".join(f"{step['name']}:{step['status']}" for step in record.get("steps") or []) or "-"
+
+
+def _release_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A released record as a row of the table: its release's steps; no time to containment."""
+    release = record.get("release") or {}
+    return record | {"contained_at": None, "steps": release.get("steps") or []}
 
 
 def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
@@ -86,6 +97,12 @@ def run_demo() -> int:
         by_finding = demo.instance("ipv6-1", account=0)
         by_tag = demo.instance("web-1", account=1)
         by_action = demo.instance("web-2", account=1)
+
+        def clients(account_id: str) -> Any:
+            return lambda service: stack.client(service, account_id)
+
+        # The instance the demo releases at the end, as it is before its isolation.
+        released_before = observed_state(clients(by_webhook.account_id), by_webhook.instance_id)
 
         status, body = stack.request(
             "POST",
@@ -147,13 +164,13 @@ def run_demo() -> int:
                 if source in results:
                     continue
                 items = stack.records(instance.instance_id, instance.account_id)
-                if items and items[0]["status"] in ("ISOLATED", "FAILED", "SKIPPED"):
+                if items and items[0]["status"] in ISOLATION_ENDED:
                     results[source] = items[0]
             time.sleep(0.25)
         if results.get("guardduty", {}).get("status") == "ISOLATED":
             results["tamper"] = _tamper_repair(stack, by_finding, deadline)
         targets.append(("tamper", by_finding))
-        rows = []
+        rows: list[tuple[str, dict[str, Any]]] = []
         for source, instance in targets:
             record = results.get(source)
             if record is None:
@@ -168,11 +185,6 @@ def run_demo() -> int:
                     }
                 )
             rows.append((source, record))
-        print()
-        print(table(rows))
-        for source, record in rows:
-            if record.get("error"):
-                print(f"{source}: {record['error'].get('code')}: {record['error'].get('message')}")
         # Isolated means the record says so and the member account shows it.
         problems = {
             source: isolation_problems(
@@ -182,20 +194,66 @@ def run_demo() -> int:
             )
             for source, instance in targets
         }
+        isolated = all(record.get("status") == "ISOLATED" and not problems[source] for source, record in rows)
+
+        # The webhook's isolation was a false positive: release it, and the instance is as it was.
+        released = _release(stack, rows[0][1])
+        release_differences = []
+        if released.get("status") == "RELEASED":
+            release_differences = release_problems(
+                released_before, observed_state(clients(by_webhook.account_id), by_webhook.instance_id)
+            )
+        print()
+        print(table([*rows, ("release", _release_row(released))]))
+        for source, record in rows:
+            if record.get("error"):
+                print(f"{source}: {record['error'].get('code')}: {record['error'].get('message')}")
         for source, found in problems.items():
             for problem in found:
                 print(f"{source}: {problem}")
-        isolated = all(record.get("status") == "ISOLATED" and not problems[source] for source, record in rows)
+        error = (released.get("release") or {}).get("error")
+        if error:
+            print(f"release: {error.get('code')}: {error.get('message')}")
+        for difference in release_differences:
+            print(f"release: not as before its isolation: {difference}")
+        released_ok = released.get("status") == "RELEASED" and not release_differences
+        if released_ok:
+            print(f"release: {by_webhook.instance_id} is as it was before its isolation")
         _show_with_the_client(
             stack.api_url, stack.api_key, [record.get("isolation_id") for _, record in rows]
         )
         print()
         print(
-            f"{'all five isolated' if isolated else 'NOT all isolated'} "
+            f"{'all five isolated' if isolated else 'NOT all isolated'}, "
+            f"{'one released' if released_ok else 'the release did NOT end as it should'} "
             f"({time.monotonic() - started:.1f} s in all)",
             flush=True,
         )
-    return 0 if isolated else 1
+    return 0 if isolated and released_ok else 1
+
+
+def _release(stack: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """`POST /isolations/{id}/release` for an isolated record, and the record once the release ended
+    (or as it is after WAIT_SECONDS)."""
+    isolation_id = record.get("isolation_id")
+    if record.get("status") != "ISOLATED" or not isolation_id:
+        print(f"release   nothing to release: the webhook's isolation is {record.get('status')}")
+        return record
+    status, body = stack.request(
+        "POST",
+        f"/isolations/{isolation_id}/release",
+        {"reason": "demo: a false positive", "requested_by": "ec2-isolation demo"},
+    )
+    print(
+        f"release   POST /isolations/{isolation_id}/release -> {status} {body.get('status', body)}",
+        flush=True,
+    )
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        status, record = stack.request("GET", f"/isolations/{isolation_id}")
+        if record.get("status") in RELEASE_ENDED or time.monotonic() > deadline:
+            return dict(record)
+        time.sleep(0.25)
 
 
 def _tamper_repair(stack: Any, instance: Any, deadline: float) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""`ec2-isolation demo`: the whole story in one command exits 0 with all four instances isolated, and
-the one whose isolation was undone by hand isolated again by the tamper watch."""
+"""`ec2-isolation demo`: the whole story in one command exits 0 with all four instances isolated, the
+one whose isolation was undone by hand isolated again by the tamper watch, and the webhook's released, as
+it was before its isolation."""
 
 from __future__ import annotations
 
@@ -24,14 +25,20 @@ def test_demo_isolates_four_ways() -> None:
         stdin=subprocess.DEVNULL,
     )
 
-    # Then it exits 0 and its table shows each trigger's instance ISOLATED
+    # Then it exits 0 and its table shows each trigger's instance ISOLATED, and the webhook's RELEASED
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["source", "account", "instance"])
-    rows = {line.split()[0]: line.split() for line in lines[header + 1 : header + 6]}
+    rows = {line.split()[0]: line.split() for line in lines[header + 1 : header + 7]}
     for source in ("webhook", "guardduty", "tag", "securityhub", "tamper"):
         assert rows[source][3] == "ISOLATED", output
     # And the tamper repair is of the instance the finding isolated
     assert rows["tamper"][2] == rows["guardduty"][2]
-    assert "all five isolated" in done.stdout
+    # And the webhook's instance is RELEASED, each release step in place
+    assert rows["release"][:4] == [rows["release"][0], *rows["webhook"][1:3], "RELEASED"], output
+    assert all(step.split(":")[-1] in ("done", "already", "skipped") for step in rows["release"][5:]), output
+    # And the released instance is as it was before its isolation, which the client's status shows
+    assert f"release: {rows['webhook'][2]} is as it was before its isolation" in done.stdout
+    assert "release: requested" in done.stdout
+    assert "all five isolated, one released" in done.stdout
