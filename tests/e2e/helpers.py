@@ -169,6 +169,17 @@ def _member_clients(endpoint: str, account_id: str, region: str) -> tuple[Any, A
     return session.client("ec2"), session.client("iam")
 
 
+def instance_clients(instance: DemoInstance) -> Any:
+    """`clients(service)`: a client of the instance's account and region (for `isolation_check`)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    return lambda service: _member_client(endpoint, instance.account_id, instance.region, service)
+
+
+@functools.lru_cache(maxsize=64)
+def _member_client(endpoint: str, account_id: str, region: str, service: str) -> Any:
+    return _member_session(endpoint, account_id, region).client(service)  # type: ignore[call-overload]
+
+
 def load_balanced(instance: DemoInstance) -> bool:
     """In an Auto Scaling group (not on its way out), or registered with a target group or classic load
     balancer of its account."""

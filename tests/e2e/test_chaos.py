@@ -10,7 +10,14 @@ must end in a state a responder can trust:
   is what its records say was done (no half-isolated instance without a record saying which steps ran);
   exempt, terminated and never-requested instances are untouched; an isolated instance's role denies its
   sessions (when it had one), it cannot stop or lose its volumes, and each of its volumes has a snapshot;
-- one isolation security group per VPC, with no rules.
+- one isolation security group per VPC, with no rules;
+- releases: a share of the isolated instances is released while the run goes on (each once its own
+  requests have ended; a few then get a GuardDuty finding, which must isolate them again, never coalesce
+  with the released isolation). Releases meet the same faults (never a crash); a release that ends
+  RELEASE_FAILED is asked again once the faults are off, as a responder would. Every released instance
+  whose latest record is the RELEASED one looks as it did before its isolation
+  (`local_stack.isolation_check.release_problems`); on one isolated again, what is in place is what the
+  records since its release say.
 
 How the faults get in: one botocore hook (`shared.aws.add_event_hook`) on every client the project builds,
 at `before-parameter-build`, which fails a call with the real AWS error code and HTTP status before it is
@@ -53,12 +60,12 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from local_stack.event_source import EnvironmentDied
-from local_stack.isolation_check import DENY_ALL
+from local_stack.isolation_check import DENY_ALL, observed_state, release_problems
 from local_stack.organization import MEMBER_ACCOUNT_NAMES
 from local_stack.sample_events import guardduty_finding, tag_change
 from local_stack.stack import LocalStack
 from local_stack.workloads import INSTANCES, DemoInstance, InstanceSpec
-from tests.e2e.helpers import DENY_POLICY, load_balanced, member_clients
+from tests.e2e.helpers import DENY_POLICY, instance_clients, load_balanced, member_clients
 
 pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(420)]
 
@@ -67,7 +74,14 @@ SEED = 20240611
 SETTLE_SECONDS = 240.0
 LEASE_SECONDS = 8
 VISIBILITY_TIMEOUT_SECONDS = 30
-TERMINAL = frozenset({"ISOLATED", "FAILED", "SKIPPED"})
+TERMINAL = frozenset({"ISOLATED", "FAILED", "SKIPPED", "RELEASED", "RELEASE_FAILED"})
+#: Instances released while the run goes on (a seeded choice of the normal ones, never two of one Auto
+#: Scaling group: each release takes a place in the group, whose MaxSize leaves two), and how many of them
+#: then get a GuardDuty finding (it isolates them again).
+RELEASES = 12
+RETRIGGERED = 3
+#: How long a release waits for its instance's requests to end, and for its own end before a retrigger.
+RELEASE_WAIT_SECONDS = 60.0
 ACCOUNT_NAMES = (*MEMBER_ACCOUNT_NAMES, "demo-workloads-c")
 #: AssumeRole calls into the third account that fail with AccessDenied: a window (the role not deployed
 #: there yet). A failed AssumeRole caches nothing, so these are that account's first isolations.
@@ -230,10 +244,23 @@ class Chaos:
         finally:
             self.local.attempt = None
 
+    @contextlib.contextmanager
+    def release_attempt(self, isolation_id: str, receive_count: int) -> Iterator[None]:
+        """Faults (never a crash) are on while the worker runs this release."""
+        self.note(isolation_id, f"release receive {receive_count}")
+        self.local.attempt = Attempt(isolation_id, None)
+        try:
+            yield
+        finally:
+            self.local.attempt = None
+
     def ran(self, job: Any, outcome: str) -> None:
+        self.ran_on(job.isolation_id, outcome)
+
+    def ran_on(self, isolation_id: str, outcome: str) -> None:
         with self.lock:
             self.runs[outcome] += 1
-        self.note(job.isolation_id, outcome)
+        self.note(isolation_id, outcome)
 
     def note(self, isolation_id: str, event: str) -> None:
         with self.lock:
@@ -383,6 +410,101 @@ def send(stack: LocalStack, request: Request) -> None:
     builder = guardduty_finding if request.source == "guardduty" else tag_change
     event = builder(account_id=target.account_id, region=target.region, instance_id=target.instance_id)
     request.event_id = stack.put_event(event)
+
+
+# --- the releases -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Release:
+    instance: DemoInstance
+    #: The instance's requests: the release is asked once each has ended.
+    requests: list[Request]
+    #: A GuardDuty finding for the instance once it is released: it must isolate it again.
+    retrigger: bool
+    before: dict[str, Any] = field(default_factory=dict)
+    isolation_id: str | None = None
+    http_status: int | None = None
+    answer: Any = None
+    #: Why the release was not asked (its instance's latest record could not be released).
+    not_asked: str | None = None
+    retrigger_event: str | None = None
+    asked_again: bool = False
+
+
+def plan_releases(rng: random.Random, requests: list[Request], demo: dict[str, DemoInstance],
+                  doomed: set[str]) -> dict[int, list[Release]]:  # fmt: skip
+    """RELEASES normal instances (not doomed, one per Auto Scaling group), each asked for after its last
+    request in the plan; the first RETRIGGERED of them get a finding once released."""
+    chosen: list[DemoInstance] = []
+    scaled_accounts: set[str] = set()
+    for instance_id in rng.sample(sorted(set(demo) - doomed), len(demo) - len(doomed)):
+        instance = demo[instance_id]
+        if instance.exempt or len(chosen) == RELEASES:
+            continue
+        if "asg" in instance.label:
+            if instance.account_id in scaled_accounts:
+                continue
+            scaled_accounts.add(instance.account_id)
+        chosen.append(instance)
+    planned: dict[int, list[Release]] = {}
+    for index, instance in enumerate(chosen):
+        own = [r for r in requests if r.target.instance_id == instance.instance_id]
+        if not own:
+            continue
+        release = Release(instance, own, retrigger=index < RETRIGGERED)
+        planned.setdefault(max(r.number for r in own), []).append(release)
+    return planned
+
+
+def _ended(stack: LocalStack, request: Request, joined: dict[str, str]) -> bool:
+    """The request's isolation (its own record, or the one it joined) has ended."""
+    if request.source == "webhook" and request.http_status is None:
+        return False  # not answered yet
+    own = request.own_id()
+    if own is None:
+        return True  # refused: no record
+    for isolation_id in (own, joined.get(own)):
+        if isolation_id is not None:
+            status, record = stack.request("GET", f"/isolations/{isolation_id}")
+            if status == 200:
+                return record["status"] in TERMINAL
+    return False  # a trigger the worker has not read yet
+
+
+def release_when_ended(stack: LocalStack, release: Release, joined: dict[str, str]) -> None:
+    """Once the instance's requests have ended: `POST /isolations/{latest}/release`; for a retrigger, a
+    GuardDuty finding once the release has ended RELEASED."""
+    instance = release.instance
+    deadline = time.monotonic() + RELEASE_WAIT_SECONDS
+    while not all(_ended(stack, request, joined) for request in release.requests):
+        if time.monotonic() > deadline:
+            release.not_asked = "its requests did not end in time"
+            return
+        time.sleep(0.5)
+    latest = stack.records(instance.instance_id, instance.account_id)[0]
+    if latest["status"] not in ("ISOLATED", "FAILED") or not latest.get("prior_state"):
+        release.not_asked = f"its latest isolation is {latest['status']} with nothing to undo"
+        return
+    release.isolation_id = latest["isolation_id"]
+    release.http_status, release.answer = stack.request(
+        "POST",
+        f"/isolations/{release.isolation_id}/release",
+        {"reason": "chaos test", "requested_by": "tests/e2e/test_chaos.py"},
+    )
+    if not release.retrigger or release.http_status != 202:
+        return
+    while time.monotonic() < deadline + RELEASE_WAIT_SECONDS:
+        status, record = stack.request("GET", f"/isolations/{release.isolation_id}")
+        if record["status"] == "RELEASED":
+            finding = guardduty_finding(
+                account_id=instance.account_id, region=instance.region, instance_id=instance.instance_id
+            )
+            release.retrigger_event = stack.put_event(finding)
+            return
+        if record["status"] == "RELEASE_FAILED":
+            return
+        time.sleep(0.5)
 
 
 # --- what the member accounts and the stack show ------------------------------------------------------
@@ -540,11 +662,14 @@ def test_chaos(
         demo_accounts=ACCOUNT_NAMES,
         demo_instances=SPECS,
     ) as stack:
+        from worker.release import ReleaseAttempt
+
         import worker.runner
         from shared import aws
         from shared.config import worker_settings
+        from shared.models import trigger_isolation_id
         from shared.store import IsolationStore, Joined
-        from worker.messages import parse
+        from worker.messages import parse, release_of
 
         assert stack.demo is not None and stack.provisioned is not None
         settings = worker_settings()
@@ -589,7 +714,13 @@ def test_chaos(
             for instance in [i for i in account.instances if i.instance_id in demo][:DOOMED_PER_ACCOUNT]
         }
         chaos = Chaos(SEED, accounts[2].account_id, doomed, max_receive)
+        # The releases: their own seeded choice (the isolations' plan and pace are as without them).
+        releases = plan_releases(random.Random(SEED + 1), requests, demo, doomed)
+        planned_releases = [release for batch in releases.values() for release in batch]
+        for release in planned_releases:
+            release.before = observed_state(instance_clients(release.instance), release.instance.instance_id)
         real_run = worker.runner.Attempt.run
+        real_release = ReleaseAttempt.run
         real_create = IsolationStore.create_queued
 
         def run_attempt(attempt: Any) -> Any:
@@ -606,6 +737,17 @@ def test_chaos(
             chaos.ran(job, outcome.value)
             return outcome
 
+        def run_release(attempt: Any) -> Any:
+            isolation_id = attempt.message.isolation_id
+            with chaos.release_attempt(isolation_id, attempt.receive_count):
+                try:
+                    outcome = real_release(attempt)
+                except Exception as exc:
+                    chaos.ran_on(isolation_id, f"release retry ({getattr(exc, 'code', type(exc).__name__)})")
+                    raise
+            chaos.ran_on(isolation_id, f"release {outcome.value}")
+            return outcome
+
         def create_queued(store: IsolationStore, record: Any, **kwargs: Any) -> Any:
             created = real_create(store, record, **kwargs)
             if isinstance(created, Joined):
@@ -614,16 +756,22 @@ def test_chaos(
             return created
 
         monkeypatch.setattr(worker.runner.Attempt, "run", run_attempt)
+        monkeypatch.setattr(ReleaseAttempt, "run", run_release)
         monkeypatch.setattr(IsolationStore, "create_queued", create_queued)
         remove_hook = aws.add_event_hook("before-parameter-build", chaos)
         try:
             # Powertools prints its metric set every 100 values even with metrics disabled: not here.
             with contextlib.redirect_stdout(io.StringIO()):
                 stack.resume_worker()
-                with ThreadPoolExecutor(max_workers=4, thread_name_prefix="chaos-client") as clients:
+                with (
+                    ThreadPoolExecutor(max_workers=4, thread_name_prefix="chaos-client") as clients,
+                    ThreadPoolExecutor(max_workers=2, thread_name_prefix="chaos-release") as releasers,
+                ):
                     futures = []
                     for request in requests:  # four at a time, paced so the worker interleaves
                         futures.append(clients.submit(send, stack, request))
+                        for release in releases.get(request.number, []):  # once its requests have ended
+                            futures.append(releasers.submit(release_when_ended, stack, release, chaos.joined))
                         time.sleep(rng.uniform(0.0, 0.04))
                     for future in futures:
                         future.result()
@@ -639,6 +787,25 @@ def test_chaos(
         # change nothing). Then the table as it is.
         time.sleep(LEASE_SECONDS)
         stack.run_schedules()
+        # A release that ended RELEASE_FAILED (the faults won), not superseded, is asked again, as a
+        # responder would, with the faults off now.
+        for release in planned_releases:
+            if release.http_status != 202:
+                continue
+            _, record = stack.request("GET", f"/isolations/{release.isolation_id}")
+            latest = stack.records(release.instance.instance_id, release.instance.account_id)[0]
+            error = (record.get("release") or {}).get("error") or {}
+            if (
+                record["status"] == "RELEASE_FAILED"
+                and latest["isolation_id"] == release.isolation_id
+                and error.get("code") != "Superseded"
+            ):
+                release.asked_again = True
+                stack.request("POST", f"/isolations/{release.isolation_id}/release", {"reason": "again"})
+        if any(release.asked_again for release in planned_releases):
+            stack.resume_worker()
+            settle(stack, timeout=60)
+            stack.pause_worker()
         for item in scan_table(stack):
             if str(item["pk"]).startswith("iso-"):
                 stack.request("GET", f"/isolations/{item['pk']}")
@@ -739,7 +906,8 @@ def test_chaos(
         # A dead environment returns its whole batch, successes included (as in Lambda): a message whose
         # isolation ended ISOLATED may come back until its receives run out. Its record says what is so.
         for body in dlq:
-            [job] = parse(body)
+            asked = release_of(body)
+            [job] = [asked] if asked is not None else parse(body)
             record = records.get(job.isolation_id) or {}
             expect(
                 record.get("status") in TERMINAL, "a message in the DLQ whose record has not ended", record
@@ -751,11 +919,49 @@ def test_chaos(
             history.setdefault(record["instance_id"], []).append(record)
         isolated = 0
         unrecorded: Counter[str] = Counter()
+        planned = {release.instance.instance_id: release for release in planned_releases}
+        as_before = 0
         for instance_id, instance in demo.items():
+            since = history.get(instance_id, [])
+            released = [r for r in since if r["status"] == "RELEASED"]
+            if released:
+                # Released: as it was before its isolation, unless a later isolation started a new episode.
+                last = max(released, key=lambda r: str(r["released_at"]))
+                expect(
+                    all(s["status"] != "failed" for s in (last.get("release") or {}).get("steps") or []),
+                    "RELEASED with a failed release step",
+                    last,
+                )
+                since = [r for r in since if str(r["created_at"]) > str(last["released_at"])]
+                expect(
+                    not any(_coalesced(r) for r in since),
+                    "an isolation after a release coalesced with the released one",
+                    *since,
+                )
+                if not since:
+                    differences = release_problems(
+                        planned[instance_id].before, observed_state(instance_clients(instance), instance_id)
+                    )
+                    expect(
+                        not differences,
+                        f"{instance.label} {instance_id}: released, not as it was before its isolation",
+                        *differences,
+                        last,
+                    )
+                    as_before += not differences
+                    continue
+            release = planned.get(instance_id)
+            if release is not None and release.retrigger_event is not None:
+                found = trigger_isolation_id("guardduty", release.retrigger_event)
+                expect(
+                    any(r["isolation_id"] in (found, chaos.joined.get(found)) for r in since),
+                    f"{instance.label} {instance_id}: a finding after its release isolated nothing",
+                    *since,
+                )
             isolated += _check_instance(
                 expect,
                 instance,
-                history.get(instance_id, []),
+                since,
                 before[instance_id],
                 observe(instance),
                 isolation_groups(instance, settings.ISOLATION_SG_NAME),
@@ -798,6 +1004,8 @@ def test_chaos(
             instances=len(demo),
             isolated=isolated,
             unrecorded=unrecorded,
+            releases=planned_releases,
+            as_before=as_before,
             seconds={
                 "seed": seeded - started,
                 "requests": sent - seeded,
@@ -978,6 +1186,8 @@ def _figures(
     instances: int,
     isolated: int,
     unrecorded: Counter[str],
+    releases: list[Release],
+    as_before: int,
     seconds: dict[str, float],
 ) -> list[str]:
     by_source = Counter(r.source for r in requests)
@@ -1001,7 +1211,10 @@ def _figures(
         f"faults injected: {sum(chaos.injected.values())}: "
         + ", ".join(f"{kind} x{n}" for kind, n in faults),
         "outcomes: "
-        + ", ".join(f"{status} {by_status[status]}" for status in ("ISOLATED", "FAILED", "SKIPPED"))
+        + ", ".join(
+            f"{status} {by_status[status]}"
+            for status in ("ISOLATED", "FAILED", "SKIPPED", "RELEASED", "RELEASE_FAILED")
+        )
         + (
             " (FAILED: " + ", ".join(f"{code} {n}" for code, n in failed.most_common()) + ")"
             if failed
@@ -1010,6 +1223,7 @@ def _figures(
         + f"; {isolated} instances isolated",
         f"worker: {sum(chaos.runs.values())} runs, {retried} retried through the queue, "
         f"{chaos.runs['crashed']} crashed; {len(records)} records; {dlq} messages in the DLQ",
+        _release_figures(releases, records, as_before),
     ]
     if unrecorded:
         lines.append(
@@ -1017,3 +1231,25 @@ def _figures(
             "write: " + ", ".join(f"{step} {n}" for step, n in sorted(unrecorded.items()))
         )
     return [f"chaos: {line}" for line in lines]
+
+
+def _release_figures(releases: list[Release], records: dict[str, dict[str, Any]], as_before: int) -> str:
+    answered = Counter(release.http_status for release in releases if release.http_status is not None)
+    ended = Counter(
+        records[r.isolation_id]["status"] for r in releases if r.http_status == 202 and r.isolation_id
+    )
+    not_asked = Counter(release.not_asked for release in releases if release.not_asked)
+    return (
+        f"releases: {len(releases)} instances, "
+        + ", ".join(f"{status} x{n}" for status, n in sorted(answered.items()))
+        + (
+            " (not asked: " + ", ".join(f"{why} x{n}" for why, n in not_asked.items()) + ")"
+            if not_asked
+            else ""
+        )
+        + "; "
+        + ", ".join(f"{status} {n}" for status, n in sorted(ended.items()))
+        + f" ({sum(r.asked_again for r in releases)} asked again after RELEASE_FAILED); "
+        f"{sum(r.retrigger_event is not None for r in releases)} isolated again by a finding after their "
+        f"release; {as_before} released instances as they were before their isolation"
+    )
