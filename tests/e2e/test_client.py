@@ -1,5 +1,5 @@
-"""The responders' client (`ec2-isolation isolate|status|list|watch`) against `serve`, as a person runs it:
-every command, --json, and every error path with its exit status."""
+"""The responders' client (`ec2-isolation isolate|status|list|watch|release`) against `serve`, as a person
+runs it: every command, --json, and every error path with its exit status."""
 
 from __future__ import annotations
 
@@ -79,6 +79,36 @@ def test_a_dry_run_checks_and_exits_0(served: ServedDemo) -> None:
     assert statuses["leave-auto-scaling-and-load-balancers"] == "unverified"
     assert "does not implement iam:SimulatePrincipalPolicy" in record["steps"][2]["detail"]
     assert record["prior_state"]["autoscaling_group"] is not None
+
+
+def test_release_and_wait_puts_the_instance_back_and_exits_0(served: ServedDemo) -> None:
+    # Given an isolated instance
+    instance = served.demo.instance("web-3")
+    isolated = client(served, "isolate", instance.instance_id, "--account", instance.account_id,
+                      "--region", instance.region, "--wait", "--json")  # fmt: skip
+    assert isolated.returncode == 0, isolated.stdout + isolated.stderr
+    isolation_id = json.loads(isolated.stdout)["isolation_id"]
+
+    # When a responder releases it and waits
+    done = client(served, "release", isolation_id, "--reason", "false positive", "--wait")
+
+    # Then the release's steps are shown as they are recorded, and it exits 0, RELEASED
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{isolation_id} RELEASING" in done.stdout and "(release)" in done.stdout
+    assert f"RELEASED {instance.instance_id} (released in" in done.stdout
+    # And status shows the release part of the record
+    status = client(served, "status", isolation_id)
+    assert (
+        status.returncode == 0
+        and "release: requested" in status.stdout
+        and "reason: false positive" in status.stdout
+    )
+
+    # When it is released a second time
+    again = client(served, "release", isolation_id)
+
+    # Then the API refuses, naming the status, and the client exits 2
+    assert again.returncode == 2 and "409" in again.stderr and "RELEASED" in again.stderr, again.stderr
 
 
 def test_an_isolation_that_fails_exits_1(served: ServedDemo) -> None:
