@@ -4,7 +4,7 @@ attacker-controlled text shown as text, a release from the timeline, and, on a d
 (mapped to the local stack by the browser's resolver), how to release from the CLI instead. `make test` installs the browser when it can; without it these
 tests are skipped, saying how to install it.
 
-`UPDATE_SCREENSHOT=1` also writes docs/console.png (the README shows it)."""
+`UPDATE_SCREENSHOT=1` also writes docs/console.png and docs/console-release.png (the README shows them)."""
 
 from __future__ import annotations
 
@@ -178,6 +178,10 @@ def test_a_responder_releases_an_isolation_from_its_timeline(served: ServedDemo,
     # And there is nothing left to release
     assert browser.find_elements(By.ID, "release-open") == []
     assert browser.find_element(By.ID, "error").text == ""
+
+    if os.environ.get("UPDATE_SCREENSHOT"):
+        browser.execute_script("document.getElementById('release').scrollIntoView()")
+        browser.save_screenshot(str(ROOT / "docs" / "console-release.png"))
 
 
 def test_a_deployed_page_says_how_to_release_from_the_cli(served: ServedDemo, browser: Any) -> None:
