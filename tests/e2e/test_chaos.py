@@ -662,14 +662,13 @@ def test_chaos(
         demo_accounts=ACCOUNT_NAMES,
         demo_instances=SPECS,
     ) as stack:
-        from worker.release import ReleaseAttempt
-
         import worker.runner
         from shared import aws
         from shared.config import worker_settings
         from shared.models import trigger_isolation_id
         from shared.store import IsolationStore, Joined
         from worker.messages import parse, release_of
+        from worker.release import ReleaseAttempt
 
         assert stack.demo is not None and stack.provisioned is not None
         settings = worker_settings()
