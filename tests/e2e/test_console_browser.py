@@ -180,8 +180,10 @@ def test_a_responder_releases_an_isolation_from_its_timeline(served: ServedDemo,
     assert browser.find_element(By.ID, "error").text == ""
 
     if os.environ.get("UPDATE_SCREENSHOT"):
-        browser.execute_script("document.getElementById('release').scrollIntoView()")
+        browser.set_window_size(1400, 1700)  # the timeline and its release in one picture
+        browser.execute_script("window.scrollTo(0, 0)")
         browser.save_screenshot(str(ROOT / "docs" / "console-release.png"))
+        browser.set_window_size(1400, 900)
 
 
 def test_a_deployed_page_says_how_to_release_from_the_cli(served: ServedDemo, browser: Any) -> None:
