@@ -420,7 +420,7 @@ class Release:
     #: The instance's requests: the release is asked once each has ended.
     requests: list[Request]
     #: A GuardDuty finding for the instance once it is released: it must isolate it again.
-    retrigger: bool
+    retrigger: bool = False
     before: dict[str, Any] = field(default_factory=dict)
     isolation_id: str | None = None
     http_status: int | None = None
@@ -434,7 +434,7 @@ class Release:
 def plan_releases(rng: random.Random, requests: list[Request], demo: dict[str, DemoInstance],
                   doomed: set[str]) -> dict[int, list[Release]]:  # fmt: skip
     """RELEASES normal instances (not doomed, one per Auto Scaling group), each asked for after its last
-    request in the plan; the first RETRIGGERED of them get a finding once released."""
+    request in the plan (the releaser gives the first RETRIGGERED accepted a finding once released)."""
     chosen: list[DemoInstance] = []
     scaled_accounts: set[str] = set()
     for instance_id in rng.sample(sorted(set(demo) - doomed), len(demo) - len(doomed)):
@@ -447,11 +447,11 @@ def plan_releases(rng: random.Random, requests: list[Request], demo: dict[str, D
             scaled_accounts.add(instance.account_id)
         chosen.append(instance)
     planned: dict[int, list[Release]] = {}
-    for index, instance in enumerate(chosen):
+    for instance in chosen:
         own = [r for r in requests if r.target.instance_id == instance.instance_id]
         if not own:
             continue
-        release = Release(instance, own, retrigger=index < RETRIGGERED)
+        release = Release(instance, own)
         planned.setdefault(max(r.number for r in own), []).append(release)
     return planned
 
@@ -495,6 +495,7 @@ def run_releases(
     or SETTLE_SECONDS later."""
     pending: list[Release] = []
     retriggers: list[Release] = []
+    asked: list[Release] = []
     deadline: float | None = None
     quiet = 0
     while True:
@@ -504,8 +505,11 @@ def run_releases(
             if all(_ended(stack, request, joined) for request in release.requests):
                 pending.remove(release)
                 _ask(stack, release)
-                if release.retrigger and release.http_status == 202:
+                # The first RETRIGGERED releases accepted get a finding once RELEASED.
+                if release.http_status == 202 and sum(r.retrigger for r in asked) < RETRIGGERED:
+                    release.retrigger = True
                     retriggers.append(release)
+                asked.append(release)
         for release in list(retriggers):
             _, record = stack.request("GET", f"/isolations/{release.isolation_id}")
             if record["status"] == "RELEASED":
@@ -524,7 +528,7 @@ def run_releases(
             quiet = quiet + 1 if stack.queue_depth() == 0 else 0
             if quiet >= 3 or time.monotonic() > deadline:
                 for release in pending:
-                    release.not_asked = "its requests did not end (a worker lost on a last receive)"
+                    release.not_asked = "an isolation of it still in flight when the queue went quiet"
                 return
         time.sleep(1.0)
 
