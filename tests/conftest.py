@@ -148,17 +148,21 @@ def aws_mock() -> Iterator[None]:
 
 @dataclass
 class Stack:
-    """The security account's side: table, queue and DLQ as template.yaml declares them."""
+    """The security account's side: table, queues and DLQs as template.yaml declares them."""
 
     table_name: str
     queue_url: str
     queue_arn: str
     dlq_url: str
+    follow_up_url: str
+    follow_up_arn: str
+    follow_up_dlq_url: str
     sqs: Any
     store: IsolationStore
     max_receive_count: int
     outcomes_url: str
-    retrying: list[dict[str, Any]] = field(default_factory=list)
+    #: Failed messages waiting out their retry delay: (queue url, message).
+    retrying: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def outcomes(self) -> list[dict[str, Any]]:
         """The outcome events published on the stack's bus so far (a rule on it feeds a test queue)."""
@@ -177,9 +181,9 @@ class Stack:
         response = lambda_handler(api_event(method, path, **kwargs), lambda_context())
         return response["statusCode"], json.loads(response["body"])
 
-    def receive(self, *, wait: bool = False) -> list[dict[str, Any]]:
+    def receive(self, *, wait: bool = False, follow_up: bool = False) -> list[dict[str, Any]]:
         return self.sqs.receive_message(
-            QueueUrl=self.queue_url,
+            QueueUrl=self.follow_up_url if follow_up else self.queue_url,
             MaxNumberOfMessages=10,
             MessageSystemAttributeNames=["All"],
             WaitTimeSeconds=1 if wait else 0,
@@ -194,31 +198,58 @@ class Stack:
             attributes["ApproximateNumberOfMessagesNotVisible"]
         )
 
-    def dead_letters(self) -> list[dict[str, Any]]:
-        return self.sqs.receive_message(QueueUrl=self.dlq_url, MaxNumberOfMessages=10).get("Messages", [])
+    def dead_letters(self, *, follow_up: bool = False) -> list[dict[str, Any]]:
+        url = self.follow_up_dlq_url if follow_up else self.dlq_url
+        return self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+
+    def redrive(self, message: dict[str, Any], *, follow_up: bool = False) -> None:
+        """A DLQ message sent back to its source queue, as an operator's redrive does."""
+        url = self.follow_up_url if follow_up else self.queue_url
+        self.sqs.send_message(QueueUrl=url, MessageBody=message["Body"])
 
     def send(self, body: dict[str, Any] | str) -> None:
         self.sqs.send_message(
             QueueUrl=self.queue_url, MessageBody=body if isinstance(body, str) else json.dumps(body)
         )
 
-    def work(self, messages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def work(self, messages: list[dict[str, Any]] | None = None, *, follow_up: bool = True) -> dict[str, Any]:
         """One invocation of the worker with what the queue gives (or `messages`), then what Lambda's
-        event source mapping does: delete the successes, leave the failures."""
+        event source mapping does: delete the successes, leave the failures. Then (`follow_up`) the
+        follow-up function on what its queue gives, until it gives nothing."""
         from worker.app import lambda_handler
 
         batch = self.receive() if messages is None else messages
+        response = self._invoke(lambda_handler, batch, self.queue_url, self.queue_arn)
+        if follow_up:
+            self.follow_up()
+        return response
+
+    def follow_up(
+        self, messages: list[dict[str, Any]] | None = None, *, rounds: int = 10
+    ) -> list[dict[str, Any]]:
+        """Invocations of the follow-up function with what its queue gives (or `messages`, once)."""
+        from worker.app import follow_up_handler
+
+        responses = []
+        for _ in range(1 if messages is not None else rounds):
+            batch = self.receive(follow_up=True) if messages is None else messages
+            if not batch:
+                break
+            responses.append(self._invoke(follow_up_handler, batch, self.follow_up_url, self.follow_up_arn))
+        return responses
+
+    def _invoke(self, handler: Any, batch: list[dict[str, Any]], url: str, arn: str) -> dict[str, Any]:
         if not batch:
             return {"batchItemFailures": []}
         try:
-            response = lambda_handler(sqs_event(batch, self.queue_arn), lambda_context())
+            response = handler(sqs_event(batch, arn), lambda_context())
         except Exception:  # every record failed: Powertools raises, the whole batch comes back
-            self.retrying.extend(batch)
+            self.retrying.extend((url, m) for m in batch)
             return {"batchItemFailures": [{"itemIdentifier": m["MessageId"]} for m in batch], "raised": True}
         failed = failed_ids(response, [m["MessageId"] for m in batch])
-        self.retrying.extend(m for m in batch if m["MessageId"] in failed)
-        delete_successes(self.sqs, self.queue_url, batch, failed)
-        return response
+        self.retrying.extend((url, m) for m in batch if m["MessageId"] in failed)
+        delete_successes(self.sqs, url, batch, failed)
+        return dict(response)
 
     def sweep(self) -> dict[str, Any]:
         """One run of the scheduled sweeper."""
@@ -228,21 +259,24 @@ class Stack:
 
     def let_time_pass(self) -> None:
         """The retry delays the worker set on failed messages are over: they are visible again."""
-        for message in self.retrying:
+        for url, message in self.retrying:
             with contextlib.suppress(self.sqs.exceptions.ClientError):  # moved to the DLQ or deleted
                 self.sqs.change_message_visibility(
-                    QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+                    QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
                 )
         self.retrying.clear()
 
     def drain(self, *, rounds: int = 10) -> list[dict[str, Any]]:
-        """Run the worker until the queue is empty, letting retry delays pass at once."""
+        """Run the worker and the follow-up function until both queues are empty, letting retry delays
+        pass at once."""
         responses = []
         for _ in range(rounds):
             batch = self.receive()
-            if not batch:
+            follow_ups = self.follow_up(rounds=1)
+            if not batch and not follow_ups:
                 break
-            responses.append(self.work(batch))
+            if batch:
+                responses.append(self.work(batch))
             self.let_time_pass()
         return responses
 
@@ -261,9 +295,16 @@ def build_stack(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch, **env
     settings = {
         **{
             name: declared[name]
-            for name in ("TABLE_NAME", "QUEUE_URL", "TARGET_ROLE_NAME", "MAX_RECEIVE_COUNT")
+            for name in (
+                "TABLE_NAME",
+                "QUEUE_URL",
+                "FOLLOW_UP_QUEUE_URL",
+                "TARGET_ROLE_NAME",
+                "MAX_RECEIVE_COUNT",
+            )
         },
         "DEAD_LETTER_QUEUE_URL": provisioned.dead_letter_queue_url,
+        "FOLLOW_UP_DEAD_LETTER_QUEUE_URL": provisioned.follow_up_dead_letter_queue_url,
         "EVENT_BUS_NAME": "ec2-isolation-test",
         "CONSISTENCY_WAIT_SECONDS": "2",
         **env,
@@ -276,6 +317,9 @@ def build_stack(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch, **env
         queue_url=provisioned.queue_url,
         queue_arn=provisioned.queue_arn,
         dlq_url=provisioned.dead_letter_queue_url,
+        follow_up_url=provisioned.follow_up_queue_url,
+        follow_up_arn=provisioned.follow_up_queue_arn,
+        follow_up_dlq_url=provisioned.follow_up_dead_letter_queue_url,
         sqs=sqs,
         store=IsolationStore(
             provisioned.table_name, client=boto3.client("dynamodb", region_name=STACK_REGION)
@@ -301,7 +345,11 @@ def _outcome_listener(sqs: Any) -> str:
 
 
 @pytest.fixture
-def stack(aws_mock: None, template: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Stack:
+def stack(
+    aws_mock: None, template: dict[str, Any], monkeypatch: pytest.MonkeyPatch, serial_dynamodb: None
+) -> Stack:
+    """(The worker writes a batch's records from several threads: moto's DynamoDB answers them one at a
+    time, as AWS makes each request atomic.)"""
     return build_stack(template, monkeypatch)
 
 

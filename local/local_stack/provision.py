@@ -43,6 +43,9 @@ from local_stack.http_api import Route
 
 QUEUE = "IsolationQueue"
 DEAD_LETTER_QUEUE = "IsolationDeadLetterQueue"
+#: The follow-up phase's queue and its DLQ (its function is the follow-up handler).
+FOLLOW_UP_QUEUE = "FollowUpQueue"
+FOLLOW_UP_DEAD_LETTER_QUEUE = "FollowUpDeadLetterQueue"
 TABLE = "IsolationTable"
 DEFAULT_STACK_NAME = "ec2-isolation-local"
 
@@ -125,6 +128,18 @@ class Provisioned:
     @property
     def dead_letter_queue_arn(self) -> str:
         return self.queue_arns[DEAD_LETTER_QUEUE]
+
+    @property
+    def follow_up_queue_url(self) -> str:
+        return self.resources[FOLLOW_UP_QUEUE]
+
+    @property
+    def follow_up_queue_arn(self) -> str:
+        return self.queue_arns[FOLLOW_UP_QUEUE]
+
+    @property
+    def follow_up_dead_letter_queue_url(self) -> str:
+        return self.resources[FOLLOW_UP_DEAD_LETTER_QUEUE]
 
     @property
     def table_name(self) -> str:

@@ -44,7 +44,7 @@ from local_stack.event_source import SqsEventSource
 from local_stack.http_api import ApiServer
 from local_stack.lambda_context import LambdaContext
 from local_stack.organization import member_session
-from local_stack.provision import QUEUE, Function, Provisioned, QueueSource, provision
+from local_stack.provision import FOLLOW_UP_QUEUE, QUEUE, Function, Provisioned, QueueSource, provision
 from local_stack.scheduler import ScheduledFunction
 from local_stack.templates import load_template, sam_transform
 from local_stack.workloads import InstanceSpec
@@ -235,6 +235,11 @@ class LocalStack:
                 ).start()
         if self.run_worker:
             self.resume_worker()
+
+    @property
+    def follow_up_source(self) -> SqsEventSource | None:
+        """The follow-up function on the follow-up queue (one of the other queues' consumers)."""
+        return self.event_sources.get(FOLLOW_UP_QUEUE)
 
     def _runtime(self, function: Function, limit: int) -> Runtime:
         """Where `function` runs: up to `limit` environment processes, or this process."""
@@ -458,10 +463,15 @@ class LocalStack:
                 )
             time.sleep(0.2)
 
-    def queue_depth(self, *, dead_letter: bool = False) -> int:
-        """Messages on the queue (visible + in flight + delayed), or on the dead-letter queue."""
+    def queue_depth(self, *, dead_letter: bool = False, follow_up: bool = False) -> int:
+        """Messages on the queue (visible + in flight + delayed), or on the dead-letter queue; of the
+        follow-up queue with `follow_up`."""
         assert self.provisioned is not None
-        url = self.provisioned.dead_letter_queue_url if dead_letter else self.provisioned.queue_url
+        if follow_up:
+            p = self.provisioned
+            url = p.follow_up_dead_letter_queue_url if dead_letter else p.follow_up_queue_url
+        else:
+            url = self.provisioned.dead_letter_queue_url if dead_letter else self.provisioned.queue_url
         attributes = self.client("sqs").get_queue_attributes(
             QueueUrl=url,
             AttributeNames=[

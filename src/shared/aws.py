@@ -147,15 +147,18 @@ class AccountSession:
     _clients: dict[str, Any]
 
     def client(self, service: str) -> Any:
-        if service not in self._clients:
-            self._clients[service] = client(service, session=self.session, region=self.region)
-        return self._clients[service]
+        # A batch's threads share the session: boto3 sessions may not build clients concurrently.
+        with _clients_lock:
+            if service not in self._clients:
+                self._clients[service] = client(service, session=self.session, region=self.region)
+            return self._clients[service]
 
     @property
     def fresh(self) -> bool:
         return self.expires_at - time.time() > _REFRESH_MARGIN_SECONDS
 
 
+_clients_lock = threading.Lock()
 _sessions: dict[tuple[str, str, str], AccountSession] = {}
 _sessions_lock = threading.Lock()
 

@@ -60,6 +60,8 @@ class IngestSettings(CommonSettings):
 
 class WorkerSettings(CommonSettings):
     QUEUE_URL: Annotated[str, Field(min_length=1)]
+    #: Where the containment hands each isolation over to its follow-up phase.
+    FOLLOW_UP_QUEUE_URL: Annotated[str, Field(min_length=1)]
     TARGET_ROLE_NAME: Annotated[str, Field(min_length=1)]
     EXTERNAL_ID: str | None = None
     #: The queue's redrive maxReceiveCount: on that receive a retryable failure ends the record FAILED.
@@ -98,6 +100,8 @@ class WorkerSettings(CommonSettings):
 
 class SweeperSettings(CommonSettings):
     DEAD_LETTER_QUEUE_URL: Annotated[str, Field(min_length=1)]
+    #: The follow-up queue's DLQ: a follow-up message there whose record no attempt holds ends it too.
+    FOLLOW_UP_DEAD_LETTER_QUEUE_URL: Annotated[str, Field(min_length=1)]
     #: At most this many DLQ receives (of up to 10 messages each) per run.
     DLQ_PEEKS: Annotated[int, Field(ge=1, le=100)] = 10
 

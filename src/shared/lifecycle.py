@@ -8,15 +8,16 @@ transition applies to). tests/unit/test_lifecycle.py walks every transition from
 both renderings and checks that they agree.
 
 ```
-            begin                    end
-  QUEUED ─────────▶ IN_PROGRESS ─────────▶ ISOLATED | FAILED | SKIPPED
-    │ ▲               │    ▲ begin (a retry)          │
-    │ └─ (no lease) ──┘    └──── begin (DLQ redrive) ─┘ (FAILED and resumable only)
+            begin                 hand-over                     begin-follow-up            end
+  QUEUED ─────────▶ IN_PROGRESS ─────────▶ IN_PROGRESS, follow-up ─────────────▶ (its lease) ─────▶ ISOLATED | FAILED
+    │ ▲    (containment)   │    ▲ begin (a retry)                   ▲ begin-follow-up (a retry, a follow-up
+    │ └─ (no lease) ───────┘    └──── begin (DLQ redrive) ─┐        │   DLQ redrive of a FAILED resumable one)
+    │                                                      └ FAILED resumable ┘
     ├─ abandon ─▶ FAILED                (the message could not be enqueued)
     └─ end ─────▶ SKIPPED | FAILED      (exempt instance, a permanent error before the first write)
   IN_PROGRESS of a dry run ─ check ─▶ CHECKED  (a dry run that failed ends FAILED by `end`)
   IN_PROGRESS, on the last receive, lease expired ─ end-lost ─▶ FAILED (resumable)      [sweeper]
-  QUEUED | IN_PROGRESS, no live lease, message in the DLQ ─ end-dead-lettered ─▶ FAILED  [sweeper]
+  QUEUED | IN_PROGRESS, no live lease, message in a DLQ ─ end-dead-lettered ─▶ FAILED    [sweeper]
 
   ISOLATED | FAILED with a prior_state | RELEASE_FAILED ─ request-release ─▶ RELEASING    [ingest]
   RELEASING ─ begin-release (a lease) ─▶ RELEASING ─ end-release ─▶ RELEASED | RELEASE_FAILED
@@ -28,12 +29,19 @@ both renderings and checks that they agree.
 A release works on the episode's latest record only; which record that is comes from the `by-instance`
 index (`shared.store.releases`), not from a condition: a condition sees one item.
 
+An isolation has two phases on two queues. The containment attempt (isolation queue) begins, cuts the
+network and the credentials, then hands over: its lease goes, `phase` becomes `follow-up`, and a
+message on the follow-up queue carries the rest. The follow-up attempt takes a lease of its own
+(begin-follow-up) and ends the record. The record stays IN_PROGRESS in between; a follow-up lost on its
+last receive is found like a containment one (`final_attempt`, `lease_until`).
+
 Record attributes the conditions read, beside `status`:
 - `lease_owner`, `lease_until` (epoch seconds): the attempt running the record and until when.
 - `final_attempt` (`"final"`): the attempt runs on the message's last allowed receive; with
   `lease_until` it keys the sparse `by-final-lease` index the sweeper queries.
 - `resumable` (true): FAILED with its retries exhausted and its message in the DLQ; a redrive resumes it.
 - `dry_run` (true): the record of a dry run (served as well).
+- `phase` (`"follow-up"`): the containment handed over; the follow-up phase runs the record now.
 """
 
 from __future__ import annotations
@@ -63,6 +71,8 @@ FINAL = "final"
 #: The index of records in a last-receive attempt, by lease expiry (hash `final_attempt`, range
 #: `lease_until`): the sweeper's way to find lost workers without a scan.
 FINAL_LEASE_INDEX = "by-final-lease"
+#: The value of `phase` once the containment handed the record over to its follow-up phase.
+FOLLOW_UP = "follow-up"
 
 
 # --- conditions ------------------------------------------------------------------------------------------
@@ -242,6 +252,19 @@ class Transition:
 
 
 BEGIN = Transition("begin", Exists("pk") & RUNNABLE & LEASE_FREE_FOR_OWNER, frozenset({Status.IN_PROGRESS}))
+#: The containment attempt hands the record over to its follow-up phase: only while it holds the lease.
+HAND_OVER = Transition(
+    "hand-over",
+    StatusIn((Status.IN_PROGRESS,)) & EqualsParam("lease_owner", "owner"),
+    frozenset({Status.IN_PROGRESS}),
+)
+#: A follow-up attempt takes the record: handed over, not over (or FAILED resumable: a redrive of the
+#: follow-up DLQ), and not held by another attempt.
+BEGIN_FOLLOW_UP = Transition(
+    "begin-follow-up",
+    Exists("pk") & RUNNABLE & Is("phase", FOLLOW_UP) & LEASE_FREE_FOR_OWNER,
+    frozenset({Status.IN_PROGRESS}),
+)
 END = Transition("end", RUNNABLE, frozenset({Status.ISOLATED, Status.FAILED, Status.SKIPPED}))
 ABANDON = Transition("abandon", StatusIn((Status.QUEUED,)), frozenset({Status.FAILED}))
 #: A dry run found every step possible: only a dry run ends CHECKED, and only once it has begun.
@@ -277,6 +300,8 @@ END_RELEASE_DEAD_LETTERED = Transition(
 
 TRANSITIONS = (
     BEGIN,
+    HAND_OVER,
+    BEGIN_FOLLOW_UP,
     END,
     CHECK,
     ABANDON,

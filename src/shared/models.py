@@ -352,6 +352,35 @@ class ReleaseMessage(BaseModel):
     requested_at: str
 
 
+class FollowUpMessage(BaseModel):
+    """What the containment puts on the follow-up queue: the isolation whose follow-up phase is due (its
+    record holds everything else)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["follow-up"] = "follow-up"
+    isolation_id: Annotated[str, StringConstraints(pattern=ISOLATION_ID_PATTERN)]
+    source: Source
+    account_id: AccountId
+    region: Region
+    instance_id: InstanceId
+
+    @classmethod
+    def of(cls, record: IsolationRecord) -> FollowUpMessage:
+        return cls(
+            isolation_id=record.isolation_id,
+            source=record.source,
+            account_id=record.account_id,
+            region=record.region,
+            instance_id=record.instance_id,
+        )
+
+    def record(self) -> IsolationRecord:
+        """The record as the message describes it (the stored one is read when the follow-up begins)."""
+        target = Target(account_id=self.account_id, region=self.region, instance_id=self.instance_id)
+        return IsolationRecord.queued(isolation_id=self.isolation_id, source=self.source, target=target)
+
+
 class Accepted(BaseModel):
     """Answer of `POST /isolate` (202, or 200 with `deduplicated`)."""
 

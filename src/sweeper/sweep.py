@@ -5,9 +5,12 @@ Two cases, both on the message's last allowed receive, after which SQS moves the
   IN_PROGRESS with a last-receive lease; once that lease has expired (`lifecycle.LOST`), it is ended
   `WorkerLost`. Found through the `by-final-lease` index, never a scan.
 - the worker stopped before its attempt's first write: the record is QUEUED (or IN_PROGRESS from an
-  earlier receive, its lease expired) and its message is in the DLQ. The sweeper peeks at the DLQ
-  (ReceiveMessage with a zero visibility timeout; it never deletes: a redrive is the operator's call)
-  and ends such a record `DeadLettered`; a trigger's message whose record was never written gets one.
+  earlier receive, its lease expired) and its message is in the DLQ. The sweeper peeks at both DLQs,
+  the isolation queue's and the follow-up queue's (ReceiveMessage with a zero visibility timeout; it
+  never deletes: a redrive is the operator's call) and ends such a record `DeadLettered`; a trigger's
+  message whose record was never written gets one. (A containment message in the DLQ whose record was
+  handed over with its follow-up still queued is ended too; that follow-up then resumes the FAILED,
+  resumable record and ends it.)
 
 Both end the record resumable: a DLQ redrive runs it again. A release (RELEASING) lost the same ways
 ends RELEASE_FAILED with the same codes; a new release request finishes it. A record merely waiting in the queue behind a
@@ -22,8 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from shared import lifecycle
-from shared.models import IsolationRecord
+from shared.models import FollowUpMessage, IsolationRecord
 from shared.observability import logger
 from shared.store import IsolationStore
 from worker.messages import Ignored, InvalidMessage, Unusable, parse, release_of
@@ -42,6 +47,7 @@ def sweep(
     sqs: Any,
     dead_letter_queue_url: str,
     *,
+    follow_up_dead_letter_queue_url: str | None = None,
     peeks: int,
     announce: Callable[[str], object],
     container_findings: bool = False,
@@ -57,7 +63,10 @@ def sweep(
             )
             swept.lost.append(record.isolation_id)
             announce(record.isolation_id)
-    for body in _peek(sqs, dead_letter_queue_url, peeks):
+    bodies = _peek(sqs, dead_letter_queue_url, peeks)
+    if follow_up_dead_letter_queue_url:
+        bodies += _peek(sqs, follow_up_dead_letter_queue_url, peeks)
+    for body in bodies:
         swept.peeked += 1
         try:
             release = release_of(body)
@@ -66,7 +75,7 @@ def sweep(
                     swept.dead_lettered.append(release.isolation_id)
                     announce(release.isolation_id)
                 continue
-            requested = parse(body, container_findings=container_findings)
+            requested = _isolations(body, container_findings)
         except (InvalidMessage, Ignored, Unusable):
             continue  # nothing of this message can be running (the DLQ alarm says it is there)
         for record in requested:
@@ -74,6 +83,14 @@ def sweep(
                 swept.dead_lettered.append(record.isolation_id)
                 announce(record.isolation_id)
     return swept
+
+
+def _isolations(body: str, container_findings: bool) -> list[IsolationRecord]:
+    """The isolations a dead-lettered message of either queue was about."""
+    try:
+        return [FollowUpMessage.model_validate_json(body).record()]
+    except ValidationError:
+        return parse(body, container_findings=container_findings)
 
 
 def _end_dead_lettered(store: IsolationStore, record: IsolationRecord, now: float) -> bool:

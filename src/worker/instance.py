@@ -53,6 +53,33 @@ def describe(ec2: Any, target: Target) -> Instance:
     return instance_of(instances[0])
 
 
+def describe_many(ec2: Any, targets: list[Target]) -> dict[str, Instance | PermanentError]:
+    """Several instances of one account and region in one DescribeInstances: each id's instance, or the
+    permanent error that ends its isolation (not found, terminated). AWS fails the whole call when one
+    id does not exist (`InvalidInstanceID.NotFound`): then each is described on its own."""
+    if len(targets) == 1:
+        try:
+            return {targets[0].instance_id: describe(ec2, targets[0])}
+        except PermanentError as error:
+            return {targets[0].instance_id: error}
+    ids = list(dict.fromkeys(target.instance_id for target in targets))
+    try:
+        reservations = ec2.describe_instances(InstanceIds=ids)["Reservations"]
+    except ClientError as exc:
+        if error_code(exc) in _NOT_FOUND:
+            return {key: value for target in targets for key, value in describe_many(ec2, [target]).items()}
+        raise classify(exc, context="DescribeInstances") from exc
+    found: dict[str, Instance | PermanentError] = {}
+    for described in (i for r in reservations for i in r.get("Instances", [])):
+        try:
+            found[described["InstanceId"]] = instance_of(described)
+        except PermanentError as error:
+            found[described["InstanceId"]] = error
+    for target in targets:
+        found.setdefault(target.instance_id, _not_found(target))
+    return found
+
+
 def instance_of(described: dict[str, Any]) -> Instance:
     instance_id = described["InstanceId"]
     state = described.get("State", {}).get("Name", "unknown")

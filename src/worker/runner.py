@@ -1,20 +1,32 @@
-"""One receive of an isolation's message: an `Attempt`.
+"""One receive of an isolation's message, in two phases on two queues: an `Attempt` (containment, from
+the isolation queue) and a `FollowUp` (the rest, from the follow-up queue). One record tells both.
 
 An attempt knows its record (the record as the message describes it), its owner (the lease it takes)
-and whether it runs on the message's last allowed receive, decided once, here. It goes:
+and whether it runs on the message's last allowed receive, decided once, here. The containment of a
+whole batch runs phase by phase (`worker.batch`), each attempt going:
 
 1. open: a trigger's message gets its record (or joins the isolation in flight, is coalesced with a
    recent one, or is a duplicate of one that ended); a webhook's record exists already;
-2. describe: assume the execution role, DescribeInstances; an exempt instance is SKIPPED (triggers only);
+2. describe: assume the execution role, DescribeInstances (one call per account and region of the
+   batch); an exempt instance is SKIPPED (triggers only);
 3. begin: the IN_PROGRESS write with `prior_state`, the only write before the first change. An instance
    that carries the `ec2-isolation:id` of another isolation is in an episode: this isolation takes that
    one's `prior_state` and evidence (`inherits_from`), never the isolated state it sees now;
-4. containment (`worker.steps.CONTAINMENT`), then the follow-up (`worker.steps.FOLLOW_UP`); the
-   `StepJournal` decides when outcomes are written. A step that raises `ContainmentIncomplete` is
-   recorded failed, the others still run, and the record ends FAILED with that error. A dry run's record
-   checks each step instead, changing nothing (`worker.dry_run`), and ends CHECKED or FAILED.
+4. contain (`worker.steps.CONTAINMENT`): the network cut, `contained_at`;
+5. hold (`worker.steps.HOLD`), once every instance of the batch is cut: the credentials deny, out of
+   Auto Scaling and load balancers;
+6. hand over: the record's follow-up phase begins (`shared.lifecycle.HAND_OVER`) and a message on the
+   follow-up queue carries it. The record stays IN_PROGRESS.
+   A dry run's record checks each step instead, changing nothing (`worker.dry_run`), and ends CHECKED or
+   FAILED right after its begin.
 
-Its error boundary (`Attempt.run`) takes every exception and classifies it (`shared.errors.classify`):
+A `FollowUp` takes the handed-over record (`begin_follow_up`), describes the instance again, runs
+`worker.steps.FOLLOW_UP` and ends the record ISOLATED (or FAILED with what the containment could not put
+in place). The `StepJournal` decides when outcomes are written. A step that raises
+`ContainmentIncomplete` is recorded failed, the others still run, and the record ends FAILED with that
+error.
+
+Both have the same error boundary (`settle`): every exception is classified (`shared.errors.classify`):
 a permanent error ends the record FAILED and the message is acknowledged; a retryable one (and anything
 unexpected) brings the message back, except on the last receive, where the record ends FAILED with that
 error first (resumable: a DLQ redrive runs it again). If the worker dies during the last receive, the
@@ -25,7 +37,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -75,7 +88,7 @@ from shared.store import (
 from worker import consistency, dry_run
 from worker.consistency import retry_within
 from worker.instance import Instance, describe
-from worker.steps import CONTAINMENT, FOLLOW_UP, Step, StepContext
+from worker.steps import CONTAINMENT, FOLLOW_UP, HOLD, Step, StepContext
 
 #: How long one attempt holds the record (longer than the worker's 60 s timeout).
 LEASE_SECONDS = 120
@@ -83,6 +96,8 @@ LEASE_SECONDS = 120
 RELEASE_WAIT_FIRST_SECONDS = 0.1
 #: How long the last receive keeps trying to write its FAILED outcome when its own table throttles.
 FINAL_WRITE_BUDGET_SECONDS = 4.0
+#: The log keys of one isolation (thread-safe keys: a batch runs its isolations in threads).
+LOG_KEYS = ("isolation_id", "account_id", "instance_id", "source", "step")
 
 
 class Outcome(StrEnum):
@@ -95,10 +110,13 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     TAMPER_LOOP = "tamper-loop"
     CHECKED = "checked"
+    #: The containment is in place and the follow-up is queued (the record is still IN_PROGRESS).
+    CONTAINED = "contained"
 
 
-#: Outcomes that end a record (its outcome event is published); a join or a duplicate ends nothing.
-ENDING = frozenset(set(Outcome) - {Outcome.JOINED, Outcome.DUPLICATE})
+#: Outcomes that end a record (its outcome event is published); a join, a duplicate or a containment
+#: handed over to its follow-up ends nothing.
+ENDING = frozenset(set(Outcome) - {Outcome.JOINED, Outcome.DUPLICATE, Outcome.CONTAINED})
 
 
 @dataclass
@@ -129,8 +147,9 @@ class WorkerDeps:
 class StepJournal:
     """Decides when step outcomes are written. Each is written as it happens, with two exceptions that
     save writes without losing anything: nothing is written between the prior-state write and the
-    network cut (the containment steps ride with `contained_at`), and the last step rides with the final
-    status. A failed step is written at once with whatever rode along."""
+    network cut (the containment steps ride with `contained_at`), and the last step of a phase rides
+    with the phase's last write (the hand-over, the final status). A failed step is written at once
+    with whatever rode along."""
 
     store: IsolationStore
     isolation_id: str
@@ -141,6 +160,16 @@ class StepJournal:
         self.store.add_steps(self.isolation_id, [*self.unwritten, *steps], contained_at=contained_at)
         self.unwritten = []
         logger.info("contained", extra={"contained_at": contained_at})
+
+    def held(self, step: StepRecord) -> None:
+        """A step of `HOLD`: it rides with the hand-over."""
+        self.unwritten.append(step)
+
+    def hand_over(self, owner: str, unmet: ContainmentIncomplete | None) -> bool:
+        error = ErrorInfo(code=unmet.code, message=unmet.message) if unmet is not None else None
+        handed = self.store.hand_over(self.isolation_id, owner, self.unwritten, unmet=error)
+        self.unwritten = []
+        return handed
 
     def followed_up(self, step: StepRecord, *, last: bool) -> None:
         self.unwritten.append(step)
@@ -166,24 +195,23 @@ class StepJournal:
         except Exception:  # the step's own error matters more; it is logged and raised
             logger.exception("could not record the failed step")
 
-    def finish(self, record: IsolationRecord, unmet: ContainmentIncomplete | None = None) -> None:
+    def finish(self, record: IsolationRecord, unmet: ErrorInfo | None = None) -> None:
         if unmet is None:
             self.store.finish(record, Status.ISOLATED, extra_steps=self.unwritten)
         else:
-            error = ErrorInfo(code=unmet.code, message=unmet.message)
-            self.store.finish(record, Status.FAILED, error=error, extra_steps=self.unwritten)
+            self.store.finish(record, Status.FAILED, error=unmet, extra_steps=self.unwritten)
         self.unwritten = []
 
 
 @dataclass
-class Attempt:
-    """One receive of one isolation's message."""
+class _Receive:
+    """What both phases share: one receive of a message about one isolation, and its error boundary."""
 
     record: IsolationRecord
     deps: WorkerDeps
     receive_count: int = 1
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
-    #: The record's attempts, this one included, once `begin_attempt` counted it and gave it the lease.
+    #: The record's attempts, this one included, once the attempt began (it holds the lease).
     began_as: int | None = None
     #: A part of the containment that could not be put in place (the record ends FAILED with it).
     unmet: ContainmentIncomplete | None = None
@@ -197,36 +225,45 @@ class Attempt:
         """The message's last allowed receive: after it, SQS moves the message to the DLQ."""
         return self.receive_count >= self.deps.settings.MAX_RECEIVE_COUNT
 
-    def run(self) -> Outcome:
-        """The error boundary: every exception ends here, classified."""
-        logger.append_keys(
+    @contextmanager
+    def acting(self) -> Iterator[None]:
+        """Around each piece of work done for this isolation (a phase, in its thread): every log line of
+        the thread names it. (The chaos test also attributes the calls made inside to it.)"""
+        logger.thread_safe_append_keys(
             isolation_id=self.record.isolation_id,
             account_id=self.record.account_id,
             instance_id=self.record.instance_id,
             source=self.record.source.value,
         )
         try:
-            outcome = self._run()
-        except Exception as exc:
-            error = classify(exc)
-            try:
-                if isinstance(error, PermanentError):
-                    logger.warning("isolation failed", extra={"code": error.code, "error": error.message})
-                    self._end_failed(ErrorInfo(code=error.code, message=error.message))
-                else:
-                    self._retry_or_give_up(error, exc)
-            except Exception as unrecorded:
-                # The outcome could not be written (the service's own table): the message comes back,
-                # and behind the last receive the sweeper finds it in the DLQ.
-                logger.exception("could not record the outcome")
-                raise classify(unrecorded) from unrecorded
-            if not isinstance(error, PermanentError):
-                raise error from exc
-            outcome = Outcome.FAILED
+            yield
+        finally:
+            logger.thread_safe_remove_keys(LOG_KEYS)
+
+    def conclude(self, outcome: Outcome) -> Outcome:
         _count(outcome)
         if outcome in ENDING:
             self.deps.announce(self.record.isolation_id)
         return outcome
+
+    def settle(self, exc: Exception) -> Outcome:
+        """The error boundary: record what `exc` means for the isolation; return FAILED (a permanent
+        error, acknowledged) or raise the classified error (the message comes back)."""
+        error = classify(exc)
+        try:
+            if isinstance(error, PermanentError):
+                logger.warning("isolation failed", extra={"code": error.code, "error": error.message})
+                self._end_failed(ErrorInfo(code=error.code, message=error.message))
+            else:
+                self._retry_or_give_up(error, exc)
+        except Exception as unrecorded:
+            # The outcome could not be written (the service's own table): the message comes back,
+            # and behind the last receive the sweeper finds it in the DLQ.
+            logger.exception("could not record the outcome")
+            raise classify(unrecorded) from unrecorded
+        if not isinstance(error, PermanentError):
+            raise error from exc
+        return self.conclude(Outcome.FAILED)
 
     def _retry_or_give_up(self, error: IsolationError, exc: Exception) -> None:
         if not isinstance(exc, IsolationError | ClientError | BotoCoreError):
@@ -235,17 +272,17 @@ class Attempt:
             forget_session(self.record.account_id, self.record.region, self.deps.settings.TARGET_ROLE_NAME)
         if not self.final:
             logger.warning("will retry", extra={"code": error.code, "receive_count": self.receive_count})
-            self.deps.store.end_attempt(self.record.isolation_id, self.owner, began=self.began)
+            self._end_attempt()
             return
         logger.error("retries exhausted", extra={"code": error.code, "receive_count": self.receive_count})
 
         def give_up() -> None:
             attempts = self._attempts()
-            message = (
-                f"gave up after {attempts} attempts (the last allowed receive of its message); "
-                f"last error: {error.message}"
+            self._end_failed(
+                ErrorInfo(code=error.code, message=self._gave_up(attempts, error)),
+                resumable=True,
+                attempts=attempts,
             )
-            self._end_failed(ErrorInfo(code=error.code, message=message), resumable=True, attempts=attempts)
 
         retry_within(
             give_up,
@@ -258,6 +295,15 @@ class Attempt:
         )
         _count(Outcome.FAILED)
         self.deps.announce(self.record.isolation_id)
+
+    def _gave_up(self, attempts: int, error: IsolationError) -> str:
+        return (
+            f"gave up after {attempts} attempts (the last allowed receive of its message); "
+            f"last error: {error.message}"
+        )
+
+    def _end_attempt(self) -> None:
+        self.deps.store.end_attempt(self.record.isolation_id, self.owner, began=self.began)
 
     def _attempts(self) -> int:
         """The record's attempts, this one included. One that failed before `begin_attempt` is counted
@@ -275,11 +321,67 @@ class Attempt:
             attempts = self._attempts()
         store.finish(self.record, Status.FAILED, error=error, resumable=resumable, attempts=attempts)
 
-    # --- the attempt -------------------------------------------------------------------------------
+    def _context(self, account: AccountSession, instance: Instance, begun: IsolationRecord) -> StepContext:
+        journal = StepJournal(self.deps.store, self.record.isolation_id)
+        return StepContext(
+            isolation_id=self.record.isolation_id,
+            source=self.record.source,
+            target=self.record.target,
+            instance=instance,
+            account=account,
+            settings=self.deps.settings,
+            prior=begun.prior_state or instance.state,
+            evidence=begun.evidence,
+            notes=journal,
+            leases=self.deps.store,
+            sleep=self.deps.sleep,
+        )
 
-    def _run(self) -> Outcome:
+    def _step(self, step_class: type[Step], ctx: StepContext) -> StepRecord:
+        step = step_class()
+        journal = ctx.notes
+        assert isinstance(journal, StepJournal)
+        logger.thread_safe_append_keys(step=step.name)
+        try:
+            outcome = step.run(ctx)
+        except ContainmentIncomplete as exc:
+            # Recorded failed like any step outcome; the other steps still run (the record ends FAILED).
+            self.unmet = exc
+            outcome = StepRecord.failed(step.name, f"{exc.code}: {exc.message}")
+        except Exception as exc:
+            error = classify(exc, context=step.name)
+            journal.failed(step.name, error)
+            raise error from exc
+        finally:
+            logger.thread_safe_remove_keys(["step"])
+        metrics.add_metric(name=f"Step-{outcome.status.value}", unit=MetricUnit.Count, value=1)
+        return outcome
+
+
+@dataclass
+class Attempt(_Receive):
+    """The containment of one isolation, on one receive of its message (`worker.batch` runs a batch's
+    attempts phase by phase; `run` runs one alone)."""
+
+    account: AccountSession | None = None
+    instance: Instance | None = None
+    ctx: StepContext | None = None
+
+    def run(self) -> Outcome:
+        """The whole containment of this one isolation: a batch of one."""
+        from worker.batch import contain
+
+        [outcome] = contain([self], self.deps)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    # --- the phases (each returns an Outcome when the attempt has nothing more to do) ---------------
+
+    def open(self) -> Outcome | None:
+        """The record this message runs, or the reason it runs nothing; then the target's checks."""
         opened = self._open()
-        if isinstance(opened, Outcome):
+        if opened is not None:
             return opened
         settings, target = self.deps.settings, self.record.target
         if not settings.account_allowed(target.account_id):
@@ -293,8 +395,12 @@ class Attempt:
                 "UnknownRegion",
                 f"{target.region} is not a region of the aws partition (EXTRA_REGIONS admits a new one)",
             )
-        account = self.deps.session(target)
-        instance = describe(account.client("ec2"), target)
+        return None
+
+    def begin(self) -> Outcome | None:
+        """Skip an exempt instance; else the IN_PROGRESS write with the prior state."""
+        instance, account = self.instance, self.account
+        assert instance is not None and account is not None
         exemptable = self.record.started_by_trigger and self.record.source is not Source.TAMPER
         if exemptable and instance.tags.get(EXEMPT_TAG, "").strip().lower() == "true":
             skip = StepRecord.skipped("check-exemption", f"instance tagged {EXEMPT_TAG}=true: left untouched")
@@ -314,43 +420,38 @@ class Attempt:
                 begun,
                 account=account,
                 instance=instance,
-                settings=settings,
+                settings=self.deps.settings,
                 store=self.deps.store,
                 sleep=self.deps.sleep,
             )
             return Outcome.CHECKED if checked is Status.CHECKED else Outcome.FAILED
-        journal = StepJournal(self.deps.store, self.record.isolation_id)
-        ctx = StepContext(
-            isolation_id=self.record.isolation_id,
-            source=self.record.source,
-            target=target,
-            instance=instance,
-            account=account,
-            settings=settings,
-            prior=begun.prior_state or instance.state,
-            evidence=begun.evidence,
-            notes=journal,
-            leases=self.deps.store,
-            sleep=self.deps.sleep,
-        )
-        journal.contained([self._step(step, ctx, journal) for step in CONTAINMENT])
-        for step in FOLLOW_UP:
-            journal.followed_up(self._step(step, ctx, journal), last=step is FOLLOW_UP[-1])
-        logger.remove_keys(["step"])
-        journal.finish(self.record, self.unmet)
-        if self.unmet is not None:
-            logger.warning(
-                "isolation incomplete", extra={"code": self.unmet.code, "error": self.unmet.message}
-            )
-            return Outcome.FAILED
-        return Outcome.ISOLATED
+        self.ctx = self._context(account, instance, begun)
+        return None
 
-    def _open(self) -> IsolationRecord | Outcome:
-        """The record this message runs, or the reason it runs nothing."""
+    def contain(self) -> None:
+        """The network cut, then `contained_at` with its steps."""
+        ctx = self.ctx
+        assert ctx is not None and isinstance(ctx.notes, StepJournal)
+        ctx.notes.contained([self._step(step, ctx) for step in CONTAINMENT])
+
+    def hold(self) -> Outcome | None:
+        """What must not wait for the follow-up, then the hand-over to it."""
+        ctx = self.ctx
+        assert ctx is not None and isinstance(ctx.notes, StepJournal)
+        for step in HOLD:
+            ctx.notes.held(self._step(step, ctx))
+        if not ctx.notes.hand_over(self.owner, self.unmet):
+            logger.warning("lost the record before the hand-over: another attempt runs it")
+            return Outcome.DUPLICATE
+        return None
+
+    # --- parts ---------------------------------------------------------------------------------------
+
+    def _open(self) -> Outcome | None:
         if not self.record.started_by_trigger:
             # A webhook's record was written by ingest: no read here; `begin_attempt`'s condition tells
             # whether it still has something to do.
-            return self.record
+            return None
         store, settings = self.deps.store, self.deps.settings
         # A tamper repair is never coalesced and spends no blast-radius budget: its own per-instance one.
         tamper = self.record.source is Source.TAMPER
@@ -381,7 +482,7 @@ class Attempt:
         if isinstance(created, Exists) and created.record.status in (Status.ISOLATED, Status.SKIPPED):
             return self._duplicate(created.record)
         # (a FAILED one may be a DLQ redrive: `begin_attempt` decides)
-        return self.record
+        return None
 
     def _begin(self, instance: Instance) -> IsolationRecord:
         episode = self._episode(instance)
@@ -439,22 +540,6 @@ class Attempt:
             (self.deps.sleep or consistency.pause)(delay)
             waited += delay
             delay = min(delay * 2, 1.0)
-
-    def _step(self, step_class: type[Step], ctx: StepContext, journal: StepJournal) -> StepRecord:
-        step = step_class()
-        logger.append_keys(step=step.name)
-        try:
-            outcome = step.run(ctx)
-        except ContainmentIncomplete as exc:
-            # Recorded failed like any step outcome; the other steps still run (`finish` ends FAILED).
-            self.unmet = exc
-            outcome = StepRecord.failed(step.name, f"{exc.code}: {exc.message}")
-        except Exception as exc:
-            error = classify(exc, context=step.name)
-            journal.failed(step.name, error)
-            raise error from exc
-        metrics.add_metric(name=f"Step-{outcome.status.value}", unit=MetricUnit.Count, value=1)
-        return outcome
 
     def _duplicate(self, record: IsolationRecord) -> Outcome:
         logger.info("record already ended: nothing to do", extra={"status": record.status.value})
@@ -514,6 +599,64 @@ class Attempt:
             self.record.model_copy(update={"status": Status.ISOLATED, "steps": [step], **episode})
         )
         logger.info("coalesced with a recent isolation", extra={"earlier": earlier_id})
+
+
+@dataclass
+class FollowUp(_Receive):
+    """The follow-up phase of one isolation, on one receive of its follow-up message: it ends the record."""
+
+    def run(self) -> Outcome:
+        with self.acting():
+            try:
+                outcome = self._run()
+            except Exception as exc:
+                return self.settle(exc)
+            return self.conclude(outcome)
+
+    def _run(self) -> Outcome:
+        store = self.deps.store
+        try:
+            begun, unmet = store.begin_follow_up(
+                self.record.isolation_id, owner=self.owner, lease_seconds=LEASE_SECONDS, final=self.final
+            )
+        except RecordEnded as ended:
+            logger.info("record already ended: nothing to follow up", extra={"status": ended.record.status})
+            return Outcome.DUPLICATE
+        except LeaseHeld as exc:
+            raise RetryableError(
+                "IsolationInProgress", "another worker is running this isolation", wait="in-flight"
+            ) from exc
+        self.record, self.began_as = begun, begun.attempts
+        account = self.deps.session(begun.target)
+        instance = describe(account.client("ec2"), begun.target)
+        ctx = self._context(account, instance, begun)
+        journal = ctx.notes
+        assert isinstance(journal, StepJournal)
+        for step in FOLLOW_UP:
+            journal.followed_up(self._step(step, ctx), last=step is FOLLOW_UP[-1])
+        if self.unmet is not None:
+            unmet = ErrorInfo(code=self.unmet.code, message=self.unmet.message)
+        journal.finish(begun, unmet)
+        if unmet is not None:
+            logger.warning("isolation incomplete", extra={"code": unmet.code, "error": unmet.message})
+            return Outcome.FAILED
+        return Outcome.ISOLATED
+
+    def _end_attempt(self) -> None:
+        # Gives back this attempt's lease, if it took one; a follow-up counts no attempt of the record.
+        self.deps.store.end_attempt(self.record.isolation_id, self.owner, began=True)
+
+    def _attempts(self) -> int:
+        if self.began_as is not None:
+            return self.began_as
+        current = self.deps.store.get(self.record.isolation_id)
+        return max(current.attempts if current else 0, 1)
+
+    def _gave_up(self, attempts: int, error: IsolationError) -> str:
+        return (
+            f"the follow-up gave up after {self.receive_count} receives (the last allowed receive of its "
+            f"message; contained, the steps recorded done are in place); last error: {error.message}"
+        )
 
 
 def _count(outcome: Outcome) -> None:

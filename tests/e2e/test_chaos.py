@@ -22,7 +22,8 @@ must end in a state a responder can trust:
 How the faults get in: one botocore hook (`shared.aws.add_event_hook`) on every client the project builds,
 at `before-parameter-build`, which fails a call with the real AWS error code and HTTP status before it is
 sent (botocore's own retries never see it: it is the error that survived them). It injects only while the
-worker runs an isolation (a thread-local set around `worker.runner.Attempt.run`), so ingest's calls and
+worker works for an isolation (a context variable set around `worker.runner._Receive.acting`, the
+context of each phase of each isolation, containment or follow-up), so ingest's calls and
 the test's own checks (plain boto3 clients) never get a fault. A crash may come on any receive, the last
 one included: its message goes on to the DLQ, and once its lease has expired the sweeper ends its record
 FAILED (`WorkerLost`, or `DeadLettered` when it died before its first write); the checks read every
@@ -32,7 +33,7 @@ Two knobs make the local run fast (both put back after the test):
 - `worker.runner.LEASE_SECONDS` (120 s) becomes LEASE_SECONDS: the lease a crashed attempt leaves on its
   record. 8 s keeps the deployed relation: a lease outlasts a message's remaining retries (locally
   1 + 2 + 2 + 2 s of retry delays, deployed 10 + 30 + 30 + 30 s);
-- the queue's visibility timeout (360 s in template.yaml) becomes VISIBILITY_TIMEOUT_SECONDS, longer than
+- the queues' visibility timeout (360 s in template.yaml) becomes VISIBILITY_TIMEOUT_SECONDS, longer than
   the lease plus the time a message can wait in its batch before its attempt begins, as deployed (60 s
   worker timeout + 120 s lease < 360 s): a crashed message comes back once its lease has expired.
 
@@ -44,6 +45,7 @@ the run (`figures` fixture); `-s` also prints them as they come:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import json
 import random
@@ -184,8 +186,8 @@ CRASH_POINTS = (
     ("ec2.CreateTags", 1),
 )
 
-#: Where a doomed isolation's last receive crashes: after the network cut, before the profile swap.
-DOOMED_CRASH = ("ec2.DescribeIamInstanceProfileAssociations", 1)
+#: Where a doomed isolation's last receive crashes: after the network cut, at the credentials deny.
+DOOMED_CRASH = ("iam.GetInstanceProfile", 1)
 DOOMED_PER_ACCOUNT = 1
 
 
@@ -212,7 +214,13 @@ class Chaos:
         self.max_receive_count = max_receive_count
         self.denied_account = denied_account
         self.lock = threading.Lock()
-        self.local = threading.local()
+        #: The isolation the worker works for in this context (copied into the threads it starts).
+        self.current: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("chaos", default=None)
+        #: The attempt of each (isolation, phase, receive): the phases of one receive share its plan.
+        self.attempts: dict[tuple[str, str, int], Attempt] = {}
+        #: Instances whose doomed isolation's current receive is throttled (its DescribeInstances fails,
+        #: for every isolation of the batch described in the same call).
+        self.doomed_now: set[str] = set()
         self.injected: Counter[str] = Counter()
         self.runs: Counter[str] = Counter()  # what each run of the worker (one per receive) ended with
         self.crashed: set[str] = set()
@@ -224,34 +232,39 @@ class Chaos:
         self.write_failed: set[str] = set()
 
     @contextlib.contextmanager
-    def attempt(self, job: Any, receive_count: int) -> Iterator[None]:
-        """Faults are on while the worker runs this job; a crash may be planned for it."""
-        crash_at = None
+    def attempt(self, job: Any, receive_count: int, phase: str) -> Iterator[None]:
+        """Faults are on while the worker works for this job; a crash may be planned for its receive."""
+        key = (job.isolation_id, phase, receive_count)
         with self.lock:
-            instance_id = job.target.instance_id
-            if instance_id in self.doomed_instances:
-                self.doomed.setdefault(instance_id, job.isolation_id)
-            doomed = self.doomed.get(instance_id) == job.isolation_id
-            if doomed and receive_count >= self.max_receive_count:
-                crash_at, doomed = DOOMED_CRASH, False
-            elif job.isolation_id not in self.crashed and self.rng.random() < CRASH_PROBABILITY:
-                crash_at = self.rng.choice(CRASH_POINTS)
-        self.note(job.isolation_id, f"receive {receive_count}")
-        self.local.attempt = Attempt(job.isolation_id, crash_at, doomed)
+            attempt = self.attempts.get(key)
+            if attempt is None:
+                crash_at = None
+                instance_id = job.target.instance_id
+                if instance_id in self.doomed_instances and phase == "containment":
+                    self.doomed.setdefault(instance_id, job.isolation_id)
+                doomed = self.doomed.get(instance_id) == job.isolation_id and phase == "containment"
+                if doomed and receive_count >= self.max_receive_count:
+                    crash_at, doomed = DOOMED_CRASH, False
+                elif job.isolation_id not in self.crashed and self.rng.random() < CRASH_PROBABILITY:
+                    crash_at = self.rng.choice(CRASH_POINTS)
+                (self.doomed_now.add if doomed else self.doomed_now.discard)(instance_id)
+                attempt = self.attempts[key] = Attempt(job.isolation_id, crash_at, doomed)
+                self.trace.setdefault(job.isolation_id, []).append(f"{phase} receive {receive_count}")
+        token = self.current.set(attempt)
         try:
             yield
         finally:
-            self.local.attempt = None
+            self.current.reset(token)
 
     @contextlib.contextmanager
     def release_attempt(self, isolation_id: str, receive_count: int) -> Iterator[None]:
         """Faults (never a crash) are on while the worker runs this release."""
         self.note(isolation_id, f"release receive {receive_count}")
-        self.local.attempt = Attempt(isolation_id, None)
+        token = self.current.set(Attempt(isolation_id, None))
         try:
             yield
         finally:
-            self.local.attempt = None
+            self.current.reset(token)
 
     def ran(self, job: Any, outcome: str) -> None:
         self.ran_on(job.isolation_id, outcome)
@@ -266,8 +279,8 @@ class Chaos:
             self.trace.setdefault(isolation_id, []).append(event)
 
     def __call__(self, event_name: str = "", params: Any = None, **_: Any) -> None:
-        attempt: Attempt | None = getattr(self.local, "attempt", None)
-        if attempt is None:  # not the worker running an isolation
+        attempt = self.current.get()
+        if attempt is None:  # not the worker working for an isolation
             return
         _, service, operation = event_name.split(".", 2)
         call = f"{service}.{operation}"
@@ -281,7 +294,7 @@ class Chaos:
         real = call
         if call == "dynamodb.UpdateItem":
             call = "dynamodb.slot" if key.startswith("instance#") else "dynamodb.record"
-        fault = self._fault(attempt, call, real, str(params.get("RoleArn", "")))
+        fault = self._fault(attempt, call, real, str(params.get("RoleArn", "")), params.get("InstanceIds"))
         if fault is None:
             return
         if isinstance(fault, WorkerCrash):
@@ -293,13 +306,15 @@ class Chaos:
                 self.write_failed.add(key)
         raise fault.error(operation)
 
-    def _fault(self, attempt: Attempt, call: str, real: str, role_arn: str) -> Fault | WorkerCrash | None:
+    def _fault(
+        self, attempt: Attempt, call: str, real: str, role_arn: str, instance_ids: Any
+    ) -> Fault | WorkerCrash | None:
         with self.lock:
             if attempt.crash_at == (call, attempt.calls[call]):
                 self.crashed.add(attempt.isolation_id)
                 self.injected["worker crash"] += 1
                 return WorkerCrash(f"{call} #{attempt.calls[call]} of {attempt.isolation_id}")
-            if attempt.doomed and call == "ec2.DescribeInstances":
+            if call == "ec2.DescribeInstances" and set(instance_ids or ()) & self.doomed_now:
                 self.injected[
                     f"{THROTTLED_EC2.code} {THROTTLED_EC2.status} (every receive but the last)"
                 ] += 1
@@ -634,23 +649,25 @@ def dead_letters(stack: LocalStack) -> list[str]:
     assert stack.provisioned is not None
     sqs = stack.client("sqs")
     bodies: dict[str, str] = {}
-    for _ in range(50):
-        messages = sqs.receive_message(
-            QueueUrl=stack.provisioned.dead_letter_queue_url, MaxNumberOfMessages=10, VisibilityTimeout=300
-        ).get("Messages", [])
-        if not messages:
-            break
-        bodies.update((m["MessageId"], m["Body"]) for m in messages)
+    for queue in (stack.provisioned.dead_letter_queue_url, stack.provisioned.follow_up_dead_letter_queue_url):
+        for _ in range(50):
+            messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, VisibilityTimeout=300).get(
+                "Messages", []
+            )
+            if not messages:
+                break
+            bodies.update((m["MessageId"], m["Body"]) for m in messages)
     return list(bodies.values())
 
 
 def settle(stack: LocalStack, *, timeout: float) -> float:
-    """Seconds until nothing can change any more: the queue empty (no message visible, in flight or
+    """Seconds until nothing can change any more: both queues empty (no message visible, in flight or
     delayed) three times in a row. A record still QUEUED or IN_PROGRESS then has nothing to end it."""
     begun = time.monotonic()
     quiet = 0
     while time.monotonic() - begun < timeout and quiet < 3:
-        quiet = quiet + 1 if stack.queue_depth() == 0 else 0
+        idle = stack.queue_depth() == 0 and stack.queue_depth(follow_up=True) == 0
+        quiet = quiet + 1 if idle else 0
         time.sleep(0.5)
     return time.monotonic() - begun
 
@@ -691,7 +708,7 @@ def test_chaos(
         import worker.runner
         from shared import aws
         from shared.config import worker_settings
-        from shared.models import trigger_isolation_id
+        from shared.models import FollowUpMessage, trigger_isolation_id
         from shared.store import IsolationStore, Joined
         from worker.messages import parse, release_of
         from worker.release import ReleaseAttempt
@@ -700,12 +717,12 @@ def test_chaos(
         settings = worker_settings()
         max_receive = settings.MAX_RECEIVE_COUNT
         sqs = stack.client("sqs")
-        queue = stack.provisioned.queue_url
-        redrive = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["RedrivePolicy"])["Attributes"]
-        assert int(json.loads(redrive["RedrivePolicy"])["maxReceiveCount"]) == max_receive == 5
-        sqs.set_queue_attributes(
-            QueueUrl=queue, Attributes={"VisibilityTimeout": str(VISIBILITY_TIMEOUT_SECONDS)}
-        )
+        for queue in (stack.provisioned.queue_url, stack.provisioned.follow_up_queue_url):
+            redrive = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["RedrivePolicy"])["Attributes"]
+            assert int(json.loads(redrive["RedrivePolicy"])["maxReceiveCount"]) == max_receive == 5
+            sqs.set_queue_attributes(
+                QueueUrl=queue, Attributes={"VisibilityTimeout": str(VISIBILITY_TIMEOUT_SECONDS)}
+            )
         monkeypatch.setattr(worker.runner, "LEASE_SECONDS", LEASE_SECONDS)
 
         # Three member accounts; one instance of each is terminated, two made-up ids per account.
@@ -744,22 +761,25 @@ def test_chaos(
         planned_releases = [release for batch in releases.values() for release in batch]
         for release in planned_releases:
             release.before = observed_state(instance_clients(release.instance), release.instance.instance_id)
-        real_run = worker.runner.Attempt.run
         real_release = ReleaseAttempt.run
+        real_acting = worker.runner._Receive.acting
+        real_conclude = worker.runner._Receive.conclude
+        real_settle = worker.runner._Receive.settle
         real_create = IsolationStore.create_queued
 
-        def run_attempt(attempt: Any) -> Any:
-            job = attempt.record
-            with chaos.attempt(job, attempt.receive_count):
+        @contextlib.contextmanager
+        def acting(receive: Any) -> Iterator[None]:
+            job = receive.record
+            phase = "follow-up" if isinstance(receive, worker.runner.FollowUp) else "containment"
+            with chaos.attempt(job, receive.receive_count, phase), real_acting(receive):
                 try:
-                    outcome = real_run(attempt)
+                    yield
                 except WorkerCrash:
                     chaos.ran(job, "crashed")
                     raise
-                except Exception as exc:
-                    chaos.ran(job, f"retry ({getattr(exc, 'code', type(exc).__name__)})")
-                    raise
-            chaos.ran(job, outcome.value)
+
+        def conclude(receive: Any, outcome: Any) -> Any:
+            chaos.ran(receive.record, real_conclude(receive, outcome).value)
             return outcome
 
         def run_release(attempt: Any) -> Any:
@@ -773,6 +793,13 @@ def test_chaos(
             chaos.ran_on(isolation_id, f"release {outcome.value}")
             return outcome
 
+        def settle_receive(receive: Any, exc: Exception) -> Any:
+            try:
+                return real_settle(receive, exc)
+            except Exception as error:
+                chaos.ran(receive.record, f"retry ({getattr(error, 'code', type(error).__name__)})")
+                raise
+
         def create_queued(store: IsolationStore, record: Any, **kwargs: Any) -> Any:
             created = real_create(store, record, **kwargs)
             if isinstance(created, Joined):
@@ -780,8 +807,10 @@ def test_chaos(
                     chaos.joined[record.isolation_id] = created.isolation_id
             return created
 
-        monkeypatch.setattr(worker.runner.Attempt, "run", run_attempt)
         monkeypatch.setattr(ReleaseAttempt, "run", run_release)
+        monkeypatch.setattr(worker.runner._Receive, "acting", acting)
+        monkeypatch.setattr(worker.runner._Receive, "conclude", conclude)
+        monkeypatch.setattr(worker.runner._Receive, "settle", settle_receive)
         monkeypatch.setattr(IsolationStore, "create_queued", create_queued)
         remove_hook = aws.add_event_hook("before-parameter-build", chaos)
         try:
@@ -852,7 +881,7 @@ def test_chaos(
         # --- every request ends ISOLATED, FAILED or SKIPPED; nothing QUEUED or IN_PROGRESS ----------
         for record in records.values():
             expect(record["status"] in TERMINAL, f"record {record['status']} after {settled:.0f} s", record)
-        expect(stack.queue_depth() == 0, "messages left on the queue")
+        expect(stack.queue_depth() + stack.queue_depth(follow_up=True) == 0, "messages left on the queues")
 
         outcomes: dict[int, dict[str, Any]] = {}
         for request in requests:
@@ -888,7 +917,7 @@ def test_chaos(
                     record["status"] == "FAILED"
                     and (
                         error.get("code") in (EXPECTED_FAILURE[target.kind], "RoleNotAssumable")
-                        or str(error.get("message", "")).startswith("gave up after")
+                        or "gave up after" in str(error.get("message", ""))
                     ),
                     f"a {target.kind} instance's isolation did not fail as it should",
                     record,
@@ -935,7 +964,12 @@ def test_chaos(
         # isolation ended ISOLATED may come back until its receives run out. Its record says what is so.
         for body in dlq:
             asked = release_of(body)
-            [job] = [asked] if asked is not None else parse(body)
+            if asked is not None:
+                [job] = [asked]
+            elif "follow-up" in body:
+                [job] = [FollowUpMessage.model_validate_json(body).record()]
+            else:
+                [job] = parse(body)
             record = records.get(job.isolation_id) or {}
             expect(
                 record.get("status") in TERMINAL, "a message in the DLQ whose record has not ended", record

@@ -365,6 +365,7 @@ def test_worker_settings_defaults_match_the_templates(sam_template, member_templ
             {
                 "TABLE_NAME": "t",
                 "QUEUE_URL": "q",
+                "FOLLOW_UP_QUEUE_URL": "f",
                 "TARGET_ROLE_NAME": "r",
                 setting: str(central[parameter]["Default"]),
             }
@@ -380,7 +381,11 @@ def test_the_managed_tag_of_the_conditions_is_the_one_the_worker_writes() -> Non
 
 @pytest.mark.parametrize(
     ("function", "settings_class"),
-    [("IngestFunction", "IngestSettings"), ("WorkerFunction", "WorkerSettings")],
+    [
+        ("IngestFunction", "IngestSettings"),
+        ("WorkerFunction", "WorkerSettings"),
+        ("FollowUpFunction", "WorkerSettings"),
+    ],
 )
 def test_function_environment_fits_its_settings(deployed, function: str, settings_class: str) -> None:
     # Given the environment the template gives a function (defaults resolved)

@@ -29,6 +29,7 @@ WORKER_ACTIONS = {
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
     "sqs:GetQueueAttributes",
+    "sqs:SendMessage",
     "dynamodb:GetItem",
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
@@ -50,47 +51,79 @@ def _of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
     return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
 
 
-def _worker_mapping(transformed: dict[str, Any]) -> dict[str, Any]:
+#: Each queue with its function, its dead-letter queue and its concurrency parameter.
+CONSUMERS = [
+    ("IsolationQueue", "WorkerFunction", "IsolationDeadLetterQueue", "WorkerMaxConcurrency"),
+    ("FollowUpQueue", "FollowUpFunction", "FollowUpDeadLetterQueue", "FollowUpMaxConcurrency"),
+]
+
+
+def _mapping(transformed: dict[str, Any], function: str) -> dict[str, Any]:
     mappings = [
         r["Properties"]
         for r in _of_type(transformed, "AWS::Lambda::EventSourceMapping").values()
-        if r["Properties"]["FunctionName"] == {"Ref": "WorkerFunctionAliaslive"}
+        if r["Properties"]["FunctionName"] == {"Ref": f"{function}Aliaslive"}
     ]
     assert len(mappings) == 1
     return mappings[0]
 
 
-def test_worker_reads_the_queue_with_partial_batch_failures(transformed: dict[str, Any]) -> None:
-    # Given the worker's event source mapping as SAM generates it
-    mapping = _worker_mapping(transformed)
-    # Then it reads the isolation queue, reports failed items one by one and has bounded concurrency
-    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["IsolationQueue", "Arn"]}
+@pytest.mark.parametrize(("queue", "function", "dlq", "concurrency"), CONSUMERS)
+def test_each_queue_is_read_by_its_function_with_partial_batch_failures(
+    transformed: dict[str, Any], queue: str, function: str, dlq: str, concurrency: str
+) -> None:
+    # Given the function's event source mapping as SAM generates it
+    mapping = _mapping(transformed, function)
+    # Then it reads its queue, reports failed items one by one and has its own bounded concurrency
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": [queue, "Arn"]}
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    assert mapping["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "WorkerMaxConcurrency"}}
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": {"Ref": concurrency}}
     assert mapping["BatchSize"] == 10
     assert mapping["MaximumBatchingWindowInSeconds"] == 0
 
 
-def test_queue_visibility_is_at_least_six_worker_timeouts(transformed: dict[str, Any]) -> None:
-    # Given the queue and the worker function
-    queue = transformed["Resources"]["IsolationQueue"]["Properties"]
-    worker = transformed["Resources"]["WorkerFunction"]["Properties"]
-    # Then a message stays hidden for at least 6 x the function's timeout (AWS's advice)
-    assert queue["VisibilityTimeout"] >= 6 * worker["Timeout"]
-
-
-def test_queue_redrives_to_the_dead_letter_queue(transformed: dict[str, Any]) -> None:
+def test_the_follow_up_runs_the_workers_code_and_role(transformed: dict[str, Any]) -> None:
+    # The member role trusts only the worker's role; the follow-up is the worker's other entry point
     resources = transformed["Resources"]
-    redrive = resources["IsolationQueue"]["Properties"]["RedrivePolicy"]
+    worker, follow_up = resources["WorkerFunction"]["Properties"], resources["FollowUpFunction"]["Properties"]
+    assert follow_up["Handler"] == "worker.app.follow_up_handler"
+    assert follow_up["Role"] == worker["Role"] == {"Fn::GetAtt": ["WorkerFunctionRole", "Arn"]}
+    assert follow_up["Environment"] == worker["Environment"]
+    assert worker["Environment"]["Variables"]["FOLLOW_UP_QUEUE_URL"] == {"Ref": "FollowUpQueue"}
+
+
+@pytest.mark.parametrize(("queue", "function", "dlq", "concurrency"), CONSUMERS)
+def test_queue_visibility_is_at_least_six_function_timeouts(
+    transformed: dict[str, Any], queue: str, function: str, dlq: str, concurrency: str
+) -> None:
+    # Then a message stays hidden for at least 6 x its function's timeout (AWS's advice)
+    properties = transformed["Resources"][queue]["Properties"]
+    assert properties["VisibilityTimeout"] >= 6 * transformed["Resources"][function]["Properties"]["Timeout"]
+
+
+@pytest.mark.parametrize(("queue", "function", "dlq", "concurrency"), CONSUMERS)
+def test_queue_redrives_to_its_dead_letter_queue_with_an_alarm(
+    transformed: dict[str, Any], queue: str, function: str, dlq: str, concurrency: str
+) -> None:
+    resources = transformed["Resources"]
+    redrive = resources[queue]["Properties"]["RedrivePolicy"]
     # Then after MaxReceiveCount receives a message moves to the DLQ, which keeps it 14 days
     assert redrive == {
-        "deadLetterTargetArn": {"Fn::GetAtt": ["IsolationDeadLetterQueue", "Arn"]},
+        "deadLetterTargetArn": {"Fn::GetAtt": [dlq, "Arn"]},
         "maxReceiveCount": {"Ref": "MaxReceiveCount"},
     }
-    assert resources["IsolationDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"] == 1209600
-    assert resources["IsolationQueue"]["Properties"]["MessageRetentionPeriod"] == 1209600
-    for name in ("IsolationQueue", "IsolationDeadLetterQueue"):
+    assert resources[dlq]["Properties"]["MessageRetentionPeriod"] == 1209600
+    assert resources[queue]["Properties"]["MessageRetentionPeriod"] == 1209600
+    for name in (queue, dlq):
         assert resources[name]["Properties"]["SqsManagedSseEnabled"] is True
+    # And an alarm watches the DLQ
+    alarms = [
+        r["Properties"]
+        for r in _of_type(transformed, "AWS::CloudWatch::Alarm").values()
+        if r["Properties"].get("Dimensions")
+        == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [dlq, "QueueName"]}}]
+    ]
+    assert len(alarms) == 1 and alarms[0]["MetricName"] == "ApproximateNumberOfMessagesVisible"
 
 
 def test_worker_environment_carries_max_receive_count(deployed) -> None:
@@ -107,7 +140,13 @@ def test_every_function_logs_to_its_own_group_with_retention(deployed) -> None:
     stack = deployed()
     resources = stack["Resources"]
     functions = _of_type(stack, "AWS::Lambda::Function")
-    assert set(functions) == {"IngestFunction", "WorkerFunction", "TamperFunction", "SweeperFunction"}
+    assert set(functions) == {
+        "IngestFunction",
+        "WorkerFunction",
+        "TamperFunction",
+        "FollowUpFunction",
+        "SweeperFunction",
+    }
     for name, function in functions.items():
         properties = function["Properties"]
         # Then its log group is declared, named after the function, and expires
@@ -116,7 +155,8 @@ def test_every_function_logs_to_its_own_group_with_retention(deployed) -> None:
         assert group["Type"] == "AWS::Logs::LogGroup"
         assert group["Properties"]["LogGroupName"] == f"/aws/lambda/{properties['FunctionName']}"
         assert group["Properties"]["RetentionInDays"] == 365
-        # And the function's role may write there and nowhere else
+        # And the function's role may write there and nowhere else (but to the groups of the other
+        # functions of that role: the worker's two entry points)
         role = resources[properties["Role"]["Fn::GetAtt"][0]]
         log_statements = [
             s
@@ -127,7 +167,7 @@ def test_every_function_logs_to_its_own_group_with_retention(deployed) -> None:
                 for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
             )
         ]
-        # (the tamper function shares the worker's role: member accounts trust that one role)
+        # (the tamper and follow-up functions share the worker's role: member accounts trust that one role)
         sharing = [
             f["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
             for f in functions.values()
@@ -238,7 +278,11 @@ def test_worker_permissions_are_exactly_its_calls(transformed: dict[str, Any], h
             assert statement["Resource"] == [
                 {"Fn::GetAtt": ["IsolationQueue", "Arn"]},
                 {"Fn::GetAtt": ["TamperQueue", "Arn"]},
+                {"Fn::GetAtt": ["FollowUpQueue", "Arn"]},
             ]
+        if "sqs:SendMessage" in actions:  # the hand-over to the follow-up phase, nothing else
+            assert actions == {"sqs:SendMessage"}
+            assert statement["Resource"] == {"Fn::GetAtt": ["FollowUpQueue", "Arn"]}
         if any(a.startswith("dynamodb:") for a in actions):
             assert statement["Resource"] in (
                 {"Fn::GetAtt": ["IsolationTable", "Arn"]},
@@ -311,7 +355,10 @@ def test_sweeper_runs_every_minute_peeks_the_dlq_and_queries_its_index_only(
     for statement in helpers.policy_statements(role):
         actions = set(helpers.as_list(statement["Action"]))
         if "sqs:ReceiveMessage" in actions:
-            assert statement["Resource"] == {"Fn::GetAtt": ["IsolationDeadLetterQueue", "Arn"]}
+            assert statement["Resource"] == [
+                {"Fn::GetAtt": ["IsolationDeadLetterQueue", "Arn"]},
+                {"Fn::GetAtt": ["FollowUpDeadLetterQueue", "Arn"]},
+            ]
         if "dynamodb:Query" in actions:
             assert statement["Resource"] == {"Fn::Sub": "${IsolationTable.Arn}/index/by-final-lease"}
     (schedule,) = [r for r in resources.values() if r["Type"] == "AWS::Scheduler::Schedule"]
@@ -397,6 +444,8 @@ def test_outputs(deployed) -> None:
         "DeadLetterQueueUrl",
         "TamperQueueUrl",
         "TamperDeadLetterQueueUrl",
+        "FollowUpQueueUrl",
+        "FollowUpDeadLetterQueueUrl",
         "TableName",
         "WorkerRoleArn",
         "EventBusArn",

@@ -14,11 +14,13 @@ from tests.support.crashes import die_on_the_last_receive, time_passes
 
 from local_stack.sample_events import guardduty_finding
 
-#: Where the worker dies, as the first call it would make at that point.
+#: Where the worker dies, as the first call it would make at that point (the last two are the
+#: follow-up's: the containment ended well, the follow-up dies on its own message's last receive).
 CRASH_POINTS = {
     "before anything": "sts.AssumeRole",
     "before the attempt's first write": "ec2.DescribeInstances",
     "after the first write, before the cut": "ec2.ModifyNetworkInterfaceAttribute",
+    "after the cut, before the credentials deny": "iam.GetInstanceProfile",
     "after the cut": "ec2.DescribeIamInstanceProfileAssociations",
     "at the last step": "ec2.CreateTags",
     # a trigger's first transaction writes its record; a webhook's is the final write
@@ -40,7 +42,7 @@ def test_a_worker_killed_anywhere_in_the_last_receive_is_swept_and_a_redrive_fin
         stack.send(
             guardduty_finding(account_id=member.account_id, region=member.region, instance_id=instance)
         )
-    die_on_the_last_receive(stack, faults, CRASH_POINTS[point])
+    in_follow_up = die_on_the_last_receive(stack, faults, CRASH_POINTS[point])
 
     # When the attempt's lease has expired and the sweeper runs
     time_passes(monkeypatch)
@@ -53,14 +55,16 @@ def test_a_worker_killed_anywhere_in_the_last_receive_is_swept_and_a_redrive_fin
     assert record["error"]["code"] in ("WorkerLost", "DeadLettered")
     assert record["isolation_id"] in swept["lost"] + swept["dead_lettered"]
     assert "redrive" in record["error"]["message"]
-    [dead] = stack.dead_letters()
+    if in_follow_up:
+        assert record["contained_at"] is not None
+    [dead] = stack.dead_letters(follow_up=in_follow_up)
 
     # And a second run finds nothing more to do
     again = stack.sweep()
     assert again["lost"] == [] and again["dead_lettered"] == []
 
-    # When the DLQ message is redriven
-    stack.send(dead["Body"])
+    # When the DLQ message is redriven to its queue
+    stack.redrive(dead, follow_up=in_follow_up)
     stack.drain()
 
     # Then the same isolation resumes and ends ISOLATED

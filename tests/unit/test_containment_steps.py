@@ -21,7 +21,9 @@ from worker.steps import StepContext
 from worker.steps.credentials import POLICY_NAME, DenyInstanceCredentials, policy_document
 from worker.steps.instance_state import EnableStopProtection, EnableTerminationProtection, StopOnShutdown
 
-SETTINGS = WorkerSettings(TABLE_NAME="t", QUEUE_URL="q", TARGET_ROLE_NAME="r", CONSISTENCY_WAIT_SECONDS=1)
+SETTINGS = WorkerSettings(
+    TABLE_NAME="t", QUEUE_URL="q", FOLLOW_UP_QUEUE_URL="f", TARGET_ROLE_NAME="r", CONSISTENCY_WAIT_SECONDS=1
+)
 PROFILE = "arn:aws:iam::111122223333:instance-profile/app"
 OTHER = "arn:aws:ec2:eu-west-1:111122223333:instance/i-0aaaaaaaaaaaaaaaa"
 

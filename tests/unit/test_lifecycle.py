@@ -15,7 +15,7 @@ from moto import mock_aws
 
 from shared import lifecycle
 from shared.errors import error_code
-from shared.lifecycle import FINAL, Status, Transition
+from shared.lifecycle import FINAL, FOLLOW_UP, Status, Transition
 from shared.models import IsolationRecord, Source, Target
 from shared.store import IsolationStore
 from shared.store.dynamo import Write, key, serialize
@@ -32,14 +32,19 @@ LEASES: dict[str, dict[str, Any]] = {
 
 
 def states() -> Iterator[tuple[str, dict[str, Any]]]:
-    for status, resumable, lease, final in itertools.product(Status, (False, True), LEASES, (False, True)):
+    for status, resumable, lease, final, handed_over in itertools.product(
+        Status, (False, True), LEASES, (False, True), (False, True)
+    ):
         item: dict[str, Any] = {"status": status.value, **LEASES[lease]}
         if resumable:
             item["resumable"] = True
         if final:
             item["final_attempt"] = FINAL
+        if handed_over:
+            item["phase"] = FOLLOW_UP
         name = (
             f"{status.value}{' resumable' if resumable else ''}, {lease}{', last receive' if final else ''}"
+            f"{', follow-up' if handed_over else ''}"
         )
         yield name, item
     # Dry runs: every status and lease (never resumable here: the dimension is covered above).
@@ -150,10 +155,31 @@ def test_only_a_begun_dry_run_ends_checked() -> None:
 
 
 def test_a_worker_is_lost_only_in_a_begun_last_attempt_whose_lease_expired() -> None:
+    # (in either phase: a follow-up on its last receive is watched like a containment)
     assert allowed_from(lifecycle.END_LOST) == {
-        "IN_PROGRESS, expired lease, last receive",
-        "IN_PROGRESS resumable, expired lease, last receive",
+        f"IN_PROGRESS{resumable}, expired lease, last receive{phase}"
+        for resumable in ("", " resumable")
+        for phase in ("", ", follow-up")
     }
+
+
+def test_only_the_containment_attempt_holding_the_lease_hands_over() -> None:
+    allowed = allowed_from(lifecycle.HAND_OVER)
+    assert allowed and all(
+        name.startswith("IN_PROGRESS") and "live lease of this attempt" in name for name in allowed
+    )
+    assert "IN_PROGRESS, live lease of this attempt" in allowed
+
+
+def test_a_follow_up_begins_only_once_handed_over_and_not_held_by_another_attempt() -> None:
+    allowed = allowed_from(lifecycle.BEGIN_FOLLOW_UP)
+    assert allowed and all(name.endswith("follow-up") for name in allowed)
+    assert "IN_PROGRESS, no lease, follow-up" in allowed
+    assert "IN_PROGRESS, expired lease, last receive, follow-up" in allowed  # a lost follow-up's retry
+    assert "FAILED resumable, no lease, follow-up" in allowed  # a redrive of the follow-up DLQ
+    assert "IN_PROGRESS, live lease of another attempt, follow-up" not in allowed  # the containment's
+    assert "IN_PROGRESS, no lease" not in allowed  # not handed over yet
+    assert not any(name.startswith(("ISOLATED,", "SKIPPED,", "FAILED,")) for name in allowed)
 
 
 def test_a_dead_lettered_record_is_ended_only_while_no_attempt_holds_it() -> None:

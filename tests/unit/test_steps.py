@@ -20,7 +20,9 @@ from worker.steps.instance_state import EnableTerminationProtection, TagInstance
 from worker.steps.network import EnsureIsolationSecurityGroup, SwapSecurityGroups
 
 TARGET = Target(account_id="111122223333", region="eu-west-1", instance_id="i-0123456789abcdef0")
-SETTINGS = WorkerSettings(TABLE_NAME="t", QUEUE_URL="q", TARGET_ROLE_NAME="r", CONSISTENCY_WAIT_SECONDS=5)
+SETTINGS = WorkerSettings(
+    TABLE_NAME="t", QUEUE_URL="q", FOLLOW_UP_QUEUE_URL="f", TARGET_ROLE_NAME="r", CONSISTENCY_WAIT_SECONDS=5
+)
 
 
 def eni(eni_id: str, vpc_id: str, groups: tuple[str, ...]) -> NetworkInterfaceState:

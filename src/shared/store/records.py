@@ -47,7 +47,17 @@ RECENT_INDEX = "by-recent"
 LIST_SHARDS = 4
 
 # Attributes of a record item that are not part of the served record.
-_INTERNAL = ("pk", "lease_owner", "lease_until", "resumable", "final_attempt", "list_shard", "listed_at")
+_INTERNAL = (
+    "pk",
+    "lease_owner",
+    "lease_until",
+    "resumable",
+    "final_attempt",
+    "list_shard",
+    "listed_at",
+    "phase",
+    "unmet",
+)
 
 #: The codes of a record the sweeper ends (see `shared.lifecycle`).
 WORKER_LOST = "WorkerLost"
@@ -516,6 +526,92 @@ class IsolationStore(ReleaseWrites):
                 raise RecordEnded(_record(current)) from exc
             raise LeaseHeld(isolation_id) from exc
         return _record(deserialize(item))
+
+    def hand_over(
+        self,
+        isolation_id: str,
+        owner: str,
+        steps: list[StepRecord],
+        *,
+        unmet: ErrorInfo | None = None,
+    ) -> bool:
+        """`lifecycle.HAND_OVER`: the containment is done; the follow-up phase runs the record from now
+        on. Writes the containment's last steps, gives up the lease (and its last-receive mark: the
+        follow-up's own attempts are watched from now on) and keeps `unmet`, a part of the containment
+        that could not be put in place, for the follow-up to end the record with. False when this
+        attempt no longer holds the record (its lease expired and another attempt took it, or it ended).
+        """
+        write = Write(
+            "phase = :phase",
+            "updated_at = :stamp",
+            remove=("lease_owner", "lease_until", "final_attempt") + (() if unmet else ("unmet",)),
+            condition=lifecycle.HAND_OVER.guard,
+            params={"owner": owner},
+            phase=lifecycle.FOLLOW_UP,
+            stamp=steps[-1].at if steps else iso8601(utcnow()),
+        )
+        if steps:
+            write.set(
+                "steps = list_append(if_not_exists(steps, :empty), :step)",
+                empty=[],
+                step=[step.model_dump(mode="json") for step in steps],
+            )
+        if unmet is not None:
+            write.set("unmet = :unmet", unmet=unmet.model_dump())
+        try:
+            self.client.update_item(TableName=self.table_name, Key=key(isolation_id), **write.request())
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
+
+    def begin_follow_up(
+        self, isolation_id: str, *, owner: str, lease_seconds: int, final: bool = False
+    ) -> tuple[IsolationRecord, ErrorInfo | None]:
+        """`lifecycle.BEGIN_FOLLOW_UP`: take the lease of a handed-over record (IN_PROGRESS, or FAILED
+        resumable: a redrive of the follow-up DLQ). Returns the record and the containment's `unmet`.
+
+        Raises `RecordEnded` when there is nothing left to do, `RecordMissing` when there is no such
+        record, `LeaseHeld` while another attempt holds it or the containment has not handed it over.
+        """
+        now = time.time()
+        write = Write(
+            "#s = :running",
+            "updated_at = :stamp",
+            "lease_owner = :owner",
+            "lease_until = :until",
+            remove=("#e", "resumable") if final else ("#e", "resumable", "final_attempt"),
+            condition=lifecycle.BEGIN_FOLLOW_UP.guard,
+            params={"now": epoch(now), "owner": owner},
+            running=Status.IN_PROGRESS.value,
+            stamp=iso8601(utcnow()),
+            owner=owner,
+            until=epoch(now + lease_seconds),
+        )
+        if final:
+            write.set("final_attempt = :final", final=FINAL)
+        try:
+            item = self.client.update_item(
+                TableName=self.table_name,
+                Key=key(isolation_id),
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **write.request(),
+            )["Attributes"]
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            old = exc.response.get("Item")
+            current = deserialize(old) if old else self.item(isolation_id)
+            if current is None:
+                raise RecordMissing(isolation_id) from exc
+            if lifecycle.ended(current):
+                raise RecordEnded(_record(current)) from exc
+            raise LeaseHeld(isolation_id) from exc
+        stored = deserialize(item)
+        unmet = stored.get("unmet")
+        return _record(stored), ErrorInfo.model_validate(unmet) if unmet else None
 
     def end_attempt(self, isolation_id: str, owner: str, *, began: bool) -> None:
         """A retryable failure ends this attempt. One that `began` gives up its lease, so the retry need

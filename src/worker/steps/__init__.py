@@ -1,9 +1,11 @@
 """The step catalogue: the phases of an isolation, each an ordered tuple of steps.
 
-`CONTAINMENT` ends with the network cut (`contained_at` is set with it); `FOLLOW_UP` runs after it,
-starting with what must not wait: the instance's credentials denied on its role, and the instance out of
-Auto Scaling and its load balancers (before the failing health checks get it replaced). They rely on
-nothing but the described instance and the prior state, so they can move into the containment phase.
+`CONTAINMENT` is the network cut (`contained_at` is set with it), run for every instance of a batch at
+once. `HOLD` runs in the same invocation right after every cut of the batch: what an attacker or Auto
+Scaling can beat us to (the instance's credentials denied on its role; the instance out of Auto Scaling
+and its load balancers, before the failing health checks get it replaced). `FOLLOW_UP` is everything
+else (the API cut, protection, evidence, labels): it runs later, from the isolation's own message on the
+follow-up queue, so that it never delays another instance's containment.
 `RELEASE` (`worker.steps.release`) undoes an isolation from the record's prior state.
 `required_permissions()` is what the member-account role must grant (tests/infra checks
 iam-execution-role.yml against it in both directions): the steps' actions, and a dry run's permission
@@ -28,6 +30,7 @@ from worker.steps.release import RELEASE
 __all__ = [
     "CONTAINMENT",
     "FOLLOW_UP",
+    "HOLD",
     "PLAN",
     "RELEASE",
     "Step",
@@ -38,10 +41,14 @@ __all__ = [
 
 #: Containment: the network cut, first and fast.
 CONTAINMENT: tuple[type[Step], ...] = (network.EnsureIsolationSecurityGroup, network.SwapSecurityGroups)
-#: Then the stolen credentials, Auto Scaling and load balancers, the API cut, protection, evidence, labels.
-FOLLOW_UP: tuple[type[Step], ...] = (
+#: Right after every cut of the batch, in the same invocation: the stolen credentials, Auto Scaling and
+#: load balancers.
+HOLD: tuple[type[Step], ...] = (
     credentials.DenyInstanceCredentials,
     load_balancing.LeaveAutoScalingAndLoadBalancers,
+)
+#: From the follow-up queue: the API cut, protection, evidence, labels.
+FOLLOW_UP: tuple[type[Step], ...] = (
     instance_profile.SwapInstanceProfile,
     instance_state.StopOnShutdown,
     instance_state.KeepVolumes,
@@ -51,7 +58,7 @@ FOLLOW_UP: tuple[type[Step], ...] = (
     instance_state.TagInstance,
 )
 #: The order of an isolation.
-PLAN: tuple[type[Step], ...] = CONTAINMENT + FOLLOW_UP
+PLAN: tuple[type[Step], ...] = CONTAINMENT + HOLD + FOLLOW_UP
 
 
 def required_permissions() -> frozenset[str]:

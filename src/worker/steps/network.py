@@ -7,11 +7,16 @@ AWS behaviour this respects:
   DescribeSecurityGroups shows, not an assumed shape;
 - right after CreateSecurityGroup other calls may answer `InvalidGroup.NotFound` for a while;
 - `ModifyInstanceAttribute(Groups=...)` fails on multi-ENI instances: set groups per interface.
+
+A batch contains its instances at once (`worker.batch`): the group of a VPC is found or created by one
+thread while the others of that VPC wait for it, and the interfaces of an instance are cut concurrently.
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -28,11 +33,19 @@ _NOT_YET = frozenset({"InvalidGroup.NotFound"})
 # Warm-Lambda cache of isolation group ids: (account, region, vpc, group name) -> group id.
 _groups: dict[tuple[str, str, str, str], str] = {}
 _groups_lock = threading.Lock()
+#: One lock per VPC's group: concurrent isolations in one VPC find or create its group once.
+_group_locks: dict[tuple[str, str, str, str], threading.Lock] = {}
 
 
 def forget_cached_groups() -> None:
     with _groups_lock:
         _groups.clear()
+        _group_locks.clear()
+
+
+def _group_lock(key: tuple[str, str, str, str]) -> threading.Lock:
+    with _groups_lock:
+        return _group_locks.setdefault(key, threading.Lock())
 
 
 def _cache_key(ctx: StepContext, vpc_id: str) -> tuple[str, str, str, str]:
@@ -54,17 +67,19 @@ class EnsureIsolationSecurityGroup(Step):
         repaired: list[str] = []
         reused: list[str] = []
         for vpc_id in ctx.instance.state.vpc_ids:
-            with _groups_lock:
-                cached = _groups.get(_cache_key(ctx, vpc_id))
-            # A tamper repair looks at the group itself: the call may have added a rule to it.
-            if cached is not None and ctx.source is not Source.TAMPER:
-                ctx.isolation_groups[vpc_id] = cached
-                reused.append(f"{cached} ({vpc_id})")
-                continue
-            group_id, was_created, revoked = self._ensure(ctx, vpc_id)
-            ctx.isolation_groups[vpc_id] = group_id
-            with _groups_lock:
-                _groups[_cache_key(ctx, vpc_id)] = group_id
+            key = _cache_key(ctx, vpc_id)
+            with _group_lock(key):
+                with _groups_lock:
+                    cached = _groups.get(key)
+                # A tamper repair looks at the group itself: the call may have added a rule to it.
+                if cached is not None and ctx.source is not Source.TAMPER:
+                    ctx.isolation_groups[vpc_id] = cached
+                    reused.append(f"{cached} ({vpc_id})")
+                    continue
+                group_id, was_created, revoked = self._ensure(ctx, vpc_id)
+                ctx.isolation_groups[vpc_id] = group_id
+                with _groups_lock:
+                    _groups[key] = group_id
             label = f"{group_id} ({vpc_id})"
             if was_created:
                 created.append(f"{label}, {revoked} default rule(s) revoked")
@@ -199,14 +214,26 @@ class SwapSecurityGroups(Step):
         changed: list[str] = []
         unchanged: list[str] = []
         state = ctx.instance.state
+        cuts: list[tuple[str, str, str]] = []
         for interface in state.network_interfaces:
             vpc_id = state.vpc_of(interface)
             group_id = ctx.isolation_groups[vpc_id]
             if interface.security_group_ids == [group_id]:
                 unchanged.append(interface.id)
                 continue
-            self._set(ctx, interface.id, vpc_id, group_id)
+            cuts.append((interface.id, vpc_id, group_id))
             changed.append(f"{interface.id} [{', '.join(interface.security_group_ids) or '-'}] -> {group_id}")
+        if len(cuts) > 1:
+            # Every interface at once: the last cut, not the sum of them, is when the instance is contained.
+            with ThreadPoolExecutor(max_workers=len(cuts), thread_name_prefix="cut") as pool:
+
+                def cut_one(cut: tuple[str, str, str]) -> None:
+                    self._set(ctx, *cut)
+
+                for done in [pool.submit(contextvars.copy_context().run, cut_one, cut) for cut in cuts]:
+                    done.result()
+        elif cuts:
+            self._set(ctx, *cuts[0])
         if changed:
             tail = f"; already isolated: {', '.join(unchanged)}" if unchanged else ""
             return StepRecord.done(self.name, "; ".join(changed) + tail)

@@ -1,0 +1,175 @@
+"""The containment of a whole batch, phase by phase, every isolation of a phase at once (threads).
+
+1. open every message's record (a trigger's is written now; joins, coalescing, the blast radius);
+2. describe the batch's instances: one AssumeRole (cached) and one DescribeInstances per account and
+   region;
+3. begin each: the prior state written before any change;
+4. cut every interface of every instance (the isolation group of each VPC found or created once) and
+   write each record's `contained_at`;
+5. then, every instance being cut, the credentials deny and the Auto Scaling and load balancer detach,
+   and the hand-over: one message per isolation on the follow-up queue (one SendMessageBatch per ten).
+
+An isolation whose phase raises leaves the later phases (the others go on); its exception is settled by
+`Attempt.settle` at the end, so one message of a batch never fails another. An exception that is not an
+`Exception` (the environment dying) stops the invocation, as in Lambda.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import groupby
+from typing import TypeVar
+
+from shared.aws import same_account_client
+from shared.errors import PermanentError, RetryableError
+from shared.models import FollowUpMessage
+from worker.instance import describe_many
+from worker.runner import Attempt, Outcome, WorkerDeps
+
+#: At most this many threads per phase (a batch is at most 10 messages; a Security Hub action may ask
+#: for more isolations in one).
+MAX_THREADS = 16
+#: SendMessageBatch takes at most ten messages.
+SQS_BATCH = 10
+
+T = TypeVar("T")
+
+
+def contain(attempts: Sequence[Attempt], deps: WorkerDeps) -> list[Outcome | Exception]:
+    """Contain every isolation of the batch; each attempt's outcome, or the error its message fails
+    with (already recorded: `Attempt.settle`)."""
+    results: dict[int, Outcome | Exception] = {}
+    live = list(attempts)
+    live = _each(live, results, lambda attempt: attempt.open())
+    live = _describe(live, results, deps)
+    live = _each(live, results, lambda attempt: attempt.begin())
+    live = _each(live, results, lambda attempt: attempt.contain())
+    live = _each(live, results, lambda attempt: attempt.hold(), together=_same_role)
+    _send_follow_ups(live, results, deps)
+    for attempt in live:
+        results.setdefault(id(attempt), Outcome.CONTAINED)
+    return [_settled(attempt, results[id(attempt)]) for attempt in attempts]
+
+
+def _settled(attempt: Attempt, result: Outcome | Exception) -> Outcome | Exception:
+    with attempt.acting():
+        if isinstance(result, Outcome):
+            return attempt.conclude(result)
+        try:
+            return attempt.settle(result)
+        except Exception as error:
+            return error
+
+
+def _each(
+    attempts: list[Attempt],
+    results: dict[int, Outcome | Exception],
+    phase: Callable[[Attempt], Outcome | None],
+    *,
+    together: Callable[[Attempt], object] = id,
+) -> list[Attempt]:
+    """Run `phase` for every attempt at once (attempts with the same `together` key one after another,
+    in one thread); the attempts that go on to the next phase."""
+
+    def run(group: list[Attempt]) -> list[Outcome | Exception | None]:
+        ran: list[Outcome | Exception | None] = []
+        for attempt in group:
+            with attempt.acting():
+                try:
+                    ran.append(phase(attempt))
+                except Exception as exc:
+                    ran.append(exc)
+        return ran
+
+    groups: dict[object, list[Attempt]] = {}
+    for attempt in attempts:
+        groups.setdefault(together(attempt), []).append(attempt)
+    outcomes: dict[int, object] = {}
+    for group, ran in zip(groups.values(), _map(run, list(groups.values())), strict=True):
+        assert isinstance(ran, list)
+        outcomes.update((id(attempt), result) for attempt, result in zip(group, ran, strict=True))
+    going = []
+    for attempt in attempts:
+        result = outcomes[id(attempt)]
+        if result is None:
+            going.append(attempt)
+        else:
+            assert isinstance(result, Outcome | Exception)
+            results[id(attempt)] = result
+    return going
+
+
+def _same_role(attempt: Attempt) -> object:
+    """Instances of one instance profile share its role, whose deny policy takes one writer at a time
+    (the role's lease): their credentials are denied one after another rather than wait on each other."""
+    ctx = attempt.ctx
+    profile = ctx.prior.instance_profile_arn if ctx is not None else None
+    return (attempt.record.account_id, profile) if profile else id(attempt)
+
+
+def _describe(
+    attempts: list[Attempt], results: dict[int, Outcome | Exception], deps: WorkerDeps
+) -> list[Attempt]:
+    """The role assumed and the instances described once per account and region."""
+
+    def key(attempt: Attempt) -> tuple[str, str]:
+        return attempt.record.account_id, attempt.record.region
+
+    groups = [list(group) for _, group in groupby(sorted(attempts, key=key), key=key)]
+
+    def describe_group(group: list[Attempt]) -> None:
+        target = group[0].record.target
+        try:
+            with group[0].acting():  # (one call for the group: its errors are every attempt's)
+                account = deps.session(target)
+                found = describe_many(account.client("ec2"), [attempt.record.target for attempt in group])
+        except Exception as exc:
+            for attempt in group:
+                results[id(attempt)] = exc
+            return
+        for attempt in group:
+            instance = found[attempt.record.instance_id]
+            if isinstance(instance, PermanentError):
+                results[id(attempt)] = instance
+            else:
+                attempt.account, attempt.instance = account, instance
+
+    _map(describe_group, groups)
+    return [attempt for attempt in attempts if id(attempt) not in results]
+
+
+def _send_follow_ups(
+    attempts: list[Attempt], results: dict[int, Outcome | Exception], deps: WorkerDeps
+) -> None:
+    """One message per handed-over isolation on the follow-up queue. One that cannot be sent fails its
+    attempt (retryable): the message comes back and the containment, all `already`, hands over again."""
+    sqs = same_account_client("sqs")
+    for start in range(0, len(attempts), SQS_BATCH):
+        chunk = attempts[start : start + SQS_BATCH]
+        entries = [
+            {"Id": str(i), "MessageBody": FollowUpMessage.of(attempt.record).model_dump_json()}
+            for i, attempt in enumerate(chunk)
+        ]
+        try:
+            answer = sqs.send_message_batch(QueueUrl=deps.settings.FOLLOW_UP_QUEUE_URL, Entries=entries)
+        except Exception as exc:
+            for attempt in chunk:
+                results[id(attempt)] = exc
+            continue
+        for failure in answer.get("Failed", []):
+            results[id(chunk[int(failure["Id"])])] = RetryableError(
+                "FollowUpNotQueued",
+                f"the follow-up could not be queued: {failure.get('Code')} {failure.get('Message', '')}".strip(),
+            )
+
+
+def _map(function: Callable[[T], object], items: Sequence[T]) -> list[object]:
+    """`function` over `items` at once; results in order. A BaseException (the environment dying) is
+    raised here, after the others finished, as Lambda would stop the whole invocation."""
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(items)), thread_name_prefix="contain") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, function, item) for item in items]
+        return [future.result() for future in futures]
