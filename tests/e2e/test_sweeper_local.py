@@ -16,11 +16,12 @@ from shared import aws
 
 pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(240)]
 
-#: Where the environment dies: before the attempt's first write, after the network cut, at the final write.
+#: Where the containment's environment dies: before the attempt's first write, after the network cut,
+#: between the hand-over and the follow-up's message (the record handed over, no follow-up queued).
 DEATHS = {
     "before the first write": "before-parameter-build.ec2.DescribeInstances",
-    "after the network cut": "before-parameter-build.ec2.DescribeIamInstanceProfileAssociations",
-    "at the final write": "before-parameter-build.dynamodb.TransactWriteItems",
+    "after the network cut": "before-parameter-build.auto-scaling.DescribeAutoScalingInstances",
+    "after the hand-over": "before-parameter-build.sqs.SendMessageBatch",
 }
 
 
@@ -94,7 +95,10 @@ def test_a_worker_dying_on_the_last_receive_is_swept_then_redriven(
     ]
     sqs.delete_message(QueueUrl=stack.provisioned.dead_letter_queue_url, ReceiptHandle=dead["ReceiptHandle"])
     sqs.send_message(QueueUrl=stack.provisioned.queue_url, MessageBody=dead["Body"])
+    assert stack.follow_up_source is not None
     while stack.event_source.poll_once(sqs, wait_seconds=1) is not None:
+        pass
+    while stack.follow_up_source.poll_once(sqs, wait_seconds=1) is not None:
         pass
 
     # Then the same isolation ends ISOLATED
