@@ -622,6 +622,10 @@ class FollowUp(_Receive):
         except RecordEnded as ended:
             logger.info("record already ended: nothing to follow up", extra={"status": ended.record.status})
             return Outcome.DUPLICATE
+        except RecordMissing:
+            # Not a record of this table (a message sent by hand): nothing to follow up, nothing to end.
+            logger.error("follow-up of an unknown isolation: acknowledged")
+            return Outcome.DUPLICATE
         except LeaseHeld as exc:
             raise RetryableError(
                 "IsolationInProgress", "another worker is running this isolation", wait="in-flight"
