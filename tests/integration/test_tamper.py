@@ -61,7 +61,8 @@ class TamperQueue:
         ).get("Messages", [])
 
     def work(self) -> list[str]:
-        """One invocation of the tamper function with what the queue holds; the successes deleted."""
+        """One invocation of the tamper function with what the queue holds; the successes deleted; then
+        the follow-up function on the repairs' follow-ups."""
         from worker.tamper_app import lambda_handler
 
         batch = self.messages()
@@ -73,6 +74,7 @@ class TamperQueue:
         for message in batch:
             if message["MessageId"] not in failed:
                 self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+        self.stack.follow_up()
         return [m["MessageId"] for m in batch if m["MessageId"] in failed]
 
 
