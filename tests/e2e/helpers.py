@@ -131,7 +131,7 @@ class ServedDemo:
 
 
 @contextlib.contextmanager
-def serve_demo(startup_seconds: float = 90) -> Iterator[ServedDemo]:
+def serve_demo(startup_seconds: float = 240) -> Iterator[ServedDemo]:
     port = free_port()
     key = secrets.token_hex(16)
     served = Served("--host", "127.0.0.1", "--port", str(port), "--api-key", key, "--seed-demo")

@@ -70,7 +70,7 @@ from local_stack.stack import LocalStack
 from local_stack.workloads import INSTANCES, DemoInstance, InstanceSpec
 from tests.e2e.helpers import DENY_POLICY, instance_clients, load_balanced, member_clients
 
-pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(720)]
 
 SEED = 20240611
 #: How long the run may take to settle once every request is in.

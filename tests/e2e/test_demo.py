@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.helpers import CLI, ROOT, subprocess_environment
 
-pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(100)]
+pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(330)]
 
 
 def test_demo_isolates_four_ways() -> None:
@@ -19,7 +19,7 @@ def test_demo_isolates_four_ways() -> None:
         [*CLI, "demo"],
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=300,
         env=subprocess_environment(),
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
