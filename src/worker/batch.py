@@ -41,16 +41,30 @@ def contain(attempts: Sequence[Attempt], deps: WorkerDeps) -> list[Outcome | Exc
     """Contain every isolation of the batch; each attempt's outcome, or the error its message fails
     with (already recorded: `Attempt.settle`)."""
     results: dict[int, Outcome | Exception] = {}
+    settled: dict[int, Outcome | Exception] = {}
+
+    def settle_the_fallen() -> None:
+        # An isolation that left the batch is settled at once, not at the batch's end: if the environment
+        # dies later in the batch (which returns every message of it), its outcome is on record already.
+        for attempt in attempts:
+            if id(attempt) in results and id(attempt) not in settled:
+                settled[id(attempt)] = _settled(attempt, results[id(attempt)])
+
     live = list(attempts)
-    live = _each(live, results, lambda attempt: attempt.open())
-    live = _describe(live, results, deps)
-    live = _each(live, results, lambda attempt: attempt.begin())
-    live = _each(live, results, lambda attempt: attempt.contain())
-    live = _each(live, results, lambda attempt: attempt.hold(), together=_same_role)
+    for phase in (
+        lambda going: _each(going, results, lambda attempt: attempt.open()),
+        lambda going: _describe(going, results, deps),
+        lambda going: _each(going, results, lambda attempt: attempt.begin()),
+        lambda going: _each(going, results, lambda attempt: attempt.contain()),
+        lambda going: _each(going, results, lambda attempt: attempt.hold(), together=_same_role),
+    ):
+        live = phase(live)
+        settle_the_fallen()
     _send_follow_ups(live, results, deps)
     for attempt in live:
         results.setdefault(id(attempt), Outcome.CONTAINED)
-    return [_settled(attempt, results[id(attempt)]) for attempt in attempts]
+    settle_the_fallen()
+    return [settled[id(attempt)] for attempt in attempts]
 
 
 def _settled(attempt: Attempt, result: Outcome | Exception) -> Outcome | Exception:

@@ -260,6 +260,13 @@ class _Receive:
             # The outcome could not be written (the service's own table): the message comes back,
             # and behind the last receive the sweeper finds it in the DLQ.
             logger.exception("could not record the outcome")
+            if not self.final:
+                # The lease goes back, best effort, so that the message's next receive runs rather than
+                # wait for it to expire (on the last receive it stays: the sweeper finds it expired).
+                try:
+                    self._end_attempt()
+                except Exception:
+                    logger.warning("could not give the lease back", exc_info=True)
             raise classify(unrecorded) from unrecorded
         if not isinstance(error, PermanentError):
             raise error from exc
