@@ -61,6 +61,14 @@ def deserialize(item: dict[str, Any]) -> dict[str, Any]:
     return {k: _value(v) for k, v in item.items()}
 
 
+class Refused(Exception):
+    """A conditional write whose condition did not hold; `current` is the item as it stood (None: no item)."""
+
+    def __init__(self, current: dict[str, Any] | None) -> None:
+        super().__init__("condition refused")
+        self.current = current
+
+
 def key(pk: str) -> dict[str, Any]:
     return {"pk": {"S": pk}}
 

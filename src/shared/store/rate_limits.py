@@ -19,11 +19,21 @@ _KEEP_SECONDS = 2 * 86400
 
 
 def budget_key(account_id: str, now: float) -> str:
-    return f"budget#{account_id}#{time.strftime('%Y-%m-%dT%H', time.gmtime(now))}"
+    return hourly_key("budget#", account_id, now)
 
 
 def take(table: str, account_id: str, *, now: float, limit: int) -> dict[str, Any]:
     """The transaction item that spends one isolation of the account's budget for this hour."""
+    return spend(table, budget_key(account_id, now), now=now, limit=limit)
+
+
+def hourly_key(prefix: str, subject: str, now: float) -> str:
+    """The item counting `subject`'s spending in the hour of `now`."""
+    return f"{prefix}{subject}#{time.strftime('%Y-%m-%dT%H', time.gmtime(now))}"
+
+
+def spend(table: str, pk: str, *, now: float, limit: int) -> dict[str, Any]:
+    """The transaction item that counts one more in the hourly counter `pk`, refused at `limit`."""
     write = Write(
         "started = if_not_exists(started, :zero) + :one",
         "expires_at = :expires",
@@ -35,7 +45,7 @@ def take(table: str, account_id: str, *, now: float, limit: int) -> dict[str, An
     )
     return {
         "TableName": table,
-        "Key": key(budget_key(account_id, now)),
+        "Key": key(pk),
         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         **write.request(),
     }

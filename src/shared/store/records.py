@@ -34,7 +34,7 @@ from shared.errors import error_code
 from shared.lifecycle import FINAL, FINAL_LEASE_INDEX, Status, Transition
 from shared.models import ErrorInfo, Evidence, IsolationRecord, PriorState, StepRecord, iso8601, utcnow
 from shared.store import idempotency, rate_limits, role_leases, slots, tamper_repairs
-from shared.store.dynamo import Write, deserialize, epoch, key, serialize
+from shared.store.dynamo import Refused, Write, deserialize, epoch, key, serialize
 from shared.store.idempotency import IdempotencyClaim, Replayed
 from shared.store.releases import ReleaseWrites
 
@@ -129,6 +129,15 @@ class RecordEnded(Exception):
 
 class RecordMissing(Exception):
     """No record with this id (a message that did not come through ingest)."""
+
+
+def _not_begun(isolation_id: str, current: dict[str, Any] | None) -> Exception:
+    """Why an attempt could not take a record's lease, from the record as the refused write read it."""
+    if current is None:
+        return RecordMissing(isolation_id)
+    if lifecycle.ended(current):
+        return RecordEnded(_record(current))
+    return LeaseHeld(isolation_id)
 
 
 class IsolationStore(ReleaseWrites):
@@ -508,24 +517,29 @@ class IsolationStore(ReleaseWrites):
         if evidence is not None:
             write.set("evidence = if_not_exists(evidence, :evidence)", evidence=evidence.model_dump())
         try:
-            item = self.client.update_item(
-                TableName=self.table_name,
-                Key=key(isolation_id),
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                **write.request(),
-            )["Attributes"]
+            item = self.update_record(isolation_id, write)
+        except Refused as refused:
+            raise _not_begun(isolation_id, refused.current) from refused
+        return _record(item)
+
+    def update_record(self, isolation_id: str, write: Write) -> dict[str, Any]:
+        """Apply a conditional `write` to the record; the item after it. A refused condition raises
+        `Refused` with the record as it stood (None: there is none)."""
+        try:
+            return deserialize(
+                self.client.update_item(
+                    TableName=self.table_name,
+                    Key=key(isolation_id),
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    **write.request(),
+                )["Attributes"]
+            )
         except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
             old = exc.response.get("Item")
-            current = deserialize(old) if old else self.item(isolation_id)
-            if current is None:
-                raise RecordMissing(isolation_id) from exc
-            if lifecycle.ended(current):
-                raise RecordEnded(_record(current)) from exc
-            raise LeaseHeld(isolation_id) from exc
-        return _record(deserialize(item))
+            raise Refused(deserialize(old) if old else self.item(isolation_id)) from exc
 
     def hand_over(
         self,
@@ -592,24 +606,9 @@ class IsolationStore(ReleaseWrites):
         if final:
             write.set("final_attempt = :final", final=FINAL)
         try:
-            item = self.client.update_item(
-                TableName=self.table_name,
-                Key=key(isolation_id),
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                **write.request(),
-            )["Attributes"]
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
-            old = exc.response.get("Item")
-            current = deserialize(old) if old else self.item(isolation_id)
-            if current is None:
-                raise RecordMissing(isolation_id) from exc
-            if lifecycle.ended(current):
-                raise RecordEnded(_record(current)) from exc
-            raise LeaseHeld(isolation_id) from exc
-        stored = deserialize(item)
+            stored = self.update_record(isolation_id, write)
+        except Refused as refused:
+            raise _not_begun(isolation_id, refused.current) from refused
         unmet = stored.get("unmet")
         return _record(stored), ErrorInfo.model_validate(unmet) if unmet else None
 

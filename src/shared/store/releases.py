@@ -24,7 +24,7 @@ from shared.errors import error_code
 from shared.lifecycle import FINAL, Status, Transition
 from shared.models import ErrorInfo, IsolationRecord, ReleaseInfo, StepRecord, iso8601, utcnow
 from shared.store import slots
-from shared.store.dynamo import Write, deserialize, epoch, key
+from shared.store.dynamo import Refused, Write, deserialize, epoch, key
 
 #: The error codes of a release that did not finish.
 SUPERSEDED = "Superseded"
@@ -82,6 +82,9 @@ class ReleaseWrites:
         raise NotImplementedError
 
     def as_record(self, item: dict[str, Any]) -> IsolationRecord:
+        raise NotImplementedError
+
+    def update_record(self, isolation_id: str, write: Write) -> dict[str, Any]:
         raise NotImplementedError
 
     def release_slot(self, record: IsolationRecord) -> None:
@@ -194,22 +197,13 @@ class ReleaseWrites:
         if final:
             write.set("final_attempt = :final", final=FINAL)
         try:
-            item = self.client.update_item(
-                TableName=self.table_name,
-                Key=key(isolation_id),
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                **write.request(),
-            )["Attributes"]
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
-            old = exc.response.get("Item")
-            current = deserialize(old) if old else self.item(isolation_id)
+            item = self.update_record(isolation_id, write)
+        except Refused as refused:
+            current = refused.current
             if current is None or current.get("status") != Status.RELEASING.value:
                 return None
-            raise LeaseHeld(isolation_id) from exc
-        return self.as_record(deserialize(item))
+            raise LeaseHeld(isolation_id) from refused
+        return self.as_record(item)
 
     def add_release_steps(self, isolation_id: str, steps: list[StepRecord]) -> None:
         write = Write(
