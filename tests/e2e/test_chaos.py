@@ -52,7 +52,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from queue import SimpleQueue
@@ -581,7 +581,9 @@ def _denied(iam: Any, instance: DemoInstance) -> bool:
     return instance.arn in document["Statement"][0]["Condition"]["ArnEquals"]["ec2:SourceInstanceARN"]
 
 
-def observe(instance: DemoInstance) -> Observed:
+def observe(instance: DemoInstance, earlier: Collection[str] = ()) -> Observed:
+    """The instance as it is. `earlier`: isolations of episodes that a release ended; the snapshots they
+    took are kept as evidence, and are no later isolation's doing."""
     ec2, iam = member_clients(instance)
     interfaces = ec2.describe_network_interfaces(NetworkInterfaceIds=instance.eni_ids)["NetworkInterfaces"]
     # moto's DescribeInstances lags a profile replacement: the associations are the truth.
@@ -614,7 +616,12 @@ def observe(instance: DemoInstance) -> Observed:
             m["Ebs"]["VolumeId"]: bool(m["Ebs"]["DeleteOnTermination"])
             for m in described["BlockDeviceMappings"]
         },
-        snapshot_volumes={snapshot["VolumeId"] for snapshot in snapshots},
+        snapshot_volumes={
+            snapshot["VolumeId"]
+            for snapshot in snapshots
+            if {tag["Key"]: tag["Value"] for tag in snapshot.get("Tags", [])}.get("ec2-isolation:id")
+            not in earlier
+        },
         denied=_denied(iam, instance),
         load_balanced=load_balanced(instance),
     )
@@ -1035,7 +1042,10 @@ def test_chaos(
                 instance,
                 since,
                 before[instance_id],
-                observe(instance),
+                observe(
+                    instance,
+                    earlier={r["isolation_id"] for r in history.get(instance_id, []) if r not in since},
+                ),
                 isolation_groups(instance, settings.ISOLATION_SG_NAME),
                 settings.ISOLATION_PROFILE_NAME,
                 unrecorded,
