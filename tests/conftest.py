@@ -243,7 +243,7 @@ class Stack:
             return {"batchItemFailures": []}
         try:
             response = handler(sqs_event(batch, arn), lambda_context())
-        except Exception:  # every record failed: Powertools raises, the whole batch comes back
+        except Exception:  # an invocation error: the whole batch comes back
             self.retrying.extend((url, m) for m in batch)
             return {"batchItemFailures": [{"itemIdentifier": m["MessageId"]} for m in batch], "raised": True}
         failed = failed_ids(response, [m["MessageId"] for m in batch])

@@ -2,7 +2,7 @@
 
 In Lambda each execution environment is a process of its own: it imports the handler once (the init
 phase), then runs one invocation at a time, and its module-level state (settings, clients, assumed-role
-sessions, Powertools' logger keys and batch processor) belongs to it alone. Another environment of the
+sessions, Powertools' logger keys) belongs to it alone. Another environment of the
 same function, or another function, never sees it. Two ways to run a function here:
 
 - `Processes`: that model. Up to `limit` environments, each a process started with `spawn` (a fresh

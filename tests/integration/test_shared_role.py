@@ -9,7 +9,6 @@ it back is widened (a few milliseconds after every GetRolePolicy), as a real IAM
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -56,23 +55,21 @@ def _fleet(stack: Stack, member: Member, faults: Faults, size: int) -> tuple[lis
 
 def _run_at_once(stack: Stack, size: int) -> None:
     """Every queued message handled at the same time, one thread each; then retries until done."""
-    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-
-    from worker.app import record_handler
+    from worker.app import contain_messages
+    from worker.sqs_batch import Message
 
     messages: list[dict[str, Any]] = []
     while len(messages) < size:
         batch = stack.receive()
         assert batch, f"{len(messages)} of {size} messages"
         messages.extend(batch)
-    records = [SQSRecord(raw) for raw in sqs_event(messages, stack.queue_arn)["Records"]]
+    one_each = [[Message.of(raw)] for raw in sqs_event(messages, stack.queue_arn)["Records"]]
 
-    def handle(record: SQSRecord) -> None:
-        with contextlib.suppress(Exception):  # retried through the queue, as Lambda would
-            record_handler(record)
+    def handle(batch: list[Message]) -> None:
+        contain_messages(batch)  # a failed message is retried through the queue, as Lambda would
 
     with ThreadPoolExecutor(max_workers=size) as pool:
-        list(pool.map(handle, records))
+        list(pool.map(handle, one_each))
     stack.sqs.purge_queue(QueueUrl=stack.queue_url)
     for message in messages:  # what failed comes back (a retry delay, over at once)
         stack.send(message["Body"])

@@ -27,7 +27,24 @@ FOREIGN = {
         "aws_lambda_powertools.utilities.batch",
         "aws_lambda_powertools.utilities.parser",
     ),
-    "worker.app": ("ingest", "sweeper", "aws_lambda_powertools.event_handler"),
+    # The partial batch response is the worker's own (`worker.sqs_batch`): no Powertools batch utility,
+    # whose import brings asyncio and the event data classes.
+    "worker.app": (
+        "ingest",
+        "sweeper",
+        "asyncio",
+        "aws_lambda_powertools.event_handler",
+        "aws_lambda_powertools.utilities.batch",
+        "aws_lambda_powertools.utilities.data_classes",
+    ),
+    "worker.tamper_app": (
+        "ingest",
+        "sweeper",
+        "asyncio",
+        "aws_lambda_powertools.event_handler",
+        "aws_lambda_powertools.utilities.batch",
+        "aws_lambda_powertools.utilities.data_classes",
+    ),
     # The sweeper reads dead-lettered messages with the worker's parser, and runs nothing of the worker.
     "sweeper.app": (
         "ingest",

@@ -157,21 +157,21 @@ def test_assume_role_denied_is_permanent_role_not_assumable() -> None:
 
 def test_retry_delays_come_from_the_settings() -> None:
     from shared.config import WorkerSettings
-    from worker.app import _retry_delay
+    from worker.sqs_batch import retry_delay
 
     settings = WorkerSettings(
         TABLE_NAME="t", QUEUE_URL="q", FOLLOW_UP_QUEUE_URL="f", TARGET_ROLE_NAME="r",
         RETRY_BASE_DELAY_SECONDS=10, CONSISTENCY_RETRY_SECONDS=15, IN_FLIGHT_RETRY_SECONDS=30,
     )  # fmt: skip
     # Exponential per receive, capped at SQS's 900 s
-    assert [_retry_delay(RetryableError("Throttling", "x"), settings, n) for n in (1, 2, 3, 8)] == [
+    assert [retry_delay(RetryableError("Throttling", "x"), settings, n) for n in (1, 2, 3, 8)] == [
         10,
         20,
         40,
         900,
     ]
     # Known causes wait their own time
-    assert _retry_delay(RetryableError("InvalidParameterValue", "x", wait="consistency"), settings, 3) == 15
-    assert _retry_delay(RetryableError("IsolationInProgress", "x", wait="in-flight"), settings, 1) == 30
+    assert retry_delay(RetryableError("InvalidParameterValue", "x", wait="consistency"), settings, 3) == 15
+    assert retry_delay(RetryableError("IsolationInProgress", "x", wait="in-flight"), settings, 1) == 30
     # An error of the service's own table backs off like throttling
-    assert _retry_delay(error("InternalServerError", 500), settings, 2) == 20
+    assert retry_delay(error("InternalServerError", 500), settings, 2) == 20
