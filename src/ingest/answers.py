@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from shared.lifecycle import Status
-from shared.models import IsolationRecord
+from shared.models import IsolationRecord, Model
 
 
-class IsolationList(BaseModel):
+class IsolationList(Model):
     """Answer of `GET /isolations?instance_id=...`: the instance's isolations, newest first."""
 
     items: list[IsolationRecord] = Field(description="At most 50 records, newest first")
@@ -30,7 +30,7 @@ class IsolationPage(IsolationList):
     )
 
 
-class FieldError(BaseModel):
+class FieldError(Model):
     """One thing wrong with the request."""
 
     field: str = Field(
@@ -41,7 +41,7 @@ class FieldError(BaseModel):
     message: str = Field(description="What is wrong and what is expected, for a person")
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(Model):
     """Every answer that is not a success."""
 
     message: str = Field(description="What went wrong, for a person")

@@ -21,7 +21,7 @@ from ingest.routing import Answer, Invalid, Request, Response, Route, Unsupporte
 from shared.aws import same_account_client
 from shared.config import ingest_settings
 from shared.errors import RequestNotFound
-from shared.models import Accepted, IsolationRecord, IsolationRequest, ReleaseRequest
+from shared.models import Accepted, IsolationRecord, IsolationRequest, ReleaseRequest, build_for_snapshot
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 
@@ -304,3 +304,6 @@ def handle(event: dict[str, Any]) -> Response:
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     metrics.add_metric(name="ApiRequest", unit=MetricUnit.Count, value=1)
     return handle(event).proxy()
+
+
+build_for_snapshot()  # with SnapStart, the snapshot holds every model built

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ingest import rules
 from shared.lifecycle import Status
-from shared.models import ACCOUNT_ID_PATTERN, INSTANCE_ID_PATTERN
+from shared.models import ACCOUNT_ID_PATTERN, INSTANCE_ID_PATTERN, Model
 
 
-class IsolateHeaders(BaseModel):
+class IsolateHeaders(Model):
     """Headers of `POST /isolate`."""
 
     idempotency_key: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
@@ -22,7 +22,7 @@ class IsolateHeaders(BaseModel):
     )
 
 
-class ListQuery(BaseModel):
+class ListQuery(Model):
     """Query string of `GET /isolations` (other parameters are ignored, as API Gateway passes them)."""
 
     model_config = ConfigDict(populate_by_name=True)

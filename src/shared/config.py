@@ -10,9 +10,9 @@ import os
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field
 
-from shared.models import REGION_PATTERN
+from shared.models import REGION_PATTERN, Model
 
 
 def _split_ids(value: object) -> object:
@@ -31,7 +31,7 @@ RoleArnList = Annotated[
 ]
 
 
-class CommonSettings(BaseModel):
+class CommonSettings(Model):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     TABLE_NAME: Annotated[str, Field(min_length=1)]

@@ -7,6 +7,7 @@ as any Unicode digit.
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -85,7 +86,16 @@ class StepStatus(StrEnum):
     UNVERIFIED = "unverified"
 
 
-class IsolationRequest(BaseModel):
+class Model(BaseModel):
+    """The project's models. Each one's validator is built on its first use (`defer_build`): a function's
+    cold start builds only the models its own path uses (the worker never the webhook's, the ingest never
+    a GuardDuty finding's). With SnapStart, `build_for_snapshot` builds them all during the init that the
+    snapshot captures."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class IsolationRequest(Model):
     """Body of `POST /isolate` (docs/api.md). Unknown fields are rejected."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -114,7 +124,7 @@ class IsolationRequest(BaseModel):
         return self.model_dump(mode="json", exclude=None if self.dry_run else {"dry_run"})
 
 
-class Target(BaseModel):
+class Target(Model):
     """The instance an isolation acts on."""
 
     model_config = ConfigDict(frozen=True)
@@ -136,7 +146,7 @@ class Target(BaseModel):
         return f"arn:aws:ec2:{self.region}:{self.account_id}:instance/{self.instance_id}"
 
 
-class StepRecord(BaseModel):
+class StepRecord(Model):
     """One step's outcome, as a step returns it and as the record keeps it."""
 
     name: str
@@ -169,7 +179,7 @@ class StepRecord(BaseModel):
         return cls(name=name, status=StepStatus.UNVERIFIED, detail=detail)
 
 
-class NetworkInterfaceState(BaseModel):
+class NetworkInterfaceState(Model):
     id: str
     security_group_ids: list[str]
     #: The interface's VPC, for the steps; not kept in the record (the record's `vpc_id` is the
@@ -177,7 +187,7 @@ class NetworkInterfaceState(BaseModel):
     vpc_id: str | None = Field(default=None, exclude=True)
 
 
-class TargetGroupTarget(BaseModel):
+class TargetGroupTarget(Model):
     """A registration of the instance in an ELBv2 target group, as DescribeTargetHealth showed it."""
 
     arn: str
@@ -187,12 +197,12 @@ class TargetGroupTarget(BaseModel):
     availability_zone: str | None = None
 
 
-class VolumeState(BaseModel):
+class VolumeState(Model):
     id: str
     delete_on_termination: bool
 
 
-class PriorState(BaseModel):
+class PriorState(Model):
     """The instance as its episode's first attempt found it: what a release puts back.
 
     The first attempt writes what DescribeInstances shows before the first change; each later field is
@@ -222,23 +232,23 @@ class PriorState(BaseModel):
         return interface.vpc_id or self.vpc_id
 
 
-class Snapshot(BaseModel):
+class Snapshot(Model):
     volume_id: str
     snapshot_id: str
 
 
-class Evidence(BaseModel):
+class Evidence(Model):
     """What the episode keeps: one crash-consistent snapshot per EBS volume ([] when snapshots are off)."""
 
     snapshots: list[Snapshot] = Field(default_factory=list)
 
 
-class ErrorInfo(BaseModel):
+class ErrorInfo(Model):
     code: str
     message: str
 
 
-class ReleaseRequest(BaseModel):
+class ReleaseRequest(Model):
     """Body of `POST /isolations/{isolation_id}/release` (optional). Unknown fields are rejected."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -252,7 +262,7 @@ class ReleaseRequest(BaseModel):
     )
 
 
-class ReleaseInfo(BaseModel):
+class ReleaseInfo(Model):
     """The release of an isolation, as the record keeps it: who asked, why, when, and each release step."""
 
     requested_by: str | None = None
@@ -262,7 +272,7 @@ class ReleaseInfo(BaseModel):
     error: ErrorInfo | None = None
 
 
-class IsolationRecord(BaseModel):
+class IsolationRecord(Model):
     """The isolation record, as stored and as served (docs/record.md). A message on the queue is parsed
     into one too: the record as the message describes it, QUEUED."""
 
@@ -331,7 +341,7 @@ class IsolationRecord(BaseModel):
         )
 
 
-class WebhookMessage(BaseModel):
+class WebhookMessage(Model):
     """What ingest puts on the queue for a webhook request: the record already exists (QUEUED)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -341,7 +351,7 @@ class WebhookMessage(BaseModel):
     request: IsolationRequest
 
 
-class ReleaseMessage(BaseModel):
+class ReleaseMessage(Model):
     """What ingest puts on the queue for a release: the record (RELEASING) says the rest."""
 
     model_config = ConfigDict(extra="forbid")
@@ -352,7 +362,7 @@ class ReleaseMessage(BaseModel):
     requested_at: str
 
 
-class FollowUpMessage(BaseModel):
+class FollowUpMessage(Model):
     """What the containment puts on the follow-up queue: the isolation whose follow-up phase is due (its
     record holds everything else)."""
 
@@ -381,7 +391,7 @@ class FollowUpMessage(BaseModel):
         return IsolationRecord.queued(isolation_id=self.isolation_id, source=self.source, target=target)
 
 
-class Accepted(BaseModel):
+class Accepted(Model):
     """Answer of `POST /isolate` (202, or 200 with `deduplicated`)."""
 
     isolation_id: str
@@ -391,3 +401,17 @@ class Accepted(BaseModel):
 
     def body(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def build_for_snapshot() -> None:
+    """Under SnapStart's init (the one the snapshot captures), build every model the handler's modules
+    declared, so that no restored environment builds one again. Elsewhere a model is built on its first
+    use (`Model`)."""
+    if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "snap-start":
+        return
+    pending: list[type[BaseModel]] = [Model]
+    while pending:
+        model = pending.pop()
+        pending.extend(model.__subclasses__())
+        if not model.__pydantic_complete__:
+            model.model_rebuild()

@@ -7,6 +7,7 @@ from typing import Any
 from shared import outcomes
 from shared.aws import same_account_client
 from shared.config import sweeper_settings
+from shared.models import build_for_snapshot
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 from sweeper.sweep import sweep
@@ -31,3 +32,6 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     metrics.add_metric(name="SweptWorkerLost", unit=MetricUnit.Count, value=len(swept.lost))
     metrics.add_metric(name="SweptDeadLettered", unit=MetricUnit.Count, value=len(swept.dead_lettered))
     return {"lost": swept.lost, "dead_lettered": swept.dead_lettered, "peeked": swept.peeked}
+
+
+build_for_snapshot()  # with SnapStart, the snapshot holds every model built

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.config import worker_settings
-from shared.models import FollowUpMessage
+from shared.models import FollowUpMessage, build_for_snapshot
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 from worker.batch import contain
@@ -169,3 +169,6 @@ def follow_up_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     batch = messages(event)
     metrics.add_metric(name="FollowUpsReceived", unit=MetricUnit.Count, value=len(batch))
     return partial_response(batch, _follow_up)
+
+
+build_for_snapshot()  # with SnapStart, the snapshot holds every model built

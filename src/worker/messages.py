@@ -28,10 +28,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
-from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from shared.lifecycle import Status
 from shared.models import (
@@ -39,6 +39,7 @@ from shared.models import (
     ErrorInfo,
     InstanceId,
     IsolationRecord,
+    Model,
     Region,
     ReleaseMessage,
     Source,
@@ -119,17 +120,29 @@ class Unusable(Exception):
 # --- EventBridge shapes ------------------------------------------------------------------------------
 
 
-class _Tolerant(BaseModel):
-    # AWS adds fields to these events over time: keep what we read strict, ignore the rest.
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+#: AWS adds fields to these events over time: keep what we read strict, ignore the rest. Built on first
+#: use, like every model of the project (`shared.models.Model`): a message is one kind of event.
+EVENT_MODEL_CONFIG = ConfigDict(extra="ignore", populate_by_name=True, defer_build=True)
 
 
-class EventEnvelope(EventBridgeModel):
-    """Powertools' EventBridge model, with `account` optional (events moto delivers lack it)."""
+class _Tolerant(Model):
+    model_config = EVENT_MODEL_CONFIG
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    account: str | None = None  # type: ignore[assignment]
+class EventEnvelope(_Tolerant):
+    """An EventBridge event's envelope (the fields every event has), with `account` optional (events
+    moto delivers lack it). The same fields as Powertools' EventBridge model, whose parser package the
+    worker does not import for five fields."""
+
+    version: str
+    id: str
+    source: str
+    account: str | None = None
+    time: datetime
+    region: str
+    resources: list[str]
+    detail_type: str = Field(alias="detail-type")
+    replay_name: str | None = Field(default=None, alias="replay-name")
 
 
 class InstanceDetails(_Tolerant):

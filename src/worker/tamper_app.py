@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.errors import RetryableError
+from shared.models import build_for_snapshot
 from shared.observability import MetricUnit, logger, metrics
 from worker.app import deps
 from worker.messages import Ignored, InvalidMessage, parse_tamper
@@ -66,3 +67,6 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     batch = messages(event)
     metrics.add_metric(name="TamperCallsReceived", unit=MetricUnit.Count, value=len(batch))
     return partial_response(batch, _repair)
+
+
+build_for_snapshot()  # with SnapStart, the snapshot holds every model built
