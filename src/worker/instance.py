@@ -38,6 +38,8 @@ class Instance:
     lifecycle: str | None = None
     #: "ebs" or "instance-store" (EC2 refuses stop protection on instance-store-backed instances).
     root_device_type: str = "ebs"
+    #: The names of the security groups on its interfaces (the isolation group's marks an isolation).
+    group_names: frozenset[str] = frozenset()
 
 
 def describe(ec2: Any, target: Target) -> Instance:
@@ -117,6 +119,9 @@ def instance_of(described: dict[str, Any]) -> Instance:
         volumes=volumes,
         lifecycle=described.get("InstanceLifecycle"),
         root_device_type=described.get("RootDeviceType", "ebs"),
+        group_names=frozenset(
+            g["GroupName"] for eni in described.get("NetworkInterfaces", []) for g in eni.get("Groups", [])
+        ),
     )
 
 

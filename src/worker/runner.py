@@ -518,7 +518,7 @@ class Attempt(_Receive):
         """The isolation whose episode the instance is in (its `ec2-isolation:id` tag), when it is
         another one with a prior state: this isolation carries that prior state and evidence."""
         # A tamper repair names its episode itself (the call may have removed the tag).
-        holder = instance.tags.get(ISOLATION_ID_TAG) or self.record.inherits_from
+        holder = instance.tags.get(ISOLATION_ID_TAG) or self.record.inherits_from or self._untagged(instance)
         if not holder or holder == self.record.isolation_id:
             return None
         earlier = self._after_release(holder)
@@ -527,6 +527,22 @@ class Attempt(_Receive):
             logger.warning("tagged by an unknown isolation", extra={"tagged_by": holder})
             return None
         return earlier
+
+    def _untagged(self, instance: Instance) -> str | None:
+        """An episode whose tag never came: an earlier isolation changed the instance and failed before
+        its last step (the tag), so the instance carries the isolation group and no tag. Its record, the
+        instance's newest with a prior state, holds what the instance was like; what it is like now is
+        partly isolated. Only an instance with that mark costs the lookup (one Query of the by-instance
+        index)."""
+        if self.deps.settings.ISOLATION_SG_NAME not in instance.group_names:
+            return None
+        for earlier in self.deps.store.list_for_instance(instance.instance_id, self.record.account_id):
+            mine = earlier.isolation_id == self.record.isolation_id
+            if mine or earlier.region != self.record.region or earlier.dry_run or earlier.prior_state is None:
+                continue
+            # A released episode is over: the group is on the instance for another reason (by hand).
+            return None if earlier.status is Status.RELEASED else earlier.isolation_id
+        return None
 
     def _after_release(self, isolation_id: str) -> IsolationRecord | None:
         """The record `isolation_id`, once no release of it is running: this isolation took the slot

@@ -130,6 +130,57 @@ def test_release_of_a_failed_isolation_restores_what_it_changed(
     assert release_steps(record)["rejoin-auto-scaling-group"] == "skipped"
 
 
+def test_an_isolation_after_one_that_failed_before_its_tag_is_in_its_episode(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given an isolation that changed the instance and FAILED before its tag (its last step), so the
+    # instance is partly isolated and carries no `ec2-isolation:id`
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    before = seen(member, instance)
+    faults.inject("ec2", "CreateTags", "UnauthorizedOperation", times=None, status=403)
+    failed = isolate(stack, member, instance)
+    faults.clear()
+    assert failed["status"] == "FAILED" and "ec2-isolation:id" not in member.tags(instance)
+    assert seen(member, instance)["groups"] != before["groups"]
+
+    # When it is isolated again
+    second = isolate(stack, member, instance)
+
+    # Then the second is in the first one's episode: the instance as it was before the first, not the
+    # partly isolated one it found
+    assert second["status"] == "ISOLATED", second
+    assert second["inherits_from"] == failed["isolation_id"]
+    assert second["prior_state"] == failed["prior_state"]
+    # And a release through it puts back what the instance was before either
+    assert release(stack, second["isolation_id"])["status"] == "RELEASED"
+    assert seen(member, instance) == before
+
+
+def test_an_instance_in_the_isolation_group_after_a_release_starts_a_new_episode(
+    stack: Stack, member: Member
+) -> None:
+    # Given an isolation released, then the isolation group put on the instance by hand
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    first = isolate(stack, member, instance)
+    assert release(stack, first["isolation_id"])["status"] == "RELEASED"
+    isolation_group = member.ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["ec2-isolation"]}, {"Name": "vpc-id", "Values": [vpc.id]}]
+    )["SecurityGroups"][0]["GroupId"]
+    [eni] = member.described(instance)["NetworkInterfaces"][:1]
+    member.ec2.modify_network_interface_attribute(
+        NetworkInterfaceId=eni["NetworkInterfaceId"], Groups=[isolation_group]
+    )
+
+    # When it is isolated again
+    second = isolate(stack, member, instance)
+
+    # Then the released episode is over: the new one starts from the instance as it is now
+    assert second["status"] == "ISOLATED" and second["inherits_from"] is None
+    assert second["prior_state"]["network_interfaces"][0]["security_group_ids"] == [isolation_group]
+
+
 # --- refused --------------------------------------------------------------------------------------------
 
 
