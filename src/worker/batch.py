@@ -6,8 +6,9 @@
 3. begin each: the prior state written before any change;
 4. cut every interface of every instance (the isolation group of each VPC found or created once) and
    write each record's `contained_at`;
-5. then, every instance being cut, the credentials deny and the Auto Scaling and load balancer detach,
-   and the hand-over: one message per isolation on the follow-up queue (one SendMessageBatch per ten).
+5. then, every instance being cut, the credentials deny and the Auto Scaling and load balancer detach
+   side by side, and the hand-over: one message per isolation on the follow-up queue (one
+   SendMessageBatch per ten).
 
 An isolation whose phase raises leaves the later phases (the others go on); its exception is settled by
 `Attempt.settle` at the end, so one message of a batch never fails another. An exception that is not an
@@ -27,6 +28,7 @@ from shared.errors import PermanentError, RetryableError
 from shared.models import FollowUpMessage
 from worker.instance import describe_many
 from worker.runner import Attempt, Outcome, WorkerDeps
+from worker.steps import HOLD
 
 #: At most this many threads per phase (a batch is at most 10 messages; a Security Hub action may ask
 #: for more isolations in one).
@@ -56,7 +58,8 @@ def contain(attempts: Sequence[Attempt], deps: WorkerDeps) -> list[Outcome | Exc
         lambda going: _describe(going, results, deps),
         lambda going: _each(going, results, lambda attempt: attempt.begin()),
         lambda going: _each(going, results, lambda attempt: attempt.contain()),
-        lambda going: _each(going, results, lambda attempt: attempt.hold(), together=_same_role),
+        lambda going: _hold(going, results),
+        lambda going: _each(going, results, lambda attempt: attempt.hand_over()),
     ):
         live = phase(live)
         settle_the_fallen()
@@ -113,6 +116,28 @@ def _each(
             assert isinstance(result, Outcome | Exception)
             results[id(attempt)] = result
     return going
+
+
+def _hold(attempts: list[Attempt], results: dict[int, Outcome | Exception]) -> list[Attempt]:
+    """The steps of `HOLD` side by side, each across the batch at once: they call different services
+    (IAM; Auto Scaling and ELB), so the slowest alone sets how long the environment holds the batch
+    before the next one. An attempt one of them failed goes no further (the first step's error first)."""
+    found: list[dict[int, Outcome | Exception]] = [{} for _ in HOLD]
+
+    def track(index: int) -> None:
+        step = HOLD[index]
+        together = _same_role if step.one_writer_per_role else id
+        _each(attempts, found[index], lambda attempt: attempt.hold(step), together=together)
+
+    _map(track, list(range(len(HOLD))))
+    for track_results in found:
+        for key, result in track_results.items():
+            results.setdefault(key, result)
+    for attempt in attempts:
+        if id(attempt) in results:
+            with attempt.acting():
+                attempt.held_then_failed()
+    return [attempt for attempt in attempts if id(attempt) not in results]
 
 
 def _same_role(attempt: Attempt) -> object:

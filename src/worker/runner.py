@@ -13,8 +13,8 @@ whole batch runs phase by phase (`worker.batch`), each attempt going:
    that carries the `ec2-isolation:id` of another isolation is in an episode: this isolation takes that
    one's `prior_state` and evidence (`inherits_from`), never the isolated state it sees now;
 4. contain (`worker.steps.CONTAINMENT`): the network cut, `contained_at`;
-5. hold (`worker.steps.HOLD`), once every instance of the batch is cut: the credentials deny, out of
-   Auto Scaling and load balancers;
+5. hold (`worker.steps.HOLD`), once every instance of the batch is cut: the credentials deny, and out of
+   Auto Scaling and load balancers, side by side (IAM on one side, Auto Scaling and ELB on the other);
 6. hand over: the record's follow-up phase begins (`shared.lifecycle.HAND_OVER`) and a message on the
    follow-up queue carries it. The record stays IN_PROGRESS.
    A dry run's record checks each step instead, changing nothing (`worker.dry_run`), and ends CHECKED or
@@ -35,6 +35,7 @@ sweeper ends the record. Nothing stays QUEUED or IN_PROGRESS forever.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -149,58 +150,88 @@ class StepJournal:
     save writes without losing anything: nothing is written between the prior-state write and the
     network cut (the containment steps ride with `contained_at`), and the last step of a phase rides
     with the phase's last write (the hand-over, the final status). A failed step is written at once
-    with whatever rode along."""
+    with whatever rode along. The steps of `HOLD` run side by side: one write at a time."""
 
     store: IsolationStore
     isolation_id: str
     unwritten: list[StepRecord] = field(default_factory=list)
+    #: The steps of `HOLD` done: they ride with the hand-over, in the plan's order.
+    holding: list[StepRecord] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def contained(self, steps: list[StepRecord]) -> None:
         contained_at = iso8601(utcnow())
-        self.store.add_steps(self.isolation_id, [*self.unwritten, *steps], contained_at=contained_at)
-        self.unwritten = []
+        with self._lock:
+            self.store.add_steps(self.isolation_id, [*self.unwritten, *steps], contained_at=contained_at)
+            self.unwritten = []
         logger.info("contained", extra={"contained_at": contained_at})
 
     def held(self, step: StepRecord) -> None:
         """A step of `HOLD`: it rides with the hand-over."""
-        self.unwritten.append(step)
+        with self._lock:
+            self.holding.append(step)
 
     def hand_over(self, owner: str, unmet: ContainmentIncomplete | None) -> bool:
         error = ErrorInfo(code=unmet.code, message=unmet.message) if unmet is not None else None
-        handed = self.store.hand_over(self.isolation_id, owner, self.unwritten, unmet=error)
-        self.unwritten = []
+        with self._lock:
+            handed = self.store.hand_over(self.isolation_id, owner, self._held_and_unwritten(), unmet=error)
+            self.unwritten = []
         return handed
 
+    def write_held(self) -> None:
+        """The `HOLD` steps done by an attempt that goes no further (the other one failed): on record,
+        best effort (the failure is what the attempt is settled with)."""
+        with self._lock:
+            steps = self._held_and_unwritten()
+            if not steps:
+                return
+            try:
+                self.store.add_steps(self.isolation_id, steps)
+                self.unwritten = []
+            except Exception:
+                logger.exception("could not record the steps held before the failure")
+
+    def _held_and_unwritten(self) -> list[StepRecord]:
+        order = [step.name for step in HOLD]
+        held = sorted(self.holding, key=lambda step: order.index(step.name))
+        self.holding = []
+        return [*held, *self.unwritten]
+
     def followed_up(self, step: StepRecord, *, last: bool) -> None:
-        self.unwritten.append(step)
-        if not last and step.status is not StepStatus.ALREADY:
-            self.store.add_steps(self.isolation_id, self.unwritten)
-            self.unwritten = []
+        with self._lock:
+            self.unwritten.append(step)
+            if not last and step.status is not StepStatus.ALREADY:
+                self.store.add_steps(self.isolation_id, self.unwritten)
+                self.unwritten = []
 
     def remember(self, prior: dict[str, Any]) -> None:
         """Prior-state fields a step read, written before its change (with whatever rode along)."""
-        self.store.add_steps(self.isolation_id, self.unwritten, prior=prior)
-        self.unwritten = []
+        with self._lock:
+            self.store.add_steps(self.isolation_id, self.unwritten, prior=prior)
+            self.unwritten = []
 
     def keep_evidence(self, evidence: Evidence) -> None:
-        self.store.add_steps(self.isolation_id, self.unwritten, evidence=evidence)
-        self.unwritten = []
+        with self._lock:
+            self.store.add_steps(self.isolation_id, self.unwritten, evidence=evidence)
+            self.unwritten = []
 
     def failed(self, name: str, error: IsolationError) -> None:
         retry = " (will retry)" if isinstance(error, RetryableError) else ""
         failed = StepRecord.failed(name, f"{error.code}: {error.message}{retry}")
-        try:
-            self.store.add_steps(self.isolation_id, [*self.unwritten, failed])
-            self.unwritten = []
-        except Exception:  # the step's own error matters more; it is logged and raised
-            logger.exception("could not record the failed step")
+        with self._lock:
+            try:
+                self.store.add_steps(self.isolation_id, [*self._held_and_unwritten(), failed])
+                self.unwritten = []
+            except Exception:  # the step's own error matters more; it is logged and raised
+                logger.exception("could not record the failed step")
 
     def finish(self, record: IsolationRecord, unmet: ErrorInfo | None = None) -> None:
-        if unmet is None:
-            self.store.finish(record, Status.ISOLATED, extra_steps=self.unwritten)
-        else:
-            self.store.finish(record, Status.FAILED, error=unmet, extra_steps=self.unwritten)
-        self.unwritten = []
+        with self._lock:
+            if unmet is None:
+                self.store.finish(record, Status.ISOLATED, extra_steps=self.unwritten)
+            else:
+                self.store.finish(record, Status.FAILED, error=unmet, extra_steps=self.unwritten)
+            self.unwritten = []
 
 
 @dataclass
@@ -441,12 +472,21 @@ class Attempt(_Receive):
         assert ctx is not None and isinstance(ctx.notes, StepJournal)
         ctx.notes.contained([self._step(step, ctx) for step in CONTAINMENT])
 
-    def hold(self) -> Outcome | None:
-        """What must not wait for the follow-up, then the hand-over to it."""
+    def hold(self, step: type[Step]) -> None:
+        """A step of what must not wait for the follow-up (`HOLD`: the steps run side by side)."""
         ctx = self.ctx
         assert ctx is not None and isinstance(ctx.notes, StepJournal)
-        for step in HOLD:
-            ctx.notes.held(self._step(step, ctx))
+        ctx.notes.held(self._step(step, ctx))
+
+    def held_then_failed(self) -> None:
+        """Another `HOLD` step failed: what this attempt's others did is written now."""
+        if self.ctx is not None and isinstance(self.ctx.notes, StepJournal):
+            self.ctx.notes.write_held()
+
+    def hand_over(self) -> Outcome | None:
+        """The record's follow-up phase begins (its message is sent by the batch)."""
+        ctx = self.ctx
+        assert ctx is not None and isinstance(ctx.notes, StepJournal)
         if not ctx.notes.hand_over(self.owner, self.unmet):
             logger.warning("lost the record before the hand-over: another attempt runs it")
             return Outcome.DUPLICATE

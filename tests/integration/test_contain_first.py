@@ -4,10 +4,11 @@ isolation runs later from its own message on the follow-up queue. One record tel
 from __future__ import annotations
 
 import json
+import threading
 
 from tests.conftest import Stack
 from tests.integration.test_worker import assert_isolated, record_of, request_isolation, steps
-from tests.support.aws import Faults, Member
+from tests.support.aws import Faults, Member, web_tier
 
 #: The calls of the follow-up phase (the API cut, protections, evidence, labels).
 FOLLOW_UP_CALLS = frozenset(
@@ -72,6 +73,63 @@ def test_a_batch_is_cut_everywhere_before_any_follow_up_call(
         assert_isolated(account, instance, vpc.id if account is member else other_vpc.id)
     # And one isolation group was created per VPC, though three instances of one VPC were cut at once
     assert faults.calls["ec2.CreateSecurityGroup"] == 2
+
+
+def test_the_credentials_deny_and_the_auto_scaling_detach_run_side_by_side(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given an instance with a role, in an Auto Scaling group behind load balancers, whose role policy
+    # write waits (a few seconds at most) for the Auto Scaling detach to begin
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    web_tier(member, vpc, [instance])
+    isolation_id = request_isolation(stack, member, instance)
+    detaching, seen_by_the_deny = threading.Event(), []
+
+    def detach(**_: Any) -> None:
+        detaching.set()
+
+    def deny(**_: Any) -> None:
+        seen_by_the_deny.append(detaching.wait(timeout=5))
+
+    faults.hook("before-call.auto-scaling.DetachInstances", detach)
+    faults.hook("before-call.iam.PutRolePolicy", deny)
+
+    # When the worker contains it
+    stack.work(stack.receive(), follow_up=False)
+
+    # Then the detach began while the deny was under way (one after the other, the wait runs out first)
+    assert seen_by_the_deny == [True]
+    # And the record lists both, in the plan's order, before the hand-over
+    record = record_of(stack, isolation_id)
+    assert [s["name"] for s in record["steps"]][2:] == [
+        "deny-instance-credentials",
+        "leave-auto-scaling-and-load-balancers",
+    ]
+    assert steps(record)["deny-instance-credentials"] == "done"
+    assert steps(record)["leave-auto-scaling-and-load-balancers"] == "done"
+
+
+def test_when_one_hold_step_fails_what_the_other_did_is_on_record(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given an instance in an Auto Scaling group whose role cannot be read (a permanent refusal)
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    web_tier(member, vpc, [instance])
+    isolation_id = request_isolation(stack, member, instance)
+    faults.inject("iam", "GetInstanceProfile", "AccessDenied", times=None, status=403)
+
+    # When the worker contains it
+    stack.work(stack.receive(), follow_up=False)
+
+    # Then the isolation ended FAILED on the deny, and the detach, done meanwhile, is on its record
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "FAILED" and record["contained_at"] is not None, record
+    assert steps(record)["deny-instance-credentials"] == "failed"
+    assert steps(record)["leave-auto-scaling-and-load-balancers"] == "done"
+    autoscaling = member.session.client("autoscaling")
+    assert autoscaling.describe_auto_scaling_instances(InstanceIds=[instance])["AutoScalingInstances"] == []
 
 
 def test_one_bad_message_or_failed_isolation_never_fails_its_batch_mates(

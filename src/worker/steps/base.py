@@ -99,6 +99,9 @@ class Step(ABC):
     name: ClassVar[str]
     #: The IAM actions `run` calls in the target account (the member role grants exactly their union).
     permissions: ClassVar[tuple[str, ...]]
+    #: Instances of one role take turns (their step writes one policy of that role, under its lease):
+    #: a batch runs them one after another rather than have them wait on each other.
+    one_writer_per_role: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, ctx: StepContext) -> StepRecord: ...

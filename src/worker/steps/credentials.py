@@ -61,6 +61,7 @@ class DenyInstanceCredentials(Step):
     #: iam:PutRolePolicy is granted only while the member template's CutInstanceCredentials is on.
     write_permissions = ("iam:PutRolePolicy",)
     permissions = ("iam:GetInstanceProfile", "iam:ListRolePolicies", "iam:GetRolePolicy", *write_permissions)
+    one_writer_per_role = True
 
     def run(self, ctx: StepContext) -> StepRecord:
         role = self._role_to_change(ctx)
