@@ -56,6 +56,7 @@ demo: install
 
 bench: install
 	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py --warm-environments
 	$(BIN)/python scripts/import_cost.py
 
 # After changing the API: regenerate the committed OpenAPI document (a test fails while it drifts).

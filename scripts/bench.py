@@ -13,6 +13,11 @@ to the worker's retry). Through the webhook, as a user sends them:
 2. a burst of 20 2-ENI instances of one VPC, sent at once;
 3. a burst of 100+ instances over three accounts, sent at once.
 
+`--warm-environments`: every environment of the worker is started before the bursts (as after a recent
+burst, or with provisioned concurrency), which separates the design's own figures from the local cost
+of starting ten Python processes at once on a small machine (Lambda starts them in parallel, each on its
+own CPU).
+
 Reported: the webhook's own AWS calls; for the single isolations, the calls before containment (up to
 the last ModifyNetworkInterfaceAttribute: then every interface has the isolation group) and in all; for
 each burst, time to containment (`created_at` → `contained_at`) and to the end (→ the record's last
@@ -297,7 +302,8 @@ def _progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    warm_environments = "--warm-environments" in (sys.argv[1:] if argv is None else argv)
     from local_stack.organization import MEMBER_ACCOUNT_NAMES
     from local_stack.stack import LocalStack
     from shared.aws import add_event_hook
@@ -330,7 +336,7 @@ def main() -> int:
             assert isinstance(runtime, Processes)
             batches = Batches()
             source.observers.append(batches)
-            runtime.warm(1)
+            runtime.warm(source.concurrency if warm_environments else 1)
             seeded = time.monotonic() - began
             _progress(f"stack started, demo organization seeded: {seeded:.0f} s")
 
@@ -363,7 +369,17 @@ def main() -> int:
             inits = runtime.init_seconds
     finally:
         remove()
-    report(cold, warm, cold.webhook_calls, bursts, source.batch_size, source.concurrency, inits, seeded)
+    report(
+        cold,
+        warm,
+        cold.webhook_calls,
+        bursts,
+        source.batch_size,
+        source.concurrency,
+        inits,
+        seeded,
+        warm_environments=warm_environments,
+    )
     print(f"\nbench ran in {time.monotonic() - began:.0f} s")
     return 0
 
@@ -377,6 +393,8 @@ def report(
     concurrency: int,
     inits: list[float],
     seeded: float,
+    *,
+    warm_environments: bool = False,
 ) -> None:
     model = ", ".join(f"{service} {seconds * 1000:.0f} ms" for service, seconds in LATENCY_SECONDS.items())
     print(
@@ -384,7 +402,8 @@ def report(
         f"environment processes (batch size {batch_size}, at most {concurrency} at once); "
         f"AWS latency model: {model} per call; {THROTTLED_SHARE:.0%} of EC2 mutating calls throttled"
     )
-    print(f"(stack started and demo organization seeded in {seeded:.0f} s)")
+    started = f"all {concurrency} started before the bursts" if warm_environments else "one started before"
+    print(f"(stack started and demo organization seeded in {seeded:.0f} s; worker environments: {started})")
     print()
     print(f"webhook request path (POST /isolate): {len(webhook_calls)} AWS calls: {_compact(webhook_calls)}")
     print()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 from tests.conftest import Stack
 from tests.integration.test_worker import assert_isolated, record_of, request_isolation, steps

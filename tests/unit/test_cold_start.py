@@ -84,6 +84,7 @@ def test_an_initialized_handler_holds_no_client_session_or_settings(handler: str
         "from shared import aws, config\n"
         "assert aws.same_account_client.cache_info().currsize == 0, 'client'\n"
         "assert aws._default_session.cache_info().currsize == 0, 'session'\n"
+        "assert aws._core.cache_info().currsize == 0, 'botocore session'\n"
         "assert not aws._sessions, 'assumed-role credentials'\n"
         "assert all(f.cache_info().currsize == 0 for f in (config.ingest_settings, config.worker_settings, config.sweeper_settings)), 'settings'"
     )
