@@ -18,10 +18,11 @@ from ingest.answers import ErrorBody, FieldError, IsolationList, IsolationPage, 
 from ingest.body_guard import BodyRejected, screen
 from ingest.inputs import IsolateHeaders, ListQuery
 from ingest.routing import Answer, Invalid, Request, Response, Route, UnsupportedContentType, find, read
+from shared.ahead_of_time import prepare_ahead_of_time
 from shared.aws import same_account_client
 from shared.config import ingest_settings
 from shared.errors import RequestNotFound
-from shared.models import Accepted, IsolationRecord, IsolationRequest, ReleaseRequest, build_for_snapshot
+from shared.models import Accepted, IsolationRecord, IsolationRequest, ReleaseRequest
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 
@@ -306,4 +307,4 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return handle(event).proxy()
 
 
-build_for_snapshot()  # with SnapStart, the snapshot holds every model built
+prepare_ahead_of_time("dynamodb", "sqs")

@@ -120,12 +120,28 @@ class Session:
 
 
 _core_lock = threading.Lock()
+#: Keys of the clients `prepare_clients` builds and drops: they make no call, and no credential is
+#: resolved for them.
+_PLACEHOLDER_KEYS = {
+    "AccessKeyId": "placeholder",
+    "SecretAccessKey": "placeholder",
+    "SessionToken": "placeholder",
+}
 
 
 @lru_cache(maxsize=1)
 def _core() -> botocore.session.Session:
     """The process's botocore session: made at the first client (never at import: SnapStart)."""
     return botocore.session.Session()
+
+
+def prepare_clients(services: tuple[str, ...], region: str) -> None:
+    """Build and drop one client of each service: their models and client classes are then loaded in
+    this process (a later client of the service takes milliseconds). For SnapStart's init
+    (`shared.ahead_of_time`): the clients hold placeholder keys and make no call, so the snapshot holds no
+    credential and no client."""
+    for service in services:
+        Session(credentials=_PLACEHOLDER_KEYS, region=region).client(service)
 
 
 def client(service: str, *, session: Sessions | None = None, region: str | None = None) -> Any:

@@ -7,7 +7,6 @@ as any Unicode digit.
 
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -89,7 +88,7 @@ class StepStatus(StrEnum):
 class Model(BaseModel):
     """The project's models. Each one's validator is built on its first use (`defer_build`): a function's
     cold start builds only the models its own path uses (the worker never the webhook's, the ingest never
-    a GuardDuty finding's). With SnapStart, `build_for_snapshot` builds them all during the init that the
+    a GuardDuty finding's). With SnapStart, `shared.ahead_of_time` builds them all during the init that the
     snapshot captures."""
 
     model_config = ConfigDict(defer_build=True)
@@ -401,17 +400,3 @@ class Accepted(Model):
 
     def body(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
-
-
-def build_for_snapshot() -> None:
-    """Under SnapStart's init (the one the snapshot captures), build every model the handler's modules
-    declared, so that no restored environment builds one again. Elsewhere a model is built on its first
-    use (`Model`)."""
-    if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "snap-start":
-        return
-    pending: list[type[BaseModel]] = [Model]
-    while pending:
-        model = pending.pop()
-        pending.extend(model.__subclasses__())
-        if not model.__pydantic_complete__:
-            model.model_rebuild()

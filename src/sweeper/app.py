@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from shared import outcomes
+from shared.ahead_of_time import prepare_ahead_of_time
 from shared.aws import same_account_client
 from shared.config import sweeper_settings
-from shared.models import build_for_snapshot
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 from sweeper.sweep import sweep
@@ -34,4 +34,4 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return {"lost": swept.lost, "dead_lettered": swept.dead_lettered, "peeked": swept.peeked}
 
 
-build_for_snapshot()  # with SnapStart, the snapshot holds every model built
+prepare_ahead_of_time("dynamodb", "sqs", "events")

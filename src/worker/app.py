@@ -24,8 +24,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.ahead_of_time import prepare_ahead_of_time
 from shared.config import worker_settings
-from shared.models import FollowUpMessage, build_for_snapshot
+from shared.models import FollowUpMessage
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 from worker.batch import contain
@@ -171,4 +172,5 @@ def follow_up_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return partial_response(batch, _follow_up)
 
 
-build_for_snapshot()  # with SnapStart, the snapshot holds every model built
+# The containment, hold and follow-up calls; the outcome event.
+prepare_ahead_of_time("sts", "ec2", "dynamodb", "sqs", "iam", "autoscaling", "elbv2", "elb", "events")

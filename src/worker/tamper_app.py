@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.ahead_of_time import prepare_ahead_of_time
 from shared.errors import RetryableError
-from shared.models import build_for_snapshot
 from shared.observability import MetricUnit, logger, metrics
 from worker.app import deps
 from worker.messages import Ignored, InvalidMessage, parse_tamper
@@ -69,4 +69,4 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return partial_response(batch, _repair)
 
 
-build_for_snapshot()  # with SnapStart, the snapshot holds every model built
+prepare_ahead_of_time("sts", "ec2", "dynamodb", "sqs", "iam", "autoscaling", "elbv2", "elb", "events")
