@@ -17,26 +17,19 @@ An isolation whose phase raises leaves the later phases (the others go on); its 
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
-from typing import TypeVar
 
 from shared.aws import same_account_client
 from shared.errors import PermanentError, RetryableError
 from shared.models import FollowUpMessage
+from worker.at_once import each_at_once
 from worker.instance import describe_many
 from worker.runner import Attempt, Outcome, WorkerDeps
 from worker.steps import HOLD
 
-#: At most this many threads per phase (a batch is at most 10 messages; a Security Hub action may ask
-#: for more isolations in one).
-MAX_THREADS = 16
 #: SendMessageBatch takes at most ten messages.
 SQS_BATCH = 10
-
-T = TypeVar("T")
 
 
 def contain(attempts: Sequence[Attempt], deps: WorkerDeps) -> list[Outcome | Exception]:
@@ -104,7 +97,7 @@ def _each(
     for attempt in attempts:
         groups.setdefault(together(attempt), []).append(attempt)
     outcomes: dict[int, object] = {}
-    for group, ran in zip(groups.values(), _map(run, list(groups.values())), strict=True):
+    for group, ran in zip(groups.values(), each_at_once(run, list(groups.values())), strict=True):
         assert isinstance(ran, list)
         outcomes.update((id(attempt), result) for attempt, result in zip(group, ran, strict=True))
     going = []
@@ -129,7 +122,7 @@ def _hold(attempts: list[Attempt], results: dict[int, Outcome | Exception]) -> l
         together = _same_role if step.one_writer_per_role else id
         _each(attempts, found[index], lambda attempt: attempt.hold(step), together=together)
 
-    _map(track, list(range(len(HOLD))))
+    each_at_once(track, list(range(len(HOLD))))
     for track_results in found:
         for key, result in track_results.items():
             results.setdefault(key, result)
@@ -175,7 +168,7 @@ def _describe(
             else:
                 attempt.account, attempt.instance = account, instance
 
-    _map(describe_group, groups)
+    each_at_once(describe_group, groups)
     return [attempt for attempt in attempts if id(attempt) not in results]
 
 
@@ -202,13 +195,3 @@ def _send_follow_ups(
                 "FollowUpNotQueued",
                 f"the follow-up could not be queued: {failure.get('Code')} {failure.get('Message', '')}".strip(),
             )
-
-
-def _map(function: Callable[[T], object], items: Sequence[T]) -> list[object]:
-    """`function` over `items` at once; results in order. A BaseException (the environment dying) is
-    raised here, after the others finished, as Lambda would stop the whole invocation."""
-    if len(items) <= 1:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(items)), thread_name_prefix="contain") as pool:
-        futures = [pool.submit(contextvars.copy_context().run, function, item) for item in items]
-        return [future.result() for future in futures]

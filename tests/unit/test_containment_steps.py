@@ -108,8 +108,7 @@ def test_the_deny_is_merged_under_the_role_lease_after_waiting_for_it() -> None:
     me = "arn:aws:ec2:eu-west-1:111122223333:instance/i-0123456789abcdef0"
     with Stubber(clients["iam"]) as iam:
         _profile(iam)
-        _policy(iam, [OTHER])  # the look before the lease
-        _policy(iam, [OTHER])  # again under the lease
+        _policy(iam, [OTHER])  # read under the lease only
         iam.add_response("list_role_policies", {"PolicyNames": [POLICY_NAME], "IsTruncated": False})
         iam.add_response(
             "put_role_policy",
@@ -134,7 +133,6 @@ def test_a_lease_held_past_the_budget_is_retried_through_the_queue() -> None:
     ctx, clients = context(leases=MemoryLeases(busy={"app": 100}), slept=[])
     with Stubber(clients["iam"]) as iam:
         _profile(iam)
-        _policy(iam, None)
         with pytest.raises(RetryableError) as raised:
             DenyInstanceCredentials().run(ctx)
     assert raised.value.code == "RoleLeaseHeld" and raised.value.wait == "in-flight"
@@ -145,8 +143,7 @@ def test_an_entry_written_meanwhile_by_another_attempt_is_already() -> None:
     me = "arn:aws:ec2:eu-west-1:111122223333:instance/i-0123456789abcdef0"
     with Stubber(clients["iam"]) as iam:
         _profile(iam)
-        _policy(iam, [OTHER])
-        _policy(iam, [OTHER, me])  # under the lease: there now
+        _policy(iam, [OTHER, me])  # under the lease: written while this attempt waited for it
         outcome = DenyInstanceCredentials().run(ctx)
         iam.assert_no_pending_responses()
     assert outcome.status is StepStatus.ALREADY
@@ -172,7 +169,6 @@ def test_other_inline_policies_count_against_the_limit() -> None:
     }
     with Stubber(clients["iam"]) as iam:
         _profile(iam)
-        _policy(iam, None)
         _policy(iam, None)
         iam.add_response("list_role_policies", {"PolicyNames": ["big"], "IsTruncated": False})
         iam.add_response(
@@ -210,7 +206,6 @@ def test_a_lease_the_table_will_not_take_back_does_not_undo_the_deny() -> None:
     ctx, clients = context(leases=leases, slept=slept)
     with Stubber(clients["iam"]) as iam:
         _profile(iam)
-        _policy(iam, None)
         _policy(iam, None)
         iam.add_response("list_role_policies", {"PolicyNames": [], "IsTruncated": False})
         iam.add_response("put_role_policy", {})

@@ -70,7 +70,9 @@ class DenyInstanceCredentials(Step):
         name = role["RoleName"]
         instance = ctx.instance_arn
         with role_lease(ctx, name):
-            denied = denied_instances(ctx, name)  # again, under the lease: another worker may have added some
+            # Read under the lease only (another worker may have added some): one IAM round trip less
+            # than a look before the lease too, on the path of every isolation of an instance with a role.
+            denied = denied_instances(ctx, name)
             if instance in denied:
                 return StepRecord.already(self.name, f"sessions of {instance} denied on role {name}")
             document = policy_document(sorted({*denied, instance}))
@@ -97,6 +99,8 @@ class DenyInstanceCredentials(Step):
             return role
         name, instance = role["RoleName"], ctx.instance_arn
         denied = denied_instances(ctx, name)
+        if instance in denied:
+            return StepRecord.already(self.name, f"sessions of {instance} denied on role {name}")
         size = others_size(ctx, name) + compact_size(policy_document(sorted({*denied, instance})))
         if size > INLINE_POLICY_LIMIT:
             raise _not_cut(name, f"its inline policies would need {size} characters")
@@ -127,9 +131,6 @@ class DenyInstanceCredentials(Step):
             return StepRecord.skipped(self.name, f"role {name} is service-linked: it cannot be changed")
         if self._protected(ctx, name, path, arn):
             return StepRecord.skipped(self.name, f"role {name} is protected: the service never changes it")
-        instance = ctx.instance_arn
-        if instance in denied_instances(ctx, name):
-            return StepRecord.already(self.name, f"sessions of {instance} denied on role {name}")
         return role
 
     def _role(self, ctx: StepContext, profile: str) -> dict[str, Any] | None:

@@ -14,15 +14,14 @@ thread while the others of that VPC wait for it, and the interfaces of an instan
 
 from __future__ import annotations
 
-import contextvars
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from shared.errors import RetryableError, error_code
 from shared.models import TAG_PREFIX, Source, StepRecord
+from worker.at_once import each_at_once
 from worker.consistency import until_consistent
 from worker.steps.base import Step, StepContext
 from worker.steps.checks import Check, ec2_dry_run, outcome
@@ -223,17 +222,8 @@ class SwapSecurityGroups(Step):
                 continue
             cuts.append((interface.id, vpc_id, group_id))
             changed.append(f"{interface.id} [{', '.join(interface.security_group_ids) or '-'}] -> {group_id}")
-        if len(cuts) > 1:
-            # Every interface at once: the last cut, not the sum of them, is when the instance is contained.
-            with ThreadPoolExecutor(max_workers=len(cuts), thread_name_prefix="cut") as pool:
-
-                def cut_one(cut: tuple[str, str, str]) -> None:
-                    self._set(ctx, *cut)
-
-                for done in [pool.submit(contextvars.copy_context().run, cut_one, cut) for cut in cuts]:
-                    done.result()
-        elif cuts:
-            self._set(ctx, *cuts[0])
+        # Every interface at once: the last cut, not the sum of them, is when the instance is contained.
+        each_at_once(lambda cut: self._set(ctx, *cut), cuts)
         if changed:
             tail = f"; already isolated: {', '.join(unchanged)}" if unchanged else ""
             return StepRecord.done(self.name, "; ".join(changed) + tail)

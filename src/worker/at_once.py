@@ -1,0 +1,27 @@
+"""Work for several things at once, in threads that carry the caller's context (its context variables:
+the chaos test's attribution, anything a hook reads)."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: At most this many threads at once (a batch is at most 10 messages; a Security Hub action may ask for
+#: more isolations in one).
+MAX_THREADS = 16
+
+
+def each_at_once(function: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """`function` over `items` at once; the results in order. An exception is raised once all are done
+    (the first in order); a BaseException (the environment dying) too, as Lambda would stop the whole
+    invocation."""
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(items)), thread_name_prefix="at-once") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, function, item) for item in items]
+        return [future.result() for future in futures]
