@@ -414,7 +414,7 @@ def report(
             str(len(warm.before_containment)),
         ),
         ("  by service", _by_service(cold.before_containment), _by_service(warm.before_containment)),
-        ("AWS calls of the whole isolation", str(len(cold.calls)), str(len(warm.calls))),
+        ("AWS calls of its containment invocation", str(len(cold.calls)), str(len(warm.calls))),
         (
             "time to containment (worker start → contained_at)",
             f"{cold.contained_after(cold.worker_start) * 1000:.0f} ms",
