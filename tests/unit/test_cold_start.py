@@ -59,9 +59,8 @@ FOREIGN = {
 ENV = {"TABLE_NAME": "t", "QUEUE_URL": "q", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def imported_by(module: str, then: str = "", **env: str) -> list[str]:
-    """The modules a fresh interpreter (as a cold start is) has loaded after importing `module`."""
-    code = f"import sys, json, {module}\n{then}\nprint(json.dumps(sorted(sys.modules)))"
+def in_a_fresh_interpreter(code: str, **env: str) -> list[str]:
+    """Run `code` in a fresh interpreter (as a cold start is); the JSON list its last line prints."""
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -70,6 +69,13 @@ def imported_by(module: str, then: str = "", **env: str) -> list[str]:
         check=True,
     )
     return list(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def imported_by(module: str, then: str = "", **env: str) -> list[str]:
+    """The modules loaded after importing `module` (and running `then`)."""
+    return in_a_fresh_interpreter(
+        f"import sys, json, {module}\n{then}\nprint(json.dumps(sorted(sys.modules)))", **env
+    )
 
 
 @pytest.mark.parametrize("handler", sorted(FOREIGN))
@@ -116,15 +122,7 @@ UNBUILT = (
 
 
 def unbuilt_models(module: str, **env: str) -> list[str]:
-    code = f"import json, {module}\n{UNBUILT}"
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **ENV, **env},
-        check=True,
-    )
-    return list(json.loads(result.stdout.strip().splitlines()[-1]))
+    return in_a_fresh_interpreter(f"import json, {module}\n{UNBUILT}", **env)
 
 
 @pytest.mark.parametrize("handler", sorted(FOREIGN))
