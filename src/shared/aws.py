@@ -120,6 +120,8 @@ class Session:
 
 
 _core_lock = threading.Lock()
+#: The services whose clients `prepare_clients` has prepared (or is preparing) in this process.
+_prepared: set[str] = set()
 #: Keys of the clients `prepare_clients` builds and drops: they make no call, and no credential is
 #: resolved for them.
 _PLACEHOLDER_KEYS = {
@@ -136,12 +138,28 @@ def _core() -> botocore.session.Session:
 
 
 def prepare_clients(services: tuple[str, ...], region: str) -> None:
-    """Build and drop one client of each service: their models and client classes are then loaded in
-    this process (a later client of the service takes milliseconds). For SnapStart's init
-    (`shared.ahead_of_time`): the clients hold placeholder keys and make no call, so the snapshot holds no
-    credential and no client."""
+    """Build and drop one client of each service not prepared yet: their models and client classes are
+    then loaded in this process (a later client of the service takes milliseconds). For an init ahead of
+    invocations (`shared.ahead_of_time`), and during the first AssumeRole: the clients hold placeholder
+    keys and make no call, so no credential and no client is kept."""
     for service in services:
+        with _core_lock:
+            if service in _prepared:
+                continue
+            _prepared.add(service)
         Session(credentials=_PLACEHOLDER_KEYS, region=region).client(service)
+
+
+def _preparing(service: str, region: str) -> threading.Thread | None:
+    """`prepare_clients` for `service` in a thread, when this process has not prepared it yet."""
+    with _core_lock:
+        if service in _prepared:
+            return None
+    thread = threading.Thread(
+        target=prepare_clients, args=((service,), region), name=f"prepare-{service}", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 def client(service: str, *, session: Sessions | None = None, region: str | None = None) -> Any:
@@ -168,6 +186,8 @@ def reset_caches() -> None:
     same_account_client.cache_clear()
     _default_session.cache_clear()
     _core.cache_clear()
+    with _core_lock:
+        _prepared.clear()
     with _sessions_lock:
         _sessions.clear()
 
@@ -232,12 +252,18 @@ def session_for_account(
         params["ExternalId"] = external_id
     if sts is None:
         sts = client("sts", session=base, region=region) if base else same_account_client("sts")
+    # While STS answers, the EC2 client's model is loaded (once per process): CPU work done during a
+    # network wait, off the first containment's path.
+    preparing = _preparing("ec2", region) if base is None else None
     try:
         credentials = sts.assume_role(**params)["Credentials"]
     except ClientError as exc:
         raise classify(exc, permanent_code="RoleNotAssumable", context=f"cannot assume {arn}") from exc
     except BotoCoreError as exc:
         raise classify(exc, context=f"cannot assume {arn}") from exc
+    finally:
+        if preparing is not None:
+            preparing.join()
 
     session = Session(credentials=credentials, region=region)
     expiration = credentials["Expiration"]

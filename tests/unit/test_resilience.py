@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from typing import Any
 
 import boto3
@@ -141,6 +142,26 @@ def test_assumed_sessions_are_cached_until_shortly_before_expiry() -> None:
         )
         assert third is not first
         stub.assert_no_pending_responses()
+
+
+def test_the_first_assume_role_of_a_process_loads_the_ec2_client_meanwhile() -> None:
+    # Given a fresh process (no client prepared), and STS that notes which threads run while it answers
+    aws.reset_caches()
+    running: list[set[str]] = []
+
+    class Sts:
+        def assume_role(self, **_: Any) -> dict[str, Any]:
+            running.append({thread.name for thread in threading.enumerate()})
+            return _credentials(3600)
+
+    # When two accounts are assumed, one after the other
+    aws.session_for_account("111122223333", "eu-west-1", "ec2-isolation-execution", sts=Sts())
+    aws.session_for_account("444455556666", "eu-west-1", "ec2-isolation-execution", sts=Sts())
+
+    # Then the EC2 client was prepared while the first answered, and only then (once per process)
+    assert "prepare-ec2" in running[0]
+    assert "prepare-ec2" not in running[1]
+    assert "ec2" in aws._prepared
 
 
 def test_assume_role_denied_is_permanent_role_not_assumable() -> None:
