@@ -30,7 +30,7 @@ FAILED (`WorkerLost`, or `DeadLettered` when it died before its first write); th
 record through the API first, as a responder would.
 
 Two knobs make the local run fast (both put back after the test):
-- `worker.runner.LEASE_SECONDS` (120 s) becomes LEASE_SECONDS: the lease a crashed attempt leaves on its
+- `worker.runner.LEASE_SECONDS` (120 s, the release's too) becomes LEASE_SECONDS: the lease a crashed attempt leaves on its
   record. 8 s keeps the deployed relation: a lease outlasts a message's remaining retries (locally
   1 + 2 + 2 + 2 s of retry delays, deployed 10 + 30 + 30 + 30 s);
 - the queues' visibility timeout (360 s in template.yaml) becomes VISIBILITY_TIMEOUT_SECONDS, longer than
@@ -712,6 +712,7 @@ def test_chaos(
         demo_accounts=ACCOUNT_NAMES,
         demo_instances=SPECS,
     ) as stack:
+        import worker.release
         import worker.runner
         from shared import aws
         from shared.config import worker_settings
@@ -731,6 +732,7 @@ def test_chaos(
                 QueueUrl=queue, Attributes={"VisibilityTimeout": str(VISIBILITY_TIMEOUT_SECONDS)}
             )
         monkeypatch.setattr(worker.runner, "LEASE_SECONDS", LEASE_SECONDS)
+        monkeypatch.setattr(worker.release, "LEASE_SECONDS", LEASE_SECONDS)  # a release's lease too
 
         # Three member accounts; one instance of each is terminated, two made-up ids per account.
         accounts = stack.demo.accounts
