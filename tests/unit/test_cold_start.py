@@ -16,6 +16,18 @@ import pytest
 #: Never on any Lambda's path: boto3 (its resource layer and s3transfer: `shared.aws` builds clients on
 #: botocore alone), the test and local-stack tools, tracing.
 NEVER = ("boto3", "s3transfer", "moto", "aws_xray_sdk", "local_stack", "yaml")
+#: What the worker's handlers (containment and follow-up, tamper) have no use for. The partial batch
+#: response is their own (`worker.sqs_batch`): no Powertools batch utility, whose import brings asyncio
+#: and the event data classes.
+NOT_THE_WORKERS = (
+    "ingest",
+    "sweeper",
+    "asyncio",
+    "aws_lambda_powertools.event_handler",
+    "aws_lambda_powertools.utilities.batch",
+    "aws_lambda_powertools.utilities.data_classes",
+    "aws_lambda_powertools.utilities.parser",
+)
 #: What one handler's path has no use for.
 FOREIGN = {
     "ingest.app": (
@@ -27,26 +39,8 @@ FOREIGN = {
         "aws_lambda_powertools.utilities.batch",
         "aws_lambda_powertools.utilities.parser",
     ),
-    # The partial batch response is the worker's own (`worker.sqs_batch`): no Powertools batch utility,
-    # whose import brings asyncio and the event data classes.
-    "worker.app": (
-        "ingest",
-        "sweeper",
-        "asyncio",
-        "aws_lambda_powertools.event_handler",
-        "aws_lambda_powertools.utilities.batch",
-        "aws_lambda_powertools.utilities.data_classes",
-        "aws_lambda_powertools.utilities.parser",
-    ),
-    "worker.tamper_app": (
-        "ingest",
-        "sweeper",
-        "asyncio",
-        "aws_lambda_powertools.event_handler",
-        "aws_lambda_powertools.utilities.batch",
-        "aws_lambda_powertools.utilities.data_classes",
-        "aws_lambda_powertools.utilities.parser",
-    ),
+    "worker.app": NOT_THE_WORKERS,
+    "worker.tamper_app": NOT_THE_WORKERS,
     # The sweeper reads dead-lettered messages with the worker's parser, and runs nothing of the worker.
     "sweeper.app": (
         "ingest",
