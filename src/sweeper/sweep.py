@@ -93,24 +93,27 @@ def _isolations(body: str, container_findings: bool) -> list[IsolationRecord]:
         return parse(body, container_findings=container_findings)
 
 
-def _end_dead_lettered(store: IsolationStore, record: IsolationRecord, now: float) -> bool:
-    current = store.item(record.isolation_id)
-    if current is None:
-        store.put_record(record)  # a trigger whose record was never written
-    elif not lifecycle.END_DEAD_LETTERED.guard.holds(current, now=now):
+def _end_dead_lettered(store: IsolationStore, requested: IsolationRecord, now: float) -> bool:
+    """End the stored record (its attempts, target and steps, not the message's copy of the request)."""
+    item = store.item(requested.isolation_id)
+    if item is None:
+        store.put_record(requested)  # a trigger whose record was never written
+        current = requested
+    elif lifecycle.END_DEAD_LETTERED.guard.holds(item, now=now):
+        current = store.as_record(item)
+    else:
         return False
-    if not store.end_dead_lettered(record, now=now):
+    if not store.end_dead_lettered(current, now=now):
         return False
-    logger.warning("ended a record whose message is in the DLQ", extra={"isolation_id": record.isolation_id})
+    logger.warning("ended a record whose message is in the DLQ", extra={"isolation_id": current.isolation_id})
     return True
 
 
 def _end_release_dead_lettered(store: IsolationStore, isolation_id: str, now: float) -> bool:
-    current = store.item(isolation_id)
-    if current is None or not lifecycle.END_RELEASE_DEAD_LETTERED.guard.holds(current, now=now):
+    item = store.item(isolation_id)
+    if item is None or not lifecycle.END_RELEASE_DEAD_LETTERED.guard.holds(item, now=now):
         return False
-    record = store.get(isolation_id)
-    if record is None or not store.end_release_dead_lettered(record, now=now):
+    if not store.end_release_dead_lettered(store.as_record(item), now=now):
         return False
     logger.warning("ended a release whose message is in the DLQ", extra={"isolation_id": isolation_id})
     return True

@@ -73,6 +73,36 @@ def test_a_worker_killed_anywhere_in_the_last_receive_is_swept_and_a_redrive_fin
     assert_isolated(member, instance, vpc.id)
 
 
+def test_a_dead_lettered_record_keeps_what_its_earlier_attempts_did(
+    stack: Stack, member: Member, faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an isolation whose first attempt began and failed at the cut (retried through the queue)
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    isolation_id = request_isolation(stack, member, instance)
+    faults.inject("ec2", "ModifyNetworkInterfaceAttribute", "InternalError", status=500, times=1)
+    [response] = stack.drain(rounds=1)
+    assert response["batchItemFailures"]
+    first = record_of(stack, isolation_id)
+    assert first["attempts"] == 1 and first["prior_state"] is not None and first["steps"]
+    stack.let_time_pass()
+    # and whose worker then dies on the last receive before that attempt's first write
+    die_on_the_last_receive(stack, faults, CRASH_POINTS["before the attempt's first write"])
+
+    # When the sweeper ends it
+    time_passes(monkeypatch)
+    swept = stack.sweep()
+
+    # Then its record is the stored one, ended: the attempt that reached the instance is counted, and
+    # what it did is still there
+    record = record_of(stack, isolation_id)
+    assert swept["dead_lettered"] == [isolation_id]
+    assert record["status"] == "FAILED" and record["error"]["code"] == "DeadLettered"
+    assert record["attempts"] == 1
+    assert "after 1 attempt(s) reached the instance" in record["error"]["message"]
+    assert record["prior_state"] == first["prior_state"] and record["steps"] == first["steps"]
+
+
 def test_a_record_waiting_in_the_queue_is_never_ended_by_a_clock(
     stack: Stack, member: Member, monkeypatch: pytest.MonkeyPatch
 ) -> None:
