@@ -42,9 +42,10 @@ from shared.observability import MetricUnit, logger, metrics
 from shared.regions import known_region
 from shared.store import LeaseHeld, ReleaseEnd
 from shared.store.releases import SUPERSEDED
+from worker import runner
 from worker.consistency import retry_within
 from worker.instance import describe
-from worker.runner import FINAL_WRITE_BUDGET_SECONDS, LEASE_SECONDS, WorkerDeps
+from worker.runner import FINAL_WRITE_BUDGET_SECONDS, WorkerDeps
 from worker.steps import RELEASE, Step
 from worker.steps.release import Notes, ReleaseContext
 
@@ -114,7 +115,7 @@ class ReleaseAttempt:
             logger.warning(
                 "release will retry", extra={"code": error.code, "receive_count": self.receive_count}
             )
-            self.deps.store.give_up_release_lease(record.isolation_id, self.owner)
+            self.deps.store.end_attempt(record.isolation_id, self.owner, began=True)
             return
         logger.error(
             "release retries exhausted", extra={"code": error.code, "receive_count": self.receive_count}
@@ -142,7 +143,10 @@ class ReleaseAttempt:
         store, settings = self.deps.store, self.deps.settings
         try:
             record = store.begin_release(
-                self.message.isolation_id, owner=self.owner, lease_seconds=LEASE_SECONDS, final=self.final
+                self.message.isolation_id,
+                owner=self.owner,
+                lease_seconds=runner.LEASE_SECONDS,
+                final=self.final,
             )
         except LeaseHeld as exc:
             raise RetryableError(

@@ -712,7 +712,6 @@ def test_chaos(
         demo_accounts=ACCOUNT_NAMES,
         demo_instances=SPECS,
     ) as stack:
-        import worker.release
         import worker.runner
         from shared import aws
         from shared.config import worker_settings
@@ -732,7 +731,6 @@ def test_chaos(
                 QueueUrl=queue, Attributes={"VisibilityTimeout": str(VISIBILITY_TIMEOUT_SECONDS)}
             )
         monkeypatch.setattr(worker.runner, "LEASE_SECONDS", LEASE_SECONDS)
-        monkeypatch.setattr(worker.release, "LEASE_SECONDS", LEASE_SECONDS)  # a release's lease too
 
         # Three member accounts; one instance of each is terminated, two made-up ids per account.
         accounts = stack.demo.accounts

@@ -457,7 +457,7 @@ def test_an_isolation_waits_for_a_running_release_to_stop(stack: Stack, member: 
     assert record_of(stack, isolated["isolation_id"])["status"] == "RELEASING"
 
     # When the running release stops (it gives its lease back), and the messages come back
-    stack.store.give_up_release_lease(isolated["isolation_id"], "running")
+    stack.store.end_attempt(isolated["isolation_id"], "running", began=True)
     stack.let_time_pass()
     stack.drain()
 

@@ -33,7 +33,7 @@ from shared.aws import same_account_client
 from shared.errors import error_code
 from shared.lifecycle import FINAL, FINAL_LEASE_INDEX, Status, Transition
 from shared.models import ErrorInfo, Evidence, IsolationRecord, PriorState, StepRecord, iso8601, utcnow
-from shared.store import idempotency, rate_limits, role_leases, slots, tamper_repairs
+from shared.store import idempotency, rate_limits, record_leases, role_leases, slots, tamper_repairs
 from shared.store.dynamo import Refused, Write, deserialize, epoch, key, serialize
 from shared.store.idempotency import IdempotencyClaim, Replayed
 from shared.store.releases import ReleaseWrites
@@ -486,25 +486,18 @@ class IsolationStore(ReleaseWrites):
         while another worker holds the lease, `RecordEnded` when there is nothing left to do,
         `RecordMissing` when there is no such record.
         """
-        now = time.time()
-        write = Write(
+        write = record_leases.taking(
+            lifecycle.BEGIN,
             "#s = :running",
             "attempts = if_not_exists(attempts, :zero) + :one",
-            "updated_at = :stamp",
-            "lease_owner = :owner",
-            "lease_until = :until",
-            remove=("#e", "resumable") if final else ("#e", "resumable", "final_attempt"),
-            condition=lifecycle.BEGIN.guard,
-            params={"now": epoch(now), "owner": owner},
+            owner=owner,
+            lease_seconds=lease_seconds,
+            final=final,
+            remove=("#e", "resumable"),
             running=Status.IN_PROGRESS.value,
             zero=0,
             one=1,
-            stamp=iso8601(utcnow()),
-            owner=owner,
-            until=epoch(now + lease_seconds),
         )
-        if final:
-            write.set("final_attempt = :final", final=FINAL)
         if prior_state is not None:
             # The first attempt's view is the instance as it was: a retry sees it half isolated. Fields
             # not known yet stay absent: the step that reads them writes them (`add_steps(prior=...)`).
@@ -589,22 +582,15 @@ class IsolationStore(ReleaseWrites):
         Raises `RecordEnded` when there is nothing left to do, `RecordMissing` when there is no such
         record, `LeaseHeld` while another attempt holds it or the containment has not handed it over.
         """
-        now = time.time()
-        write = Write(
+        write = record_leases.taking(
+            lifecycle.BEGIN_FOLLOW_UP,
             "#s = :running",
-            "updated_at = :stamp",
-            "lease_owner = :owner",
-            "lease_until = :until",
-            remove=("#e", "resumable") if final else ("#e", "resumable", "final_attempt"),
-            condition=lifecycle.BEGIN_FOLLOW_UP.guard,
-            params={"now": epoch(now), "owner": owner},
-            running=Status.IN_PROGRESS.value,
-            stamp=iso8601(utcnow()),
             owner=owner,
-            until=epoch(now + lease_seconds),
+            lease_seconds=lease_seconds,
+            final=final,
+            remove=("#e", "resumable"),
+            running=Status.IN_PROGRESS.value,
         )
-        if final:
-            write.set("final_attempt = :final", final=FINAL)
         try:
             stored = self.update_record(isolation_id, write)
         except Refused as refused:
@@ -613,14 +599,11 @@ class IsolationStore(ReleaseWrites):
         return _record(stored), ErrorInfo.model_validate(unmet) if unmet else None
 
     def end_attempt(self, isolation_id: str, owner: str, *, began: bool) -> None:
-        """A retryable failure ends this attempt. One that `began` gives up its lease, so the retry need
-        not wait for it to expire; one that failed before `begin_attempt` is counted here instead."""
+        """A retryable failure ends this attempt (an isolation's phase, or a release's). One that `began`
+        gives its lease back, so the retry need not wait for it to expire; an isolation's that failed
+        before `begin_attempt` is counted here instead."""
         if began:
-            write = Write(
-                remove=("lease_owner", "lease_until"),
-                condition=lifecycle.EqualsParam("lease_owner", "owner"),
-                params={"owner": owner},
-            )
+            write = record_leases.giving_back(owner)
         else:
             write = Write(
                 "attempts = if_not_exists(attempts, :zero) + :one",

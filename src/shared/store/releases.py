@@ -21,9 +21,9 @@ from botocore.exceptions import ClientError
 
 from shared import lifecycle
 from shared.errors import error_code
-from shared.lifecycle import FINAL, Status, Transition
+from shared.lifecycle import Status, Transition
 from shared.models import ErrorInfo, IsolationRecord, ReleaseInfo, StepRecord, iso8601, utcnow
-from shared.store import slots
+from shared.store import record_leases, slots
 from shared.store.dynamo import Refused, Write, deserialize, epoch, key
 
 #: The error codes of a release that did not finish.
@@ -182,20 +182,9 @@ class ReleaseWrites:
         record is not RELEASING (nothing to do); raises `LeaseHeld` while another attempt holds it."""
         from shared.store.records import LeaseHeld
 
-        now = time.time()
-        write = Write(
-            "updated_at = :stamp",
-            "lease_owner = :owner",
-            "lease_until = :until",
-            remove=() if final else ("final_attempt",),
-            condition=lifecycle.BEGIN_RELEASE.guard,
-            params={"now": epoch(now), "owner": owner},
-            stamp=iso8601(utcnow()),
-            owner=owner,
-            until=epoch(now + lease_seconds),
+        write = record_leases.taking(
+            lifecycle.BEGIN_RELEASE, owner=owner, lease_seconds=lease_seconds, final=final
         )
-        if final:
-            write.set("final_attempt = :final", final=FINAL)
         try:
             item = self.update_record(isolation_id, write)
         except Refused as refused:
@@ -218,19 +207,6 @@ class ReleaseWrites:
         """True while the release of `record` still holds the instance's slot (no isolation took it)."""
         slot = self.item(slots.slot_key(record.target)) or {}
         return slots.HELD_BY_RELEASE.holds(slot, id=record.isolation_id)
-
-    def give_up_release_lease(self, isolation_id: str, owner: str) -> None:
-        """A retryable failure ends this attempt: give the lease back so the retry need not wait."""
-        write = Write(
-            remove=("lease_owner", "lease_until"),
-            condition=lifecycle.EqualsParam("lease_owner", "owner"),
-            params={"owner": owner},
-        )
-        try:
-            self.client.update_item(TableName=self.table_name, Key=key(isolation_id), **write.request())
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
 
     def end_release(
         self,
