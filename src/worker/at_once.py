@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 R = TypeVar("R")
+A = TypeVar("A")
+B = TypeVar("B")
 
 #: At most this many threads at once (a batch is at most 10 messages; a Security Hub action may ask for
 #: more isolations in one).
@@ -25,3 +27,9 @@ def each_at_once(function: Callable[[T], R], items: Sequence[T]) -> list[R]:
     with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(items)), thread_name_prefix="at-once") as pool:
         futures = [pool.submit(contextvars.copy_context().run, function, item) for item in items]
         return [future.result() for future in futures]
+
+
+def both_at_once(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+    """`first()` and `second()` at once (as `each_at_once`); their results."""
+    a, b = each_at_once(lambda call: call(), [first, second])
+    return cast(A, a), cast(B, b)

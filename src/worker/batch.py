@@ -2,7 +2,7 @@
 
 1. open every message's record (a trigger's is written now; joins, coalescing, the blast radius);
 2. describe the batch's instances: one AssumeRole (cached) and one DescribeInstances per account and
-   region;
+   region (and, at once, the region's isolation groups, when the environment knows none there yet);
 3. begin each: the prior state written before any change;
 4. cut every interface of every instance (the isolation group of each VPC found or created once) and
    write each record's `contained_at`;
@@ -19,14 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from itertools import groupby
+from typing import Any
 
 from shared.aws import same_account_client
 from shared.errors import PermanentError, RetryableError
-from shared.models import FollowUpMessage
-from worker.at_once import each_at_once
+from shared.models import FollowUpMessage, Target
+from shared.observability import logger
+from worker.at_once import both_at_once, each_at_once
 from worker.instance import describe_many
 from worker.runner import Attempt, Outcome, WorkerDeps
-from worker.steps import HOLD
+from worker.steps import HOLD, network
 
 #: SendMessageBatch takes at most ten messages.
 SQS_BATCH = 10
@@ -156,7 +158,11 @@ def _describe(
         try:
             with group[0].acting():  # (one call for the group: its errors are every attempt's)
                 account = deps.session(target)
-                found = describe_many(account.client("ec2"), [attempt.record.target for attempt in group])
+                ec2 = account.client("ec2")
+                found, groups_seen = both_at_once(
+                    lambda: describe_many(ec2, [attempt.record.target for attempt in group]),
+                    lambda: _look_ahead(ec2, target, deps.settings.ISOLATION_SG_NAME),
+                )
         except Exception as exc:
             for attempt in group:
                 results[id(attempt)] = exc
@@ -167,9 +173,23 @@ def _describe(
                 results[id(attempt)] = instance
             else:
                 attempt.account, attempt.instance = account, instance
+                attempt.groups_seen = groups_seen
 
     each_at_once(describe_group, groups)
     return [attempt for attempt in attempts if id(attempt) not in results]
+
+
+def _look_ahead(ec2: Any, target: Target, name: str) -> dict[str, dict[str, Any]] | None:
+    """The region's isolation groups, looked up while the instances are described, when this environment
+    knows none of the account and region yet (None otherwise, or when the lookup failed: the step then
+    looks up each VPC's group itself)."""
+    if network.knows_groups_of(target.account_id, target.region, name):
+        return None
+    try:
+        return network.groups_by_vpc(ec2, name)
+    except Exception as exc:
+        logger.warning("isolation groups not looked up ahead", extra={"error": str(exc)})
+        return None
 
 
 def _send_follow_ups(

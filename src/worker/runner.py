@@ -359,7 +359,14 @@ class _Receive:
             attempts = self._attempts()
         store.finish(self.record, Status.FAILED, error=error, resumable=resumable, attempts=attempts)
 
-    def _context(self, account: AccountSession, instance: Instance, begun: IsolationRecord) -> StepContext:
+    def _context(
+        self,
+        account: AccountSession,
+        instance: Instance,
+        begun: IsolationRecord,
+        *,
+        groups_seen: dict[str, dict[str, Any]] | None = None,
+    ) -> StepContext:
         journal = StepJournal(self.deps.store, self.record.isolation_id)
         return StepContext(
             isolation_id=self.record.isolation_id,
@@ -373,6 +380,7 @@ class _Receive:
             notes=journal,
             leases=self.deps.store,
             sleep=self.deps.sleep,
+            groups_seen=groups_seen,
         )
 
     def _step(self, step_class: type[Step], ctx: StepContext) -> StepRecord:
@@ -403,6 +411,8 @@ class Attempt(_Receive):
 
     account: AccountSession | None = None
     instance: Instance | None = None
+    #: The region's isolation groups by VPC, looked up with the instance (None: not looked up).
+    groups_seen: dict[str, dict[str, Any]] | None = None
     ctx: StepContext | None = None
 
     def run(self) -> Outcome:
@@ -463,7 +473,7 @@ class Attempt(_Receive):
                 sleep=self.deps.sleep,
             )
             return Outcome.CHECKED if checked is Status.CHECKED else Outcome.FAILED
-        self.ctx = self._context(account, instance, begun)
+        self.ctx = self._context(account, instance, begun, groups_seen=self.groups_seen)
         return None
 
     def contain(self) -> None:

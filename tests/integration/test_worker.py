@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -211,6 +212,57 @@ def test_cold_worker_finds_the_existing_group_by_vpc(stack: Stack, member: Membe
     assert record["status"] == "ISOLATED"
     assert steps(record)["ensure-isolation-sg"] == "already"
     assert len(member.isolation_groups(vpc.id)) == 1
+
+
+def test_a_cold_worker_looks_up_the_groups_while_it_describes_the_instance(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given a worker that knows no isolation group of the account yet, a group made by an earlier worker,
+    # and a DescribeInstances that waits (a few seconds at most) for a group lookup to begin
+    from worker.steps import forget_caches
+
+    vpc = member.vpc()
+    first, second = member.instance(vpc), member.instance(vpc)
+    isolate(stack, member, first)
+    forget_caches()
+    looking, seen_by_the_describe = threading.Event(), []
+    faults.hook(
+        "before-call.ec2.DescribeInstances",
+        lambda **_: seen_by_the_describe.append(looking.wait(timeout=5)),
+    )
+    faults.hook("before-call.ec2.DescribeSecurityGroups", lambda **_: looking.set())
+    faults.count()
+
+    # When it isolates another instance of the VPC
+    record = isolate(stack, member, second)
+
+    # Then the lookup ran while the instance was described (one after the other, the wait runs out),
+    # it was the only one, and the group was reused
+    assert seen_by_the_describe[0] is True
+    assert record["status"] == "ISOLATED"
+    assert steps(record)["ensure-isolation-sg"] == "already"
+    assert faults.calls["ec2.DescribeSecurityGroups"] == 1
+    assert faults.calls["ec2.CreateSecurityGroup"] == 0
+    assert_isolated(member, second, vpc.id)
+
+
+def test_a_failed_look_ahead_leaves_the_lookup_to_the_step(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given a first isolation whose lookup of the region's groups fails
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    faults.inject("ec2", "DescribeSecurityGroups", "RequestLimitExceeded", status=503, times=1)
+    faults.count()
+
+    # When it is isolated
+    record = isolate(stack, member, instance)
+
+    # Then the step looked up its VPC's group itself, created it, and the instance is isolated at once
+    assert record["status"] == "ISOLATED" and record["attempts"] == 1
+    assert steps(record)["ensure-isolation-sg"] == "done"
+    assert faults.calls["ec2.CreateSecurityGroup"] == 1
+    assert_isolated(member, instance, vpc.id)
 
 
 def test_tampered_group_is_repaired(stack: Stack, member: Member) -> None:

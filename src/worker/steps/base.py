@@ -55,6 +55,9 @@ class StepContext:
     sleep: Callable[[float], None] | None = None
     #: Filled by ensure-isolation-sg: the isolation security group of each VPC.
     isolation_groups: dict[str, str] = field(default_factory=dict)
+    #: The region's isolation groups by VPC, as described with the instance (`network.groups_by_vpc`);
+    #: None: not looked up (ensure-isolation-sg looks up each VPC's).
+    groups_seen: dict[str, dict[str, Any]] | None = None
     #: A dry run's permission simulator (`worker.steps.checks.simulator` makes it when first needed).
     simulator: PolicySimulator | None = None
 
