@@ -301,6 +301,7 @@ def build_stack(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch, **env
                 "FOLLOW_UP_QUEUE_URL",
                 "TARGET_ROLE_NAME",
                 "MAX_RECEIVE_COUNT",
+                "TAMPER_DEAD_LETTER_QUEUE_URL",
             )
         },
         "DEAD_LETTER_QUEUE_URL": provisioned.dead_letter_queue_url,

@@ -102,6 +102,8 @@ class SweeperSettings(CommonSettings):
     DEAD_LETTER_QUEUE_URL: Annotated[str, Field(min_length=1)]
     #: The follow-up queue's DLQ: a follow-up message there whose record no attempt holds ends it too.
     FOLLOW_UP_DEAD_LETTER_QUEUE_URL: Annotated[str, Field(min_length=1)]
+    #: The tamper queue's DLQ: a CloudTrail call there whose repair no attempt holds ends that repair.
+    TAMPER_DEAD_LETTER_QUEUE_URL: Annotated[str, Field(min_length=1)]
     #: At most this many DLQ receives (of up to 10 messages each) per run.
     DLQ_PEEKS: Annotated[int, Field(ge=1, le=100)] = 10
 

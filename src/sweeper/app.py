@@ -23,6 +23,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         same_account_client("sqs"),
         settings.DEAD_LETTER_QUEUE_URL,
         follow_up_dead_letter_queue_url=settings.FOLLOW_UP_DEAD_LETTER_QUEUE_URL,
+        tamper_dead_letter_queue_url=settings.TAMPER_DEAD_LETTER_QUEUE_URL,
         peeks=settings.DLQ_PEEKS,
         announce=lambda isolation_id: outcomes.announce(
             store, isolation_id, events=same_account_client("events"), bus=settings.EVENT_BUS_NAME

@@ -5,12 +5,14 @@ Two cases, both on the message's last allowed receive, after which SQS moves the
   IN_PROGRESS with a last-receive lease; once that lease has expired (`lifecycle.LOST`), it is ended
   `WorkerLost`. Found through the `by-final-lease` index, never a scan.
 - the worker stopped before its attempt's first write: the record is QUEUED (or IN_PROGRESS from an
-  earlier receive, its lease expired) and its message is in the DLQ. The sweeper peeks at both DLQs,
-  the isolation queue's and the follow-up queue's (ReceiveMessage with a zero visibility timeout; it
-  never deletes: a redrive is the operator's call) and ends such a record `DeadLettered`; a trigger's
-  message whose record was never written gets one. (A containment message in the DLQ whose record was
-  handed over with its follow-up still queued is ended too; that follow-up then resumes the FAILED,
-  resumable record and ends it.)
+  earlier receive, its lease expired) and its message is in the DLQ. The sweeper peeks at the three
+  DLQs, the isolation queue's, the follow-up queue's and the tamper queue's (ReceiveMessage with a zero
+  visibility timeout; it never deletes: a redrive is the operator's call) and ends such a record
+  `DeadLettered`; a trigger's message whose record was never written gets one. (A containment message in
+  the DLQ whose record was handed over with its follow-up still queued is ended too; that follow-up then
+  resumes the FAILED, resumable record and ends it.) A CloudTrail call in the tamper DLQ ends the
+  repairs it wrote (their ids name the call and the instance: the sweeper looks up the ids of every
+  instance the call may touch); a repair never written changed nothing, and gets no record.
 
 Both end the record resumable: a DLQ redrive runs it again. A release (RELEASING) lost the same ways
 ends RELEASE_FAILED with the same codes; a new release request finishes it. A record merely waiting in the queue behind a
@@ -28,10 +30,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared import lifecycle
-from shared.models import FollowUpMessage, IsolationRecord
+from shared.models import FollowUpMessage, IsolationRecord, Target
 from shared.observability import logger
 from shared.store import IsolationStore
-from worker.messages import Ignored, InvalidMessage, Unusable, parse, release_of
+from worker.messages import Ignored, InvalidMessage, TamperCall, Unusable, parse, parse_tamper, release_of
 
 
 @dataclass
@@ -48,6 +50,7 @@ def sweep(
     dead_letter_queue_url: str,
     *,
     follow_up_dead_letter_queue_url: str | None = None,
+    tamper_dead_letter_queue_url: str | None = None,
     peeks: int,
     announce: Callable[[str], object],
     container_findings: bool = False,
@@ -79,9 +82,19 @@ def sweep(
         except (InvalidMessage, Ignored, Unusable):
             continue  # nothing of this message can be running (the DLQ alarm says it is there)
         for record in requested:
-            if _end_dead_lettered(store, record, moment):
+            if _end_dead_lettered(store, record.isolation_id, moment, unwritten=record):
                 swept.dead_lettered.append(record.isolation_id)
                 announce(record.isolation_id)
+    for body in _peek(sqs, tamper_dead_letter_queue_url, peeks) if tamper_dead_letter_queue_url else []:
+        swept.peeked += 1
+        try:
+            call = parse_tamper(body)
+        except (InvalidMessage, Ignored):
+            continue  # a call that asked for no repair
+        for isolation_id in _repairs_of(store, call):
+            if _end_dead_lettered(store, isolation_id, moment):
+                swept.dead_lettered.append(isolation_id)
+                announce(isolation_id)
     return swept
 
 
@@ -93,19 +106,36 @@ def _isolations(body: str, container_findings: bool) -> list[IsolationRecord]:
         return parse(body, container_findings=container_findings)
 
 
-def _end_dead_lettered(store: IsolationStore, requested: IsolationRecord, now: float) -> bool:
-    """End the stored record (its attempts, target and steps, not the message's copy of the request)."""
-    item = store.item(requested.isolation_id)
+def _repairs_of(store: IsolationStore, call: TamperCall) -> list[str]:
+    """The ids of the repairs `call` may have asked for: one per instance it names, or (a call on an
+    interface, a group, a role or a snapshot) per isolated instance where it was made."""
+    targets = {
+        Target(account_id=call.account_id, region=call.region, instance_id=instance_id)
+        for instance_id in call.instance_ids
+    }
+    if call.names_other_resources:
+        targets |= {r.target for r in store.isolated_in_account(call.account_id, call.search_region)}
+    return sorted(call.repair_id(target) for target in targets)
+
+
+def _end_dead_lettered(
+    store: IsolationStore, isolation_id: str, now: float, *, unwritten: IsolationRecord | None = None
+) -> bool:
+    """End the stored record (its attempts, target and steps, not the message's copy of the request);
+    one never written is written first from `unwritten` (None: there is nothing to end)."""
+    item = store.item(isolation_id)
     if item is None:
-        store.put_record(requested)  # a trigger whose record was never written
-        current = requested
+        if unwritten is None:
+            return False
+        store.put_record(unwritten)  # a trigger whose record was never written
+        current = unwritten
     elif lifecycle.END_DEAD_LETTERED.guard.holds(item, now=now):
         current = store.as_record(item)
     else:
         return False
     if not store.end_dead_lettered(current, now=now):
         return False
-    logger.warning("ended a record whose message is in the DLQ", extra={"isolation_id": current.isolation_id})
+    logger.warning("ended a record whose message is in the DLQ", extra={"isolation_id": isolation_id})
     return True
 
 

@@ -274,6 +274,24 @@ class TamperCall:
     role_name: str | None = None
 
     @property
+    def names_other_resources(self) -> bool:
+        """The call names interfaces, a group, a role or a snapshot: the isolations it touches are found
+        among the account's ISOLATED records (`search_region`)."""
+        return bool(
+            self.network_interface_ids or self.security_group_id or self.snapshot_id or self.role_name
+        )
+
+    @property
+    def search_region(self) -> str | None:
+        """The region of the isolations it may touch; None (every region) for IAM, which is global (its
+        calls are recorded in us-east-1) and whose roles serve instances of every region."""
+        return None if self.role_name else self.region
+
+    def repair_id(self, target: Target) -> str:
+        """The isolation id of the repair this call asks for on `target` (one per call and instance)."""
+        return trigger_isolation_id(Source.TAMPER, f"{self.event_id}:{target.arn}")
+
+    @property
     def trigger(self) -> dict[str, Any]:
         return {
             "event_name": self.event_name,

@@ -13,7 +13,9 @@ Which instances a call touches:
 
 An instance whose latest isolation is released, failed or skipped is left alone (logged); one whose
 latest isolation is still in flight brings the message back later (that isolation may have passed the
-network cut before the call). A repair belongs to the episode of the isolation it repairs: it names it
+network cut before the call). Except the call's own repair: a redelivery of the call (its retry, or a
+redrive of the tamper DLQ once the sweeper ended the repair `DeadLettered`) asks for it again, and the
+attempt resumes it. A repair belongs to the episode of the isolation it repairs: it names it
 in `inherits_from` (the runner takes its prior state even when the call removed the instance's tag).
 """
 
@@ -24,7 +26,7 @@ from typing import Any
 
 from shared.errors import RetryableError
 from shared.lifecycle import Status
-from shared.models import IsolationRecord, Source, Target, trigger_isolation_id
+from shared.models import IsolationRecord, Source, Target
 from shared.observability import logger
 from worker.messages import Ignored, TamperCall
 from worker.runner import WorkerDeps
@@ -48,18 +50,25 @@ def repairs(call: TamperCall, deps: WorkerDeps) -> list[IsolationRecord]:
     for record in _indirect(call, deps):
         if record.target not in latest:
             latest[record.target] = _latest(deps, record.target) or record
-    in_flight = [r.isolation_id for r in latest.values() if r.status in (Status.QUEUED, Status.IN_PROGRESS)]
+    # A redelivery of the call (a retry, or a redrive of the tamper DLQ) finds its own repair latest: it
+    # asks for it again, and the attempt resumes it (or finds it over).
+    own = {
+        target: record for target, record in latest.items() if record.isolation_id == call.repair_id(target)
+    }
+    others = {target: record for target, record in latest.items() if target not in own}
+    in_flight = [r.isolation_id for r in others.values() if r.status in (Status.QUEUED, Status.IN_PROGRESS)]
     if in_flight:
         raise RetryableError(
             "IsolationInProgress",
             f"isolations {', '.join(in_flight)} are in flight: the call is looked at again once they end",
             wait="in-flight",
         )
-    isolated = {target: record for target, record in latest.items() if record.status is Status.ISOLATED}
-    if not isolated:
+    isolated = {target: record for target, record in others.items() if record.status is Status.ISOLATED}
+    if not isolated and not own:
         states = ", ".join(f"{t.instance_id} {r.status.value}" for t, r in latest.items()) or "none found"
         raise Ignored(f"{call.event_name} {call.event_id} touches no isolated instance ({states})")
-    return [_repair(call, target, _episode(deps, record)) for target, record in isolated.items()]
+    asked = [_repair(call, target, _episode(deps, record)) for target, record in isolated.items()]
+    return asked + [_again(call, target, record, deps) for target, record in own.items()]
 
 
 def _latest(deps: WorkerDeps, target: Target) -> IsolationRecord | None:
@@ -73,11 +82,9 @@ def _latest(deps: WorkerDeps, target: Target) -> IsolationRecord | None:
 
 def _indirect(call: TamperCall, deps: WorkerDeps) -> list[IsolationRecord]:
     """ISOLATED records the call's interfaces, group, role or snapshot belong to."""
-    if not (call.network_interface_ids or call.security_group_id or call.snapshot_id or call.role_name):
+    if not call.names_other_resources:
         return []
-    # IAM is global (its calls are recorded in us-east-1): a role serves instances of every region.
-    region = None if call.role_name else call.region
-    records = deps.store.isolated_in_account(call.account_id, region)
+    records = deps.store.isolated_in_account(call.account_id, call.search_region)
     found: list[IsolationRecord] = []
     for record in records:
         prior, evidence = record.prior_state, record.evidence
@@ -127,9 +134,15 @@ def _episode(deps: WorkerDeps, record: IsolationRecord) -> IsolationRecord:
     return record
 
 
+def _again(call: TamperCall, target: Target, own: IsolationRecord, deps: WorkerDeps) -> IsolationRecord:
+    """The call's own repair, asked for again as it was first (in the episode it repairs)."""
+    episode = deps.store.get(own.inherits_from) if own.inherits_from else None
+    return _repair(call, target, episode) if episode is not None else own
+
+
 def _repair(call: TamperCall, target: Target, episode: IsolationRecord) -> IsolationRecord:
     record = IsolationRecord.queued(
-        isolation_id=trigger_isolation_id(Source.TAMPER, f"{call.event_id}:{target.arn}"),
+        isolation_id=call.repair_id(target),
         source=Source.TAMPER,
         target=target,
         reason=f"tamper: {call.event_name} by {call.caller_arn or 'an unknown caller'} undid part of {episode.isolation_id}",

@@ -346,21 +346,29 @@ def test_table_has_its_three_indexes_pitr_and_sse(transformed: dict[str, Any]) -
         assert index["Projection"] == {"ProjectionType": "ALL"}
 
 
-def test_sweeper_runs_every_minute_peeks_the_dlq_and_queries_its_index_only(
+def test_sweeper_runs_every_minute_peeks_the_dlqs_and_queries_its_indexes_only(
     transformed: dict[str, Any], helpers
 ) -> None:
     resources = transformed["Resources"]
     role = resources["SweeperFunctionRole"]
     assert helpers.actions_of(role) == SWEEPER_ACTIONS
+    queried = []
     for statement in helpers.policy_statements(role):
         actions = set(helpers.as_list(statement["Action"]))
         if "sqs:ReceiveMessage" in actions:
             assert statement["Resource"] == [
                 {"Fn::GetAtt": ["IsolationDeadLetterQueue", "Arn"]},
                 {"Fn::GetAtt": ["FollowUpDeadLetterQueue", "Arn"]},
+                {"Fn::GetAtt": ["TamperDeadLetterQueue", "Arn"]},
             ]
         if "dynamodb:Query" in actions:
-            assert statement["Resource"] == {"Fn::Sub": "${IsolationTable.Arn}/index/by-final-lease"}
+            queried.append(statement["Resource"])
+    assert queried == [
+        {"Fn::Sub": "${IsolationTable.Arn}/index/by-final-lease"},
+        {"Fn::Sub": "${IsolationTable.Arn}/index/by-recent"},
+    ]
+    variables = resources["SweeperFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["TAMPER_DEAD_LETTER_QUEUE_URL"] == {"Ref": "TamperDeadLetterQueue"}
     (schedule,) = [r for r in resources.values() if r["Type"] == "AWS::Scheduler::Schedule"]
     assert schedule["Properties"]["ScheduleExpression"] == {"Ref": "SweepSchedule"}
     assert schedule["Properties"]["Target"]["Arn"] == {"Ref": "SweeperFunctionAliaslive"}

@@ -12,7 +12,8 @@ import boto3
 import pytest
 from tests.conftest import STACK_REGION, Stack
 from tests.integration.test_worker import assert_isolated, isolate, records_for
-from tests.support.aws import Member
+from tests.support.aws import Faults, Member
+from tests.support.crashes import Crash, time_passes
 from tests.support.events import lambda_context, sqs_event
 
 from local_stack.sample_events import cloudtrail_call, groups_changed
@@ -36,9 +37,12 @@ class TamperQueue:
         self.arn = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])[
             "Attributes"
         ]["QueueArn"]
+        (self.dlq_url,) = [url for url in self.sqs.list_queues()["QueueUrls"] if "TamperDeadLetter" in url]
         self.events = boto3.client("events", region_name=STACK_REGION)
         #: Messages the tamper function was invoked with.
         self.received = 0
+        #: The messages the last invocation failed (they come back after their retry delay).
+        self.retrying: list[dict[str, Any]] = []
 
     def put(self, event: dict[str, Any]) -> None:
         """On the stack's default bus, as a member's forwarding rule (or this account's trail) puts it."""
@@ -60,6 +64,23 @@ class TamperQueue:
             QueueUrl=self.url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
         ).get("Messages", [])
 
+    def dies_on_the_last_receive(self, crash_at: str, faults: Faults) -> None:
+        """The tamper function takes the queue's one message on its last allowed receive and dies at the
+        first `crash_at` call (`service.Operation`); SQS then moves the message to the tamper DLQ."""
+        from worker.tamper_app import lambda_handler
+
+        def die(**_: Any) -> None:
+            raise Crash()
+
+        faults.hook(f"before-parameter-build.{crash_at}", die)
+        [message] = self.messages()
+        message["Attributes"]["ApproximateReceiveCount"] = str(self.stack.max_receive_count)
+        with pytest.raises(Crash):
+            lambda_handler(sqs_event([message], self.arn), lambda_context())
+        faults.clear()
+        self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+        self.sqs.send_message(QueueUrl=self.dlq_url, MessageBody=message["Body"])
+
     def work(self) -> list[str]:
         """One invocation of the tamper function with what the queue holds; the successes deleted; then
         the follow-up function on the repairs' follow-ups."""
@@ -75,7 +96,15 @@ class TamperQueue:
             if message["MessageId"] not in failed:
                 self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
         self.stack.follow_up()
-        return [m["MessageId"] for m in batch if m["MessageId"] in failed]
+        self.retrying = [m for m in batch if m["MessageId"] in failed]
+        return [m["MessageId"] for m in self.retrying]
+
+    def let_time_pass(self) -> None:
+        """The retry delays the function set on the failed messages are over: they are visible again."""
+        for message in self.retrying:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
 
 
 @pytest.fixture
@@ -251,3 +280,81 @@ def test_only_other_principals_successful_calls_on_isolated_instances_are_repair
     assert tamper.work() == [] and tamper.received == 1
     assert records_for(stack, instance) == []
     assert tamper.messages() == []
+
+
+def _rule_added(member: Member, group: str) -> dict[str, Any]:
+    """Someone opens SSH on an isolation group, and the CloudTrail call it makes."""
+    permission = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+    member.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[permission])
+    return cloudtrail_call(
+        source="aws.ec2",
+        event_name="AuthorizeSecurityGroupIngress",
+        account_id=member.account_id,
+        region=member.region,
+        caller_role_arn=HARNESS_ROLE.format(account=member.account_id),
+        request_parameters={
+            "groupId": group,
+            "ipPermissions": {"items": [{"ipProtocol": "tcp", "fromPort": 22, "toPort": 22}]},
+        },
+    )
+
+
+@pytest.mark.parametrize("call", ["on the instance", "on its isolation group"])
+def test_a_repair_whose_function_dies_on_the_last_receive_is_swept_and_the_instance_stays_watched(
+    stack: Stack,
+    member: Member,
+    tamper: TamperQueue,
+    faults: Faults,
+    monkeypatch: pytest.MonkeyPatch,
+    call: str,
+) -> None:
+    # Given an isolated instance whose isolation someone undoes, and a tamper function that dies on the
+    # call's last receive after the repair's record was written, before it changed anything
+    vpc = member.vpc()
+    instance = member.instance(vpc, enis=1)
+    isolate(stack, member, instance)
+    if call == "on the instance":
+        (undone,) = _put_back(member, instance, vpc.app_group_id)
+    else:
+        undone = _rule_added(member, assert_isolated(member, instance, vpc.id))
+    tamper.put(undone)
+    tamper.dies_on_the_last_receive("ec2.DescribeInstances", faults)
+    [repair] = [r for r in records_for(stack, instance) if r["source"] == "tamper"]
+    assert repair["status"] == "QUEUED"
+
+    # When its lease would have expired and the sweeper runs
+    time_passes(monkeypatch)
+    swept = stack.sweep()
+
+    # Then the repair is ended FAILED, resumable, its call left in the tamper DLQ for a redrive
+    [repair] = [r for r in records_for(stack, instance) if r["source"] == "tamper"]
+    assert swept["dead_lettered"] == [repair["isolation_id"]]
+    assert repair["status"] == "FAILED" and repair["error"]["code"] == "DeadLettered"
+    assert tamper.sqs.receive_message(QueueUrl=tamper.dlq_url).get("Messages")
+    # And the instance is watched again: the operator's redrive of the call repairs it
+    tamper.put(undone)
+    assert tamper.work() == []
+    assert records_for(stack, instance)[0]["status"] == "ISOLATED"
+    assert_isolated(member, instance, vpc.id)
+
+
+def test_a_repair_that_fails_for_a_moment_is_finished_by_the_next_receive(
+    stack: Stack, member: Member, tamper: TamperQueue, faults: Faults
+) -> None:
+    # Given an isolated instance whose network cut someone undoes, and a repair whose first cut fails
+    vpc = member.vpc()
+    instance = member.instance(vpc, enis=1)
+    isolate(stack, member, instance)
+    (undone,) = _put_back(member, instance, vpc.app_group_id)
+    tamper.put(undone)
+    faults.inject("ec2", "ModifyNetworkInterfaceAttribute", "InternalError", status=500, times=1)
+    assert len(tamper.work()) == 1  # the message comes back
+
+    # When the call comes back (its retry delay over)
+    tamper.let_time_pass()
+    assert tamper.work() == []
+
+    # Then its own repair, not a new one, is finished: the instance is isolated again
+    repairs = [r for r in records_for(stack, instance) if r["source"] == "tamper"]
+    assert [r["status"] for r in repairs] == ["ISOLATED"] and repairs[0]["attempts"] == 2
+    assert_isolated(member, instance, vpc.id)
