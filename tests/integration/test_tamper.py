@@ -137,6 +137,23 @@ def _put_back(member: Member, instance: str, group: str, *, drop_tag: bool = Fal
     return calls
 
 
+def _rule_added(member: Member, group: str) -> dict[str, Any]:
+    """Someone opens SSH on an isolation group, and the CloudTrail call it makes."""
+    permission = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+    member.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[permission])
+    return cloudtrail_call(
+        source="aws.ec2",
+        event_name="AuthorizeSecurityGroupIngress",
+        account_id=member.account_id,
+        region=member.region,
+        caller_role_arn=HARNESS_ROLE.format(account=member.account_id),
+        request_parameters={
+            "groupId": group,
+            "ipPermissions": {"items": [{"ipProtocol": "tcp", "fromPort": 22, "toPort": 22}]},
+        },
+    )
+
+
 def test_an_undone_isolation_is_isolated_again_and_the_record_names_the_call(
     stack: Stack, member: Member, tamper: TamperQueue
 ) -> None:
@@ -183,21 +200,7 @@ def test_a_rule_added_to_an_isolation_group_is_revoked(
     group = assert_isolated(member, instances[0], vpc.id)
 
     # When someone opens SSH on the isolation group
-    permission = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
-    member.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[permission])
-    tamper.put(
-        cloudtrail_call(
-            source="aws.ec2",
-            event_name="AuthorizeSecurityGroupIngress",
-            account_id=member.account_id,
-            region=member.region,
-            caller_role_arn=HARNESS_ROLE.format(account=member.account_id),
-            request_parameters={
-                "groupId": group,
-                "ipPermissions": {"items": [{"ipProtocol": "tcp", "fromPort": 22, "toPort": 22}]},
-            },
-        )
-    )
+    tamper.put(_rule_added(member, group))
     assert tamper.work() == []
 
     # Then the rule is gone and each isolated instance of the VPC has a repair on record
@@ -280,23 +283,6 @@ def test_only_other_principals_successful_calls_on_isolated_instances_are_repair
     assert tamper.work() == [] and tamper.received == 1
     assert records_for(stack, instance) == []
     assert tamper.messages() == []
-
-
-def _rule_added(member: Member, group: str) -> dict[str, Any]:
-    """Someone opens SSH on an isolation group, and the CloudTrail call it makes."""
-    permission = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
-    member.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[permission])
-    return cloudtrail_call(
-        source="aws.ec2",
-        event_name="AuthorizeSecurityGroupIngress",
-        account_id=member.account_id,
-        region=member.region,
-        caller_role_arn=HARNESS_ROLE.format(account=member.account_id),
-        request_parameters={
-            "groupId": group,
-            "ipPermissions": {"items": [{"ipProtocol": "tcp", "fromPort": 22, "toPort": 22}]},
-        },
-    )
 
 
 @pytest.mark.parametrize("call", ["on the instance", "on its isolation group"])
