@@ -30,7 +30,7 @@ from shared.observability import logger
 from worker import consistency
 from worker.steps.base import Step, StepContext
 from worker.steps.checks import Action, outcome, simulate
-from worker.steps.instance_profile import profile_name_of
+from worker.steps.instance_profile import profile_name_of, profile_roles
 
 #: The inline policy on a role that denies its isolated instances' sessions.
 POLICY_NAME = "ec2-isolation-deny-isolated-instances"
@@ -134,16 +134,11 @@ class DenyInstanceCredentials(Step):
         return role
 
     def _role(self, ctx: StepContext, profile: str) -> dict[str, Any] | None:
-        try:
-            roles = ctx.iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"].get(
-                "Roles", []
-            )
-        except ClientError as exc:
-            if error_code(exc) != "NoSuchEntity":
-                raise
+        roles = profile_roles(ctx, profile)
+        if roles is None:
             raise ContainmentIncomplete(
                 "CredentialsNotCut", f"instance profile {profile} no longer exists: its role cannot be found"
-            ) from exc
+            )
         return roles[0] if roles else None
 
     def _protected(self, ctx: StepContext, name: str, path: str, arn: str) -> bool:

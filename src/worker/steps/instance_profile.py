@@ -72,7 +72,7 @@ class SwapInstanceProfile(Step):
             return StepRecord.already(self.name, f"instance profile is {profile}")
         created = self._ensure_profile(ctx)
         outcome = until_consistent(
-            lambda: self._attach(ctx, profile),
+            lambda: put_profile(ctx, self.name, profile),
             codes=_PROPAGATING,
             budget_seconds=ctx.settings.CONSISTENCY_WAIT_SECONDS,
             sleep=ctx.sleep,
@@ -91,7 +91,7 @@ class SwapInstanceProfile(Step):
         iam_arn = f"arn:{ctx.partition}:iam::{target.account_id}:{{}}"
         role_arn, profile_arn = iam_arn.format(f"role/{role}"), iam_arn.format(f"instance-profile/{profile}")
         actions: list[Action] = []
-        roles = self._profile_roles(ctx, profile)
+        roles = profile_roles(ctx, profile)
         if roles is None:
             actions += [
                 Action("iam:CreateRole", [role_arn], f"create role {role}"),
@@ -109,7 +109,7 @@ class SwapInstanceProfile(Step):
             actions.append(
                 Action("iam:AddRoleToInstanceProfile", [profile_arn], f"add role {role} to {profile}")
             )
-        association = self._association(ctx)
+        association = current_association(ctx)
         replacing = association is not None
         call = "ec2:ReplaceIamInstanceProfileAssociation" if replacing else "ec2:AssociateIamInstanceProfile"
         what = f"replace {association['IamInstanceProfile'].get('Arn')}" if association else "associate"
@@ -124,32 +124,6 @@ class SwapInstanceProfile(Step):
         ]
         return outcome(self.name, simulate(ctx, *actions), "")
 
-    def _attach(self, ctx: StepContext, profile: str) -> StepRecord:
-        association = self._association(ctx)
-        if association is None:
-            try:
-                ctx.ec2.associate_iam_instance_profile(
-                    IamInstanceProfile={"Name": profile}, InstanceId=ctx.target.instance_id
-                )
-                return StepRecord.done(self.name, f"associated {profile} (the instance had no profile)")
-            except ClientError as exc:
-                if error_code(exc) != "IncorrectState":
-                    raise
-                # Associated concurrently (or describe lagged): replace whatever is there now.
-                association = self._association(ctx)
-                if association is None:
-                    raise
-        previous = association.get("IamInstanceProfile", {}).get("Arn")
-        if profile_name_of(previous) == profile:
-            return StepRecord.already(self.name, f"instance profile is {profile}")
-        ctx.ec2.replace_iam_instance_profile_association(
-            IamInstanceProfile={"Name": profile}, AssociationId=association["AssociationId"]
-        )
-        return StepRecord.done(self.name, f"replaced {previous} with {profile}")
-
-    def _association(self, ctx: StepContext) -> dict[str, Any] | None:
-        return current_association(ctx)
-
     def _ensure_profile(self, ctx: StepContext) -> bool:
         """Make sure the isolation role and profile exist; True when this call created any of them."""
         key = (ctx.target.account_id, ctx.settings.ISOLATION_PROFILE_NAME)
@@ -159,7 +133,7 @@ class SwapInstanceProfile(Step):
         iam = ctx.iam
         profile, role = ctx.settings.ISOLATION_PROFILE_NAME, ctx.settings.ISOLATION_ROLE_NAME
         created = False
-        roles = self._profile_roles(ctx, profile)
+        roles = profile_roles(ctx, profile)
         if roles is None:
             created |= _tolerate_exists(
                 lambda: iam.create_role(
@@ -182,18 +156,6 @@ class SwapInstanceProfile(Step):
             _ready.add(key)
         return created
 
-    def _profile_roles(self, ctx: StepContext, profile: str) -> list[dict[str, Any]] | None:
-        """The roles of the isolation profile (None: there is no such profile)."""
-        try:
-            roles = ctx.iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"].get(
-                "Roles", []
-            )
-        except ClientError as exc:
-            if error_code(exc) != "NoSuchEntity":
-                raise
-            return None
-        return list(roles)
-
     def _check_roles(self, ctx: StepContext, roles: list[dict[str, Any]]) -> None:
         """The isolation profile holds the isolation role (or nothing yet), never another one."""
         profile, role = ctx.settings.ISOLATION_PROFILE_NAME, ctx.settings.ISOLATION_ROLE_NAME
@@ -203,6 +165,43 @@ class SwapInstanceProfile(Step):
                 "IsolationProfileMisconfigured",
                 f"instance profile {profile} in {ctx.target.account_id} holds role(s) {names}, not {role}",
             )
+
+
+def put_profile(ctx: StepContext, step: str, profile: str) -> StepRecord:
+    """Give the instance `profile` (step `step`'s outcome): associated when it has none, else in place of
+    the one it has."""
+    association = current_association(ctx)
+    if association is None:
+        try:
+            ctx.ec2.associate_iam_instance_profile(
+                IamInstanceProfile={"Name": profile}, InstanceId=ctx.target.instance_id
+            )
+            return StepRecord.done(step, f"associated {profile} (the instance had no profile)")
+        except ClientError as exc:
+            if error_code(exc) != "IncorrectState":
+                raise
+            # Associated concurrently (or describe lagged): replace whatever is there now.
+            association = current_association(ctx)
+            if association is None:
+                raise
+    previous = association.get("IamInstanceProfile", {}).get("Arn")
+    if profile_name_of(previous) == profile:
+        return StepRecord.already(step, f"instance profile is {profile}")
+    ctx.ec2.replace_iam_instance_profile_association(
+        IamInstanceProfile={"Name": profile}, AssociationId=association["AssociationId"]
+    )
+    return StepRecord.done(step, f"replaced {previous} with {profile}")
+
+
+def profile_roles(ctx: StepContext, profile: str) -> list[dict[str, Any]] | None:
+    """The roles of instance profile `profile` (None: there is no such profile)."""
+    try:
+        roles = ctx.iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"].get("Roles", [])
+    except ClientError as exc:
+        if error_code(exc) != "NoSuchEntity":
+            raise
+        return None
+    return list(roles)
 
 
 def current_association(ctx: StepContext) -> dict[str, Any] | None:

@@ -33,7 +33,7 @@ from worker.consistency import until_consistent
 from worker.steps.base import Step, StepContext
 from worker.steps.credentials import POLICY_NAME as DENY_POLICY_NAME
 from worker.steps.credentials import denied_instances, policy_document, role_lease
-from worker.steps.instance_profile import current_association, profile_name_of
+from worker.steps.instance_profile import current_association, profile_name_of, put_profile
 from worker.steps.instance_state import AT_TAG, ID_TAG, SOURCE_TAG, _attribute
 
 RELEASED_AT_TAG = f"{TAG_PREFIX}released-at"
@@ -106,35 +106,12 @@ class RestoreInstanceProfile(Step):
                 self.name, f"instance profile {prior} no longer exists: {isolation} removed, none associated"
             )
         return until_consistent(
-            lambda: self._associate(ctx, prior),
+            lambda: put_profile(ctx, self.name, prior),
             codes=_PROPAGATING,
             budget_seconds=ctx.settings.CONSISTENCY_WAIT_SECONDS,
             sleep=ctx.sleep,
             what=f"associate instance profile {prior}",
         )
-
-    def _associate(self, ctx: StepContext, profile: str) -> StepRecord:
-        association = current_association(ctx)
-        if association is None:
-            try:
-                ctx.ec2.associate_iam_instance_profile(
-                    IamInstanceProfile={"Name": profile}, InstanceId=ctx.target.instance_id
-                )
-                return StepRecord.done(self.name, f"associated {profile}")
-            except ClientError as exc:
-                if error_code(exc) != "IncorrectState":
-                    raise
-                # Associated concurrently (or describe lagged): replace whatever is there now.
-                association = current_association(ctx)
-                if association is None:
-                    raise
-        previous = association.get("IamInstanceProfile", {}).get("Arn")
-        if profile_name_of(previous) == profile:
-            return StepRecord.already(self.name, f"instance profile is {profile}")
-        ctx.ec2.replace_iam_instance_profile_association(
-            IamInstanceProfile={"Name": profile}, AssociationId=association["AssociationId"]
-        )
-        return StepRecord.done(self.name, f"replaced {profile_name_of(previous)} with {profile}")
 
 
 class RemoveCredentialsDeny(Step):
