@@ -630,15 +630,7 @@ class Attempt(_Receive):
             f"triggers started {limit} isolations in account {self.record.account_id} this hour already "
             "(MaxAutoIsolationsPerHour): left untouched; a person can still isolate it through the webhook"
         )
-        step = StepRecord.skipped("check-blast-radius", message)
-        skipped = self.record.model_copy(
-            update={
-                "status": Status.SKIPPED,
-                "steps": [step],
-                "error": ErrorInfo(code="RateLimited", message=message),
-            }
-        )
-        self.deps.store.put_record(skipped)
+        self._record_refused(StepRecord.skipped("check-blast-radius", message), Status.SKIPPED, "RateLimited")
         logger.warning("blast-radius budget spent: trigger skipped", extra={"limit": limit})
 
     def _record_tamper_loop(self, limit: int) -> None:
@@ -647,16 +639,15 @@ class Attempt(_Receive):
             "(TamperRepairsPerHour): left as the last call made it; an automation may be undoing the "
             "isolation (look at the call in the trigger), then isolate it through the webhook"
         )
-        step = StepRecord.failed("check-tamper-repairs", message)
-        looped = self.record.model_copy(
-            update={
-                "status": Status.FAILED,
-                "steps": [step],
-                "error": ErrorInfo(code="TamperLoop", message=message),
-            }
-        )
-        self.deps.store.put_record(looped)
+        self._record_refused(StepRecord.failed("check-tamper-repairs", message), Status.FAILED, "TamperLoop")
         logger.warning("tamper-repair budget spent: the instance is left alone", extra={"limit": limit})
+
+    def _record_refused(self, step: StepRecord, status: Status, code: str) -> None:
+        """The record of a request a budget refused, written ended: its one `step` says why."""
+        error = ErrorInfo(code=code, message=step.detail)
+        self.deps.store.put_record(
+            self.record.model_copy(update={"status": status, "steps": [step], "error": error})
+        )
 
     def _record_coalesced(self, earlier_id: str) -> None:
         step = StepRecord.already("coalesced", f"isolated less than the coalesce window ago by {earlier_id}")
