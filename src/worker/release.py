@@ -23,14 +23,8 @@ import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from shared import lifecycle
-from shared.aws import forget_session
 from shared.errors import (
-    EXPIRED_CODES,
-    THROTTLING_CODES,
-    TRANSIENT_CODES,
     IsolationError,
     PermanentError,
     RetryableError,
@@ -43,9 +37,8 @@ from shared.regions import known_region
 from shared.store import LeaseHeld, ReleaseEnd
 from shared.store.releases import SUPERSEDED
 from worker import runner
-from worker.consistency import retry_within
 from worker.instance import describe
-from worker.runner import FINAL_WRITE_BUDGET_SECONDS, WorkerDeps
+from worker.runner import WorkerDeps, retry_or_give_up
 from worker.steps import RELEASE, Step
 from worker.steps.release import Notes, ReleaseContext
 
@@ -104,34 +97,23 @@ class ReleaseAttempt:
         return outcome
 
     def _retry_or_give_up(self, error: IsolationError, exc: Exception) -> None:
-        if not isinstance(exc, IsolationError | ClientError | BotoCoreError):
-            logger.exception("unexpected error: retried like a transient one")
         record = self.record
         if record is None:  # nothing begun: the message comes back (or goes on to the DLQ)
             return
-        if error.code in EXPIRED_CODES:
-            forget_session(record.account_id, record.region, self.deps.settings.TARGET_ROLE_NAME)
-        if not self.final:
-            logger.warning(
-                "release will retry", extra={"code": error.code, "receive_count": self.receive_count}
-            )
-            self.deps.store.end_attempt(record.isolation_id, self.owner, began=True)
-            return
-        logger.error(
-            "release retries exhausted", extra={"code": error.code, "receive_count": self.receive_count}
-        )
         message = f"gave up on the last allowed receive of its message ({self.receive_count}); last error: {error.message}"
-        retry_within(
-            lambda: self._end_failed(ErrorInfo(code=error.code, message=message)),
-            codes=THROTTLING_CODES | TRANSIENT_CODES,
-            budget_seconds=FINAL_WRITE_BUDGET_SECONDS,
-            sleep=self.deps.sleep,
-            what="the final RELEASE_FAILED write",
-            cause="the service's own table",
-            wait=None,
-        )
-        _count(ReleaseOutcome.FAILED)
-        self.deps.announce(record.isolation_id)
+        if retry_or_give_up(
+            error,
+            exc,
+            target=record.target,
+            deps=self.deps,
+            final=self.final,
+            receive_count=self.receive_count,
+            give_back=lambda: self.deps.store.end_attempt(record.isolation_id, self.owner, began=True),
+            give_up=lambda: self._end_failed(ErrorInfo(code=error.code, message=message)),
+            ending=Status.RELEASE_FAILED,
+        ):
+            _count(ReleaseOutcome.FAILED)
+            self.deps.announce(record.isolation_id)
 
     def _end_failed(self, error: ErrorInfo) -> None:
         if self.record is not None:

@@ -234,6 +234,42 @@ class StepJournal:
             self.unwritten = []
 
 
+def retry_or_give_up(
+    error: IsolationError,
+    exc: Exception,
+    *,
+    target: Target,
+    deps: WorkerDeps,
+    final: bool,
+    receive_count: int,
+    give_back: Callable[[], None],
+    give_up: Callable[[], None],
+    ending: Status,
+) -> bool:
+    """A retryable `error` (from `exc`) ends a receive, an isolation's or a release's: before the message's
+    last receive, `give_back()` (its lease) and the message comes back; on the last, `give_up()` (the write
+    that ends the record `ending`, retried within the final-write budget). True when it gave up."""
+    if not isinstance(exc, IsolationError | ClientError | BotoCoreError):
+        logger.exception("unexpected error: retried like a transient one")
+    if error.code in EXPIRED_CODES:
+        forget_session(target.account_id, target.region, deps.settings.TARGET_ROLE_NAME)
+    if not final:
+        logger.warning("will retry", extra={"code": error.code, "receive_count": receive_count})
+        give_back()
+        return False
+    logger.error("retries exhausted", extra={"code": error.code, "receive_count": receive_count})
+    retry_within(
+        give_up,
+        codes=THROTTLING_CODES | TRANSIENT_CODES,
+        budget_seconds=FINAL_WRITE_BUDGET_SECONDS,
+        sleep=deps.sleep,
+        what=f"the final {ending.value} write",
+        cause="the service's own table",
+        wait=None,
+    )
+    return True
+
+
 @dataclass
 class _Receive:
     """What both phases share: one receive of a message about one isolation, and its error boundary."""
@@ -304,16 +340,6 @@ class _Receive:
         return self.conclude(Outcome.FAILED)
 
     def _retry_or_give_up(self, error: IsolationError, exc: Exception) -> None:
-        if not isinstance(exc, IsolationError | ClientError | BotoCoreError):
-            logger.exception("unexpected error: retried like a transient one")
-        if error.code in EXPIRED_CODES:
-            forget_session(self.record.account_id, self.record.region, self.deps.settings.TARGET_ROLE_NAME)
-        if not self.final:
-            logger.warning("will retry", extra={"code": error.code, "receive_count": self.receive_count})
-            self._end_attempt()
-            return
-        logger.error("retries exhausted", extra={"code": error.code, "receive_count": self.receive_count})
-
         def give_up() -> None:
             attempts = self._attempts()
             self._end_failed(
@@ -322,17 +348,19 @@ class _Receive:
                 attempts=attempts,
             )
 
-        retry_within(
-            give_up,
-            codes=THROTTLING_CODES | TRANSIENT_CODES,
-            budget_seconds=FINAL_WRITE_BUDGET_SECONDS,
-            sleep=self.deps.sleep,
-            what="the final FAILED write",
-            cause="the service's own table",
-            wait=None,
-        )
-        _count(Outcome.FAILED)
-        self.deps.announce(self.record.isolation_id)
+        if retry_or_give_up(
+            error,
+            exc,
+            target=self.record.target,
+            deps=self.deps,
+            final=self.final,
+            receive_count=self.receive_count,
+            give_back=self._end_attempt,
+            give_up=give_up,
+            ending=Status.FAILED,
+        ):
+            _count(Outcome.FAILED)
+            self.deps.announce(self.record.isolation_id)
 
     def _gave_up(self, attempts: int, error: IsolationError) -> str:
         return (
