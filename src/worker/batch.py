@@ -128,10 +128,6 @@ def _hold(attempts: list[Attempt], results: dict[int, Outcome | Exception]) -> l
     for track_results in found:
         for key, result in track_results.items():
             results.setdefault(key, result)
-    for attempt in attempts:
-        if id(attempt) in results:
-            with attempt.acting():
-                attempt.held_then_failed()
     return [attempt for attempt in attempts if id(attempt) not in results]
 
 

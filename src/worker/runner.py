@@ -89,7 +89,7 @@ from shared.store import (
 from worker import consistency, dry_run
 from worker.consistency import retry_within
 from worker.instance import Instance, describe
-from worker.steps import CONTAINMENT, FOLLOW_UP, HOLD, Step, StepContext
+from worker.steps import CONTAINMENT, FOLLOW_UP, Step, StepContext
 
 #: How long one attempt holds the record (longer than the worker's 60 s timeout).
 LEASE_SECONDS = 120
@@ -150,13 +150,13 @@ class StepJournal:
     save writes without losing anything: nothing is written between the prior-state write and the
     network cut (the containment steps ride with `contained_at`), and the last step of a phase rides
     with the phase's last write (the hand-over, the final status). A failed step is written at once
-    with whatever rode along. The steps of `HOLD` run side by side: one write at a time."""
+    with whatever rode along. The steps of `HOLD` run side by side, each written as soon as it is done
+    (one write at a time): riding with the hand-over, the first one done would wait for the other, and
+    an environment that died meanwhile would leave it in place with no record of it."""
 
     store: IsolationStore
     isolation_id: str
     unwritten: list[StepRecord] = field(default_factory=list)
-    #: The steps of `HOLD` done: they ride with the hand-over, in the plan's order.
-    holding: list[StepRecord] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def contained(self, steps: list[StepRecord]) -> None:
@@ -167,35 +167,17 @@ class StepJournal:
         logger.info("contained", extra={"contained_at": contained_at})
 
     def held(self, step: StepRecord) -> None:
-        """A step of `HOLD`: it rides with the hand-over."""
+        """A step of `HOLD` done: on record now."""
         with self._lock:
-            self.holding.append(step)
+            self.store.add_steps(self.isolation_id, [*self.unwritten, step])
+            self.unwritten = []
 
     def hand_over(self, owner: str, unmet: ContainmentIncomplete | None) -> bool:
         error = ErrorInfo(code=unmet.code, message=unmet.message) if unmet is not None else None
         with self._lock:
-            handed = self.store.hand_over(self.isolation_id, owner, self._held_and_unwritten(), unmet=error)
+            handed = self.store.hand_over(self.isolation_id, owner, self.unwritten, unmet=error)
             self.unwritten = []
         return handed
-
-    def write_held(self) -> None:
-        """The `HOLD` steps done by an attempt that goes no further (the other one failed): on record,
-        best effort (the failure is what the attempt is settled with)."""
-        with self._lock:
-            steps = self._held_and_unwritten()
-            if not steps:
-                return
-            try:
-                self.store.add_steps(self.isolation_id, steps)
-                self.unwritten = []
-            except Exception:
-                logger.exception("could not record the steps held before the failure")
-
-    def _held_and_unwritten(self) -> list[StepRecord]:
-        order = [step.name for step in HOLD]
-        held = sorted(self.holding, key=lambda step: order.index(step.name))
-        self.holding = []
-        return [*held, *self.unwritten]
 
     def followed_up(self, step: StepRecord, *, last: bool) -> None:
         with self._lock:
@@ -220,7 +202,7 @@ class StepJournal:
         failed = StepRecord.failed(name, f"{error.code}: {error.message}{retry}")
         with self._lock:
             try:
-                self.store.add_steps(self.isolation_id, [*self._held_and_unwritten(), failed])
+                self.store.add_steps(self.isolation_id, [*self.unwritten, failed])
                 self.unwritten = []
             except Exception:  # the step's own error matters more; it is logged and raised
                 logger.exception("could not record the failed step")
@@ -515,11 +497,6 @@ class Attempt(_Receive):
         ctx = self.ctx
         assert ctx is not None and isinstance(ctx.notes, StepJournal)
         ctx.notes.held(self._step(step, ctx))
-
-    def held_then_failed(self) -> None:
-        """Another `HOLD` step failed: what this attempt's others did is written now."""
-        if self.ctx is not None and isinstance(self.ctx.notes, StepJournal):
-            self.ctx.notes.write_held()
 
     def hand_over(self) -> Outcome | None:
         """The record's follow-up phase begins (its message is sent by the batch)."""

@@ -7,9 +7,11 @@ import json
 import threading
 from typing import Any
 
+import pytest
 from tests.conftest import Stack
 from tests.integration.test_worker import assert_isolated, record_of, request_isolation, steps
 from tests.support.aws import Faults, Member, web_tier
+from tests.support.crashes import Crash
 
 #: The calls of the follow-up phase (the API cut, protections, evidence, labels).
 FOLLOW_UP_CALLS = frozenset(
@@ -101,9 +103,9 @@ def test_the_credentials_deny_and_the_auto_scaling_detach_run_side_by_side(
 
     # Then the detach began while the deny was under way (one after the other, the wait runs out first)
     assert seen_by_the_deny == [True]
-    # And the record lists both, in the plan's order, before the hand-over
+    # And the record lists both (in the order they were done), before the hand-over
     record = record_of(stack, isolation_id)
-    assert [s["name"] for s in record["steps"]][2:] == [
+    assert sorted(s["name"] for s in record["steps"][2:]) == [
         "deny-instance-credentials",
         "leave-auto-scaling-and-load-balancers",
     ]
@@ -131,6 +133,35 @@ def test_when_one_hold_step_fails_what_the_other_did_is_on_record(
     assert steps(record)["leave-auto-scaling-and-load-balancers"] == "done"
     autoscaling = member.session.client("autoscaling")
     assert autoscaling.describe_auto_scaling_instances(InstanceIds=[instance])["AutoScalingInstances"] == []
+
+
+def test_a_hold_step_done_is_on_record_when_the_environment_dies_during_the_other(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given an instance with a role, in an Auto Scaling group, whose environment dies (timeout, out of
+    # memory) during the Auto Scaling detach, once the credentials deny is done
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    web_tier(member, vpc, [instance])
+    isolation_id = request_isolation(stack, member, instance)
+    denied = threading.Event()
+
+    def die_once_denied(**_: Any) -> None:
+        assert denied.wait(timeout=5)
+        raise Crash()
+
+    faults.hook("after-call.iam.PutRolePolicy", lambda **_: denied.set())
+    faults.hook("before-call.auto-scaling.DetachInstances", die_once_denied)
+
+    # When the worker contains it, and dies
+    with pytest.raises(Crash):
+        stack.work(stack.receive(), follow_up=False)
+
+    # Then the deny, in place, is on the record already (not waiting for a hand-over that never came)
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "IN_PROGRESS" and record["contained_at"] is not None
+    assert steps(record)["deny-instance-credentials"] == "done"
+    assert "leave-auto-scaling-and-load-balancers" not in steps(record)
 
 
 def test_one_bad_message_or_failed_isolation_never_fails_its_batch_mates(
