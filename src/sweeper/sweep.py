@@ -66,6 +66,12 @@ def sweep(
             )
             swept.lost.append(record.isolation_id)
             announce(record.isolation_id)
+
+    def dead_lettered(isolation_id: str, ended: bool) -> None:
+        if ended:
+            swept.dead_lettered.append(isolation_id)
+            announce(isolation_id)
+
     bodies = _peek(sqs, dead_letter_queue_url, peeks)
     if follow_up_dead_letter_queue_url:
         bodies += _peek(sqs, follow_up_dead_letter_queue_url, peeks)
@@ -74,27 +80,24 @@ def sweep(
         try:
             release = release_of(body)
             if release is not None:
-                if _end_release_dead_lettered(store, release.isolation_id, moment):
-                    swept.dead_lettered.append(release.isolation_id)
-                    announce(release.isolation_id)
+                isolation_id = release.isolation_id
+                dead_lettered(isolation_id, _end_release_dead_lettered(store, isolation_id, moment))
                 continue
             requested = _isolations(body, container_findings)
         except (InvalidMessage, Ignored, Unusable):
             continue  # nothing of this message can be running (the DLQ alarm says it is there)
         for record in requested:
-            if _end_dead_lettered(store, record.isolation_id, moment, unwritten=record):
-                swept.dead_lettered.append(record.isolation_id)
-                announce(record.isolation_id)
-    for body in _peek(sqs, tamper_dead_letter_queue_url, peeks) if tamper_dead_letter_queue_url else []:
+            isolation_id = record.isolation_id
+            dead_lettered(isolation_id, _end_dead_lettered(store, isolation_id, moment, unwritten=record))
+    calls = _peek(sqs, tamper_dead_letter_queue_url, peeks) if tamper_dead_letter_queue_url else []
+    for body in calls:
         swept.peeked += 1
         try:
             call = parse_tamper(body)
         except (InvalidMessage, Ignored):
             continue  # a call that asked for no repair
         for isolation_id in _repairs_of(store, call):
-            if _end_dead_lettered(store, isolation_id, moment):
-                swept.dead_lettered.append(isolation_id)
-                announce(isolation_id)
+            dead_lettered(isolation_id, _end_dead_lettered(store, isolation_id, moment))
     return swept
 
 

@@ -148,11 +148,11 @@ class WorkerDeps:
 class StepJournal:
     """Decides when step outcomes are written. Each is written as it happens, with two exceptions that
     save writes without losing anything: nothing is written between the prior-state write and the
-    network cut (the containment steps ride with `contained_at`), and the last step of a phase rides
-    with the phase's last write (the hand-over, the final status). A failed step is written at once
-    with whatever rode along. The steps of `HOLD` run side by side, each written as soon as it is done
-    (one write at a time): riding with the hand-over, the first one done would wait for the other, and
-    an environment that died meanwhile would leave it in place with no record of it."""
+    network cut (the containment steps ride with `contained_at`), and the follow-up's last step rides
+    with the final status. A failed step is written at once with whatever rode along. The steps of
+    `HOLD` run side by side, each written as soon as it is done (one write at a time): riding with the
+    hand-over, the first one done would wait for the other, and an environment that died meanwhile
+    would leave it in place with no record of it."""
 
     store: IsolationStore
     isolation_id: str

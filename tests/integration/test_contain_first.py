@@ -78,15 +78,20 @@ def test_a_batch_is_cut_everywhere_before_any_follow_up_call(
     assert faults.calls["ec2.CreateSecurityGroup"] == 2
 
 
+def _requested_in_a_web_tier(stack: Stack, member: Member) -> tuple[str, str]:
+    """An instance with a role, in an Auto Scaling group behind load balancers, and its isolation id."""
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    web_tier(member, vpc, [instance])
+    return instance, request_isolation(stack, member, instance)
+
+
 def test_the_credentials_deny_and_the_auto_scaling_detach_run_side_by_side(
     stack: Stack, member: Member, faults: Faults
 ) -> None:
     # Given an instance with a role, in an Auto Scaling group behind load balancers, whose role policy
     # write waits (a few seconds at most) for the Auto Scaling detach to begin
-    vpc = member.vpc()
-    instance = member.instance(vpc)
-    web_tier(member, vpc, [instance])
-    isolation_id = request_isolation(stack, member, instance)
+    instance, isolation_id = _requested_in_a_web_tier(stack, member)
     detaching, seen_by_the_deny = threading.Event(), []
 
     def detach(**_: Any) -> None:
@@ -117,10 +122,7 @@ def test_when_one_hold_step_fails_what_the_other_did_is_on_record(
     stack: Stack, member: Member, faults: Faults
 ) -> None:
     # Given an instance in an Auto Scaling group whose role cannot be read (a permanent refusal)
-    vpc = member.vpc()
-    instance = member.instance(vpc)
-    web_tier(member, vpc, [instance])
-    isolation_id = request_isolation(stack, member, instance)
+    instance, isolation_id = _requested_in_a_web_tier(stack, member)
     faults.inject("iam", "GetInstanceProfile", "AccessDenied", times=None, status=403)
 
     # When the worker contains it
@@ -140,10 +142,7 @@ def test_a_hold_step_done_is_on_record_when_the_environment_dies_during_the_othe
 ) -> None:
     # Given an instance with a role, in an Auto Scaling group, whose environment dies (timeout, out of
     # memory) during the Auto Scaling detach, once the credentials deny is done
-    vpc = member.vpc()
-    instance = member.instance(vpc)
-    web_tier(member, vpc, [instance])
-    isolation_id = request_isolation(stack, member, instance)
+    instance, isolation_id = _requested_in_a_web_tier(stack, member)
     denied = threading.Event()
 
     def die_once_denied(**_: Any) -> None:
