@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from shared.aws import SERVICES
+
+SOURCE = Path(__file__).resolve().parents[2] / "src"
 
 #: Never on any Lambda's path: boto3 (its resource layer and s3transfer: `shared.aws` builds clients on
 #: botocore alone), the test and local-stack tools, tracing.
@@ -126,3 +132,35 @@ def test_models_are_built_on_first_use_and_all_in_a_snapstart_init(handler: str)
     assert "IsolationRecord" in unbuilt_models(handler)
     # But SnapStart's init (the one the snapshot captures) builds them all: no restore builds one again
     assert unbuilt_models(handler, AWS_LAMBDA_INITIALIZATION_TYPE="snap-start") == []
+
+
+def test_the_first_client_reads_the_model_directories_of_the_services_called_alone() -> None:
+    # Given a process that has built no client yet
+    script = """
+import json, os, botocore
+from shared import aws
+data = os.path.join(os.path.dirname(botocore.__file__), "data")
+read, listdir = [], os.listdir
+os.listdir = lambda path=".": read.append(os.path.relpath(path, data)) or listdir(path)
+# When it builds its first clients
+for service in ("sts", "ec2"):
+    aws.Session(credentials={"AccessKeyId": "a", "SecretAccessKey": "s", "SessionToken": "t"}).client(service)
+print(json.dumps(read))
+"""
+    read = in_a_fresh_interpreter(script)
+    # Then botocore looked into the directories of the services the functions call, not into all it ships
+    assert read, "botocore read no directory: the check sees nothing"
+    assert {path.split(os.sep)[0] for path in read} <= set(SERVICES), read
+
+
+def test_every_service_the_code_calls_is_one_the_loader_knows() -> None:
+    # Given the services named where the functions build clients or prepare them
+    named: set[str] = set()
+    for path in SOURCE.rglob("*.py"):
+        text = path.read_text()
+        named.update(re.findall(r"\bclient\(\s*\"([a-z0-9-]+)\"", text))
+        for arguments in re.findall(r"prepare_ahead_of_time\(([^)]*)\)", text):
+            named.update(re.findall(r"\"([a-z0-9-]+)\"", arguments))
+    # Then every one is in the loader's list (another would fail as an unknown service)
+    assert named, "no client found: the scan is broken"
+    assert named <= set(SERVICES), sorted(named - set(SERVICES))
