@@ -19,7 +19,8 @@ of starting ten Python processes at once on a small machine (Lambda starts them 
 own CPU).
 
 Reported: the webhook's own AWS calls; for the single isolations, the calls before containment (up to
-the last ModifyNetworkInterfaceAttribute: then every interface has the isolation group) and in all; for
+the last ModifyNetworkInterfaceAttribute, or the last revocation of a new isolation group's default
+rules, which runs beside the cuts: then every interface has the group, and the group no rule) and in all; for
 each burst, time to containment (`created_at` → `contained_at`) and to the end (→ the record's last
 update) as p50/p95/max, against one alone, and the calls to the member accounts made before the last
 network cut of the burst, with the follow-up calls among them (instance profile, instance attributes,
@@ -52,7 +53,14 @@ if TYPE_CHECKING:
     from local_stack.stack import LocalStack
     from local_stack.workloads import DemoInstance, InstanceSpec
 
-CONTAINMENT_CALL = "ec2.ModifyNetworkInterfaceAttribute"
+#: The calls whose last one contains: the cuts, and the revocation of a new group's rules beside them.
+CONTAINMENT_CALLS = frozenset(
+    {
+        "ec2.ModifyNetworkInterfaceAttribute",
+        "ec2.RevokeSecurityGroupEgress",
+        "ec2.RevokeSecurityGroupIngress",
+    }
+)
 #: Calls of the follow-up steps: instance profile, instance attributes, snapshots, tags.
 FOLLOW_UP_CALLS = frozenset(
     {
@@ -157,7 +165,7 @@ def _calls(outcomes: list[BatchOutcome]) -> list[tuple[float, str]]:
 
 
 def _before_last_cut(calls: list[tuple[float, str]]) -> list[str]:
-    cuts = [at for at, name in calls if name == CONTAINMENT_CALL]
+    cuts = [at for at, name in calls if name in CONTAINMENT_CALLS]
     return [name for at, name in calls if cuts and at <= max(cuts)]
 
 
@@ -215,7 +223,7 @@ class Single:
 
     @property
     def before_containment(self) -> list[str]:
-        last = max(i for i, name in enumerate(self.calls) if name == CONTAINMENT_CALL)
+        last = max(i for i, name in enumerate(self.calls) if name in CONTAINMENT_CALLS)
         return self.calls[: last + 1]
 
     def contained_after(self, start: str | float) -> float:
@@ -337,6 +345,14 @@ def main(argv: list[str] | None = None) -> int:
             batches = Batches()
             source.observers.append(batches)
             runtime.warm(source.concurrency if warm_environments else 1)
+            # Every other function's environment is started first (the follow-up's, the tamper watch's,
+            # the sweeper's by its first run): on this small machine a process starting (its imports)
+            # takes a core from the isolation measured beside it; in Lambda each has its own.
+            for other in stack.event_sources.values():
+                if other is not source and isinstance(other.runtime, Processes):
+                    other.runtime.warm(1)
+            for scheduled in stack.scheduled:
+                scheduled.run_once()
             seeded = time.monotonic() - began
             _progress(f"stack started, demo organization seeded: {seeded:.0f} s")
 

@@ -4,8 +4,9 @@ the chaos test's attribution, anything a hook reads)."""
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar, cast
 
 T = TypeVar("T")
@@ -33,3 +34,19 @@ def both_at_once(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]
     """`first()` and `second()` at once (as `each_at_once`); their results."""
     a, b = each_at_once(lambda call: call(), [first, second])
     return cast(A, a), cast(B, b)
+
+
+def begun(function: Callable[[], R]) -> Future[R]:
+    """`function()` begun in a thread of its own, to be waited for later (`result()`); what it raises,
+    a BaseException too, is raised where it is waited for."""
+    future: Future[R] = Future()
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            future.set_result(context.run(function))
+        except BaseException as exc:  # kept for the waiter: raised by result()
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="begun", daemon=True).start()
+    return future

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -188,6 +190,65 @@ def test_ipv6_default_egress_is_revoked_as_described(stack: Stack, member: Membe
     assert any(rule.get("Ipv6Ranges") == [{"CidrIpv6": "::/0"}] for rule in sent)
     assert any(rule.get("IpRanges") == [{"CidrIp": "0.0.0.0/0"}] for rule in sent)
     assert_isolated(member, instance, vpc.id)
+
+
+def test_a_new_groups_default_rules_are_revoked_while_the_interfaces_are_cut(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given a VPC with no isolation group yet, and a revocation of egress that waits (a few seconds at
+    # most) for an interface's cut to begin
+    vpc = member.vpc("10.40.0.0/16", ipv6=True)
+    instance = member.instance(vpc, enis=2)
+    cutting, seen_by_the_revoke, revoked_at = threading.Event(), [], []
+    faults.hook(
+        "before-call.ec2.RevokeSecurityGroupEgress",
+        lambda **_: seen_by_the_revoke.append(cutting.wait(timeout=5)),
+    )
+    faults.hook("after-call.ec2.RevokeSecurityGroupEgress", lambda **_: revoked_at.append(time.time()))
+    faults.hook("before-call.ec2.ModifyNetworkInterfaceAttribute", lambda **_: cutting.set())
+
+    # When it is isolated
+    record = isolate(stack, member, instance)
+
+    # Then the interfaces were cut while the rules were revoked (one after the other, the wait runs out),
+    # the instance was contained only once they were gone, and the record says so
+    assert seen_by_the_revoke[0] is True
+    assert record["status"] == "ISOLATED" and record["attempts"] == 1
+    contained_at = datetime.fromisoformat(record["contained_at"].replace("Z", "+00:00")).timestamp()
+    assert contained_at + 0.001 >= revoked_at[-1]
+    swap = next(step for step in record["steps"] if step["name"] == "swap-security-groups")
+    assert "2 default rule(s) of the new group" in swap["detail"]
+    assert_isolated(member, instance, vpc.id)
+
+
+def test_a_new_group_that_keeps_its_rules_contains_nothing_and_is_repaired_next_time(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given a VPC with no isolation group yet, and a role that may not revoke egress this time
+    vpc = member.vpc()
+    first, second = member.instance(vpc), member.instance(vpc)
+    refusal = faults.inject("ec2", "RevokeSecurityGroupEgress", "UnauthorizedOperation", times=1, status=403)
+
+    # When an instance is isolated
+    record = isolate(stack, member, first)
+
+    # Then it is not called contained: its interfaces have the group, but the group still lets traffic out
+    assert refusal.raised == 1
+    assert record["status"] == "FAILED" and record["contained_at"] is None
+    assert record["error"]["code"] == "UnauthorizedOperation"
+    assert steps(record)["swap-security-groups"] == "failed"
+    [group] = member.isolation_groups(vpc.id)
+    assert group["IpPermissionsEgress"], "the new group's default egress is still there"
+
+    # And when the next instance of the VPC is isolated (the worker still warm), the group is not taken
+    # from the cache as it is: its rules are revoked first
+    faults.count()
+    record = isolate(stack, member, second)
+    assert record["status"] == "ISOLATED", record
+    ensured = next(step for step in record["steps"] if step["name"] == "ensure-isolation-sg")
+    assert "stray rule(s) revoked" in ensured["detail"]
+    assert faults.calls["ec2.CreateSecurityGroup"] == 0
+    assert_isolated(member, second, vpc.id)
 
 
 def test_second_instance_in_the_same_vpc_reuses_the_group(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -55,6 +56,9 @@ class StepContext:
     sleep: Callable[[float], None] | None = None
     #: Filled by ensure-isolation-sg: the isolation security group of each VPC.
     isolation_groups: dict[str, str] = field(default_factory=dict)
+    #: Filled by ensure-isolation-sg: the groups it created now (or a batch-mate did), whose default
+    #: rules are being revoked while swap-security-groups cuts the interfaces (the count, once done).
+    revoking: dict[str, Future[int]] = field(default_factory=dict)
     #: The region's isolation groups by VPC, as described with the instance (`network.groups_by_vpc`);
     #: None: not looked up (ensure-isolation-sg looks up each VPC's).
     groups_seen: dict[str, dict[str, Any]] | None = None

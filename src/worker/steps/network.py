@@ -18,13 +18,16 @@ lookup of its own, one EC2 round trip less before the first cut of an account.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from shared.errors import RetryableError, error_code
 from shared.models import TAG_PREFIX, Source, StepRecord
-from worker.at_once import each_at_once
+from worker.at_once import begun, each_at_once
 from worker.consistency import until_consistent
 from worker.steps.base import Step, StepContext
 from worker.steps.checks import Check, ec2_dry_run, outcome
@@ -39,10 +42,34 @@ _groups_lock = threading.Lock()
 _group_locks: dict[tuple[str, str, str, str], threading.Lock] = {}
 
 
+@dataclass(frozen=True)
+class _Revoking:
+    """A group created a moment ago whose default rules are being revoked."""
+
+    group_id: str
+    #: The revocation (the number of rules revoked), which every cut onto the group waits for.
+    rules: Future[int]
+
+
+#: Groups created by this environment whose default rules are being revoked, by the key of `_groups`,
+#: where each goes once its rules are gone (never before: a cached group is used as it is).
+_revoking: dict[tuple[str, str, str, str], _Revoking] = {}
+
+
 def forget_cached_groups() -> None:
     with _groups_lock:
         _groups.clear()
         _group_locks.clear()
+        _revoking.clear()
+
+
+def _revoked(key: tuple[str, str, str, str], group_id: str, rules: Future[int]) -> None:
+    """A new group's revocation has ended: the group is cached once its rules are gone; when they could
+    not be revoked, the next isolation finds the group and revokes what it has."""
+    with _groups_lock:
+        _revoking.pop(key, None)
+        if rules.exception() is None:
+            _groups[key] = group_id
 
 
 def _group_lock(key: tuple[str, str, str, str]) -> threading.Lock:
@@ -94,19 +121,28 @@ class EnsureIsolationSecurityGroup(Step):
             key = _cache_key(ctx, vpc_id)
             with _group_lock(key):
                 with _groups_lock:
-                    cached = _groups.get(key)
+                    cached = _groups.get(key) or _revoking.get(key)
                 # A tamper repair looks at the group itself: the call may have added a rule to it.
                 if cached is not None and ctx.source is not Source.TAMPER:
-                    ctx.isolation_groups[vpc_id] = cached
-                    reused.append(f"{cached} ({vpc_id})")
+                    group_id = cached if isinstance(cached, str) else cached.group_id
+                    ctx.isolation_groups[vpc_id] = group_id
+                    if isinstance(cached, _Revoking):  # created a moment ago by a batch-mate
+                        ctx.revoking[group_id] = cached.rules
+                    reused.append(f"{group_id} ({vpc_id})")
                     continue
-                group_id, was_created, revoked = self._ensure(ctx, vpc_id)
+                group_id, revoking, revoked = self._ensure(ctx, vpc_id)
                 ctx.isolation_groups[vpc_id] = group_id
                 with _groups_lock:
-                    _groups[key] = group_id
+                    if revoking is None:
+                        _groups[key] = group_id
+                    else:
+                        _revoking[key] = _Revoking(group_id, revoking)
+                        ctx.revoking[group_id] = revoking
+                if revoking is not None:
+                    revoking.add_done_callback(partial(_revoked, key, group_id))
             label = f"{group_id} ({vpc_id})"
-            if was_created:
-                created.append(f"{label}, {revoked} default rule(s) revoked")
+            if revoking is not None:
+                created.append(f"{label}, its default rules revoked with the cut")
             elif revoked:
                 repaired.append(f"{label}, {revoked} stray rule(s) revoked")
             else:
@@ -123,17 +159,19 @@ class EnsureIsolationSecurityGroup(Step):
             else StepRecord.already(self.name, detail)
         )
 
-    def _ensure(self, ctx: StepContext, vpc_id: str) -> tuple[str, bool, int]:
-        """(group id, created now?, rules revoked)"""
+    def _ensure(self, ctx: StepContext, vpc_id: str) -> tuple[str, Future[int] | None, int]:
+        """(group id, the revocation of its default rules when created now, stray rules revoked)"""
         # The region's groups as this invocation looked them up (a VPC absent there had none); else a
         # lookup of this VPC's.
         seen = ctx.groups_seen
         group = seen.get(vpc_id) if seen is not None else self._find(ctx, vpc_id)
-        created = False
         if group is None:
-            group, created = self._create(ctx, vpc_id)
-        revoked = self._strip(ctx, group)
-        return group["GroupId"], created, revoked
+            group_id = self._create(ctx, vpc_id)
+            if group_id is not None:
+                return group_id, begun(lambda: self._strip_new(ctx, group_id)), 0
+            # Another worker created it a moment ago: use theirs.
+            group = self._consistently(ctx, lambda: self._find_or_raise(ctx, vpc_id), f"group of {vpc_id}")
+        return group["GroupId"], None, self._strip(ctx, group)
 
     def _find(self, ctx: StepContext, vpc_id: str) -> dict[str, Any] | None:
         groups = ctx.ec2.describe_security_groups(
@@ -147,19 +185,19 @@ class EnsureIsolationSecurityGroup(Step):
     def _describe(self, ctx: StepContext, group_id: str) -> dict[str, Any]:
         return ctx.ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
 
-    def _create(self, ctx: StepContext, vpc_id: str) -> tuple[dict[str, Any], bool]:
-        """Create the VPC's group; (the group as described, created by us?)."""
+    def _create(self, ctx: StepContext, vpc_id: str) -> str | None:
+        """Create the VPC's group: its id, or None when another worker has just created it."""
         try:
-            group_id = ctx.ec2.create_security_group(**_creation(ctx, vpc_id))["GroupId"]
+            return str(ctx.ec2.create_security_group(**_creation(ctx, vpc_id))["GroupId"])
         except ClientError as exc:
             if error_code(exc) != "InvalidGroup.Duplicate":
                 raise
-            # Another worker created it a moment ago: use theirs.
-            return self._consistently(
-                ctx, lambda: self._find_or_raise(ctx, vpc_id), f"group of {vpc_id}"
-            ), False
-        # Describe what AWS gave the new group (its default egress), once it is visible.
-        return self._consistently(ctx, lambda: self._describe(ctx, group_id), f"new group {group_id}"), True
+            return None
+
+    def _strip_new(self, ctx: StepContext, group_id: str) -> int:
+        """Revoke the default rules AWS gave a new group (described once it is visible)."""
+        group = self._consistently(ctx, lambda: self._describe(ctx, group_id), f"new group {group_id}")
+        return self._strip(ctx, group)
 
     def _consistently(self, ctx: StepContext, call: Any, what: str) -> dict[str, Any]:
         return until_consistent(
@@ -251,11 +289,20 @@ class SwapSecurityGroups(Step):
             cuts.append((interface.id, vpc_id, group_id))
             changed.append(f"{interface.id} [{', '.join(interface.security_group_ids) or '-'}] -> {group_id}")
         # Every interface at once: the last cut, not the sum of them, is when the instance is contained.
+        # A group created by this containment loses its default rules meanwhile (ensure-isolation-sg
+        # began their revocation): the instance is contained once both are done.
         each_at_once(lambda cut: self._set(ctx, *cut), cuts)
+        revoked = "".join(
+            f"; {rules.result()} default rule(s) of the new group {group_id} revoked"
+            for group_id, rules in ctx.revoking.items()
+        )
         if changed:
             tail = f"; already isolated: {', '.join(unchanged)}" if unchanged else ""
-            return StepRecord.done(self.name, "; ".join(changed) + tail)
-        return StepRecord.already(self.name, f"only the isolation group on {', '.join(unchanged)}")
+            return StepRecord.done(self.name, "; ".join(changed) + tail + revoked)
+        detail = f"only the isolation group on {', '.join(unchanged)}"
+        return (
+            StepRecord.done(self.name, detail + revoked) if revoked else StepRecord.already(self.name, detail)
+        )
 
     def check(self, ctx: StepContext) -> StepRecord:
         checks: list[Check] = []
