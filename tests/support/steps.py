@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+from botocore.awsrequest import AWSResponse
 
 from shared.models import Evidence
 
@@ -44,3 +48,55 @@ class MemoryLeases:
     def release_role_lease(self, account_id: str, role_name: str, owner: str) -> None:
         if self.held.get((account_id, role_name)) == owner:
             del self.held[(account_id, role_name)]
+
+
+class AnyOrder:
+    """Canned answers for a botocore client, by operation: a call takes the first answer of its operation
+    whose `params` it was made with, whatever the order of the calls (botocore's Stubber wants one order
+    of every call; a step that reads at once, in threads, has none). Every call is kept with its API
+    parameters."""
+
+    def __init__(self, client: Any) -> None:
+        self._answers: dict[str, list[tuple[dict[str, Any], int, dict[str, Any]]]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._made = threading.local()
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        service = client.meta.service_model.service_id.hyphenize()
+        client.meta.events.register(f"before-parameter-build.{service}", self._keep)
+        client.meta.events.register(f"before-call.{service}", self._answer)
+
+    def add(self, operation: str, response: dict[str, Any], params: dict[str, Any] | None = None) -> None:
+        self._answers[operation].append((params or {}, 200, response))
+
+    def add_error(
+        self, operation: str, code: str, status: int = 400, params: dict[str, Any] | None = None
+    ) -> None:
+        self._answers[operation].append(
+            (params or {}, status, {"Error": {"Code": code, "Message": "canned"}})
+        )
+
+    def called(self, operation: str) -> list[dict[str, Any]]:
+        """The parameters of each call of `operation`, in the order made."""
+        with self._lock:
+            return [params for name, params in self.calls if name == operation]
+
+    def assert_all_taken(self) -> None:
+        left = {operation: len(answers) for operation, answers in self._answers.items() if answers}
+        assert not left, f"answers not taken: {left}"
+
+    def _keep(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        self._made.params = dict(params)
+        with self._lock:
+            self.calls.append((model.name, dict(params)))
+
+    def _answer(self, model: Any, **_: Any) -> tuple[AWSResponse, dict[str, Any]]:
+        made = self._made.params
+        with self._lock:
+            answers = self._answers[model.name]
+            found = next(
+                (i for i, (params, _, _) in enumerate(answers) if params.items() <= made.items()), None
+            )
+            assert found is not None, f"unexpected call: {model.name} {made}"
+            _, status, parsed = answers.pop(found)
+        metadata = {"ResponseMetadata": {"HTTPStatusCode": status}}
+        return AWSResponse("https://canned", status, {}, None), {**parsed, **metadata}

@@ -1,16 +1,17 @@
-"""The containment steps with botocore Stubber: the role's deny policy under its lease, the partition of
+"""The containment steps with canned AWS answers: the role's deny policy under its lease, the partition of
 the instance ARN, and what EC2 refuses for instance-store-backed instances."""
 
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import boto3
 import pytest
 from botocore.stub import Stubber
 from tests.support.aws import client_error
-from tests.support.steps import MemoryLeases, Notebook
+from tests.support.steps import AnyOrder, MemoryLeases, Notebook
 
 from shared.aws import AccountSession
 from shared.config import WorkerSettings
@@ -65,9 +66,9 @@ def context(
     return ctx, clients
 
 
-def _profile(iam: Stubber) -> None:
-    iam.add_response(
-        "get_instance_profile",
+def _profile(iam: AnyOrder) -> None:
+    iam.add(
+        "GetInstanceProfile",
         {
             "InstanceProfile": {
                 "Path": "/",
@@ -86,19 +87,20 @@ def _profile(iam: Stubber) -> None:
                 ],
             }
         },
-        {"InstanceProfileName": "app"},
     )
 
 
-def _policy(iam: Stubber, arns: list[str] | None) -> None:
+def _policy(iam: AnyOrder, arns: list[str] | None, *, others: dict[str, Any] | None = None) -> None:
+    """The role's deny policy listing `arns` (None: no such policy), and its `others` inline policies."""
+    others = others or {}
+    if arns is not None:
+        others = {POLICY_NAME: policy_document(arns), **others}
+    iam.add("ListRolePolicies", {"PolicyNames": list(others), "IsTruncated": False})
     if arns is None:
-        iam.add_client_error("get_role_policy", "NoSuchEntity", http_status_code=404)
-        return
-    iam.add_response(
-        "get_role_policy",
-        {"RoleName": "app", "PolicyName": POLICY_NAME, "PolicyDocument": json.dumps(policy_document(arns))},
-        {"RoleName": "app", "PolicyName": POLICY_NAME},
-    )
+        iam.add_error("GetRolePolicy", "NoSuchEntity", 404, {"PolicyName": POLICY_NAME})
+    for name, document in others.items():
+        answer = {"RoleName": "app", "PolicyName": name, "PolicyDocument": json.dumps(document)}
+        iam.add("GetRolePolicy", answer, {"RoleName": "app", "PolicyName": name})
 
 
 def test_the_deny_is_merged_under_the_role_lease_after_waiting_for_it() -> None:
@@ -106,56 +108,85 @@ def test_the_deny_is_merged_under_the_role_lease_after_waiting_for_it() -> None:
     leases, slept = MemoryLeases(busy={"app": 2}), []
     ctx, clients = context(leases=leases, slept=slept)
     me = "arn:aws:ec2:eu-west-1:111122223333:instance/i-0123456789abcdef0"
-    with Stubber(clients["iam"]) as iam:
-        _profile(iam)
-        _policy(iam, [OTHER])  # read under the lease only
-        iam.add_response("list_role_policies", {"PolicyNames": [POLICY_NAME], "IsTruncated": False})
-        iam.add_response(
-            "put_role_policy",
-            {},
-            {
-                "RoleName": "app",
-                "PolicyName": POLICY_NAME,
-                "PolicyDocument": json.dumps(policy_document(sorted([OTHER, me]))),
-            },
-        )
-        # When the step runs
-        outcome = DenyInstanceCredentials().run(ctx)
-        iam.assert_no_pending_responses()
+    iam = AnyOrder(clients["iam"])
+    _profile(iam)
+    _policy(iam, [OTHER])  # read under the lease only
+    iam.add("PutRolePolicy", {})
+    # When the step runs
+    outcome = DenyInstanceCredentials().run(ctx)
     # Then it waited (backing off), wrote both instances, remembered the role first, and let the lease go
+    iam.assert_all_taken()
+    assert iam.called("PutRolePolicy") == [
+        {
+            "RoleName": "app",
+            "PolicyName": POLICY_NAME,
+            "PolicyDocument": json.dumps(policy_document(sorted([OTHER, me]))),
+        }
+    ]
     assert outcome.status is StepStatus.DONE
     assert slept == [0.05, 0.1]
     assert ctx.notes.remembered == [{"role_name": "app"}]  # type: ignore[attr-defined]
     assert leases.taken == ["app"] and leases.held == {}
 
 
+def test_the_deny_policy_and_the_other_inline_policies_are_read_at_once() -> None:
+    # Given a role with its deny policy and another inline policy, and IAM reads that each wait (a few
+    # seconds at most) for another read to have begun
+    ctx, clients = context()
+    iam = AnyOrder(clients["iam"])
+    _profile(iam)
+    _policy(iam, [OTHER], others={"app-s3": {"Version": "2012-10-17", "Statement": []}})
+    iam.add("PutRolePolicy", {})
+    together, met = threading.Barrier(2, timeout=5), []
+
+    def meet(model: Any, params: dict[str, Any], **_: Any) -> None:
+        if model.name == "ListRolePolicies" or (
+            model.name == "GetRolePolicy" and params["PolicyName"] == POLICY_NAME
+        ):
+            try:
+                together.wait()
+                met.append(True)
+            except threading.BrokenBarrierError:
+                met.append(False)
+
+    clients["iam"].meta.events.register_first("before-parameter-build.iam", meet)
+    # When the step runs
+    outcome = DenyInstanceCredentials().run(ctx)
+    # Then the deny policy was read while the others were listed (one after the other, the wait runs out)
+    assert met == [True, True]
+    assert outcome.status is StepStatus.DONE
+    iam.assert_all_taken()
+
+
 def test_a_lease_held_past_the_budget_is_retried_through_the_queue() -> None:
     ctx, clients = context(leases=MemoryLeases(busy={"app": 100}), slept=[])
-    with Stubber(clients["iam"]) as iam:
-        _profile(iam)
-        with pytest.raises(RetryableError) as raised:
-            DenyInstanceCredentials().run(ctx)
+    iam = AnyOrder(clients["iam"])
+    _profile(iam)
+    with pytest.raises(RetryableError) as raised:
+        DenyInstanceCredentials().run(ctx)
     assert raised.value.code == "RoleLeaseHeld" and raised.value.wait == "in-flight"
+    assert iam.called("GetRolePolicy") == []  # nothing read without the lease
 
 
 def test_an_entry_written_meanwhile_by_another_attempt_is_already() -> None:
     ctx, clients = context()
     me = "arn:aws:ec2:eu-west-1:111122223333:instance/i-0123456789abcdef0"
-    with Stubber(clients["iam"]) as iam:
-        _profile(iam)
-        _policy(iam, [OTHER, me])  # under the lease: written while this attempt waited for it
-        outcome = DenyInstanceCredentials().run(ctx)
-        iam.assert_no_pending_responses()
+    iam = AnyOrder(clients["iam"])
+    _profile(iam)
+    _policy(iam, [OTHER, me])  # under the lease: written while this attempt waited for it
+    outcome = DenyInstanceCredentials().run(ctx)
+    iam.assert_all_taken()
     assert outcome.status is StepStatus.ALREADY
+    assert iam.called("PutRolePolicy") == []
 
 
 def test_the_instance_arn_takes_the_partition_of_the_region() -> None:
     # Given an instance in a China region
     ctx, clients = context("cn-north-1")
-    with Stubber(clients["iam"]) as iam:
-        _profile(iam)
-        _policy(iam, ["arn:aws-cn:ec2:cn-north-1:111122223333:instance/i-0123456789abcdef0"])
-        outcome = DenyInstanceCredentials().run(ctx)
+    iam = AnyOrder(clients["iam"])
+    _profile(iam)
+    _policy(iam, ["arn:aws-cn:ec2:cn-north-1:111122223333:instance/i-0123456789abcdef0"])
+    outcome = DenyInstanceCredentials().run(ctx)
     # Then the condition names it with the aws-cn partition
     assert outcome.status is StepStatus.ALREADY
     assert ctx.instance_arn.startswith("arn:aws-cn:ec2:cn-north-1:")
@@ -167,16 +198,13 @@ def test_other_inline_policies_count_against_the_limit() -> None:
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Deny", "Action": "s3:X", "Resource": "x" * 10_100}],
     }
-    with Stubber(clients["iam"]) as iam:
-        _profile(iam)
-        _policy(iam, None)
-        iam.add_response("list_role_policies", {"PolicyNames": ["big"], "IsTruncated": False})
-        iam.add_response(
-            "get_role_policy", {"RoleName": "app", "PolicyName": "big", "PolicyDocument": json.dumps(filler)}
-        )
-        with pytest.raises(ContainmentIncomplete) as raised:
-            DenyInstanceCredentials().run(ctx)
-        iam.assert_no_pending_responses()  # and no PutRolePolicy
+    iam = AnyOrder(clients["iam"])
+    _profile(iam)
+    _policy(iam, None, others={"big": filler})
+    with pytest.raises(ContainmentIncomplete) as raised:
+        DenyInstanceCredentials().run(ctx)
+    iam.assert_all_taken()
+    assert iam.called("PutRolePolicy") == []
     assert raised.value.code == "CredentialsNotCut"
 
 
@@ -204,13 +232,12 @@ def test_a_lease_the_table_will_not_take_back_does_not_undo_the_deny() -> None:
 
     leases, slept = Stuck(), []
     ctx, clients = context(leases=leases, slept=slept)
-    with Stubber(clients["iam"]) as iam:
-        _profile(iam)
-        _policy(iam, None)
-        iam.add_response("list_role_policies", {"PolicyNames": [], "IsTruncated": False})
-        iam.add_response("put_role_policy", {})
-        # When the step runs
-        outcome = DenyInstanceCredentials().run(ctx)
+    iam = AnyOrder(clients["iam"])
+    _profile(iam)
+    _policy(iam, None)
+    iam.add("PutRolePolicy", {})
+    # When the step runs
+    outcome = DenyInstanceCredentials().run(ctx)
     # Then the deny stands (the lease expires by itself), after a bounded try to give it back
     assert outcome.status is StepStatus.DONE
     assert leases.held and sum(slept) <= 2.0

@@ -10,6 +10,9 @@ AWS behaviour this respects:
 
 A batch contains its instances at once (`worker.batch`): the group of a VPC is found or created by one
 thread while the others of that VPC wait for it, and the interfaces of an instance are cut concurrently.
+A group created now is described and stripped of its default rules while the interfaces are cut (the
+instance is contained once both are done, and the group is cached only once its rules are gone): the
+cut does not wait two EC2 round trips more for the first isolation of a VPC.
 A worker that knows no group of the account and region yet looks them all up (`groups_by_vpc`) while
 DescribeInstances tells it the instances' VPCs: the step then starts from that description instead of a
 lookup of its own, one EC2 round trip less before the first cut of an account.
