@@ -216,8 +216,7 @@ def test_a_new_groups_default_rules_are_revoked_while_the_interfaces_are_cut(
     assert record["status"] == "ISOLATED" and record["attempts"] == 1
     contained_at = datetime.fromisoformat(record["contained_at"].replace("Z", "+00:00")).timestamp()
     assert contained_at + 0.001 >= revoked_at[-1]
-    swap = next(step for step in record["steps"] if step["name"] == "swap-security-groups")
-    assert "2 default rule(s) of the new group" in swap["detail"]
+    assert "2 default rule(s) of the new group" in detail(record, "swap-security-groups")
     assert_isolated(member, instance, vpc.id)
 
 
@@ -245,8 +244,7 @@ def test_a_new_group_that_keeps_its_rules_contains_nothing_and_is_repaired_next_
     faults.count()
     record = isolate(stack, member, second)
     assert record["status"] == "ISOLATED", record
-    ensured = next(step for step in record["steps"] if step["name"] == "ensure-isolation-sg")
-    assert "stray rule(s) revoked" in ensured["detail"]
+    assert "stray rule(s) revoked" in detail(record, "ensure-isolation-sg")
     assert faults.calls["ec2.CreateSecurityGroup"] == 0
     assert_isolated(member, second, vpc.id)
 
