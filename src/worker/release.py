@@ -38,7 +38,7 @@ from shared.store import LeaseHeld, ReleaseEnd
 from shared.store.releases import SUPERSEDED
 from worker import runner
 from worker.instance import describe
-from worker.runner import WorkerDeps, retry_or_give_up
+from worker.runner import WorkerDeps, retry_or_give_up, settle
 from worker.steps import RELEASE, Step
 from worker.steps.release import Notes, ReleaseContext
 
@@ -76,18 +76,14 @@ class ReleaseAttempt:
         try:
             outcome = self._run()
         except Exception as exc:
-            error = classify(exc)
-            try:
-                if isinstance(error, PermanentError):
-                    logger.warning("release failed", extra={"code": error.code, "error": error.message})
-                    self._end_failed(ErrorInfo(code=error.code, message=error.message))
-                else:
-                    self._retry_or_give_up(error, exc)
-            except Exception as unrecorded:
-                logger.exception("could not record the release's outcome")
-                raise classify(unrecorded) from unrecorded
-            if not isinstance(error, PermanentError):
-                raise error from exc
+            record = self.record
+            settle(
+                exc,
+                what="release",
+                end_failed=self._end_failed,
+                retry_or_give_up=self._retry_or_give_up,
+                give_back=None if record is None or self.final else lambda: self._give_back(record),
+            )
             outcome = ReleaseOutcome.FAILED
         finally:
             logger.remove_keys(["phase"])
@@ -108,12 +104,15 @@ class ReleaseAttempt:
             deps=self.deps,
             final=self.final,
             receive_count=self.receive_count,
-            give_back=lambda: self.deps.store.end_attempt(record.isolation_id, self.owner, began=True),
+            give_back=lambda: self._give_back(record),
             give_up=lambda: self._end_failed(ErrorInfo(code=error.code, message=message)),
             ending=Status.RELEASE_FAILED,
         ):
             _count(ReleaseOutcome.FAILED)
             self.deps.announce(record.isolation_id)
+
+    def _give_back(self, record: IsolationRecord) -> None:
+        self.deps.store.end_attempt(record.isolation_id, self.owner, began=True)
 
     def _end_failed(self, error: ErrorInfo) -> None:
         if self.record is not None:

@@ -252,6 +252,39 @@ def retry_or_give_up(
     return True
 
 
+def settle(
+    exc: Exception,
+    *,
+    what: str,
+    end_failed: Callable[[ErrorInfo], None],
+    retry_or_give_up: Callable[[IsolationError, Exception], None],
+    give_back: Callable[[], None] | None,
+) -> None:
+    """The error boundary of a receive, an isolation's or a release's: `exc` classified; a permanent error
+    ends the record (`end_failed`) and returns (the message is acknowledged); a retryable one goes to
+    `retry_or_give_up` and is raised (the message comes back). When the outcome cannot be written (the
+    service's own table), that error is raised instead: the message comes back, and behind the last
+    receive the sweeper finds it in the DLQ; `give_back` (the lease, best effort) first, so that the
+    next receive runs rather than wait for the lease to expire."""
+    error = classify(exc)
+    try:
+        if isinstance(error, PermanentError):
+            logger.warning(f"{what} failed", extra={"code": error.code, "error": error.message})
+            end_failed(ErrorInfo(code=error.code, message=error.message))
+        else:
+            retry_or_give_up(error, exc)
+    except Exception as unrecorded:
+        logger.exception(f"could not record the {what}'s outcome")
+        if give_back is not None:
+            try:
+                give_back()
+            except Exception:
+                logger.warning("could not give the lease back", exc_info=True)
+        raise classify(unrecorded) from unrecorded
+    if not isinstance(error, PermanentError):
+        raise error from exc
+
+
 @dataclass
 class _Receive:
     """What both phases share: one receive of a message about one isolation, and its error boundary."""
@@ -298,27 +331,14 @@ class _Receive:
     def settle(self, exc: Exception) -> Outcome:
         """The error boundary: record what `exc` means for the isolation; return FAILED (a permanent
         error, acknowledged) or raise the classified error (the message comes back)."""
-        error = classify(exc)
-        try:
-            if isinstance(error, PermanentError):
-                logger.warning("isolation failed", extra={"code": error.code, "error": error.message})
-                self._end_failed(ErrorInfo(code=error.code, message=error.message))
-            else:
-                self._retry_or_give_up(error, exc)
-        except Exception as unrecorded:
-            # The outcome could not be written (the service's own table): the message comes back,
-            # and behind the last receive the sweeper finds it in the DLQ.
-            logger.exception("could not record the outcome")
-            if not self.final:
-                # The lease goes back, best effort, so that the message's next receive runs rather than
-                # wait for it to expire (on the last receive it stays: the sweeper finds it expired).
-                try:
-                    self._end_attempt()
-                except Exception:
-                    logger.warning("could not give the lease back", exc_info=True)
-            raise classify(unrecorded) from unrecorded
-        if not isinstance(error, PermanentError):
-            raise error from exc
+        settle(
+            exc,
+            what="isolation",
+            end_failed=self._end_failed,
+            retry_or_give_up=self._retry_or_give_up,
+            # On the last receive the lease stays: the sweeper finds it expired.
+            give_back=None if self.final else self._end_attempt,
+        )
         return self.conclude(Outcome.FAILED)
 
     def _retry_or_give_up(self, error: IsolationError, exc: Exception) -> None:

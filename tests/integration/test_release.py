@@ -5,6 +5,7 @@ Where moto is more lenient than AWS the test says which gap it works around."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -370,6 +371,34 @@ def test_a_failed_release_ends_release_failed_and_a_second_request_finishes_it(
     record = release(stack, isolated["isolation_id"])
     assert record["status"] == "RELEASED", record
     assert release_steps(record)["restore-instance-profile"] == "already"
+    assert seen(member, instance) == before
+
+
+def test_a_release_whose_end_cannot_be_written_gives_its_lease_back_and_runs_again(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given a release asked for, the network change refused once (a permanent AWS error), and the
+    # service's table throttling the write that would end the release RELEASE_FAILED
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    before = seen(member, instance)
+    isolated = isolate(stack, member, instance)
+    assert ask_release(stack, isolated["isolation_id"], body={})[0] == 202
+    faults.inject("ec2", "ModifyNetworkInterfaceAttribute", "UnauthorizedOperation", status=403)
+    unwritten = faults.inject(
+        "dynamodb",
+        "TransactWriteItems",
+        "ProvisionedThroughputExceededException",
+        when=lambda params: "RELEASE_FAILED" in json.dumps(params),
+    )
+
+    # When the worker runs
+    stack.drain()
+
+    # Then the message came back with the release's lease given back, and its next receive released it
+    record = record_of(stack, isolated["isolation_id"])
+    assert unwritten.raised == 1
+    assert record["status"] == "RELEASED", record
     assert seen(member, instance) == before
 
 
