@@ -73,13 +73,10 @@ class DenyInstanceCredentials(Step):
         with role_lease(ctx, name):
             # Read under the lease only (another worker may have added some): one IAM round trip less
             # than a look before the lease too, on the path of every isolation of an instance with a role.
-            denied, others = inline_policies(ctx, name)
-            if instance in denied:
-                return StepRecord.already(self.name, f"sessions of {instance} denied on role {name}")
-            document = policy_document(sorted({*denied, instance}))
-            size = others + compact_size(document)
-            if size > INLINE_POLICY_LIMIT:
-                raise _not_cut(name, f"its inline policies would need {size} characters")
+            merged = self._merged(ctx, name, instance)
+            if isinstance(merged, StepRecord):
+                return merged
+            document, instances, size = merged
             try:
                 ctx.iam.put_role_policy(
                     RoleName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(document)
@@ -90,7 +87,7 @@ class DenyInstanceCredentials(Step):
                 raise _not_cut(name, str(exc)) from exc
         return StepRecord.done(
             self.name,
-            f"sessions of {instance} denied on role {name} ({POLICY_NAME}: {len(denied) + 1} instance(s), "
+            f"sessions of {instance} denied on role {name} ({POLICY_NAME}: {instances} instance(s), "
             f"{size}/{INLINE_POLICY_LIMIT} characters of inline policy)",
         )
 
@@ -99,18 +96,30 @@ class DenyInstanceCredentials(Step):
         if isinstance(role, StepRecord):
             return role
         name, instance = role["RoleName"], ctx.instance_arn
-        denied, others = inline_policies(ctx, name)
-        if instance in denied:
-            return StepRecord.already(self.name, f"sessions of {instance} denied on role {name}")
-        size = others + compact_size(policy_document(sorted({*denied, instance})))
-        if size > INLINE_POLICY_LIMIT:
-            raise _not_cut(name, f"its inline policies would need {size} characters")
+        merged = self._merged(ctx, name, instance)
+        if isinstance(merged, StepRecord):
+            return merged
         action = Action(
             "iam:PutRolePolicy",
             [role["Arn"]],
             f"deny the sessions of {instance} on role {name} ({POLICY_NAME})",
         )
         return outcome(self.name, simulate(ctx, action), "")
+
+    def _merged(
+        self, ctx: StepContext, role: str, instance: str
+    ) -> tuple[dict[str, Any], int, int] | StepRecord:
+        """The role's deny policy with the instance added, the instances it lists then, and the size of the
+        role's inline policies then; `already` when the policy lists the instance; raises when the role
+        has no room for it."""
+        denied, others = inline_policies(ctx, role)
+        if instance in denied:
+            return StepRecord.already(self.name, f"sessions of {instance} denied on role {role}")
+        document = policy_document(sorted({*denied, instance}))
+        size = others + compact_size(document)
+        if size > INLINE_POLICY_LIMIT:
+            raise _not_cut(role, f"its inline policies would need {size} characters")
+        return document, len(denied) + 1, size
 
     def _role_to_change(self, ctx: StepContext) -> dict[str, Any] | StepRecord:
         """The role whose policy would deny the instance's sessions, or why there is nothing to do."""
