@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from botocore.exceptions import ClientError
 
-from shared.errors import RetryableError, error_code
+from shared.errors import THROTTLING_CODES, TRANSIENT_CODES, RetryableError, error_code
 
 T = TypeVar("T")
 
@@ -54,6 +54,22 @@ def retry_within(
             (sleep or pause)(delay)
             waited += delay
             delay = min(delay * 2, MAX_DELAY_SECONDS)
+
+
+def retry_own_table(
+    call: Callable[[], T], *, budget_seconds: float, sleep: Callable[[float], None] | None, what: str
+) -> T:
+    """`retry_within` for a write to the service's own table: while it is throttled (or fails
+    transiently), back off within the budget; past it, a `RetryableError` the queue brings back at once."""
+    return retry_within(
+        call,
+        codes=THROTTLING_CODES | TRANSIENT_CODES,
+        budget_seconds=budget_seconds,
+        sleep=sleep,
+        what=what,
+        cause="the service's own table",
+        wait=None,
+    )
 
 
 def until_consistent(

@@ -51,8 +51,6 @@ from shared.aws import AccountSession, forget_session, same_account_client, sess
 from shared.config import WorkerSettings
 from shared.errors import (
     EXPIRED_CODES,
-    THROTTLING_CODES,
-    TRANSIENT_CODES,
     ContainmentIncomplete,
     IsolationError,
     PermanentError,
@@ -87,7 +85,7 @@ from shared.store import (
     RepairsSpent,
 )
 from worker import consistency, dry_run
-from worker.consistency import retry_within
+from worker.consistency import retry_own_table
 from worker.instance import Instance, describe
 from worker.steps import CONTAINMENT, FOLLOW_UP, Step, StepContext
 
@@ -240,14 +238,11 @@ def retry_or_give_up(
         give_back()
         return False
     logger.error("retries exhausted", extra={"code": error.code, "receive_count": receive_count})
-    retry_within(
+    retry_own_table(
         give_up,
-        codes=THROTTLING_CODES | TRANSIENT_CODES,
         budget_seconds=FINAL_WRITE_BUDGET_SECONDS,
         sleep=deps.sleep,
         what=f"the final {ending.value} write",
-        cause="the service's own table",
-        wait=None,
     )
     return True
 

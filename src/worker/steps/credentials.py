@@ -24,7 +24,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared.errors import THROTTLING_CODES, TRANSIENT_CODES, ContainmentIncomplete, RetryableError, error_code
+from shared.errors import ContainmentIncomplete, RetryableError, error_code
 from shared.models import StepRecord
 from shared.observability import logger
 from worker import consistency
@@ -251,14 +251,11 @@ def role_lease(ctx: StepContext, role: str) -> Iterator[None]:
 def _release(ctx: StepContext, role: str, owner: str) -> None:
     """Give the lease back; if the table will not have it, it expires (what the step did stands)."""
     try:
-        consistency.retry_within(
+        consistency.retry_own_table(
             lambda: ctx.leases.release_role_lease(ctx.target.account_id, role, owner),
-            codes=THROTTLING_CODES | TRANSIENT_CODES,
             budget_seconds=RELEASE_BUDGET_SECONDS,
             sleep=ctx.sleep,
             what=f"giving back the lease of role {role}",
-            cause="the service's own table",
-            wait=None,
         )
     except Exception:
         logger.exception("role lease not given back: it expires", extra={"role": role})
