@@ -46,7 +46,7 @@ def pytest_configure(config: Any) -> None:
 
 @pytest.fixture
 def figures() -> Any:
-    """`figures(title, text)`: printed at the end of the run (the README quotes them)."""
+    """`figures(title, text)`: printed at the end of the run (docs/architecture.md says what they hold)."""
 
     def add(title: str, text: str) -> None:
         with (Path(os.environ[_FIGURES_DIR]) / f"{os.getpid()}.jsonl").open("a") as out:

@@ -6,7 +6,7 @@ must end in a state a responder can trust:
   one does), or its message is in the DLQ and its record ended (FAILED, or ISOLATED before a batch-mate's
   crash brought its message back); nothing is QUEUED or IN_PROGRESS, and no
   instance's in-flight slot is still taken;
-- an instance with an ISOLATED record is isolated as the README's "What isolated means" says; on every instance, what is in place
+- an instance with an ISOLATED record is isolated as docs/record.md's steps say; on every instance, what is in place
   is what its records say was done (no half-isolated instance without a record saying which steps ran);
   exempt, terminated and never-requested instances are untouched; an isolated instance's role denies its
   sessions (when it had one), it cannot stop or lose its volumes, and each of its volumes has a snapshot;
@@ -1242,7 +1242,7 @@ def _check_instance(
             state,
         )
 
-    # Isolated (the README's "What isolated means") for an instance with an ISOLATED record.
+    # Isolated (docs/record.md's steps) for an instance with an ISOLATED record.
     if not any(r["status"] == "ISOLATED" for r in history):
         return 0
     expect(

@@ -4,7 +4,7 @@ attacker-controlled text shown as text, a release from the timeline, and, on a d
 (mapped to the local stack by the browser's resolver), how to release from the CLI instead. `make test` installs the browser when it can; without it these
 tests are skipped, saying how to install it.
 
-`UPDATE_SCREENSHOT=1` also writes docs/console.png and docs/console-release.png (the README shows them)."""
+`UPDATE_SCREENSHOT=1` also writes docs/console.png and docs/console-release.png (docs/responders.md shows them)."""
 
 from __future__ import annotations
 

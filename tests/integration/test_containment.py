@@ -96,7 +96,7 @@ def test_instance_in_an_auto_scaling_group_behind_load_balancers_is_contained(
         [(tier.target_group_arn, instance, 80), (tier.ip_target_group_arn, address, 8080)]
     )
     assert prior["load_balancers"] == [tier.classic]
-    # And the calls were the ones the README lists, the detach keeping the desired capacity
+    # And the calls were the ones docs/record.md lists, the detach keeping the desired capacity
     assert faults.calls["auto-scaling.DetachInstances"] == 1
     assert faults.calls["ec2.CreateSnapshots"] == 1
 

@@ -122,7 +122,7 @@ def test_two_eni_instance_is_isolated_network_first_and_recorded(stack: Stack, m
     assert record["inherits_from"] is None
     assert {s["volume_id"] for s in record["evidence"]["snapshots"]} == set(member.volumes(instance))
     assert record["reason"] == "C2 beaconing" and record["requested_by"] == "soc@example.com"
-    # And the instance is isolated as the README's "What isolated means" says
+    # And the instance is isolated as docs/record.md's steps say
     assert_isolated(member, instance, vpc.id)
     tags = member.tags(instance)
     assert tags["ec2-isolation:id"] == record["isolation_id"]

@@ -8,7 +8,8 @@
   association instead (its id from `DescribeIamInstanceProfileAssociations`).
 - Associating needs `iam:PassRole` on the isolation role (the member-account role grants exactly that).
 
-Credentials the instance already holds stay valid until they expire: see the README.
+Credentials the instance already holds are denied on its prior role (`worker.steps.credentials`); what
+remains is in docs/security.md.
 """
 
 from __future__ import annotations
