@@ -133,14 +133,16 @@ def security_hub_custom_action(
     resources: list[tuple[str, str]],
     action_id: str = "IsolateInstance",
     action_name: str = "Isolate instance",
+    finding_account: str | None = None,
 ) -> dict[str, Any]:
     """A custom action on one finding per resource; `resources` are (ASFF type, id) pairs, e.g.
-    ("AwsEc2Instance", instance ARN) or ("AwsS3Bucket", bucket ARN)."""
+    ("AwsEc2Instance", instance ARN) or ("AwsS3Bucket", bucket ARN). Each finding's `AwsAccountId` (the
+    account that imported it) is `finding_account`, else the resource's own account."""
     now = _now()
     findings = []
     for resource_type, resource_id in resources:
         finding_id = f"arn:aws:securityhub:{action_region}:{action_account}:finding/{uuid.uuid4()}"
-        account = resource_id.split(":")[4] or action_account
+        account = finding_account or resource_id.split(":")[4] or action_account
         findings.append(
             {
                 "SchemaVersion": "2018-10-08",

@@ -9,7 +9,8 @@
 - A message that is not an isolation request fails its item with no delay, so SQS moves it to the DLQ
   after maxReceiveCount receives; it is logged with its message id and never blocks the batch.
 - A matched event that isolates nothing (a sample finding) is acknowledged; a matched signal with no
-  usable target is recorded FAILED and acknowledged (`worker.messages`).
+  usable target, and an isolation a signal may not ask for (a Security Hub finding naming another
+  account's instance), are recorded FAILED and acknowledged (`worker.messages`).
 - A Security Hub custom action asks for several isolations: each is its own attempt; if one must be
   retried the message comes back, and the ones that ended are duplicates then.
 - A release message (`POST /isolations/{id}/release`) runs one `worker.release.ReleaseAttempt` (not part
@@ -26,7 +27,8 @@ from pydantic import ValidationError
 
 from shared.ahead_of_time import prepare_ahead_of_time
 from shared.config import worker_settings
-from shared.models import FollowUpMessage
+from shared.lifecycle import Status
+from shared.models import FollowUpMessage, IsolationRecord
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 from worker.batch import contain
@@ -86,10 +88,35 @@ def _parse(message: Message, worker: WorkerDeps) -> _Parsed:
         logger.remove_keys(["message_id"])
     if release is not None:
         parsed.release = ReleaseAttempt(release, worker, receive_count=message.receive_count)
+    refused = [isolation for isolation in requested if isolation.status is Status.FAILED]
+    try:
+        _record_refused(refused, worker)
+    except Exception as unrecorded:
+        parsed.error = unrecorded
+        return parsed
     parsed.attempts = [
-        Attempt(isolation, worker, receive_count=message.receive_count) for isolation in requested
+        Attempt(isolation, worker, receive_count=message.receive_count)
+        for isolation in requested
+        if isolation.status is not Status.FAILED
     ]
+    if refused and not parsed.attempts:
+        parsed.answer = "refused"
     return parsed
+
+
+def _record_refused(refused: list[IsolationRecord], worker: WorkerDeps) -> None:
+    """The isolations a signal asked for that are never run (a Security Hub finding naming another
+    account's instance): on record, FAILED, with their outcome events."""
+    for record in refused:
+        logger.error(
+            "refused: recorded FAILED",
+            extra={
+                "isolation_id": record.isolation_id,
+                "reason": record.error.message if record.error else None,
+            },
+        )
+        worker.store.put_record(record)
+        worker.announce(record.isolation_id)
 
 
 def contain_messages(batch: list[Message]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ GuardDuty: the target is `detail.accountId` (else the account of the finding's `
 Findings act when `detail.resource.resourceType` is `Instance` (and `Container`, the container of an EC2
 host, when the worker's settings say so). Tag: the instance ARN in `resources[0]`; the value must be
 exactly `true`. Security Hub: every `AwsEc2Instance` resource of every finding (its `Id` is the instance
-ARN) is one isolation.
+ARN) is one isolation; one of another account than the finding's `AwsAccountId` comes back already
+FAILED (`ForeignResource`): `parse` returns it for the record, never to be run.
 
 The tamper queue carries a fifth shape, read by `parse_tamper`: a CloudTrail call ("AWS API Call via
 CloudTrail") that may undo part of an isolation, with the resources it names (`TamperCall`); the tamper
@@ -62,6 +63,8 @@ ISOLATE_TAG = "isolate"
 INSTANCE_FINDING = "Instance"
 CONTAINER_FINDING = "Container"
 SECURITY_HUB_INSTANCE = "AwsEc2Instance"
+#: The error code of a Security Hub instance of another account than its finding's.
+FOREIGN_RESOURCE = "ForeignResource"
 #: CloudTrail management events reach EventBridge with this detail type, `source` the service.
 CLOUDTRAIL_CALL = "AWS API Call via CloudTrail"
 TAMPER_SOURCES = ("aws.ec2", "aws.iam", "aws.autoscaling", "aws.elasticloadbalancing")
@@ -205,6 +208,8 @@ class AsffResource(_Tolerant):
 
 class AsffFinding(_Tolerant):
     Id: str
+    #: The account that imported the finding (any member can import one naming any ARN).
+    AwsAccountId: str | None = None
     Title: str | None = None
     Resources: list[AsffResource] = Field(default_factory=list)
 
@@ -502,34 +507,53 @@ def _tag_change(event: TagChangeEvent) -> IsolationRecord:
 
 
 def _custom_action(event: SecurityHubCustomActionEvent) -> list[IsolationRecord]:
-    """One isolation per EC2 instance of the selected findings (an instance in two findings: one)."""
+    """One isolation per EC2 instance of the selected findings (an instance in two findings: one). An
+    instance of another account than the finding's (`AwsAccountId`) is refused: its record is FAILED
+    `ForeignResource` (any member account can import a finding naming any ARN), the finding's other
+    instances still isolate."""
     records: dict[str, IsolationRecord] = {}
     for finding in event.detail.findings:
         for resource in finding.Resources:
             match = _INSTANCE_ARN.match(resource.Id) if resource.Type == SECURITY_HUB_INSTANCE else None
             if match is None or resource.Id in records:
                 continue
-            records[resource.Id] = IsolationRecord.queued(
+            target = Target(
+                account_id=match["account"], region=match["region"], instance_id=match["instance"]
+            )
+            record = IsolationRecord.queued(
                 isolation_id=trigger_isolation_id(Source.SECURITY_HUB, f"{event.id}:{resource.Id}"),
                 source=Source.SECURITY_HUB,
-                target=Target(
-                    account_id=match["account"], region=match["region"], instance_id=match["instance"]
-                ),
+                target=target,
                 reason=f"Security Hub custom action {event.detail.actionName or ''}".strip(),
                 trigger={
                     "event_id": event.id,
                     "finding_id": finding.Id,
+                    "finding_account_id": finding.AwsAccountId,
                     "title": finding.Title,
                     "action_name": event.detail.actionName,
                     "action_arn": event.resources[0] if event.resources else None,
                 },
             )
+            if finding.AwsAccountId != target.account_id:
+                record = _refused(
+                    record,
+                    FOREIGN_RESOURCE,
+                    f"finding {finding.Id} was imported by account {finding.AwsAccountId or '(none)'} but "
+                    f"names instance {target.instance_id} of account {target.account_id}: a finding may only "
+                    "isolate instances of the account that imported it",
+                )
+            records[resource.Id] = record
     if not records:
         types = sorted({r.Type for f in event.detail.findings for r in f.Resources})
         raise Ignored(
             f"custom action on findings with no EC2 instance (resource types: {', '.join(types) or 'none'})"
         )
     return list(records.values())
+
+
+def _refused(record: IsolationRecord, code: str, message: str) -> IsolationRecord:
+    """`record` ended FAILED before anything ran: the signal asked for something never done."""
+    return record.model_copy(update={"status": Status.FAILED, "error": ErrorInfo(code=code, message=message)})
 
 
 def _unusable(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from local_stack.sample_events import cloudtrail_call, groups_changed
+from local_stack.sample_events import cloudtrail_call, groups_changed, security_hub_custom_action
 from local_stack.stack import LocalStack
 from local_stack.workloads import DemoInstance
 from tests.e2e.helpers import assert_isolated, member_clients, sample_event
@@ -150,6 +150,35 @@ def test_finding_for_exempt_instance_is_skipped(paused: LocalStack) -> None:
     ec2, _ = member_clients(instance)
     interfaces = ec2.describe_network_interfaces(NetworkInterfaceIds=instance.eni_ids)["NetworkInterfaces"]
     assert sorted({g["GroupId"] for eni in interfaces for g in eni["Groups"]}) == instance.security_group_ids
+
+
+def test_a_finding_naming_another_accounts_instance_never_isolates_it(paused: LocalStack) -> None:
+    # Given a Security Hub finding imported by one member account (its AwsAccountId) that names one of
+    # its own instances and one of another member account (Security Hub does not check the ARNs)
+    own, foreign = paused.demo.instance("web-3", 0), paused.demo.instance("web-asg", 1)
+    action = security_hub_custom_action(
+        action_account=paused.account_id,
+        action_region=paused.region,
+        resources=[("AwsEc2Instance", own.arn)],
+        finding_account=own.account_id,
+    )
+    action["detail"]["findings"][0]["Resources"].append(
+        {"Type": "AwsEc2Instance", "Id": foreign.arn, "Partition": "aws"}
+    )
+
+    # When an analyst runs the custom action on it in the security account
+    paused.put_event(action)
+
+    # Then the importer's instance is isolated
+    _isolated_by(paused, own, "securityhub")
+    # And the other account's instance is refused on record (both accounts named) and left as it was
+    [refused] = paused.records(foreign.instance_id, foreign.account_id)
+    assert refused["status"] == "FAILED" and refused["error"]["code"] == "ForeignResource"
+    assert own.account_id in refused["error"]["message"] and foreign.account_id in refused["error"]["message"]
+    ec2, _ = member_clients(foreign)
+    interfaces = ec2.describe_network_interfaces(NetworkInterfaceIds=foreign.eni_ids)["NetworkInterfaces"]
+    assert sorted({g["GroupId"] for eni in interfaces for g in eni["Groups"]}) == foreign.security_group_ids
+    assert paused.queue_depth(dead_letter=True) == 0
 
 
 def test_an_isolation_undone_by_hand_is_undone_in_turn(paused: LocalStack) -> None:

@@ -16,7 +16,7 @@ from moto.events.models import EventPattern
 from tests.conftest import OTHER_ACCOUNT, ROOT, Stack
 from tests.infra.resolver import event_pattern, resolve
 from tests.integration.test_worker import assert_isolated, record_of, records_for
-from tests.support.aws import Faults, Member
+from tests.support.aws import ISOLATION_NAME, Faults, Member
 
 from local_stack.sample_events import guardduty_finding, security_hub_custom_action, tag_change
 from local_stack.templates import load_template
@@ -229,6 +229,76 @@ def test_security_hub_action_isolates_every_instance_of_the_findings(
     stack.send(action)
     stack.drain()
     assert len(records_for(stack, first)) == len(records_for(stack, second)) == 1
+
+
+def test_a_finding_naming_another_accounts_instance_isolates_only_its_own(
+    stack: Stack, member: Member, other_member: Member
+) -> None:
+    # Given a finding imported by one account (BatchImportFindings: its own AwsAccountId) that names an
+    # instance of its own and one of another account (Security Hub does not check the resources' ARNs)
+    vpc, other_vpc = member.vpc(), other_member.vpc()
+    own, foreign = member.instance(vpc), other_member.instance(other_vpc)
+    action = security_hub_custom_action(
+        action_account=SECURITY_ACCOUNT,
+        action_region=member.region,
+        resources=[("AwsEc2Instance", instance_arn(member, own))],
+        finding_account=member.account_id,
+    )
+    [finding] = action["detail"]["findings"]
+    finding["Resources"].append(
+        {"Type": "AwsEc2Instance", "Id": instance_arn(other_member, foreign), "Partition": "aws"}
+    )
+
+    # When an analyst runs the custom action on it
+    stack.send(action)
+    responses = stack.drain()
+
+    # Then the importer's own instance is isolated
+    [record] = records_for(stack, own)
+    assert record["status"] == "ISOLATED" and record["source"] == "securityhub"
+    assert_isolated(member, own, vpc.id)
+    # And the other account's instance is never touched: FAILED ForeignResource, naming both accounts
+    [refused] = records_for(stack, foreign)
+    assert refused["status"] == "FAILED" and refused["source"] == "securityhub"
+    assert refused["error"]["code"] == "ForeignResource"
+    assert member.account_id in refused["error"]["message"]
+    assert other_member.account_id in refused["error"]["message"]
+    assert refused["account_id"] == other_member.account_id and refused["steps"] == []
+    assert other_member.isolation_groups(other_vpc.id) == []
+    assert other_member.profile_of(foreign) != (
+        f"arn:aws:iam::{other_member.account_id}:instance-profile/{ISOLATION_NAME}"
+    )
+    # And the message is acknowledged, never retried into the DLQ
+    assert responses and all(r["batchItemFailures"] == [] for r in responses)
+    assert stack.dead_letters() == []
+
+    # And the same event delivered again writes nothing new
+    stack.send(action)
+    stack.drain()
+    assert len(records_for(stack, own)) == len(records_for(stack, foreign)) == 1
+
+
+def test_a_finding_naming_only_another_accounts_instance_is_refused(
+    stack: Stack, member: Member, other_member: Member
+) -> None:
+    # Given a finding imported by one account naming only another account's instance
+    other_vpc = other_member.vpc()
+    foreign = other_member.instance(other_vpc)
+    action = security_hub_custom_action(
+        action_account=SECURITY_ACCOUNT,
+        action_region=member.region,
+        resources=[("AwsEc2Instance", instance_arn(other_member, foreign))],
+        finding_account=member.account_id,
+    )
+    # When the worker runs
+    stack.send(action)
+    responses = stack.drain()
+    # Then it is refused on record, acknowledged, and the instance is untouched
+    [refused] = records_for(stack, foreign)
+    assert refused["status"] == "FAILED" and refused["error"]["code"] == "ForeignResource"
+    assert responses and responses[0]["batchItemFailures"] == []
+    assert stack.queued() == 0 and stack.dead_letters() == []
+    assert other_member.isolation_groups(other_vpc.id) == []
 
 
 def test_security_hub_action_without_an_instance_is_acknowledged(stack: Stack) -> None:
