@@ -67,7 +67,8 @@ class WorkerSettings(CommonSettings):
     #: The queue's redrive maxReceiveCount: on that receive a retryable failure ends the record FAILED.
     MAX_RECEIVE_COUNT: Annotated[int, Field(ge=1)] = 5
     COALESCE_WINDOW_SECONDS: Annotated[int, Field(ge=0)] = 900
-    #: The blast-radius budget: isolations triggers (not a person's webhook) may start per account and hour.
+    #: The blast-radius budget: isolations each trigger source (not a person's webhook) may start per
+    #: account and hour.
     MAX_AUTO_ISOLATIONS_PER_HOUR: Annotated[int, Field(ge=1)] = 50
     #: Tamper repairs per instance and hour; past it the repair ends FAILED `TamperLoop`.
     TAMPER_REPAIRS_PER_HOUR: Annotated[int, Field(ge=1)] = 3

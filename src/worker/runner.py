@@ -647,8 +647,9 @@ class Attempt(_Receive):
 
     def _record_rate_limited(self, limit: int) -> None:
         message = (
-            f"triggers started {limit} isolations in account {self.record.account_id} this hour already "
-            "(MaxAutoIsolationsPerHour): left untouched; a person can still isolate it through the webhook"
+            f"{self.record.source.value} triggers started {limit} isolations in account "
+            f"{self.record.account_id} this hour already (MaxAutoIsolationsPerHour, per account and "
+            "source): left untouched; a person can still isolate it through the webhook"
         )
         self._record_refused(StepRecord.skipped("check-blast-radius", message), Status.SKIPPED, "RateLimited")
         logger.warning("blast-radius budget spent: trigger skipped", extra={"limit": limit})

@@ -1,5 +1,6 @@
 """Blast radius: a storm of trigger-started isolations in one account stops at MaxAutoIsolationsPerHour;
-the excess is on record (SKIPPED, RateLimited), other accounts and people are not limited."""
+the excess is on record (SKIPPED, RateLimited), other accounts, other sources and people are not
+limited."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from tests.conftest import Stack
 from tests.integration.test_worker import assert_isolated, records_for, request_isolation
 from tests.support.aws import Member
 
-from local_stack.sample_events import guardduty_finding
+from local_stack.sample_events import guardduty_finding, tag_change
 from shared.config import worker_settings
 
 LIMIT = 3
@@ -64,3 +65,28 @@ def test_triggers_past_the_budget_are_skipped_and_people_are_not(
         isolation_id
     ]
     assert_isolated(member, skipped[0], vpc.id)
+
+
+def test_tags_a_member_writes_never_spend_guardduty_s_budget(
+    stack: Stack, member: Member, budget: int
+) -> None:
+    # Given a member that tags more of its instances isolate=true than the budget allows
+    vpc = member.vpc()
+    tagged = [member.instance(vpc) for _ in range(budget + 1)]
+    for instance in tagged:
+        stack.send(tag_change(account_id=member.account_id, region=member.region, instance_id=instance))
+    stack.drain()
+    tag_statuses = [records_for(stack, instance)[0]["status"] for instance in tagged]
+    assert tag_statuses.count("ISOLATED") == budget and tag_statuses.count("SKIPPED") == 1, tag_statuses
+    [skipped] = [records_for(stack, i)[0] for i in tagged if records_for(stack, i)[0]["status"] == "SKIPPED"]
+    assert skipped["error"]["code"] == "RateLimited" and "tag triggers" in skipped["error"]["message"]
+
+    # When GuardDuty finds a compromised instance of the same account in the same hour
+    compromised = member.instance(vpc)
+    stack.send(finding(member, compromised))
+    stack.drain()
+
+    # Then it is isolated: each source has its own budget in the account
+    [record] = records_for(stack, compromised)
+    assert record["status"] == "ISOLATED" and record["source"] == "guardduty"
+    assert_isolated(member, compromised, vpc.id)

@@ -1,5 +1,6 @@
-"""The blast-radius budget: how many isolations triggers (GuardDuty, tags, Security Hub) may start per
-account and hour. One item per account and hour (`budget#<account>#<YYYY-MM-DDTHH>`) counts them; it is
+"""The blast-radius budget: how many isolations each trigger (GuardDuty, tags, Security Hub) may start
+per account and hour. One item per account, source and hour (`budget#<account>#<source>#<YYYY-MM-DDTHH>`)
+counts them, so that tags a member writes can never spend the budget of GuardDuty's findings; it is
 taken in the transaction that writes a trigger's QUEUED record, so a storm of false positives stops at
 the budget however many workers race, and a join or a coalesced trigger (which writes no QUEUED record)
 spends nothing. A person's webhook request never spends it. Items expire with the table's TTL."""
@@ -18,13 +19,13 @@ UNDER = Missing("started") | Before("started", "limit")
 _KEEP_SECONDS = 2 * 86400
 
 
-def budget_key(account_id: str, now: float) -> str:
-    return hourly_key("budget#", account_id, now)
+def budget_key(account_id: str, source: str, now: float) -> str:
+    return hourly_key("budget#", f"{account_id}#{source}", now)
 
 
-def take(table: str, account_id: str, *, now: float, limit: int) -> dict[str, Any]:
-    """The transaction item that spends one isolation of the account's budget for this hour."""
-    return spend(table, budget_key(account_id, now), now=now, limit=limit)
+def take(table: str, account_id: str, source: str, *, now: float, limit: int) -> dict[str, Any]:
+    """The transaction item that spends one isolation of the (account, source) budget for this hour."""
+    return spend(table, budget_key(account_id, source, now), now=now, limit=limit)
 
 
 def hourly_key(prefix: str, subject: str, now: float) -> str:

@@ -6,7 +6,7 @@ it along its lifecycle (`shared.lifecycle` declares which moves are allowed and 
 | isolation record | `iso-<hex>` | this one: the served record plus the attempt's lease (`shared.lifecycle`) |
 | instance slot | `instance#<account>#<region>#<instance>` | `shared.store.slots` |
 | idempotency key | `idempotency#<sha256 of the key>` | `shared.store.idempotency` |
-| blast-radius budget | `budget#<account>#<hour>` | `shared.store.rate_limits` |
+| blast-radius budget | `budget#<account>#<source>#<hour>` | `shared.store.rate_limits` |
 | tamper-repair budget | `repairs#<account>#<region>#<instance>#<hour>` | `shared.store.tamper_repairs` |
 | role lease | `role#<account>#<role name>` | `shared.store.role_leases` |
 
@@ -89,7 +89,8 @@ class Coalesced:
 
 @dataclass(frozen=True)
 class RateLimited:
-    """Triggers started `limit` isolations in the account this hour already (the blast-radius budget)."""
+    """The trigger's source started `limit` isolations in the account this hour already (the
+    blast-radius budget, per account and source)."""
 
     limit: int
 
@@ -285,8 +286,8 @@ class IsolationStore(ReleaseWrites):
         Fails (without writing anything) to `Replayed` when the idempotency key was used before,
         `Exists` when the record id is taken, `Joined` when another isolation of the instance is in
         flight, `Coalesced` when `coalesce_window_seconds` is given and the instance was isolated
-        within it, `RateLimited` when `budget` is given and the account's hourly budget of
-        trigger-started isolations is spent (`shared.store.rate_limits`), `RepairsSpent` when `repairs` is
+        within it, `RateLimited` when `budget` is given and the hourly budget of the record's source in its
+        account is spent (`shared.store.rate_limits`), `RepairsSpent` when `repairs` is
         given and the instance's hourly budget of tamper repairs is spent (`shared.store.tamper_repairs`). A slot still held by an
         isolation that is over is freed, and the write tried once more. A join reads the isolation it joins (its status is the answer); when that one's
         worker was lost on its last receive (`lifecycle.LOST`), this request ends it and tries once more
@@ -350,7 +351,11 @@ class IsolationStore(ReleaseWrites):
             )
         if budget is not None:
             items.append(
-                {"Update": rate_limits.take(self.table_name, record.account_id, now=now, limit=budget)}
+                {
+                    "Update": rate_limits.take(
+                        self.table_name, record.account_id, record.source.value, now=now, limit=budget
+                    )
+                }
             )
         if repairs is not None:
             items.append(
