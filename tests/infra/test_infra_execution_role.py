@@ -3,6 +3,7 @@ action as narrowly as AWS allows; and the two templates and the code agree on na
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ DESCRIBE_ACTIONS = {
     "elasticloadbalancing:DescribeLoadBalancers",
 }
 ACCOUNT = "123456789012"  # the resolver's default AWS::AccountId
+REGION = "us-east-1"  # and AWS::Region
 WORKER_ROLE_ARN = "arn:aws:iam::111111111111:role/ec2-isolation-WorkerFunctionRole-ABC123"
 #: Every optional capability on: the role then grants every action of the catalogue.
 EVERYTHING_ON = {"CutInstanceCredentials": "true", "SnapshotVolumes": "true", "SnapshotLockDays": "7"}
@@ -270,7 +272,16 @@ def test_isolation_profile_holds_a_deny_all_role(member_stack) -> None:
 
 HOME = "eu-west-1"
 IAM_RESOURCES = {"ExecutionRole", "IsolationRole", "IsolationInstanceProfile"}
-FORWARDING = {"ForwardingRole", "TagForwardingRule", "TamperForwardingRule"}
+FORWARDING = {
+    "ForwardingRole",
+    "TagForwardingRule",
+    "TamperForwardingRule",
+    "ForwardingDeadLetterQueue",
+    "ForwardingDeadLetterQueuePolicy",
+    "ForwardingDeadLetterAlarm",
+}
+#: The forwarding rules, by logical id, and the kind in their fixed name (`ec2-isolation-forward-<kind>-<region>`).
+FORWARDING_RULES = {"TagForwardingRule": "tag", "TamperForwardingRule": "tamper"}
 
 
 @pytest.mark.parametrize(
@@ -296,14 +307,17 @@ def test_every_region_forwards_to_the_stacks_bus_except_the_stacks_own_account_a
         {"WorkerRoleArn": WORKER_ROLE_ARN, "CentralEventBusArn": bus, "IamRegion": HOME},
         pseudo={"AWS::Region": region},
     )["Resources"]
-    # Then the tag and tamper rules and their unnamed role exist where they must forward, nowhere else
+    # Then the tag and tamper rules, their role and dead-letter queue exist where they must forward only
     assert set(resources) >= FORWARDING if forwards else not FORWARDING & set(resources)
     if forwards:
-        assert "RoleName" not in resources["ForwardingRole"]["Properties"]
-        for rule in ("TagForwardingRule", "TamperForwardingRule"):
+        # named with the region, as guardrail events, the forwarding audit and the SCP name them
+        assert resources["ForwardingRole"]["Properties"]["RoleName"] == f"ec2-isolation-forward-{region}"
+        for rule, kind in FORWARDING_RULES.items():
+            assert resources[rule]["Properties"]["Name"] == f"ec2-isolation-forward-{kind}-{region}"
             (target,) = resources[rule]["Properties"]["Targets"]
             assert target["Arn"] == bus and resources[rule]["Properties"]["EventBusName"] == "default"
             assert target["RoleArn"] == {"Fn::GetAtt": ["ForwardingRole", "Arn"]}
+            assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["ForwardingDeadLetterQueue", "Arn"]}}
         (statement,) = helpers.policy_statements(resources["ForwardingRole"])
         assert statement == {"Effect": "Allow", "Action": "events:PutEvents", "Resource": bus}
 
@@ -328,9 +342,10 @@ def test_named_iam_resources_exist_in_iam_region_only(member_template, region: s
     assert (IAM_RESOURCES & set(resources) == set()) is (region != HOME)
     assert bool(stack["Outputs"]) is (region == HOME)
     assert set(resources) >= FORWARDING
-    # And nothing else in the template is named
+    # And nothing else in the template is named but the forwarding role, with its region
     named = {n for n, r in resources.items() if {"RoleName", "InstanceProfileName"} & set(r["Properties"])}
-    assert named <= IAM_RESOURCES
+    assert named - {"ForwardingRole"} <= IAM_RESOURCES
+    assert resources["ForwardingRole"]["Properties"]["RoleName"] == f"ec2-isolation-forward-{region}"
 
 
 # --- the templates and the code agree -----------------------------------------------------------------
@@ -433,3 +448,47 @@ def test_prior_roles_are_passed_back_to_ec2_except_the_guarded_and_protected_one
         assert [s["Resource"] for s in _granting(_allows(member_stack(), helpers), action, helpers)] == [
             f"arn:aws:iam::{ACCOUNT}:instance-profile/ec2-isolation-deny-all"
         ]
+
+
+def test_an_event_that_cannot_be_forwarded_is_dead_lettered_and_alarmed(member_stack, helpers) -> None:
+    # Given the member template in a region that forwards
+    resources = member_stack(CentralEventBusArn=f"arn:aws:events:{HOME}:111111111111:event-bus/b")[
+        "Resources"
+    ]
+    # Then only this region's forwarding rules (by their fixed names) may dead-letter to its queue
+    allows = [
+        s
+        for s in helpers.policy_statements(resources["ForwardingDeadLetterQueuePolicy"])
+        if s["Effect"] == "Allow"
+    ]
+    assert allows == [
+        {
+            "Sid": "AllowForwardingRulesDeadLetters",
+            "Effect": "Allow",
+            "Principal": {"Service": "events.amazonaws.com"},
+            "Action": "sqs:SendMessage",
+            "Resource": {"Fn::GetAtt": ["ForwardingDeadLetterQueue", "Arn"]},
+            "Condition": {
+                "ArnLike": {
+                    "aws:SourceArn": f"arn:aws:events:{REGION}:{ACCOUNT}:rule/ec2-isolation-forward-*-{REGION}"
+                }
+            },
+        }
+    ]
+    for rule in FORWARDING_RULES:
+        name = resources[rule]["Properties"]["Name"]
+        assert fnmatch.fnmatchcase(
+            f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{name}",
+            allows[0]["Condition"]["ArnLike"]["aws:SourceArn"],
+        )
+    # And an alarm fires on the first message in it
+    alarm = resources["ForwardingDeadLetterAlarm"]["Properties"]
+    assert alarm["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["ForwardingDeadLetterQueue", "QueueName"]}}
+    ]
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    with_topic = member_stack(
+        CentralEventBusArn=f"arn:aws:events:{HOME}:111111111111:event-bus/b",
+        AlarmTopicArn="arn:aws:sns:eu-west-1:111111111111:oncall",
+    )["Resources"]["ForwardingDeadLetterAlarm"]["Properties"]
+    assert with_topic["AlarmActions"] == ["arn:aws:sns:eu-west-1:111111111111:oncall"]

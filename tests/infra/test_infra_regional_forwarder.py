@@ -45,7 +45,7 @@ def test_guardduty_findings_are_filtered_as_the_stack_filters_them(parameters: d
     assert forwarded == event_pattern(stack(**parameters)["Resources"]["GuardDutyFindingRule"])
 
 
-def test_rules_forward_to_the_stacks_bus_with_an_unnamed_role_and_a_dead_letter_queue() -> None:
+def test_rules_forward_to_the_stacks_bus_with_a_role_named_for_the_region_and_a_dead_letter_queue() -> None:
     resources = forwarder(EnableSecurityHubAction="true")["Resources"]
     for name in ("GuardDutyForwardingRule", "SecurityHubForwardingRule"):
         properties = resources[name]["Properties"]
@@ -55,12 +55,22 @@ def test_rules_forward_to_the_stacks_bus_with_an_unnamed_role_and_a_dead_letter_
         assert target["RoleArn"] == {"Fn::GetAtt": ["ForwardingRole", "Arn"]}
         assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["ForwardingDeadLetterQueue", "Arn"]}}
     role = resources["ForwardingRole"]["Properties"]
-    assert "RoleName" not in role
+    # Named with the region: the stack's bus admits findings and actions from this role only
+    region = PSEUDO["AWS::Region"]
+    assert role["RoleName"] == f"ec2-isolation-forward-findings-{region}"
+    assert (
+        resources["GuardDutyForwardingRule"]["Properties"]["Name"]
+        == f"ec2-isolation-forward-findings-{region}"
+    )
+    assert (
+        resources["SecurityHubForwardingRule"]["Properties"]["Name"]
+        == f"ec2-isolation-forward-actions-{region}"
+    )
     [policy] = role["Policies"]
     assert policy["PolicyDocument"]["Statement"] == [
         {"Effect": "Allow", "Action": "events:PutEvents", "Resource": BUS}
     ]
-    # The only IAM resource is that role, unnamed: one stack per region never collides
+    # The only IAM resource is that role, its name the region's: one stack per region never collides
     assert [name for name, r in resources.items() if r["Type"].startswith("AWS::IAM::")] == ["ForwardingRole"]
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from typing import Any
 
 import pytest
+from tests.conftest import ROOT
+from tests.infra.resolver import resolve
+
+from local_stack.templates import load_template
 
 #: Actions AWS authorises only on "*": none of the service's (it does not trace with X-Ray).
 STAR_ONLY_ACTIONS: set[str] = set()
@@ -440,7 +445,7 @@ def test_only_the_stacks_rules_may_send_to_the_queues(
     ]
     # And nobody may use the queue without TLS
     denies = [s for s in helpers.policy_statements(policy) if s["Effect"] == "Deny"]
-    assert [s["Condition"] for s in denies] == [{"Bool": {"aws:SecureTransport": "false"}}]
+    assert {"Bool": {"aws:SecureTransport": "false"}} in [s["Condition"] for s in denies]
 
 
 def test_outputs(deployed) -> None:
@@ -526,31 +531,205 @@ def test_every_trigger_rule_is_on_the_default_bus_and_the_stacks_bus(deployed, r
     }
 
 
-def test_the_organization_may_put_only_forwarded_sources_on_the_bus(deployed) -> None:
-    # Given the deployed stack with an organization
-    resources = deployed(OrganizationId="o-a1b2c3d4e5")["Resources"]
+MEMBER_SOURCES = [
+    "aws.tag",
+    "aws.ec2",
+    "aws.iam",
+    # the guardrail events' EventBridge and CloudTrail calls
+    "aws.events",
+    "aws.cloudtrail",
+    # CloudTrail's AttachInstances, RegisterTargets and RegisterInstancesWithLoadBalancer
+    "aws.autoscaling",
+    "aws.elasticloadbalancing",
+]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "condition"),
+    [
+        ({"OrganizationId": "o-a1b2c3d4e5"}, {"aws:PrincipalOrgID": "o-a1b2c3d4e5"}),
+        (
+            {"AllowedAccountIds": "111111111111,222222222222"},
+            {"aws:PrincipalAccount": ["111111111111", "222222222222"]},
+        ),
+        (
+            {"OrganizationId": "o-a1b2c3d4e5", "AllowedAccountIds": "111111111111"},
+            {"aws:PrincipalOrgID": "o-a1b2c3d4e5", "aws:PrincipalAccount": ["111111111111"]},
+        ),
+    ],
+    ids=["organization", "accounts", "both"],
+)
+def test_the_served_accounts_may_put_only_forwarded_sources_on_the_bus(
+    deployed, parameters: dict[str, str], condition: dict[str, Any]
+) -> None:
+    # Given the deployed stack with an organization, a list of accounts or both
+    resources = deployed(**parameters)["Resources"]
     statement = resources["IsolationBusPolicy"]["Properties"]["Statement"]
-    # Then members of the organization may put events of the sources they forward, and nothing else
+    # Then those accounts may put events of the sources their member stacks forward, and nothing else
     assert statement["Resource"] == {"Fn::GetAtt": ["IsolationBus", "Arn"]}
     assert statement["Effect"] == "Allow" and statement["Action"] == "events:PutEvents"
+    assert statement["Condition"] == {"StringEquals": {**condition, "events:source": MEMBER_SOURCES}}
+    # And never a finding, an action or an ec2-isolation event (an outcome, a guardrail event)
+    for source in ("aws.guardduty", "aws.securityhub", "ec2-isolation"):
+        assert source not in statement["Condition"]["StringEquals"]["events:source"]
+
+
+def test_findings_reach_the_bus_only_from_this_accounts_regional_forwarders(deployed) -> None:
+    # Given the deployed stack
+    resources = deployed(OrganizationId="o-a1b2c3d4e5")["Resources"]
+    # Then GuardDuty findings and Security Hub actions come from the forwarders' roles of this account
+    statement = resources["IsolationBusForwarderPolicy"]["Properties"]["Statement"]
+    assert statement["Principal"] == {"AWS": "arn:aws:iam::123456789012:root"}
     assert statement["Condition"] == {
-        "StringEquals": {
-            "aws:PrincipalOrgID": "o-a1b2c3d4e5",
-            "events:source": [
-                "aws.tag",
-                "aws.ec2",
-                "aws.iam",
-                # CloudTrail's AttachInstances, RegisterTargets and RegisterInstancesWithLoadBalancer
-                "aws.autoscaling",
-                "aws.elasticloadbalancing",
-                "aws.guardduty",
-                "aws.securityhub",
-            ],
-        }
+        "ArnLike": {"aws:PrincipalArn": "arn:aws:iam::123456789012:role/ec2-isolation-forward-findings-*"},
+        "StringEquals": {"events:source": ["aws.guardduty", "aws.securityhub"]},
     }
-    assert "ec2-isolation" not in statement["Condition"]["StringEquals"]["events:source"]
-    # And without an organization, no policy: only this account puts events
-    assert "IsolationBusPolicy" not in deployed()["Resources"]
+    forwarder = load_template(ROOT / "regional-forwarder.yml")
+    assert forwarder["Resources"]["ForwardingRole"]["Properties"]["RoleName"] == {
+        "Fn::Sub": "ec2-isolation-forward-findings-${AWS::Region}"
+    }
+
+
+@pytest.mark.parametrize(
+    ("parameters", "deploys"),
+    [
+        ({}, False),
+        ({"OrganizationId": "o-a1b2c3d4e5"}, True),
+        ({"AllowedAccountIds": "111111111111"}, True),
+        ({"OrganizationId": "o-a1b2c3d4e5", "AllowedAccountIds": "111111111111"}, True),
+    ],
+)
+def test_a_stack_serving_no_named_accounts_is_refused(
+    sam_template, parameters: dict[str, str], deploys: bool
+) -> None:
+    # Given the template's Rules assertions, evaluated as CloudFormation does before creating anything
+    assertions = [a for rule in sam_template["Rules"].values() for a in rule["Assertions"]]
+    probe = {
+        "Parameters": sam_template["Parameters"],
+        "Conditions": {f"Assertion{i}": a["Assert"] for i, a in enumerate(assertions)},
+        "Resources": {
+            f"Holds{i}": {"Type": "AWS::CloudFormation::WaitConditionHandle", "Condition": f"Assertion{i}"}
+            for i in range(len(assertions))
+        },
+    }
+    held = resolve(probe, parameters)["Resources"]
+    # Then the deployment goes ahead only when an organization or accounts are named
+    assert (len(held) == len(assertions)) is deploys
+    assert all("OrganizationId" in a["AssertDescription"] for a in assertions)
+
+
+def _denied(statement: dict[str, Any], context: dict[str, str]) -> bool:
+    """Whether a Deny statement of ARN conditions applies to a request with `context` (IAM's rules: the
+    conditions are ANDed, a negated operator on an absent key is true)."""
+    for operator, keys in statement.get("Condition", {}).items():
+        for key, values in keys.items():
+            value = context.get(key)
+            patterns = values if isinstance(values, list) else [values]
+            if operator in ("ArnNotLike", "ArnNotEquals"):
+                like = operator == "ArnNotLike"
+                holds = value is None or not any(
+                    fnmatch.fnmatchcase(value, p) if like else value == p for p in patterns
+                )
+            else:
+                raise AssertionError(f"no evaluation for {operator}")
+            if not holds:
+                return False
+    return True
+
+
+QUEUE_ARNS = {
+    name: {"Arn": f"arn:aws:sqs:eu-west-1:123456789012:{name}", "Ref": name}
+    for name in ("IsolationQueue", "FollowUpQueue", "TamperQueue")
+}
+ROLE_ARNS = {
+    name: {"Arn": f"arn:aws:iam::123456789012:role/ec2-isolation-{name}"}
+    for name in ("IngestFunctionRole", "WorkerFunctionRole")
+}
+RULE_ARNS = {
+    name: {"Arn": f"arn:aws:events:eu-west-1:123456789012:rule/{name}"}
+    for name in (
+        "GuardDutyFindingRule",
+        "GuardDutyFindingBusRule",
+        "TagChangeRule",
+        "TagChangeBusRule",
+        "SecurityHubActionRule",
+        "SecurityHubActionBusRule",
+        "TamperRule",
+        "TamperBusRule",
+    )
+}
+OPERATOR = "arn:aws:iam::123456789012:role/incident-operator"
+
+
+def _send_denies(transformed, helpers, queue: str, policy: str, **parameters: str) -> list[dict[str, Any]]:
+    resources = resolve(
+        transformed,
+        {"EnableSecurityHubAction": "true", **parameters},
+        resources={**QUEUE_ARNS, **ROLE_ARNS, **RULE_ARNS},
+    )["Resources"]
+    statements = list(helpers.policy_statements(resources[policy]))
+    return [
+        s
+        for s in statements
+        if s["Effect"] == "Deny"
+        and s["Action"] == "sqs:SendMessage"
+        and s["Resource"] == QUEUE_ARNS[queue]["Arn"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("queue", "policy", "senders"),
+    [
+        (
+            "IsolationQueue",
+            "IsolationQueuePolicy",
+            [
+                {"aws:PrincipalArn": ROLE_ARNS["IngestFunctionRole"]["Arn"]},
+                *(
+                    {"aws:SourceArn": RULE_ARNS[rule]["Arn"]}
+                    for rule in RULE_ARNS
+                    if not rule.startswith("Tamper")
+                ),
+            ],
+        ),
+        (
+            "FollowUpQueue",
+            "FollowUpQueuePolicy",
+            [{"aws:PrincipalArn": ROLE_ARNS["WorkerFunctionRole"]["Arn"]}],
+        ),
+        (
+            "TamperQueue",
+            "TamperQueuePolicy",
+            [
+                {"aws:SourceArn": RULE_ARNS["TamperRule"]["Arn"]},
+                {"aws:SourceArn": RULE_ARNS["TamperBusRule"]["Arn"]},
+            ],
+        ),
+    ],
+)
+def test_only_the_services_own_senders_and_a_listed_redrive_may_send(
+    transformed, helpers, queue: str, policy: str, senders: list[dict[str, str]]
+) -> None:
+    # Given the queue's policy, without and with a principal that may redrive its dead-letter queue
+    [deny] = _send_denies(transformed, helpers, queue, policy)
+    [with_redrive] = _send_denies(transformed, helpers, queue, policy, QueueRedrivePrincipalArns=OPERATOR)
+    others = [
+        # an administrator of the security account (its own policy allows sqs:*)
+        {"aws:PrincipalArn": "arn:aws:iam::123456789012:role/Admin"},
+        # another function of the stack
+        {"aws:PrincipalArn": "arn:aws:iam::123456789012:role/ec2-isolation-SweeperFunctionRole"},
+        # another EventBridge rule of the account
+        {"aws:SourceArn": "arn:aws:events:eu-west-1:123456789012:rule/someone-elses"},
+    ]
+    # Then the service's own senders are never denied
+    for sender in senders:
+        assert not _denied(deny, sender) and not _denied(with_redrive, sender), sender
+    # And everyone else is, the operator too until listed in QueueRedrivePrincipalArns
+    for other in [*others, {"aws:PrincipalArn": OPERATOR}]:
+        assert _denied(deny, other), other
+    assert not _denied(with_redrive, {"aws:PrincipalArn": OPERATOR})
+    for other in others:
+        assert _denied(with_redrive, other), other
 
 
 def test_tamper_calls_have_their_own_queue_dead_letter_queue_and_function(deployed, helpers) -> None:
