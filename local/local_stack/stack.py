@@ -195,6 +195,10 @@ class LocalStack:
         # The Security Hub custom action's rules (moto creates no action target, but its events are
         # matched and queued as deployed).
         overrides: dict[str, str] = {"EnableSecurityHubAction": "true"}
+        # The forwarding audit is not scheduled locally (the local stack runs `rate` schedules only): the
+        # demo's member stacks forward nothing (see local_stack.demo_org) and trust the local worker
+        # role, so every run would find them drifted. Tests drive its handler against moto.
+        overrides["ForwardingAuditSchedule"] = "cron(0 * * * ? *)"
         if self.target_role_name:
             overrides["TargetRoleName"] = self.target_role_name
         if self.allowed_accounts is not None:
@@ -315,11 +319,15 @@ class LocalStack:
     def _reset_handler_caches() -> None:
         """Settings, clients, sessions and per-VPC caches belong to one stack's endpoint."""
         from shared import aws, config
+        from shared.store import accounts
 
         config.ingest_settings.cache_clear()
         config.worker_settings.cache_clear()
         config.sweeper_settings.cache_clear()
+        config.guardrail_settings.cache_clear()
+        config.audit_settings.cache_clear()
         aws.reset_caches()
+        accounts.forget_noted()
         steps = sys.modules.get("worker.steps")  # imported here only when the worker runs in-process
         if steps is not None and hasattr(steps, "forget_caches"):
             steps.forget_caches()

@@ -250,7 +250,7 @@ class AccountSession:
 
 
 _clients_lock = threading.Lock()
-_sessions: dict[tuple[str, str, str], AccountSession] = {}
+_sessions: dict[tuple[str, str, str, str], AccountSession] = {}
 _sessions_lock = threading.Lock()
 
 
@@ -266,9 +266,12 @@ def session_for_account(
     external_id: str | None = None,
     base: Sessions | None = None,
     sts: Any = None,
+    session_policy: str | None = None,
+    session_name: str = "ec2-isolation-worker",
 ) -> AccountSession:
-    """Assume `role_name` in `account_id`; cached until shortly before the credentials expire."""
-    key = (account_id, region, role_name)
+    """Assume `role_name` in `account_id`; cached until shortly before the credentials expire.
+    `session_policy`: a session policy that narrows what the session may do (the forwarding audit's)."""
+    key = (account_id, region, role_name, session_policy or "")
     with _sessions_lock:
         cached = _sessions.get(key)
     if cached is not None and cached.fresh:
@@ -277,11 +280,13 @@ def session_for_account(
     arn = role_arn(account_id, role_name)
     params: dict[str, Any] = {
         "RoleArn": arn,
-        "RoleSessionName": "ec2-isolation-worker",
+        "RoleSessionName": session_name,
         "DurationSeconds": _SESSION_SECONDS,
     }
     if external_id:
         params["ExternalId"] = external_id
+    if session_policy:
+        params["Policy"] = session_policy
     if sts is None:
         sts = client("sts", session=base, region=region) if base else same_account_client("sts")
     # While STS answers, the EC2 client's model is loaded (once per process): CPU work done during a
@@ -312,4 +317,4 @@ def session_for_account(
 def forget_session(account_id: str, region: str, role_name: str) -> None:
     """Drop a cached session (after the target account rejected its credentials)."""
     with _sessions_lock:
-        _sessions.pop((account_id, region, role_name), None)
+        _sessions.pop((account_id, region, role_name, ""), None)

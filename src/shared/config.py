@@ -109,6 +109,27 @@ class SweeperSettings(CommonSettings):
     DLQ_PEEKS: Annotated[int, Field(ge=1, le=100)] = 10
 
 
+class GuardrailSettings(CommonSettings):
+    """The guardrail function (CloudTrail calls that could switch the service off) and the forwarding
+    audit: the names of the service's member resources."""
+
+    TARGET_ROLE_NAME: Annotated[str, Field(min_length=1)]
+    ISOLATION_ROLE_NAME: Annotated[str, Field(min_length=1)] = "ec2-isolation-deny-all"
+    ISOLATION_PROFILE_NAME: Annotated[str, Field(min_length=1)] = "ec2-isolation-deny-all"
+
+
+class AuditSettings(GuardrailSettings):
+    """The forwarding audit: what the member accounts' deployment must look like."""
+
+    EXTERNAL_ID: str | None = None
+    #: The stack's bus (its ARN names the stack's account and home region): the forwarding rules' target.
+    EVENT_BUS_ARN: Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:events:[a-z0-9-]+:[0-9]{12}:event-bus/.+$")]
+    #: The only principal the execution role's trust policy names (iam-execution-role.yml WorkerRoleArn).
+    WORKER_ROLE_ARN: Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$")]
+    #: The regions the member StackSet covers; empty: the stack's home region and us-east-1 (IAM's).
+    AUDIT_REGIONS: RegionList = frozenset()
+
+
 def _environment() -> dict[str, str]:
     env = dict(os.environ)
     if env.get("EXTERNAL_ID") == "":
@@ -129,3 +150,13 @@ def worker_settings() -> WorkerSettings:
 @lru_cache
 def sweeper_settings() -> SweeperSettings:
     return SweeperSettings.model_validate(_environment())
+
+
+@lru_cache
+def guardrail_settings() -> GuardrailSettings:
+    return GuardrailSettings.model_validate(_environment())
+
+
+@lru_cache
+def audit_settings() -> AuditSettings:
+    return AuditSettings.model_validate(_environment())

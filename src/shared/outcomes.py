@@ -93,7 +93,16 @@ def publish(
     record: IsolationRecord, *, events: Any, bus: str, sleep: Callable[[float], None] = time.sleep
 ) -> bool:
     """Put the record's outcome event; True once EventBridge took it. Never raises."""
-    pending = entry(record, bus)
+    if put(entry(record, bus), events=events, sleep=sleep):
+        return True
+    metrics.add_metric(name="OutcomeNotPublished", unit=MetricUnit.Count, value=1)
+    return False
+
+
+def put(pending: dict[str, Any], *, events: Any, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Put one event of the service on its bus (the one way every event of the service is published:
+    outcomes, guardrail events), retried a few times as PutEvents fails per entry; True once
+    EventBridge took it. Never raises: the caller decides what a failure means."""
     delay = FIRST_DELAY_SECONDS
     problem = ""
     for attempt in range(ATTEMPTS):
@@ -103,14 +112,17 @@ def publish(
                 return True
             failed = answer["Entries"][0]
             problem = f"{failed.get('ErrorCode')}: {failed.get('ErrorMessage')}"
-        except Exception as exc:  # the outcome stands whatever the bus does
+        except Exception as exc:  # what the event says stands whatever the bus does
             problem = f"{type(exc).__name__}: {exc}"
         if attempt < ATTEMPTS - 1:
             sleep(delay)
             delay *= 2
     logger.error(
-        "outcome event not published",
-        extra={"isolation_id": record.isolation_id, "status": record.status.value, "problem": problem},
+        "event not published",
+        extra={
+            "detail_type": pending.get("DetailType"),
+            "problem": problem,
+            "detail": str(pending.get("Detail"))[:1000],
+        },
     )
-    metrics.add_metric(name="OutcomeNotPublished", unit=MetricUnit.Count, value=1)
     return False

@@ -83,6 +83,7 @@ from shared.store import (
     RecordEnded,
     RecordMissing,
     RepairsSpent,
+    accounts,
 )
 from worker import consistency, dry_run
 from worker.consistency import retry_own_table
@@ -134,12 +135,14 @@ class WorkerDeps:
     def session(self, target: Target) -> AccountSession:
         if self.sessions is not None:
             return self.sessions(target)
-        return session_for_account(
+        session = session_for_account(
             target.account_id,
             target.region,
             self.settings.TARGET_ROLE_NAME,
             external_id=self.settings.EXTERNAL_ID,
         )
+        accounts.note_once(self.store.client, self.store.table_name, target.account_id)
+        return session
 
 
 @dataclass

@@ -319,3 +319,105 @@ def test_the_notification_rule_sends_outcomes_but_never_a_dry_runs(deployed) -> 
     older = event(Status.ISOLATED, dry_run=False)
     del older["detail"]["dry_run"]
     assert _matches(pattern, older)
+
+
+# --- guardrail events -----------------------------------------------------------------------------------
+
+GUARDRAIL_EVENTS = sorted(p.name for p in EVENTS.glob("guardrail-*.json"))
+STACKSET_ISSUER = "arn:aws:iam::222222222222:role/stacksets-exec-0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def guardrail_patterns(deployed) -> list[dict[str, Any]]:
+    resources = deployed()["Resources"]
+    return [event_pattern(resources["GuardrailRule"]), event_pattern(resources["GuardrailBusRule"])]
+
+
+def _guardrail(name: str, **detail: Any) -> dict[str, Any]:
+    event = json.loads((EVENTS / name).read_text())
+    event["detail"].update(detail)
+    return event
+
+
+def _issuer(event: dict[str, Any], arn: str) -> dict[str, Any]:
+    event["detail"]["userIdentity"]["sessionContext"]["sessionIssuer"]["arn"] = arn
+    return event
+
+
+@pytest.mark.parametrize("name", GUARDRAIL_EVENTS)
+def test_calls_that_could_switch_the_service_off_reach_the_guardrail_queue(guardrail_patterns, name) -> None:
+    # Given a documented CloudTrail call on the service's roles, profile, forwarding rules or a trail
+    for pattern in guardrail_patterns:
+        # Then both guardrail rules (default bus, stack's bus) match it
+        assert _matches(pattern, _guardrail(name)), name
+        # And a failed one changed nothing: no event
+        assert not _matches(pattern, _guardrail(name, errorCode="AccessDenied")), name
+
+
+@pytest.mark.parametrize("name", [n for n in GUARDRAIL_EVENTS if "execution-role" not in n])
+def test_the_stackset_execution_role_deploys_without_a_guardrail_event(guardrail_patterns, name) -> None:
+    # Given the same call made by the StackSet execution role (deploying or updating the member stack)
+    event = _issuer(_guardrail(name), STACKSET_ISSUER)
+    # Then no rule matches it
+    assert not any(_matches(pattern, event) for pattern in guardrail_patterns)
+    # And a role whose name merely contains it is watched
+    event = _issuer(_guardrail(name), "arn:aws:iam::222222222222:role/admin-stacksets-exec-x")
+    assert all(_matches(pattern, event) for pattern in guardrail_patterns)
+
+
+def test_a_user_without_a_session_issuer_is_watched(guardrail_patterns) -> None:
+    event = _guardrail(
+        "guardrail-update-assume-role-policy.json",
+        userIdentity={"type": "IAMUser", "arn": "arn:aws:iam::222222222222:user/ops", "userName": "ops"},
+    )
+    assert all(_matches(pattern, event) for pattern in guardrail_patterns)
+
+
+@pytest.mark.parametrize(
+    ("name", "request_parameters"),
+    [
+        ("guardrail-update-assume-role-policy.json", {"roleName": "app", "policyDocument": "{}"}),
+        ("guardrail-detach-role-policy.json", {"roleName": "ec2-isolation-deny-all-x", "policyArn": "arn"}),
+        ("guardrail-disable-rule.json", {"name": "my-team-rule"}),
+    ],
+)
+def test_other_roles_and_rules_are_not_watched(guardrail_patterns, name, request_parameters) -> None:
+    event = _guardrail(name, requestParameters=request_parameters)
+    assert not any(_matches(pattern, event) for pattern in guardrail_patterns)
+
+
+def test_a_deleterule_of_another_service_is_not_watched(guardrail_patterns) -> None:
+    # Given ELB's DeleteRule (a listener rule), whose name is EventBridge's too
+    event = _guardrail(
+        "guardrail-disable-rule.json",
+        eventName="DeleteRule",
+        eventSource="elasticloadbalancing.amazonaws.com",
+    )
+    event["source"] = "aws.elasticloadbalancing"
+    assert not any(_matches(pattern, event) for pattern in guardrail_patterns)
+
+
+def test_every_putrolepolicy_of_the_execution_role_reaches_the_function(guardrail_patterns) -> None:
+    # Given the execution role writing an inline policy on an application role (its credentials deny, or
+    # anything else: the function reads the document)
+    event = _guardrail("guardrail-put-role-policy-by-execution-role.json")
+    assert all(_matches(pattern, event) for pattern in guardrail_patterns)
+    # And its other calls (the isolation role and profile put back) never reach it
+    event = _issuer(
+        _guardrail("guardrail-detach-role-policy.json", eventName="AttachRolePolicy"),
+        EXECUTION_ROLE_ISSUER.format(account="222222222222"),
+    )
+    assert all(_matches(pattern, event) for pattern in guardrail_patterns)  # the function drops it
+    event = _guardrail("guardrail-put-role-policy-by-execution-role.json", eventName="DeleteRolePolicy")
+    assert not any(_matches(pattern, event) for pattern in guardrail_patterns)
+
+
+def test_member_accounts_forward_exactly_the_guardrail_pattern(deployed, member_stack) -> None:
+    bus = "arn:aws:events:eu-west-1:111111111111:event-bus/ec2-isolation"
+    for role in ("ec2-isolation-execution", "ir-exec"):
+        member = member_stack(CentralEventBusArn=bus, RoleName=role)["Resources"]["GuardrailForwardingRule"]
+        forwarded = event_pattern(member)
+        assert member["Properties"]["Name"] == "ec2-isolation-forward-guardrail-us-east-1"
+        stack = deployed(TargetRoleName=role)["Resources"]
+        assert forwarded == event_pattern(stack["GuardrailRule"])
+        assert forwarded == event_pattern(stack["GuardrailBusRule"])

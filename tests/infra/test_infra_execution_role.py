@@ -42,10 +42,12 @@ def _granting(statements: list[dict[str, Any]], action: str, helpers) -> list[di
 
 
 def test_role_grants_exactly_the_step_catalogue(member_stack, helpers) -> None:
-    # Given the worker's step catalogue, each step declaring the actions it calls
+    # Given the worker's step catalogue, each step declaring the actions it calls, and the forwarding
+    # audit's reads (guardrail.audit.PERMISSIONS: the one change of contract here)
+    from guardrail.audit import PERMISSIONS
     from worker.steps import required_permissions
 
-    required = set(required_permissions())
+    required = set(required_permissions()) | set(PERMISSIONS)
     # When the member template's execution role is read, every optional capability on
     granted = helpers.actions_of(member_stack(**EVERYTHING_ON)["Resources"]["ExecutionRole"])
     # Then it grants every action a step calls, and nothing else
@@ -242,6 +244,10 @@ def test_iam_actions_touch_only_the_isolation_role_and_profile(member_stack, hel
                 f"arn:aws:iam::{ACCOUNT}:instance-profile/*",
             ), statement
             continue
+        if actions == ["iam:GetRole"]:
+            # The forwarding audit reads the execution role's own trust policy, nobody else's.
+            assert statement["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/ec2-isolation-execution", statement
+            continue
         if actions == ["iam:SimulatePrincipalPolicy"]:
             # A dry run simulates the execution role's own permissions, nobody else's.
             assert statement["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/ec2-isolation-execution", statement
@@ -281,7 +287,11 @@ FORWARDING = {
     "ForwardingDeadLetterAlarm",
 }
 #: The forwarding rules, by logical id, and the kind in their fixed name (`ec2-isolation-forward-<kind>-<region>`).
-FORWARDING_RULES = {"TagForwardingRule": "tag", "TamperForwardingRule": "tamper"}
+FORWARDING_RULES = {
+    "TagForwardingRule": "tag",
+    "TamperForwardingRule": "tamper",
+    "GuardrailForwardingRule": "guardrail",
+}
 
 
 @pytest.mark.parametrize(
@@ -400,6 +410,8 @@ def test_the_managed_tag_of_the_conditions_is_the_one_the_worker_writes() -> Non
         ("IngestFunction", "IngestSettings"),
         ("WorkerFunction", "WorkerSettings"),
         ("FollowUpFunction", "WorkerSettings"),
+        ("GuardrailFunction", "GuardrailSettings"),
+        ("AuditFunction", "AuditSettings"),
     ],
 )
 def test_function_environment_fits_its_settings(deployed, function: str, settings_class: str) -> None:
@@ -492,3 +504,19 @@ def test_an_event_that_cannot_be_forwarded_is_dead_lettered_and_alarmed(member_s
         AlarmTopicArn="arn:aws:sns:eu-west-1:111111111111:oncall",
     )["Resources"]["ForwardingDeadLetterAlarm"]["Properties"]
     assert with_topic["AlarmActions"] == ["arn:aws:sns:eu-west-1:111111111111:oncall"]
+
+
+def test_the_audit_reads_only_the_forwarding_rules_and_its_own_trust(member_stack, helpers) -> None:
+    # Given the forwarding audit's reads, and the session policy it narrows its member sessions to
+    import json
+
+    from guardrail.audit import PERMISSIONS, SESSION_POLICY
+
+    statements = _allows(member_stack(), helpers)
+    rules = f"arn:aws:events:*:{ACCOUNT}:rule/ec2-isolation-forward-*"
+    for action in ("events:DescribeRule", "events:ListTargetsByRule"):
+        assert [s["Resource"] for s in _granting(statements, action, helpers)] == [rules]
+    # Then its sessions may do nothing else, whatever the role grants
+    assert json.loads(SESSION_POLICY)["Statement"] == [
+        {"Effect": "Allow", "Action": list(PERMISSIONS), "Resource": "*"}
+    ]

@@ -151,6 +151,8 @@ def test_every_function_logs_to_its_own_group_with_retention(deployed) -> None:
         "TamperFunction",
         "FollowUpFunction",
         "SweeperFunction",
+        "GuardrailFunction",
+        "AuditFunction",
     }
     for name, function in functions.items():
         properties = function["Properties"]
@@ -374,7 +376,12 @@ def test_sweeper_runs_every_minute_peeks_the_dlqs_and_queries_its_indexes_only(
     ]
     variables = resources["SweeperFunction"]["Properties"]["Environment"]["Variables"]
     assert variables["TAMPER_DEAD_LETTER_QUEUE_URL"] == {"Ref": "TamperDeadLetterQueue"}
-    (schedule,) = [r for r in resources.values() if r["Type"] == "AWS::Scheduler::Schedule"]
+    (schedule,) = [
+        r
+        for r in resources.values()
+        if r["Type"] == "AWS::Scheduler::Schedule"
+        and r["Properties"]["Target"]["Arn"] == {"Ref": "SweeperFunctionAliaslive"}
+    ]
     assert schedule["Properties"]["ScheduleExpression"] == {"Ref": "SweepSchedule"}
     assert schedule["Properties"]["Target"]["Arn"] == {"Ref": "SweeperFunctionAliaslive"}
     assert transformed["Parameters"]["SweepSchedule"]["Default"] == "rate(1 minute)"
@@ -457,6 +464,8 @@ def test_outputs(deployed) -> None:
         "DeadLetterQueueUrl",
         "TamperQueueUrl",
         "TamperDeadLetterQueueUrl",
+        "GuardrailQueueUrl",
+        "GuardrailDeadLetterQueueUrl",
         "FollowUpQueueUrl",
         "FollowUpDeadLetterQueueUrl",
         "TableName",
@@ -639,7 +648,7 @@ def _denied(statement: dict[str, Any], context: dict[str, str]) -> bool:
 
 QUEUE_ARNS = {
     name: {"Arn": f"arn:aws:sqs:eu-west-1:123456789012:{name}", "Ref": name}
-    for name in ("IsolationQueue", "FollowUpQueue", "TamperQueue")
+    for name in ("IsolationQueue", "FollowUpQueue", "TamperQueue", "GuardrailQueue")
 }
 ROLE_ARNS = {
     name: {"Arn": f"arn:aws:iam::123456789012:role/ec2-isolation-{name}"}
@@ -656,6 +665,8 @@ RULE_ARNS = {
         "SecurityHubActionBusRule",
         "TamperRule",
         "TamperBusRule",
+        "GuardrailRule",
+        "GuardrailBusRule",
     )
 }
 OPERATOR = "arn:aws:iam::123456789012:role/incident-operator"
@@ -688,7 +699,7 @@ def _send_denies(transformed, helpers, queue: str, policy: str, **parameters: st
                 *(
                     {"aws:SourceArn": RULE_ARNS[rule]["Arn"]}
                     for rule in RULE_ARNS
-                    if not rule.startswith("Tamper")
+                    if not rule.startswith(("Tamper", "Guardrail"))
                 ),
             ],
         ),
@@ -703,6 +714,14 @@ def _send_denies(transformed, helpers, queue: str, policy: str, **parameters: st
             [
                 {"aws:SourceArn": RULE_ARNS["TamperRule"]["Arn"]},
                 {"aws:SourceArn": RULE_ARNS["TamperBusRule"]["Arn"]},
+            ],
+        ),
+        (
+            "GuardrailQueue",
+            "GuardrailQueuePolicy",
+            [
+                {"aws:SourceArn": RULE_ARNS["GuardrailRule"]["Arn"]},
+                {"aws:SourceArn": RULE_ARNS["GuardrailBusRule"]["Arn"]},
             ],
         ),
     ],
@@ -833,3 +852,59 @@ def test_the_resource_policy_lets_only_the_named_principals_release(
         assert "Condition" not in deny
         assert "ReleaseByNamedPrincipals" not in by_sid
     assert len(statements) == (3 if named else 2)
+
+
+def test_guardrail_events_have_their_queue_dead_letters_and_alarms(deployed) -> None:
+    # Given the deployed stack
+    resources = deployed(AlarmTopicArn="arn:aws:sns:us-east-1:123456789012:ops")["Resources"]
+    # Then both guardrail rules send to the guardrail queue, with its DLQ as theirs
+    for rule in ("GuardrailRule", "GuardrailBusRule"):
+        [target] = resources[rule]["Properties"]["Targets"]
+        assert target["Arn"] == {"Fn::GetAtt": ["GuardrailQueue", "Arn"]}
+        assert target["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": ["GuardrailDeadLetterQueue", "Arn"]}
+    assert resources["GuardrailRule"]["Properties"]["EventBusName"] == "default"
+    # And the queue redrives to its DLQ, which an alarm watches
+    redrive = resources["GuardrailQueue"]["Properties"]["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["GuardrailDeadLetterQueue", "Arn"]}
+    dlq_alarm = resources["GuardrailDeadLetterAlarm"]["Properties"]
+    assert dlq_alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["GuardrailDeadLetterQueue", "QueueName"]}
+    # And every guardrail event counts in the metric the function writes, which alarms on any
+    from guardrail.events import METRIC
+
+    alarm = resources["GuardrailAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("Ec2Isolation", METRIC)
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": "ec2-isolation"}]
+    assert (alarm["Statistic"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        "Sum",
+        0,
+        "GreaterThanThreshold",
+    )
+    assert alarm["AlarmActions"] == ["arn:aws:sns:us-east-1:123456789012:ops"]
+    # And the guardrail function can read its queue and publish on the bus, nothing else
+    role = resources["GuardrailFunctionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    actions = {a for s in role for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert actions == {
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+        "events:PutEvents",
+    }
+
+
+def test_the_forwarding_audit_runs_on_its_schedule(deployed) -> None:
+    resources = deployed(ForwardingAuditSchedule="rate(30 minutes)", MemberRegions="eu-west-1,us-east-1")[
+        "Resources"
+    ]
+    [schedule] = [
+        r
+        for r in resources.values()
+        if r["Type"] == "AWS::Scheduler::Schedule"
+        and r["Properties"]["Target"]["Arn"] == {"Ref": "AuditFunctionAliaslive"}
+    ]
+    assert schedule["Properties"]["ScheduleExpression"] == "rate(30 minutes)"
+    variables = resources["AuditFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["AUDIT_REGIONS"] == "eu-west-1,us-east-1"
+    assert variables["WORKER_ROLE_ARN"] == {"Fn::GetAtt": ["WorkerFunctionRole", "Arn"]}

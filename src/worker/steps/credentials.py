@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -175,6 +176,49 @@ def policy_document(instance_arns: list[str]) -> dict[str, Any]:
             }
         ],
     }
+
+
+_INSTANCE_ARN = re.compile(r"^arn:aws[a-z-]*:ec2:[a-z0-9-]+:[0-9]{12}:instance/i-[0-9a-f]{8}([0-9a-f]{9})?$")
+
+
+def is_credentials_deny(policy_name: str, document: Any) -> bool:
+    """Whether an inline policy is the one this step writes (`policy_document`): named `ec2-isolation*`,
+    every statement a Deny of everything to sessions of listed instances (`ArnEquals` on
+    `ec2:SourceInstanceARN`, instance ARNs only). Anything else the execution role writes is not the
+    service's doing (the guardrail events report it)."""
+    if not policy_name.startswith("ec2-isolation") or not isinstance(document, dict):
+        return False
+    statements = document.get("Statement")
+    statements = [statements] if isinstance(statements, dict) else statements
+    if not isinstance(statements, list) or not statements:
+        return False
+    return all(_denies_instance_sessions(statement) for statement in statements)
+
+
+def _denies_instance_sessions(statement: Any) -> bool:
+    if not isinstance(statement, dict) or set(statement) - {
+        "Sid",
+        "Effect",
+        "Action",
+        "Resource",
+        "Condition",
+    }:
+        return False
+    condition = statement.get("Condition")
+    if (
+        statement.get("Effect") != "Deny"
+        or statement.get("Action") != "*"
+        or statement.get("Resource") != "*"
+    ):
+        return False
+    if not isinstance(condition, dict) or set(condition) != {"ArnEquals"}:
+        return False
+    keys = condition["ArnEquals"]
+    if not isinstance(keys, dict) or [k.lower() for k in keys] != [CONDITION_KEY.lower()]:
+        return False
+    (arns,) = keys.values()
+    arns = arns if isinstance(arns, list) else [arns]
+    return bool(arns) and all(isinstance(arn, str) and _INSTANCE_ARN.match(arn) for arn in arns)
 
 
 def compact_size(document: Any) -> int:
