@@ -221,3 +221,60 @@ def test_an_isolation_undone_by_hand_is_undone_in_turn(paused: LocalStack) -> No
     assert record["trigger"]["caller_arn"].endswith(":assumed-role/OrganizationAccountAccessRole/harness")
     assert record["inherits_from"] == first["isolation_id"]
     assert record["prior_state"] == first["prior_state"]
+
+
+def _guardrail_listener(stack: LocalStack) -> Any:
+    """A queue hearing every guardrail event on the local stack's bus; returns a reader of it."""
+    import json
+
+    sqs, events = stack.client("sqs"), stack.client("events")
+    assert stack.provisioned is not None
+    bus = stack.provisioned.environment()["EVENT_BUS_NAME"]
+    url = sqs.create_queue(QueueName="e2e-guardrail-events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(
+        Name="e2e-guardrail-events",
+        EventBusName=bus,
+        EventPattern=json.dumps({"source": ["ec2-isolation"], "detail-type": ["EC2 Isolation Guardrail"]}),
+    )
+    events.put_targets(Rule="e2e-guardrail-events", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
+
+    def heard(wait: float) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+                found.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+            if found:
+                return found
+            time.sleep(0.2)
+        return found
+
+    return heard
+
+
+def test_a_member_rewriting_the_execution_roles_trust_is_reported(paused: LocalStack) -> None:
+    # Given a listener of the stack's guardrail events, and the worker (and guardrail function) running
+    heard = _guardrail_listener(paused)
+    paused.resume_worker()
+    instance = paused.demo.instance("web-3", 0)
+    # When CloudTrail's event of a member administrator's UpdateAssumeRolePolicy on the execution role
+    # reaches the stack account's default bus (IAM's events: us-east-1; moto has no CloudTrail)
+    call = sample_event("guardrail-update-assume-role-policy.json", instance)
+    call["detail"]["recipientAccountId"] = instance.account_id
+    paused.put_event(call)
+    # Then the guardrail function reports it on the stack's bus: the call, the caller, the event id
+    [event] = heard(30)
+    detail = event["detail"]
+    assert (detail["finding"], detail["resource"]) == (
+        "UpdateAssumeRolePolicy",
+        "role/ec2-isolation-execution",
+    )
+    assert detail["event_id"] == call["detail"]["eventID"] and detail["account_id"] == instance.account_id
+    # And the same call made by the StackSet execution role (a deployment) reports nothing
+    issuer = call["detail"]["userIdentity"]["sessionContext"]["sessionIssuer"]
+    issuer["arn"] = f"arn:aws:iam::{instance.account_id}:role/stacksets-exec-0123456789abcdef0123456789abcdef"
+    call["detail"]["eventID"] = "11111111-2222-4333-8444-555555555699"
+    paused.put_event(call)
+    assert heard(QUIET_SECONDS * 2) == []
