@@ -296,6 +296,8 @@ class IsolationRecord(Model):
     prior_state: PriorState | None = None
     evidence: Evidence | None = None
     error: ErrorInfo | None = None
+    #: The isolation group used in each VPC (VPC id -> group id), written with `contained_at`.
+    isolation_groups: dict[str, str] | None = None
     #: When a release put the instance back (RELEASED).
     released_at: str | None = None
     #: The latest release of this isolation (RELEASING, RELEASED, RELEASE_FAILED).

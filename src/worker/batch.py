@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from itertools import groupby
-from typing import Any
 
 from shared.aws import same_account_client
 from shared.errors import PermanentError, RetryableError
 from shared.models import FollowUpMessage, Target
 from shared.observability import logger
+from shared.store.isolation_groups import GroupClaim
 from worker.at_once import both_at_once, each_at_once
 from worker.instance import describe_many
 from worker.runner import Attempt, Outcome, WorkerDeps
@@ -157,7 +157,7 @@ def _describe(
                 ec2 = account.client("ec2")
                 found, groups_seen = both_at_once(
                     lambda: describe_many(ec2, [attempt.record.target for attempt in group]),
-                    lambda: _look_ahead(ec2, target, deps.settings.ISOLATION_SG_NAME),
+                    lambda: _look_ahead(deps, target),
                 )
         except Exception as exc:
             for attempt in group:
@@ -175,14 +175,14 @@ def _describe(
     return [attempt for attempt in attempts if id(attempt) not in results]
 
 
-def _look_ahead(ec2: Any, target: Target, name: str) -> dict[str, dict[str, Any]] | None:
-    """The region's isolation groups, looked up while the instances are described, when this environment
-    knows none of the account and region yet (None otherwise, or when the lookup failed: the step then
-    looks up each VPC's group itself)."""
-    if network.knows_groups_of(target.account_id, target.region, name):
+def _look_ahead(deps: WorkerDeps, target: Target) -> dict[str, GroupClaim] | None:
+    """The region's isolation groups as the service's table names them, read while the instances are
+    described, when this environment knows none of the account and region yet (None otherwise, or when
+    the read failed: the step then reads them itself)."""
+    if network.knows_groups_of(target.account_id, target.region):
         return None
     try:
-        return network.groups_by_vpc(ec2, name)
+        return deps.store.group_claims(target.account_id, target.region)
     except Exception as exc:
         logger.warning("isolation groups not looked up ahead", extra={"error": str(exc)})
         return None

@@ -69,6 +69,7 @@ def check(
         notes=notes,
         settings=settings,
         leases=store,
+        groups=store,
         sleep=sleep,
     )
     failures: list[StepRecord] = []

@@ -159,6 +159,7 @@ class ReleaseAttempt:
                 prior=self._prior_state(record),
                 notes=Notes(),
                 leases=store,
+                groups=store,
                 sleep=self.deps.sleep,
             )
             for step in RELEASE:

@@ -85,6 +85,7 @@ from shared.store import (
     RepairsSpent,
     accounts,
 )
+from shared.store.isolation_groups import GroupClaim
 from worker import consistency, dry_run
 from worker.consistency import retry_own_table
 from worker.instance import Instance, describe
@@ -160,10 +161,15 @@ class StepJournal:
     unwritten: list[StepRecord] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def contained(self, steps: list[StepRecord]) -> None:
+    def contained(self, steps: list[StepRecord], *, isolation_groups: dict[str, str] | None = None) -> None:
         contained_at = iso8601(utcnow())
         with self._lock:
-            self.store.add_steps(self.isolation_id, [*self.unwritten, *steps], contained_at=contained_at)
+            self.store.add_steps(
+                self.isolation_id,
+                [*self.unwritten, *steps],
+                contained_at=contained_at,
+                isolation_groups=isolation_groups or None,
+            )
             self.unwritten = []
         logger.info("contained", extra={"contained_at": contained_at})
 
@@ -393,7 +399,7 @@ class _Receive:
         instance: Instance,
         begun: IsolationRecord,
         *,
-        groups_seen: dict[str, dict[str, Any]] | None = None,
+        groups_seen: dict[str, GroupClaim] | None = None,
     ) -> StepContext:
         journal = StepJournal(self.deps.store, self.record.isolation_id)
         return StepContext(
@@ -407,6 +413,7 @@ class _Receive:
             evidence=begun.evidence,
             notes=journal,
             leases=self.deps.store,
+            groups=self.deps.store,
             sleep=self.deps.sleep,
             groups_seen=groups_seen,
         )
@@ -439,8 +446,8 @@ class Attempt(_Receive):
 
     account: AccountSession | None = None
     instance: Instance | None = None
-    #: The region's isolation groups by VPC, looked up with the instance (None: not looked up).
-    groups_seen: dict[str, dict[str, Any]] | None = None
+    #: The region's isolation-group claims by VPC, read with the instance (None: not looked up).
+    groups_seen: dict[str, GroupClaim] | None = None
     ctx: StepContext | None = None
 
     def run(self) -> Outcome:
@@ -508,7 +515,8 @@ class Attempt(_Receive):
         """The network cut, then `contained_at` with its steps."""
         ctx = self.ctx
         assert ctx is not None and isinstance(ctx.notes, StepJournal)
-        ctx.notes.contained([self._step(step, ctx) for step in CONTAINMENT])
+        steps = [self._step(step, ctx) for step in CONTAINMENT]
+        ctx.notes.contained(steps, isolation_groups=ctx.isolation_groups)
 
     def hold(self, step: type[Step]) -> None:
         """A step of what must not wait for the follow-up (`HOLD`: the steps run side by side)."""
@@ -607,7 +615,8 @@ class Attempt(_Receive):
         instance's newest with a prior state, holds what the instance was like; what it is like now is
         partly isolated. Only an instance with that mark costs the lookup (one Query of the by-instance
         index)."""
-        if self.deps.settings.ISOLATION_SG_NAME not in instance.group_names:
+        prefix = self.deps.settings.ISOLATION_SG_NAME
+        if not any(name == prefix or name.startswith(f"{prefix}-") for name in instance.group_names):
             return None
         for earlier in self.deps.store.list_for_instance(instance.instance_id, self.record.account_id):
             mine = earlier.isolation_id == self.record.isolation_id

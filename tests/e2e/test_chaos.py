@@ -627,16 +627,12 @@ def observe(instance: DemoInstance, earlier: Collection[str] = ()) -> Observed:
     )
 
 
-def isolation_groups(instance: DemoInstance, group_name: str) -> list[dict[str, Any]]:
+def isolation_groups(instance: DemoInstance, prefix: str) -> list[dict[str, Any]]:
+    """The groups of the instance's VPC named as the service names its isolation groups
+    (`<prefix>-<nonce>`)."""
     ec2, _ = member_clients(instance)
-    return list(
-        ec2.describe_security_groups(
-            Filters=[
-                {"Name": "vpc-id", "Values": [instance.vpc_id]},
-                {"Name": "group-name", "Values": [group_name]},
-            ]
-        )["SecurityGroups"]
-    )
+    groups = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [instance.vpc_id]}])
+    return [g for g in groups["SecurityGroups"] if g["GroupName"].startswith(f"{prefix}-")]
 
 
 def scan_table(stack: LocalStack) -> list[dict[str, Any]]:

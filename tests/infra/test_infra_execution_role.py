@@ -202,12 +202,95 @@ def test_security_groups_are_created_and_emptied_only_with_the_managed_tag(membe
         assert statement["Condition"] == {"StringEquals": {"aws:ResourceTag/ec2-isolation:managed": "true"}}
 
 
+def _decides(
+    statements: list[dict[str, Any]], action: str, resource: str, context: dict[str, Any], as_list: Any
+) -> bool:
+    """Whether `statements` allow the request, as IAM decides for one identity policy: an explicit Deny
+    wins, else an Allow whose action, resource and every condition match. Only the operators these
+    statements use are known (another one fails the test rather than guess). A key absent from the
+    request: a positive operator is false; `ForAllValues` is true (no value to check)."""
+
+    def matches(pattern: str, value: str) -> bool:
+        return fnmatch.fnmatchcase(value, pattern)
+
+    def holds(operator: str, key: str, expected: Any) -> bool:
+        wanted = [str(v) for v in (expected if isinstance(expected, list) else [expected])]
+        present = context.get(key)
+        if operator == "Null":
+            return (present is None) == (wanted == ["true"])
+        if operator.startswith("ForAllValues:"):
+            compare = matches if operator.endswith("StringLike") else str.__eq__
+            return all(any(compare(w, v) for w in wanted) for v in present or [])
+        if present is None:
+            return False
+        if operator in ("StringEquals", "ArnEquals"):
+            return str(present) in wanted
+        if operator in ("StringLike", "ArnLike"):
+            return any(matches(w, str(present)) for w in wanted)
+        raise AssertionError(f"the evaluator does not know {operator}")
+
+    def applies(statement: dict[str, Any]) -> bool:
+        return (
+            any(matches(a, action) for a in as_list(statement["Action"]))
+            and any(matches(r, resource) for r in as_list(statement["Resource"]))
+            and all(
+                holds(operator, key, expected)
+                for operator, block in statement.get("Condition", {}).items()
+                for key, expected in block.items()
+            )
+        )
+
+    relevant = [s for s in statements if applies(s)]
+    return not any(s["Effect"] == "Deny" for s in relevant) and any(s["Effect"] == "Allow" for s in relevant)
+
+
+def test_the_role_repairs_its_own_group_after_its_tag_was_removed_and_nothing_more(
+    member_stack, helpers
+) -> None:
+    # Given the member role's statements, and the service's group from which someone removed the tag
+    statements = _execution_statements(member_stack(**EVERYTHING_ON), helpers)
+    group = f"arn:aws:ec2:eu-west-1:{ACCOUNT}:security-group/sg-0123456789abcdef0"
+    untagged: dict[str, Any] = {}
+    tagged = {"aws:ResourceTag/ec2-isolation:managed": "true"}
+    managed = {"aws:RequestTag/ec2-isolation:managed": "true", "aws:TagKeys": ["ec2-isolation:managed"]}
+
+    def may(action: str, context: dict[str, Any]) -> bool:
+        return _decides(statements, action, group, context, helpers.as_list)
+
+    # Then its rules cannot be revoked as it is (AWS answers UnauthorizedOperation) ...
+    assert not may("ec2:RevokeSecurityGroupEgress", untagged)
+    assert not may("ec2:RevokeSecurityGroupIngress", untagged)
+    # ... but the repair can: the managed tag written again, then the rules revoked
+    assert may("ec2:CreateTags", {**untagged, **managed})
+    assert may("ec2:RevokeSecurityGroupEgress", tagged)
+    assert may("ec2:RevokeSecurityGroupIngress", tagged)
+    # And the role writes no other tag on a group: another key, another value, or one more key
+    assert not may("ec2:CreateTags", {"aws:RequestTag/Name": "x", "aws:TagKeys": ["Name"]})
+    assert not may(
+        "ec2:CreateTags",
+        {"aws:RequestTag/ec2-isolation:managed": "false", "aws:TagKeys": ["ec2-isolation:managed"]},
+    )
+    assert not may(
+        "ec2:CreateTags",
+        {
+            **managed,
+            "aws:RequestTag/ec2-isolation:id": "iso-x",
+            "aws:TagKeys": ["ec2-isolation:managed", "ec2-isolation:id"],
+        },
+    )
+    # ... removes no tag of a group, and authorizes no rule on one
+    assert not may("ec2:DeleteTags", {**tagged, "aws:TagKeys": ["ec2-isolation:managed"]})
+    assert not may("ec2:AuthorizeSecurityGroupEgress", tagged)
+    assert not may("ec2:AuthorizeSecurityGroupIngress", tagged)
+
+
 def test_tags_are_written_only_on_create_or_under_the_service_prefix(member_stack, helpers) -> None:
     statements = _granting(_allows(member_stack(), helpers), "ec2:CreateTags", helpers)
     conditions = {s["Resource"]: s["Condition"] for s in statements}
     assert conditions == {
         f"arn:aws:ec2:*:{ACCOUNT}:security-group/*": {
-            "StringEquals": {"ec2:CreateAction": "CreateSecurityGroup"}
+            "StringEquals": {"aws:RequestTag/ec2-isolation:managed": "true"},
+            "ForAllValues:StringEquals": {"aws:TagKeys": ["ec2-isolation:managed"]},
         },
         SNAPSHOTS: {"StringEquals": {"ec2:CreateAction": "CreateSnapshots"}},
         f"arn:aws:ec2:*:{ACCOUNT}:instance/*": {

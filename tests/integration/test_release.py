@@ -166,9 +166,7 @@ def test_an_instance_in_the_isolation_group_after_a_release_starts_a_new_episode
     instance = member.instance(vpc)
     first = isolate(stack, member, instance)
     assert release(stack, first["isolation_id"])["status"] == "RELEASED"
-    isolation_group = member.ec2.describe_security_groups(
-        Filters=[{"Name": "group-name", "Values": ["ec2-isolation"]}, {"Name": "vpc-id", "Values": [vpc.id]}]
-    )["SecurityGroups"][0]["GroupId"]
+    isolation_group = first["isolation_groups"][vpc.id]
     [eni] = member.described(instance)["NetworkInterfaces"][:1]
     member.ec2.modify_network_interface_attribute(
         NetworkInterfaceId=eni["NetworkInterfaceId"], Groups=[isolation_group]

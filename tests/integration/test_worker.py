@@ -168,8 +168,13 @@ def test_non_default_ipv6_vpc_gets_a_group_without_any_egress(stack: Stack, memb
     # Then its VPC has its own isolation group with no IPv4 or IPv6 egress, and the decoy is untouched
     assert record["status"] == "ISOLATED", record
     group_id = assert_isolated(member, instance, vpc.id)
-    assert member.isolation_groups(decoy.id)[0]["GroupId"] != group_id
-    assert "revoked" in record["steps"][0]["detail"]
+    assert member.isolation_groups(decoy.id) == []
+    assert group_id not in {
+        g["GroupId"]
+        for g in member.ec2.describe_security_groups()["SecurityGroups"]
+        if g.get("VpcId") == decoy.id
+    }
+    assert "default rule(s) of the new group" in detail(record, "swap-security-groups")
 
 
 def test_ipv6_default_egress_is_revoked_as_described(stack: Stack, member: Member, faults: Faults) -> None:
@@ -240,11 +245,11 @@ def test_a_new_group_that_keeps_its_rules_contains_nothing_and_is_repaired_next_
     assert group["IpPermissionsEgress"], "the new group's default egress is still there"
 
     # And when the next instance of the VPC is isolated (the worker still warm), the group is not taken
-    # from the cache as it is: its rules are revoked first
+    # from the cache as it is: its rules are revoked while the interfaces are cut
     faults.count()
     record = isolate(stack, member, second)
     assert record["status"] == "ISOLATED", record
-    assert "stray rule(s) revoked" in detail(record, "ensure-isolation-sg")
+    assert "rule(s) found on" in detail(record, "swap-security-groups")
     assert faults.calls["ec2.CreateSecurityGroup"] == 0
     assert_isolated(member, second, vpc.id)
 
@@ -261,12 +266,13 @@ def test_second_instance_in_the_same_vpc_reuses_the_group(
     faults.count()
     record = isolate(stack, member, second)
 
-    # Then the same group serves both, found in the cache: no STS, no security-group lookups
+    # Then the same group serves both, found in the cache: no STS, no lookup; one describe of the group
+    # by id (its check, while the interface is cut)
     assert record["status"] == "ISOLATED"
     assert steps(record)["ensure-isolation-sg"] == "already"
     assert assert_isolated(member, second, vpc.id) == assert_isolated(member, first, vpc.id)
     assert faults.calls["sts.AssumeRole"] == 0
-    assert faults.calls["ec2.DescribeSecurityGroups"] == 0
+    assert faults.calls["ec2.DescribeSecurityGroups"] == 1
     assert faults.calls["ec2.CreateSecurityGroup"] == 0
 
 
@@ -299,23 +305,30 @@ def test_a_cold_worker_looks_up_the_groups_while_it_describes_the_instance(
     first, second = member.instance(vpc), member.instance(vpc)
     isolate(stack, member, first)
     forget_caches()
-    looking, seen_by_the_describe = threading.Event(), []
+    looking, seen_by_the_describe, group_reads = threading.Event(), [], []
+
+    def read(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"]["pk"]["S"].startswith("groups#"):
+            group_reads.append(params)
+            looking.set()
+
     faults.hook(
         "before-call.ec2.DescribeInstances",
         lambda **_: seen_by_the_describe.append(looking.wait(timeout=5)),
     )
-    faults.hook("before-call.ec2.DescribeSecurityGroups", lambda **_: looking.set())
+    faults.hook("before-parameter-build.dynamodb.GetItem", read)
     faults.count()
 
     # When it isolates another instance of the VPC
     record = isolate(stack, member, second)
 
-    # Then the lookup ran while the instance was described (one after the other, the wait runs out),
-    # it was the only one, and the group was reused
+    # Then the service's table was read for the region's groups while the instance was described (one
+    # after the other, the wait runs out), once, and the group was reused: no lookup by name at all
     assert seen_by_the_describe[0] is True
     assert record["status"] == "ISOLATED"
     assert steps(record)["ensure-isolation-sg"] == "already"
-    assert faults.calls["ec2.DescribeSecurityGroups"] == 1
+    assert len(group_reads) == 1
+    assert faults.calls["ec2.DescribeSecurityGroups"] == 1  # the check of the group, by id
     assert faults.calls["ec2.CreateSecurityGroup"] == 0
     assert_isolated(member, second, vpc.id)
 
@@ -323,10 +336,16 @@ def test_a_cold_worker_looks_up_the_groups_while_it_describes_the_instance(
 def test_a_failed_look_ahead_leaves_the_lookup_to_the_step(
     stack: Stack, member: Member, faults: Faults
 ) -> None:
-    # Given a first isolation whose lookup of the region's groups fails
+    # Given a first isolation whose read of the region's groups fails
     vpc = member.vpc()
     instance = member.instance(vpc)
-    faults.inject("ec2", "DescribeSecurityGroups", "RequestLimitExceeded", status=503, times=1)
+    faults.inject(
+        "dynamodb",
+        "GetItem",
+        "ProvisionedThroughputExceededException",
+        times=1,
+        when=lambda params: params["Key"]["pk"]["S"].startswith("groups#"),
+    )
     faults.count()
 
     # When it is isolated
@@ -358,9 +377,9 @@ def test_tampered_group_is_repaired(stack: Stack, member: Member) -> None:
     # When the next isolation in that VPC runs
     record = isolate(stack, member, second)
 
-    # Then the rule is gone again
-    assert steps(record)["ensure-isolation-sg"] == "done"
-    assert "stray" in record["steps"][0]["detail"]
+    # Then the rule is gone again, and the record says so
+    assert record["status"] == "ISOLATED", record
+    assert f"1 rule(s) found on {group_id} revoked" in detail(record, "swap-security-groups")
     assert_isolated(member, second, vpc.id)
 
 
@@ -823,13 +842,18 @@ def test_warm_path_to_containment_is_describe_one_write_and_one_call_per_eni(
     faults.count()
     stack.drain()
 
-    # Then the calls up to the network cut are: one describe, the prior-state write, one call per ENI
+    # Then the calls up to the network cut are: one describe, the prior-state write, one call per ENI,
+    # and beside the cuts (begun with them, not waited for before them) one describe of the group by id,
+    # its check
     calls = faults.log
     last_cut = max(i for i, call in enumerate(calls) if call == "ec2.ModifyNetworkInterfaceAttribute")
-    assert calls[: last_cut + 1] == [
+    up_to_the_cut = calls[: last_cut + 1]
+    assert [call for call in up_to_the_cut if call != "ec2.DescribeSecurityGroups"] == [
         "ec2.DescribeInstances",
         "dynamodb.UpdateItem",
         "ec2.ModifyNetworkInterfaceAttribute",
         "ec2.ModifyNetworkInterfaceAttribute",
     ]
+    assert calls.index("ec2.DescribeSecurityGroups") > calls.index("dynamodb.UpdateItem")
+    assert calls.count("ec2.DescribeSecurityGroups") == 1
     assert record_of(stack, isolation_id)["status"] == "ISOLATED"

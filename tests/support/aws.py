@@ -157,12 +157,9 @@ class Member:
         }
 
     def isolation_groups(self, vpc_id: str) -> list[dict[str, Any]]:
-        return self.ec2.describe_security_groups(
-            Filters=[
-                {"Name": "vpc-id", "Values": [vpc_id]},
-                {"Name": "group-name", "Values": ["ec2-isolation"]},
-            ]
-        )["SecurityGroups"]
+        """The VPC's groups named as the service names its isolation groups (`ec2-isolation-<nonce>`)."""
+        groups = self.ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])
+        return [g for g in groups["SecurityGroups"] if g["GroupName"].startswith("ec2-isolation-")]
 
     def profile_of(self, instance_id: str) -> str | None:
         """The associated profile, from the associations (moto's DescribeInstances lags a replace)."""

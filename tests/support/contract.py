@@ -24,6 +24,7 @@ RECORD_FIELDS = frozenset(
         "prior_state",
         "evidence",
         "error",
+        "isolation_groups",
         "released_at",
         "release",
     }

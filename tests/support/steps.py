@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from botocore.awsrequest import AWSResponse
 
 from shared.models import Evidence
+from shared.store.isolation_groups import GroupClaim
 
 
 @dataclass
@@ -48,6 +50,39 @@ class MemoryLeases:
     def release_role_lease(self, account_id: str, role_name: str, owner: str) -> None:
         if self.held.get((account_id, role_name)) == owner:
             del self.held[(account_id, role_name)]
+
+
+@dataclass
+class MemoryGroups:
+    """The service's isolation-group claims in memory (`shared.store.isolation_groups`)."""
+
+    claims: dict[tuple[str, str, str], GroupClaim] = field(default_factory=dict)
+
+    def group_claims(self, account_id: str, region: str) -> dict[str, GroupClaim]:
+        return {vpc: c for (a, r, vpc), c in self.claims.items() if (a, r) == (account_id, region)}
+
+    def claim_group(self, account_id: str, region: str, vpc_id: str, name: str) -> GroupClaim:
+        return self.claims.setdefault((account_id, region, vpc_id), GroupClaim(vpc_id, name, time.time()))
+
+    def record_group(self, account_id: str, region: str, vpc_id: str, name: str, group_id: str) -> bool:
+        claim = self.claims.get((account_id, region, vpc_id))
+        if claim is None or claim.name != name:
+            return False
+        self.claims[(account_id, region, vpc_id)] = replace(claim, group_id=group_id)
+        return True
+
+    def forget_group(self, account_id: str, region: str, vpc_id: str, group_id: str) -> bool:
+        claim = self.claims.get((account_id, region, vpc_id))
+        if claim is None or claim.group_id != group_id:
+            return False
+        del self.claims[(account_id, region, vpc_id)]
+        return True
+
+    def known(self, vpc_id: str, group_id: str, *, account_id: str, region: str, age: float = 3600) -> None:
+        """`group_id` recorded as the VPC's isolation group `age` seconds ago."""
+        self.claims[(account_id, region, vpc_id)] = GroupClaim(
+            vpc_id, "ec2-isolation-x", time.time() - age, group_id
+        )
 
 
 class AnyOrder:

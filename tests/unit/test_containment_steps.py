@@ -11,7 +11,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 from tests.support.aws import client_error
-from tests.support.steps import AnyOrder, MemoryLeases, Notebook
+from tests.support.steps import AnyOrder, MemoryGroups, MemoryLeases, Notebook
 
 from shared.aws import AccountSession
 from shared.config import WorkerSettings
@@ -61,6 +61,7 @@ def context(
         prior=state,
         notes=Notebook(),
         leases=leases or MemoryLeases(),
+        groups=MemoryGroups(),
         sleep=slept.append if slept is not None else None,
     )
     return ctx, clients

@@ -6,8 +6,8 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.stub import Stubber
-from tests.support.steps import MemoryLeases, Notebook
+from botocore.stub import ANY, Stubber
+from tests.support.steps import MemoryGroups, MemoryLeases, Notebook
 
 from shared.aws import AccountSession
 from shared.config import WorkerSettings
@@ -68,13 +68,19 @@ def context(clients: dict[str, Any], instance: Instance, slept: list[float] | No
         prior=instance.state,
         notes=Notebook(),
         leases=MemoryLeases(),
+        groups=MemoryGroups(),
         sleep=(slept.append if slept is not None else None),
     )
 
 
-def test_isolation_group_is_looked_up_by_vpc_filter_never_by_group_names(clients: dict[str, Any]) -> None:
-    # Given an existing, clean isolation group in the instance's VPC
+MANAGED = [{"Key": "ec2-isolation:managed", "Value": "true"}]
+
+
+def test_the_isolation_group_is_the_one_the_table_names_checked_by_id(clients: dict[str, Any]) -> None:
+    # Given the service's table names a clean isolation group for the instance's VPC (and the member may
+    # have made groups named like it: they are never looked up)
     ctx = context(clients, facts(eni("eni-1", "vpc-1", ("sg-app",))))
+    ctx.groups.known("vpc-1", "sg-iso", account_id=TARGET.account_id, region=TARGET.region)
     with Stubber(clients["ec2"]) as ec2:
         ec2.add_response(
             "describe_security_groups",
@@ -82,54 +88,80 @@ def test_isolation_group_is_looked_up_by_vpc_filter_never_by_group_names(clients
                 "SecurityGroups": [
                     {
                         "GroupId": "sg-iso",
-                        "GroupName": "ec2-isolation",
+                        "GroupName": "ec2-isolation-x",
                         "VpcId": "vpc-1",
                         "IpPermissions": [],
                         "IpPermissionsEgress": [],
+                        "Tags": MANAGED,
                     }
                 ]
             },
-            expected_params={
-                "Filters": [
-                    {"Name": "vpc-id", "Values": ["vpc-1"]},
-                    {"Name": "group-name", "Values": ["ec2-isolation"]},
-                ]
-            },
+            expected_params={"GroupIds": ["sg-iso"]},
         )
-        # When the step runs
+        # When the step runs, and its check of the group ends (the cut waits for it)
         outcome = EnsureIsolationSecurityGroup().run(ctx)
-        # Then it found it with filters (GroupNames only works in the default VPC) and changed nothing
+        checked = ctx.revoking["sg-iso"].result(timeout=5)
+        # Then the group was described by id (never by name or tag) and nothing changed
         ec2.assert_no_pending_responses()
     assert outcome.status is StepStatus.ALREADY
     assert ctx.isolation_groups == {"vpc-1": "sg-iso"}
+    assert (checked.revoked, checked.retagged, checked.summary()) == (0, False, "")
 
 
-def test_new_group_loses_every_egress_rule_it_was_created_with(clients: dict[str, Any]) -> None:
+def test_a_known_group_with_a_rule_and_no_tag_is_retagged_then_stripped(clients: dict[str, Any]) -> None:
+    # Given the table's group of the VPC, whose managed tag someone removed and to which they added egress
+    ctx = context(clients, facts(eni("eni-1", "vpc-1", ("sg-app",))))
+    ctx.groups.known("vpc-1", "sg-iso", account_id=TARGET.account_id, region=TARGET.region)
+    egress = [{"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+    with Stubber(clients["ec2"]) as ec2:
+        ec2.add_response(
+            "describe_security_groups",
+            {"SecurityGroups": [{"GroupId": "sg-iso", "IpPermissions": [], "IpPermissionsEgress": egress}]},
+            expected_params={"GroupIds": ["sg-iso"]},
+        )
+        # (the tag first: the member role revokes rules of tagged groups only)
+        ec2.add_response("create_tags", {}, expected_params={"Resources": ["sg-iso"], "Tags": MANAGED})
+        ec2.add_response(
+            "revoke_security_group_egress",
+            {"Return": True},
+            expected_params={"GroupId": "sg-iso", "IpPermissions": egress},
+        )
+        # When the step runs and its check ends
+        EnsureIsolationSecurityGroup().run(ctx)
+        checked = ctx.revoking["sg-iso"].result(timeout=5)
+        ec2.assert_no_pending_responses()
+    # Then the check says what it put right
+    assert (
+        checked.summary() == "1 rule(s) found on sg-iso revoked, tag ec2-isolation:managed of sg-iso restored"
+    )
+
+
+def test_new_group_is_claimed_named_after_the_claim_and_loses_every_default_rule(
+    clients: dict[str, Any],
+) -> None:
     # Given no isolation group yet in an IPv6 VPC
     ctx = context(clients, facts(eni("eni-1", "vpc-6", ("sg-app",))))
     egress = [
         {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}], "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}
     ]
     with Stubber(clients["ec2"]) as ec2:
-        ec2.add_response("describe_security_groups", {"SecurityGroups": []})
         ec2.add_response(
             "create_security_group",
             {"GroupId": "sg-new"},
             expected_params={
-                "GroupName": "ec2-isolation",
+                "GroupName": ANY,
                 "Description": "ec2-isolation: no ingress, no egress. Do not add rules.",
                 "VpcId": "vpc-6",
-                "TagSpecifications": [
-                    {
-                        "ResourceType": "security-group",
-                        "Tags": [{"Key": "ec2-isolation:managed", "Value": "true"}],
-                    }
-                ],
+                "TagSpecifications": [{"ResourceType": "security-group", "Tags": MANAGED}],
             },
         )
         ec2.add_response(
             "describe_security_groups",
-            {"SecurityGroups": [{"GroupId": "sg-new", "IpPermissions": [], "IpPermissionsEgress": egress}]},
+            {
+                "SecurityGroups": [
+                    {"GroupId": "sg-new", "IpPermissions": [], "IpPermissionsEgress": egress, "Tags": MANAGED}
+                ]
+            },
             expected_params={"GroupIds": ["sg-new"]},
         )
         ec2.add_response(
@@ -139,28 +171,52 @@ def test_new_group_loses_every_egress_rule_it_was_created_with(clients: dict[str
         )
         # When the step runs, and its revocation of the new group's rules ends (the cut waits for it)
         outcome = EnsureIsolationSecurityGroup().run(ctx)
-        revoked = ctx.revoking["sg-new"].result(timeout=5)
+        checked = ctx.revoking["sg-new"].result(timeout=5)
         ec2.assert_no_pending_responses()
-    # Then the group exists with IPv4 and IPv6 egress revoked as described
+    # Then the VPC was claimed first, the group was created under the claimed name and its id recorded,
+    # and IPv4 and IPv6 egress were revoked as described
+    [claim] = ctx.groups.group_claims(TARGET.account_id, TARGET.region).values()
+    assert claim.name.startswith("ec2-isolation-") and claim.group_id == "sg-new"
     assert outcome.status is StepStatus.DONE
     assert ctx.isolation_groups == {"vpc-6": "sg-new"}
-    assert revoked == 2
+    assert checked.revoked == 2 and checked.new
 
 
-def test_concurrent_creation_uses_the_other_workers_group(clients: dict[str, Any]) -> None:
-    # Given another worker creates the group between our lookup and our create
-    ctx = context(clients, facts(eni("eni-1", "vpc-1", ("sg-app",))))
+def test_a_claim_whose_group_never_came_is_taken_over_by_its_exact_name(clients: dict[str, Any]) -> None:
+    # Given another worker claimed the VPC and its group exists under the claimed name, but the worker
+    # died before recording its id
+    slept: list[float] = []
+    ctx = context(clients, facts(eni("eni-1", "vpc-1", ("sg-app",))), slept)
+    ctx.groups.claim_group(TARGET.account_id, TARGET.region, "vpc-1", "ec2-isolation-theirs")
     with Stubber(clients["ec2"]) as ec2:
-        ec2.add_response("describe_security_groups", {"SecurityGroups": []})
         ec2.add_client_error("create_security_group", "InvalidGroup.Duplicate")
         ec2.add_response(
             "describe_security_groups",
             {"SecurityGroups": [{"GroupId": "sg-theirs", "IpPermissions": [], "IpPermissionsEgress": []}]},
+            expected_params={
+                "Filters": [
+                    {"Name": "vpc-id", "Values": ["vpc-1"]},
+                    {"Name": "group-name", "Values": ["ec2-isolation-theirs"]},
+                ]
+            },
         )
-        outcome = EnsureIsolationSecurityGroup().run(ctx)
-    # Then theirs is used: no duplicate group
+        ec2.add_response(
+            "describe_security_groups",
+            {
+                "SecurityGroups": [
+                    {"GroupId": "sg-theirs", "IpPermissions": [], "IpPermissionsEgress": [], "Tags": MANAGED}
+                ]
+            },
+            expected_params={"GroupIds": ["sg-theirs"]},
+        )
+        EnsureIsolationSecurityGroup().run(ctx)
+        ctx.revoking["sg-theirs"].result(timeout=5)
+        ec2.assert_no_pending_responses()
+    # Then it waited for the claim a while, then found the group by the claimed name (filters, never
+    # GroupNames) and recorded it: no second group
     assert ctx.isolation_groups == {"vpc-1": "sg-theirs"}
-    assert outcome.status is StepStatus.ALREADY
+    assert ctx.groups.group_claims(TARGET.account_id, TARGET.region)["vpc-1"].group_id == "sg-theirs"
+    assert 0 < sum(slept) <= 4
 
 
 def test_every_interface_gets_only_the_isolation_group_one_call_each(clients: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ it along its lifecycle (`shared.lifecycle` declares which moves are allowed and 
 | blast-radius budget | `budget#<account>#<source>#<hour>` | `shared.store.rate_limits` |
 | tamper-repair budget | `repairs#<account>#<region>#<instance>#<hour>` | `shared.store.tamper_repairs` |
 | role lease | `role#<account>#<role name>` | `shared.store.role_leases` |
+| isolation groups | `groups#<account>#<region>` | `shared.store.isolation_groups` |
 
 Releases of a record (RELEASING, RELEASED, RELEASE_FAILED) are written by `shared.store.releases`.
 
@@ -33,7 +34,15 @@ from shared.aws import same_account_client
 from shared.errors import error_code
 from shared.lifecycle import FINAL, FINAL_LEASE_INDEX, Status, Transition
 from shared.models import ErrorInfo, Evidence, IsolationRecord, PriorState, StepRecord, iso8601, utcnow
-from shared.store import idempotency, rate_limits, record_leases, role_leases, slots, tamper_repairs
+from shared.store import (
+    idempotency,
+    isolation_groups,
+    rate_limits,
+    record_leases,
+    role_leases,
+    slots,
+    tamper_repairs,
+)
 from shared.store.dynamo import Refused, Write, deserialize, epoch, key, serialize
 from shared.store.idempotency import IdempotencyClaim, Replayed
 from shared.store.releases import ReleaseWrites
@@ -141,7 +150,7 @@ def _not_begun(isolation_id: str, current: dict[str, Any] | None) -> Exception:
     return LeaseHeld(isolation_id)
 
 
-class IsolationStore(ReleaseWrites):
+class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
     def __init__(self, table_name: str, *, client: Any = None) -> None:
         self.table_name = table_name
         self.client = client or same_account_client("dynamodb")
@@ -630,9 +639,11 @@ class IsolationStore(ReleaseWrites):
         contained_at: str | None = None,
         prior: dict[str, Any] | None = None,
         evidence: Evidence | None = None,
+        isolation_groups: dict[str, str] | None = None,
     ) -> None:
         """Append step outcomes, with what rides along: `contained_at`, `prior` (fields of
-        `prior_state` a step read before its change; a field already there is kept) and `evidence`."""
+        `prior_state` a step read before its change; a field already there is kept), `evidence` and
+        `isolation_groups` (the isolation group used in each VPC)."""
         write = Write("updated_at = :stamp", stamp=steps[-1].at if steps else iso8601(utcnow()))
         if steps:
             write.set(
@@ -649,6 +660,8 @@ class IsolationStore(ReleaseWrites):
             )
         if evidence is not None:
             write.set("evidence = :evidence", evidence=evidence.model_dump())
+        if isolation_groups is not None:
+            write.set("isolation_groups = :groups", groups=isolation_groups)
         self.client.update_item(TableName=self.table_name, Key=key(isolation_id), **write.request())
 
     # --- role leases -----------------------------------------------------------------------------------

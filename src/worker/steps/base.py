@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from shared.aws import AccountSession
 from shared.config import WorkerSettings
 from shared.models import Evidence, PriorState, Source, StepRecord, Target
+from shared.store.isolation_groups import GroupClaim
 from worker.instance import Instance
 
 if TYPE_CHECKING:
     from worker.steps.checks import PolicySimulator
+    from worker.steps.network import GroupCheck
 
 
 class Notes(Protocol):
@@ -25,6 +27,18 @@ class Notes(Protocol):
     def remember(self, prior: dict[str, Any]) -> None: ...
 
     def keep_evidence(self, evidence: Evidence) -> None: ...
+
+
+class IsolationGroups(Protocol):
+    """The service's own record of each VPC's isolation group (`shared.store.isolation_groups`)."""
+
+    def group_claims(self, account_id: str, region: str) -> dict[str, GroupClaim]: ...
+
+    def claim_group(self, account_id: str, region: str, vpc_id: str, name: str) -> GroupClaim: ...
+
+    def record_group(self, account_id: str, region: str, vpc_id: str, name: str, group_id: str) -> bool: ...
+
+    def forget_group(self, account_id: str, region: str, vpc_id: str, group_id: str) -> bool: ...
 
 
 class RoleLeases(Protocol):
@@ -50,18 +64,19 @@ class StepContext:
     prior: PriorState
     notes: Notes
     leases: RoleLeases
+    groups: IsolationGroups
     #: The episode's evidence as the record keeps it (None: none taken yet).
     evidence: Evidence | None = None
     #: None: `worker.consistency.pause`.
     sleep: Callable[[float], None] | None = None
     #: Filled by ensure-isolation-sg: the isolation security group of each VPC.
     isolation_groups: dict[str, str] = field(default_factory=dict)
-    #: Filled by ensure-isolation-sg: the groups it created now (or a batch-mate did), whose default
-    #: rules are being revoked while swap-security-groups cuts the interfaces (the count, once done).
-    revoking: dict[str, Future[int]] = field(default_factory=dict)
-    #: The region's isolation groups by VPC, as described with the instance (`network.groups_by_vpc`);
-    #: None: not looked up (ensure-isolation-sg looks up each VPC's).
-    groups_seen: dict[str, dict[str, Any]] | None = None
+    #: Filled by ensure-isolation-sg: the check of each group it uses (its rules revoked, its tag put
+    #: back), under way while swap-security-groups cuts the interfaces.
+    revoking: dict[str, Future[GroupCheck]] = field(default_factory=dict)
+    #: The region's isolation-group claims by VPC, as read from the table with the instance; None: not
+    #: looked up (ensure-isolation-sg reads them).
+    groups_seen: dict[str, GroupClaim] | None = None
     #: A dry run's permission simulator (`worker.steps.checks.simulator` makes it when first needed).
     simulator: PolicySimulator | None = None
 

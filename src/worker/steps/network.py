@@ -1,5 +1,16 @@
 """Containment: the isolation security group of each VPC, alone on every network interface.
 
+The isolation group of a VPC is the group the service's own table names (`shared.store.isolation_groups`),
+never one found by name or tag: a member can make a group named like the service's, with any tags and
+rules. The first isolation of a VPC claims it in the table (a conditional write), creates the group under
+the claimed name (`ec2-isolation-<nonce>`, tagged `ec2-isolation:managed=true`) and records its id; a
+racer waits for that id, and a retry after a crash finds the group by the claimed name.
+
+Every isolation checks the group it uses while the interfaces are cut: described, its managed tag put
+back when someone removed it (the member role may revoke rules of tagged groups only), every rule it has
+revoked. The instance is contained once both are done; a group created now loses its default rules the
+same way, so the cut never waits for the check.
+
 AWS behaviour this respects:
 - groups are found by VPC (`vpc-id` + `group-name` filters), never by `GroupNames`, which only finds
   groups of the default VPC;
@@ -9,18 +20,16 @@ AWS behaviour this respects:
 - `ModifyInstanceAttribute(Groups=...)` fails on multi-ENI instances: set groups per interface.
 
 A batch contains its instances at once (`worker.batch`): the group of a VPC is found or created by one
-thread while the others of that VPC wait for it, and the interfaces of an instance are cut concurrently.
-A group created now is described and stripped of its default rules while the interfaces are cut (the
-instance is contained once both are done, and the group is cached only once its rules are gone): the
-cut does not wait two EC2 round trips more for the first isolation of a VPC.
-A worker that knows no group of the account and region yet looks them all up (`groups_by_vpc`) while
-DescribeInstances tells it the instances' VPCs: the step then starts from that description instead of a
-lookup of its own, one EC2 round trip less before the first cut of an account.
+thread while the others of that VPC wait for it (and share its check), and the interfaces of an instance
+are cut concurrently. A worker that knows no group of the account and region yet reads their claims (one
+read of the table) while DescribeInstances tells it the instances' VPCs.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
@@ -29,81 +38,96 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.errors import RetryableError, error_code
-from shared.models import TAG_PREFIX, Source, StepRecord
+from shared.models import TAG_PREFIX, StepRecord
+from shared.store.isolation_groups import GroupClaim
 from worker.at_once import begun, each_at_once
-from worker.consistency import until_consistent
+from worker.consistency import pause, until_consistent
 from worker.steps.base import Step, StepContext
 from worker.steps.checks import Check, ec2_dry_run, outcome
 
 MANAGED_TAG = f"{TAG_PREFIX}managed"
 _NOT_YET = frozenset({"InvalidGroup.NotFound"})
+#: A claim younger than this whose group is not visible may be EC2's eventual consistency; an older one
+#: names a group that is gone (the next isolation claims the VPC anew).
+_YOUNG_CLAIM_SECONDS = 300.0
+#: How long a racer waits for the group id of another worker's claim before it finds or creates the group
+#: under the claimed name itself (the claimer may have died).
+CLAIM_WAIT_SECONDS = 3.0
 
-# Warm-Lambda cache of isolation group ids: (account, region, vpc, group name) -> group id.
-_groups: dict[tuple[str, str, str, str], str] = {}
+_Key = tuple[str, str, str]  # account, region, VPC
+
+# Warm-Lambda cache of the table's claims with a group id, by (account, region, VPC).
+_groups: dict[_Key, GroupClaim] = {}
 _groups_lock = threading.Lock()
 #: One lock per VPC's group: concurrent isolations in one VPC find or create its group once.
-_group_locks: dict[tuple[str, str, str, str], threading.Lock] = {}
+_group_locks: dict[_Key, threading.Lock] = {}
 
 
 @dataclass(frozen=True)
-class _Revoking:
-    """A group created a moment ago whose default rules are being revoked."""
+class GroupCheck:
+    """What the check of an isolation group found and put right."""
 
     group_id: str
-    #: The revocation (the number of rules revoked), which every cut onto the group waits for.
-    rules: Future[int]
+    #: Rules revoked (a new group's defaults, or rules someone added).
+    revoked: int
+    #: The managed tag was missing and is back.
+    retagged: bool
+    #: The group was created by this isolation (its rules are AWS's defaults).
+    new: bool
+
+    def summary(self) -> str:
+        if self.new:
+            return f"{self.revoked} default rule(s) of the new group {self.group_id} revoked"
+        done = [f"{self.revoked} rule(s) found on {self.group_id} revoked"] * bool(self.revoked)
+        done += [f"tag {MANAGED_TAG} of {self.group_id} restored"] * self.retagged
+        return ", ".join(done)
 
 
-#: Groups created by this environment whose default rules are being revoked, by the key of `_groups`,
-#: where each goes once its rules are gone (never before: a cached group is used as it is).
-_revoking: dict[tuple[str, str, str, str], _Revoking] = {}
+@dataclass(frozen=True)
+class _Checking:
+    group_id: str
+    check: Future[GroupCheck]
+
+
+#: Checks of groups under way, by the key of `_groups`: batch-mates of one VPC share one.
+_checking: dict[_Key, _Checking] = {}
 
 
 def forget_cached_groups() -> None:
     with _groups_lock:
         _groups.clear()
         _group_locks.clear()
-        _revoking.clear()
+        _checking.clear()
 
 
-def _revoked(key: tuple[str, str, str, str], group_id: str, rules: Future[int]) -> None:
-    """A new group's revocation has ended: the group is cached once its rules are gone; when they could
-    not be revoked, the next isolation finds the group and revokes what it has."""
+def _checked(key: _Key, check: Future[GroupCheck]) -> None:
     with _groups_lock:
-        _revoking.pop(key, None)
-        if rules.exception() is None:
-            _groups[key] = group_id
+        if key in _checking and _checking[key].check is check:
+            del _checking[key]
 
 
-def _group_lock(key: tuple[str, str, str, str]) -> threading.Lock:
+def _group_lock(key: _Key) -> threading.Lock:
     with _groups_lock:
         return _group_locks.setdefault(key, threading.Lock())
 
 
-def _cache_key(ctx: StepContext, vpc_id: str) -> tuple[str, str, str, str]:
-    return (ctx.target.account_id, ctx.target.region, vpc_id, ctx.settings.ISOLATION_SG_NAME)
+def _cache_key(ctx: StepContext, vpc_id: str) -> _Key:
+    return (ctx.target.account_id, ctx.target.region, vpc_id)
 
 
-def knows_groups_of(account_id: str, region: str, name: str) -> bool:
+def knows_groups_of(account_id: str, region: str) -> bool:
     """True when this environment has the isolation group of some VPC of the account and region cached."""
     with _groups_lock:
-        return any(key[:2] == (account_id, region) and key[3] == name for key in _groups)
+        return any(key[:2] == (account_id, region) for key in _groups)
 
 
-def groups_by_vpc(ec2: Any, name: str) -> dict[str, dict[str, Any]]:
-    """Every isolation group of the region (group name `name`), as described, by VPC (the lowest id where
-    a VPC has several, as `EnsureIsolationSecurityGroup` picks). Filtered by name alone: it does not
-    need the instances' VPCs, so it can run while they are described."""
-    found: dict[str, dict[str, Any]] = {}
-    pages = ec2.get_paginator("describe_security_groups").paginate(
-        Filters=[{"Name": "group-name", "Values": [name]}]
-    )
-    for page in pages:
-        for group in page["SecurityGroups"]:
-            vpc_id = group.get("VpcId", "")
-            if vpc_id not in found or group["GroupId"] < found[vpc_id]["GroupId"]:
-                found[vpc_id] = group
-    return found
+def group_name(prefix: str) -> str:
+    """A new isolation group's name: the prefix and a nonce nobody can guess before the group exists."""
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+class GroupGone(RetryableError):
+    """The table's group of a VPC no longer exists: its claim is dropped, the next attempt claims anew."""
 
 
 class EnsureIsolationSecurityGroup(Step):
@@ -118,89 +142,150 @@ class EnsureIsolationSecurityGroup(Step):
 
     def run(self, ctx: StepContext) -> StepRecord:
         created: list[str] = []
-        repaired: list[str] = []
         reused: list[str] = []
         for vpc_id in ctx.instance.state.vpc_ids:
             key = _cache_key(ctx, vpc_id)
             with _group_lock(key):
                 with _groups_lock:
-                    cached = _groups.get(key) or _revoking.get(key)
-                # A tamper repair looks at the group itself: the call may have added a rule to it.
-                if cached is not None and ctx.source is not Source.TAMPER:
-                    group_id = cached if isinstance(cached, str) else cached.group_id
-                    ctx.isolation_groups[vpc_id] = group_id
-                    if isinstance(cached, _Revoking):  # created a moment ago by a batch-mate
-                        ctx.revoking[group_id] = cached.rules
-                    reused.append(f"{group_id} ({vpc_id})")
-                    continue
-                group_id, revoking, revoked = self._ensure(ctx, vpc_id)
-                ctx.isolation_groups[vpc_id] = group_id
-                with _groups_lock:
-                    if revoking is None:
-                        _groups[key] = group_id
+                    checking, cached = _checking.get(key), _groups.get(key)
+                if checking is not None:  # a batch-mate checks it now: one check serves both
+                    group_id, check, new = checking.group_id, checking.check, False
+                else:
+                    claim = cached or self._known(ctx, vpc_id)
+                    if claim is not None and claim.group_id is not None:
+                        group_id, new = claim.group_id, False
                     else:
-                        _revoking[key] = _Revoking(group_id, revoking)
-                        ctx.revoking[group_id] = revoking
-                if revoking is not None:
-                    revoking.add_done_callback(partial(_revoked, key, group_id))
+                        claim, new = self._claim_and_create(ctx, vpc_id)
+                        assert claim.group_id is not None
+                        group_id = claim.group_id
+                    check = begun(partial(self._check, ctx, vpc_id, claim, new))
+                    with _groups_lock:
+                        _groups[key] = claim
+                        _checking[key] = _Checking(group_id, check)
+                    check.add_done_callback(partial(_checked, key))
+            ctx.isolation_groups[vpc_id] = group_id
+            ctx.revoking[group_id] = check
             label = f"{group_id} ({vpc_id})"
-            if revoking is not None:
+            if new:
                 created.append(f"{label}, its default rules revoked with the cut")
-            elif revoked:
-                repaired.append(f"{label}, {revoked} stray rule(s) revoked")
             else:
-                reused.append(label)
-        parts = (
-            [f"created {', '.join(created)}"] * bool(created)
-            + [f"repaired {', '.join(repaired)}"] * bool(repaired)
-            + [f"in place {', '.join(reused)}"] * bool(reused)
+                reused.append(f"{label}, its rules checked with the cut")
+        parts = [f"created {', '.join(created)}"] * bool(created) + [f"in place {', '.join(reused)}"] * bool(
+            reused
         )
         detail = "; ".join(parts)
-        return (
-            StepRecord.done(self.name, detail)
-            if created or repaired
-            else StepRecord.already(self.name, detail)
-        )
+        return StepRecord.done(self.name, detail) if created else StepRecord.already(self.name, detail)
 
-    def _ensure(self, ctx: StepContext, vpc_id: str) -> tuple[str, Future[int] | None, int]:
-        """(group id, the revocation of its default rules when created now, stray rules revoked)"""
-        # The region's groups as this invocation looked them up (a VPC absent there had none); else a
-        # lookup of this VPC's.
+    # --- which group ----------------------------------------------------------------------------------
+
+    def _known(self, ctx: StepContext, vpc_id: str) -> GroupClaim | None:
+        """The VPC's claim in the service's table: as looked up with the instance, else read now."""
         seen = ctx.groups_seen
-        group = seen.get(vpc_id) if seen is not None else self._find(ctx, vpc_id)
-        if group is None:
-            group_id = self._create(ctx, vpc_id)
-            if group_id is not None:
-                return group_id, begun(lambda: self._strip_new(ctx, group_id)), 0
-            # Another worker created it a moment ago: use theirs.
-            group = self._consistently(ctx, lambda: self._find_or_raise(ctx, vpc_id), f"group of {vpc_id}")
-        return group["GroupId"], None, self._strip(ctx, group)
+        if seen is not None:
+            return seen.get(vpc_id)
+        return ctx.groups.group_claims(ctx.target.account_id, ctx.target.region).get(vpc_id)
 
-    def _find(self, ctx: StepContext, vpc_id: str) -> dict[str, Any] | None:
-        groups = ctx.ec2.describe_security_groups(
-            Filters=[
-                {"Name": "vpc-id", "Values": [vpc_id]},
-                {"Name": "group-name", "Values": [ctx.settings.ISOLATION_SG_NAME]},
-            ]
-        )["SecurityGroups"]
-        return min(groups, key=lambda g: g["GroupId"]) if groups else None
+    def _claim_and_create(self, ctx: StepContext, vpc_id: str) -> tuple[GroupClaim, bool]:
+        """The VPC's claim with its group id, and whether this isolation created the group: claim the VPC
+        (or find the claim made before), then create the group under the claimed name, or wait for the
+        claimer to record it."""
+        account, region = ctx.target.account_id, ctx.target.region
+        name = group_name(ctx.settings.ISOLATION_SG_NAME)
+        claim = ctx.groups.claim_group(account, region, vpc_id, name)
+        if claim.group_id is not None:
+            return claim, False
+        if claim.name != name:
+            claim = self._await_claim(ctx, claim)
+            if claim.group_id is not None:
+                return claim, False
+        # This claim, or one whose claimer did not record its group in time (it may have died): the group
+        # is created under the claimed name, or found by it.
+        group_id = self._create_or_find(ctx, vpc_id, claim.name)
+        if not ctx.groups.record_group(account, region, vpc_id, claim.name, group_id):
+            standing = ctx.groups.group_claims(account, region).get(vpc_id)
+            if standing is None or standing.group_id is None:
+                raise RetryableError(
+                    "IsolationGroupClaimLost", f"the claim of {vpc_id} changed while its group was created"
+                )
+            return standing, False
+        return GroupClaim(vpc_id, claim.name, claim.claimed_at, group_id), True
 
-    def _describe(self, ctx: StepContext, group_id: str) -> dict[str, Any]:
-        return ctx.ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
+    def _await_claim(self, ctx: StepContext, claim: GroupClaim) -> GroupClaim:
+        """Another worker's claim, once it names its group (or as it stands after `CLAIM_WAIT_SECONDS`)."""
+        waited, delay = 0.0, 0.1
+        while waited < CLAIM_WAIT_SECONDS:
+            (ctx.sleep or pause)(delay)
+            waited += delay
+            delay = min(delay * 2, 1.0)
+            standing = ctx.groups.group_claims(ctx.target.account_id, ctx.target.region).get(claim.vpc_id)
+            if standing is None:
+                raise RetryableError("IsolationGroupClaimLost", f"the claim of {claim.vpc_id} was dropped")
+            if standing.group_id is not None:
+                return standing
+            claim = standing
+        return claim
 
-    def _create(self, ctx: StepContext, vpc_id: str) -> str | None:
-        """Create the VPC's group: its id, or None when another worker has just created it."""
+    def _create_or_find(self, ctx: StepContext, vpc_id: str, name: str) -> str:
+        """Create the VPC's group under the claimed name, or find it by that exact name when it exists
+        (created by this claim's earlier attempt, or by a racer taking over the same claim)."""
         try:
-            return str(ctx.ec2.create_security_group(**_creation(ctx, vpc_id))["GroupId"])
+            return str(ctx.ec2.create_security_group(**_creation(ctx, vpc_id, name))["GroupId"])
         except ClientError as exc:
             if error_code(exc) != "InvalidGroup.Duplicate":
                 raise
-            return None
+        group = self._consistently(ctx, lambda: self._find_or_raise(ctx, vpc_id, name), f"group {name}")
+        return str(group["GroupId"])
 
-    def _strip_new(self, ctx: StepContext, group_id: str) -> int:
-        """Revoke the default rules AWS gave a new group (described once it is visible)."""
-        group = self._consistently(ctx, lambda: self._describe(ctx, group_id), f"new group {group_id}")
-        return self._strip(ctx, group)
+    def _find(self, ctx: StepContext, vpc_id: str, name: str) -> dict[str, Any] | None:
+        groups = ctx.ec2.describe_security_groups(
+            Filters=[
+                {"Name": "vpc-id", "Values": [vpc_id]},
+                {"Name": "group-name", "Values": [name]},
+            ]
+        )["SecurityGroups"]
+        return groups[0] if groups else None
+
+    def _find_or_raise(self, ctx: StepContext, vpc_id: str, name: str) -> dict[str, Any]:
+        group = self._find(ctx, vpc_id, name)
+        if group is None:
+            raise ClientError(
+                {"Error": {"Code": "InvalidGroup.NotFound", "Message": "not visible yet"}},
+                "DescribeSecurityGroups",
+            )
+        return group
+
+    # --- the check ------------------------------------------------------------------------------------
+
+    def _check(self, ctx: StepContext, vpc_id: str, claim: GroupClaim, new: bool) -> GroupCheck:
+        """Describe the group, put its managed tag back when it is missing, revoke every rule it has."""
+        group_id = claim.group_id
+        assert group_id is not None
+        young = new or time.time() - claim.claimed_at < _YOUNG_CLAIM_SECONDS
+        try:
+            if young:  # may not be visible yet
+                group = self._consistently(ctx, lambda: self._describe(ctx, group_id), f"group {group_id}")
+            else:
+                group = self._describe(ctx, group_id)
+        except ClientError as exc:
+            if error_code(exc) not in _NOT_YET:
+                raise
+            self._gone(ctx, vpc_id, group_id)
+            raise GroupGone(
+                "IsolationGroupGone",
+                f"the isolation group {group_id} of {vpc_id} no longer exists: claimed anew",
+            ) from exc
+        retagged = not _managed(group)
+        if retagged:
+            ctx.ec2.create_tags(Resources=[group_id], Tags=[{"Key": MANAGED_TAG, "Value": "true"}])
+        return GroupCheck(group_id, self._strip(ctx, group), retagged, new)
+
+    def _gone(self, ctx: StepContext, vpc_id: str, group_id: str) -> None:
+        with _groups_lock:
+            _groups.pop(_cache_key(ctx, vpc_id), None)
+        ctx.groups.forget_group(ctx.target.account_id, ctx.target.region, vpc_id, group_id)
+
+    def _describe(self, ctx: StepContext, group_id: str) -> dict[str, Any]:
+        return ctx.ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
 
     def _consistently(self, ctx: StepContext, call: Any, what: str) -> dict[str, Any]:
         return until_consistent(
@@ -210,15 +295,6 @@ class EnsureIsolationSecurityGroup(Step):
             sleep=ctx.sleep,
             what=what,
         )
-
-    def _find_or_raise(self, ctx: StepContext, vpc_id: str) -> dict[str, Any]:
-        group = self._find(ctx, vpc_id)
-        if group is None:
-            raise ClientError(
-                {"Error": {"Code": "InvalidGroup.NotFound", "Message": "not visible yet"}},
-                "DescribeSecurityGroups",
-            )
-        return group
 
     def _strip(self, ctx: StepContext, group: dict[str, Any]) -> int:
         """Revoke every rule the group has, ingress and egress, IPv4 and IPv6."""
@@ -247,17 +323,33 @@ class EnsureIsolationSecurityGroup(Step):
         checks: list[Check] = []
         settled: list[str] = []
         for vpc_id in ctx.instance.state.vpc_ids:
-            group = self._find(ctx, vpc_id)
+            claim = ctx.groups.group_claims(ctx.target.account_id, ctx.target.region).get(vpc_id)
+            group = None
+            if claim is not None and claim.group_id is not None:
+                try:
+                    group = self._describe(ctx, claim.group_id)
+                except ClientError as exc:
+                    if error_code(exc) not in _NOT_YET:
+                        raise
             if group is None:
                 checks.append(
                     ec2_dry_run(
                         f"create the isolation group of {vpc_id}",
                         ctx.ec2.create_security_group,
-                        **_creation(ctx, vpc_id),
+                        **_creation(ctx, vpc_id, group_name(ctx.settings.ISOLATION_SG_NAME)),
                     )
                 )
                 continue
             ctx.isolation_groups[vpc_id] = group["GroupId"]
+            if not _managed(group):
+                checks.append(
+                    ec2_dry_run(
+                        f"restore the tag {MANAGED_TAG} of {group['GroupId']} ({vpc_id})",
+                        ctx.ec2.create_tags,
+                        Resources=[group["GroupId"]],
+                        Tags=[{"Key": MANAGED_TAG, "Value": "true"}],
+                    )
+                )
             rule_sets = _rule_sets(ctx, group)
             for rules, revoke in rule_sets:
                 count = sum(_rule_count(rule) for rule in rules)
@@ -269,7 +361,7 @@ class EnsureIsolationSecurityGroup(Step):
                         IpPermissions=[_as_request(rule) for rule in rules],
                     )
                 )
-            if not rule_sets:
+            if not rule_sets and _managed(group):
                 settled.append(f"{group['GroupId']} ({vpc_id})")
         return outcome(self.name, checks, f"in place {', '.join(settled)}" if settled else "")
 
@@ -292,12 +384,11 @@ class SwapSecurityGroups(Step):
             cuts.append((interface.id, vpc_id, group_id))
             changed.append(f"{interface.id} [{', '.join(interface.security_group_ids) or '-'}] -> {group_id}")
         # Every interface at once: the last cut, not the sum of them, is when the instance is contained.
-        # A group created by this containment loses its default rules meanwhile (ensure-isolation-sg
-        # began their revocation): the instance is contained once both are done.
+        # Each group is checked meanwhile (ensure-isolation-sg began it: a new group's default rules, or
+        # whatever rule someone added, revoked): the instance is contained once both are done.
         each_at_once(lambda cut: self._set(ctx, *cut), cuts)
         revoked = "".join(
-            f"; {rules.result()} default rule(s) of the new group {group_id} revoked"
-            for group_id, rules in ctx.revoking.items()
+            f"; {summary}" for check in ctx.revoking.values() if (summary := check.result().summary())
         )
         if changed:
             tail = f"; already isolated: {', '.join(unchanged)}" if unchanged else ""
@@ -344,22 +435,27 @@ class SwapSecurityGroups(Step):
                 what=f"ModifyNetworkInterfaceAttribute {eni_id}",
             )
         except RetryableError:
-            # The cached group may have been deleted behind our back: find or create it afresh next time.
+            # The cached group may have been deleted behind our back: the table is read afresh next time
+            # (and the check of the group drops a claim whose group is gone).
             with _groups_lock:
                 _groups.pop(_cache_key(ctx, vpc_id), None)
             raise
 
 
-def _creation(ctx: StepContext, vpc_id: str) -> dict[str, Any]:
+def _creation(ctx: StepContext, vpc_id: str, name: str) -> dict[str, Any]:
     """CreateSecurityGroup's parameters for the VPC's isolation group (tagged managed on creation)."""
     return {
-        "GroupName": ctx.settings.ISOLATION_SG_NAME,
+        "GroupName": name,
         "Description": "ec2-isolation: no ingress, no egress. Do not add rules.",
         "VpcId": vpc_id,
         "TagSpecifications": [
             {"ResourceType": "security-group", "Tags": [{"Key": MANAGED_TAG, "Value": "true"}]}
         ],
     }
+
+
+def _managed(group: dict[str, Any]) -> bool:
+    return {"Key": MANAGED_TAG, "Value": "true"} in group.get("Tags", [])
 
 
 def _rule_sets(ctx: StepContext, group: dict[str, Any]) -> list[tuple[list[dict[str, Any]], Any]]:
