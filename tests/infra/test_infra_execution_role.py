@@ -4,6 +4,7 @@ action as narrowly as AWS allows; and the two templates and the code agree on na
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -603,3 +604,50 @@ def test_the_audit_reads_only_the_forwarding_rules_and_its_own_trust(member_stac
     assert json.loads(SESSION_POLICY)["Statement"] == [
         {"Effect": "Allow", "Action": list(PERMISSIONS), "Resource": "*"}
     ]
+
+
+@pytest.mark.parametrize(
+    ("template", "parameters"),
+    [
+        (
+            "iam-execution-role.yml",
+            {
+                "WorkerRoleArn": WORKER_ROLE_ARN,
+                "CentralEventBusArn": f"arn:aws:events:{HOME}:111111111111:event-bus/b",
+            },
+        ),
+        (
+            "regional-forwarder.yml",
+            {
+                "TargetEventBusArn": f"arn:aws:events:{HOME}:111111111111:event-bus/b",
+                "EnableSecurityHubAction": "true",
+            },
+        ),
+    ],
+)
+def test_every_forwarding_rule_is_named_for_its_region_and_dead_letters(
+    template: str, parameters: dict[str, str]
+) -> None:
+    # Given every rule of a template that forwards to the stack's bus, deployed in a region
+    from tests.infra.resolver import resolve
+
+    from local_stack.templates import load_template
+
+    root = Path(__file__).resolve().parents[2]
+    region = "ap-south-1"
+    resources = resolve(load_template(root / template), parameters, pseudo={"AWS::Region": region})[
+        "Resources"
+    ]
+    rules = {name: r["Properties"] for name, r in resources.items() if r["Type"] == "AWS::Events::Rule"}
+    assert rules
+    for name, rule in rules.items():
+        # Then it has the fixed name guardrail events, the audit and the SCP know it by
+        assert fnmatch.fnmatchcase(rule["Name"], f"ec2-isolation-forward-*-{region}"), name
+        # And an event it cannot deliver goes to a dead-letter queue (with an alarm), never dropped unseen
+        for target in rule["Targets"]:
+            assert target["DeadLetterConfig"] == {
+                "Arn": {"Fn::GetAtt": ["ForwardingDeadLetterQueue", "Arn"]}
+            }, name
+    assert resources["ForwardingDeadLetterAlarm"]["Properties"]["Dimensions"][0]["Value"] == {
+        "Fn::GetAtt": ["ForwardingDeadLetterQueue", "QueueName"]
+    }
