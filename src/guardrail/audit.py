@@ -13,13 +13,15 @@ session policy that leaves it only the three reads below, and checks:
   one is set, and nothing else (`TrustPolicyChanged`);
 - in every region but the stack's own account's home region (where the stack's own rules see the
   events), each forwarding rule `ec2-isolation-forward-{tag,tamper,guardrail}-<region>` exists
-  (`ForwardingRuleMissing`), is enabled (`ForwardingRuleDisabled`) and targets the stack's bus
-  (`ForwardingRuleRetargeted`).
+  (`ForwardingRuleMissing`), is enabled (`ForwardingRuleDisabled`), targets the stack's bus
+  (`ForwardingRuleRetargeted`) and matches what the stack's own rule of its kind matches (the same
+  pattern, read from this account: `ForwardingRulePatternChanged`; a narrowed pattern forwards
+  nothing).
 
 A role that cannot be assumed is `RoleNotAssumable`; a check that could not be made (the audit's read
 refused, throttled) is `AuditIncomplete`: what the audit cannot see is reported, never taken as clean.
-Each finding is a guardrail event (`guardrail.events`). What it does not check: the rules' patterns,
-the role's permission policies and boundary (the guardrail events report changes to them), and whether
+Each finding is a guardrail event (`guardrail.events`). What it does not check: the role's
+permission policies and boundary (the guardrail events report changes to them), and whether
 CloudTrail logs the calls at all (`StopLogging` and the like are guardrail events; a trail that never
 logged is not seen).
 """
@@ -81,6 +83,8 @@ class _Audit:
     run_id: str
     home_account: str
     home_region: str
+    #: The pattern each kind of forwarding rule must have (the stack's own rule's), when known.
+    patterns: dict[str, Any] = field(default_factory=dict)
 
     def finding(self, account: str, region: str, finding: str, resource: str, what: str) -> GuardrailEvent:
         return GuardrailEvent(
@@ -109,6 +113,7 @@ def run(
         run_id=f"audit-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now if now is not None else time.time()))}",
         home_account=arn[4],
         home_region=arn[3],
+        patterns=_stack_patterns(settings, events or same_account_client("events")),
     )
     found = set(settings.ALLOWED_ACCOUNT_IDS) or accounts.known(
         store_client or same_account_client("dynamodb"), settings.TABLE_NAME
@@ -169,8 +174,9 @@ def _account(audit: _Audit, account: str, regions: Iterable[str], assume: Sessio
             )
             continue
         for kind in FORWARDING_KINDS:
+            name = forwarding_rule_name(kind, region)
             found.extend(
-                _rule(audit, account, region, session.client("events"), forwarding_rule_name(kind, region))
+                _rule(audit, account, region, session.client("events"), name, audit.patterns.get(kind))
             )
     return found
 
@@ -256,7 +262,28 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _rule(audit: _Audit, account: str, region: str, events: Any, name: str) -> list[GuardrailEvent]:
+def _stack_patterns(settings: AuditSettings, events: Any) -> dict[str, Any]:
+    """The patterns of the stack's own default-bus rules, by kind (a rule that cannot be read: its kind
+    is not compared, and the log says why)."""
+    names = {
+        "tag": settings.TAG_RULE_NAME,
+        "tamper": settings.TAMPER_RULE_NAME,
+        "guardrail": settings.GUARDRAIL_RULE_NAME,
+    }
+    patterns = {}
+    for kind, name in names.items():
+        if not name:
+            continue
+        try:
+            patterns[kind] = json.loads(events.describe_rule(Name=name)["EventPattern"])
+        except (ClientError, BotoCoreError, KeyError, ValueError) as exc:
+            logger.error("the stack's own rule could not be read", extra={"rule": name, "problem": str(exc)})
+    return patterns
+
+
+def _rule(
+    audit: _Audit, account: str, region: str, events: Any, name: str, pattern: Any = None
+) -> list[GuardrailEvent]:
     resource = f"rule/{name}"
     try:
         rule = events.describe_rule(Name=name)
@@ -290,6 +317,16 @@ def _rule(audit: _Audit, account: str, region: str, events: Any, name: str) -> l
                 f"forwarding rule {name} is {rule.get('State')}",
             )
         )
+    if pattern is not None and _pattern(rule.get("EventPattern")) != pattern:
+        found.append(
+            audit.finding(
+                account,
+                region,
+                "ForwardingRulePatternChanged",
+                resource,
+                f"forwarding rule {name} matches {str(rule.get('EventPattern'))[:1500]}, not the stack's pattern",
+            )
+        )
     bus = audit.settings.EVENT_BUS_ARN
     if not any(target.get("Arn") == bus for target in targets):
         arns = ", ".join(str(t.get("Arn")) for t in targets) or "nothing"
@@ -303,3 +340,10 @@ def _rule(audit: _Audit, account: str, region: str, events: Any, name: str) -> l
             )
         )
     return found
+
+
+def _pattern(text: Any) -> Any:
+    try:
+        return json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None

@@ -128,6 +128,11 @@ class AuditSettings(GuardrailSettings):
     WORKER_ROLE_ARN: Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$")]
     #: The regions the member StackSet covers; empty: the stack's home region and us-east-1 (IAM's).
     AUDIT_REGIONS: RegionList = frozenset()
+    #: The stack's own default-bus rules whose patterns the member's forwarding rules repeat (tag,
+    #: tamper, guardrail): a forwarding rule whose pattern differs forwards something else.
+    TAG_RULE_NAME: str | None = None
+    TAMPER_RULE_NAME: str | None = None
+    GUARDRAIL_RULE_NAME: str | None = None
 
 
 def _environment() -> dict[str, str]:

@@ -39,6 +39,7 @@ WORKER_ACTIONS = {
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
     "dynamodb:Query",  # the tamper function's (it shares the role)
+    "events:DescribeRule",  # the forwarding audit's (it shares the role): the stack's own rules only
 }
 SWEEPER_ACTIONS = {
     "logs:CreateLogStream",
@@ -286,6 +287,12 @@ def test_worker_permissions_are_exactly_its_calls(transformed: dict[str, Any], h
                 {"Fn::GetAtt": ["IsolationQueue", "Arn"]},
                 {"Fn::GetAtt": ["TamperQueue", "Arn"]},
                 {"Fn::GetAtt": ["FollowUpQueue", "Arn"]},
+            ]
+        if "events:DescribeRule" in actions:  # the patterns the members' forwarding rules repeat
+            assert statement["Resource"] == [
+                {"Fn::GetAtt": ["TagChangeRule", "Arn"]},
+                {"Fn::GetAtt": ["TamperRule", "Arn"]},
+                {"Fn::GetAtt": ["GuardrailRule", "Arn"]},
             ]
         if "sqs:SendMessage" in actions:  # the hand-over to the follow-up phase, nothing else
             assert actions == {"sqs:SendMessage"}

@@ -212,7 +212,20 @@ def audited(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Any:
         ROOT / "iam-execution-role.yml",
         {"WorkerRoleArn": WORKER_ROLE_ARN, "CentralEventBusArn": bus_arn, "IamRegion": STACK_REGION},
     )
+    own_rules = {
+        kind: next(
+            r["Name"]
+            for r in boto3.client("events", region_name=STACK_REGION).list_rules()["Rules"]
+            if f"-{logical}-" in r["Name"]
+        )
+        for kind, logical in (
+            ("TAG", "TagChangeRule"),
+            ("TAMPER", "TamperRule"),
+            ("GUARDRAIL", "GuardrailRule"),
+        )
+    }
     for name, value in {
+        **{f"{kind}_RULE_NAME": rule for kind, rule in own_rules.items()},
         "EVENT_BUS_ARN": bus_arn,
         "WORKER_ROLE_ARN": WORKER_ROLE_ARN,
         "ALLOWED_ACCOUNT_IDS": MEMBER_ACCOUNT,
@@ -257,6 +270,14 @@ def test_a_retargeted_forwarding_rule_is_found(audited) -> None:
         ],
     )
     assert _audit() == [("ForwardingRuleRetargeted", f"rule/{name}")]
+
+
+def test_a_narrowed_forwarding_rule_is_found(audited) -> None:
+    # Given the member's tamper forwarding rule rewritten to match nothing the stack acts on (PutRule)
+    name = f"ec2-isolation-forward-tamper-{STACK_REGION}"
+    events = audited.client("events")
+    events.put_rule(Name=name, EventPattern=json.dumps({"source": ["aws.ec2"], "detail-type": ["nothing"]}))
+    assert _audit() == [("ForwardingRulePatternChanged", f"rule/{name}")]
 
 
 def test_a_deleted_forwarding_rule_is_found(audited) -> None:
@@ -310,3 +331,42 @@ def test_without_an_allow_list_the_accounts_the_worker_held_the_role_in_are_audi
     # Then the audit covers it
     audited.client("events").disable_rule(Name=f"ec2-isolation-forward-tag-{STACK_REGION}")
     assert [f for f, _ in _audit()] == ["ForwardingRuleDisabled"]
+
+
+def test_the_worker_notes_the_accounts_it_held_the_role_in(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from tests.conftest import MEMBER_REGION
+    from tests.integration.test_worker import isolate
+    from tests.support.aws import Member
+
+    from shared import aws
+
+    client = boto3.client("dynamodb", region_name=STACK_REGION)
+    accounts.forget_noted()
+    member = Member(MEMBER_ACCOUNT, MEMBER_REGION)
+    # Given an isolation in a member account, and a request naming an account whose role is refused
+    instance = member.instance(member.vpc())
+    assert isolate(stack, member, instance)["status"] == "ISOLATED"
+    real = aws.session_for_account
+
+    def refused(account_id: str, *args: Any, **kwargs: Any) -> Any:
+        if account_id == "999988887777":
+            raise PermanentError("RoleNotAssumable", "not trusted")  # moto trusts everyone: AWS's answer
+        return real(account_id, *args, **kwargs)
+
+    monkeypatch.setattr("worker.runner.session_for_account", refused)
+    stack.api(
+        "POST",
+        "/isolate",
+        body={"instance_id": "i-0123456789abcdef0", "account_id": "999988887777", "region": MEMBER_REGION},
+    )
+    stack.drain()
+    # Then the audit's list holds the account the worker held the role in, not the made-up one
+    deadline = time.monotonic() + 5
+    while MEMBER_ACCOUNT not in accounts.known(client, stack.table_name):
+        assert time.monotonic() < deadline, "the account was never noted"
+        time.sleep(0.05)
+    assert accounts.known(client, stack.table_name) == {MEMBER_ACCOUNT}
