@@ -3,7 +3,8 @@ the ingest handler.
 
 Each request becomes an API Gateway REST proxy (v1) event; the handler's proxy response becomes the
 HTTP answer. API Gateway's own answers are reproduced with the bodies the template's gateway responses
-give them (`{"message": ...}`):
+give them (`gateway_responses`: the API's one error shape, `{"message": ..., "errors": [...]}`; a server
+given none answers `{"message": ...}`, as API Gateway does without them):
 
 - a path/method that is not one of the template's routes, whatever the method (TRACE, CONNECT, made-up
   ones): 403 `Missing Authentication Token` (what API Gateway answers for an undefined resource or
@@ -32,7 +33,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -225,6 +226,38 @@ def _json_body(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload).encode("utf-8")
 
 
+# --- API Gateway's own answers: the template's gateway responses ---------------------------------------
+
+
+@dataclass(frozen=True)
+class GatewayResponse:
+    """One of the template's gateway responses: its status (None: the error's own) and JSON template."""
+
+    status: int | None
+    template: str
+
+    def render(self, *, message: str, response_type: str) -> dict[str, Any]:
+        """The body API Gateway answers: a gateway response template is not VTL, only `$context`
+        variables are substituted (`messageString` is the message quoted, `responseType` bare)."""
+        text = self.template.replace("$context.error.messageString", json.dumps(message))
+        return dict(json.loads(text.replace("$context.error.responseType", response_type)))
+
+
+def gateway_responses(template: Mapping[str, Any]) -> dict[str, GatewayResponse]:
+    """The gateway responses of the (SAM-transformed) template's REST API, by response type."""
+    found: dict[str, GatewayResponse] = {}
+    for resource in (template.get("Resources") or {}).values():
+        if resource.get("Type") != "AWS::ApiGateway::RestApi":
+            continue
+        body = (resource.get("Properties") or {}).get("Body") or {}
+        for kind, response in (body.get("x-amazon-apigateway-gateway-responses") or {}).items():
+            text = (response.get("responseTemplates") or {}).get("application/json")
+            if isinstance(text, str):
+                status = response.get("statusCode")
+                found[kind] = GatewayResponse(int(status) if status else None, text)
+    return found
+
+
 # --- the server -----------------------------------------------------------------------------------------
 
 _RAW_HEADERS = "ec2_isolation.raw_headers"  # the request's headers as sent: order, case and repeats kept
@@ -316,6 +349,8 @@ class ApiServer:
         self.stage = stage
         self.account_id = account_id
         self.openapi = openapi
+        #: The template's gateway responses (`gateway_responses`), once the stack has read it.
+        self.gateway_responses: Mapping[str, GatewayResponse] = {}
         # One execution environment: requests are read and answered concurrently, the handler runs one
         # at a time (Powertools' resolver keeps the current event on a module-level object, as Lambda
         # allows: one invocation per environment at a time).
@@ -354,6 +389,16 @@ class ApiServer:
 
     # --- one request ---
 
+    def _gateway(self, kind: str, status: int, message: str, *, close: bool = False) -> Response:
+        """API Gateway's own answer of type `kind` (status `status` unless its gateway response sets one),
+        with the body the template's gateway response for it (or the default one) gives."""
+        default = "DEFAULT_5XX" if status >= 500 else "DEFAULT_4XX"
+        response = self.gateway_responses.get(kind) or self.gateway_responses.get(default)
+        if response is None:
+            return gateway_response(status, {"message": message}, close=close)
+        payload = response.render(message=message, response_type=kind)
+        return gateway_response(response.status or status, payload, close=close)
+
     def _wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = _Request(environ)
         started = time.monotonic()
@@ -361,7 +406,7 @@ class ApiServer:
             response = self._answer(request)
         except Exception:  # never let client input take the server down
             log.exception("unexpected error serving %s %s", request.method, request.path)
-            response = gateway_response(502, {"message": "Internal server error"})
+            response = self._gateway("DEFAULT_5XX", 502, "Internal server error")
         log.info(
             "%s %s %s %.0fms",
             request.method,
@@ -381,13 +426,13 @@ class ApiServer:
 
     def _answer(self, request: Request) -> Response:
         if request.environ[_BAD_LENGTH]:
-            return gateway_response(400, {"message": "Bad Content-Length"}, close=True)
+            return self._gateway("BAD_REQUEST_BODY", 400, "Bad Content-Length", close=True)
         try:
             body = request.get_data(cache=False)
         except RequestEntityTooLarge:
-            return gateway_response(413, {"message": "Request Too Long"}, close=True)
+            return self._gateway("REQUEST_TOO_LARGE", 413, "Request Too Long", close=True)
         except (BadRequest, OSError):  # a malformed chunked body, a client gone mid-body
-            return gateway_response(400, {"message": "Bad request body"}, close=True)
+            return self._gateway("BAD_REQUEST_BODY", 400, "Bad request body", close=True)
 
         split = urlsplit(request.environ.get("RAW_URI") or request.full_path)
         raw_path = split.path or "/"
@@ -401,7 +446,7 @@ class ApiServer:
 
         match = match_route(self.routes, method, raw_path)
         if match is None:
-            return gateway_response(403, {"message": "Missing Authentication Token"})
+            return self._gateway("MISSING_AUTHENTICATION_TOKEN", 403, "Missing Authentication Token")
         problem = self._key_problem(request) if match.key_required else None
         if problem:
             return _forbidden(problem)
@@ -423,7 +468,7 @@ class ApiServer:
             status, headers, data = proxy_response(result)
         except Exception:
             log.exception("ingest handler failed on %s %s", method, match.resource)
-            return gateway_response(502, {"message": "Internal server error"})
+            return self._gateway("DEFAULT_5XX", 502, "Internal server error")
         if data and not any(name.lower() == "content-type" for name, _ in headers):
             headers.append(("Content-Type", "application/json"))
         headers.append(("x-amzn-RequestId", event["requestContext"]["requestId"]))

@@ -41,7 +41,7 @@ from local_stack.demo_org import DemoOrg, seed_demo
 from local_stack.embedded import EmbeddedAws, EnvironmentPatch, aws_environment, default_region
 from local_stack.environments import FunctionCode, InProcess, Processes, Runtime, Setup
 from local_stack.event_source import SqsEventSource
-from local_stack.http_api import ApiServer
+from local_stack.http_api import ApiServer, gateway_responses
 from local_stack.lambda_context import LambdaContext
 from local_stack.organization import member_session
 from local_stack.provision import FOLLOW_UP_QUEUE, QUEUE, Function, Provisioned, QueueSource, provision
@@ -221,6 +221,7 @@ class LocalStack:
 
         self.api.handler = self.ingest_handler
         self.api.routes = routes
+        self.api.gateway_responses = gateway_responses(self.template)
         self.api.account_id = self.account_id
         self.api.context_factory = lambda: self._context(ingest)
         self.event_sources = {

@@ -34,8 +34,9 @@ class FieldError(Model):
     """One thing wrong with the request."""
 
     field: str = Field(
-        description="What is at fault: a body field (`account_id`), a query parameter, the "
-        "`Idempotency-Key` header, or `body` for the request body as a whole"
+        description="What is at fault: a body field (`account_id`), a query parameter, a header "
+        "(`x-api-key`, `Idempotency-Key`), `isolation_id` for the path's id, `path` for the route, or "
+        "`body` for the request body as a whole"
     )
     type: str = Field(description="A stable, machine-readable name of the rule that was broken")
     message: str = Field(description="What is wrong and what is expected, for a person")
@@ -46,7 +47,8 @@ class ErrorBody(Model):
 
     message: str = Field(description="What went wrong, for a person")
     errors: list[FieldError] = Field(
-        default_factory=list, description="One entry per fault; absent when no input is at fault"
+        default_factory=list,
+        description="One entry per fault, every fault at once; in every 4xx, absent from a 503",
     )
 
     def dump(self) -> dict[str, Any]:

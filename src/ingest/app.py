@@ -29,11 +29,14 @@ from shared.store import IsolationStore
 #: The default page of GET /isolations without an instance.
 MAX_PAGE = 50
 
-#: Answers every route may give: API Gateway's for a missing or wrong key and for throttling, and a 503
-#: when AWS fails.
+#: Answers every route may give: API Gateway's for a missing or wrong key and for throttling, a 422 for a
+#: query parameter the route does not take, and a 503 when AWS fails.
 EVERY_ROUTE: dict[int, Answer] = {
     403: Answer("Missing or wrong API key, or no such route (API Gateway's answer)", ErrorBody),
-    429: Answer("Throttled by the API key's usage plan (API Gateway's answer: only `message`)", ErrorBody),
+    422: Answer(
+        "A query parameter the route does not take, or one given twice; each is named in `errors`", ErrorBody
+    ),
+    429: Answer("Throttled by the API key's usage plan (API Gateway's answer)", ErrorBody),
     503: Answer("AWS is unavailable; nothing was changed; retry the request", ErrorBody),
 }
 
@@ -116,6 +119,7 @@ ROUTES: tuple[Route, ...] = (
         summary="Isolate an EC2 instance",
         body=IsolationRequest,
         body_examples=(rules.EXAMPLE_REQUEST,),
+        body_rules=lambda body: service.region_faults(body, ingest_settings().EXTRA_REGIONS),
         headers=IsolateHeaders,
         answers={
             **EVERY_ROUTE,
@@ -127,14 +131,16 @@ ROUTES: tuple[Route, ...] = (
             ),
             400: Answer("The body is not UTF-8 JSON, has duplicate keys or nests too deep", ErrorBody),
             403: Answer(
-                "Missing or wrong API key (API Gateway's answer: only `message`), or `account_id` is not "
+                "Missing or wrong API key (API Gateway's answer), or `account_id` is not "
                 "in the allowed accounts",
                 ErrorBody,
             ),
             409: Answer("Idempotency-Key reused with a different body", ErrorBody),
             413: Answer("The body is larger than 10 KiB", ErrorBody),
             415: Answer("The content type is not JSON", ErrorBody),
-            422: Answer("A field breaks a rule; each is named in `errors`", ErrorBody),
+            422: Answer(
+                "A field breaks a rule, or a query parameter is given; each is named in `errors`", ErrorBody
+            ),
         },
     ),
     Route(
@@ -165,7 +171,9 @@ ROUTES: tuple[Route, ...] = (
             200: Answer("Isolation records, newest first (`next` only without `instance_id`)", IsolationPage),
             400: Answer("`next` is not a cursor this API answered", ErrorBody),
             422: Answer(
-                "A query parameter is malformed, or does not go with the others; named in `errors`", ErrorBody
+                "A query parameter is malformed, unknown, repeated, or does not go with the others; each "
+                "is named in `errors`",
+                ErrorBody,
             ),
         },
     ),
@@ -190,7 +198,7 @@ ROUTES: tuple[Route, ...] = (
             400: Answer("The body is not UTF-8 JSON, has duplicate keys or nests too deep", ErrorBody),
             403: Answer(
                 "Missing or wrong API key, or (deployed) a caller the API's resource policy does not "
-                "allow (API Gateway's answer: only `message`)",
+                "allow (API Gateway's answer)",
                 ErrorBody,
             ),
             404: Answer("No isolation has this id", ErrorBody),
@@ -201,7 +209,9 @@ ROUTES: tuple[Route, ...] = (
             ),
             413: Answer("The body is larger than 10 KiB", ErrorBody),
             415: Answer("The content type is not JSON", ErrorBody),
-            422: Answer("A field breaks a rule; each is named in `errors`", ErrorBody),
+            422: Answer(
+                "A field breaks a rule, or a query parameter is given; each is named in `errors`", ErrorBody
+            ),
         },
     ),
     Route("GET", "/console", status_page, documented=False),
@@ -225,11 +235,6 @@ def _unsupported_content_type(_: UnsupportedContentType) -> Response:
     return _error(415, message, FieldError(field="body", type="unsupported_content_type", message=message))
 
 
-def _unknown_region(exc: service.UnknownRegion) -> Response:
-    error = rules.unknown_region(exc.region)
-    return _error(422, rules.summary([error]), error)
-
-
 def _bad_cursor(exc: service.BadCursor) -> Response:
     return _error(400, exc.message, FieldError(field="next", type=exc.code, message=exc.message))
 
@@ -245,7 +250,17 @@ def _idempotency_conflict(exc: service.IdempotencyConflict) -> Response:
 
 
 def _not_found(_: RequestNotFound) -> Response:
-    return _error(404, "isolation not found")
+    message = "isolation not found"
+    return _error(
+        404, message, FieldError(field="isolation_id", type="not_found", message="no isolation has this id")
+    )
+
+
+def _no_route(event: dict[str, Any]) -> Response:
+    """Deployed, API Gateway answers an undefined route itself (403, its gateway response); the handler
+    sees one only when called some other way."""
+    message = f"no route {event.get('httpMethod')} {event.get('resource')}"
+    return _error(404, "Not found", FieldError(field="path", type="unknown_route", message=message))
 
 
 def _not_releasable(exc: service.NotReleasableNow) -> Response:
@@ -273,7 +288,6 @@ ERRORS: tuple[tuple[type[Exception], Callable[[Any], Response]], ...] = (
     (Invalid, _invalid),
     (BodyRejected, _body_rejected),
     (UnsupportedContentType, _unsupported_content_type),
-    (service.UnknownRegion, _unknown_region),
     (service.BadCursor, _bad_cursor),
     (service.AccountNotAllowed, _account_not_allowed),
     (service.IdempotencyConflict, _idempotency_conflict),
@@ -291,7 +305,7 @@ def handle(event: dict[str, Any]) -> Response:
         event = screen(event)
         route = find(ROUTES, event)
         if route is None:
-            return _error(404, "Not found")
+            return _no_route(event)
         return route.handler(read(route, event))
     except Exception as exc:
         for kind, answer in ERRORS:

@@ -23,7 +23,7 @@ class IsolateHeaders(Model):
 
 
 class ListQuery(Model):
-    """Query string of `GET /isolations` (other parameters are ignored, as API Gateway passes them)."""
+    """Query string of `GET /isolations`: the route takes these and no other (`ingest.routing`)."""
 
     model_config = ConfigDict(populate_by_name=True)
 

@@ -6,10 +6,17 @@ headers) and the answers it can give. `read` turns a proxy event into the route'
 raises `Invalid` with pydantic's errors, each located (`body`, `query`, `header`, `path`) the way
 `ingest.rules` tells them. This is all the routing a handler of five routes needs: no framework on the
 cold-start path (the OpenAPI machinery is imported only to write the document, never by the handler).
+
+Query strings are as strict as bodies, for every route by the same rule: a route takes exactly the
+parameters its `query` model declares (none without one), each once. A parameter it does not take is an
+`unknown_parameter` error (with the name it probably meant, when one is close), a repeated one a
+`repeated_parameter` error: a responder's script that misspells `instance_id` must not act on every
+instance's list, and `?status=FAILED&status=ISOLATED` must not quietly mean the last one.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -74,6 +81,10 @@ class Route:
     #: False: a request without a body is read as an empty object (every field optional).
     body_required: bool = True
     body_examples: tuple[Mapping[str, Any], ...] = ()
+    #: Rules on the body beyond its model's that need the deployment (the regions it admits): run on the
+    #: parsed body with the model, so that every fault is listed at once. pydantic-shaped errors.
+    body_rules: Callable[[Mapping[str, Any]], list[dict[str, Any]]] | None = None
+    #: The query string's parameters; a route without one takes none.
     query: type[BaseModel] | None = None
     headers: type[BaseModel] | None = None
     #: Path parameters and what they are.
@@ -108,8 +119,10 @@ def read(route: Route, event: Mapping[str, Any]) -> Request:
         if body is None and not route.body_required:
             body = {}
         inputs["body"] = _validated(route.body, body, "body", errors)
+        if route.body_rules is not None and isinstance(body, Mapping):
+            errors.extend({**error, "loc": ("body", *error["loc"])} for error in route.body_rules(body))
+    query = _query(route, event, errors)
     if route.query is not None:
-        query = dict(event.get("queryStringParameters") or {})
         inputs["query"] = _validated(route.query, query, "query", errors)
     if route.headers is not None:
         inputs["headers"] = _validated(route.headers, _headers(route.headers, event), "header", errors)
@@ -124,6 +137,68 @@ def _body(event: Mapping[str, Any]) -> Any:
         raise UnsupportedContentType(content_type)
     text = event.get("body")
     return None if text is None else parse(text)
+
+
+def parameters(route: Route) -> dict[str, str]:
+    """The query parameters `route` takes, by the name a caller uses, each with the name the model
+    gives it in code (`next` is `cursor`)."""
+    if route.query is None:
+        return {}
+    return {info.alias or name: name for name, info in route.query.model_fields.items()}
+
+
+def _query(route: Route, event: Mapping[str, Any], errors: list[dict[str, Any]]) -> dict[str, str]:
+    """The query parameters the route takes, each given once; an error for every other one.
+
+    API Gateway passes both maps: `queryStringParameters` keeps the last value of a repeated name,
+    `multiValueQueryStringParameters` every value (an event without it is read from the first)."""
+    single = event.get("queryStringParameters") or {}
+    multi = event.get("multiValueQueryStringParameters") or {name: [value] for name, value in single.items()}
+    taken = parameters(route)
+    query: dict[str, str] = {}
+    for name, values in multi.items():
+        if name not in taken:
+            errors.append(_unknown_parameter(route, name, taken))
+        elif isinstance(values, list) and len(values) > 1:
+            errors.append(
+                {
+                    "type": "repeated_parameter",
+                    "loc": ("query", name),
+                    "msg": f"{name} is given {len(values)} times: give it once",
+                }
+            )
+        elif name in single:
+            query[name] = single[name]
+    return query
+
+
+def _unknown_parameter(route: Route, name: str, taken: Mapping[str, str]) -> dict[str, Any]:
+    where = f"{route.method} {route.resource}"
+    if not taken:
+        return {
+            "type": "unknown_parameter",
+            "loc": ("query", name),
+            "msg": f"{json.dumps(name)} is not a query parameter: {where} takes none",
+        }
+    meant = _closest(name, taken)
+    hint = f"; did you mean {json.dumps(meant)}?" if meant else ""
+    return {
+        "type": "unknown_parameter",
+        "loc": ("query", name),
+        "msg": f"{json.dumps(name)} is not a query parameter of {where} (it takes {', '.join(taken)}){hint}",
+        "ctx": {"meant": meant} if meant else {},
+    }
+
+
+def _closest(name: str, taken: Mapping[str, str]) -> str | None:
+    """The parameter `name` was probably meant as: the same but for case, the name the code gives it
+    (`cursor` for `next`), or the closest spelling."""
+    folded = name.strip().lower()
+    for given, in_code in taken.items():
+        if folded in (given.lower(), in_code.lower()):
+            return given
+    close = difflib.get_close_matches(folded, [given.lower() for given in taken], n=1, cutoff=0.6)
+    return next((given for given in taken if close and given.lower() == close[0]), None)
 
 
 def _validated(model: type[BaseModel], value: Any, where: str, errors: list[dict[str, Any]]) -> Any:

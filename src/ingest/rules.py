@@ -41,13 +41,19 @@ EXAMPLE_REQUEST = {
 
 _WHERE = ("body", "query", "path", "header")
 
+#: Error types whose message the router already wrote for a person (it knows the route's parameters).
+TOLD = frozenset({"unknown_parameter", "repeated_parameter"})
+
 
 def field_name(loc: Sequence[Any]) -> str:
     """The name the caller uses for the input at `loc` (pydantic's location of the error)."""
-    names = [part for part in loc if isinstance(part, str) and part not in _WHERE]
-    if names and loc[0] == "header" and names[0].lower() == IDEMPOTENCY_KEY.lower():
+    where = loc[0] if loc and loc[0] in _WHERE else "body"
+    # Only the first part says where: a body field or query parameter may be named `query` or `body`.
+    names = [part for part in loc[1 if loc and loc[0] in _WHERE else 0 :] if isinstance(part, str)]
+    if names and where == "header" and names[0].lower() == IDEMPOTENCY_KEY.lower():
         return IDEMPOTENCY_KEY  # header names are case-insensitive; tell it as it is documented
-    return ".".join(names) or "body"  # a key "" is a fault of the body: no field has that name
+    # A name "" is a fault of the body (or of the query string) as a whole: no input has that name.
+    return ".".join(names) or ("query" if where == "query" else "body")
 
 
 def field_error(error: dict[str, Any]) -> FieldError:
@@ -55,7 +61,11 @@ def field_error(error: dict[str, Any]) -> FieldError:
     loc = error.get("loc") or ("body",)
     field = field_name(loc)
     kind = str(error.get("type", ""))
-    if kind == "missing":
+    if kind in TOLD:
+        message = str(error["msg"])
+    elif kind == "unknown_region":
+        return unknown_region(str(error.get("input")))
+    elif kind == "missing":
         message = f"{field} is required: {EXPECTED[field]}" if field in EXPECTED else f"{field} is required"
     elif kind == "extra_forbidden":
         message = f"{json.dumps(loc[-1])} is not a field of this request"

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from shared.config import IngestSettings
 from shared.errors import IsolationError, RequestNotFound
 from shared.models import (
     ISOLATION_ID_PATTERN,
+    REGION_PATTERN,
     Accepted,
     ErrorInfo,
     IsolationRecord,
@@ -51,12 +53,16 @@ from shared.store import (
 )
 
 _ISOLATION_ID = re.compile(ISOLATION_ID_PATTERN)
+_REGION = re.compile(REGION_PATTERN)
 
 
-class UnknownRegion(IsolationError):
-    def __init__(self, region: str) -> None:
-        super().__init__("UnknownRegion", f"{region!r} is not a region of the partition")
-        self.region = region
+def region_faults(body: Mapping[str, Any], extra_regions: frozenset[str]) -> list[dict[str, Any]]:
+    """The request's region, when it has a region's form, must be one of the partition's (or one the
+    deployment admits): checked with the body's other rules, so that every fault is listed at once."""
+    region = body.get("region")
+    if isinstance(region, str) and _REGION.fullmatch(region) and not known_region(region, extra_regions):
+        return [{"type": "unknown_region", "loc": ("region",), "input": region}]
+    return []
 
 
 class AccountNotAllowed(IsolationError):
@@ -105,8 +111,6 @@ def accept(
     sqs: Any,
     idempotency_key: str | None = None,
 ) -> Answer:
-    if not known_region(request.region, settings.EXTRA_REGIONS):
-        raise UnknownRegion(request.region)
     if not settings.account_allowed(request.account_id):
         raise AccountNotAllowed(request.account_id)
 

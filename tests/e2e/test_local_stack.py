@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventMo
 
 from local_stack.environments import Processes
 from local_stack.event_source import SqsEventSource
-from local_stack.http_api import ApiServer
+from local_stack.http_api import ApiServer, gateway_responses
 from local_stack.provision import provision
 from local_stack.stack import STACK_NAME, LocalStack
 from tests.infra.resolver import event_pattern, resolve
@@ -492,5 +492,49 @@ def test_a_missing_or_wrong_key_is_named(
     assert _status_and_json(raw) == (
         403,
         {"message": message, "errors": [{"field": "x-api-key", "type": problem, "message": message}]},
+    )
+    assert events == []
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "kind", "status"),
+    [
+        (b"GET /admin HTTP/1.1\r\nContent-Length: 0\r\n\r\n", "MISSING_AUTHENTICATION_TOKEN", 403),
+        (
+            b"DELETE /isolate HTTP/1.1\r\nx-api-key: k\r\nContent-Length: 0\r\n\r\n",
+            "MISSING_AUTHENTICATION_TOKEN",
+            403,
+        ),
+        (
+            b"POST /isolate HTTP/1.1\r\nx-api-key: k\r\nContent-Length: 20000000\r\n\r\n",
+            "REQUEST_TOO_LARGE",
+            413,
+        ),
+    ],
+    ids=["unknown-route", "unknown-method", "too-large"],
+)
+def test_api_gateways_own_answers_are_the_templates_gateway_responses(
+    api: tuple[ApiServer, list[dict[str, Any]]], request_bytes: bytes, kind: str, status: int
+) -> None:
+    # Given the local API Gateway with the template's gateway responses (as `serve` sets them)
+    server, events = api
+    from local_stack.stack import project_root
+    from local_stack.templates import load_template, sam_transform
+
+    responses = gateway_responses(sam_transform(load_template(project_root() / "template.yaml")))
+    server.gateway_responses = responses
+
+    # When a request API Gateway answers itself is sent
+    answered, body = _status_and_json(_raw(server, request_bytes))
+
+    # Then the answer is the template's, in the API's one error shape, and the function never ran
+    expected = responses[kind]
+    assert answered == status == expected.status
+    message = "Missing Authentication Token" if status == 403 else "Request Too Long"
+    assert body == expected.render(message=message, response_type=kind)
+    assert (
+        body["message"]
+        and body["errors"]
+        and all(set(e) == {"field", "type", "message"} for e in body["errors"])
     )
     assert events == []

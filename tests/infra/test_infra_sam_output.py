@@ -915,3 +915,39 @@ def test_the_forwarding_audit_runs_on_its_schedule(deployed) -> None:
     variables = resources["AuditFunction"]["Properties"]["Environment"]["Variables"]
     assert variables["AUDIT_REGIONS"] == "eu-west-1,us-east-1"
     assert variables["WORKER_ROLE_ARN"] == {"Fn::GetAtt": ["WorkerFunctionRole", "Arn"]}
+
+
+#: API Gateway's own answers a client meets, with the status each must have (docs/api.md).
+GATEWAY_ANSWERS = {
+    "INVALID_API_KEY": 403,
+    "MISSING_AUTHENTICATION_TOKEN": 403,
+    "ACCESS_DENIED": 403,
+    "REQUEST_TOO_LARGE": 413,
+    "THROTTLED": 429,
+    # Every other 4xx of API Gateway's (a bad signature, an expired token, a quota...): its own status
+    "DEFAULT_4XX": None,
+}
+
+
+@pytest.mark.parametrize(("kind", "status"), GATEWAY_ANSWERS.items())
+def test_every_4xx_of_api_gateway_has_the_apis_one_error_shape(
+    transformed: dict[str, Any], kind: str, status: int | None
+) -> None:
+    # Given the API's gateway responses, as API Gateway substitutes their $context variables (the
+    # message comes quoted; the response type bare)
+    (api,) = _of_type(transformed, "AWS::ApiGateway::RestApi").values()
+    response = api["Properties"]["Body"]["x-amazon-apigateway-gateway-responses"][kind]
+    text = response["responseTemplates"]["application/json"]
+    rendered = text.replace("$context.error.messageString", json.dumps('Forbidden "quoted"\\ text'))
+    rendered = rendered.replace("$context.error.responseType", "INVALID_SIGNATURE")
+
+    # Then the answer has its status, is JSON and has the shape every error of the API has: a message,
+    # and each fault with its field, a stable type and a message
+    assert (int(response["statusCode"]) if "statusCode" in response else None) == status
+    assert response["responseParameters"] == {"gatewayresponse.header.Content-Type": "'application/json'"}
+    body = json.loads(rendered)
+    assert set(body) == {"message", "errors"} and isinstance(body["message"], str) and body["message"]
+    assert body["errors"] and all(set(error) == {"field", "type", "message"} for error in body["errors"])
+    assert all(isinstance(value, str) and value for error in body["errors"] for value in error.values())
+    # And no $context variable is left unsubstituted (a typo in a variable's name stays as text)
+    assert "$" not in rendered

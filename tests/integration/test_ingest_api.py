@@ -743,9 +743,9 @@ def test_get_of_an_unknown_or_malformed_id_is_a_404(stack: Stack, isolation_id: 
     # When an id that is not a known record is read
     status, body = stack.api("GET", f"/isolations/{isolation_id}")
 
-    # Then 404 JSON with a message
-    assert status == 404, body
-    assert isinstance(body["message"], str) and body["message"]
+    # Then 404 in the API's one error shape, naming the id
+    assert_client_error(status, body, 404, "isolation_id")
+    assert body["errors"][0]["type"] == "not_found"
 
 
 def test_path_traversal_is_a_404(stack: Stack) -> None:
@@ -771,9 +771,12 @@ def test_other_kinds_of_item_are_never_readable_as_records(stack: Stack) -> None
     for pk in (slot, key, slot.replace("#", "%23"), key.replace("#", "%23"), "instance#", "idempotency#"):
         status, body = stack.api("GET", f"/isolations/{pk}")
 
-        # Then each is a 404, never the item
+        # Then each is a 404, never the item: the error names the id and nothing of the item
         assert status == 404, (pk, body)
-        assert set(body) == {"message"}, (pk, body)
+        assert body == {
+            "message": "isolation not found",
+            "errors": [{"field": "isolation_id", "type": "not_found", "message": "no isolation has this id"}],
+        }, (pk, body)
 
 
 # --- GET /isolations?instance_id=... ---------------------------------------------------------------
@@ -881,9 +884,8 @@ def test_unknown_route_is_a_404_json(stack: Stack, method: str, path: str) -> No
     # When a route it does not serve is called
     status, body = stack.api(method, path)
 
-    # Then 404 JSON, and nothing happened
-    assert status == 404, body
-    assert isinstance(body["message"], str)
+    # Then 404 in the API's one error shape, and nothing happened
+    assert_client_error(status, body, 404, "path")
     assert_nothing_happened(stack)
 
 

@@ -37,12 +37,13 @@ def api_event(
     *,
     body: str | bytes | dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
-    query: dict[str, str] | None = None,
+    query: dict[str, str] | list[tuple[str, str]] | None = None,
     user_arn: str | None = None,
 ) -> dict[str, Any]:
     """An API Gateway REST API proxy event, built as the local stack builds it for a request (an
     undefined route keeps its path as the resource, so that the handler's own 404 can be checked).
-    `user_arn`: the caller's IAM ARN, as API Gateway fills it in for a SigV4-signed (AWS_IAM) request."""
+    `query`: a dict, or pairs to repeat a name. `user_arn`: the caller's IAM ARN, as API Gateway fills it
+    in for a SigV4-signed (AWS_IAM) request."""
     data = (
         json.dumps(body).encode()
         if isinstance(body, dict)
