@@ -264,6 +264,9 @@ def test_a_finding_naming_another_accounts_instance_isolates_only_its_own(
     assert member.account_id in refused["error"]["message"]
     assert other_member.account_id in refused["error"]["message"]
     assert refused["account_id"] == other_member.account_id and refused["steps"] == []
+    # And each record's outcome is published, the refusal's as FAILED
+    outcomes = {e["detail"]["isolation_id"]: e["detail"]["status"] for e in stack.outcomes()}
+    assert outcomes == {record["isolation_id"]: "ISOLATED", refused["isolation_id"]: "FAILED"}
     assert other_member.isolation_groups(other_vpc.id) == []
     assert other_member.profile_of(foreign) != (
         f"arn:aws:iam::{other_member.account_id}:instance-profile/{ISOLATION_NAME}"
