@@ -21,12 +21,10 @@ import boto3
 from local_stack.member_role import deploy_member_role
 from local_stack.organization import (
     MEMBER_ACCOUNT_NAMES,
-    WORKER_ROLE_NAME,
     accounts_by_name,
     member_accounts,
     member_session,
     organization,
-    worker_role,
 )
 from local_stack.workloads import INSTANCES, DemoInstance, InstanceSpec, described, workloads
 
@@ -64,6 +62,7 @@ def seed_demo(
     region: str,
     execution_template: Path,
     target_role_name: str,
+    worker_role_arn: str,
     external_id: str | None = None,
     base: boto3.Session | None = None,
     account_names: Sequence[str] = MEMBER_ACCOUNT_NAMES,
@@ -71,6 +70,7 @@ def seed_demo(
 ) -> DemoOrg:
     """Create the demo organization (or find the one already there) in the endpoint.
 
+    `worker_role_arn`: the stack's worker role, the principal every member's execution role trusts.
     `account_names` and `instances` default to the demo's two accounts of six instances each; a larger
     organization (the chaos test's) names more accounts and instances (every account gets them all).
     """
@@ -78,7 +78,6 @@ def seed_demo(
     security_account = str(base.client("sts", region_name=region).get_caller_identity()["Account"])
     org = base.client("organizations", region_name=region)
     organization_id = organization(org)
-    worker_role_arn = worker_role(base.client("iam", region_name=region))
     # The named IAM resources in this region (a StackSet's IamRegion): the demo has one region.
     parameters = {"WorkerRoleArn": worker_role_arn, "RoleName": target_role_name, "IamRegion": region}
     if external_id:
@@ -107,5 +106,10 @@ def find_demo(*, region: str, target_role_name: str, base: boto3.Session | None 
         vpcs = {spec.vpc: i.vpc_id for i in instances for spec in INSTANCES if spec.label == i.label}
         role_arn = f"arn:aws:iam::{account_id}:role/{target_role_name}"
         accounts.append(DemoAccount(name, account_id, role_arn, vpcs, instances))
-    worker_role_arn = f"arn:aws:iam::{security_account}:role/{WORKER_ROLE_NAME}"
+    trust = (
+        member_session(accounts[0].account_id, region, base=base)
+        .client("iam")
+        .get_role(RoleName=target_role_name)["Role"]["AssumeRolePolicyDocument"]
+    )
+    worker_role_arn = str(trust["Statement"][0]["Principal"]["AWS"])
     return DemoOrg(organization_id, security_account, region, worker_role_arn, accounts)

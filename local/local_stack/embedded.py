@@ -15,7 +15,13 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from local_stack.trust import refuse_untrusted_assume_role
+
+log = logging.getLogger("local_stack.embedded")
+
 DEFAULT_REGION = "eu-west-1"
+#: moto does not expire credentials; a function's session lasts as long as a local stack runs.
+_FUNCTION_SESSION_SECONDS = 12 * 3600
 _FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
@@ -49,6 +55,9 @@ class EmbeddedAws:
         # changed size during iteration"); AWS makes each request atomic. The worker's environments
         # call it concurrently.
         self._restore.append(one_request_at_a_time(DynamoHandler))
+        # moto gap: any caller assumes any role ARN, existing or not; STS refuses (local_stack.trust).
+        self._restore.append(refuse_untrusted_assume_role())
+        self._restore.append(unimplemented_actions_logged_in_one_line())
         server = ThreadedMotoServer(ip_address=self.host, port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
@@ -60,6 +69,27 @@ class EmbeddedAws:
         with urllib.request.urlopen(reset, timeout=30):  # noqa: S310 - our own loopback server
             pass
         return self.endpoint
+
+    def role_credentials(self, role_arn: str, session_name: str) -> dict[str, str]:
+        """A session of `role_arn` as Lambda starts one for a function's execution role (the service
+        assumes it: no caller's trust to check), as the environment variables Lambda sets."""
+        from moto.sts.models import sts_backends
+
+        account_id = role_arn.split(":")[4]
+        backend: Any = sts_backends[account_id]["aws"]  # moto's annotations want strings for the Nones
+        session = backend.assume_role(
+            region_name=default_region(),
+            role_session_name=session_name[:64],
+            role_arn=role_arn,
+            policy=None,
+            duration=_FUNCTION_SESSION_SECONDS,
+            external_id=None,
+        )
+        return {
+            "AWS_ACCESS_KEY_ID": session.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": session.secret_access_key,
+            "AWS_SESSION_TOKEN": session.session_token,
+        }
 
     def stop(self) -> None:
         if self._server is not None:
@@ -91,6 +121,43 @@ def one_request_at_a_time(handler: type) -> Callable[[], None]:
 
     def restore() -> None:
         handler.call_action = original  # type: ignore[attr-defined]
+
+    return restore
+
+
+#: What the service makes of an action moto does not implement, for the one line that says so.
+_UNIMPLEMENTED_MEANS = {
+    "iam:SimulatePrincipalPolicy": "a dry run records the steps it checks with it as unverified",
+}
+
+
+def unimplemented_actions_logged_in_one_line() -> Callable[[], None]:
+    """An action moto does not implement is answered as before (HTTP 500, a body botocore cannot
+    parse) but logged in one line naming it, not with the server's traceback. Returns what puts it
+    back."""
+    from moto.core.responses import BaseResponse
+    from werkzeug.exceptions import InternalServerError
+
+    original = BaseResponse.__dict__["call_action"]
+
+    @functools.wraps(original)
+    def call_action(self: Any) -> Any:
+        try:
+            return original(self)
+        except NotImplementedError as exc:
+            action = f"{self.service_name}:{self._get_action()}"
+            means = _UNIMPLEMENTED_MEANS.get(action)
+            log.warning(
+                "embedded AWS (moto) does not implement %s: answered HTTP 500%s",
+                action,
+                f" ({means})" if means else "",
+            )
+            raise InternalServerError(description=f"moto does not implement {action}") from exc
+
+    BaseResponse.call_action = call_action  # type: ignore[method-assign]
+
+    def restore() -> None:
+        BaseResponse.call_action = original  # type: ignore[method-assign]
 
     return restore
 

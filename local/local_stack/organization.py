@@ -1,9 +1,9 @@
-"""The demo organization's accounts: the organization itself, its member accounts, sessions in them,
-and the local worker's role in the stack's own (security) account, which member accounts trust."""
+"""The demo organization's accounts: the organization itself, its member accounts and sessions in them
+(through the role Organizations creates in each account it creates, which trusts the management
+account)."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -13,13 +13,12 @@ from botocore.exceptions import ClientError
 
 from shared.errors import error_code
 
-WORKER_ROLE_NAME = "ec2-isolation-worker-local"
 MEMBER_ACCOUNT_NAMES = ("demo-workloads-a", "demo-workloads-b")
 ACCESS_ROLE = "OrganizationAccountAccessRole"
 
 
 def member_session(account_id: str, region: str, *, base: boto3.Session | None = None) -> boto3.Session:
-    """A session in a member account (moto lets the caller assume any role of any account)."""
+    """A session in a member account, as its organization's management account (the stack's)."""
     sts = (base or boto3.Session()).client("sts", region_name=region)
     credentials = sts.assume_role(
         RoleArn=f"arn:aws:iam::{account_id}:role/{ACCESS_ROLE}", RoleSessionName="ec2-isolation-seed"
@@ -69,20 +68,3 @@ def member_accounts(org: Any, names: Sequence[str] = MEMBER_ACCOUNT_NAMES) -> li
             existing[name] = status["AccountId"]
         members.append((name, existing[name]))
     return members
-
-
-def worker_role(iam: Any) -> str:
-    """The local worker's role in the security account: what member accounts trust."""
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-        ],
-    }
-    try:
-        role = iam.create_role(RoleName=WORKER_ROLE_NAME, AssumeRolePolicyDocument=json.dumps(trust))
-    except ClientError as exc:
-        if error_code(exc) != "EntityAlreadyExists":
-            raise
-        role = iam.get_role(RoleName=WORKER_ROLE_NAME)
-    return str(role["Role"]["Arn"])

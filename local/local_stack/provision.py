@@ -76,6 +76,8 @@ class Function:
     timeout_seconds: float
     memory_mb: int
     environment: dict[str, str]
+    #: The ARN of its execution role as the stack created it (None: not deployed here).
+    role_arn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,12 @@ class Provisioned:
         """The function behind the API, and its routes (the template has one API, one function)."""
         ((function, routes),) = self.routes.items()
         return self.functions[function], routes
+
+    @property
+    def worker_role_arn(self) -> str | None:
+        """The role of the isolation queue's function: the one member accounts trust (template.yaml's
+        output WorkerRoleArn)."""
+        return self.consumer(QUEUE)[0].role_arn
 
     def consumer(self, queue: str) -> tuple[Function, QueueSource]:
         """The function invoked with batches of `queue`, and its event source."""
@@ -332,6 +340,8 @@ def _function_settings(template: dict[str, Any]) -> dict[str, Any]:
         settings[f"{prefix}:handler"] = props["Handler"]
         settings[f"{prefix}:timeout"] = props.get("Timeout", 3)
         settings[f"{prefix}:memory"] = props.get("MemorySize", 128)
+        if "Role" in props:
+            settings[f"{prefix}:role"] = props["Role"]
         for name, value in ((props.get("Environment") or {}).get("Variables") or {}).items():
             settings[f"{prefix}:env:{name}"] = value
     for logical_id, resource in template["Resources"].items():
@@ -371,6 +381,7 @@ def _functions(template: dict[str, Any], values: dict[str, str]) -> dict[str, Fu
             timeout_seconds=float(values[f"{prefix}:timeout"]),
             memory_mb=int(values[f"{prefix}:memory"]),
             environment=environment,
+            role_arn=values.get(f"{prefix}:role"),
         )
     return functions
 

@@ -16,6 +16,11 @@ too. The ingest handler runs in this process, behind the HTTP API, and is the on
 module state (settings, clients, logger keys) is shared between functions or environments.
 `environments="thread"` runs every function in this process, one invocation at a time: for tests that
 inject faults or crashes in-process.
+
+On embedded AWS each function runs as its execution role as the stack created it (a session of the
+role in the function's environment variables, as Lambda gives it), so a member account's execution role
+trusts the worker's role as deployed and moto's STS refuses everyone else (`local_stack.trust`). With
+`environments="thread"` the process has one identity: the worker's role.
 """
 
 from __future__ import annotations
@@ -153,6 +158,7 @@ class LocalStack:
         self._embedded: EmbeddedAws | None = None
         self._env = EnvironmentPatch()
         self._sessions: dict[str, boto3.Session] = {}
+        self._logger_levels: list[tuple[logging.Logger, int]] = []
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -207,14 +213,21 @@ class LocalStack:
         self.provisioned = provision(
             self.template, client=self.client, parameters=overrides, stack_name=STACK_NAME
         )
+        worker_role_arn = self.provisioned.worker_role_arn
+        if self.in_process and self._embedded is not None and worker_role_arn:
+            # One process, one identity: the functions that assume member roles (the worker's role).
+            self._env.set(self._embedded.role_credentials(worker_role_arn, "ec2-isolation-local"))
         ingest, routes = self.provisioned.api()
         self._configure_functions(ingest)
 
         if self.seed:
+            if not worker_role_arn:
+                raise RuntimeError("template.yaml's worker function has no role the stack created")
             self.demo = seed_demo(
                 region=self.region,
                 execution_template=self.execution_template_path,
                 target_role_name=self.provisioned.parameters["TargetRoleName"],
+                worker_role_arn=worker_role_arn,
                 external_id=self.provisioned.parameters.get("ExternalId") or None,
                 **self.demo_options,
             )
@@ -254,6 +267,9 @@ class LocalStack:
             # The function's own variables as this process has them (the user's overrides included);
             # the rest of the environment (the AWS endpoint) is inherited.
             environment = {name: os.environ.get(name, value) for name, value in function.environment.items()}
+            if self._embedded is not None and function.role_arn:
+                # As in Lambda, the function runs as its execution role (member roles trust the worker's).
+                environment |= self._embedded.role_credentials(function.role_arn, function.name)
             runtime = Processes(
                 FunctionCode(function.handler, environment=environment, setups=self.setups), limit=limit
             )
@@ -315,6 +331,13 @@ class LocalStack:
         self._env.set(self.extra_environment)
         self._reset_handler_caches()
         self.ingest_handler = _handler(ingest)
+        # Lambda reads the log level when the function's environment starts; here the ingest's logger may
+        # have been created (by an earlier import) before this environment was set.
+        service, level = os.environ.get("POWERTOOLS_SERVICE_NAME"), os.environ.get("POWERTOOLS_LOG_LEVEL")
+        if service and level:
+            function_logger = logging.getLogger(service)
+            self._logger_levels.append((function_logger, function_logger.level))
+            function_logger.setLevel(level.upper())
 
     @staticmethod
     def _reset_handler_caches() -> None:
@@ -351,6 +374,9 @@ class LocalStack:
             self._embedded.stop()
             self._embedded = None
         self._env.restore()
+        while self._logger_levels:
+            function_logger, level = self._logger_levels.pop()
+            function_logger.setLevel(level)
         self._sessions.clear()
         with contextlib.suppress(ImportError):  # src/ not importable: nothing was cached
             self._reset_handler_caches()
