@@ -1,4 +1,5 @@
-"""`ec2-isolation`: the local stack, and the responders' client (`local_stack.client`).
+"""`ec2-isolation`: the responders' client (`local_stack.client`) of a deployed or local API, and the
+local stack.
 
 ec2-isolation serve [--host 127.0.0.1] [--port 8080] [--aws-endpoint URL] [--api-key KEY]
                     [--target-role-name NAME] [--allowed-accounts ID,ID] [--seed-demo]
@@ -9,6 +10,7 @@ ec2-isolation isolate|status|list|watch|release ... [--api URL] [--api-key KEY] 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import re
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from local_stack.demo_org import DemoOrg
 
 log = logging.getLogger("local_stack")
+#: The top-level modules of pyproject's `local` extra: the local stack's, not the client's.
+LOCAL_EXTRA = frozenset({"moto", "werkzeug", "samtranslator", "cfnlint", "flask", "yaml"})
 
 
 def _accounts(value: str) -> list[str]:
@@ -56,7 +60,18 @@ def _positive(value: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
-        prog="ec2-isolation", description="ec2-isolation's local stack: the service on a local AWS endpoint."
+        prog="ec2-isolation",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"""\
+ec2-isolation's command, in two roles:
+
+  the responders' client of an ec2-isolation API, deployed (the stack's ApiUrl output) or local
+  (`make run`): every command below but serve and demo; give --api URL and --api-key KEY
+  (or {client.API_ENV} and {client.KEY_ENV});
+
+  the local stack: the whole service on embedded AWS, no AWS account needed: serve (the API and
+  the worker, what `make run` starts) and demo (the whole story in one command, `make demo`).""",
+        epilog="`ec2-isolation COMMAND --help` for a command's options.",
     )
     commands = root.add_subparsers(dest="command", metavar="{serve,demo,isolate,status,list,watch,release}")
 
@@ -141,7 +156,12 @@ def serve(args: argparse.Namespace) -> int:
     try:
         stack.start()
     except OSError as exc:
-        print(f"ec2-isolation: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        hint = (
+            f": port {args.port} is taken; choose another with --port N (`make run PORT=N`), or 0 for any free port"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
+        print(f"ec2-isolation: cannot serve on {args.host}:{args.port}: {exc}{hint}", file=sys.stderr)
         return 1
     except Exception as exc:
         log.debug("start failed", exc_info=True)
@@ -232,12 +252,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("botocore").setLevel(logging.WARNING)
-    if args.command == "serve":
-        return serve(args)
     if args.command in client.COMMANDS:
         return client.main(args)
-    from local_stack.demo import run_demo
-
+    try:
+        if args.command == "serve":
+            return serve(args)
+        from local_stack.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in LOCAL_EXTRA:
+            raise
+        print(
+            f"ec2-isolation {args.command}: the local stack needs the project's `local` extra "
+            f"(missing {exc.name}): in a clone, `make install`; or pip install '.[local]'",
+            file=sys.stderr,
+        )
+        return 2
     return run_demo()
 
 

@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from shared.models import seconds_between
+from shared.models import StepStatus, seconds_between
 
 API_ENV = "EC2_ISOLATION_API"
 KEY_ENV = "EC2_ISOLATION_API_KEY"
@@ -37,6 +37,8 @@ ENDED_AS_ASKED = frozenset({"ISOLATED", "CHECKED", "RELEASED"})
 ENDED_OTHERWISE = frozenset({"FAILED", "SKIPPED", "RELEASE_FAILED"})
 POLL_SECONDS = 1.0
 RELEASED = frozenset({"RELEASED"})
+#: A release that ended (RELEASING is still running).
+RELEASE_ENDED = frozenset({"RELEASED", "RELEASE_FAILED"})
 COMMANDS = ("isolate", "status", "list", "watch", "release")
 
 
@@ -135,8 +137,19 @@ def _records_table(records: list[dict[str, Any]]) -> str:
     return _table(header, rows) if rows else "no isolation"
 
 
+#: Every step outcome in one column width (`unverified` is the longest).
+_STATUS_WIDTH = max(len(status) for status in StepStatus)
+
+
 def _step_line(step: dict[str, Any]) -> str:
-    return f"{step['at']}  {step['status']:<8} {step['name']}: {step['detail']}"
+    return f"{step['at']}  {step['status']:<{_STATUS_WIDTH}} {step['name']}: {step['detail']}"
+
+
+def _steps_text(steps: list[dict[str, Any]], *, ended: bool, indent: str = "") -> list[str]:
+    """The steps, one line each; when there are none, whether any may still come."""
+    if steps:
+        return [f"{indent}steps:", *(f"{indent}  {_step_line(step)}" for step in steps)]
+    return [f"{indent}steps: none" if ended else f"{indent}steps: none yet"]
 
 
 def _release_steps(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -167,9 +180,8 @@ def _release_text(record: dict[str, Any]) -> list[str]:
         lines.append(f"  reason: {release['reason']}")
     if release.get("error"):
         lines.append(f"  error: {release['error']['code']}: {release['error']['message']}")
-    steps = _release_steps(record)
-    lines += ["  steps:", *(f"    {_step_line(step)}" for step in steps)] if steps else ["  steps: none yet"]
-    return lines
+    ended = record["status"] in RELEASE_ENDED
+    return lines + _steps_text(_release_steps(record), ended=ended, indent="  ")
 
 
 def _record_text(record: dict[str, Any]) -> str:
@@ -183,11 +195,8 @@ def _record_text(record: dict[str, Any]) -> str:
         lines.append(f"reason: {record['reason']}")
     if record.get("error"):
         lines.append(f"error: {record['error']['code']}: {record['error']['message']}")
-    lines += (
-        ["steps:", *(f"  {_step_line(step)}" for step in record.get("steps") or [])]
-        if record.get("steps")
-        else ["steps: none yet"]
-    )
+    ended = record["status"] in ENDED_AS_ASKED | ENDED_OTHERWISE
+    lines += _steps_text(list(record.get("steps") or []), ended=ended)
     return "\n".join(lines + _release_text(record))
 
 
@@ -364,6 +373,14 @@ def main(args: argparse.Namespace) -> int:
     if not args.api or not args.api_key:
         print(
             f"ec2-isolation {args.command}: give --api and --api-key (or {API_ENV}, {KEY_ENV})",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.api.lower().startswith(("http://", "https://")):
+        print(
+            f"ec2-isolation {args.command}: the API's URL needs http:// or https:// "
+            f"(got {args.api!r}: for example http://{args.api} for `make run`, or the deployed stack's "
+            "https:// URL)",
             file=sys.stderr,
         )
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -228,6 +229,24 @@ def test_openapi_document_is_served(server: Server) -> None:
     assert status == 200
     assert document["openapi"].startswith("3.")
     assert {"/isolate", "/isolations", "/isolations/{isolation_id}"} <= set(document["paths"])
+
+
+def test_a_port_in_use_says_how_to_choose_another() -> None:
+    # Given a port something else listens on
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        # When the local stack is served there
+        served = Served("--host", "127.0.0.1", "--port", str(port))
+        code = served.process.wait(60)
+        served.stop()
+
+    # Then it exits 1 at once, saying how to pick another port
+    output = "\n".join(served.lines)
+    assert code == 1, output
+    assert f"port {port} is taken" in output and "--port N" in output and "make run PORT=N" in output
 
 
 def test_sigterm_stops_cleanly(server: Server) -> None:

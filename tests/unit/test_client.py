@@ -294,3 +294,54 @@ def test_status_shows_the_release_part_of_a_record(fake_api: Callable[..., FakeA
 )
 def test_a_deployed_api_is_known_by_its_execute_api_address(url: str, region: str | None) -> None:
     assert deployed_region(url) == region
+
+
+def test_an_api_url_without_a_scheme_exits_2_saying_it_needs_one(capsys: pytest.CaptureFixture[str]) -> None:
+    # When a responder gives the API as host:port
+    status = cli.main(["list", "--api", "127.0.0.1:8080", "--api-key", "k"])
+
+    # Then it exits 2 saying the URL needs http:// or https://, with the URL it would be
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "needs http:// or https://" in err and "http://127.0.0.1:8080" in err
+
+
+def test_help_describes_the_client_and_the_local_stack(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "client of an ec2-isolation API, deployed" in text and "--api URL and --api-key KEY" in text
+    assert "the local stack: the whole service on embedded AWS" in text
+
+
+def test_a_record_that_ended_with_no_step_does_not_promise_steps(fake_api: Callable[..., FakeApi]) -> None:
+    # Given a record that failed before its first step (the role could not be assumed)
+    failed = _record("FAILED") | {
+        "steps": [],
+        "contained_at": None,
+        "error": {"code": "RoleNotAssumable", "message": "cannot assume"},
+    }
+    fake_api({("GET", f"/isolations/{ISOLATION}"): [failed]})
+
+    # When its status is shown
+    status, out = run("status", ISOLATION, "--api", LOCAL, "--api-key", "k")
+
+    # Then it says there are no steps, not that some are to come
+    assert status == 1
+    assert "steps: none\n" in out and "none yet" not in out and "RoleNotAssumable" in out
+
+
+def test_step_columns_line_up_whatever_the_outcome(fake_api: Callable[..., FakeApi]) -> None:
+    # Given a dry run whose steps have every outcome, `unverified` the longest
+    steps = [
+        {"name": f"step-{status}", "status": status, "detail": "d", "at": "2026-11-29T10:00:00.400Z"}
+        for status in ("would", "unverified", "already", "skipped", "failed", "done")
+    ]
+    fake_api({("GET", f"/isolations/{ISOLATION}"): [_record("CHECKED") | {"steps": steps, "dry_run": True}]})
+
+    # When its status is shown
+    _, out = run("status", ISOLATION, "--api", LOCAL, "--api-key", "k")
+
+    # Then every step's name starts in the same column
+    columns = {line.index("step-") for line in out.splitlines() if "step-" in line}
+    assert len(columns) == 1, out
