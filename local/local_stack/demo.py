@@ -44,7 +44,6 @@ from shared.models import seconds_between
 DEMO_ENVIRONMENT = {"POWERTOOLS_LOG_LEVEL": "ERROR", "POWERTOOLS_METRICS_DISABLED": "true"}
 WAIT_SECONDS = 45
 ISOLATION_ENDED = ("ISOLATED", "FAILED", "SKIPPED")
-RELEASE_ENDED = ("RELEASED", "RELEASE_FAILED")
 
 
 def _steps(record: dict[str, Any]) -> str:
@@ -229,6 +228,8 @@ def run_demo() -> int:
             f"({time.monotonic() - started:.1f} s in all)",
             flush=True,
         )
+    print()
+    print(KEEP_GOING, flush=True)
     return 0 if isolated and released_ok else 1
 
 
@@ -251,7 +252,7 @@ def _release(stack: Any, record: dict[str, Any]) -> dict[str, Any]:
     deadline = time.monotonic() + WAIT_SECONDS
     while True:
         status, record = stack.request("GET", f"/isolations/{isolation_id}")
-        if record.get("status") in RELEASE_ENDED or time.monotonic() > deadline:
+        if record.get("status") in client.RELEASE_ENDED or time.monotonic() > deadline:
             return dict(record)
         time.sleep(0.25)
 
@@ -286,16 +287,24 @@ def _tamper_repair(stack: Any, instance: Any, deadline: float) -> dict[str, Any]
 
 
 def _show_with_the_client(api_url: str, api_key: str, isolation_ids: list[Any]) -> None:
-    """The client commands that show the demo's isolations, run here, with what they print."""
-    arguments = ["--api", api_url, "--api-key", api_key]
-    commands = [["list", *arguments]]
-    commands += [
-        ["status", str(isolation_id), *arguments] for isolation_id in isolation_ids[:1] if isolation_id
-    ]
+    """The client commands that show the demo's isolations, run here against the demo's stack (its
+    URL and key given as the environment would give them), with what they print."""
+    commands = [["list"], *(["status", str(i)] for i in isolation_ids[:1] if i)]
+    print()
+    print("what the responders' client shows (run here, against the demo's own stack):")
     for command in commands:
         print()
         print("$ ec2-isolation " + " ".join(command))
-        client.run(cli.parser().parse_args(command))
+        client.run(cli.parser().parse_args([*command, "--api", api_url, "--api-key", api_key]))
+
+
+#: How to go on once the demo's stack has stopped.
+KEEP_GOING = f"""\
+The demo's stack stops with it. To keep one up and try the client yourself:
+  make run                  (the same demo organization; it prints its URL and API key; PORT=N for another port)
+  export {client.API_ENV}=http://127.0.0.1:8080 {client.KEY_ENV}=<the key it prints>
+  ec2-isolation list
+  ec2-isolation isolate INSTANCE_ID --account ACCOUNT_ID --region eu-west-1 --wait"""
 
 
 if __name__ == "__main__":  # pragma: no cover

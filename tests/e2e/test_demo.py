@@ -42,3 +42,10 @@ def test_demo_isolates_four_ways() -> None:
     assert f"release: {rows['webhook'][2]} is as it was before its isolation" in done.stdout
     assert "release: requested" in done.stdout
     assert "all five isolated, one released" in done.stdout
+    # And it reads as a story: no raw log line of the functions in it
+    raw = [line for line in output.splitlines() if line.lstrip().startswith("{")]
+    assert not raw, raw
+    # And it ends with commands that work once it stopped: keep a stack up with `make run`
+    closing = done.stdout[done.stdout.index("all five isolated") :]
+    assert "make run" in closing and "ec2-isolation list" in closing, closing
+    assert "--api http://127.0.0.1:" not in done.stdout  # no command naming the demo's stopped stack
