@@ -179,7 +179,7 @@ class Stack:
         from ingest.app import lambda_handler
 
         response = lambda_handler(api_event(method, path, **kwargs), lambda_context())
-        return response["statusCode"], json.loads(response["body"])
+        return response["statusCode"], json.loads(response["body"]) if response["body"] else {}
 
     def receive(self, *, wait: bool = False, follow_up: bool = False) -> list[dict[str, Any]]:
         return self.sqs.receive_message(
@@ -300,6 +300,7 @@ def build_stack(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch, **env
                 "QUEUE_URL",
                 "FOLLOW_UP_QUEUE_URL",
                 "TARGET_ROLE_NAME",
+                "EXEMPTION_TABLE_NAME",
                 "MAX_RECEIVE_COUNT",
                 "TAMPER_DEAD_LETTER_QUEUE_URL",
             )

@@ -180,9 +180,14 @@ def serve(args: argparse.Namespace) -> int:
         print(f"api key: {stack.api_key}" if not args.api_key else "api key: as given by --api-key")
         for route in stack.api.routes if stack.api is not None else ():
             if route.signed:
+                principals = (
+                    "ExemptionPrincipalArns"
+                    if route.resource.startswith("/exemptions")
+                    else "ReleasePrincipalArns"
+                )
                 print(
                     f"{route.method} {route.resource}: checks the API key only here; deployed it also "
-                    "needs IAM authorization (SigV4) by a principal of ReleasePrincipalArns"
+                    f"needs IAM authorization (SigV4) by a principal of {principals}"
                 )
         if stack.demo is not None:
             print(demo_summary(stack.demo, api_url=stack.api_url, api_key=stack.api_key))

@@ -231,6 +231,7 @@ class LocalStack:
                 external_id=self.provisioned.parameters.get("ExternalId") or None,
                 **self.demo_options,
             )
+            self._exempt_demo_instances()
 
         self.api.handler = self.ingest_handler
         self.api.routes = routes
@@ -316,6 +317,37 @@ class LocalStack:
             account_id=self.account_id,
             memory_limit_in_mb=function.memory_mb,
         )
+
+    def _exempt_demo_instances(self) -> None:
+        """The demo's exempt instances get their exemption in the stack's exemption table, as
+        POST /exemptions creates it (its event too): nothing on an instance exempts it."""
+        from datetime import timedelta
+
+        from ingest import exemptions
+        from shared.config import ingest_settings
+        from shared.exemptions import ExemptionRequest
+        from shared.models import iso8601, utcnow
+        from shared.store.exemptions import ExemptionStore
+
+        assert self.demo is not None
+        settings = ingest_settings()
+        store = ExemptionStore(settings.EXEMPTION_TABLE_NAME, client=self.client("dynamodb"))
+        for instance in (instance for instance in self.demo.instances if instance.exempt):
+            request = ExemptionRequest(
+                account_id=instance.account_id,
+                instance_id=instance.instance_id,
+                reason="demo: a workload the security team chose to leave to its owners",
+                expires_at=iso8601(utcnow() + timedelta(days=30)),
+                requested_by="ec2-isolation serve --seed-demo",
+            )
+            with contextlib.suppress(exemptions.ExemptAlready):  # an endpoint seeded before
+                exemptions.create(
+                    request,
+                    caller_arn=None,
+                    store=store,
+                    events=self.client("events"),
+                    bus=settings.EVENT_BUS_NAME,
+                )
 
     @staticmethod
     def _not_ready(event: dict[str, Any], context: Any) -> Any:

@@ -1,7 +1,8 @@
 """The demo's workloads in a member account: an application instance profile with an S3 policy, two
 VPCs (a plain IPv4 one and one with an Amazon-provided IPv6 block) with security groups open to 22/443,
 and instances with two network interfaces each: with and without a profile, one in the IPv6 VPC, one
-tagged `ec2-isolation:exempt=true`, one in an Auto Scaling group behind a classic load balancer and a
+exempt (the stack exempts it in its own table, `local_stack.stack`: nothing on the instance says so),
+one in an Auto Scaling group behind a classic load balancer and a
 target group (shutdown behaviour `terminate`, a second EBS volume, the profile its siblings share).
 `described` finds them again (by their tag)."""
 
@@ -16,12 +17,10 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from shared import models
 from shared.errors import error_code
 from worker.steps.instance_profile import EC2_TRUST_POLICY
 
 DEMO_TAG = "ec2-isolation-demo"  # value: the instance's label
-EXEMPT_TAG = models.EXEMPT_TAG
 APP_PROFILE = "demo-app"
 
 
@@ -30,6 +29,7 @@ class InstanceSpec:
     label: str
     vpc: str  # "main" (IPv4) or "ipv6"
     profile: bool = True
+    #: Exempt from trigger-started isolations (an exemption the stack creates, never a tag).
     exempt: bool = False
     #: In the account's Auto Scaling group, behind its classic load balancer and target group, with
     #: shutdown behaviour `terminate` and a second EBS volume: what isolation must keep from destroying it.
@@ -174,8 +174,6 @@ def _launch(ec2: Any, spec: InstanceSpec, network: dict[str, Any], image_id: str
             interface["Ipv6AddressCount"] = 1
         interfaces.append(interface)
     tags = {"Name": f"demo-{spec.label}", DEMO_TAG: spec.label}
-    if spec.exempt:
-        tags[EXEMPT_TAG] = "true"
     request: dict[str, Any] = {
         "ImageId": image_id,
         "MinCount": 1,
@@ -232,6 +230,7 @@ def described(
             {"Name": "instance-state-name", "Values": ["running", "pending", "stopped"]},
         ]
     )
+    exempt = {spec.label for spec in specs if spec.exempt}
     found = []
     for page in pages:
         for reservation in page["Reservations"]:
@@ -252,7 +251,7 @@ def described(
                             {group["GroupId"] for eni in interfaces for group in eni.get("Groups", [])}
                         ),
                         instance_profile_arn=(instance.get("IamInstanceProfile") or {}).get("Arn"),
-                        exempt=tags.get(EXEMPT_TAG) == "true",
+                        exempt=tags[DEMO_TAG] in exempt,
                     )
                 )
     order = [spec.label for spec in specs]

@@ -1,8 +1,9 @@
 """The bodies the API answers with, as models: the code builds them and the OpenAPI document shows them.
 
 Success bodies are `shared.models.Accepted` (POST /isolate), `shared.models.IsolationRecord`
-(GET /isolations/{isolation_id}), `IsolationList` (GET /isolations?instance_id=...) and `IsolationPage`
-(GET /isolations). Every other answer is an `ErrorBody`.
+(GET /isolations/{isolation_id}), `IsolationList` (GET /isolations?instance_id=...), `IsolationPage`
+(GET /isolations), `shared.exemptions.Exemption` (POST /exemptions) and `ExemptionList`
+(GET /exemptions). Every other answer is an `ErrorBody`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from pydantic import Field
 
+from shared.exemptions import Exemption
 from shared.lifecycle import Status
 from shared.models import IsolationRecord, Model
 
@@ -65,3 +67,15 @@ class ReleaseRefused(ErrorBody):
     in_flight: str | None = Field(
         default=None, description="An isolation (or release) of the instance in flight: wait for it to end"
     )
+
+
+class ExemptionList(Model):
+    """Answer of `GET /exemptions`: the active exemptions (expired and deleted ones are not listed)."""
+
+    items: list[Exemption] = Field(description="The active exemptions, the soonest to expire first")
+
+
+class ExemptionRefused(ErrorBody):
+    """A second exemption of an instance refused (409): the active one names it."""
+
+    exemption_id: str = Field(description="The instance's active exemption (delete it to replace it)")

@@ -1,5 +1,6 @@
 """API Lambda: routes only. POST /isolate, GET /isolations/{isolation_id}, GET /isolations,
-POST /isolations/{isolation_id}/release.
+POST /isolations/{isolation_id}/release, POST /exemptions, GET /exemptions,
+DELETE /exemptions/{exemption_id}.
 
 Every answer is JSON; every client error is a 4xx naming the field. API Gateway checks the API key
 before this runs (the local stack does the same in front of it).
@@ -13,18 +14,28 @@ from typing import Any
 from aws_lambda_powertools.logging import correlation_paths
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ingest import console, rules, service
-from ingest.answers import ErrorBody, FieldError, IsolationList, IsolationPage, ReleaseRefused
+from ingest import console, exemptions, rules, service
+from ingest.answers import (
+    ErrorBody,
+    ExemptionList,
+    ExemptionRefused,
+    FieldError,
+    IsolationList,
+    IsolationPage,
+    ReleaseRefused,
+)
 from ingest.body_guard import BodyRejected, screen
-from ingest.inputs import IsolateHeaders, ListQuery
+from ingest.inputs import ExemptionQuery, IsolateHeaders, ListQuery
 from ingest.routing import Answer, Invalid, Request, Response, Route, UnsupportedContentType, find, read
 from shared.ahead_of_time import prepare_ahead_of_time
 from shared.aws import same_account_client
 from shared.config import ingest_settings
 from shared.errors import RequestNotFound
+from shared.exemptions import Exemption, ExemptionRequest
 from shared.models import Accepted, IsolationRecord, IsolationRequest, ReleaseRequest
 from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
+from shared.store.exemptions import ExemptionStore
 
 #: The default page of GET /isolations without an instance.
 MAX_PAGE = 50
@@ -86,15 +97,56 @@ def list_isolations(request: Request) -> Response:
     return Response.json(200, IsolationPage(items=records, next=next_cursor).model_dump(mode="json"))
 
 
+def _caller_arn(request: Request) -> str | None:
+    """The caller's IAM ARN: deployed, API Gateway has checked the SigV4 signature (AWS_IAM) of the
+    routes that need it and names the caller here; locally (the key only) there is none."""
+    identity = (request.event.get("requestContext") or {}).get("identity") or {}
+    return identity.get("userArn") or None
+
+
+def _exemption_store() -> ExemptionStore:
+    return ExemptionStore(ingest_settings().EXEMPTION_TABLE_NAME, client=same_account_client("dynamodb"))
+
+
+def create_exemption(request: Request) -> Response:
+    body: ExemptionRequest = request.body
+    logger.append_keys(instance_id=body.instance_id, account_id=body.account_id)
+    created = exemptions.create(
+        body,
+        caller_arn=_caller_arn(request),
+        store=_exemption_store(),
+        events=same_account_client("events"),
+        bus=ingest_settings().EVENT_BUS_NAME,
+    )
+    return Response.json(201, created.model_dump(mode="json"))
+
+
+def list_exemptions(request: Request) -> Response:
+    query: ExemptionQuery = request.query
+    found = exemptions.active(query.account_id, store=_exemption_store())
+    return Response.json(200, ExemptionList(items=found).model_dump(mode="json"))
+
+
+def delete_exemption(request: Request) -> Response:
+    exemption_id = request.path["exemption_id"]
+    logger.append_keys(exemption_id=exemption_id)
+    exemptions.delete(
+        exemption_id,
+        caller=_caller_arn(request),
+        store=_exemption_store(),
+        events=same_account_client("events"),
+        bus=ingest_settings().EVENT_BUS_NAME,
+    )
+    return Response(204, "")
+
+
 def release_isolation(request: Request) -> Response:
     isolation_id = request.path["isolation_id"]
     logger.append_keys(isolation_id=isolation_id)
-    # Deployed, API Gateway has checked the SigV4 signature (AWS_IAM) and names the caller here.
-    identity = (request.event.get("requestContext") or {}).get("identity") or {}
     answer = service.release(
         isolation_id,
         request.body,
-        caller_arn=identity.get("userArn") or None,
+        caller_arn=_caller_arn(request),
         settings=ingest_settings(),
         store=_store(),
         sqs=same_account_client("sqs"),
@@ -214,6 +266,71 @@ ROUTES: tuple[Route, ...] = (
             ),
         },
     ),
+    Route(
+        "POST",
+        "/exemptions",
+        create_exemption,
+        summary="Exempt an instance from trigger-started isolations until a time",
+        description=(
+            "GuardDuty findings, `isolate=true` tags and Security Hub actions leave the instance alone "
+            "until `expires_at` (their records end SKIPPED, naming the exemption); a webhook request and "
+            "a tamper repair still isolate it. At most one active exemption per instance. Deployed, this "
+            "route also needs IAM authorization (SigV4) by a principal the stack's "
+            "`ExemptionPrincipalArns` names; `requested_by` is then the caller's IAM ARN."
+        ),
+        body=ExemptionRequest,
+        body_examples=(rules.EXAMPLE_EXEMPTION,),
+        expected=rules.EXEMPTION_EXPECTED,
+        answers={
+            **EVERY_ROUTE,
+            201: Answer("Created: the instance's active exemption", Exemption),
+            400: Answer("The body is not UTF-8 JSON, has duplicate keys or nests too deep", ErrorBody),
+            403: Answer(
+                "Missing or wrong API key, or (deployed) a caller the API's resource policy does not "
+                "allow (API Gateway's answer: only `message`)",
+                ErrorBody,
+            ),
+            409: Answer("The instance has an active exemption: `exemption_id` names it", ExemptionRefused),
+            413: Answer("The body is larger than 10 KiB", ErrorBody),
+            415: Answer("The content type is not JSON", ErrorBody),
+            422: Answer("A field breaks a rule; each is named in `errors`", ErrorBody),
+        },
+    ),
+    Route(
+        "GET",
+        "/exemptions",
+        list_exemptions,
+        summary="The active exemptions",
+        description="Expired and deleted exemptions are not listed (they are kept: a SKIPPED record names its own).",
+        query=ExemptionQuery,
+        answers={
+            **EVERY_ROUTE,
+            200: Answer("The active exemptions, the soonest to expire first", ExemptionList),
+            422: Answer("A query parameter is malformed or unknown; named in `errors`", ErrorBody),
+        },
+    ),
+    Route(
+        "DELETE",
+        "/exemptions/{exemption_id}",
+        delete_exemption,
+        summary="End an exemption now",
+        description=(
+            "Triggers isolate the instance again from now on. The exemption is kept, with who deleted it "
+            "and when; deleting it again changes nothing. Deployed, this route also needs IAM "
+            "authorization (SigV4) by a principal the stack's `ExemptionPrincipalArns` names."
+        ),
+        path={"exemption_id": "The id POST /exemptions answered"},
+        answers={
+            **EVERY_ROUTE,
+            204: Answer("Deleted (or deleted already)", None),
+            403: Answer(
+                "Missing or wrong API key, or (deployed) a caller the API's resource policy does not "
+                "allow (API Gateway's answer: only `message`)",
+                ErrorBody,
+            ),
+            404: Answer("No exemption has this id", ErrorBody),
+        },
+    ),
     Route("GET", "/console", status_page, documented=False),
 )
 
@@ -222,7 +339,7 @@ ROUTES: tuple[Route, ...] = (
 
 
 def _invalid(exc: Invalid) -> Response:
-    errors = [rules.field_error(error) for error in exc.errors]
+    errors = [rules.field_error(error, exc.expected) for error in exc.errors]
     return _error(422, rules.summary(errors), *errors)
 
 
@@ -274,6 +391,19 @@ def _not_releasable(exc: service.NotReleasableNow) -> Response:
     return Response.json(409, refused.dump())
 
 
+def _exemption_not_found(_: exemptions.ExemptionNotFound) -> Response:
+    return _error(404, "exemption not found")
+
+
+def _exempt_already(exc: exemptions.ExemptAlready) -> Response:
+    refused = ExemptionRefused(
+        message=exc.message,
+        errors=[FieldError(field="instance_id", type=exc.code, message=exc.message)],
+        exemption_id=exc.exemption.exemption_id,
+    )
+    return Response.json(409, refused.dump())
+
+
 def _enqueue_failed(exc: service.EnqueueFailed) -> Response:
     return _error(503, exc.message)
 
@@ -293,6 +423,8 @@ ERRORS: tuple[tuple[type[Exception], Callable[[Any], Response]], ...] = (
     (service.IdempotencyConflict, _idempotency_conflict),
     (RequestNotFound, _not_found),
     (service.NotReleasableNow, _not_releasable),
+    (exemptions.ExemptionNotFound, _exemption_not_found),
+    (exemptions.ExemptAlready, _exempt_already),
     (service.EnqueueFailed, _enqueue_failed),
     (ClientError, _aws_unavailable),
     (BotoCoreError, _aws_unavailable),

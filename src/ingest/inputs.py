@@ -42,3 +42,13 @@ class ListQuery(Model):
     cursor: Annotated[str, Field(max_length=512)] | None = Field(
         default=None, alias="next", description=rules.EXPECTED["next"]
     )
+
+
+class ExemptionQuery(Model):
+    """Query string of `GET /exemptions`. Unknown parameters are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: Annotated[str, Field(pattern=ACCOUNT_ID_PATTERN)] | None = Field(
+        default=None, description="Only the exemptions of this account"
+    )

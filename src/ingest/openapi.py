@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from ingest.app import ROUTES
-from ingest.routing import Route
+from ingest.routing import Answer, Route
 
 API_KEY_HEADER = "x-api-key"
 REF = "#/components/schemas/{model}"
@@ -38,7 +38,10 @@ def document() -> str:
         (route.body, "validation") for route in routes if route.body is not None
     }
     answers: set[tuple[type[BaseModel], JsonSchemaMode]] = {
-        (answer.model, "serialization") for route in routes for answer in route.answers.values()
+        (answer.model, "serialization")
+        for route in routes
+        for answer in route.answers.values()
+        if answer.model is not None
     }
     models = sorted(bodies | answers, key=lambda pair: pair[0].__name__)
     _, components = models_json_schema(models, ref_template=REF)
@@ -83,14 +86,17 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
             "required": route.body_required,
             "content": {"application/json": {"schema": schema}},
         }
-    operation["responses"] = {
-        str(code): {
-            "description": answer.description,
-            "content": {"application/json": {"schema": {"$ref": REF.format(model=answer.model.__name__)}}},
-        }
-        for code, answer in sorted(route.answers.items())
-    }
+    operation["responses"] = {str(code): _response(answer) for code, answer in sorted(route.answers.items())}
     return operation
+
+
+def _response(answer: Answer) -> dict[str, Any]:
+    if answer.model is None:  # no body (204)
+        return {"description": answer.description}
+    return {
+        "description": answer.description,
+        "content": {"application/json": {"schema": {"$ref": REF.format(model=answer.model.__name__)}}},
+    }
 
 
 def _parameters(model: type[BaseModel], where: str, schemas: dict[str, Any]) -> list[dict[str, Any]]:

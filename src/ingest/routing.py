@@ -32,7 +32,8 @@ class Answer:
     """One status a route can answer, and the model of its body."""
 
     description: str
-    model: type[BaseModel]
+    #: None: the answer has no body (204).
+    model: type[BaseModel] | None
 
 
 @dataclass(frozen=True)
@@ -91,14 +92,18 @@ class Route:
     path: Mapping[str, str] = field(default_factory=dict)
     #: In the OpenAPI document (the status page is not part of the API).
     documented: bool = True
+    #: What an input of this route must be, where it differs from `ingest.rules.EXPECTED`.
+    expected: Mapping[str, str] = field(default_factory=dict)
 
 
 class Invalid(Exception):
-    """Inputs that break the route's models: pydantic's errors, located."""
+    """Inputs that break the route's models: pydantic's errors, located, and what the route's inputs
+    must be where it differs from the usual (`Route.expected`)."""
 
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
+    def __init__(self, errors: list[dict[str, Any]], expected: Mapping[str, str] | None = None) -> None:
         super().__init__(f"{len(errors)} invalid input(s)")
         self.errors = errors
+        self.expected = dict(expected or {})
 
 
 class UnsupportedContentType(Exception):
@@ -127,7 +132,7 @@ def read(route: Route, event: Mapping[str, Any]) -> Request:
     if route.headers is not None:
         inputs["headers"] = _validated(route.headers, _headers(route.headers, event), "header", errors)
     if errors:
-        raise Invalid(errors)
+        raise Invalid(errors, route.expected)
     return Request(**inputs)
 
 

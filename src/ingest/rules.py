@@ -7,10 +7,11 @@ that an account id is a string of 12 digits.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ingest.answers import FieldError
+from shared.exemptions import MAX_DAYS
 from shared.lifecycle import Status
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
@@ -28,6 +29,16 @@ EXPECTED = {
     "limit": "a whole number from 1 to 100",
     "next": "the cursor a previous page answered, passed back unchanged",
     "body": "a JSON object",
+}
+
+#: Where the exemption routes' inputs differ from `EXPECTED`.
+EXEMPTION_EXPECTED = {
+    "reason": "a string of 1 to 1024 characters (why triggers must leave the instance alone)",
+    "expires_at": (
+        f'an ISO-8601 UTC time such as "2026-01-31T18:00:00Z", in the future and at most {MAX_DAYS} days '
+        "ahead"
+    ),
+    "exemption_id": 'the id POST /exemptions answered, "exm-" and 32 hexadecimal digits',
 }
 
 #: A request that follows every rule (the OpenAPI document shows it).
@@ -56,21 +67,23 @@ def field_name(loc: Sequence[Any]) -> str:
     return ".".join(names) or ("query" if where == "query" else "body")
 
 
-def field_error(error: dict[str, Any]) -> FieldError:
-    """One pydantic validation error as the API reports it."""
+def field_error(error: dict[str, Any], expected: Mapping[str, str] | None = None) -> FieldError:
+    """One pydantic validation error as the API reports it (`expected`: the route's own rules, where they
+    differ from `EXPECTED`)."""
     loc = error.get("loc") or ("body",)
     field = field_name(loc)
     kind = str(error.get("type", ""))
+    rules = {**EXPECTED, **(expected or {})}
     if kind in TOLD:
         message = str(error["msg"])
     elif kind == "unknown_region":
         return unknown_region(str(error.get("input")))
     elif kind == "missing":
-        message = f"{field} is required: {EXPECTED[field]}" if field in EXPECTED else f"{field} is required"
+        message = f"{field} is required: {rules[field]}" if field in rules else f"{field} is required"
     elif kind == "extra_forbidden":
         message = f"{json.dumps(loc[-1])} is not a field of this request"
-    elif field in EXPECTED:
-        message = f"{field} must be {EXPECTED[field]}"
+    elif field in rules:
+        message = f"{field} must be {rules[field]}"
     else:
         message = str(error.get("msg", ""))
     return FieldError(field=field, type=kind, message=message)
@@ -86,3 +99,13 @@ def unknown_region(region: str) -> FieldError:
 
 def summary(errors: Iterable[FieldError]) -> str:
     return "invalid request: " + ", ".join(sorted({error.field for error in errors}))
+
+
+#: An exemption that follows every rule (the OpenAPI document shows it).
+EXAMPLE_EXEMPTION = {
+    "account_id": "111122223333",
+    "instance_id": "i-0123456789abcdef0",
+    "reason": "Red-team exercise on the payments canary, change CHG-1234",
+    "expires_at": "2026-01-31T18:00:00Z",
+    "requested_by": "soc-oncall@example.com",
+}

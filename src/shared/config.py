@@ -55,6 +55,8 @@ class CommonSettings(Model):
 
 class IngestSettings(CommonSettings):
     QUEUE_URL: Annotated[str, Field(min_length=1)]
+    #: The table of exemptions (`shared.store.exemptions`).
+    EXEMPTION_TABLE_NAME: Annotated[str, Field(min_length=1)]
     IDEMPOTENCY_TTL_SECONDS: Annotated[int, Field(gt=0)] = 86400
 
 
@@ -63,6 +65,8 @@ class WorkerSettings(CommonSettings):
     #: Where the containment hands each isolation over to its follow-up phase.
     FOLLOW_UP_QUEUE_URL: Annotated[str, Field(min_length=1)]
     TARGET_ROLE_NAME: Annotated[str, Field(min_length=1)]
+    #: The table of exemptions: a trigger for an instance with an active one there is SKIPPED.
+    EXEMPTION_TABLE_NAME: Annotated[str, Field(min_length=1)]
     EXTERNAL_ID: str | None = None
     #: The queue's redrive maxReceiveCount: on that receive a retryable failure ends the record FAILED.
     MAX_RECEIVE_COUNT: Annotated[int, Field(ge=1)] = 5

@@ -27,8 +27,6 @@ Region = Annotated[str, StringConstraints(pattern=REGION_PATTERN)]
 
 #: Every tag the service writes starts with this prefix.
 TAG_PREFIX = "ec2-isolation:"
-#: `ec2-isolation:exempt` = `true` on an instance: triggers leave it alone (a webhook still isolates it).
-EXEMPT_TAG = f"{TAG_PREFIX}exempt"
 #: The isolation that holds the instance; while it is on the instance, the instance's episode is open.
 ISOLATION_ID_TAG = f"{TAG_PREFIX}id"
 

@@ -7,8 +7,11 @@ whole batch runs phase by phase (`worker.batch`), each attempt going:
 
 1. open: a trigger's message gets its record (or joins the isolation in flight, is coalesced with a
    recent one, or is a duplicate of one that ended); a webhook's record exists already;
+   A trigger is judged in this order: join the isolation in flight, coalesce, exemption (an instance
+   the security account exempted, `shared.store.exemptions`, is SKIPPED: never one a tag says is
+   exempt), blast-radius budget (which an exempted trigger does not spend);
 2. describe: assume the execution role, DescribeInstances (one call per account and region of the
-   batch); an exempt instance is SKIPPED (triggers only);
+   batch);
 3. begin: the IN_PROGRESS write with `prior_state`, the only write before the first change. An instance
    that carries the `ec2-isolation:id` of another isolation is in an episode: this isolation takes that
    one's `prior_state` and evidence (`inherits_from`), never the isolated state it sees now;
@@ -57,9 +60,9 @@ from shared.errors import (
     RetryableError,
     classify,
 )
+from shared.exemptions import Exemption
 from shared.lifecycle import Status
 from shared.models import (
-    EXEMPT_TAG,
     ISOLATION_ID_TAG,
     ErrorInfo,
     Evidence,
@@ -75,6 +78,7 @@ from shared.observability import MetricUnit, logger, metrics
 from shared.regions import known_region
 from shared.store import (
     Coalesced,
+    Exempted,
     Exists,
     IsolationStore,
     Joined,
@@ -481,14 +485,9 @@ class Attempt(_Receive):
         return None
 
     def begin(self) -> Outcome | None:
-        """Skip an exempt instance; else the IN_PROGRESS write with the prior state."""
+        """The IN_PROGRESS write with the prior state."""
         instance, account = self.instance, self.account
         assert instance is not None and account is not None
-        exemptable = self.record.started_by_trigger and self.record.source is not Source.TAMPER
-        if exemptable and instance.tags.get(EXEMPT_TAG, "").strip().lower() == "true":
-            skip = StepRecord.skipped("check-exemption", f"instance tagged {EXEMPT_TAG}=true: left untouched")
-            self.deps.store.finish(self.record, Status.SKIPPED, extra_steps=[skip], attempts=self._attempts())
-            return Outcome.SKIPPED
         try:
             begun = self._begin(instance)
         except RecordEnded as ended:
@@ -549,6 +548,9 @@ class Attempt(_Receive):
             coalesce_window_seconds=None if tamper else settings.COALESCE_WINDOW_SECONDS,
             budget=None if tamper else settings.MAX_AUTO_ISOLATIONS_PER_HOUR,
             repairs=settings.TAMPER_REPAIRS_PER_HOUR if tamper else None,
+            # Only the service's own exemptions count (never a tag: the member writes those); a tamper
+            # repair is never exempted.
+            exemptions_table=None if tamper else settings.EXEMPTION_TABLE_NAME,
         )
         if isinstance(created, RepairsSpent):
             self._record_tamper_loop(created.limit)
@@ -558,6 +560,9 @@ class Attempt(_Receive):
             raise RetryableError(
                 "IsolationInProgress", f"{created.isolation_id} is in flight", wait="in-flight"
             )
+        if isinstance(created, Exempted):
+            self._record_exempted(created.exemption)
+            return Outcome.SKIPPED
         if isinstance(created, RateLimited):
             self._record_rate_limited(created.limit)
             return Outcome.RATE_LIMITED
@@ -656,6 +661,15 @@ class Attempt(_Receive):
         except Exception:
             logger.warning("could not free the slot of an ended isolation", exc_info=True)
         return Outcome.DUPLICATE
+
+    def _record_exempted(self, exemption: Exemption) -> None:
+        message = (
+            f"exempted by {exemption.exemption_id} until {exemption.expires_at} (reason: {exemption.reason}): "
+            "left untouched; a person can still isolate it through the webhook"
+        )
+        step = StepRecord.skipped("check-exemption", message)
+        self.deps.store.put_record(self.record.model_copy(update={"status": Status.SKIPPED, "steps": [step]}))
+        logger.info("exempt: trigger skipped", extra={"exemption_id": exemption.exemption_id})
 
     def _record_rate_limited(self, limit: int) -> None:
         message = (

@@ -135,19 +135,24 @@ def test_tag_changes_that_must_not_isolate(paused: LocalStack, sample: str, tags
 
 
 def test_finding_for_exempt_instance_is_skipped(paused: LocalStack) -> None:
-    # Given an instance tagged ec2-isolation:exempt=true
+    # Given the instance the demo exempted: in the stack's own exemptions, nothing on the instance
     instance = paused.demo.instance("exempt", 0)
     assert instance.exempt
+    status, listed = paused.request("GET", f"/exemptions?account_id={instance.account_id}")
+    [exemption] = [e for e in listed["items"] if e["instance_id"] == instance.instance_id]
+    ec2, _ = member_clients(instance)
+    described = ec2.describe_instances(InstanceIds=[instance.instance_id])["Reservations"][0]["Instances"][0]
+    assert not [tag for tag in described.get("Tags", []) if tag["Key"].startswith("ec2-isolation:")]
 
     # When a high-severity finding names it
     paused.put_event(sample_event("guardduty-finding-ec2-high.json", instance))
 
-    # Then the record says SKIPPED and the instance keeps its groups
+    # Then the record says SKIPPED, naming the exemption, and the instance keeps its groups
     assert paused.queue_depth() == 1
     paused.resume_worker()
     record = paused.wait_for_instance(instance.instance_id, instance.account_id, timeout=30)
     assert record["status"] == "SKIPPED" and record["source"] == "guardduty"
-    ec2, _ = member_clients(instance)
+    assert exemption["exemption_id"] in record["steps"][0]["detail"]
     interfaces = ec2.describe_network_interfaces(NetworkInterfaceIds=instance.eni_ids)["NetworkInterfaces"]
     assert sorted({g["GroupId"] for eni in interfaces for g in eni["Groups"]}) == instance.security_group_ids
 
@@ -179,6 +184,19 @@ def test_a_finding_naming_another_accounts_instance_never_isolates_it(paused: Lo
     interfaces = ec2.describe_network_interfaces(NetworkInterfaceIds=foreign.eni_ids)["NetworkInterfaces"]
     assert sorted({g["GroupId"] for eni in interfaces for g in eni["Groups"]}) == foreign.security_group_ids
     assert paused.queue_depth(dead_letter=True) == 0
+
+
+def test_an_instance_its_account_tagged_exempt_is_isolated(paused: LocalStack) -> None:
+    # Given a member principal with ec2:CreateTags that tagged its compromised instance exempt
+    instance = paused.demo.instance("ipv6-1", 0)
+    _tag(instance, {"ec2-isolation:exempt": "true"})
+
+    # When a high-severity finding names it
+    paused.put_event(sample_event("guardduty-finding-ec2-high.json", instance))
+
+    # Then the tag is not honoured: it is isolated
+    record = _isolated_by(paused, instance, "guardduty")
+    assert "check-exemption" not in [step["name"] for step in record["steps"]]
 
 
 def test_an_isolation_undone_by_hand_is_undone_in_turn(paused: LocalStack) -> None:

@@ -211,11 +211,7 @@ def test_bad_body_is_a_json_4xx_and_nothing_is_queued(server: Server, case: str)
     tags = ec2.describe_instances(InstanceIds=[instance.instance_id])["Reservations"][0]["Instances"][0][
         "Tags"
     ]
-    assert not [
-        tag
-        for tag in tags
-        if tag["Key"].startswith("ec2-isolation:") and tag["Key"] != "ec2-isolation:exempt"
-    ]
+    assert not [tag for tag in tags if tag["Key"].startswith("ec2-isolation:")]
 
 
 def test_unknown_isolation_is_a_json_404(server: Server) -> None:

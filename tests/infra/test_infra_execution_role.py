@@ -476,6 +476,7 @@ def test_worker_settings_defaults_match_the_templates(sam_template, member_templ
                 "QUEUE_URL": "q",
                 "FOLLOW_UP_QUEUE_URL": "f",
                 "TARGET_ROLE_NAME": "r",
+                "EXEMPTION_TABLE_NAME": "e",
                 setting: str(central[parameter]["Default"]),
             }
         )

@@ -24,6 +24,7 @@ INGEST_ACTIONS = {
     "dynamodb:UpdateItem",
     "dynamodb:DeleteItem",
     "dynamodb:Query",
+    "events:PutEvents",  # an exemption's change
 }
 WORKER_ACTIONS = {
     "logs:CreateLogStream",
@@ -40,6 +41,7 @@ WORKER_ACTIONS = {
     "dynamodb:UpdateItem",
     "dynamodb:Query",  # the tamper function's (it shares the role)
     "events:DescribeRule",  # the forwarding audit's (it shares the role): the stack's own rules only
+    "dynamodb:ConditionCheckItem",  # a trigger's exemption, in the transaction of its record
 }
 SWEEPER_ACTIONS = {
     "logs:CreateLogStream",
@@ -210,14 +212,17 @@ def test_every_api_method_requires_the_api_key(transformed: dict[str, Any]) -> N
         ("/isolations/{isolation_id}", "get"),
         ("/isolations", "get"),
         ("/isolations/{isolation_id}/release", "post"),
+        ("/exemptions", "post"),
+        ("/exemptions", "get"),
+        ("/exemptions/{exemption_id}", "delete"),
         ("/console", "get"),
     }
-    # And each data route needs the x-api-key header (the release IAM authorization too: below); the
-    # page (no data in it) loads without one
+    # And each data route needs the x-api-key header (the release and the exemptions' changes IAM
+    # authorization too: below); the page (no data in it) loads without one
     for route, operation in methods.items():
         if route == ("/console", "get"):
             assert "security" not in operation or operation["security"] == [], operation
-        elif route == ("/isolations/{isolation_id}/release", "post"):
+        elif route in SIGNED_ROUTES:
             assert operation["security"] == [{"AWS_IAM": []}, {"api_key": []}], route
         else:
             assert operation["security"] == [{"api_key": []}], route
@@ -297,7 +302,9 @@ def test_worker_permissions_are_exactly_its_calls(transformed: dict[str, Any], h
         if "sqs:SendMessage" in actions:  # the hand-over to the follow-up phase, nothing else
             assert actions == {"sqs:SendMessage"}
             assert statement["Resource"] == {"Fn::GetAtt": ["FollowUpQueue", "Arn"]}
-        if any(a.startswith("dynamodb:") for a in actions):
+        if actions == {"dynamodb:ConditionCheckItem"}:  # the exemptions: read, never written
+            assert statement["Resource"] == {"Fn::GetAtt": ["ExemptionTable", "Arn"]}
+        elif any(a.startswith("dynamodb:") for a in actions):
             assert statement["Resource"] in (
                 {"Fn::GetAtt": ["IsolationTable", "Arn"]},
                 # the tamper function finds the isolations a call touches
@@ -476,6 +483,7 @@ def test_outputs(deployed) -> None:
         "FollowUpQueueUrl",
         "FollowUpDeadLetterQueueUrl",
         "TableName",
+        "ExemptionTableName",
         "WorkerRoleArn",
         "EventBusArn",
     }
@@ -793,6 +801,13 @@ def test_tamper_calls_have_their_own_queue_dead_letter_queue_and_function(deploy
 
 
 RELEASE_ROUTE = "execute-api:/*/POST/isolations/*/release"
+EXEMPTION_ROUTES = ["execute-api:/*/POST/exemptions", "execute-api:/*/DELETE/exemptions/*"]
+#: The routes that need IAM authorization (SigV4) as well as the key.
+SIGNED_ROUTES = {
+    ("/isolations/{isolation_id}/release", "post"),
+    ("/exemptions", "post"),
+    ("/exemptions/{exemption_id}", "delete"),
+}
 
 
 def _api_policy(sam_template: dict[str, Any], deployed: Any, **parameters: str) -> list[dict[str, Any]]:
@@ -844,6 +859,7 @@ def test_the_resource_policy_lets_only_the_named_principals_release(
         "execute-api:/*/POST/isolate",
         "execute-api:/*/GET/isolations",
         "execute-api:/*/GET/isolations/*",
+        "execute-api:/*/GET/exemptions",
         "execute-api:/*/GET/console",
     }
     assert RELEASE_ROUTE not in json.dumps(key_only)
@@ -858,7 +874,74 @@ def test_the_resource_policy_lets_only_the_named_principals_release(
     else:
         assert "Condition" not in deny
         assert "ReleaseByNamedPrincipals" not in by_sid
-    assert len(statements) == (3 if named else 2)
+    # (and the exemptions' two statements: the contract's exemption routes came after the release)
+    assert len(statements) == (3 if named else 2) + 1
+
+
+@pytest.mark.parametrize("route", [("/exemptions", "post"), ("/exemptions/{exemption_id}", "delete")])
+def test_changing_an_exemption_needs_iam_authorization_like_a_release(
+    transformed: dict[str, Any], route: tuple[str, str]
+) -> None:
+    # Given an exemption-changing route as SAM generates it
+    body = transformed["Resources"]["IsolationApi"]["Properties"]["Body"]
+    path, verb = route
+    operation = body["paths"][path][verb]
+    # Then it needs SigV4 (AWS_IAM) and the key, invoked with API Gateway's own permission
+    assert operation["security"] == [{"AWS_IAM": []}, {"api_key": []}]
+    assert "credentials" not in operation["x-amazon-apigateway-integration"]
+    # And listing them needs the key only
+    assert body["paths"]["/exemptions"]["get"]["security"] == [{"api_key": []}]
+
+
+@pytest.mark.parametrize(
+    "principals", ["", "arn:aws:iam::123456789012:role/exempter,arn:aws:iam::*:role/ir-*"]
+)
+def test_the_resource_policy_lets_only_the_named_principals_change_exemptions(
+    sam_template: dict[str, Any], deployed: Any, principals: str
+) -> None:
+    # Given the API's resource policy with and without ExemptionPrincipalArns
+    statements = _api_policy(sam_template, deployed, ExemptionPrincipalArns=principals)
+    by_sid = {s["Sid"]: s for s in statements}
+    named = principals.split(",") if principals else []
+    # Then creating and deleting exemptions is denied to every principal but the named ones (to all
+    # when none is named), and is not among the key-only routes
+    assert not set(EXEMPTION_ROUTES) & set(by_sid["KeyOnlyRoutes"]["Resource"])
+    deny = by_sid["ExemptionsByNobodyElse"]
+    assert (deny["Effect"], deny["Principal"], deny["Resource"]) == ("Deny", "*", EXEMPTION_ROUTES)
+    if named:
+        assert deny["Condition"] == {"ArnNotLike": {"aws:PrincipalArn": named}}
+        allow = by_sid["ExemptionsByNamedPrincipals"]
+        assert allow["Effect"] == "Allow" and allow["Resource"] == EXEMPTION_ROUTES
+        assert allow["Condition"] == {"ArnLike": {"aws:PrincipalArn": named}}
+    else:
+        assert "Condition" not in deny
+        assert "ExemptionsByNamedPrincipals" not in by_sid
+    # And the release keeps its own principals (none named here: nobody)
+    assert "Condition" not in by_sid["ReleaseByNobodyElse"]
+
+
+def test_exemptions_have_a_table_of_their_own(transformed: dict[str, Any]) -> None:
+    resources = transformed["Resources"]
+    table = resources["ExemptionTable"]
+    properties = table["Properties"]
+    # Then it is kept like the records (a SKIPPED record names its exemption), with one index of its own
+    assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain"
+    assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert properties["SSESpecification"] == {"SSEEnabled": True}
+    assert properties["DeletionProtectionEnabled"] is True
+    assert "TimeToLiveSpecification" not in properties
+    assert [index["IndexName"] for index in properties["GlobalSecondaryIndexes"]] == ["by-expiry"]
+    # And no index of the isolation table reads an exemption's attributes
+    indexed = {
+        part["AttributeName"]
+        for index in resources["IsolationTable"]["Properties"]["GlobalSecondaryIndexes"]
+        for part in index["KeySchema"]
+    }
+    assert not indexed & {"active_shard", "expiry_epoch", "exemption_id"}
+    # And every function that judges triggers or serves the API knows the table
+    for name in ("IngestFunction", "WorkerFunction", "FollowUpFunction", "TamperFunction"):
+        variables = resources[name]["Properties"]["Environment"]["Variables"]
+        assert variables["EXEMPTION_TABLE_NAME"] == {"Ref": "ExemptionTable"}, name
 
 
 def test_guardrail_events_have_their_queue_dead_letters_and_alarms(deployed) -> None:

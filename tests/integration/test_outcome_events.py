@@ -4,6 +4,7 @@ to publish never changes the outcome."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -43,14 +44,25 @@ def test_failed_and_skipped_records_are_published(stack: Stack, member: Member) 
     # Given a request for an instance that does not exist, and a finding for an exempt instance
     isolate(stack, member, "i-0000000000000000f")
     failed = only_outcome(stack)["detail"]
-    exempt = member.instance(member.vpc(), tags={"ec2-isolation:exempt": "true"})
+    exempt = member.instance(member.vpc())
+    status, exemption = stack.api(
+        "POST",
+        "/exemptions",
+        body={
+            "account_id": member.account_id,
+            "instance_id": exempt,
+            "reason": "load test",
+            "expires_at": (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    )
+    assert status == 201
     stack.send(guardduty_finding(account_id=member.account_id, region=member.region, instance_id=exempt))
     stack.drain()
     skipped = only_outcome(stack)["detail"]
 
     # Then each has its event, saying why in its summary
     assert failed["status"] == "FAILED" and "InstanceNotFound" in failed["summary"]
-    assert skipped["status"] == "SKIPPED" and "ec2-isolation:exempt=true" in skipped["summary"]
+    assert skipped["status"] == "SKIPPED" and exemption["exemption_id"] in skipped["summary"]
 
 
 def test_a_redelivered_event_publishes_nothing_new(stack: Stack, member: Member) -> None:

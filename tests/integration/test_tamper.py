@@ -6,6 +6,7 @@ on a record that names the call; an automation that keeps undoing it meets Tampe
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -157,11 +158,23 @@ def _rule_added(member: Member, group: str) -> dict[str, Any]:
 def test_an_undone_isolation_is_isolated_again_and_the_record_names_the_call(
     stack: Stack, member: Member, tamper: TamperQueue
 ) -> None:
-    # Given an isolated instance (exempt from triggers: a person isolated it)
+    # Given an isolated instance (a person isolated it), exempted from triggers since: a tamper repair is
+    # never exempted
     vpc = member.vpc()
-    instance = member.instance(vpc, enis=2, tags={"ec2-isolation:exempt": "true"})
+    instance = member.instance(vpc, enis=2)
     first = isolate(stack, member, instance)
     assert first["status"] == "ISOLATED"
+    status, _ = stack.api(
+        "POST",
+        "/exemptions",
+        body={
+            "account_id": member.account_id,
+            "instance_id": instance,
+            "reason": "maintenance",
+            "expires_at": (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    )
+    assert status == 201
 
     # When a person puts its interfaces back in their old group and removes the isolation's tag
     calls = _put_back(member, instance, vpc.app_group_id, drop_tag=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -808,10 +808,21 @@ def test_tag_event_isolates_from_the_arn(stack: Stack, member: Member) -> None:
 
 
 def test_exempt_instance_is_skipped_for_triggers_but_not_for_a_person(stack: Stack, member: Member) -> None:
-    # Given an instance tagged exempt
+    # Given an instance the security account exempted (POST /exemptions; a tag exempts nothing)
     vpc = member.vpc()
-    instance = member.instance(vpc, tags={"ec2-isolation:exempt": "true"})
+    instance = member.instance(vpc)
     before = member.eni_groups(instance)
+    status, exemption = stack.api(
+        "POST",
+        "/exemptions",
+        body={
+            "account_id": member.account_id,
+            "instance_id": instance,
+            "reason": "load test",
+            "expires_at": (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    )
+    assert status == 201, exemption
 
     # When a finding names it
     stack.send(guardduty_finding(account_id=member.account_id, region=member.region, instance_id=instance))
@@ -820,7 +831,7 @@ def test_exempt_instance_is_skipped_for_triggers_but_not_for_a_person(stack: Sta
     # Then it is SKIPPED, saying why, and untouched
     [skipped] = records_for(stack, instance)
     assert skipped["status"] == "SKIPPED"
-    assert "exempt" in skipped["steps"][0]["detail"]
+    assert exemption["exemption_id"] in skipped["steps"][0]["detail"]
     assert member.eni_groups(instance) == before
 
     # And when a person asks through the webhook, it is isolated anyway

@@ -22,6 +22,9 @@ ROUTES = (
     Route("GET", "/isolations/{isolation_id}"),
     Route("GET", "/isolations"),
     Route("POST", "/isolations/{isolation_id}/release", signed=True),
+    Route("POST", "/exemptions", signed=True),
+    Route("GET", "/exemptions"),
+    Route("DELETE", "/exemptions/{exemption_id}", signed=True),
 )
 
 

@@ -23,7 +23,12 @@ from worker.steps.credentials import POLICY_NAME, DenyInstanceCredentials, polic
 from worker.steps.instance_state import EnableStopProtection, EnableTerminationProtection, StopOnShutdown
 
 SETTINGS = WorkerSettings(
-    TABLE_NAME="t", QUEUE_URL="q", FOLLOW_UP_QUEUE_URL="f", TARGET_ROLE_NAME="r", CONSISTENCY_WAIT_SECONDS=1
+    TABLE_NAME="t",
+    QUEUE_URL="q",
+    FOLLOW_UP_QUEUE_URL="f",
+    TARGET_ROLE_NAME="r",
+    EXEMPTION_TABLE_NAME="e",
+    CONSISTENCY_WAIT_SECONDS=1,
 )
 PROFILE = "arn:aws:iam::111122223333:instance-profile/app"
 OTHER = "arn:aws:ec2:eu-west-1:111122223333:instance/i-0aaaaaaaaaaaaaaaa"

@@ -19,6 +19,9 @@ ROUTES = {
     ("get", "/isolations/{isolation_id}"),
     ("get", "/isolations"),
     ("post", "/isolations/{isolation_id}/release"),
+    ("post", "/exemptions"),
+    ("get", "/exemptions"),
+    ("delete", "/exemptions/{exemption_id}"),
 }
 
 
@@ -31,7 +34,10 @@ def operations(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(method, path): op for path, ops in doc["paths"].items() for method, op in ops.items()}
 
 
-def schema_of(answer: dict[str, Any]) -> str:
+def schema_of(answer: dict[str, Any]) -> str | None:
+    """The model of the answer's body (None: it has none)."""
+    if "content" not in answer:
+        return None
     return str(answer["content"]["application/json"]["schema"]["$ref"]).rsplit("/", 1)[1]
 
 
@@ -70,6 +76,19 @@ def test_every_route_needs_the_api_key(doc: dict[str, Any]) -> None:
         (
             ("get", "/isolations"),
             {"200": "IsolationPage"} | dict.fromkeys(("400", "403", "422", "429", "503"), "ErrorBody"),
+        ),
+        (
+            ("post", "/exemptions"),
+            {"201": "Exemption", "409": "ExemptionRefused"}
+            | dict.fromkeys(("400", "403", "413", "415", "422", "429", "503"), "ErrorBody"),
+        ),
+        (
+            ("get", "/exemptions"),
+            {"200": "ExemptionList"} | dict.fromkeys(("403", "422", "429", "503"), "ErrorBody"),
+        ),
+        (
+            ("delete", "/exemptions/{exemption_id}"),
+            {"204": None} | dict.fromkeys(("403", "404", "429", "503"), "ErrorBody"),
         ),
     ],
 )

@@ -181,7 +181,7 @@ def test_retry_delays_come_from_the_settings() -> None:
     from worker.sqs_batch import retry_delay
 
     settings = WorkerSettings(
-        TABLE_NAME="t", QUEUE_URL="q", FOLLOW_UP_QUEUE_URL="f", TARGET_ROLE_NAME="r",
+        TABLE_NAME="t", QUEUE_URL="q", FOLLOW_UP_QUEUE_URL="f", TARGET_ROLE_NAME="r", EXEMPTION_TABLE_NAME="e",
         RETRY_BASE_DELAY_SECONDS=10, CONSISTENCY_RETRY_SECONDS=15, IN_FLIGHT_RETRY_SECONDS=30,
     )  # fmt: skip
     # Exponential per receive, capped at SQS's 900 s

@@ -21,7 +21,12 @@ from worker.steps.network import EnsureIsolationSecurityGroup, SwapSecurityGroup
 
 TARGET = Target(account_id="111122223333", region="eu-west-1", instance_id="i-0123456789abcdef0")
 SETTINGS = WorkerSettings(
-    TABLE_NAME="t", QUEUE_URL="q", FOLLOW_UP_QUEUE_URL="f", TARGET_ROLE_NAME="r", CONSISTENCY_WAIT_SECONDS=5
+    TABLE_NAME="t",
+    QUEUE_URL="q",
+    FOLLOW_UP_QUEUE_URL="f",
+    TARGET_ROLE_NAME="r",
+    EXEMPTION_TABLE_NAME="e",
+    CONSISTENCY_WAIT_SECONDS=5,
 )
 
 

@@ -32,9 +32,11 @@ from botocore.exceptions import ClientError
 from shared import lifecycle
 from shared.aws import same_account_client
 from shared.errors import error_code
+from shared.exemptions import Exemption
 from shared.lifecycle import FINAL, FINAL_LEASE_INDEX, Status, Transition
 from shared.models import ErrorInfo, Evidence, IsolationRecord, PriorState, StepRecord, iso8601, utcnow
 from shared.store import (
+    exemptions,
     idempotency,
     isolation_groups,
     rate_limits,
@@ -94,6 +96,13 @@ class Coalesced:
     """The instance was isolated less than the coalesce window ago."""
 
     isolation_id: str
+
+
+@dataclass(frozen=True)
+class Exempted:
+    """The instance has an active exemption (`shared.store.exemptions`): a trigger leaves it alone."""
+
+    exemption: Exemption
 
 
 @dataclass(frozen=True)
@@ -288,15 +297,18 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         budget: int | None = None,
         repairs: int | None = None,
         slot: bool = True,
-    ) -> Created | Joined | Replayed | Coalesced | Exists | RateLimited | RepairsSpent:
+        exemptions_table: str | None = None,
+    ) -> Created | Joined | Replayed | Coalesced | Exists | Exempted | RateLimited | RepairsSpent:
         """Write a QUEUED record and take the instance's in-flight slot, in one transaction (`slot`
         False: a dry run's record, which takes no slot, so it never joins nor is joined).
 
         Fails (without writing anything) to `Replayed` when the idempotency key was used before,
         `Exists` when the record id is taken, `Joined` when another isolation of the instance is in
         flight, `Coalesced` when `coalesce_window_seconds` is given and the instance was isolated
-        within it, `RateLimited` when `budget` is given and the hourly budget of the record's source in its
-        account is spent (`shared.store.rate_limits`), `RepairsSpent` when `repairs` is
+        within it, `Exempted` when `exemptions_table` is given and the instance has an active exemption
+        there (read consistently, judged after the join and the coalescing and before the budget, which
+        an exempted trigger does not spend), `RateLimited` when `budget` is given and the hourly budget
+        of the record's source in its account is spent (`shared.store.rate_limits`), `RepairsSpent` when `repairs` is
         given and the instance's hourly budget of tamper repairs is spent (`shared.store.tamper_repairs`). A slot still held by an
         isolation that is over is freed, and the write tried once more. A join reads the isolation it joins (its status is the answer); when that one's
         worker was lost on its last receive (`lifecycle.LOST`), this request ends it and tries once more
@@ -304,7 +316,14 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         """
         for retry in (False, True):
             outcome = self._create_queued(
-                record, lease_seconds, idempotency, coalesce_window_seconds, budget, repairs, slot
+                record,
+                lease_seconds,
+                idempotency,
+                coalesce_window_seconds,
+                budget,
+                repairs,
+                slot,
+                exemptions_table,
             )
             if not isinstance(outcome, _SlotTaken):
                 return outcome
@@ -328,7 +347,8 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         budget: int | None,
         repairs: int | None = None,
         slot: bool = True,
-    ) -> Created | _SlotTaken | Replayed | Coalesced | Exists | RateLimited | RepairsSpent:
+        exemptions_table: str | None = None,
+    ) -> Created | _SlotTaken | Replayed | Coalesced | Exists | Exempted | RateLimited | RepairsSpent:
         now = time.time()
         stale = epoch(now - lease_seconds)
         window = epoch(now - coalesce_window_seconds) if coalesce_window_seconds is not None else None
@@ -355,6 +375,16 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
                         now=epoch(now),
                         stale=stale,
                         window=window,
+                    )
+                }
+            )
+        # In the order a trigger is judged (`_explain_cancellation` reads the first refusal): the slot
+        # (join, coalesce), then the exemption, then the budget.
+        if exemptions_table is not None:
+            items.append(
+                {
+                    "ConditionCheck": exemptions.not_exempt(
+                        exemptions_table, record.account_id, record.instance_id, now=now
                     )
                 }
             )
@@ -390,12 +420,19 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         stale: Decimal,
         budget: int | None,
         repairs: int | None = None,
-    ) -> _SlotTaken | Replayed | Coalesced | Exists | RateLimited | RepairsSpent:
+    ) -> _SlotTaken | Replayed | Coalesced | Exists | Exempted | RateLimited | RepairsSpent:
         """Which condition cancelled the transaction, in the order of the items (idempotency first)."""
         reasons = exc.response.get("CancellationReasons") or []
         for item, reason in zip(items, reasons, strict=False):
             if reason.get("Code") != "ConditionalCheckFailed":
                 continue
+            if "ConditionCheck" in item:  # the exemption, in its own table
+                check = item["ConditionCheck"]
+                old = reason.get("Item")
+                exempting = deserialize(old) if old else self._exemption_item(check)
+                if exempting is None or exemptions.FREE.holds(exempting, now=epoch(time.time())):
+                    break  # deleted or expired since: the condition would pass now
+                return Exempted(exemptions.exempting(exempting))
             operation = item.get("Put") or item["Update"]
             pk = (operation.get("Item") or operation["Key"])["pk"]["S"]
             old = reason.get("Item")
@@ -418,6 +455,10 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
             if window is not None and current.get("last_isolated_id"):
                 return Coalesced(str(current["last_isolated_id"]))
         raise exc
+
+    def _exemption_item(self, check: dict[str, Any]) -> dict[str, Any] | None:
+        found = self.client.get_item(TableName=check["TableName"], Key=check["Key"], ConsistentRead=True)
+        return deserialize(found["Item"]) if "Item" in found else None
 
     def put_idempotency(self, claim: IdempotencyClaim) -> Replayed | None:
         """Remember the answer of a request that wrote nothing (a deduplicated one).
