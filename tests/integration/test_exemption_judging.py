@@ -265,4 +265,4 @@ def test_the_records_transaction_refuses_an_exempted_trigger_and_spends_nothing(
     assert isinstance(outcome, Exempted) and outcome.exemption.exemption_id == exemption["exemption_id"]
     assert stack.store.get(record.isolation_id) is None
     assert stack.store.item(slot_key(record.target)) is None
-    assert stack.store.item(budget_key(member.account_id, time.time())) is None
+    assert stack.store.item(budget_key(member.account_id, "guardduty", time.time())) is None
