@@ -45,9 +45,7 @@ class ListQuery(Model):
 
 
 class ExemptionQuery(Model):
-    """Query string of `GET /exemptions`. Unknown parameters are rejected."""
-
-    model_config = ConfigDict(extra="forbid")
+    """Query string of `GET /exemptions`."""
 
     account_id: Annotated[str, Field(pattern=ACCOUNT_ID_PATTERN)] | None = Field(
         default=None, description="Only the exemptions of this account"

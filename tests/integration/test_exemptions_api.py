@@ -305,6 +305,9 @@ def test_an_expired_exemption_is_omitted_kept_and_replaceable(stack: Stack) -> N
 def test_an_unknown_query_parameter_is_refused(stack: Stack) -> None:
     status, answer = stack.api("GET", "/exemptions", query={"acount_id": MEMBER_ACCOUNT})
     assert status == 422 and answer["errors"][0]["field"] == "acount_id"
+    assert (
+        answer["errors"][0]["type"] == "unknown_parameter" and "account_id" in answer["errors"][0]["message"]
+    )
     status, answer = stack.api("GET", "/exemptions", query={"account_id": "1234"})
     assert status == 422 and answer["errors"][0]["field"] == "account_id"
 
