@@ -52,6 +52,8 @@ def attribute_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str,
     def recording(self: Any, operation: str, params: dict[str, Any]) -> Any:
         if operation in ATTRIBUTE_CALLS:
             calls.append((operation, attribute_of(params)))
+            # EC2 may name the attribute of a parameter form after the parameter: allowed too
+            calls.extend((operation, name) for name in params if name in PARAMETER_ATTRIBUTES)
         return send(self, operation, params)
 
     monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
@@ -60,7 +62,8 @@ def attribute_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str,
 
 def allowed(operation: str, attribute: str) -> bool:
     """Whether the execution role's Allow statements grant `operation` on an instance for `attribute`
-    (`StringEqualsIfExists` on `ec2:Attribute`: the key present, its value must be listed)."""
+    (`StringEqualsIgnoreCaseIfExists` on `ec2:Attribute`: the key present, its value must be listed, in
+    any case)."""
     role = resolve(load_template(ROOT / "iam-execution-role.yml"), {"WorkerRoleArn": WORKER_ROLE})[
         "Resources"
     ]["ExecutionRole"]
@@ -70,9 +73,9 @@ def allowed(operation: str, attribute: str) -> bool:
             if statement["Effect"] != "Allow" or f"ec2:{operation}" not in actions:
                 continue
             condition = statement.get("Condition", {})
-            assert set(condition) <= {"StringEqualsIfExists"}, condition
-            listed = condition.get("StringEqualsIfExists", {}).get("ec2:Attribute")
-            if listed is None or attribute in listed:
+            assert set(condition) <= {"StringEqualsIgnoreCaseIfExists"}, condition
+            listed = condition.get("StringEqualsIgnoreCaseIfExists", {}).get("ec2:Attribute")
+            if listed is None or attribute.lower() in {value.lower() for value in listed}:
                 return True
     return False
 
