@@ -159,6 +159,22 @@ def test_a_wrong_key_says_so(served: ServedDemo, browser: Any) -> None:
     )
 
 
+def test_the_page_lists_the_active_exemptions(served: ServedDemo, browser: Any) -> None:
+    # Given the demo's exempt instances (exempted in the stack's own table by --seed-demo)
+    exempt = [served.demo.instance("exempt", account=account) for account in (0, 1)]
+
+    # When a responder opens the page
+    browser.get(f"{served.url}/console#key={served.key}")
+
+    # Then its exemptions section lists them, with their reason and end
+    wait = WebDriverWait(browser, 20)
+    for instance in exempt:
+        wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "exemptions"), instance.instance_id))
+    section = browser.find_element(By.ID, "exemptions").text
+    assert "demo:" in section and " UTC" in section
+    assert browser.find_element(By.ID, "no-exemptions").get_attribute("hidden")
+
+
 def test_the_page_loads_nothing_from_elsewhere(served: ServedDemo, browser: Any) -> None:
     browser.get(f"{served.url}/console")
     entries = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
