@@ -90,7 +90,8 @@ ec2-isolation's command, in two roles:
         "--aws-endpoint",
         type=_endpoint,
         metavar="URL",
-        help="an AWS-compatible endpoint to use (credentials from the environment) instead of embedded moto",
+        help="an AWS-compatible endpoint to use (credentials from the environment) instead of embedded moto "
+        "(whose STS refuses an AssumeRole AWS refuses; an endpoint given here answers for itself)",
     )
     serve.add_argument(
         "--api-key", metavar="KEY", help="the x-api-key to require (default: a random key, printed)"

@@ -301,7 +301,8 @@ def _show_with_the_client(api_url: str, api_key: str, isolation_ids: list[Any]) 
 #: How to go on once the demo's stack has stopped.
 KEEP_GOING = f"""\
 The demo's stack stops with it. To keep one up and try the client yourself:
-  make run                  (the same demo organization; it prints its URL and API key; PORT=N for another port)
+  make run                  (a demo organization like this one; it prints its ids, URL and API key; PORT=N
+                            for another port than 8080)
   export {client.API_ENV}=http://127.0.0.1:8080 {client.KEY_ENV}=<the key it prints>
   ec2-isolation list
   ec2-isolation isolate INSTANCE_ID --account ACCOUNT_ID --region eu-west-1 --wait"""
