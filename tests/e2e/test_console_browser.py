@@ -339,8 +339,11 @@ def test_the_readmes_pictures_show_a_responders_page(story: ServedDemo, browser:
         expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail h2"), "RELEASED")
     )
 
-    # Then the timeline and the release are in one picture
-    browser.set_window_size(LAPTOP[0], 1500)
+    # Then the timeline and the whole release are in one picture
+    height = browser.execute_script(
+        "return document.getElementById('release').getBoundingClientRect().bottom + window.scrollY"
+    )
+    browser.set_window_size(LAPTOP[0], int(height) + 180)
     browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(ROOT / "docs" / "console-release.png"))
     browser.set_window_size(*LAPTOP)
