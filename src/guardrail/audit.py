@@ -43,6 +43,7 @@ from shared.config import AuditSettings
 from shared.errors import IsolationError, error_code
 from shared.observability import logger
 from shared.store import accounts
+from worker.at_once import each_at_once
 
 #: What the audit reads in a member account: granted by iam-execution-role.yml, and all its session may do.
 PERMISSIONS = ("iam:GetRole", "events:DescribeRule", "events:ListTargetsByRule")
@@ -121,8 +122,11 @@ def run(
     regions = sorted(settings.AUDIT_REGIONS or {audit.home_region, IAM_EVENTS_REGION})
     outcome = AuditRun(audit.run_id, sorted(found), regions)
     assume = sessions or _assume(settings)
-    for account in outcome.accounts:
-        outcome.findings.extend(_account(audit, account, regions, assume))
+    # Accounts at once (up to worker.at_once.MAX_THREADS): an organization of hundreds fits the timeout.
+    for found_in_account in each_at_once(
+        lambda account: _account(audit, account, regions, assume), outcome.accounts
+    ):
+        outcome.findings.extend(found_in_account)
     bus_events = events or same_account_client("events")
     for finding in outcome.findings:
         if not report(finding, events=bus_events, bus=settings.EVENT_BUS_ARN):

@@ -245,7 +245,13 @@ def _audit(**kwargs: Any) -> list[tuple[str, str]]:
 
 
 def test_a_clean_account_raises_no_event(audited, guardrails) -> None:
-    assert _audit() == []
+    # Given a member account as the StackSet deployed it
+    # When the scheduled audit runs (its Lambda entry point, with Scheduler's event)
+    from guardrail.app import audit_handler
+
+    summary = audit_handler({"source": "aws.scheduler", "detail-type": "Scheduled Event"}, lambda_context())
+    # Then it audited the account and found nothing, and nothing was reported
+    assert (summary["accounts"], summary["regions"], summary["findings"]) == (1, [STACK_REGION], [])
     assert guardrails.heard() == []
 
 
@@ -370,3 +376,23 @@ def test_the_worker_notes_the_accounts_it_held_the_role_in(
         assert time.monotonic() < deadline, "the account was never noted"
         time.sleep(0.05)
     assert accounts.known(client, stack.table_name) == {MEMBER_ACCOUNT}
+
+
+def test_each_account_is_audited_on_its_own(audited, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import config
+    from tests.conftest import OTHER_ACCOUNT
+
+    # Given two accounts, one where the member stack is deployed and one where it never was
+    monkeypatch.setenv("ALLOWED_ACCOUNT_IDS", f"{MEMBER_ACCOUNT},{OTHER_ACCOUNT}")
+    config.audit_settings.cache_clear()
+    from guardrail import audit
+
+    run = audit.run(config.audit_settings())
+    # Then the findings are the second account's only: its role and rules are not there
+    assert {f.account_id for f in run.findings} == {OTHER_ACCOUNT}
+    assert sorted(f.finding for f in run.findings) == [
+        "AuditIncomplete",  # moto lets the missing role be assumed; its trust cannot be read
+        "ForwardingRuleMissing",
+        "ForwardingRuleMissing",
+        "ForwardingRuleMissing",
+    ]
