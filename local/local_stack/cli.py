@@ -4,7 +4,8 @@ local stack.
 ec2-isolation serve [--host 127.0.0.1] [--port 8080] [--aws-endpoint URL] [--api-key KEY]
                     [--target-role-name NAME] [--allowed-accounts ID,ID] [--seed-demo]
 ec2-isolation demo
-ec2-isolation isolate|status|list|watch|release ... [--api URL] [--api-key KEY] [--json]
+ec2-isolation isolate|status|list|watch|release|exempt|exemptions|unexempt ... [--api URL] [--api-key KEY]
+              [--json]
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ ec2-isolation's command, in two roles:
   the worker, what `make run` starts) and demo (the whole story in one command, `make demo`).""",
         epilog="`ec2-isolation COMMAND --help` for a command's options.",
     )
-    commands = root.add_subparsers(dest="command", metavar="{serve,demo,isolate,status,list,watch,release}")
+    commands = root.add_subparsers(
+        dest="command", metavar="{serve,demo,isolate,status,list,watch,release,exempt,exemptions,unexempt}"
+    )
 
     serve = commands.add_parser(
         "serve",

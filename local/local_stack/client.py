@@ -6,13 +6,17 @@
     ec2-isolation list [--instance ID [--account ID]] [--status S] [--limit N]
     ec2-isolation watch ISOLATION_ID
     ec2-isolation release ISOLATION_ID [--reason ..] [--requested-by ..] [--wait]
+    ec2-isolation exempt INSTANCE_ID --account ID --reason .. --until DATE [--requested-by ..]
+    ec2-isolation exemptions [--account ID]
+    ec2-isolation unexempt EXEMPTION_ID
 
 `--api URL` and `--api-key KEY`, or `EC2_ISOLATION_API` and `EC2_ISOLATION_API_KEY`. Tables for people,
 `--json` for scripts. Exit status: 0 when the record ends as asked (ISOLATED, or CHECKED for a
 `--dry-run`; RELEASED for `release`), 1 when it ends otherwise (FAILED, SKIPPED, RELEASE_FAILED), 2 for a usage error, a refused
 request (wrong key, unknown id, a field the API names, a release the API's IAM authorization denies) or
-an API that cannot be reached. The standard library, and botocore's signer for a release on a deployed
-API (`local_stack.signing`): nothing of this goes into a Lambda package.
+an API that cannot be reached; `exempt`, `exemptions` and `unexempt` exit 0 when the API did as asked.
+The standard library, and botocore's signer for a release and an exemption's change on a deployed API
+(`local_stack.signing`): nothing of this goes into a Lambda package.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import argparse
 import itertools
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from shared.models import StepStatus, seconds_between
@@ -39,7 +45,7 @@ POLL_SECONDS = 1.0
 RELEASED = frozenset({"RELEASED"})
 #: A release that ended (RELEASING is still running).
 RELEASE_ENDED = frozenset({"RELEASED", "RELEASE_FAILED"})
-COMMANDS = ("isolate", "status", "list", "watch", "release")
+COMMANDS = ("isolate", "status", "list", "watch", "release", "exempt", "exemptions", "unexempt")
 
 
 class ClientError(Exception):
@@ -277,6 +283,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return watch(api, args.isolation_id, out=out, as_json=args.json)
     if args.command == "release":
         return release(api, args, out)
+    if args.command in ("exempt", "exemptions", "unexempt"):
+        return exemptions(api, args, out)
     query = {
         "instance_id": args.instance,
         "account_id": args.account,
@@ -306,6 +314,89 @@ def release(api: Api, args: argparse.Namespace, out: TextIO) -> int:
     if not args.json:
         out.write(_accepted_text(accepted) + "\n")
     return watch(api, accepted["isolation_id"], out=out, as_json=args.json, asked=RELEASED)
+
+
+def exemptions(api: Api, args: argparse.Namespace, out: TextIO) -> int:
+    """Exempt an instance from trigger-started isolations, list the active exemptions, or end one;
+    the changes signed with SigV4 on a deployed API."""
+    if args.command == "exempt":
+        body = {
+            "account_id": args.account,
+            "instance_id": args.instance_id,
+            "reason": args.reason,
+            "expires_at": args.until,
+        }
+        if args.requested_by:
+            body["requested_by"] = args.requested_by
+        created = api.call("POST", "/exemptions", body, signed=True)
+        out.write(json.dumps(created, indent=2) + "\n" if args.json else _exemption_text(created) + "\n")
+        return 0
+    if args.command == "unexempt":
+        api.call("DELETE", f"/exemptions/{urllib.parse.quote(args.exemption_id, safe='')}", signed=True)
+        deleted = {"exemption_id": args.exemption_id, "deleted": True}
+        text = f"{args.exemption_id} deleted: triggers isolate its instance again"
+        out.write(json.dumps(deleted, indent=2) + "\n" if args.json else text + "\n")
+        return 0
+    query = "?" + urllib.parse.urlencode({"account_id": args.account}) if args.account else ""
+    listed = api.call("GET", "/exemptions" + query)
+    if args.json:
+        out.write(json.dumps(listed, indent=2) + "\n")
+    else:
+        out.write(_exemptions_table(listed["items"]) + "\n")
+    return 0
+
+
+def _exemption_text(exemption: dict[str, Any]) -> str:
+    lines = [
+        f"{exemption['exemption_id']}: triggers leave {exemption['instance_id']} in {exemption['account_id']} "
+        f"alone until {exemption['expires_at']}",
+        f"reason: {exemption['reason']}",
+    ]
+    if exemption.get("requested_by"):
+        lines.append(f"requested by: {exemption['requested_by']}")
+    return "\n".join(lines)
+
+
+def _exemptions_table(items: list[dict[str, Any]]) -> str:
+    header = ("exemption", "account", "instance", "until", "requested by", "reason")
+    rows = [
+        (
+            e["exemption_id"],
+            e["account_id"],
+            e["instance_id"],
+            e["expires_at"],
+            e.get("requested_by") or "-",
+            e["reason"],
+        )
+        for e in items
+    ]
+    return _table(header, rows) if rows else "no active exemption"
+
+
+_DURATION = re.compile(r"^([0-9]{1,4})([dh])$")
+
+
+def until(value: str, *, now: datetime | None = None) -> str:
+    """`--until`: an ISO-8601 UTC time, a date (00:00 UTC that day), or a duration from now (`7d`,
+    `12h`); as the API takes it (ISO-8601 UTC). The API checks it is ahead, and not too far."""
+    moment = now or datetime.now(UTC)
+    duration = _DURATION.fullmatch(value.strip())
+    if duration:
+        amount, unit = int(duration.group(1)), duration.group(2)
+        ends = moment + (timedelta(days=amount) if unit == "d" else timedelta(hours=amount))
+        return ends.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value.strip()):
+        try:
+            datetime.strptime(value.strip(), "%Y-%m-%d")
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a date") from error
+        return f"{value.strip()}T00:00:00Z"
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+(Z|\+00:00)", value.strip()):
+        return value.strip()
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not a time: give an ISO-8601 UTC time (2026-01-31T18:00:00Z), a date (2026-01-31, "
+        "from 00:00 UTC) or a duration from now (7d, 12h)"
+    )
 
 
 def _accepted_text(accepted: dict[str, Any]) -> str:
@@ -367,6 +458,42 @@ def add_commands(commands: Any) -> None:
         "--requested-by", metavar="WHO", help="who asks (a deployed API records your IAM identity instead)"
     )
     releasing.add_argument("--wait", action="store_true", help="follow it until it ends (as watch does)")
+    _add_exemption_commands(commands, common)
+
+
+def _add_exemption_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    exempting = commands.add_parser(
+        "exempt",
+        parents=[common],
+        help="exempt an instance from trigger-started isolations until a time (SigV4-signed on a deployed API)",
+        description="GuardDuty findings, isolate=true tags and Security Hub actions leave the instance alone "
+        "until the exemption ends (their records end SKIPPED, naming it); a person's isolate still isolates "
+        "it. One active exemption per instance. On a deployed API the request is signed with your AWS "
+        "credentials (SigV4) as well as sent with the key; the local stack checks the key only.",
+    )
+    exempting.add_argument("instance_id", metavar="INSTANCE_ID")
+    exempting.add_argument("--account", required=True, metavar="ID", help="the instance's 12-digit account")
+    exempting.add_argument("--reason", required=True, help="why (quoted by every record it skips)")
+    exempting.add_argument(
+        "--until",
+        required=True,
+        type=until,
+        metavar="DATE",
+        help="when it ends: an ISO-8601 UTC time, a date (00:00 UTC) or a duration (7d, 12h); at most 90 days",
+    )
+    exempting.add_argument(
+        "--requested-by", metavar="WHO", help="who asks (a deployed API records your IAM identity instead)"
+    )
+
+    listing = commands.add_parser("exemptions", parents=[common], help="the active exemptions")
+    listing.add_argument("--account", metavar="ID", help="only this account's")
+
+    unexempting = commands.add_parser(
+        "unexempt",
+        parents=[common],
+        help="end an exemption now (SigV4-signed on a deployed API); it is kept, with who ended it",
+    )
+    unexempting.add_argument("exemption_id", metavar="EXEMPTION_ID")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -158,6 +158,19 @@ def demo_on(endpoint: str) -> Iterator[DemoOrg]:
         yield find_demo(region="eu-west-1", target_role_name="ec2-isolation-execution")
 
 
+def put_event(event: dict[str, Any]) -> None:
+    """On the stack account's default bus (inside `demo_on`), as AWS delivers a finding or a tag change
+    there."""
+    entry = {
+        "Source": event["source"],
+        "DetailType": event["detail-type"],
+        "Detail": json.dumps(event["detail"]),
+        "Resources": list(event.get("resources") or []),
+    }
+    answer = boto3.client("events").put_events(Entries=[entry])
+    assert not answer.get("FailedEntryCount"), answer
+
+
 def member_clients(instance: DemoInstance) -> tuple[Any, Any]:
     """EC2 and IAM clients in the instance's account (moto lets the test assume any role)."""
     return _member_clients(os.environ.get("AWS_ENDPOINT_URL", ""), instance.account_id, instance.region)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -232,3 +233,59 @@ def test_a_dry_run_prints_one_line_and_no_traceback(served: ServedDemo) -> None:
     assert not any("Traceback" in line or "NotImplementedError" in line for line in output), "\n".join(output)
     said = [line for line in output if "does not implement iam:SimulatePrincipalPolicy" in line]
     assert len(said) == 1, "\n".join(output)
+
+
+def test_exempt_exemptions_and_unexempt_through_serve(served: ServedDemo) -> None:
+    from local_stack.sample_events import guardduty_finding
+    from tests.e2e.helpers import put_event
+
+    # Given a demo instance no one has isolated, and the demo's own exempt instance listed already
+    instance = served.demo.instance("no-profile", account=1)
+    seeded = served.demo.instance("exempt")
+    assert seeded.instance_id in client(served, "exemptions").stdout
+
+    # When a responder exempts it for a week
+    done = client(served, "exempt", instance.instance_id, "--account", instance.account_id,
+                  "--reason", "red-team exercise", "--until", "7d", "--json")  # fmt: skip
+
+    # Then it exits 0 with the exemption, which the listing shows (and the account's listing)
+    assert done.returncode == 0, done.stdout + done.stderr
+    exemption = json.loads(done.stdout)
+    assert exemption["instance_id"] == instance.instance_id and exemption["reason"] == "red-team exercise"
+    listed = client(served, "exemptions", "--account", instance.account_id)
+    assert listed.returncode == 0 and exemption["exemption_id"] in listed.stdout
+    assert "red-team exercise" in listed.stdout
+
+    # And a second exemption of the instance is refused naming the first (exit 2)
+    again = client(served, "exempt", instance.instance_id, "--account", instance.account_id,
+                   "--reason", "again", "--until", "1d")  # fmt: skip
+    assert again.returncode == 2 and "409" in again.stderr and exemption["exemption_id"] in again.stderr
+
+    # And a GuardDuty finding about it is SKIPPED, naming the exemption
+    put_event(guardduty_finding(account_id=instance.account_id, region=instance.region,
+                                instance_id=instance.instance_id))  # fmt: skip
+    skipped = _latest(served, instance.instance_id)
+    assert skipped["status"] == "SKIPPED" and exemption["exemption_id"] in skipped["steps"][0]["detail"]
+
+    # When it is ended
+    ended = client(served, "unexempt", exemption["exemption_id"])
+
+    # Then it is no longer listed; ending an unknown one exits 2
+    assert ended.returncode == 0 and "deleted" in ended.stdout
+    assert exemption["exemption_id"] not in client(served, "exemptions").stdout
+    unknown = client(served, "unexempt", "exm-00000000000000000000000000000000")
+    assert unknown.returncode == 2 and "404" in unknown.stderr
+
+
+def _latest(served: ServedDemo, instance_id: str) -> dict[str, Any]:
+    """The instance's newest record once it has ended."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while True:
+        listed = json.loads(client(served, "list", "--instance", instance_id, "--json").stdout)
+        items = listed["items"]
+        if items and items[0]["status"] not in ("QUEUED", "IN_PROGRESS") or time.monotonic() > deadline:
+            assert items, f"no record of {instance_id}"
+            return dict(items[0])
+        time.sleep(0.3)

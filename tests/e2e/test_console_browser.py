@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import ROOT, ServedDemo, serve_demo
+from tests.e2e.helpers import ROOT, ServedDemo, put_event, serve_demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.enable_socket, pytest.mark.timeout(240)]
 
@@ -169,7 +169,9 @@ def test_the_page_lists_the_active_exemptions(served: ServedDemo, browser: Any) 
     # Then its exemptions section lists them, with their reason and end
     wait = WebDriverWait(browser, 20)
     for instance in exempt:
-        wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "exemptions"), instance.instance_id))
+        wait.until(
+            expected_conditions.text_to_be_present_in_element((By.ID, "exemptions"), instance.instance_id)
+        )
     section = browser.find_element(By.ID, "exemptions").text
     assert "demo:" in section and " UTC" in section
     assert browser.find_element(By.ID, "no-exemptions").get_attribute("hidden")
@@ -236,16 +238,6 @@ def test_a_deployed_page_says_how_to_release_from_the_cli(served: ServedDemo, br
 LAPTOP = (1366, 900)
 
 
-def _put_event(event: dict[str, Any]) -> None:
-    """On the stack account's default bus, as AWS delivers a finding or a tag change there."""
-    import boto3
-
-    entry = {"Source": event["source"], "DetailType": event["detail-type"],
-             "Detail": json.dumps(event["detail"]), "Resources": list(event.get("resources") or [])}  # fmt: skip
-    answer = boto3.client("events").put_events(Entries=[entry])
-    assert not answer.get("FailedEntryCount"), answer
-
-
 def _recorded(served: ServedDemo, count: int) -> list[dict[str, Any]]:
     """The newest `count` records once none of them is in flight."""
     deadline = time.monotonic() + 90
@@ -270,12 +262,12 @@ def test_the_readmes_pictures_show_a_responders_page(story: ServedDemo, browser:
     import boto3
 
     administrator = str(boto3.client("sts").get_caller_identity()["Account"])
-    _put_event(guardduty_finding(account_id=finding.account_id, region=finding.region,
+    put_event(guardduty_finding(account_id=finding.account_id, region=finding.region,
                                  instance_id=finding.instance_id, administrator_account=administrator))  # fmt: skip
     tagged = story.demo.instance("web-1", account=1)
     ec2, _ = member_clients(tagged)
     ec2.create_tags(Resources=[tagged.instance_id], Tags=[{"Key": "isolate", "Value": "true"}])
-    _put_event(tag_change(account_id=tagged.account_id, region=tagged.region, instance_id=tagged.instance_id))
+    put_event(tag_change(account_id=tagged.account_id, region=tagged.region, instance_id=tagged.instance_id))
     web3 = story.demo.instance("web-3")
     failed = str(_call(story, "/isolate", {"instance_id": "i-0badc0ffee0d15ea5", "account_id": web3.account_id,
                  "region": web3.region, "reason": "INC-4711: host named in the phishing report",

@@ -345,3 +345,139 @@ def test_step_columns_line_up_whatever_the_outcome(fake_api: Callable[..., FakeA
     # Then every step's name starts in the same column
     columns = {line.index("step-") for line in out.splitlines() if "step-" in line}
     assert len(columns) == 1, out
+
+
+# --- exemptions ------------------------------------------------------------------------------------------
+
+EXEMPTION = {
+    "exemption_id": "exm-0123456789abcdef0123456789abcdef",
+    "account_id": "111122223333",
+    "instance_id": "i-0123456789abcdef0",
+    "reason": "load test of the payment service",
+    "expires_at": "2026-12-10T18:00:00.000Z",
+    "created_at": "2026-12-04T10:00:00.000Z",
+    "requested_by": "arn:aws:sts::111122223333:assumed-role/Responder/alice",
+}
+
+
+def _signed_for_execute_api(request: urllib.request.Request) -> bool:
+    headers = {name.lower(): value for name, value in request.header_items()}
+    found = re.fullmatch(
+        r"AWS4-HMAC-SHA256 Credential=([^,]+), SignedHeaders=([^,]+), Signature=([0-9a-f]{64})",
+        headers.get("authorization", ""),
+    )
+    if not found:
+        return False
+    credential, signed, signature = found.groups()
+    amz_date = headers["x-amz-date"]
+    return credential == f"{ACCESS_KEY}/{amz_date[:8]}/eu-west-1/execute-api/aws4_request" and (
+        signature == _expected_signature(request, signed.split(";"), amz_date)
+    )
+
+
+def test_exempt_and_unexempt_on_a_deployed_api_are_signed(
+    credentials: None, fake_api: Callable[..., FakeApi]
+) -> None:
+    # Given a deployed API
+    api = fake_api(
+        {
+            ("POST", "/prod/exemptions"): [EXEMPTION],
+            ("DELETE", f"/prod/exemptions/{EXEMPTION['exemption_id']}"): [None],
+        }
+    )
+
+    # When a responder exempts an instance, then ends the exemption
+    status, out = run(
+        "exempt", "i-0123456789abcdef0", "--account", "111122223333", "--reason", "load test",
+        "--until", "2026-12-10T18:00:00Z", "--api", DEPLOYED, "--api-key", "k1",
+    )  # fmt: skip
+    assert status == 0
+    assert EXEMPTION["exemption_id"] in out and "until 2026-12-10T18:00:00.000Z" in out
+    status, out = run("unexempt", str(EXEMPTION["exemption_id"]), "--api", DEPLOYED, "--api-key", "k1")
+    assert status == 0 and "deleted" in out
+
+    # Then both requests were SigV4-signed for execute-api in the API's region, with the key
+    create, delete = api.sent
+    assert json.loads(create.data) == {  # type: ignore[arg-type]
+        "account_id": "111122223333",
+        "instance_id": "i-0123456789abcdef0",
+        "reason": "load test",
+        "expires_at": "2026-12-10T18:00:00Z",
+    }
+    assert delete.get_method() == "DELETE"
+    for request in (create, delete):
+        assert _signed_for_execute_api(request)
+
+
+def test_exemptions_are_listed_as_a_table_or_json(fake_api: Callable[..., FakeApi]) -> None:
+    # Given an API with one active exemption in the account
+    api = fake_api({("GET", "/exemptions"): [{"items": [EXEMPTION]}]})
+
+    # When they are listed (of the account), for a person and for a script
+    status, table = run("exemptions", "--account", "111122223333", "--api", LOCAL, "--api-key", "k")
+    assert status == 0
+    _, as_json = run("exemptions", "--json", "--api", LOCAL, "--api-key", "k")
+
+    # Then the table has the exemption, its instance, end and reason; the JSON is the API's answer
+    header, row = table.splitlines()
+    assert header.split()[:4] == ["exemption", "account", "instance", "until"]
+    for value in ("exemption_id", "instance_id", "expires_at", "reason"):
+        assert str(EXEMPTION[value]) in row
+    assert json.loads(as_json) == {"items": [EXEMPTION]}
+    assert urlsplit(api.sent[0].full_url).query == "account_id=111122223333"
+    # And nothing is signed on a read, or on a local API
+    assert all("authorization" not in {n.lower() for n, _ in r.header_items()} for r in api.sent)
+
+
+def test_no_active_exemption_says_so(fake_api: Callable[..., FakeApi]) -> None:
+    fake_api({("GET", "/exemptions"): [{"items": []}]})
+    assert run("exemptions", "--api", LOCAL, "--api-key", "k") == (0, "no active exemption\n")
+
+
+def test_an_exemption_the_api_refuses_exits_2_naming_the_first(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    # Given an instance exempted already (the API answers 409 naming the first)
+    said = f"instance i-0123456789abcdef0 of account 111122223333 is exempt already by {EXEMPTION['exemption_id']}"
+
+    def refuse(request: urllib.request.Request, timeout: float = 0) -> Any:
+        body = {
+            "message": said,
+            "errors": [{"field": "instance_id", "type": "exempt_already", "message": said}],
+        }
+        raise urllib.error.HTTPError(
+            request.full_url, 409, "Conflict", {}, io.BytesIO(json.dumps(body).encode())
+        )  # type: ignore[arg-type]
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+    # When a second exemption is asked for, or an unknown one deleted
+    argv = ["exempt", "i-0123456789abcdef0", "--account", "111122223333", "--reason", "x", "--until", "7d"]
+    status = client.main(cli.parser().parse_args([*argv, "--api", LOCAL, "--api-key", "k"]))
+
+    # Then it exits 2 with the API's words
+    assert status == 2 and str(EXEMPTION["exemption_id"]) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        ("2026-12-10T18:00:00Z", "2026-12-10T18:00:00Z"),
+        ("2026-12-10", "2026-12-10T00:00:00Z"),
+        ("7d", "2026-12-11T10:00:00Z"),
+        ("12h", "2026-12-04T22:00:00Z"),
+    ],
+)
+def test_until_takes_a_time_a_date_or_a_duration(given: str, sent: str) -> None:
+    from datetime import UTC, datetime
+
+    assert client.until(given, now=datetime(2026, 12, 4, 10, 0, tzinfo=UTC)) == sent
+
+
+@pytest.mark.parametrize("given", ["tomorrow", "2026-13-01", "2026-12-10T18:00:00+02:00", "7w"])
+def test_until_that_is_not_a_time_is_a_usage_error(given: str, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.parser().parse_args(
+            ["exempt", "i-0123456789abcdef0", "--account", "111122223333", "--reason", "x", "--until", given]
+        )
+    assert exited.value.code == 2 and "--until" in capsys.readouterr().err
