@@ -138,6 +138,17 @@ def serial_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
     one_request_at_a_time(monkeypatch, DynamoHandler)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _patterns_as_aws_matches_them() -> Iterator[None]:
+    """EventBridge matches the fields of arrays of objects (a CloudTrail `tagSet.items[].key`); moto's
+    matcher does not: every suite matches as AWS does, as the local stack does."""
+    from local_stack.embedded import patterns_match_arrays_of_objects
+
+    restore = patterns_match_arrays_of_objects()
+    yield
+    restore()
+
+
 @pytest.fixture
 def aws_mock() -> Iterator[None]:
     """moto in-process, with AWS managed policies (AWSDenyAll exists in every real account)."""

@@ -58,6 +58,7 @@ class EmbeddedAws:
         # moto gap: any caller assumes any role ARN, existing or not; STS refuses (local_stack.trust).
         self._restore.append(refuse_untrusted_assume_role())
         self._restore.append(unimplemented_actions_logged_in_one_line())
+        self._restore.append(patterns_match_arrays_of_objects())
         server = ThreadedMotoServer(ip_address=self.host, port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
@@ -209,3 +210,37 @@ def aws_environment(endpoint: str, region: str, *, embedded: bool) -> dict[str, 
 
 def default_region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+def _flatten_like_aws(node: Any, prefix: str = "", result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An event as EventBridge matches it: each leaf by its dotted path; an array of objects gives each
+    of its objects' leaves, their values gathered in a list (a pattern matches when any value does)."""
+    result = {} if result is None else result
+    if isinstance(node, dict):
+        for name, value in node.items():
+            path = f"{prefix}.{name}" if prefix else name
+            if isinstance(value, dict) and value:
+                _flatten_like_aws(value, path, result)
+            elif isinstance(value, list) and any(isinstance(item, dict) for item in value):
+                for item in value:
+                    for leaf, found in _flatten_like_aws(item, path).items():
+                        gathered = result.setdefault(leaf, [])
+                        gathered.extend(found if isinstance(found, list) else [found])
+            else:
+                result[path] = value
+    return result
+
+
+def patterns_match_arrays_of_objects() -> Callable[[], None]:
+    """moto gap: its event-pattern matcher does not look inside arrays of objects (a CloudTrail
+    `tagSet.items[].key`, `resourcesSet.items[].resourceId`), which EventBridge matches field by field.
+    Returns what puts moto's matcher back."""
+    from moto.events.models import EventPattern
+
+    original = EventPattern.__dict__["_flatten_dict"]
+    EventPattern._flatten_dict = staticmethod(_flatten_like_aws)  # type: ignore[method-assign]
+
+    def restore() -> None:
+        EventPattern._flatten_dict = original  # type: ignore[method-assign]
+
+    return restore

@@ -36,6 +36,7 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from shared.lifecycle import Status
 from shared.models import (
+    TAG_PREFIX,
     AccountId,
     ErrorInfo,
     InstanceId,
@@ -76,6 +77,9 @@ TAMPER_CALLS = frozenset(
         "ModifyInstanceAttribute",
         "AuthorizeSecurityGroupIngress",
         "AuthorizeSecurityGroupEgress",
+        "ModifySecurityGroupRules",
+        "CreateTags",
+        "DeleteTags",
         "ReplaceIamInstanceProfileAssociation",
         "DisassociateIamInstanceProfile",
         "DeleteRolePolicy",
@@ -97,11 +101,19 @@ ISOLATING_ATTRIBUTES = frozenset(
         "blockDeviceMapping",
     }
 )
+#: Calls that add or change a rule of a security group.
+GROUP_RULE_CALLS = frozenset(
+    {"AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress", "ModifySecurityGroupRules"}
+)
+#: Calls that change tags: watched when they change a key of the service's (`TAG_PREFIX`), or remove every
+#: tag (DeleteTags with no tag list).
+TAG_CALLS = frozenset({"CreateTags", "DeleteTags"})
 #: The prefix of the inline policies the service writes on a role (the credentials deny).
 POLICY_PREFIX = "ec2-isolation"
 _ID = r"[0-9a-f]{8}([0-9a-f]{9})?"
 _INSTANCE_ID = re.compile(rf"^i-{_ID}$")
 _ENI_ID = re.compile(rf"^eni-{_ID}$")
+_GROUP_ID = re.compile(rf"^sg-{_ID}$")
 
 
 class InvalidMessage(Exception):
@@ -274,7 +286,9 @@ class TamperCall:
     region: str
     instance_ids: tuple[str, ...] = ()
     network_interface_ids: tuple[str, ...] = ()
-    security_group_id: str | None = None
+    #: Security groups whose rules or tags the call changed (the tamper watch repairs the isolation
+    #: groups among them).
+    security_group_ids: tuple[str, ...] = ()
     snapshot_id: str | None = None
     role_name: str | None = None
 
@@ -283,7 +297,7 @@ class TamperCall:
         """The call names interfaces, a group, a role or a snapshot: the isolations it touches are found
         among the account's ISOLATED records (`search_region`)."""
         return bool(
-            self.network_interface_ids or self.security_group_id or self.snapshot_id or self.role_name
+            self.network_interface_ids or self.security_group_ids or self.snapshot_id or self.role_name
         )
 
     @property
@@ -303,6 +317,7 @@ class TamperCall:
             "caller_arn": self.caller_arn,
             "event_id": self.event_id,
             "event_time": self.event_time,
+            **({"security_group_ids": list(self.security_group_ids)} if self.security_group_ids else {}),
         }
 
 
@@ -388,8 +403,24 @@ def parse_tamper(body: str) -> TamperCall:
         if not str(request.get("policyName") or "").startswith(POLICY_PREFIX):
             raise Ignored(f"{name} {call.eventID} is about a policy the service did not write")
         role_name = str(request.get("roleName") or "") or None
-    found = _ids(request, _INSTANCE_ID) + _ids(call.responseElements or {}, _INSTANCE_ID)
-    group = request.get("groupId") if name.startswith("AuthorizeSecurityGroup") else None
+    if name in TAG_CALLS:
+        # Only the resources tagged: a tag's value is anyone's text (an instance id in it names nothing).
+        resources = _ids(request.get("resourcesSet"), _INSTANCE_ID) + _ids(
+            request.get("resourcesSet"), _GROUP_ID
+        )
+        keys = _tag_keys(request)
+        if (
+            keys is None
+            and name == "CreateTags"
+            or keys is not None
+            and not any(k.startswith(TAG_PREFIX) for k in keys)
+        ):
+            raise Ignored(f"{name} {call.eventID} changes no tag of the service's ({TAG_PREFIX}*)")
+        found = [r for r in resources if _INSTANCE_ID.match(r)]
+        groups = [r for r in resources if _GROUP_ID.match(r)]
+    else:
+        found = _ids(request, _INSTANCE_ID) + _ids(call.responseElements or {}, _INSTANCE_ID)
+        groups = _rule_group(name, request)
     snapshot = request.get("snapshotId") if name == "DeleteSnapshot" else None
     issuer = call.userIdentity.sessionContext.sessionIssuer if call.userIdentity.sessionContext else None
     return TamperCall(
@@ -402,10 +433,31 @@ def parse_tamper(body: str) -> TamperCall:
         region=call.awsRegion,
         instance_ids=tuple(dict.fromkeys(found)),
         network_interface_ids=tuple(dict.fromkeys(_ids(request, _ENI_ID))),
-        security_group_id=group if isinstance(group, str) else None,
+        security_group_ids=tuple(dict.fromkeys(groups)),
         snapshot_id=snapshot if isinstance(snapshot, str) else None,
         role_name=role_name,
     )
+
+
+def _rule_group(name: str, request: dict[str, Any]) -> list[str]:
+    """The group whose rules a rule call changed: `groupId` (Authorize*), or the group named in the
+    nested request CloudTrail records for ModifySecurityGroupRules (`ModifySecurityGroupRulesRequest.
+    GroupId`). Never a group a rule merely references."""
+    if name not in GROUP_RULE_CALLS:
+        return []
+    nested = request.get("ModifySecurityGroupRulesRequest")
+    group = nested.get("GroupId") if isinstance(nested, dict) else request.get("groupId")
+    return [group] if isinstance(group, str) and _GROUP_ID.match(group) else []
+
+
+def _tag_keys(request: dict[str, Any]) -> list[str] | None:
+    """The tag keys of a CreateTags/DeleteTags request (`tagSet.items[].key`); None when it has no tag
+    list (DeleteTags then removes every tag)."""
+    tag_set = request.get("tagSet")
+    items = tag_set.get("items") if isinstance(tag_set, dict) else None
+    if not isinstance(items, list) or not items:
+        return None
+    return [str(item.get("key")) for item in items if isinstance(item, dict)]
 
 
 def _ids(data: Any, pattern: re.Pattern[str]) -> list[str]:

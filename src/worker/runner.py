@@ -95,6 +95,8 @@ from worker.consistency import retry_own_table
 from worker.instance import Instance, describe
 from worker.steps import CONTAINMENT, FOLLOW_UP, Step, StepContext
 
+#: The step a tamper repair past its budget records first (the record then ends FAILED `TamperLoop`).
+TAMPER_LOOP_STEP = "check-tamper-repairs"
 #: How long one attempt holds the record (longer than the worker's 60 s timeout).
 LEASE_SECONDS = 120
 #: The first wait for a release that an isolation took the instance's slot from to stop.
@@ -452,6 +454,8 @@ class Attempt(_Receive):
     instance: Instance | None = None
     #: The region's isolation-group claims by VPC, read with the instance (None: not looked up).
     groups_seen: dict[str, GroupClaim] | None = None
+    #: A tamper repair past the instance's repair budget: the network cut only, then FAILED TamperLoop.
+    network_only: bool = False
     ctx: StepContext | None = None
 
     def run(self) -> Outcome:
@@ -510,12 +514,14 @@ class Attempt(_Receive):
         self.ctx = self._context(account, instance, begun, groups_seen=self.groups_seen)
         return None
 
-    def contain(self) -> None:
-        """The network cut, then `contained_at` with its steps."""
+    def contain(self) -> Outcome | None:
+        """The network cut, then `contained_at` with its steps. A tamper repair past its budget ends
+        there (FAILED `TamperLoop`: the rest is not repaired)."""
         ctx = self.ctx
         assert ctx is not None and isinstance(ctx.notes, StepJournal)
         steps = [self._step(step, ctx) for step in CONTAINMENT]
         ctx.notes.contained(steps, isolation_groups=ctx.isolation_groups)
+        return self._end_tamper_loop() if self.network_only else None
 
     def hold(self, step: type[Step]) -> None:
         """A step of what must not wait for the follow-up (`HOLD`: the steps run side by side)."""
@@ -553,8 +559,12 @@ class Attempt(_Receive):
             exemptions_table=None if tamper else settings.EXEMPTION_TABLE_NAME,
         )
         if isinstance(created, RepairsSpent):
-            self._record_tamper_loop(created.limit)
-            return Outcome.TAMPER_LOOP
+            # Past the budget the network cut is still repaired, and nothing else: the record carries the
+            # refusal from its start, so that every receive of it knows (`network_only`).
+            self.record = self.record.model_copy(update={"steps": [self._tamper_loop_step(created.limit)]})
+            created = store.create_queued(
+                self.record, lease_seconds=settings.ACTIVE_LEASE_SECONDS, coalesce_window_seconds=None
+            )
         if isinstance(created, Joined) and tamper:
             # The isolation in flight may have passed the network cut before the call: look again later.
             raise RetryableError(
@@ -598,6 +608,7 @@ class Attempt(_Receive):
             self.deps.store.put_record(self.record)
             begun = begin()
         self.began_as = begun.attempts
+        self.network_only = any(step.name == TAMPER_LOOP_STEP for step in begun.steps)
         return begun
 
     def _episode(self, instance: Instance) -> IsolationRecord | None:
@@ -680,14 +691,26 @@ class Attempt(_Receive):
         self._record_refused(StepRecord.skipped("check-blast-radius", message), Status.SKIPPED, "RateLimited")
         logger.warning("blast-radius budget spent: trigger skipped", extra={"limit": limit})
 
-    def _record_tamper_loop(self, limit: int) -> None:
+    def _tamper_loop_step(self, limit: int) -> StepRecord:
         message = (
             f"tamper events re-isolated {self.record.instance_id} {limit} times this hour already "
-            "(TamperRepairsPerHour): left as the last call made it; an automation may be undoing the "
-            "isolation (look at the call in the trigger), then isolate it through the webhook"
+            "(TamperRepairsPerHour): only its network cut is repaired, the rest is left as the last call "
+            "made it; an automation may be undoing the isolation (look at the call in the trigger), then "
+            "isolate it through the webhook"
         )
-        self._record_refused(StepRecord.failed("check-tamper-repairs", message), Status.FAILED, "TamperLoop")
-        logger.warning("tamper-repair budget spent: the instance is left alone", extra={"limit": limit})
+        logger.warning("tamper-repair budget spent: only the network cut is repaired", extra={"limit": limit})
+        return StepRecord.failed(TAMPER_LOOP_STEP, message)
+
+    def _end_tamper_loop(self) -> Outcome:
+        """The network cut repaired past the budget: the record ends FAILED `TamperLoop`."""
+        [step] = [step for step in self.record.steps if step.name == TAMPER_LOOP_STEP][:1] or [
+            self._tamper_loop_step(self.deps.settings.TAMPER_REPAIRS_PER_HOUR)
+        ]
+        current = self.deps.store.get(self.record.isolation_id) or self.record
+        self.deps.store.finish(
+            current, Status.FAILED, error=ErrorInfo(code="TamperLoop", message=step.detail)
+        )
+        return Outcome.TAMPER_LOOP
 
     def _record_refused(self, step: StepRecord, status: Status, code: str) -> None:
         """The record of a request a budget refused, written ended: its one `step` says why."""

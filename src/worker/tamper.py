@@ -5,9 +5,13 @@ Which instances a call touches:
 - an instance id in the call (its parameters or, for `ReplaceIamInstanceProfileAssociation` and
   `DisassociateIamInstanceProfile`, whose parameters name only the association, its response): that one;
 - a network interface: the isolated instance whose recorded prior state has it;
-- a rule added to a security group: when the group is an isolation group (tagged
-  `ec2-isolation:managed=true`, read in the account), every isolated instance of its VPC gets its own
-  repair (each record shows what was put right for that instance; the first one revokes the rule);
+- a rule added to or changed on a security group, or an `ec2-isolation:` tag of one changed: when the
+  group is an isolation group (one the service's table names, never known by its tags), the group is
+  repaired once (its managed tag put back, its rules revoked: every isolation checks its group), by one
+  repair of one isolated instance behind it (the lowest instance id of the VPC's, so that a redelivery
+  asks for the same one), not one repair per instance;
+- an `ec2-isolation:` tag of an instance changed (or every tag removed): that instance, re-tagged by its
+  repair;
 - a role policy of the service (`ec2-isolation*`): every isolated instance whose prior role it is;
 - a snapshot: the isolation whose evidence lists it (the repair takes the episode's snapshots again).
 
@@ -22,7 +26,6 @@ in `inherits_from` (the runner takes its prior state even when the call removed 
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
 
 from shared.errors import RetryableError
 from shared.lifecycle import Status
@@ -30,7 +33,6 @@ from shared.models import IsolationRecord, Source, Target
 from shared.observability import logger
 from worker.messages import Ignored, TamperCall
 from worker.runner import WorkerDeps
-from worker.steps.network import MANAGED_TAG
 
 #: Isolation ids of a record's episode are followed at most this far (coalesced records carry none).
 _MAX_HOPS = 5
@@ -47,7 +49,8 @@ def repairs(call: TamperCall, deps: WorkerDeps) -> list[IsolationRecord]:
         record = _latest(deps, target)
         if record is not None:
             latest[target] = record
-    for record in _indirect(call, deps):
+    indirect = _indirect(call, deps)
+    for record in indirect:
         if record.target not in latest:
             latest[record.target] = _latest(deps, record.target) or record
     # A redelivery of the call (a retry, or a redrive of the tamper DLQ) finds its own repair latest: it
@@ -99,27 +102,32 @@ def _indirect(call: TamperCall, deps: WorkerDeps) -> list[IsolationRecord]:
             )
         ):
             found.append(record)
-    if call.security_group_id and records:
-        vpc = _isolation_group_vpc(call, deps, records[0].target)
-        found.extend(r for r in records if vpc is not None and r.prior_state and vpc in r.prior_state.vpc_ids)
+    for vpc in _isolation_group_vpcs(call, deps):
+        # The group is repaired once: by the repair of one isolated instance behind it.
+        behind = [r for r in records if _uses(r, vpc)]
+        if behind:
+            found.append(min(behind, key=lambda r: r.instance_id))
     return found
 
 
-def _isolation_group_vpc(call: TamperCall, deps: WorkerDeps, any_target: Target) -> str | None:
-    """The VPC of the call's group when it is an isolation group (read in the account), else None."""
-    ec2: Any = deps.session(any_target).client("ec2")
-    groups = ec2.describe_security_groups(
-        Filters=[
-            {"Name": "group-id", "Values": [call.security_group_id]},
-            {"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]},
-        ]
-    )["SecurityGroups"]
-    if not groups:
-        logger.info(
-            "a rule added to a group that is not an isolation group", extra={"group": call.security_group_id}
-        )
-        return None
-    return str(groups[0]["VpcId"])
+def _isolation_group_vpcs(call: TamperCall, deps: WorkerDeps) -> list[str]:
+    """The VPCs of the call's groups that are isolation groups: groups the service's own table names
+    (whatever the groups' tags say: the call may have removed them)."""
+    if not call.security_group_ids:
+        return []
+    claims = deps.store.group_claims(call.account_id, call.region)
+    ours = {claim.group_id: vpc for vpc, claim in claims.items() if claim.group_id}
+    others = [group for group in call.security_group_ids if group not in ours]
+    if others:
+        logger.info("a call on groups that are not isolation groups", extra={"groups": others})
+    return [ours[group] for group in call.security_group_ids if group in ours]
+
+
+def _uses(record: IsolationRecord, vpc: str) -> bool:
+    """The record's instance has an interface in `vpc` (behind its isolation group)."""
+    if record.isolation_groups is not None and vpc in record.isolation_groups:
+        return True
+    return record.prior_state is not None and vpc in record.prior_state.vpc_ids
 
 
 def _episode(deps: WorkerDeps, record: IsolationRecord) -> IsolationRecord:
@@ -145,7 +153,15 @@ def _repair(call: TamperCall, target: Target, episode: IsolationRecord) -> Isola
         isolation_id=call.repair_id(target),
         source=Source.TAMPER,
         target=target,
-        reason=f"tamper: {call.event_name} by {call.caller_arn or 'an unknown caller'} undid part of {episode.isolation_id}",
+        reason=(
+            f"tamper: {call.event_name} by {call.caller_arn or 'an unknown caller'} undid part of "
+            f"{episode.isolation_id}"
+            + (
+                f" (on {', '.join(call.security_group_ids)}: the group is repaired once)"
+                if call.security_group_ids
+                else ""
+            )
+        ),
         trigger=call.trigger,
     )
     return record.model_copy(update={"inherits_from": episode.isolation_id})

@@ -421,3 +421,32 @@ def test_member_accounts_forward_exactly_the_guardrail_pattern(deployed, member_
         stack = deployed(TargetRoleName=role)["Resources"]
         assert forwarded == event_pattern(stack["GuardrailRule"])
         assert forwarded == event_pattern(stack["GuardrailBusRule"])
+
+
+@pytest.mark.parametrize("name", ["cloudtrail-create-tags.json", "cloudtrail-delete-tags.json"])
+def test_tag_calls_are_watched_only_for_the_services_keys(tamper_pattern, name: str) -> None:
+    # Given a CreateTags or DeleteTags call of an ec2-isolation: key (matched), and the same call of
+    # other keys only: every tag change of the organization is not the tamper watch's
+    event = _call(name)
+    items = event["detail"]["requestParameters"]["tagSet"]["items"]
+    assert _matches(tamper_pattern, event)
+    for item in items:
+        item["key"] = "Name"
+    # Then only the first reaches the tamper queue
+    assert not _matches(tamper_pattern, event)
+    # And one call of both kinds of keys does
+    items.append({"key": "ec2-isolation:source", "value": "x"})
+    assert _matches(tamper_pattern, event)
+
+
+def test_delete_tags_without_a_tag_list_is_watched_create_tags_without_one_is_not(tamper_pattern) -> None:
+    # DeleteTags with no tag list removes every tag, the service's included
+    assert _matches(tamper_pattern, _call("cloudtrail-delete-tags-all.json"))
+    assert not _matches(tamper_pattern, _call("cloudtrail-delete-tags-all.json", eventName="CreateTags"))
+
+
+def test_a_role_policy_call_on_another_policy_is_not_watched_even_among_tag_calls(tamper_pattern) -> None:
+    event = _call("cloudtrail-delete-role-policy.json")
+    event["detail"]["requestParameters"]["policyName"] = "app-s3-access"
+    event["detail"]["requestParameters"]["tagSet"] = {"items": [{"key": "ec2-isolation:id"}]}
+    assert not _matches(tamper_pattern, event)

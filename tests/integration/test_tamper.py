@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 from tests.conftest import STACK_REGION, Stack
+from tests.integration.test_isolation_groups import as_the_member_role
 from tests.integration.test_worker import assert_isolated, isolate, records_for
 from tests.support.aws import Faults, Member
 from tests.support.crashes import Crash, time_passes
@@ -216,11 +217,18 @@ def test_a_rule_added_to_an_isolation_group_is_revoked(
     tamper.put(_rule_added(member, group))
     assert tamper.work() == []
 
-    # Then the rule is gone and each isolated instance of the VPC has a repair on record
+    # Then the rule is gone, repaired once on the group: one repair on record, through one isolated
+    # instance behind it, naming the group (not one re-isolation per instance)
     (described,) = member.isolation_groups(vpc.id)
     assert described["IpPermissions"] == [] and described["IpPermissionsEgress"] == []
-    for instance in instances:
-        assert [r["source"] for r in records_for(stack, instance)] == ["tamper", "webhook"]
+    repairs = [r for instance in instances for r in records_for(stack, instance) if r["source"] == "tamper"]
+    assert len(repairs) == 1 and repairs[0]["status"] == "ISOLATED"
+    assert repairs[0]["instance_id"] == min(instances)
+    assert repairs[0]["trigger"]["security_group_ids"] == [group]
+    assert (
+        "1 rule(s) found on"
+        in [st for st in repairs[0]["steps"] if st["name"] == "swap-security-groups"][-1]["detail"]
+    )
 
 
 def test_an_automation_that_keeps_undoing_meets_tamper_loop(
@@ -240,12 +248,20 @@ def test_an_automation_that_keeps_undoing_meets_tamper_loop(
         tamper.put(call)
         assert tamper.work() == []
 
-    # Then the first was repaired, the second ended FAILED TamperLoop and left the instance alone
+    # Then the first was repaired; the second ended FAILED TamperLoop, past the budget, with its network
+    # cut repaired all the same (and only that)
     repair, looped = records_for(stack, instance)[1], records_for(stack, instance)[0]
     assert repair["status"] == "ISOLATED" and repair["source"] == "tamper"
     assert looped["status"] == "FAILED" and looped["error"]["code"] == "TamperLoop"
     assert "TamperRepairsPerHour" in looped["error"]["message"]
-    assert list(member.eni_groups(instance).values()) == [[vpc.app_group_id]]
+    assert looped["contained_at"] is not None
+    assert [st["name"] for st in looped["steps"]] == [
+        "check-tamper-repairs",
+        "ensure-isolation-sg",
+        "swap-security-groups",
+    ]
+    group = assert_isolated(member, instance, vpc.id)
+    assert list(member.eni_groups(instance).values()) == [[group]]
     # And an outcome event says so
     outcomes = {(e["detail"]["isolation_id"], e["detail"]["status"]) for e in stack.outcomes()}
     assert (looped["isolation_id"], "FAILED") in outcomes
@@ -357,3 +373,176 @@ def test_a_repair_that_fails_for_a_moment_is_finished_by_the_next_receive(
     repairs = [r for r in records_for(stack, instance) if r["source"] == "tamper"]
     assert [r["status"] for r in repairs] == ["ISOLATED"] and repairs[0]["attempts"] == 2
     assert_isolated(member, instance, vpc.id)
+
+
+# --- isolation groups and tags, by identity ---------------------------------------------------------------
+
+
+def _on_group(member: Member, event_name: str, group: str, request: dict[str, Any]) -> dict[str, Any]:
+    return cloudtrail_call(
+        source="aws.ec2",
+        event_name=event_name,
+        account_id=member.account_id,
+        region=member.region,
+        caller_role_arn=HARNESS_ROLE.format(account=member.account_id),
+        request_parameters=request,
+    )
+
+
+def test_untagging_the_live_isolation_group_then_opening_its_egress_is_repaired(
+    stack: Stack, member: Member, tamper: TamperQueue, faults: Faults
+) -> None:
+    # Given two isolated instances behind one isolation group (the member role may revoke rules of tagged
+    # groups only, as AWS would answer it)
+    as_the_member_role(faults, member)
+    vpc = member.vpc()
+    instances = [member.instance(vpc, enis=1) for _ in range(2)]
+    for instance in instances:
+        assert isolate(stack, member, instance)["status"] == "ISOLATED"
+    group = assert_isolated(member, instances[0], vpc.id)
+
+    # When someone removes the group's managed tag, then opens its egress to everything
+    member.ec2.delete_tags(Resources=[group], Tags=[{"Key": "ec2-isolation:managed"}])
+    member.ec2.authorize_security_group_egress(
+        GroupId=group, IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+    )
+    untag = _on_group(
+        member,
+        "DeleteTags",
+        group,
+        {
+            "resourcesSet": {"items": [{"resourceId": group}]},
+            "tagSet": {"items": [{"key": "ec2-isolation:managed"}]},
+        },
+    )
+    opened = _on_group(
+        member,
+        "AuthorizeSecurityGroupEgress",
+        group,
+        {
+            "groupId": group,
+            "ipPermissions": {
+                "items": [{"ipProtocol": "-1", "ipRanges": {"items": [{"cidrIp": "0.0.0.0/0"}]}}]
+            },
+        },
+    )
+    tamper.put(untag)
+    tamper.put(opened)
+    # (the second call waits for the first one's repair, in flight on the same instance, to end)
+    for _ in range(3):
+        if not tamper.work():
+            break
+        tamper.let_time_pass()
+    assert tamper.messages() == []
+
+    # Then the group is the service's again: tagged, with no rule, and the instances are isolated
+    [described] = member.ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"]
+    assert (described["IpPermissions"], described["IpPermissionsEgress"]) == ([], [])
+    assert {"Key": "ec2-isolation:managed", "Value": "true"} in described["Tags"]
+    for instance in instances:
+        assert assert_isolated(member, instance, vpc.id) == group
+    # And each call was repaired once, on the group, through one instance behind it
+    repairs = [r for instance in instances for r in records_for(stack, instance) if r["source"] == "tamper"]
+    assert sorted(r["trigger"]["event_name"] for r in repairs) == [
+        "AuthorizeSecurityGroupEgress",
+        "DeleteTags",
+    ]
+    assert {r["instance_id"] for r in repairs} == {min(instances)}
+    assert all(r["status"] == "ISOLATED" for r in repairs)
+
+
+def test_a_changed_rule_of_the_isolation_group_is_repaired(
+    stack: Stack, member: Member, tamper: TamperQueue
+) -> None:
+    # Given an isolated instance, and its isolation group given a rule that someone then modifies
+    # (ModifySecurityGroupRules names the group in a nested request, as CloudTrail records it)
+    vpc = member.vpc()
+    instance = member.instance(vpc, enis=1)
+    isolate(stack, member, instance)
+    group = assert_isolated(member, instance, vpc.id)
+    member.ec2.authorize_security_group_ingress(
+        GroupId=group,
+        IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+        ],
+    )
+    modified = _on_group(
+        member,
+        "ModifySecurityGroupRules",
+        group,
+        {
+            "ModifySecurityGroupRulesRequest": {
+                "GroupId": group,
+                "SecurityGroupRule": {
+                    "SecurityGroupRuleId": "sgr-0123456789abcdef0",
+                    "SecurityGroupRule": {
+                        "IpProtocol": "-1",
+                        "FromPort": -1,
+                        "ToPort": -1,
+                        "CidrIpv4": "0.0.0.0/0",
+                    },
+                },
+            }
+        },
+    )
+
+    # When the call reaches the tamper watch
+    tamper.put(modified)
+    assert tamper.work() == []
+
+    # Then the group has no rule again, and the repair says so
+    [described] = member.ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"]
+    assert (described["IpPermissions"], described["IpPermissionsEgress"]) == ([], [])
+    [repair] = [r for r in records_for(stack, instance) if r["source"] == "tamper"]
+    assert repair["status"] == "ISOLATED" and repair["trigger"]["event_name"] == "ModifySecurityGroupRules"
+
+
+@pytest.mark.parametrize("removal", ["its id tag", "every tag"])
+def test_an_isolated_instances_tags_removed_are_written_again(
+    stack: Stack, member: Member, tamper: TamperQueue, removal: str
+) -> None:
+    # Given an isolated instance
+    vpc = member.vpc()
+    instance = member.instance(vpc, enis=1)
+    isolate(stack, member, instance)
+
+    # When someone removes its ec2-isolation:id tag (or every tag: DeleteTags with no tag list)
+    request: dict[str, Any] = {"resourcesSet": {"items": [{"resourceId": instance}]}}
+    if removal == "its id tag":
+        member.ec2.delete_tags(Resources=[instance], Tags=[{"Key": "ec2-isolation:id"}])
+        request["tagSet"] = {"items": [{"key": "ec2-isolation:id"}]}
+    else:
+        member.ec2.delete_tags(Resources=[instance])
+    tamper.put(_on_group(member, "DeleteTags", instance, request))
+    assert tamper.work() == []
+
+    # Then a repair wrote them again
+    [repair] = [r for r in records_for(stack, instance) if r["source"] == "tamper"]
+    assert repair["status"] == "ISOLATED"
+    tags = {t["Key"]: t["Value"] for t in member.described(instance).get("Tags", [])}
+    assert tags.get("ec2-isolation:id") and tags.get("ec2-isolation:source")
+    assert_isolated(member, instance, vpc.id)
+
+
+def test_a_look_alike_group_or_another_tag_change_asks_for_no_repair(
+    stack: Stack, member: Member, tamper: TamperQueue
+) -> None:
+    # Given an isolated instance, and a member-made group tagged managed in its VPC
+    vpc = member.vpc()
+    instance = member.instance(vpc, enis=1)
+    isolate(stack, member, instance)
+    decoy = member.ec2.create_security_group(
+        GroupName="ec2-isolation-decoy",
+        Description="not ours",
+        VpcId=vpc.id,
+        TagSpecifications=[
+            {"ResourceType": "security-group", "Tags": [{"Key": "ec2-isolation:managed", "Value": "true"}]}
+        ],
+    )["GroupId"]
+
+    # When a rule is added to the decoy
+    tamper.put(_on_group(member, "AuthorizeSecurityGroupIngress", decoy, {"groupId": decoy}))
+    assert tamper.work() == []
+
+    # Then no repair is asked for (the table does not name it: tags are labels)
+    assert [r["source"] for r in records_for(stack, instance)] == ["webhook"]

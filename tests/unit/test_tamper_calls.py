@@ -15,6 +15,7 @@ pytestmark = pytest.mark.disable_socket
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 INSTANCE = "i-0123456789abcdef0"
+GROUP = "sg-0fedcba9876543210"
 
 
 def _body(name: str, **request: Any) -> str:
@@ -36,7 +37,14 @@ def _body(name: str, **request: Any) -> str:
             "cloudtrail-modify-network-interface-attribute.json",
             {"network_interface_ids": ("eni-0a1b2c3d4e5f60718",)},
         ),
-        ("cloudtrail-authorize-security-group-ingress.json", {"security_group_id": "sg-0fedcba9876543210"}),
+        ("cloudtrail-authorize-security-group-ingress.json", {"security_group_ids": (GROUP,)}),
+        ("cloudtrail-authorize-security-group-egress.json", {"security_group_ids": (GROUP,)}),
+        # the group is in the nested request CloudTrail records for it
+        ("cloudtrail-modify-security-group-rules.json", {"security_group_ids": (GROUP,)}),
+        ("cloudtrail-create-tags.json", {"instance_ids": (INSTANCE,), "security_group_ids": ()}),
+        ("cloudtrail-delete-tags.json", {"instance_ids": (), "security_group_ids": (GROUP,)}),
+        # no tag list: every tag removed
+        ("cloudtrail-delete-tags-all.json", {"instance_ids": (INSTANCE,)}),
         ("cloudtrail-delete-snapshot.json", {"snapshot_id": "snap-0123456789abcdef0"}),
         ("cloudtrail-delete-role-policy.json", {"role_name": "app", "region": "us-east-1"}),
     ],
@@ -61,6 +69,10 @@ def test_each_call_names_the_resources_it_touched(name: str, named: dict[str, An
         ("cloudtrail-modify-network-interface-attribute.json", {"networkInterfaceId": "eni-0a1b2c3d4e5f60718", "sourceDestCheck": {"value": False}}),
         # a role policy the service did not write
         ("cloudtrail-delete-role-policy.json", {"roleName": "app", "policyName": "s3-access"}),
+        # tags that are not the service's; CreateTags without a tag list
+        ("cloudtrail-create-tags.json", {"resourcesSet": {"items": [{"resourceId": INSTANCE}]}, "tagSet": {"items": [{"key": "Name", "value": "web"}]}}),
+        ("cloudtrail-delete-tags.json", {"resourcesSet": {"items": [{"resourceId": GROUP}]}, "tagSet": {"items": [{"key": "Owner"}]}}),
+        ("cloudtrail-create-tags.json", {"resourcesSet": {"items": [{"resourceId": INSTANCE}]}}),
     ],
 )  # fmt: skip
 def test_calls_that_cannot_undo_an_isolation_are_ignored(name: str, parameters: dict[str, Any]) -> None:
@@ -91,3 +103,25 @@ def test_failed_calls_are_ignored() -> None:
 def test_anything_else_is_not_a_call(body: str) -> None:
     with pytest.raises(InvalidMessage):
         parse_tamper(body)
+
+
+def test_a_tag_value_names_no_resource() -> None:
+    # Given a member tags its own instance with a value that is an isolated instance's id
+    body = _body(
+        "cloudtrail-create-tags.json",
+        resourcesSet={"items": [{"resourceId": "i-0aaaaaaaaaaaaaaaa"}]},
+        tagSet={"items": [{"key": "ec2-isolation:id", "value": INSTANCE}]},
+    )
+    # Then only the tagged instance is named
+    assert parse_tamper(body).instance_ids == ("i-0aaaaaaaaaaaaaaaa",)
+
+
+def test_a_rule_call_names_the_group_it_changed_not_a_group_its_rule_references() -> None:
+    body = _body(
+        "cloudtrail-authorize-security-group-ingress.json",
+        groupId=GROUP,
+        ipPermissions={
+            "items": [{"ipProtocol": "-1", "groups": {"items": [{"groupId": "sg-0aaaaaaaaaaaaaaaa"}]}}]
+        },
+    )
+    assert parse_tamper(body).security_group_ids == (GROUP,)
