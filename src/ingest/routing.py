@@ -152,7 +152,7 @@ def parameters(route: Route) -> dict[str, str]:
     return {info.alias or name: name for name, info in route.query.model_fields.items()}
 
 
-def _query(route: Route, event: Mapping[str, Any], errors: list[dict[str, Any]]) -> dict[str, str]:
+def _query(route: Route, event: Mapping[str, Any], errors: list[dict[str, Any]]) -> dict[str, Any]:
     """The query parameters the route takes, each given once; an error for every other one.
 
     API Gateway passes both maps: `queryStringParameters` keeps the last value of a repeated name,
@@ -160,7 +160,7 @@ def _query(route: Route, event: Mapping[str, Any], errors: list[dict[str, Any]])
     single = event.get("queryStringParameters") or {}
     multi = event.get("multiValueQueryStringParameters") or {name: [value] for name, value in single.items()}
     taken = parameters(route)
-    query: dict[str, str] = {}
+    query: dict[str, Any] = {}
     for name, values in multi.items():
         if name not in taken:
             errors.append(_unknown_parameter(route, name, taken))
@@ -172,8 +172,9 @@ def _query(route: Route, event: Mapping[str, Any], errors: list[dict[str, Any]])
                     "msg": f"{name} is given {len(values)} times: give it once",
                 }
             )
-        elif name in single:
-            query[name] = single[name]
+        else:
+            given = values[0] if isinstance(values, list) and values else values
+            query[name] = single.get(name, given)
     return query
 
 

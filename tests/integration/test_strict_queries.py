@@ -6,6 +6,7 @@ instance's isolations, of every status: a responder's script could act on the wr
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -170,3 +171,20 @@ def test_a_bad_account_and_an_unknown_region_are_both_reported(stack: Stack) -> 
     }
     assert body["message"] == "invalid request: account_id, region"
     assert stack.queued() == 0
+
+
+def test_an_event_with_only_the_multi_value_map_is_read_the_same(stack: Stack) -> None:
+    # Given an isolation, and an event that carries the query in multiValueQueryStringParameters only
+    isolation_id = isolate(stack, INSTANCE)
+    isolate(stack, OTHER)
+    event = api_event("GET", "/isolations", query={"instance_id": INSTANCE})
+    event["queryStringParameters"] = None
+
+    # When it is handled
+    from ingest.app import handle
+
+    response = handle(event)
+
+    # Then the filter holds: only that instance's isolation
+    assert response.status_code == 200, response.body
+    assert [item["isolation_id"] for item in json.loads(response.body)["items"]] == [isolation_id]
