@@ -392,7 +392,10 @@ def _not_releasable(exc: service.NotReleasableNow) -> Response:
 
 
 def _exemption_not_found(_: exemptions.ExemptionNotFound) -> Response:
-    return _error(404, "exemption not found")
+    message = "exemption not found"
+    return _error(
+        404, message, FieldError(field="exemption_id", type="not_found", message="no exemption has this id")
+    )
 
 
 def _exempt_already(exc: exemptions.ExemptAlready) -> Response:

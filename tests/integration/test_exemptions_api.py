@@ -259,7 +259,8 @@ def test_a_deleted_exemption_is_kept_with_who_and_when(stack: Stack, exemption_e
 )
 def test_deleting_an_unknown_exemption_is_404(stack: Stack, exemption_id: str) -> None:
     status, answer = stack.api("DELETE", f"/exemptions/{exemption_id}")
-    assert status == 404 and answer["message"]
+    assert status == 404 and answer["message"] == "exemption not found"
+    assert [(error["field"], error["type"]) for error in answer["errors"]] == [("exemption_id", "not_found")]
 
 
 def test_an_exemption_id_never_reaches_another_item(stack: Stack) -> None:
