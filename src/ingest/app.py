@@ -287,7 +287,7 @@ ROUTES: tuple[Route, ...] = (
             400: Answer("The body is not UTF-8 JSON, has duplicate keys or nests too deep", ErrorBody),
             403: Answer(
                 "Missing or wrong API key, or (deployed) a caller the API's resource policy does not "
-                "allow (API Gateway's answer: only `message`)",
+                "allow (API Gateway's answer)",
                 ErrorBody,
             ),
             409: Answer("The instance has an active exemption: `exemption_id` names it", ExemptionRefused),
@@ -325,7 +325,7 @@ ROUTES: tuple[Route, ...] = (
             204: Answer("Deleted (or deleted already)", None),
             403: Answer(
                 "Missing or wrong API key, or (deployed) a caller the API's resource policy does not "
-                "allow (API Gateway's answer: only `message`)",
+                "allow (API Gateway's answer)",
                 ErrorBody,
             ),
             404: Answer("No exemption has this id", ErrorBody),

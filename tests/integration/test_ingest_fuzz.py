@@ -562,9 +562,13 @@ def test_random_headers(
 
 path_text = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=40)
 #: The query parameters each route takes (docs/api.md); a route not here takes none.
-TAKES = {("GET", "/isolations"): {"instance_id", "account_id", "status", "limit", "next"}}
+TAKES = {
+    ("GET", "/isolations"): {"instance_id", "account_id", "status", "limit", "next"},
+    ("GET", "/exemptions"): {"account_id"},
+}
 ROUTES = {("POST", "/isolate"), ("GET", "/isolations"), ("GET", "/isolations/{isolation_id}"),
-          ("POST", "/isolations/{isolation_id}/release"), ("GET", "/console")}  # fmt: skip
+          ("POST", "/isolations/{isolation_id}/release"), ("GET", "/console"), ("POST", "/exemptions"),
+          ("GET", "/exemptions"), ("DELETE", "/exemptions/{exemption_id}")}  # fmt: skip
 #: Names a person might type for them: near misses, other cases, and the real ones.
 query_names = st.one_of(
     st.sampled_from(
