@@ -57,8 +57,11 @@ class Server:
 
     def table_items(self) -> int:
         dynamodb = boto3.client("dynamodb")
+        # (the isolation table: the stack's exemption table is another)
         (table,) = [
-            name for name in dynamodb.list_tables()["TableNames"] if name.startswith("ec2-isolation-local")
+            name
+            for name in dynamodb.list_tables()["TableNames"]
+            if name.startswith("ec2-isolation-local") and "IsolationTable" in name
         ]
         return int(dynamodb.scan(TableName=table, Select="COUNT")["Count"])
 
