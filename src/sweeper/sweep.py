@@ -1,4 +1,5 @@
-"""What the sweeper does: end FAILED the records no worker will end, and nothing else.
+"""What the sweeper does: end FAILED the records no worker will end, and (once, after an upgrade from a
+version without them) fill the instances' slots with their latest records (`shared.store.episodes`).
 
 Two cases, both on the message's last allowed receive, after which SQS moves the message to the DLQ:
 - the worker stopped (a timeout, out of memory, a crash) after its attempt began: the record is
@@ -42,6 +43,8 @@ class Swept:
     dead_lettered: list[str] = field(default_factory=list)
     #: DLQ messages looked at (each once, however many times a receive returned it).
     peeked: int = 0
+    #: Slots filled from the records by the upgrade's backfill (0 once it is done).
+    backfilled: int = 0
 
 
 def sweep(
@@ -58,7 +61,7 @@ def sweep(
 ) -> Swept:
     """End what no worker will end; `announce(isolation_id)` publishes each ended record's outcome."""
     moment = time.time() if now is None else now
-    swept = Swept()
+    swept = Swept(backfilled=store.backfill_episodes())
     for record in store.lost(moment):
         if store.end_lost(record, now=moment):
             logger.warning(
@@ -117,7 +120,7 @@ def _repairs_of(store: IsolationStore, call: TamperCall) -> list[str]:
         for instance_id in call.instance_ids
     }
     if call.names_other_resources:
-        targets |= {r.target for r in store.isolated_in_account(call.account_id, call.search_region)}
+        targets |= {r.target for r in store.isolated_now(call.account_id, call.search_region)}
     return sorted(call.repair_id(target) for target in targets)
 
 

@@ -2,7 +2,8 @@
 
 1. open every message's record (a trigger's is written now; joins, coalescing, the blast radius);
 2. describe the batch's instances: one AssumeRole (cached) and one DescribeInstances per account and
-   region (and, at once, the region's isolation groups, when the environment knows none there yet);
+   region (and, at once, the region's isolation groups, when the environment knows none there yet, and
+   each instance's episode, from the service's own table);
 3. begin each: the prior state written before any change;
 4. cut every interface of every instance (the isolation group of each VPC found or created once) and
    write each record's `contained_at`;
@@ -142,7 +143,10 @@ def _same_role(attempt: Attempt) -> object:
 def _describe(
     attempts: list[Attempt], results: dict[int, Outcome | Exception], deps: WorkerDeps
 ) -> list[Attempt]:
-    """The role assumed and the instances described once per account and region."""
+    """The role assumed and the instances described once per account and region; meanwhile each
+    instance's episode is looked up in the service's own table (it depends on nothing described)."""
+    for attempt in attempts:
+        attempt.look_up_episode()
 
     def key(attempt: Attempt) -> tuple[str, str]:
         return attempt.record.account_id, attempt.record.region

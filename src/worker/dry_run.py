@@ -41,6 +41,9 @@ class DryRunNotes:
     def keep_evidence(self, evidence: Evidence) -> None:  # a check takes none
         raise AssertionError("a dry run keeps no evidence")
 
+    def asking_snapshots(self, at: str) -> None:
+        raise AssertionError("a dry run takes no snapshot")
+
     def take(self) -> dict[str, Any]:
         taken, self.pending = self.pending, {}
         return taken

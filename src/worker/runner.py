@@ -11,10 +11,12 @@ whole batch runs phase by phase (`worker.batch`), each attempt going:
    the security account exempted, `shared.store.exemptions`, is SKIPPED: never one a tag says is
    exempt), blast-radius budget (which an exempted trigger does not spend);
 2. describe: assume the execution role, DescribeInstances (one call per account and region of the
-   batch);
-3. begin: the IN_PROGRESS write with `prior_state`, the only write before the first change. An instance
-   that carries the `ec2-isolation:id` of another isolation is in an episode: this isolation takes that
-   one's `prior_state` and evidence (`inherits_from`), never the isolated state it sees now;
+   batch) and, meanwhile, the instance's episode from the service's own table;
+3. begin: the IN_PROGRESS write with `prior_state`, the only write before the first change (with it, in
+   one transaction, the record becomes the instance's latest that changed it). An instance whose latest
+   such record (the service's own, read consistently: `shared.store.episodes`) is another isolation's
+   and not released is in its episode: this isolation takes that one's `prior_state` and evidence
+   (`inherits_from`), never the isolated state it sees now; its tags decide nothing;
 4. contain (`worker.steps.CONTAINMENT`): the network cut, `contained_at`;
 5. hold (`worker.steps.HOLD`), once every instance of the batch is cut: the credentials deny, and out of
    Auto Scaling and load balancers, side by side (IAM on one side, Auto Scaling and ELB on the other);
@@ -42,6 +44,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -63,7 +66,6 @@ from shared.errors import (
 from shared.exemptions import Exemption
 from shared.lifecycle import Status
 from shared.models import (
-    ISOLATION_ID_TAG,
     ErrorInfo,
     Evidence,
     IsolationRecord,
@@ -90,7 +92,7 @@ from shared.store import (
     accounts,
 )
 from shared.store.isolation_groups import GroupClaim
-from worker import consistency, dry_run
+from worker import at_once, consistency, dry_run
 from worker.consistency import retry_own_table
 from worker.instance import Instance, describe
 from worker.steps import CONTAINMENT, FOLLOW_UP, Step, StepContext
@@ -208,6 +210,11 @@ class StepJournal:
     def keep_evidence(self, evidence: Evidence) -> None:
         with self._lock:
             self.store.add_steps(self.isolation_id, self.unwritten, evidence=evidence)
+            self.unwritten = []
+
+    def asking_snapshots(self, at: str) -> None:
+        with self._lock:
+            self.store.add_steps(self.isolation_id, self.unwritten, snapshots_asked_at=at)
             self.unwritten = []
 
     def failed(self, name: str, error: IsolationError) -> None:
@@ -457,6 +464,8 @@ class Attempt(_Receive):
     #: A tamper repair past the instance's repair budget: the network cut only, then FAILED TamperLoop.
     network_only: bool = False
     ctx: StepContext | None = None
+    #: The episode the instance is in, looked up while it is described (None: not looked up ahead).
+    episode_ahead: Future[IsolationRecord | None] | None = None
 
     def run(self) -> Outcome:
         """The whole containment of this one isolation: a batch of one."""
@@ -487,6 +496,11 @@ class Attempt(_Receive):
                 f"{target.region} is not a region of the aws partition (EXTRA_REGIONS admits a new one)",
             )
         return None
+
+    def look_up_episode(self) -> None:
+        """Begin looking up the instance's episode (`_episode`: the service's own table, nothing of the
+        instance), to be waited for by `begin`: it runs while the instance is described."""
+        self.episode_ahead = at_once.begun(self._episode)
 
     def begin(self) -> Outcome | None:
         """The IN_PROGRESS write with the prior state."""
@@ -588,7 +602,7 @@ class Attempt(_Receive):
         return None
 
     def _begin(self, instance: Instance) -> IsolationRecord:
-        episode = self._episode(instance)
+        episode = self.episode_ahead.result() if self.episode_ahead is not None else self._episode()
 
         def begin() -> IsolationRecord:
             return self.deps.store.begin_attempt(
@@ -599,6 +613,8 @@ class Attempt(_Receive):
                 final=self.final,
                 inherits_from=episode.isolation_id if episode else None,
                 evidence=episode.evidence if episode else None,
+                # A dry run changes nothing: it is never an episode's latest record.
+                target=None if self.record.dry_run else self.record.target,
             )
 
         try:
@@ -611,36 +627,18 @@ class Attempt(_Receive):
         self.network_only = any(step.name == TAMPER_LOOP_STEP for step in begun.steps)
         return begun
 
-    def _episode(self, instance: Instance) -> IsolationRecord | None:
-        """The isolation whose episode the instance is in (its `ec2-isolation:id` tag), when it is
-        another one with a prior state: this isolation carries that prior state and evidence."""
-        # A tamper repair names its episode itself (the call may have removed the tag).
-        holder = instance.tags.get(ISOLATION_ID_TAG) or self.record.inherits_from or self._untagged(instance)
-        if not holder or holder == self.record.isolation_id:
+    def _episode(self) -> IsolationRecord | None:
+        """The unreleased episode the instance is in: its latest record that changed it, as the service's
+        own table says (consistent reads of the instance's slot, then of that record), when it is another
+        isolation's and not RELEASED. This isolation carries its prior state and evidence. Nothing read
+        from the instance (its `ec2-isolation:id` tag above all) decides it."""
+        latest = self.deps.store.latest_changed_id(self.record.target)
+        if latest is None or latest == self.record.isolation_id:
             return None
-        earlier = self._after_release(holder)
-        if earlier is None or earlier.prior_state is None:
-            # Not a record of this service's table: the instance as it is now is all there is.
-            logger.warning("tagged by an unknown isolation", extra={"tagged_by": holder})
-            return None
+        earlier = self._after_release(latest)
+        if earlier is None or earlier.prior_state is None or earlier.status is Status.RELEASED:
+            return None  # a released episode is over: the instance as it is now is all there is
         return earlier
-
-    def _untagged(self, instance: Instance) -> str | None:
-        """An episode whose tag never came: an earlier isolation changed the instance and failed before
-        its last step (the tag), so the instance carries the isolation group and no tag. Its record, the
-        instance's newest with a prior state, holds what the instance was like; what it is like now is
-        partly isolated. Only an instance with that mark costs the lookup (one Query of the by-instance
-        index)."""
-        prefix = self.deps.settings.ISOLATION_SG_NAME
-        if not any(name == prefix or name.startswith(f"{prefix}-") for name in instance.group_names):
-            return None
-        for earlier in self.deps.store.list_for_instance(instance.instance_id, self.record.account_id):
-            mine = earlier.isolation_id == self.record.isolation_id
-            if mine or earlier.region != self.record.region or earlier.dry_run or earlier.prior_state is None:
-                continue
-            # A released episode is over: the group is on the instance for another reason (by hand).
-            return None if earlier.status is Status.RELEASED else earlier.isolation_id
-        return None
 
     def _after_release(self, isolation_id: str) -> IsolationRecord | None:
         """The record `isolation_id`, once no release of it is running: this isolation took the slot
@@ -729,8 +727,9 @@ class Attempt(_Receive):
             if earlier is not None
             else {}
         )
-        self.deps.store.put_record(
-            self.record.model_copy(update={"status": Status.ISOLATED, "steps": [step], **episode})
+        self.deps.store.put_coalesced(
+            self.record.model_copy(update={"status": Status.ISOLATED, "steps": [step], **episode}),
+            earlier=earlier_id,
         )
         logger.info("coalesced with a recent isolation", extra={"earlier": earlier_id})
 
@@ -750,7 +749,7 @@ class FollowUp(_Receive):
     def _run(self) -> Outcome:
         store = self.deps.store
         try:
-            begun, unmet = store.begin_follow_up(
+            begun, unmet, snapshots_asked_at = store.begin_follow_up(
                 self.record.isolation_id, owner=self.owner, lease_seconds=LEASE_SECONDS, final=self.final
             )
         except RecordEnded as ended:
@@ -768,6 +767,7 @@ class FollowUp(_Receive):
         account = self.deps.session(begun.target)
         instance = describe(account.client("ec2"), begun.target)
         ctx = self._context(account, instance, begun)
+        ctx.snapshots_asked_at = snapshots_asked_at
         journal = ctx.notes
         assert isinstance(journal, StepJournal)
         for step in FOLLOW_UP:

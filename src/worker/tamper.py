@@ -20,7 +20,12 @@ latest isolation is still in flight brings the message back later (that isolatio
 network cut before the call). Except the call's own repair: a redelivery of the call (its retry, or a
 redrive of the tamper DLQ once the sweeper ended the repair `DeadLettered`) asks for it again, and the
 attempt resumes it. A repair belongs to the episode of the isolation it repairs: it names it
-in `inherits_from` (the runner takes its prior state even when the call removed the instance's tag).
+in `inherits_from`, and the runner takes that episode's prior state from the instance's slot in the
+service's own table (`shared.store.episodes`), whatever the call did to the instance's tags.
+
+Which isolation is an instance's latest, and which instances are isolated now, come from the service's
+own table read consistently (the slot; the sparse `isolated-now` index, each candidate confirmed), never
+from the instance.
 """
 
 from __future__ import annotations
@@ -75,19 +80,18 @@ def repairs(call: TamperCall, deps: WorkerDeps) -> list[IsolationRecord]:
 
 
 def _latest(deps: WorkerDeps, target: Target) -> IsolationRecord | None:
-    """The instance's latest isolation (a SKIPPED record or a dry run changed nothing: they do not count)."""
-    for record in deps.store.list_for_instance(target.instance_id, target.account_id):
-        changed_nothing = record.status is Status.SKIPPED or getattr(record, "dry_run", False)
-        if record.region == target.region and not changed_nothing:
-            return record
-    return None
+    """The instance's latest isolation: the one in flight, else its latest record that changed it (a
+    SKIPPED record or a dry run changed nothing: they do not count), from the service's own table read
+    consistently (`shared.store.episodes`)."""
+    return deps.store.latest(target)
 
 
 def _indirect(call: TamperCall, deps: WorkerDeps) -> list[IsolationRecord]:
-    """ISOLATED records the call's interfaces, group, role or snapshot belong to."""
+    """The records of instances isolated now that the call's interfaces, group, role or snapshot belong
+    to (the `isolated-now` index, each confirmed with consistent reads)."""
     if not call.names_other_resources:
         return []
-    records = deps.store.isolated_in_account(call.account_id, call.search_region)
+    records = deps.store.isolated_now(call.account_id, call.search_region)
     found: list[IsolationRecord] = []
     for record in records:
         prior, evidence = record.prior_state, record.evidence

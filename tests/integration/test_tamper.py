@@ -265,11 +265,13 @@ def test_an_automation_that_keeps_undoing_meets_tamper_loop(
     # And an outcome event says so
     outcomes = {(e["detail"]["isolation_id"], e["detail"]["status"]) for e in stack.outcomes()}
     assert (looped["isolation_id"], "FAILED") in outcomes
-    # And a later call is left alone: the instance's latest isolation is no longer ISOLATED
+    # And a later call meets the spent budget again: a TamperLoop record changed nothing, so the
+    # instance's episode is still the isolated one (its latest record that changed it is the repair)
     (call,) = _put_back(member, instance, vpc.app_group_id)
     tamper.put(call)
     assert tamper.work() == []
-    assert len(records_for(stack, instance)) == 3
+    again = records_for(stack, instance)
+    assert len(again) == 4 and again[0]["error"]["code"] == "TamperLoop"
 
 
 def test_only_other_principals_successful_calls_on_isolated_instances_are_repaired(

@@ -10,12 +10,15 @@ it along its lifecycle (`shared.lifecycle` declares which moves are allowed and 
 | tamper-repair budget | `repairs#<account>#<region>#<instance>#<hour>` | `shared.store.tamper_repairs` |
 | role lease | `role#<account>#<role name>` | `shared.store.role_leases` |
 | isolation groups | `groups#<account>#<region>` | `shared.store.isolation_groups` |
+| the upgrade's backfill, done | `episodes#backfilled` | `shared.store.episodes` |
 
 Releases of a record (RELEASING, RELEASED, RELEASE_FAILED) are written by `shared.store.releases`.
 
 Only record items carry `instance_id`, so the `by-instance` index (instance_id, created_at) holds
 records only; only records in a last-receive attempt carry `final_attempt`, so the `by-final-lease`
-index holds just those. Reads never write. Every write that must be atomic with another is one
+index holds just those; only slots of instances isolated now carry `isolated_in`, so the `isolated-now`
+index holds just those (`shared.store.episodes`). Reads never write (but one: an upgraded
+deployment's slot filled from the records, once). Every write that must be atomic with another is one
 `TransactWriteItems`, so ingest stays at two AWS calls on the request path (this transaction and the
 SQS send).
 """
@@ -23,6 +26,7 @@ SQS send).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -34,8 +38,18 @@ from shared.aws import same_account_client
 from shared.errors import error_code
 from shared.exemptions import Exemption
 from shared.lifecycle import FINAL, FINAL_LEASE_INDEX, Status, Transition
-from shared.models import ErrorInfo, Evidence, IsolationRecord, PriorState, StepRecord, iso8601, utcnow
+from shared.models import (
+    ErrorInfo,
+    Evidence,
+    IsolationRecord,
+    PriorState,
+    StepRecord,
+    Target,
+    iso8601,
+    utcnow,
+)
 from shared.store import (
+    episodes,
     exemptions,
     idempotency,
     isolation_groups,
@@ -46,6 +60,7 @@ from shared.store import (
     tamper_repairs,
 )
 from shared.store.dynamo import Refused, Write, deserialize, epoch, key, serialize
+from shared.store.episodes import EpisodeReads
 from shared.store.idempotency import IdempotencyClaim, Replayed
 from shared.store.releases import ReleaseWrites
 
@@ -68,6 +83,7 @@ _INTERNAL = (
     "listed_at",
     "phase",
     "unmet",
+    "snapshots_asked_at",
 )
 
 #: The codes of a record the sweeper ends (see `shared.lifecycle`).
@@ -159,7 +175,7 @@ def _not_begun(isolation_id: str, current: dict[str, Any] | None) -> Exception:
     return LeaseHeld(isolation_id)
 
 
-class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
+class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry):
     def __init__(self, table_name: str, *, client: Any = None) -> None:
         self.table_name = table_name
         self.client = client or same_account_client("dynamodb")
@@ -236,30 +252,16 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
                 return items, False
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def isolated_in_account(self, account_id: str, region: str | None = None) -> list[IsolationRecord]:
-        """Every ISOLATED record of the account (of `region` only, when given), from the `by-recent`
-        index: the tamper watch's way from a security group, a role or a snapshot to the isolations it
-        belongs to (rare events; the index holds every record, filtered here by status and account)."""
-        found: list[IsolationRecord] = []
+    def every_record(self) -> Iterator[IsolationRecord]:
+        """Every record of the table, from the `by-recent` index (the upgrade's backfill only)."""
         for shard in range(LIST_SHARDS):
             params: dict[str, Any] = {
                 "TableName": self.table_name,
                 "IndexName": RECENT_INDEX,
                 "KeyConditionExpression": "list_shard = :shard",
-                "FilterExpression": "#s = :status AND account_id = :acct",
-                "ExpressionAttributeNames": {"#s": "status"},
-                "ExpressionAttributeValues": {
-                    ":shard": {"S": f"all#{shard}"},
-                    ":status": {"S": Status.ISOLATED.value},
-                    ":acct": {"S": account_id},
-                },
+                "ExpressionAttributeValues": {":shard": {"S": f"all#{shard}"}},
             }
-            if region is not None:
-                params["FilterExpression"] += " AND #r = :region"
-                params["ExpressionAttributeNames"]["#r"] = "region"
-                params["ExpressionAttributeValues"][":region"] = {"S": region}
-            found.extend(_record(item) for item in self._query(params, None))
-        return found
+            yield from (_record(item) for item in self._query(params, None))
 
     def lost(self, now: float) -> list[IsolationRecord]:
         """Records whose worker was lost on the last receive (`lifecycle.LOST` or, for a release,
@@ -517,6 +519,28 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
             raise
         return True
 
+    def put_coalesced(self, record: IsolationRecord, *, earlier: str) -> None:
+        """Write a coalesced record (ISOLATED, in the episode of `earlier`) and, in the same transaction,
+        make it the instance's latest record, as long as `earlier` still is (else the record alone)."""
+        put = {
+            "TableName": self.table_name,
+            "Item": serialize(_record_item(record)),
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
+        latest = episodes.coalesced(self.table_name, record.target, record.isolation_id, earlier=earlier)
+        try:
+            self.client.transact_write_items(TransactItems=[{"Put": put}, {"Update": latest}])
+            return
+        except ClientError as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise
+            codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons") or []]
+            if codes[:1] == ["ConditionalCheckFailed"]:
+                return  # written already (a redelivered trigger)
+            if codes[1:2] != ["ConditionalCheckFailed"]:
+                raise
+        self.put_record(record)  # another record is the instance's latest since: this one is not
+
     def begin_attempt(
         self,
         isolation_id: str,
@@ -527,9 +551,14 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         final: bool = False,
         inherits_from: str | None = None,
         evidence: Evidence | None = None,
+        target: Target | None = None,
     ) -> IsolationRecord:
         """`lifecycle.BEGIN`: mark the record IN_PROGRESS, count the attempt, keep the first
         `prior_state`, take the lease.
+
+        `target`: an isolation that will change the instance (not a dry run): in the same transaction the
+        record becomes the instance's latest that changed it (`shared.store.episodes`), before the first
+        change, so the next isolation finds this one's episode whatever happens to it.
 
         `inherits_from`: the isolation of the same episode whose `prior_state` (and `evidence`) this
         one carries; like `prior_state`, kept from the first attempt.
@@ -564,11 +593,34 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
             write.set("inherits_from = if_not_exists(inherits_from, :inherits)", inherits=inherits_from)
         if evidence is not None:
             write.set("evidence = if_not_exists(evidence, :evidence)", evidence=evidence.model_dump())
+        if target is None:
+            try:
+                item = self.update_record(isolation_id, write)
+            except Refused as refused:
+                raise _not_begun(isolation_id, refused.current) from refused
+            return _record(item)
+        begin = {
+            "TableName": self.table_name,
+            "Key": key(isolation_id),
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            **write.request(),
+        }
+        latest = episodes.changed_by(self.table_name, target, isolation_id)
         try:
-            item = self.update_record(isolation_id, write)
-        except Refused as refused:
-            raise _not_begun(isolation_id, refused.current) from refused
-        return _record(item)
+            self.client.transact_write_items(TransactItems=[{"Update": begin}, {"Update": latest}])
+        except ClientError as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise
+            reasons = exc.response.get("CancellationReasons") or []
+            if not reasons or reasons[0].get("Code") != "ConditionalCheckFailed":
+                raise  # a conflict with another write: retried like any transient error
+            old = reasons[0].get("Item")
+            raise _not_begun(isolation_id, deserialize(old) if old else self.item(isolation_id)) from exc
+        # A transaction returns no item: the record as the begin left it (its first prior state kept).
+        begun = self.item(isolation_id)
+        if begun is None:
+            raise RecordMissing(isolation_id)
+        return _record(begun)
 
     def update_record(self, isolation_id: str, write: Write) -> dict[str, Any]:
         """Apply a conditional `write` to the record; the item after it. A refused condition raises
@@ -630,9 +682,10 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
 
     def begin_follow_up(
         self, isolation_id: str, *, owner: str, lease_seconds: int, final: bool = False
-    ) -> tuple[IsolationRecord, ErrorInfo | None]:
+    ) -> tuple[IsolationRecord, ErrorInfo | None, str | None]:
         """`lifecycle.BEGIN_FOLLOW_UP`: take the lease of a handed-over record (IN_PROGRESS, or FAILED
-        resumable: a redrive of the follow-up DLQ). Returns the record and the containment's `unmet`.
+        resumable: a redrive of the follow-up DLQ). Returns the record, the containment's `unmet` and
+        when an earlier attempt asked for the snapshots without recording them (`snapshots_asked_at`).
 
         Raises `RecordEnded` when there is nothing left to do, `RecordMissing` when there is no such
         record, `LeaseHeld` while another attempt holds it or the containment has not handed it over.
@@ -651,7 +704,12 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         except Refused as refused:
             raise _not_begun(isolation_id, refused.current) from refused
         unmet = stored.get("unmet")
-        return _record(stored), ErrorInfo.model_validate(unmet) if unmet else None
+        asked = stored.get("snapshots_asked_at")
+        return (
+            _record(stored),
+            ErrorInfo.model_validate(unmet) if unmet else None,
+            str(asked) if asked else None,
+        )
 
     def end_attempt(self, isolation_id: str, owner: str, *, began: bool) -> None:
         """A retryable failure ends this attempt (an isolation's phase, or a release's). One that `began`
@@ -681,10 +739,12 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         prior: dict[str, Any] | None = None,
         evidence: Evidence | None = None,
         isolation_groups: dict[str, str] | None = None,
+        snapshots_asked_at: str | None = None,
     ) -> None:
         """Append step outcomes, with what rides along: `contained_at`, `prior` (fields of
-        `prior_state` a step read before its change; a field already there is kept), `evidence` and
-        `isolation_groups` (the isolation group used in each VPC)."""
+        `prior_state` a step read before its change; a field already there is kept), `evidence`,
+        `isolation_groups` (the isolation group used in each VPC) and `snapshots_asked_at` (the first
+        time an attempt asked for the snapshots, kept)."""
         write = Write("updated_at = :stamp", stamp=steps[-1].at if steps else iso8601(utcnow()))
         if steps:
             write.set(
@@ -703,6 +763,10 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
             write.set("evidence = :evidence", evidence=evidence.model_dump())
         if isolation_groups is not None:
             write.set("isolation_groups = :groups", groups=isolation_groups)
+        if snapshots_asked_at is not None:
+            write.set(
+                "snapshots_asked_at = if_not_exists(snapshots_asked_at, :asked)", asked=snapshots_asked_at
+            )
         self.client.update_item(TableName=self.table_name, Key=key(isolation_id), **write.request())
 
     # --- role leases -----------------------------------------------------------------------------------
@@ -773,6 +837,8 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         release = slots.release(self.table_name, record.target, record.isolation_id, isolated_at=isolated_at)
         try:
             self.client.transact_write_items(TransactItems=[{"Update": ending}, {"Update": release}])
+            if status is Status.FAILED:
+                self._no_longer_isolated(record)
             return True
         except ClientError as exc:
             if error_code(exc) != "TransactionCanceledException":
@@ -795,7 +861,18 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
                     self.table_name, record.target, record.isolation_id, isolated_at=isolated_at
                 )
             )
+        elif status is Status.FAILED:
+            self._no_longer_isolated(record)
         return True
+
+    def _no_longer_isolated(self, record: IsolationRecord) -> None:
+        """A FAILED end of the instance's latest record: the instance is no longer isolated now (a record
+        that is not the latest, one that failed before its begin, changes nothing)."""
+        try:
+            self.client.update_item(**episodes.failed(self.table_name, record.target, record.isolation_id))
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
 
     def end_lost(self, record: IsolationRecord, *, now: float) -> bool:
         """`lifecycle.END_LOST`: end FAILED (resumable) a record whose worker was lost on its last receive

@@ -6,8 +6,8 @@ forgets the last isolation, so a trigger after a release isolates again. An isol
 release runs takes the slot over; the release's worker sees it (`release_held`) and ends the release
 RELEASE_FAILED `Superseded`. The release's end and the slot's release are one transaction too.
 
-Which record is the episode's latest comes from the `by-instance` index (eventually consistent: a record
-written a moment ago may not be in it yet; the slot's conditions catch an isolation in flight anyway).
+Which record is the episode's latest comes from the instance's slot (`shared.store.episodes`), read
+consistently: never from an index alone.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 from shared import lifecycle
 from shared.errors import error_code
 from shared.lifecycle import Status, Transition
-from shared.models import ErrorInfo, IsolationRecord, ReleaseInfo, StepRecord, iso8601, utcnow
+from shared.models import ErrorInfo, IsolationRecord, ReleaseInfo, StepRecord, Target, iso8601, utcnow
 from shared.store import record_leases, slots
 from shared.store.dynamo import Refused, Write, deserialize, epoch, key
 
@@ -61,14 +61,6 @@ class ReleaseEnd(StrEnum):
     SUPERSEDED = "superseded"
 
 
-def changed_the_instance(record: IsolationRecord) -> bool:
-    """A record of the instance's episode: not a dry run, not one that never touched it (SKIPPED, or
-    FAILED before it wrote a prior state)."""
-    if getattr(record, "dry_run", False) or record.status in (Status.SKIPPED, Status.CHECKED):
-        return False
-    return not (record.status is Status.FAILED and record.prior_state is None)
-
-
 class ReleaseWrites:
     """The release half of `shared.store.IsolationStore` (which provides the attributes and reads below)."""
 
@@ -78,7 +70,7 @@ class ReleaseWrites:
     def item(self, pk: str) -> dict[str, Any] | None:
         raise NotImplementedError
 
-    def list_for_instance(self, instance_id: str, account_id: str | None = None) -> list[IsolationRecord]:
+    def latest(self, target: Target) -> IsolationRecord | None:
         raise NotImplementedError
 
     def as_record(self, item: dict[str, Any]) -> IsolationRecord:
@@ -93,14 +85,9 @@ class ReleaseWrites:
     # --- ingest --------------------------------------------------------------------------------------
 
     def latest_of_episode(self, record: IsolationRecord) -> IsolationRecord | None:
-        """The newest record of the instance that belongs to an episode (`changed_the_instance`), or
-        that is still running; None when there is none (an index that has not caught up)."""
-        for candidate in self.list_for_instance(record.instance_id, record.account_id):
-            if candidate.region != record.region:
-                continue
-            if candidate.status in (Status.QUEUED, Status.IN_PROGRESS) or changed_the_instance(candidate):
-                return candidate
-        return None
+        """The instance's latest record (`shared.store.episodes`: the isolation in flight, else the
+        latest record that changed the instance), from consistent reads; None when there is none."""
+        return self.latest(record.target)
 
     def request_release(
         self, record: IsolationRecord, release: ReleaseInfo, *, lease_seconds: int

@@ -10,6 +10,10 @@
   isolation requested meanwhile wins: for it the slot is free, and taking it ends the release
   (`Superseded`, when the release's worker next looks). Requesting a release forgets `last_isolated_*`,
   so a trigger after a release isolates again.
+- `latest_id`, `isolated_in`: the instance's latest record that changed it, and the account while that
+  record is ISOLATED (`shared.store.episodes`, which says who writes them). An ISOLATED end sets both;
+  a release request makes the released record the latest and takes the instance out of those isolated
+  now.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from shared.models import Target
 from shared.store.dynamo import Write, key
 
 RELEASE = "release"
+#: The instance's latest record that changed it (`shared.store.episodes`).
+LATEST = "latest_id"
+#: The account, while the instance's latest record is ISOLATED: the `isolated-now` index's hash key.
+ISOLATED_IN = "isolated_in"
 #: Nobody holds the slot for an isolation (`stale`: the epoch before which a holder counts as gone); a
 #: release holding it gives way to an isolation.
 FREE = Missing("active_id") | Before("active_since", "stale") | Is("active_kind", RELEASE)
@@ -67,9 +75,17 @@ def take(
 
 def release(table: str, target: Target, isolation_id: str, *, isolated_at: Decimal | None) -> dict[str, Any]:
     """The update that frees the slot `isolation_id` holds (and, with `isolated_at`, remembers the
-    success for the coalesce window)."""
-    clauses = ("last_isolated_id = :id", "last_isolated_at = :at") if isolated_at is not None else ()
-    values = {"at": isolated_at} if isolated_at is not None else {}
+    success for the coalesce window, and that the instance is isolated now by it, its latest record)."""
+    clauses: tuple[str, ...] = ()
+    values: dict[str, Any] = {}
+    if isolated_at is not None:
+        clauses = (
+            "last_isolated_id = :id",
+            "last_isolated_at = :at",
+            f"{LATEST} = :id",
+            f"{ISOLATED_IN} = :where",
+        )
+        values = {"at": isolated_at, "where": target.account_id}
     write = Write(
         *clauses,
         remove=("active_id", "active_since"),
@@ -84,12 +100,14 @@ def take_for_release(
     table: str, target: Target, isolation_id: str, *, now: Decimal, stale: Decimal
 ) -> dict[str, Any]:
     """The transaction item that takes the slot for the release of `isolation_id` and forgets the last
-    isolation (no coalescing with an isolation being undone)."""
+    isolation (no coalescing with an isolation being undone); the released record is the instance's
+    latest, and the instance is no longer isolated now."""
     write = Write(
         "active_id = :id",
         "active_since = :since",
         "active_kind = :kind",
-        remove=("last_isolated_id", "last_isolated_at"),
+        f"{LATEST} = :id",
+        remove=("last_isolated_id", "last_isolated_at", ISOLATED_IN),
         condition=FREE_FOR_RELEASE,
         params={"stale": stale},
         id=isolation_id,

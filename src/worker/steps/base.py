@@ -28,6 +28,11 @@ class Notes(Protocol):
 
     def keep_evidence(self, evidence: Evidence) -> None: ...
 
+    def asking_snapshots(self, at: str) -> None:
+        """On record before CreateSnapshots: from `at` on, snapshots tagged with the isolation's id may be
+        its own (a retry after a crash looks for them; before it, nothing the service took can be)."""
+        ...
+
 
 class IsolationGroups(Protocol):
     """The service's own record of each VPC's isolation group (`shared.store.isolation_groups`)."""
@@ -67,6 +72,9 @@ class StepContext:
     groups: IsolationGroups
     #: The episode's evidence as the record keeps it (None: none taken yet).
     evidence: Evidence | None = None
+    #: When an attempt of this isolation called CreateSnapshots without recording the result (None: no
+    #: attempt did): the only snapshots a retry may take for its own.
+    snapshots_asked_at: str | None = None
     #: None: `worker.consistency.pause`.
     sleep: Callable[[float], None] | None = None
     #: Filled by ensure-isolation-sg: the isolation security group of each VPC.

@@ -4,8 +4,12 @@ disks with it. The step does not wait for the snapshots to complete.
 
 - Tags on creation only (the member role may tag snapshots only with `ec2:CreateAction` =
   `CreateSnapshots`): `ec2-isolation:id`, `ec2-isolation:instance-id`, `ec2-isolation:at`.
-- A retry finds the snapshots its isolation took before a crash by their `ec2-isolation:id` tag; a later
-  isolation of the episode has them in its `evidence` already: no second snapshot.
+- A retry finds the snapshots its isolation took before a crash by their `ec2-isolation:id` tag, but
+  trusts only what the record says could be its own: the record notes when an attempt asked for them
+  (before CreateSnapshots), and only snapshots of the instance's attached volumes, owned by the account
+  and started since then, count (one per volume, the first). Anyone who can create a snapshot in the
+  account can tag one with the isolation's id: without that note, none is looked for. A later isolation
+  of the episode has them in its `evidence` already: no second snapshot.
 - Optionally locked in governance mode for `SNAPSHOT_LOCK_DAYS`, so that someone in the account cannot
   delete the evidence.
 - A tamper repair checks that the episode's snapshots still exist: when one was deleted, it takes the
@@ -15,6 +19,7 @@ disks with it. The step does not wait for the snapshots to complete.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.models import (
@@ -31,6 +36,8 @@ from worker.steps.base import Step, StepContext
 from worker.steps.checks import Action, ec2_dry_run, outcome, simulate
 
 INSTANCE_TAG = f"{TAG_PREFIX}instance-id"
+#: How far EC2's clock may be behind the worker's when it starts a snapshot the worker asked for.
+CLOCK_SKEW = timedelta(seconds=5)
 AT_TAG = f"{TAG_PREFIX}at"
 
 
@@ -58,6 +65,9 @@ class SnapshotVolumes(Step):
             self._lock(ctx, taken)
             ctx.keep_evidence(taken)
             return StepRecord.done(self.name, _listed(taken, "found the snapshots an earlier attempt took"))
+        asked = iso8601(utcnow())
+        ctx.notes.asking_snapshots(asked)
+        ctx.snapshots_asked_at = ctx.snapshots_asked_at or asked
         created = ctx.ec2.create_snapshots(**self._creation(ctx))["Snapshots"]
         evidence = Evidence(
             snapshots=[Snapshot(volume_id=s["VolumeId"], snapshot_id=s["SnapshotId"]) for s in created]
@@ -114,15 +124,27 @@ class SnapshotVolumes(Step):
         return [snapshot for snapshot in listed if snapshot not in present]
 
     def _taken(self, ctx: StepContext) -> Evidence:
-        """Snapshots this isolation took in an attempt that did not get to record them."""
-        found: list[Snapshot] = []
+        """Snapshots this isolation took in an attempt that did not get to record them: only when the
+        record says an attempt asked for them, and only those that can be its own (tagged with its id,
+        of an attached volume of the instance, started since the ask: the first of each volume)."""
+        if ctx.snapshots_asked_at is None:
+            return Evidence()
+        since = datetime.fromisoformat(ctx.snapshots_asked_at.replace("Z", "+00:00")) - CLOCK_SKEW
+        volumes = {volume.id for volume in ctx.instance.volumes}
+        first: dict[str, dict[str, Any]] = {}
         paginator = ctx.ec2.get_paginator("describe_snapshots")
         for page in paginator.paginate(
             OwnerIds=["self"], Filters=[{"Name": f"tag:{ISOLATION_ID_TAG}", "Values": [ctx.isolation_id]}]
         ):
-            found.extend(
-                Snapshot(volume_id=s["VolumeId"], snapshot_id=s["SnapshotId"]) for s in page["Snapshots"]
-            )
+            for snapshot in page["Snapshots"]:
+                volume, started = snapshot.get("VolumeId"), snapshot.get("StartTime")
+                if volume not in volumes or started is None or started < since:
+                    continue
+                if snapshot.get("OwnerId") not in (None, ctx.target.account_id):
+                    continue
+                if volume not in first or started < first[volume]["StartTime"]:
+                    first[volume] = snapshot
+        found = [Snapshot(volume_id=v, snapshot_id=s["SnapshotId"]) for v, s in first.items()]
         return Evidence(snapshots=sorted(found, key=lambda s: s.volume_id))
 
     def _lock(self, ctx: StepContext, evidence: Evidence) -> None:

@@ -183,13 +183,20 @@ class EnableTerminationProtection(_Protection):
 
 class TagInstance(Step):
     """Tag the instance with the isolation that holds it. Every tag written starts with `ec2-isolation:`,
-    which the tag trigger's rule never matches, so these tags cannot start another isolation."""
+    which the tag trigger's rule never matches, so these tags cannot start another isolation. The tags
+    are labels for people: the service never reads them back to decide anything, and tags the record
+    does not back (anyone who can tag the instance can write them) are overwritten with its values."""
 
     name = "tag-instance"
     permissions = ("ec2:CreateTags",)
 
     def run(self, ctx: StepContext) -> StepRecord:
-        if ctx.instance.tags.get(ID_TAG) == ctx.isolation_id:
+        tags = ctx.instance.tags
+        if (
+            tags.get(ID_TAG) == ctx.isolation_id
+            and tags.get(SOURCE_TAG) == ctx.source.value
+            and AT_TAG in tags
+        ):
             return StepRecord.already(self.name, f"tagged {ID_TAG}={ctx.isolation_id}")
         tags = self._tags(ctx)
         ctx.ec2.create_tags(

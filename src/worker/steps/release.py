@@ -60,6 +60,9 @@ class Notes:
     def keep_evidence(self, evidence: Any) -> None:
         raise AssertionError("a release step never takes evidence")
 
+    def asking_snapshots(self, at: str) -> None:
+        raise AssertionError("a release step never takes evidence")
+
 
 def _outcome(name: str, done: list[str], already: list[str], skipped: list[str]) -> StepRecord:
     detail = "; ".join([*done, *already, *skipped])
