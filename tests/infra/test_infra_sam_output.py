@@ -310,7 +310,7 @@ def test_worker_permissions_are_exactly_its_calls(transformed: dict[str, Any], h
                 # the tamper function finds the isolations a call touches
                 [
                     {"Fn::Sub": "${IsolationTable.Arn}/index/by-instance"},
-                    {"Fn::Sub": "${IsolationTable.Arn}/index/by-recent"},
+                    {"Fn::Sub": "${IsolationTable.Arn}/index/isolated-now"},
                 ],
             )
 
@@ -337,7 +337,7 @@ def test_worker_can_assume_only_the_target_role_name(deployed, helpers, organiza
         assert "Condition" not in statement
 
 
-def test_table_has_its_three_indexes_pitr_and_sse(transformed: dict[str, Any]) -> None:
+def test_table_has_its_four_indexes_pitr_and_sse(transformed: dict[str, Any]) -> None:
     table = transformed["Resources"]["IsolationTable"]
     properties = table["Properties"]
     assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain"
@@ -347,7 +347,7 @@ def test_table_has_its_three_indexes_pitr_and_sse(transformed: dict[str, Any]) -
     assert properties["SSESpecification"] == {"SSEEnabled": True}
     assert properties["DeletionProtectionEnabled"] is True
     assert properties["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
-    by_instance, by_recent, by_final_lease = properties["GlobalSecondaryIndexes"]
+    by_instance, by_recent, by_final_lease, isolated_now = properties["GlobalSecondaryIndexes"]
     assert by_recent["IndexName"] == "by-recent"
     assert by_recent["KeySchema"] == [
         {"AttributeName": "list_shard", "KeyType": "HASH"},
@@ -365,6 +365,13 @@ def test_table_has_its_three_indexes_pitr_and_sse(transformed: dict[str, Any]) -
     ]
     for index in (by_instance, by_recent, by_final_lease):
         assert index["Projection"] == {"ProjectionType": "ALL"}
+    # Sparse: only the slots of instances isolated now carry isolated_in; their keys are all it needs
+    assert isolated_now["IndexName"] == "isolated-now"
+    assert isolated_now["KeySchema"] == [
+        {"AttributeName": "isolated_in", "KeyType": "HASH"},
+        {"AttributeName": "pk", "KeyType": "RANGE"},
+    ]
+    assert isolated_now["Projection"] == {"ProjectionType": "KEYS_ONLY"}
 
 
 def test_sweeper_runs_every_minute_peeks_the_dlqs_and_queries_its_indexes_only(
@@ -386,7 +393,10 @@ def test_sweeper_runs_every_minute_peeks_the_dlqs_and_queries_its_indexes_only(
             queried.append(statement["Resource"])
     assert queried == [
         {"Fn::Sub": "${IsolationTable.Arn}/index/by-final-lease"},
-        {"Fn::Sub": "${IsolationTable.Arn}/index/by-recent"},
+        [
+            {"Fn::Sub": "${IsolationTable.Arn}/index/isolated-now"},
+            {"Fn::Sub": "${IsolationTable.Arn}/index/by-recent"},
+        ],
     ]
     variables = resources["SweeperFunction"]["Properties"]["Environment"]["Variables"]
     assert variables["TAMPER_DEAD_LETTER_QUEUE_URL"] == {"Ref": "TamperDeadLetterQueue"}
