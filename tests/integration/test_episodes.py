@@ -310,3 +310,36 @@ def test_an_upgraded_deployments_isolated_instances_are_backfilled_once(stack: S
     target = Target(account_id=member.account_id, region=member.region, instance_id=released)
     assert stack.store.latest(target) is not None
     assert stack.store.latest(target).status.value == "RELEASED"  # type: ignore[union-attr]
+
+
+def test_a_retry_after_a_crash_takes_its_own_snapshots_never_a_forged_one(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given an isolation whose worker died right after CreateSnapshots (the record says it asked), and a
+    # snapshot the member then made of another instance's volume, tagged with the isolation's id
+    vpc = member.vpc()
+    instance, other = member.instance(vpc), member.instance(vpc)
+    isolation_id = request_isolation(stack, member, instance)
+
+    def die(**_: Any) -> None:
+        raise RuntimeError("worker lost")
+
+    faults.hook("after-call.ec2.CreateSnapshots", die)
+    stack.drain(rounds=1)
+    faults.clear()
+    forged = member.ec2.create_snapshot(
+        VolumeId=next(iter(member.volumes(other))),
+        TagSpecifications=[{"ResourceType": "snapshot", "Tags": [{"Key": ID_TAG, "Value": isolation_id}]}],
+    )["SnapshotId"]
+
+    # When the message comes back
+    stack.let_time_pass()
+    stack.drain()
+
+    # Then the evidence is the snapshots the first attempt took of the instance's own volumes
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "ISOLATED", record
+    evidence = {s["volume_id"]: s["snapshot_id"] for s in record["evidence"]["snapshots"]}
+    assert set(evidence) == set(member.volumes(instance))
+    assert forged not in evidence.values()
+    assert set(evidence.values()) <= set(snapshots_of(member, instance).values())
