@@ -29,7 +29,8 @@ import sys
 import time
 from typing import Any
 
-from local_stack import cli, client
+from local_stack import client
+from local_stack.arguments import parser
 from local_stack.isolation_check import isolation_problems, observed_state, release_problems
 from local_stack.sample_events import (
     cloudtrail_call,
@@ -295,7 +296,7 @@ def _show_with_the_client(api_url: str, api_key: str, isolation_ids: list[Any]) 
     for command in commands:
         print()
         print("$ ec2-isolation " + " ".join(command))
-        client.run(cli.parser().parse_args([*command, "--api", api_url, "--api-key", api_key]))
+        client.run(parser().parse_args([*command, "--api", api_url, "--api-key", api_key]))
 
 
 #: How to go on once the demo's stack has stopped.

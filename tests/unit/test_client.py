@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from local_stack import cli, client
+from local_stack import arguments, cli, client
 from local_stack.signing import deployed_region
 
 DEPLOYED = "https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/prod"
@@ -78,7 +78,7 @@ def fake_api(
 
 def run(*argv: str) -> tuple[int, str]:
     out = io.StringIO()
-    status = client.run(cli.parser().parse_args(list(argv)), out)
+    status = client.run(arguments.parser().parse_args(list(argv)), out)
     return status, out.getvalue()
 
 
@@ -208,7 +208,9 @@ def test_a_deployed_release_without_credentials_exits_2_saying_why(
     api = fake_api({})
 
     # When a release is asked of a deployed API
-    status = client.main(cli.parser().parse_args(["release", ISOLATION, "--api", DEPLOYED, "--api-key", "k"]))
+    status = client.main(
+        arguments.parser().parse_args(["release", ISOLATION, "--api", DEPLOYED, "--api-key", "k"])
+    )
 
     # Then nothing is sent and the command exits 2 naming what is missing
     assert status == 2 and api.sent == []
@@ -228,7 +230,9 @@ def test_a_release_denied_by_the_apis_iam_authorization_exits_2_with_its_message
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
 
     # When the caller releases
-    status = client.main(cli.parser().parse_args(["release", ISOLATION, "--api", DEPLOYED, "--api-key", "k"]))
+    status = client.main(
+        arguments.parser().parse_args(["release", ISOLATION, "--api", DEPLOYED, "--api-key", "k"])
+    )
 
     # Then it exits 2 with API Gateway's own words
     assert status == 2 and denied in capsys.readouterr().err
@@ -453,7 +457,7 @@ def test_an_exemption_the_api_refuses_exits_2_naming_the_first(
 
     # When a second exemption is asked for, or an unknown one deleted
     argv = ["exempt", "i-0123456789abcdef0", "--account", "111122223333", "--reason", "x", "--until", "7d"]
-    status = client.main(cli.parser().parse_args([*argv, "--api", LOCAL, "--api-key", "k"]))
+    status = client.main(arguments.parser().parse_args([*argv, "--api", LOCAL, "--api-key", "k"]))
 
     # Then it exits 2 with the API's words
     assert status == 2 and str(EXEMPTION["exemption_id"]) in capsys.readouterr().err
@@ -477,7 +481,7 @@ def test_until_takes_a_time_a_date_or_a_duration(given: str, sent: str) -> None:
 @pytest.mark.parametrize("given", ["tomorrow", "2026-13-01", "2026-12-10T18:00:00+02:00", "7w"])
 def test_until_that_is_not_a_time_is_a_usage_error(given: str, capsys: Any) -> None:
     with pytest.raises(SystemExit) as exited:
-        cli.parser().parse_args(
+        arguments.parser().parse_args(
             ["exempt", "i-0123456789abcdef0", "--account", "111122223333", "--reason", "x", "--until", given]
         )
     assert exited.value.code == 2 and "--until" in capsys.readouterr().err
