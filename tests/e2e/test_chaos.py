@@ -10,7 +10,14 @@ must end in a state a responder can trust:
   is what its records say was done (no half-isolated instance without a record saying which steps ran);
   exempt, terminated and never-requested instances are untouched; an isolated instance's role denies its
   sessions (when it had one), it cannot stop or lose its volumes, and each of its volumes has a snapshot;
-- one isolation security group per VPC, with no rules;
+- one isolation security group per VPC (the one the service's table names), with no rules and its managed
+  tag;
+- an adversary: a member with ordinary EC2 rights works against the service all along (`Adversary`): it
+  makes look-alike isolation groups before the first request, forges record pointers and exemptions in
+  instance tags, and reopens the service's isolation groups (untags them, then opens their egress); each of
+  its calls reaches the bus as CloudTrail delivers it. Whatever it did, every instance whose record reads
+  ISOLATED is isolated in fact, no look-alike group is ever used, and an isolated instance's tags are its
+  own isolation's;
 - releases: a share of the isolated instances is released while the run goes on (each once its own
   requests have ended; a few then get a GuardDuty finding, which must isolate them again, never coalesce
   with the released isolation). Releases meet the same faults (never a crash); a release that ends
@@ -65,7 +72,7 @@ from botocore.exceptions import ClientError
 from local_stack.event_source import EnvironmentDied
 from local_stack.isolation_check import DENY_ALL, observed_state, release_problems
 from local_stack.organization import MEMBER_ACCOUNT_NAMES
-from local_stack.sample_events import guardduty_finding, tag_change
+from local_stack.sample_events import cloudtrail_call, guardduty_finding, tag_change
 from local_stack.stack import LocalStack
 from local_stack.workloads import INSTANCES, DemoInstance, InstanceSpec
 from tests.e2e.helpers import DENY_POLICY, instance_clients, load_balanced, member_clients
@@ -548,6 +555,156 @@ def run_releases(
         time.sleep(1.0)
 
 
+# --- the adversary ------------------------------------------------------------------------------------
+
+#: The member's own principal (not the execution role: its calls reach the tamper watch).
+ADVERSARY_ROLE = "member-admin"
+#: Seconds between two of the adversary's moves while the requests are sent.
+ADVERSARY_PACE = (0.8, 2.0)
+MANAGED_TAG = "ec2-isolation:managed"
+
+
+@dataclass
+class Adversary:
+    """A member with ordinary EC2 rights (`ec2:CreateTags`, `ec2:DeleteTags`, `ec2:CreateSecurityGroup`,
+    `ec2:AuthorizeSecurityGroupEgress`) working against the service, with plain clients in its accounts (the
+    chaos never faults its calls). Each call it makes reaches the stack's bus as CloudTrail delivers it.
+
+    - `lookalikes`, before the first request: in every VPC, a group named as earlier versions named the
+      isolation group and one named as the service names its own now, both tagged managed, egress open;
+    - `forge`, while the requests run: an instance gets `ec2-isolation:id` = another instance's isolation or
+      its own slot key, and `ec2-isolation:exempt` = true;
+    - `reopen`, while the requests run: one of the service's isolation groups (as its table names them)
+      loses its managed tag, then gets all egress authorized.
+    """
+
+    stack: LocalStack
+    accounts: list[Any]
+    #: Instances it may forge tags on (not exempt, not planned for a release: a release rightly leaves
+    #: whatever tags a member wrote after it).
+    forgeable: list[DemoInstance]
+    rng: random.Random
+    created: set[str] = field(default_factory=set)
+    forged: set[str] = field(default_factory=set)
+    reopened: set[str] = field(default_factory=set)
+    moves: Counter[str] = field(default_factory=Counter)
+
+    def lookalikes(self) -> None:
+        for account in self.accounts:
+            instance = account.instances[0]
+            ec2, _ = member_clients(instance)
+            for vpc_id in account.vpcs.values():
+                for name in ("ec2-isolation", "ec2-isolation-0badc0de"):
+                    group_id = ec2.create_security_group(
+                        GroupName=name,
+                        Description="not the service's",
+                        VpcId=vpc_id,
+                        TagSpecifications=[
+                            {
+                                "ResourceType": "security-group",
+                                "Tags": [{"Key": MANAGED_TAG, "Value": "true"}],
+                            }
+                        ],
+                    )["GroupId"]
+                    self.created.add(group_id)
+                    self.moves["look-alike group"] += 1
+
+    def run(self, done: threading.Event) -> None:
+        """Forge and reopen, alternately, until `done`."""
+        while not done.wait(self.rng.uniform(*ADVERSARY_PACE)):
+            if self.rng.random() < 0.6:
+                self.forge(self.rng.choice(self.forgeable))
+            else:
+                self.reopen()
+
+    def forge(self, instance: DemoInstance) -> None:
+        others = [r["isolation_id"] for r in self.stack.records(self.rng.choice(self.forgeable).instance_id)]
+        pointer = (
+            self.rng.choice(others)
+            if others and self.rng.random() < 0.6
+            else f"instance#{instance.account_id}#{instance.region}#{instance.instance_id}"
+        )
+        tags = [
+            {"Key": "ec2-isolation:id", "Value": pointer},
+            {"Key": "ec2-isolation:exempt", "Value": "true"},
+        ]
+        member_clients(instance)[0].create_tags(Resources=[instance.instance_id], Tags=tags)
+        self._called(
+            instance.account_id,
+            instance.region,
+            "CreateTags",
+            {
+                "resourcesSet": {"items": [{"resourceId": instance.instance_id}]},
+                "tagSet": {"items": [{"key": t["Key"], "value": t["Value"]} for t in tags]},
+            },
+        )
+        self.forged.add(instance.instance_id)
+        self.moves["forged pointer and exemption"] += 1
+
+    def reopen(self) -> None:
+        owned = service_groups(self.stack)
+        if not owned:
+            return
+        (account_id, region, vpc_id), group_id = self.rng.choice(sorted(owned.items()))
+        instance = next(i for a in self.accounts for i in a.instances if i.vpc_id == vpc_id)
+        ec2, _ = member_clients(instance)
+        ec2.delete_tags(Resources=[group_id], Tags=[{"Key": MANAGED_TAG}])
+        self._called(
+            account_id,
+            region,
+            "DeleteTags",
+            {
+                "resourcesSet": {"items": [{"resourceId": group_id}]},
+                "tagSet": {"items": [{"key": MANAGED_TAG}]},
+            },
+        )
+        permission = {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+        with contextlib.suppress(
+            ClientError
+        ):  # the rule is there already (an earlier reopen not repaired yet)
+            ec2.authorize_security_group_egress(GroupId=group_id, IpPermissions=[permission])
+        self._called(
+            account_id,
+            region,
+            "AuthorizeSecurityGroupEgress",
+            {
+                "groupId": group_id,
+                "ipPermissions": {
+                    "items": [{"ipProtocol": "-1", "ipRanges": {"items": [{"cidrIp": "0.0.0.0/0"}]}}]
+                },
+            },
+        )
+        self.reopened.add(group_id)
+        self.moves["isolation group reopened"] += 1
+
+    def _called(self, account_id: str, region: str, name: str, parameters: dict[str, Any]) -> None:
+        event = cloudtrail_call(
+            source="aws.ec2",
+            event_name=name,
+            account_id=account_id,
+            region=region,
+            caller_role_arn=f"arn:aws:iam::{account_id}:role/{ADVERSARY_ROLE}",
+            session_name="adversary",
+            request_parameters=parameters,
+            response_elements={"_return": True},
+        )
+        self.stack.put_event(event, account_id=account_id)
+
+
+def service_groups(stack: LocalStack) -> dict[tuple[str, str, str], str]:
+    """The isolation groups the service's table names: (account, region, VPC) -> group id."""
+    found: dict[tuple[str, str, str], str] = {}
+    for item in scan_table(stack):
+        pk = str(item["pk"])
+        if not pk.startswith("groups#"):
+            continue
+        _, account_id, region = pk.split("#", 2)
+        for vpc_id, claim in item.items():
+            if vpc_id.startswith("vpc-") and isinstance(claim, dict) and claim.get("group_id"):
+                found[(account_id, region, vpc_id)] = str(claim["group_id"])
+    return found
+
+
 # --- what the member accounts and the stack show ------------------------------------------------------
 
 
@@ -627,9 +784,19 @@ def observe(instance: DemoInstance, earlier: Collection[str] = ()) -> Observed:
     )
 
 
-def isolation_groups(instance: DemoInstance, prefix: str) -> list[dict[str, Any]]:
-    """The groups of the instance's VPC named as the service names its isolation groups
-    (`<prefix>-<nonce>`)."""
+def isolation_groups(instance: DemoInstance, owned: dict[tuple[str, str, str], str]) -> list[dict[str, Any]]:
+    """The isolation group of the instance's VPC as the service's table names it (`service_groups`), as
+    the member account shows it; none before the VPC's first isolation."""
+    group_id = owned.get((instance.account_id, instance.region, instance.vpc_id))
+    if group_id is None:
+        return []
+    ec2, _ = member_clients(instance)
+    return list(ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"])
+
+
+def named_like_isolation_groups(instance: DemoInstance, prefix: str) -> list[dict[str, Any]]:
+    """Every group of the instance's VPC named as the service names its isolation groups (`<prefix>-...`),
+    whoever made it."""
     ec2, _ = member_clients(instance)
     groups = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [instance.vpc_id]}])
     return [g for g in groups["SecurityGroups"] if g["GroupName"].startswith(f"{prefix}-")]
@@ -663,13 +830,30 @@ def dead_letters(stack: LocalStack) -> list[str]:
     return list(bodies.values())
 
 
+def tamper_depth(stack: LocalStack) -> int:
+    """Messages on the tamper queue (visible + in flight + delayed)."""
+    assert stack.provisioned is not None
+    attributes = stack.client("sqs").get_queue_attributes(
+        QueueUrl=stack.provisioned.resources["TamperQueue"],
+        AttributeNames=[
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ],
+    )["Attributes"]
+    return sum(int(value) for value in attributes.values())
+
+
 def settle(stack: LocalStack, *, timeout: float) -> float:
-    """Seconds until nothing can change any more: both queues empty (no message visible, in flight or
-    delayed) three times in a row. A record still QUEUED or IN_PROGRESS then has nothing to end it."""
+    """Seconds until nothing can change any more: the isolation, follow-up and tamper queues empty (no
+    message visible, in flight or delayed) three times in a row. A record still QUEUED or IN_PROGRESS then
+    has nothing to end it."""
     begun = time.monotonic()
     quiet = 0
     while time.monotonic() - begun < timeout and quiet < 3:
-        idle = stack.queue_depth() == 0 and stack.queue_depth(follow_up=True) == 0
+        idle = (
+            stack.queue_depth() == 0 and stack.queue_depth(follow_up=True) == 0 and tamper_depth(stack) == 0
+        )
         quiet = quiet + 1 if idle else 0
         time.sleep(0.5)
     return time.monotonic() - begun
@@ -764,6 +948,14 @@ def test_chaos(
         planned_releases = [release for batch in releases.values() for release in batch]
         for release in planned_releases:
             release.before = observed_state(instance_clients(release.instance), release.instance.instance_id)
+        released_ids = {release.instance.instance_id for release in planned_releases}
+        adversary = Adversary(
+            stack,
+            accounts,
+            [i for i in demo.values() if not i.exempt and i.instance_id not in released_ids],
+            random.Random(SEED + 2),
+        )
+        adversary.lookalikes()
         real_release = ReleaseAttempt.run
         real_acting = worker.runner._Receive.acting
         real_conclude = worker.runner._Receive.conclude
@@ -822,8 +1014,9 @@ def test_chaos(
                 stack.resume_worker()
                 due: SimpleQueue[Release] = SimpleQueue()
                 all_sent = threading.Event()
-                with ThreadPoolExecutor(max_workers=5, thread_name_prefix="chaos-client") as clients:
+                with ThreadPoolExecutor(max_workers=6, thread_name_prefix="chaos-client") as clients:
                     releaser = clients.submit(run_releases, stack, due, chaos.joined, all_sent)
+                    attacker = clients.submit(adversary.run, all_sent)
                     futures = []
                     for request in requests:  # four at a time, paced so the worker interleaves
                         futures.append(clients.submit(send, stack, request))
@@ -834,6 +1027,7 @@ def test_chaos(
                         future.result()
                     all_sent.set()
                     releaser.result()
+                    attacker.result()
                 sent = time.monotonic()
                 settled = settle(stack, timeout=SETTLE_SECONDS)
         finally:
@@ -992,6 +1186,7 @@ def test_chaos(
         planned = {release.instance.instance_id: release for release in planned_releases}
         as_before = 0
         mid_episode: list[str] = []
+        owned = service_groups(stack)
         for instance_id, instance in demo.items():
             since = history.get(instance_id, [])
             released = [r for r in since if r["status"] == "RELEASED"]
@@ -1047,23 +1242,45 @@ def test_chaos(
                     instance,
                     earlier={r["isolation_id"] for r in history.get(instance_id, []) if r not in since},
                 ),
-                isolation_groups(instance, settings.ISOLATION_SG_NAME),
+                isolation_groups(instance, owned),
                 settings.ISOLATION_PROFILE_NAME,
                 unrecorded,
                 chaos.write_failed,
+                # Tags a member forged after the instance's last isolation ended other than ISOLATED are
+                # nobody's to repair (the tamper watch re-tags isolated instances only).
+                forged=instance_id in adversary.forged
+                and not (since and max(since, key=lambda r: str(r["created_at"]))["status"] == "ISOLATED"),
             )
         for account in accounts:
             for kind, vpc_id in account.vpcs.items():
-                groups = isolation_groups(
-                    next(i for i in account.instances if i.vpc_id == vpc_id), settings.ISOLATION_SG_NAME
-                )
-                expect(len(groups) <= 1, f"isolation groups in the {kind} VPC of {account.name}", *groups)
+                instance = next(i for i in account.instances if i.vpc_id == vpc_id)
+                groups = isolation_groups(instance, owned)
+                made = [
+                    g
+                    for g in named_like_isolation_groups(instance, settings.ISOLATION_SG_NAME)
+                    if g["GroupId"] not in adversary.created
+                ]
+                expect(len(made) <= 1, f"isolation groups made in the {kind} VPC of {account.name}", *made)
                 for group in groups:
+                    tags = {tag["Key"]: tag["Value"] for tag in group.get("Tags", [])}
                     expect(
                         not group["IpPermissions"] and not group["IpPermissionsEgress"],
                         "rules on an isolation group",
                         group,
                     )
+                    expect(
+                        tags.get(MANAGED_TAG) == "true", "an isolation group without its managed tag", group
+                    )
+        ec2_by_account = {account.account_id: member_clients(account.instances[0])[0] for account in accounts}
+        for group_id in adversary.created:  # never used, never touched (they are not the service's)
+            for account_id, ec2 in ec2_by_account.items():
+                found = ec2.describe_security_groups(Filters=[{"Name": "group-id", "Values": [group_id]}])
+                for group in found["SecurityGroups"]:
+                    expect(group["IpPermissionsEgress"], "a look-alike group's rules were revoked", group)
+                    used = ec2.describe_network_interfaces(
+                        Filters=[{"Name": "group-id", "Values": [group_id]}]
+                    )["NetworkInterfaces"]
+                    expect(not used, f"a look-alike group of {account_id} is in use", group, *used)
             _, iam = member_clients(account.instances[0])
             profile = iam.get_instance_profile(InstanceProfileName=settings.ISOLATION_PROFILE_NAME)[
                 "InstanceProfile"
@@ -1096,6 +1313,11 @@ def test_chaos(
                 "settle": settled,
                 "total": finished - started,
             },
+        )
+        lines.append(
+            "chaos: adversary: "
+            + ", ".join(f"{move} x{n}" for move, n in sorted(adversary.moves.items()))
+            + f" ({len(adversary.forged)} instances' tags forged, {len(adversary.reopened)} groups reopened)"
         )
         if problems:
             lines.append(f"chaos: {len(problems)} violations (the first 10 below)")
@@ -1141,8 +1363,12 @@ def _check_instance(
     profile_name: str,
     unrecorded: Counter[str],
     write_failed: set[str],
+    *,
+    forged: bool = False,
 ) -> int:
     """What is in place on the instance is what its records say, and isolated when one says ISOLATED.
+    `forged`: a member wrote `ec2-isolation:` tags on it after its last isolation, which did not end
+    ISOLATED (nothing repairs them): its tags are not checked.
 
     A change no record mentions is a violation, unless one of the instance's records had a write failed
     by the injector (the change was made, its record write failed, and no later attempt got as far as
@@ -1201,7 +1427,7 @@ def _check_instance(
     # Tags: the id and source of one of the instance's isolations.
     tagged = now.tags.get("ec2-isolation:id")
     sources = {r["isolation_id"]: r["source"] for r in history}
-    if tagged is not None:
+    if tagged is not None and not forged:
         expect(tagged in sources, f"{where}: tagged with the id of none of its isolations", state)
         expect(
             now.tags.get("ec2-isolation:source") == sources.get(tagged), f"{where}: wrong source tag", state
