@@ -379,8 +379,9 @@ def test_the_worker_notes_the_accounts_it_held_the_role_in(
 
 
 def test_each_account_is_audited_on_its_own(audited, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared import config
     from tests.conftest import OTHER_ACCOUNT
+
+    from shared import config
 
     # Given two accounts, one where the member stack is deployed and one where it never was
     monkeypatch.setenv("ALLOWED_ACCOUNT_IDS", f"{MEMBER_ACCOUNT},{OTHER_ACCOUNT}")
