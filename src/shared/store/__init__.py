@@ -4,6 +4,7 @@
 (`exemptions`), kept apart from every isolation-record index."""
 
 from shared.store.idempotency import IdempotencyClaim, Replayed, idempotency_key
+from shared.store.record_leases import LeaseHeld
 from shared.store.records import (
     Coalesced,
     Created,
@@ -11,7 +12,6 @@ from shared.store.records import (
     Exists,
     IsolationStore,
     Joined,
-    LeaseHeld,
     RateLimited,
     RecordEnded,
     RecordMissing,

@@ -18,6 +18,10 @@ from shared.models import iso8601, utcnow
 from shared.store.dynamo import Write, epoch
 
 
+class LeaseHeld(Exception):
+    """Another worker is running this isolation (or its release) right now."""
+
+
 def taking(
     transition: Transition,
     *clauses: str,

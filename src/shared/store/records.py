@@ -62,6 +62,7 @@ from shared.store import (
 from shared.store.dynamo import Refused, Write, deserialize, epoch, key, serialize
 from shared.store.episodes import EpisodeReads
 from shared.store.idempotency import IdempotencyClaim, Replayed
+from shared.store.record_leases import LeaseHeld
 from shared.store.releases import ReleaseWrites
 
 INSTANCE_INDEX = "by-instance"
@@ -148,10 +149,6 @@ class _SlotTaken:
     """The instance's slot is held by this isolation (as the slot item showed it)."""
 
     isolation_id: str
-
-
-class LeaseHeld(Exception):
-    """Another worker is running this isolation right now."""
 
 
 class RecordEnded(Exception):

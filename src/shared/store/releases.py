@@ -25,6 +25,7 @@ from shared.lifecycle import Status, Transition
 from shared.models import ErrorInfo, IsolationRecord, ReleaseInfo, StepRecord, Target, iso8601, utcnow
 from shared.store import record_leases, slots
 from shared.store.dynamo import Refused, Write, deserialize, epoch, key
+from shared.store.record_leases import LeaseHeld
 
 #: The error codes of a release that did not finish.
 SUPERSEDED = "Superseded"
@@ -167,8 +168,6 @@ class ReleaseWrites:
     ) -> IsolationRecord | None:
         """`lifecycle.BEGIN_RELEASE`: take the record's lease for this release attempt. None when the
         record is not RELEASING (nothing to do); raises `LeaseHeld` while another attempt holds it."""
-        from shared.store.records import LeaseHeld
-
         write = record_leases.taking(
             lifecycle.BEGIN_RELEASE, owner=owner, lease_seconds=lease_seconds, final=final
         )
