@@ -35,6 +35,15 @@ from worker.steps import HOLD, network
 SQS_BATCH = 10
 
 
+def contain_one(attempt: Attempt) -> Outcome:
+    """The whole containment of one isolation, a batch of one: its outcome, or the error its message
+    fails with (already recorded)."""
+    [outcome] = contain([attempt], attempt.deps)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
 def contain(attempts: Sequence[Attempt], deps: WorkerDeps) -> list[Outcome | Exception]:
     """Contain every isolation of the batch; each attempt's outcome, or the error its message fails
     with (already recorded: `Attempt.settle`)."""

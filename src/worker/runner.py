@@ -455,7 +455,7 @@ class _Receive:
 @dataclass
 class Attempt(_Receive):
     """The containment of one isolation, on one receive of its message (`worker.batch` runs a batch's
-    attempts phase by phase; `run` runs one alone)."""
+    attempts phase by phase; `worker.batch.contain_one` runs one alone)."""
 
     account: AccountSession | None = None
     instance: Instance | None = None
@@ -466,15 +466,6 @@ class Attempt(_Receive):
     ctx: StepContext | None = None
     #: The episode the instance is in, looked up while it is described (None: not looked up ahead).
     episode_ahead: Future[IsolationRecord | None] | None = None
-
-    def run(self) -> Outcome:
-        """The whole containment of this one isolation: a batch of one."""
-        from worker.batch import contain
-
-        [outcome] = contain([self], self.deps)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
 
     # --- the phases (each returns an Outcome when the attempt has nothing more to do) ---------------
 

@@ -4,8 +4,9 @@ Its own queue, dead-letter queue and function (the worker's code, its own event 
 so that CloudTrail volume never delays a containment. Each message is one call (`worker.messages.
 parse_tamper`); the calls that touch an instance whose latest isolation is ISOLATED become repairs
 (`worker.tamper.repairs`), each an isolation of its own (`source` `tamper`) run by the same `Attempt` as
-any other, one after another. The rest is acknowledged and logged. Failures are handled as in
-`worker.app` (`worker.sqs_batch`): a retryable one brings the message back after its delay, on this queue.
+any other, one after another, each a batch of one (`worker.batch.contain_one`). The rest is acknowledged
+and logged. Failures are handled as in `worker.app` (`worker.sqs_batch`): a retryable one brings the
+message back after its delay, on this queue.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from shared.ahead_of_time import prepare_ahead_of_time
 from shared.errors import RetryableError
 from shared.observability import MetricUnit, logger, metrics
 from worker.app import deps
+from worker.batch import contain_one
 from worker.messages import Ignored, InvalidMessage, parse_tamper
 from worker.runner import Attempt
 from worker.sqs_batch import Message, bring_back, messages, partial_response, retry_after
@@ -53,7 +55,7 @@ def _repair_call(message: Message) -> str:
         raise
     attempts = [Attempt(isolation, worker, receive_count=message.receive_count) for isolation in requested]
     try:
-        return ",".join(attempt.run().value for attempt in attempts)
+        return ",".join(contain_one(attempt).value for attempt in attempts)
     except Exception as exc:
         bring_back(message, exc, worker.settings, queue_url, final=attempts[0].final)
         raise
