@@ -27,6 +27,7 @@ from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 from worker.instance import Instance
 from worker.steps import PLAN, StepContext
+from worker.steps.checks import PolicySimulator
 
 
 @dataclass
@@ -75,12 +76,16 @@ def check(
         groups=store,
         sleep=sleep,
     )
+    # One simulator for the whole dry run, on the execution role itself: it remembers when it cannot answer.
+    simulator = PolicySimulator(
+        ctx.iam, f"arn:{ctx.partition}:iam::{ctx.target.account_id}:role/{settings.TARGET_ROLE_NAME}"
+    )
     failures: list[StepRecord] = []
     for step_class in PLAN:
         step = step_class()
         logger.append_keys(step=step.name)
         try:
-            outcome = step.check(ctx)
+            outcome = step.check(ctx, simulator)
         except Exception as exc:
             error = classify(exc, context=step.name)
             if not isinstance(error, PermanentError):

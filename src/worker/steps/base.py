@@ -85,8 +85,6 @@ class StepContext:
     #: The region's isolation-group claims by VPC, as read from the table with the instance; None: not
     #: looked up (ensure-isolation-sg reads them).
     groups_seen: dict[str, GroupClaim] | None = None
-    #: A dry run's permission simulator (`worker.steps.checks.simulator` makes it when first needed).
-    simulator: PolicySimulator | None = None
 
     @property
     def ec2(self) -> Any:
@@ -136,8 +134,9 @@ class Step(ABC):
     @abstractmethod
     def run(self, ctx: StepContext) -> StepRecord: ...
 
-    def check(self, ctx: StepContext) -> StepRecord:
+    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
         """A dry run of `run`: the same reads, and in place of each change a permission check
-        (`worker.steps.checks`): `would`, `unverified`, `failed`, or `already` / `skipped` as `run`
-        would say. Changes nothing. Every step of the plan has one (tests/unit checks it)."""
+        (`worker.steps.checks`: EC2's DryRun, or the dry run's `simulator`): `would`, `unverified`,
+        `failed`, or `already` / `skipped` as `run` would say. Changes nothing. Every step of the plan
+        has one (tests/unit checks it)."""
         raise NotImplementedError(f"{self.name} has no dry-run check")

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import ClientError
 from botocore.parsers import ResponseParserError
 
 from shared.errors import PermanentError, error_code
 from shared.models import StepRecord, StepStatus
-
-if TYPE_CHECKING:
-    from worker.steps.base import StepContext
 
 #: What a dry run calls beside the steps' own reads: the simulator, on the execution role only.
 PERMISSIONS = ("iam:SimulatePrincipalPolicy",)
@@ -150,18 +147,8 @@ def _why(result: dict[str, Any]) -> str:
     return f" ({'; '.join(reasons)})" if reasons else ""
 
 
-def simulator(ctx: StepContext) -> PolicySimulator:
-    """The dry run's simulator (one per dry run: it remembers when it cannot answer)."""
-    if ctx.simulator is None:
-        target = ctx.target
-        ctx.simulator = PolicySimulator(
-            ctx.iam, f"arn:{ctx.partition}:iam::{target.account_id}:role/{ctx.settings.TARGET_ROLE_NAME}"
-        )
-    return ctx.simulator
-
-
-def simulate(ctx: StepContext, *actions: Action) -> list[Check]:
-    return [simulator(ctx).check(action) for action in actions]
+def simulate(simulator: PolicySimulator, *actions: Action) -> list[Check]:
+    return [simulator.check(action) for action in actions]
 
 
 def outcome(name: str, checks: list[Check], settled: str) -> StepRecord:

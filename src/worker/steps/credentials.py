@@ -31,7 +31,7 @@ from shared.observability import logger
 from worker import consistency
 from worker.at_once import both_at_once, each_at_once
 from worker.steps.base import Step, StepContext
-from worker.steps.checks import Action, outcome, simulate
+from worker.steps.checks import Action, PolicySimulator, outcome, simulate
 from worker.steps.instance_profile import profile_name_of, profile_roles
 
 #: The inline policy on a role that denies its isolated instances' sessions.
@@ -92,7 +92,7 @@ class DenyInstanceCredentials(Step):
             f"{size}/{INLINE_POLICY_LIMIT} characters of inline policy)",
         )
 
-    def check(self, ctx: StepContext) -> StepRecord:
+    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
         role = self._role_to_change(ctx)
         if isinstance(role, StepRecord):
             return role
@@ -105,7 +105,7 @@ class DenyInstanceCredentials(Step):
             [role["Arn"]],
             f"deny the sessions of {instance} on role {name} ({POLICY_NAME})",
         )
-        return outcome(self.name, simulate(ctx, action), "")
+        return outcome(self.name, simulate(simulator, action), "")
 
     def _merged(
         self, ctx: StepContext, role: str, instance: str

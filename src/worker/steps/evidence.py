@@ -33,7 +33,7 @@ from shared.models import (
     utcnow,
 )
 from worker.steps.base import Step, StepContext
-from worker.steps.checks import Action, ec2_dry_run, outcome, simulate
+from worker.steps.checks import Action, PolicySimulator, ec2_dry_run, outcome, simulate
 
 INSTANCE_TAG = f"{TAG_PREFIX}instance-id"
 #: How far EC2's clock may be behind the worker's when it starts a snapshot the worker asked for.
@@ -77,7 +77,7 @@ class SnapshotVolumes(Step):
         what = f"{', '.join(deleted)} deleted: snapshots again" if deleted else "crash-consistent snapshots"
         return StepRecord.done(self.name, _listed(evidence, what))
 
-    def check(self, ctx: StepContext) -> StepRecord:
+    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
         if ctx.evidence is not None and ctx.evidence.snapshots:
             return StepRecord.already(self.name, _listed(ctx.evidence, "the episode's snapshots"))
         if not ctx.settings.SNAPSHOT_VOLUMES:
@@ -92,7 +92,7 @@ class SnapshotVolumes(Step):
             lock = Action(
                 "ec2:LockSnapshot", [snapshots], f"lock them for {ctx.settings.SNAPSHOT_LOCK_DAYS} day(s)"
             )
-            checks += simulate(ctx, lock)
+            checks += simulate(simulator, lock)
         return outcome(self.name, checks, "")
 
     def _creation(self, ctx: StepContext) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from shared.errors import PermanentError, error_code
 from shared.models import StepRecord
 from worker.consistency import until_consistent
 from worker.steps.base import Step, StepContext
-from worker.steps.checks import Action, outcome, simulate
+from worker.steps.checks import Action, PolicySimulator, outcome, simulate
 
 DENY_ALL_POLICY = "arn:aws:iam::aws:policy/AWSDenyAll"
 _PROPAGATING = frozenset({"InvalidParameterValue"})
@@ -83,7 +83,7 @@ class SwapInstanceProfile(Step):
             return outcome.model_copy(update={"detail": f"{outcome.detail} (created {profile})"})
         return outcome
 
-    def check(self, ctx: StepContext) -> StepRecord:
+    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
         # AssociateIamInstanceProfile and ReplaceIamInstanceProfileAssociation take no DryRun: simulated.
         settings, target = ctx.settings, ctx.target
         profile, role = settings.ISOLATION_PROFILE_NAME, settings.ISOLATION_ROLE_NAME
@@ -123,7 +123,7 @@ class SwapInstanceProfile(Step):
                 {"iam:PassedToService": "ec2.amazonaws.com"},
             ),
         ]
-        return outcome(self.name, simulate(ctx, *actions), "")
+        return outcome(self.name, simulate(simulator, *actions), "")
 
     def _ensure_profile(self, ctx: StepContext) -> bool:
         """Make sure the isolation role and profile exist; True when this call created any of them."""

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from shared.models import ISOLATION_ID_TAG, TAG_PREFIX, StepRecord, iso8601, utcnow
 from worker.instance import AttachedVolume
 from worker.steps.base import Step, StepContext
-from worker.steps.checks import ec2_dry_run, outcome
+from worker.steps.checks import PolicySimulator, ec2_dry_run, outcome
 
 ID_TAG = ISOLATION_ID_TAG
 AT_TAG = f"{TAG_PREFIX}at"
@@ -54,7 +54,7 @@ class StopOnShutdown(Step):
         ctx.ec2.modify_instance_attribute(**self._change(ctx))
         return StepRecord.done(self.name, f"shutdown behaviour stop (was {behaviour})")
 
-    def check(self, ctx: StepContext) -> StepRecord:
+    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
         refused = _refusal(ctx, spot=False, instance_store=True)
         if refused:
             return StepRecord.skipped(self.name, f"shutdown behaviour stop: {refused}")
@@ -94,7 +94,7 @@ class KeepVolumes(Step):
         ctx.ec2.modify_instance_attribute(**self._change(ctx, deleting))
         return StepRecord.done(self.name, f"DeleteOnTermination false on {', '.join(v.id for v in deleting)}")
 
-    def check(self, ctx: StepContext) -> StepRecord:
+    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
         volumes = ctx.instance.volumes
         if not volumes:
             return StepRecord.skipped(self.name, "no EBS volume attached")
@@ -142,7 +142,7 @@ class _Protection(Step):
         ctx.ec2.modify_instance_attribute(InstanceId=ctx.target.instance_id, **{self.key: {"Value": True}})
         return StepRecord.done(self.name, f"{self.what} on")
 
-    def check(self, ctx: StepContext) -> StepRecord:
+    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
         refused = _refusal(ctx, spot=True, instance_store=self.refused_on_instance_store)
         if refused:
             return StepRecord.skipped(self.name, f"{self.what}: {refused}")
@@ -206,7 +206,7 @@ class TagInstance(Step):
         note = f" (was {previous})" if previous else ""
         return StepRecord.done(self.name, ", ".join(f"{k}={v}" for k, v in tags.items()) + note)
 
-    def check(self, ctx: StepContext) -> StepRecord:
+    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
         tags = self._tags(ctx)
         checked = ec2_dry_run(
             f"tag {', '.join(tags)}",

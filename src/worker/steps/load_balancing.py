@@ -28,7 +28,7 @@ from botocore.exceptions import ClientError
 from shared.errors import error_code
 from shared.models import StepRecord, TargetGroupTarget
 from worker.steps.base import Step, StepContext
-from worker.steps.checks import Action, outcome, simulate
+from worker.steps.checks import Action, PolicySimulator, outcome, simulate
 
 #: How long a warm worker trusts its list of an account's target groups.
 TARGET_GROUPS_TTL_SECONDS = 300.0
@@ -90,7 +90,7 @@ class LeaveAutoScalingAndLoadBalancers(Step):
             return StepRecord.done(self.name, "; ".join(done))
         return self._nothing_to_do(ctx, group, state)
 
-    def check(self, ctx: StepContext) -> StepRecord:
+    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
         group, state = self._group(ctx)
         registrations = self._registrations(ctx)
         balancers = self._classic(ctx)
@@ -117,7 +117,7 @@ class LeaveAutoScalingAndLoadBalancers(Step):
             )
         if not actions:
             return self._nothing_to_do(ctx, group, state)
-        return outcome(self.name, simulate(ctx, *actions), "")
+        return outcome(self.name, simulate(simulator, *actions), "")
 
     def _nothing_to_do(self, ctx: StepContext, group: str | None, state: str) -> StepRecord:
         prior = ctx.prior

@@ -43,7 +43,7 @@ from shared.store.isolation_groups import GroupClaim
 from worker.at_once import begun, each_at_once
 from worker.consistency import pause, until_consistent
 from worker.steps.base import Step, StepContext
-from worker.steps.checks import Check, ec2_dry_run, outcome
+from worker.steps.checks import Check, PolicySimulator, ec2_dry_run, outcome
 
 MANAGED_TAG = f"{TAG_PREFIX}managed"
 _NOT_YET = frozenset({"InvalidGroup.NotFound"})
@@ -319,7 +319,7 @@ class EnsureIsolationSecurityGroup(Step):
             revoked += sum(_rule_count(rule) for rule in rules)
         return revoked
 
-    def check(self, ctx: StepContext) -> StepRecord:
+    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
         checks: list[Check] = []
         settled: list[str] = []
         for vpc_id in ctx.instance.state.vpc_ids:
@@ -398,7 +398,7 @@ class SwapSecurityGroups(Step):
             StepRecord.done(self.name, detail + revoked) if revoked else StepRecord.already(self.name, detail)
         )
 
-    def check(self, ctx: StepContext) -> StepRecord:
+    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
         checks: list[Check] = []
         settled: list[str] = []
         state = ctx.instance.state
