@@ -15,10 +15,10 @@ from shared.config import WorkerSettings
 from shared.models import Evidence, PriorState, Source, StepRecord, Target
 from shared.store.isolation_groups import GroupClaim
 from worker.instance import Instance
+from worker.steps.group_check import GroupCheck
 
 if TYPE_CHECKING:
     from worker.steps.checks import PolicySimulator
-    from worker.steps.network import GroupCheck
 
 
 class Notes(Protocol):

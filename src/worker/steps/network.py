@@ -38,14 +38,14 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.errors import RetryableError, error_code
-from shared.models import TAG_PREFIX, StepRecord
+from shared.models import StepRecord
 from shared.store.isolation_groups import GroupClaim
 from worker.at_once import begun, each_at_once
 from worker.consistency import pause, until_consistent
 from worker.steps.base import Step, StepContext
 from worker.steps.checks import Check, PolicySimulator, ec2_dry_run, outcome
+from worker.steps.group_check import MANAGED_TAG, GroupCheck
 
-MANAGED_TAG = f"{TAG_PREFIX}managed"
 _NOT_YET = frozenset({"InvalidGroup.NotFound"})
 #: A claim younger than this whose group is not visible may be EC2's eventual consistency; an older one
 #: names a group that is gone (the next isolation claims the VPC anew).
@@ -61,26 +61,6 @@ _groups: dict[_Key, GroupClaim] = {}
 _groups_lock = threading.Lock()
 #: One lock per VPC's group: concurrent isolations in one VPC find or create its group once.
 _group_locks: dict[_Key, threading.Lock] = {}
-
-
-@dataclass(frozen=True)
-class GroupCheck:
-    """What the check of an isolation group found and put right."""
-
-    group_id: str
-    #: Rules revoked (a new group's defaults, or rules someone added).
-    revoked: int
-    #: The managed tag was missing and is back.
-    retagged: bool
-    #: The group was created by this isolation (its rules are AWS's defaults).
-    new: bool
-
-    def summary(self) -> str:
-        if self.new:
-            return f"{self.revoked} default rule(s) of the new group {self.group_id} revoked"
-        done = [f"{self.revoked} rule(s) found on {self.group_id} revoked"] * bool(self.revoked)
-        done += [f"tag {MANAGED_TAG} of {self.group_id} restored"] * self.retagged
-        return ", ".join(done)
 
 
 @dataclass(frozen=True)
