@@ -187,3 +187,53 @@ class _PerThread(dict):  # type: ignore[type-arg]
 
     def clear(self) -> None:
         self._mine().clear()
+
+
+def test_an_upgraded_deployment_adopts_only_the_groups_its_own_records_name(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given what a version without the groups table left: in one VPC its group `ec2-isolation` (tagged
+    # managed) with an instance on it, and the ISOLATED record whose step names it; in another VPC a group
+    # of the same name and tag that no record names (a member's)
+    from shared.lifecycle import Status
+    from shared.models import IsolationRecord, Source, StepRecord, Target, new_isolation_id
+
+    ours_vpc, theirs_vpc = member.vpc("10.1.0.0/16"), member.vpc("10.2.0.0/16")
+    old_group = look_alike(member, ours_vpc.id, "ec2-isolation", tagged=True)["GroupId"]
+    member.ec2.revoke_security_group_ingress(GroupId=old_group, IpPermissions=OPEN)
+    theirs = look_alike(member, theirs_vpc.id, "ec2-isolation", tagged=True)
+    isolated = member.instance(ours_vpc, enis=1)
+    for eni in member.eni_groups(isolated):
+        member.ec2.modify_network_interface_attribute(NetworkInterfaceId=eni, Groups=[old_group])
+    record = IsolationRecord.queued(
+        isolation_id=new_isolation_id(),
+        source=Source.WEBHOOK,
+        target=Target(account_id=member.account_id, region=member.region, instance_id=isolated),
+    ).model_copy(
+        update={
+            "status": Status.ISOLATED,
+            "steps": [
+                StepRecord.done(
+                    "ensure-isolation-sg",
+                    f"created {old_group} ({ours_vpc.id}), its default rules revoked with the cut",
+                )
+            ],
+        }
+    )
+    stack.store.put_record(record)
+    faults.count()
+
+    # When the upgraded version isolates an instance in each VPC
+    first, second = member.instance(ours_vpc), member.instance(theirs_vpc)
+    assert isolate(stack, member, first)["status"] == "ISOLATED"
+    assert isolate(stack, member, second)["status"] == "ISOLATED"
+
+    # Then the group its own record named is adopted and used; the other VPC gets a group of the service's
+    # own, the member's group untouched
+    groups = table_groups(stack, member)
+    assert groups[ours_vpc.id] == old_group
+    assert {g for gs in member.eni_groups(first).values() for g in gs} == {old_group}
+    assert groups[theirs_vpc.id] != theirs["GroupId"]
+    assert {g for gs in member.eni_groups(second).values() for g in gs} == {groups[theirs_vpc.id]}
+    assert described(member, theirs["GroupId"]) == theirs
+    assert faults.calls["ec2.CreateSecurityGroup"] == 1

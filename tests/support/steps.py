@@ -78,6 +78,9 @@ class MemoryGroups:
         del self.claims[(account_id, region, vpc_id)]
         return True
 
+    def adopt_earlier_groups(self, account_id: str, region: str) -> list[str]:
+        return []
+
     def known(self, vpc_id: str, group_id: str, *, account_id: str, region: str, age: float = 3600) -> None:
         """`group_id` recorded as the VPC's isolation group `age` seconds ago."""
         self.claims[(account_id, region, vpc_id)] = GroupClaim(

@@ -9,10 +9,16 @@ name, so a retry after a crash between the claim and the recording of the id fin
 A group that is not in this item is never used, whatever its name or tags: a member can make a group named
 like the service's, with any tags. One item per account and region serves a worker's look-ahead (one read,
 while the instances are described) and the tamper watch (which group ids are isolation groups).
+
+Upgrade: a deployment of a version without this item adopts, once per account and region (before its
+first claim there: `adopted_at` marks it done), the groups its own ISOLATED records name: their
+`isolation_groups`, or for older records the group and VPC their `ensure-isolation-sg` step names. Never
+a group found by name or tag.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -21,9 +27,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.errors import error_code
+from shared.models import IsolationRecord
 from shared.store.dynamo import deserialize, epoch, key, serialize
 
 PREFIX = "groups#"
+#: How an older record's `ensure-isolation-sg` step named the group of a VPC ("sg-… (vpc-…)").
+_NAMED = re.compile(r"\b(sg-[0-9a-f]{8,17}) \((vpc-[0-9a-f]{8,17})\)")
+ENSURE_STEP = "ensure-isolation-sg"
 
 
 @dataclass(frozen=True)
@@ -118,11 +128,53 @@ def forget(table: str, account_id: str, region: str, vpc_id: str, group_id: str)
     }
 
 
+def groups_named_by(record: IsolationRecord) -> dict[str, str]:
+    """The isolation group of each VPC, as the service's own record names it (VPC -> group id)."""
+    if record.isolation_groups:
+        return dict(record.isolation_groups)
+    named: dict[str, str] = {}
+    for step in record.steps:
+        if step.name == ENSURE_STEP:
+            named.update((vpc, group) for group, vpc in _NAMED.findall(step.detail))
+    return named
+
+
+def adopted(table: str, account_id: str, region: str, *, now: Decimal) -> dict[str, Any]:
+    """The UpdateItem that marks the account and region's adoption of an earlier version's groups done."""
+    return {
+        "TableName": table,
+        "Key": key(groups_key(account_id, region)),
+        "UpdateExpression": "SET adopted_at = if_not_exists(adopted_at, :now)",
+        "ExpressionAttributeValues": serialize({":now": now}),
+    }
+
+
 class GroupRegistry:
-    """The isolation-group half of `shared.store.IsolationStore` (which provides the attributes below)."""
+    """The isolation-group half of `shared.store.IsolationStore` (which provides the attributes and reads
+    below)."""
 
     table_name: str
     client: Any
+
+    def isolated_in_account(self, account_id: str, region: str | None = None) -> list[IsolationRecord]:
+        raise NotImplementedError
+
+    def adopt_earlier_groups(self, account_id: str, region: str) -> list[str]:
+        """Once per account and region: adopt the groups the service's own ISOLATED records name there
+        (an upgrade from a version without this table); the group ids adopted now."""
+        found = self.client.get_item(
+            TableName=self.table_name, Key=key(groups_key(account_id, region)), ConsistentRead=True
+        ).get("Item")
+        if found and "adopted_at" in found:
+            return []
+        adopted_now = [
+            group_id
+            for record in self.isolated_in_account(account_id, region)
+            for vpc_id, group_id in groups_named_by(record).items()
+            if self.adopt_group(account_id, region, vpc_id, group_id, record.isolation_id)
+        ]
+        self.client.update_item(**adopted(self.table_name, account_id, region, now=epoch(time.time())))
+        return adopted_now
 
     def group_claims(self, account_id: str, region: str) -> dict[str, GroupClaim]:
         """Every VPC's claim in the account and region (one consistent read)."""

@@ -45,6 +45,8 @@ class IsolationGroups(Protocol):
 
     def forget_group(self, account_id: str, region: str, vpc_id: str, group_id: str) -> bool: ...
 
+    def adopt_earlier_groups(self, account_id: str, region: str) -> list[str]: ...
+
 
 class RoleLeases(Protocol):
     """Per-role serialization (`shared.store.IsolationStore`)."""

@@ -170,6 +170,12 @@ class EnsureIsolationSecurityGroup(Step):
         (or find the claim made before), then create the group under the claimed name, or wait for the
         claimer to record it."""
         account, region = ctx.target.account_id, ctx.target.region
+        # A deployment upgraded from a version without the table: the groups its own records name first
+        # (once per account and region).
+        if ctx.groups.adopt_earlier_groups(account, region):
+            adopted = ctx.groups.group_claims(account, region).get(vpc_id)
+            if adopted is not None and adopted.group_id is not None:
+                return adopted, False
         name = group_name(ctx.settings.ISOLATION_SG_NAME)
         claim = ctx.groups.claim_group(account, region, vpc_id, name)
         if claim.group_id is not None:
