@@ -241,6 +241,67 @@ def test_an_isolation_undone_by_hand_is_undone_in_turn(paused: LocalStack) -> No
     assert record["prior_state"] == first["prior_state"]
 
 
+def test_an_isolation_group_untagged_then_opened_is_repaired_on_the_group(paused: LocalStack) -> None:
+    # Given a demo instance isolated through the webhook, behind its VPC's isolation group
+    instance = paused.demo.instance("ipv6-1", 1)
+    paused.resume_worker()
+    status, body = paused.request(
+        "POST",
+        "/isolate",
+        {"instance_id": instance.instance_id, "account_id": instance.account_id, "region": instance.region},
+    )
+    assert status == 202, body
+    first = paused.wait_for(body["isolation_id"])
+    assert first["status"] == "ISOLATED"
+    [group] = set(first["isolation_groups"].values())
+
+    # When the member's administrator removes the group's managed tag, then opens its egress, and
+    # CloudTrail's events of both calls reach the stack's bus
+    ec2, _ = member_clients(instance)
+    ec2.delete_tags(Resources=[group], Tags=[{"Key": "ec2-isolation:managed"}])
+    ec2.authorize_security_group_egress(
+        GroupId=group, IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+    )
+    admin = f"arn:aws:iam::{instance.account_id}:role/OrganizationAccountAccessRole"
+    for event_name, request in (
+        (
+            "DeleteTags",
+            {
+                "resourcesSet": {"items": [{"resourceId": group}]},
+                "tagSet": {"items": [{"key": "ec2-isolation:managed"}]},
+            },
+        ),
+        ("AuthorizeSecurityGroupEgress", {"groupId": group}),
+    ):
+        paused.put_event(
+            cloudtrail_call(
+                source="aws.ec2",
+                event_name=event_name,
+                account_id=instance.account_id,
+                region=instance.region,
+                caller_role_arn=admin,
+                request_parameters=request,
+                response_elements={"_return": True},
+            )
+        )
+
+    # Then the group is repaired: tagged again, no rule, the instance still behind it alone
+    deadline = time.monotonic() + 45
+    while True:
+        [described] = ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"]
+        tagged = {"Key": "ec2-isolation:managed", "Value": "true"} in described.get("Tags", [])
+        if tagged and not described["IpPermissionsEgress"] and not described["IpPermissions"]:
+            break
+        assert time.monotonic() < deadline, f"the group was not repaired: {described}"
+        time.sleep(0.3)
+    repairs = [
+        r for r in paused.records(instance.instance_id, instance.account_id) if r["source"] == "tamper"
+    ]
+    assert repairs and {r["trigger"]["security_group_ids"][0] for r in repairs} == {group}
+    latest = paused.wait_for(paused.records(instance.instance_id, instance.account_id)[0]["isolation_id"])
+    assert_isolated(instance, latest, source=latest["source"])
+
+
 def _guardrail_listener(stack: LocalStack) -> Any:
     """A queue hearing every guardrail event on the local stack's bus; returns a reader of it."""
     import json
