@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.errors import error_code
+from shared.lifecycle import Status
 from shared.models import IsolationRecord
 from shared.store.dynamo import deserialize, epoch, key, serialize
 
@@ -156,7 +158,7 @@ class GroupRegistry:
     table_name: str
     client: Any
 
-    def isolated_in_account(self, account_id: str, region: str | None = None) -> list[IsolationRecord]:
+    def every_record(self) -> Iterator[IsolationRecord]:
         raise NotImplementedError
 
     def adopt_earlier_groups(self, account_id: str, region: str) -> list[str]:
@@ -167,9 +169,15 @@ class GroupRegistry:
         ).get("Item")
         if found and "adopted_at" in found:
             return []
+        # (the upgrade's one pass over the records, as the episodes' backfill does)
+        isolated = (
+            record
+            for record in self.every_record()
+            if (record.account_id, record.region, record.status) == (account_id, region, Status.ISOLATED)
+        )
         adopted_now = [
             group_id
-            for record in self.isolated_in_account(account_id, region)
+            for record in isolated
             for vpc_id, group_id in groups_named_by(record).items()
             if self.adopt_group(account_id, region, vpc_id, group_id, record.isolation_id)
         ]
