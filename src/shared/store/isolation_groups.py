@@ -30,6 +30,7 @@ from botocore.exceptions import ClientError
 from shared.errors import error_code
 from shared.lifecycle import Status
 from shared.models import IsolationRecord
+from shared.observability import logger
 from shared.store.dynamo import deserialize, epoch, key, serialize
 
 PREFIX = "groups#"
@@ -181,7 +182,10 @@ class GroupRegistry:
             for vpc_id, group_id in groups_named_by(record).items()
             if self.adopt_group(account_id, region, vpc_id, group_id, record.isolation_id)
         ]
-        self.client.update_item(**adopted(self.table_name, account_id, region, now=epoch(time.time())))
+        try:  # the mark only saves the next claim this pass: the pass is harmless twice
+            self.client.update_item(**adopted(self.table_name, account_id, region, now=epoch(time.time())))
+        except ClientError as exc:
+            logger.warning("the adoption pass is not marked done", extra={"code": error_code(exc)})
         return adopted_now
 
     def group_claims(self, account_id: str, region: str) -> dict[str, GroupClaim]:
