@@ -261,10 +261,14 @@ def test_own_table_failing_on_every_receive_still_ends_the_record(
     vpc = member.vpc()
     instance = member.instance(vpc)
     isolation_id = request_isolation(stack, member, instance)
+    # (the begin is one transaction: the record's lease and prior state, and the instance's slot naming it)
     faults.inject(
-        "dynamodb", "UpdateItem", "InternalServerError", status=500, times=None,
-        when=lambda params: "lease_owner = :owner" in params.get("UpdateExpression", "")
-        and "prior_state" in params.get("UpdateExpression", ""),
+        "dynamodb", "TransactWriteItems", "InternalServerError", status=500, times=None,
+        when=lambda params: any(
+            "lease_owner = :owner" in (item.get("Update") or {}).get("UpdateExpression", "")
+            and "prior_state" in (item.get("Update") or {}).get("UpdateExpression", "")
+            for item in params.get("TransactItems", [])
+        ),
     )  # fmt: skip
 
     # When the worker has used every receive
