@@ -107,6 +107,7 @@ def _aws_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _forget_everything() -> None:
+    from shared.store import accounts, episodes
     from worker.steps import forget_caches
 
     ingest_settings.cache_clear()
@@ -114,6 +115,9 @@ def _forget_everything() -> None:
     sweeper_settings.cache_clear()
     aws.reset_caches()
     forget_caches()
+    # Process-wide notes keyed by table or account name: the next test's table has the same name.
+    episodes.forget_backfilled()
+    accounts.forget_noted()
 
 
 @pytest.fixture

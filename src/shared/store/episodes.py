@@ -124,6 +124,11 @@ def changed_the_instance(record: IsolationRecord) -> bool:
 _BACKFILLED_TABLES: set[str] = set()
 
 
+def forget_backfilled() -> None:
+    """Forget which tables were seen backfilled (a new table of the same name: tests, the local stack)."""
+    _BACKFILLED_TABLES.clear()
+
+
 class EpisodeReads:
     """The episode half of `shared.store.IsolationStore` (which provides the attributes and reads below)."""
 
