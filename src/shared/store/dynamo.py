@@ -6,6 +6,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from shared.errors import error_code
 from shared.lifecycle import Condition
 
 
@@ -67,6 +70,18 @@ class Refused(Exception):
     def __init__(self, current: dict[str, Any] | None) -> None:
         super().__init__("condition refused")
         self.current = current
+
+
+def updated_if(client: Any, request: dict[str, Any]) -> bool:
+    """An `UpdateItem` whose condition may refuse it: True when it was made, False when its condition
+    did not hold (any other error raises)."""
+    try:
+        client.update_item(**request)
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
+        return False
+    return True
 
 
 def key(pk: str) -> dict[str, Any]:

@@ -29,13 +29,10 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from shared.errors import error_code
 from shared.lifecycle import EqualsParam, Missing, Status
 from shared.models import IsolationRecord, Target
 from shared.store import slots
-from shared.store.dynamo import Write, epoch, key
+from shared.store.dynamo import Write, epoch, key, updated_if
 from shared.store.slots import ISOLATED_IN, LATEST, slot_key
 
 #: The sparse index of the slots of instances isolated now: hash `isolated_in` (the account), range `pk`
@@ -214,13 +211,7 @@ class EpisodeReads:
         request = seed(
             self.table_name, target, record.isolation_id, isolated=record.status is Status.ISOLATED
         )
-        try:
-            self.client.update_item(**request)
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
-            return False
-        return True
+        return updated_if(self.client, request)
 
     def _backfill_done(self) -> bool:
         if self.table_name not in _BACKFILLED_TABLES and self.item(BACKFILLED) is not None:

@@ -31,7 +31,7 @@ from shared.errors import error_code
 from shared.lifecycle import Status
 from shared.models import IsolationRecord
 from shared.observability import logger
-from shared.store.dynamo import deserialize, epoch, key, serialize
+from shared.store.dynamo import deserialize, epoch, key, serialize, updated_if
 
 PREFIX = "groups#"
 #: How an older record's `ensure-isolation-sg` step named the group of a VPC ("sg-… (vpc-…)").
@@ -231,10 +231,4 @@ class GroupRegistry:
         return self._conditionally(forget(self.table_name, account_id, region, vpc_id, group_id))
 
     def _conditionally(self, request: dict[str, Any]) -> bool:
-        try:
-            self.client.update_item(**request)
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
-            return False
-        return True
+        return updated_if(self.client, request)

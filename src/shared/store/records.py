@@ -59,7 +59,7 @@ from shared.store import (
     slots,
     tamper_repairs,
 )
-from shared.store.dynamo import Refused, Write, deserialize, epoch, key, serialize
+from shared.store.dynamo import Refused, Write, deserialize, epoch, key, serialize, updated_if
 from shared.store.episodes import EpisodeReads
 from shared.store.idempotency import IdempotencyClaim, Replayed
 from shared.store.record_leases import LeaseHeld
@@ -774,13 +774,7 @@ class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry
         request = role_leases.take(
             self.table_name, account_id, role_name, owner, now=epoch(now), until=epoch(now + seconds)
         )
-        try:
-            self.client.update_item(**request)
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
-            return False
-        return True
+        return updated_if(self.client, request)
 
     def release_role_lease(self, account_id: str, role_name: str, owner: str) -> None:
         try:
