@@ -18,7 +18,8 @@ $(CHECKOV):
 	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'checkov>=3.2,<4'
 
-$(STAMP): pyproject.toml
+# A new top-level package (src/*, local/*) needs the editable install made again.
+$(STAMP): pyproject.toml $(wildcard src/*/__init__.py local/*/__init__.py)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[local,dev]'
