@@ -240,6 +240,10 @@ class Evidence(Model):
     snapshots: list[Snapshot] = Field(default_factory=list)
 
 
+#: The error of a tamper repair past the instance's repair budget: its network cut repaired, nothing else.
+TAMPER_LOOP = "TamperLoop"
+
+
 class ErrorInfo(Model):
     code: str
     message: str
@@ -304,6 +308,20 @@ class IsolationRecord(Model):
     @property
     def target(self) -> Target:
         return Target(account_id=self.account_id, region=self.region, instance_id=self.instance_id)
+
+    @property
+    def watched(self) -> bool:
+        """The instance is among those isolated now, which the tamper watch keeps isolated: the record is
+        ISOLATED, in flight (its network cut may be in place already), or FAILED `TamperLoop` (its network
+        cut was repaired, nothing else: the cut is still repaired)."""
+        if self.status in (Status.ISOLATED, Status.QUEUED, Status.IN_PROGRESS):
+            return True
+        return (
+            self.status is Status.FAILED
+            and self.error is not None
+            and self.error.code == TAMPER_LOOP
+            and self.contained_at is not None
+        )
 
     @property
     def started_by_trigger(self) -> bool:

@@ -8,6 +8,9 @@ the partial batch response, and how a failed message comes back.
   rather than after the queue's visibility timeout: exponential per receive, or the settings' wait for a
   known cause (IAM propagation, an isolation in flight), capped at SQS's 900 s. On its last receive the
   delay is 0: SQS moves it to the DLQ at once.
+- A message that only waits (for an isolation in flight to end) can instead be sent again, delayed, as a
+  copy that carries when its wait began (`send_again`): SQS counts receives per message, so waiting that
+  way spends none of them, and a long follow-up cannot push the message on to the DLQ undone.
 
 Powertools' batch utility does the same job, but its import (asyncio, its event data classes) was the
 largest avoidable part of the worker's cold start; this is all the worker needs of it.
@@ -24,8 +27,10 @@ from shared.config import WorkerSettings
 from shared.errors import RetryableError
 from shared.observability import logger
 
-#: SQS's longest visibility timeout.
+#: SQS's longest visibility timeout (and longest message delay).
 MAX_VISIBILITY_SECONDS = 900
+#: The message attribute of a copy sent again by `send_again`: when its wait began (epoch seconds).
+WAITING_SINCE = "ec2-isolation-waiting-since"
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,8 @@ class Message:
     receipt_handle: str
     #: How many times SQS has delivered it, this time included.
     receive_count: int
+    #: When its wait began, for a copy sent again by `send_again` (epoch seconds).
+    waiting_since: float | None = None
 
     @classmethod
     def of(cls, raw: dict[str, Any]) -> Message:
@@ -45,7 +52,17 @@ class Message:
             body=str(raw.get("body") or ""),
             receipt_handle=str(raw["receiptHandle"]),
             receive_count=int((raw.get("attributes") or {}).get("ApproximateReceiveCount") or 1),
+            waiting_since=_number(
+                ((raw.get("messageAttributes") or {}).get(WAITING_SINCE) or {}).get("stringValue")
+            ),
         )
+
+
+def _number(value: object) -> float | None:
+    try:
+        return float(str(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 def messages(event: dict[str, Any]) -> list[Message]:
@@ -83,6 +100,23 @@ def bring_back(
 ) -> None:
     """The failed message's retry delay for `exc`; none on its last receive (on to the DLQ at once)."""
     retry_after(message, 0 if final else retry_delay(exc, settings, message.receive_count), queue_url)
+
+
+def send_again(message: Message, seconds: int, queue_url: str, *, waiting_since: float) -> bool:
+    """A copy of the message on `queue_url`, delivered after `seconds`, carrying `waiting_since`; the
+    caller then acknowledges the message itself. False when the copy could not be sent (the caller brings
+    the message back instead)."""
+    try:
+        same_account_client("sqs").send_message(
+            QueueUrl=queue_url,
+            MessageBody=message.body,
+            DelaySeconds=min(MAX_VISIBILITY_SECONDS, max(0, int(seconds))),
+            MessageAttributes={WAITING_SINCE: {"DataType": "Number", "StringValue": f"{waiting_since:.3f}"}},
+        )
+    except Exception:
+        logger.exception("could not send the message again: it comes back instead")
+        return False
+    return True
 
 
 def retry_after(message: Message, seconds: int, queue_url: str) -> None:

@@ -1,5 +1,7 @@
 """The tamper watch: from a CloudTrail call that may have undone part of an isolation to the repairs it
-asks for (QUEUED records, `source` `tamper`), one per instance whose latest isolation is ISOLATED.
+asks for (QUEUED records, `source` `tamper`), one per instance whose latest isolation is ISOLATED, or
+FAILED `TamperLoop` with its network cut in place (`IsolationRecord.watched`: the network cut is always
+repaired; past the repair budget nothing else is).
 
 Which instances a call touches:
 - an instance id in the call (its parameters or, for `ReplaceIamInstanceProfileAssociation` and
@@ -15,9 +17,10 @@ Which instances a call touches:
 - a role policy of the service (`ec2-isolation*`): every isolated instance whose prior role it is;
 - a snapshot: the isolation whose evidence lists it (the repair takes the episode's snapshots again).
 
-An instance whose latest isolation is released, failed or skipped is left alone (logged); one whose
-latest isolation is still in flight brings the message back later (that isolation may have passed the
-network cut before the call). Except the call's own repair: a redelivery of the call (its retry, or a
+An instance whose latest isolation is released, failed (but for `TamperLoop`) or skipped is left alone
+(logged); one whose latest isolation is still in flight (a call on its interfaces or group finds it too:
+its begin counts it among those isolated now) makes the call wait for it (`worker.tamper_app`: that
+isolation may have passed the network cut before the call). Except the call's own repair: a redelivery of the call (its retry, or a
 redrive of the tamper DLQ once the sweeper ended the repair `DeadLettered`) asks for it again, and the
 attempt resumes it. A repair belongs to the episode of the isolation it repairs: it names it
 in `inherits_from`, and the runner takes that episode's prior state from the instance's slot in the
@@ -71,7 +74,7 @@ def repairs(call: TamperCall, deps: WorkerDeps) -> list[IsolationRecord]:
             f"isolations {', '.join(in_flight)} are in flight: the call is looked at again once they end",
             wait="in-flight",
         )
-    isolated = {target: record for target, record in others.items() if record.status is Status.ISOLATED}
+    isolated = {target: record for target, record in others.items() if record.watched}
     if not isolated and not own:
         states = ", ".join(f"{t.instance_id} {r.status.value}" for t, r in latest.items()) or "none found"
         raise Ignored(f"{call.event_name} {call.event_id} touches no isolated instance ({states})")

@@ -737,6 +737,8 @@ def _send_denies(transformed, helpers, queue: str, policy: str, **parameters: st
             "TamperQueue",
             "TamperQueuePolicy",
             [
+                # the tamper function sends a call that waits for an isolation in flight again
+                {"aws:PrincipalArn": ROLE_ARNS["WorkerFunctionRole"]["Arn"]},
                 {"aws:SourceArn": RULE_ARNS["TamperRule"]["Arn"]},
                 {"aws:SourceArn": RULE_ARNS["TamperBusRule"]["Arn"]},
             ],

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from tests.conftest import STACK_REGION, Stack
 from tests.integration.test_isolation_groups import as_the_member_role
-from tests.integration.test_worker import assert_isolated, isolate, records_for
+from tests.integration.test_worker import assert_isolated, isolate, record_of, records_for, request_isolation
 from tests.support.aws import Faults, Member
 from tests.support.crashes import Crash, time_passes
 from tests.support.events import lambda_context, sqs_event
@@ -63,7 +63,10 @@ class TamperQueue:
 
     def messages(self) -> list[dict[str, Any]]:
         return self.sqs.receive_message(
-            QueueUrl=self.url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
+            QueueUrl=self.url,
+            MaxNumberOfMessages=10,
+            MessageSystemAttributeNames=["All"],
+            MessageAttributeNames=["All"],
         ).get("Messages", [])
 
     def dies_on_the_last_receive(self, crash_at: str, faults: Faults) -> None:
@@ -83,9 +86,9 @@ class TamperQueue:
         self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
         self.sqs.send_message(QueueUrl=self.dlq_url, MessageBody=message["Body"])
 
-    def work(self) -> list[str]:
+    def work(self, *, follow_up: bool = True) -> list[str]:
         """One invocation of the tamper function with what the queue holds; the successes deleted; then
-        the follow-up function on the repairs' follow-ups."""
+        (`follow_up`) the follow-up function on the follow-ups (the repairs' and any other's)."""
         from worker.tamper_app import lambda_handler
 
         batch = self.messages()
@@ -97,7 +100,8 @@ class TamperQueue:
         for message in batch:
             if message["MessageId"] not in failed:
                 self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
-        self.stack.follow_up()
+        if follow_up:
+            self.stack.follow_up()
         self.retrying = [m for m in batch if m["MessageId"] in failed]
         return [m["MessageId"] for m in self.retrying]
 
@@ -113,6 +117,9 @@ class TamperQueue:
 def tamper(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> TamperQueue:
     queue = TamperQueue(stack)
     monkeypatch.setenv("TAMPER_QUEUE_URL", queue.url)
+    # A call sent again to wait for an isolation in flight is visible at once (as `let_time_pass` makes a
+    # retry's delay pass).
+    monkeypatch.setenv("IN_FLIGHT_RETRY_SECONDS", "0")
     worker_settings.cache_clear()
     return queue
 
@@ -265,11 +272,21 @@ def test_an_automation_that_keeps_undoing_meets_tamper_loop(
     # And an outcome event says so
     outcomes = {(e["detail"]["isolation_id"], e["detail"]["status"]) for e in stack.outcomes()}
     assert (looped["isolation_id"], "FAILED") in outcomes
-    # And a later call is left alone: the instance's latest isolation is no longer ISOLATED
+    # And later calls that reopen its network, on the interface or on the isolation group, are repaired
+    # all the same (the network cut is always repaired), the network only, each on a record of its own
     (call,) = _put_back(member, instance, vpc.app_group_id)
     tamper.put(call)
     assert tamper.work() == []
-    assert len(records_for(stack, instance)) == 3
+    tamper.put(_rule_added(member, group))
+    assert tamper.work() == []
+    later = records_for(stack, instance)[:2]
+    assert [(r["source"], r["status"], r["error"]["code"]) for r in later] == [
+        ("tamper", "FAILED", "TamperLoop")
+    ] * 2
+    assert [r["inherits_from"] for r in later] == [later[1]["isolation_id"], looped["isolation_id"]]
+    assert list(member.eni_groups(instance).values()) == [[group]]
+    (described,) = member.isolation_groups(vpc.id)
+    assert described["IpPermissions"] == [] and described["IpPermissionsEgress"] == []
 
 
 def test_only_other_principals_successful_calls_on_isolated_instances_are_repaired(
@@ -375,6 +392,74 @@ def test_a_repair_that_fails_for_a_moment_is_finished_by_the_next_receive(
     assert_isolated(member, instance, vpc.id)
 
 
+def test_a_call_made_while_the_isolation_is_in_flight_waits_for_it_however_long_it_takes(
+    stack: Stack, member: Member, tamper: TamperQueue
+) -> None:
+    # Given an isolation contained, its follow-up slower than the tamper queue's retries (still in flight)
+    vpc = member.vpc()
+    instance = member.instance(vpc, enis=1)
+    isolation_id = request_isolation(stack, member, instance)
+    stack.work(follow_up=False)
+    assert record_of(stack, isolation_id)["status"] == "IN_PROGRESS"
+
+    # When someone undoes its network cut meanwhile, and the call meets the isolation in flight more
+    # times than the queue allows receives
+    (undone,) = _put_back(member, instance, vpc.app_group_id)
+    tamper.put(undone)
+    for _ in range(stack.max_receive_count + 1):
+        assert tamper.work(follow_up=False) == []
+
+    # Then the call is still on the queue, waiting since its first look, in no DLQ and unrepaired yet
+    [waiting] = tamper.messages()
+    assert waiting["Attributes"]["ApproximateReceiveCount"] == "1"
+    assert float(waiting["MessageAttributes"]["ec2-isolation-waiting-since"]["StringValue"]) > 0
+    assert tamper.sqs.receive_message(QueueUrl=tamper.dlq_url).get("Messages") is None
+    assert [r["source"] for r in records_for(stack, instance)] == ["webhook"]
+    # And once the isolation ends ISOLATED, the call repairs the instance
+    tamper.sqs.change_message_visibility(
+        QueueUrl=tamper.url, ReceiptHandle=waiting["ReceiptHandle"], VisibilityTimeout=0
+    )
+    stack.follow_up()
+    assert record_of(stack, isolation_id)["status"] == "ISOLATED"
+    assert tamper.work() == []
+    [repair, _] = records_for(stack, instance)
+    assert repair["source"] == "tamper" and repair["status"] == "ISOLATED"
+    assert repair["inherits_from"] == isolation_id
+    assert_isolated(member, instance, vpc.id)
+    assert tamper.messages() == []
+
+
+def test_a_call_that_waited_longer_than_any_isolation_flies_spends_its_receives_again(
+    stack: Stack, member: Member, tamper: TamperQueue
+) -> None:
+    # Given an isolation in flight, and a call on its instance that has waited for it for seven hours
+    vpc = member.vpc()
+    instance = member.instance(vpc, enis=1)
+    request_isolation(stack, member, instance)
+    stack.work(follow_up=False)
+    (undone,) = _put_back(member, instance, vpc.app_group_id)
+    tamper.sqs.send_message(
+        QueueUrl=tamper.url,
+        MessageBody=json.dumps(undone),
+        MessageAttributes={
+            "ec2-isolation-waiting-since": {
+                "DataType": "Number",
+                "StringValue": str((datetime.now(UTC) - timedelta(hours=7)).timestamp()),
+            }
+        },
+    )
+
+    # When the tamper function looks at it
+    failed = tamper.work(follow_up=False)
+
+    # Then it is not sent again: it comes back as any failure does (its receives count, the DLQ and its
+    # alarm are next)
+    assert len(failed) == 1
+    tamper.let_time_pass()
+    [again] = tamper.messages()
+    assert again["Attributes"]["ApproximateReceiveCount"] == "2"
+
+
 # --- isolation groups and tags, by identity ---------------------------------------------------------------
 
 
@@ -430,8 +515,7 @@ def test_untagging_the_live_isolation_group_then_opening_its_egress_is_repaired(
     tamper.put(opened)
     # (the second call waits for the first one's repair, in flight on the same instance, to end)
     for _ in range(3):
-        if not tamper.work():
-            break
+        tamper.work()
         tamper.let_time_pass()
     assert tamper.messages() == []
 

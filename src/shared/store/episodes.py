@@ -8,9 +8,11 @@ now, both kept on the instance's slot item (`shared.store.slots`) by the writes 
   is in its episode: it takes that record's `prior_state` and evidence and names it in `inherits_from`.
   The record itself, read consistently, says whether the episode is released (a release works on the
   latest record only, so the latest record of a released episode is RELEASED).
-- `isolated_in` (the account id): present while the instance's latest record is ISOLATED (or an
-  isolation of its isolated episode runs, a tamper repair say). Set with `latest_id` by an ISOLATED end
-  or a coalesced record; removed by a release request and by a FAILED end of the latest record. It keys
+- `isolated_in` (the account id): present while the instance's latest record is in flight, ISOLATED,
+  or FAILED `TamperLoop` with its network cut in place (`IsolationRecord.watched`). Set with `latest_id`
+  by an attempt's begin (the network cut may be made by then: a call that undoes it while the record is
+  in flight is seen, and waits for it to end), an ISOLATED end or a coalesced record; removed by a
+  release request and by any other FAILED end of the latest record. It keys
   the sparse `isolated-now` index (`isolated_in`, `pk`): the tamper watch's way from an account (and
   region) to the instances isolated there, never a filtered read of history. The index is eventually
   consistent: every candidate is confirmed with consistent reads of its slot and record.
@@ -49,9 +51,9 @@ LATEST_IS = EqualsParam(LATEST, "latest")
 
 def changed_by(table: str, target: Target, isolation_id: str) -> dict[str, Any]:
     """The slot update of a write that makes `isolation_id` the instance's latest record that changed it
-    (an attempt's begin). `isolated_in` is left as it is: an isolation of an isolated episode (a tamper
-    repair, a second request) keeps the instance among those isolated now until it ends."""
-    write = Write(f"{LATEST} = :latest", latest=isolation_id)
+    (an attempt's begin): the instance is among those isolated now until the record ends other than
+    ISOLATED."""
+    write = _isolated(target, isolation_id, None, {})
     return {"TableName": table, "Key": key(slot_key(target)), **write.request()}
 
 
@@ -168,8 +170,9 @@ class EpisodeReads:
 
     def isolated_now(self, account_id: str, region: str | None = None) -> list[IsolationRecord]:
         """The latest record of each instance of the account (of `region` only, when given) that is
-        isolated now: ISOLATED, or an isolation of its isolated episode in flight. Found through the
-        sparse `isolated-now` index, each confirmed with consistent reads of its slot and record."""
+        isolated now (`IsolationRecord.watched`: ISOLATED, in flight, or FAILED `TamperLoop` with its
+        network cut in place). Found through the sparse `isolated-now` index, each confirmed with
+        consistent reads of its slot and record."""
         found: list[IsolationRecord] = []
         for candidate in self._query(isolated_query(self.table_name, account_id, region), None):
             slot = self.item(str(candidate["pk"])) or {}
@@ -177,7 +180,7 @@ class EpisodeReads:
             if slot.get(ISOLATED_IN) != account_id or not latest:
                 continue  # taken out since the index saw it
             record = self.get(str(latest))
-            if record is not None and record.status in (Status.ISOLATED, Status.QUEUED, Status.IN_PROGRESS):
+            if record is not None and record.watched:
                 found.append(record)
         return found
 

@@ -829,7 +829,7 @@ class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry
         try:
             self.client.transact_write_items(TransactItems=[{"Update": ending}, {"Update": release}])
             if status is Status.FAILED:
-                self._no_longer_isolated(record)
+                self._no_longer_isolated(record, error)
             return True
         except ClientError as exc:
             if error_code(exc) != "TransactionCanceledException":
@@ -853,12 +853,15 @@ class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry
                 )
             )
         elif status is Status.FAILED:
-            self._no_longer_isolated(record)
+            self._no_longer_isolated(record, error)
         return True
 
-    def _no_longer_isolated(self, record: IsolationRecord) -> None:
+    def _no_longer_isolated(self, record: IsolationRecord, error: ErrorInfo | None) -> None:
         """A FAILED end of the instance's latest record: the instance is no longer isolated now (a record
-        that is not the latest, one that failed before its begin, changes nothing)."""
+        that is not the latest, one that failed before its begin, changes nothing), unless the record
+        still is (`IsolationRecord.watched`: a `TamperLoop` whose network cut holds)."""
+        if record.model_copy(update={"status": Status.FAILED, "error": error}).watched:
+            return
         try:
             self.client.update_item(**episodes.failed(self.table_name, record.target, record.isolation_id))
         except ClientError as exc:

@@ -10,10 +10,9 @@
   isolation requested meanwhile wins: for it the slot is free, and taking it ends the release
   (`Superseded`, when the release's worker next looks). Requesting a release forgets `last_isolated_*`,
   so a trigger after a release isolates again.
-- `latest_id`, `isolated_in`: the instance's latest record that changed it, and the account while that
-  record is ISOLATED (`shared.store.episodes`, which says who writes them). An ISOLATED end sets both;
-  a release request makes the released record the latest and takes the instance out of those isolated
-  now.
+- `latest_id`, `isolated_in`: the instance's latest record that changed it, and the account while the
+  instance is isolated now (`shared.store.episodes`, which says who writes them and when). A release
+  request makes the released record the latest and takes the instance out of those isolated now.
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ from shared.store.dynamo import Write, key
 RELEASE = "release"
 #: The instance's latest record that changed it (`shared.store.episodes`).
 LATEST = "latest_id"
-#: The account, while the instance's latest record is ISOLATED: the `isolated-now` index's hash key.
+#: The account, while the instance is isolated now (`shared.store.episodes`): the `isolated-now` index's
+#: hash key.
 ISOLATED_IN = "isolated_in"
 #: Nobody holds the slot for an isolation (`stale`: the epoch before which a holder counts as gone); a
 #: release holding it gives way to an isolation.
