@@ -14,6 +14,8 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore import loaders
+from botocore import session as botocore_session
 from moto import mock_aws
 
 from local_stack.embedded import serialized
@@ -68,6 +70,21 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_sep("-", title)
         for text in (text for named, text in found if named == title):
             terminalreporter.write_line(text)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_model_loader() -> Iterator[None]:
+    """Every botocore session of a test process reads the service models once. moto gives each test a
+    new default session, whose loader would read and parse them again (a fifth of a stack's set-up)."""
+    shared = loaders.create_loader()
+    made = botocore_session.create_loader
+
+    def create_loader(search_paths: str | None = None) -> Any:
+        return shared if search_paths is None else made(search_paths)
+
+    botocore_session.create_loader = create_loader
+    yield
+    botocore_session.create_loader = made
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,10 @@ What moto 5.2.5's CloudFormation gets wrong here, and how callers live with it:
 - a resource it does not create (its `Condition` is false, or a type it does not support, such as
   `AWS::SQS::QueuePolicy`, `AWS::Events::EventBusPolicy`, `AWS::Scheduler::Schedule` or
   `AWS::SecurityHub::ActionTarget`, skipped with only a warning and the stack still `CREATE_COMPLETE`)
-  is listed by `DescribeStackResources` with no logical and no physical id: such entries are skipped.
+  is listed by `DescribeStackResources` with no logical and no physical id: such entries are skipped;
+- it parses every template with PyYAML's pure-Python loader, half a second for the service's (in every
+  test's stack): the templates sent from here are JSON, which an embedded moto parses as JSON first
+  (`_json_first`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def deploy_stack(
         **(template.get("Outputs") or {}),
         **{keys[name_]: {"Value": expression} for name_, expression in expressions.items()},
     }
+    _json_first()
     try:
         cloudformation.create_stack(
             StackName=name,
@@ -82,6 +86,29 @@ def deploy_stack(
     }
     values = {name_: outputs.pop(key) for name_, key in keys.items() if key in outputs}
     return Deployed(resources, outputs, values)
+
+
+def _json_first() -> None:
+    """moto's template parser (`Stack.parse_template`; `CreateStack` parses nothing else), in this
+    process (an embedded moto), tries JSON before YAML: the same
+    template either way, since JSON is YAML."""
+    try:
+        from moto.cloudformation.models import Stack
+    except ImportError:  # a moto server of its own: nothing to do here
+        return
+    as_yaml = Stack.parse_template
+    if getattr(as_yaml, "json_first", False):
+        return
+
+    def parse_template(template: str) -> dict[str, Any]:
+        try:
+            parsed = json.loads(template)
+        except ValueError:
+            return as_yaml(template)
+        return parsed if isinstance(parsed, dict) else as_yaml(template)
+
+    parse_template.json_first = True  # type: ignore[attr-defined]
+    Stack.parse_template = staticmethod(parse_template)  # type: ignore[method-assign]
 
 
 def _settled(cloudformation: Any, name: str, timeout: float = 60) -> dict[str, Any]:
