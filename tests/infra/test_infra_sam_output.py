@@ -299,9 +299,14 @@ def test_worker_permissions_are_exactly_its_calls(transformed: dict[str, Any], h
                 {"Fn::GetAtt": ["TamperRule", "Arn"]},
                 {"Fn::GetAtt": ["GuardrailRule", "Arn"]},
             ]
-        if "sqs:SendMessage" in actions:  # the hand-over to the follow-up phase, nothing else
+        if "sqs:SendMessage" in actions:
+            # the hand-over to the follow-up phase, and a tamper call that waits for an isolation in
+            # flight sent again to its own queue; nothing else
             assert actions == {"sqs:SendMessage"}
-            assert statement["Resource"] == {"Fn::GetAtt": ["FollowUpQueue", "Arn"]}
+            assert statement["Resource"] == [
+                {"Fn::GetAtt": ["FollowUpQueue", "Arn"]},
+                {"Fn::GetAtt": ["TamperQueue", "Arn"]},
+            ]
         if actions == {"dynamodb:ConditionCheckItem"}:  # the exemptions: read, never written
             assert statement["Resource"] == {"Fn::GetAtt": ["ExemptionTable", "Arn"]}
         elif any(a.startswith("dynamodb:") for a in actions):
