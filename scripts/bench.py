@@ -20,7 +20,9 @@ own CPU).
 
 Reported: the webhook's own AWS calls; for the single isolations, the calls before containment (up to
 the last ModifyNetworkInterfaceAttribute, or the last revocation of a new isolation group's default
-rules, which runs beside the cuts: then every interface has the group, and the group no rule) and in all; for
+rules, which runs beside the cuts: then every interface has the group, and the group no rule), in its
+containment invocation, in its follow-up invocation, and from the webhook to the outcome event (the
+webhook's, both invocations', the outcome event's) by service and operation; for
 each burst, time to containment (`created_at` → `contained_at`) and to the end (→ the record's last
 update) as p50/p95/max, against one alone, and the calls to the member accounts made before the last
 network cut of the burst, with the follow-up calls among them (instance profile, instance attributes,
@@ -160,6 +162,16 @@ def _by_service(names: list[str]) -> str:
     return ", ".join(f"{service} {count}" for service, count in sorted(counts.items()))
 
 
+def _by_service_and_operation(names: list[str]) -> str:
+    """`dynamodb 22 (UpdateItem 19, GetItem 2, TransactWriteItems 1), ec2 ...`: by service, then operation."""
+    services = sorted({name.split(".", 1)[0] for name in names})
+    return ", ".join(
+        f"{service} {sum(n.startswith(service + '.') for n in names)} "
+        f"({_by_operation([n for n in names if n.startswith(service + '.')])})"
+        for service in services
+    )
+
+
 def _calls(outcomes: list[BatchOutcome]) -> list[tuple[float, str]]:
     return sorted(call for o in outcomes if o.invocation for call in o.invocation.calls or [])
 
@@ -220,6 +232,14 @@ class Single:
     calls: list[str]
     worker_start: float
     webhook_calls: list[str]
+    #: The follow-up invocation's calls (its steps, the final write, the outcome event).
+    follow_up_calls: list[str] = field(default_factory=list)
+
+    @property
+    def all_calls(self) -> list[str]:
+        """Every AWS call from the webhook to the outcome event: the webhook's, the containment
+        invocation's, the follow-up invocation's (which publishes the outcome)."""
+        return [*self.webhook_calls, *self.calls, *self.follow_up_calls]
 
     @property
     def before_containment(self) -> list[str]:
@@ -231,8 +251,11 @@ class Single:
         return contained - (start if isinstance(start, float) else _timestamp(start))
 
 
-def isolate_one(stack: LocalStack, batches: Batches, instance: DemoInstance, calls: Calls) -> Single:
+def isolate_one(
+    stack: LocalStack, batches: Batches, follow_ups: Batches, instance: DemoInstance, calls: Calls
+) -> Single:
     batches.take()
+    follow_ups.take()
     calls.start()
     isolation_id = _post(stack, instance)
     webhook = calls.stop()
@@ -245,7 +268,11 @@ def isolate_one(stack: LocalStack, batches: Batches, instance: DemoInstance, cal
     [outcome] = outcomes
     assert outcome.invocation is not None
     worker = [name for _, name in sorted(outcome.invocation.calls or [])]
-    return Single(instance.label, record, worker, outcome.started, webhook)
+    followed = [o for o in follow_ups.settled(stack) if o.invocation is not None]
+    if len(followed) != 1:
+        raise SystemExit(f"expected the follow-up in one batch, got {len(followed)}")
+    follow_up = [name for _, name in sorted(followed[0].invocation.calls or [])]  # type: ignore[union-attr]
+    return Single(instance.label, record, worker, outcome.started, webhook, follow_up)
 
 
 @dataclass
@@ -342,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
             source = stack.event_source
             runtime = source.runtime
             assert isinstance(runtime, Processes)
-            batches = Batches()
+            batches, follow_ups = Batches(), Batches()
             source.observers.append(batches)
+            assert stack.follow_up_source is not None
+            stack.follow_up_source.observers.append(follow_ups)
             runtime.warm(source.concurrency if warm_environments else 1)
             # Every other function's environment is started first (the follow-up's, the tamper watch's,
             # the sweeper's by its first run): on this small machine a process starting (its imports)
@@ -357,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             _progress(f"stack started, demo organization seeded: {seeded:.0f} s")
 
             first, second = stack.demo.instance("web-1", account=0), stack.demo.instance("web-2", account=0)
-            cold = isolate_one(stack, batches, first, calls)
-            warm = isolate_one(stack, batches, second, calls)
+            cold = isolate_one(stack, batches, follow_ups, first, calls)
+            warm = isolate_one(stack, batches, follow_ups, second, calls)
             _progress(f"one alone, cold and warm: {time.monotonic() - began:.0f} s")
 
             accounts = stack.demo.accounts
@@ -432,6 +461,13 @@ def report(
         ("  by service", _by_service(cold.before_containment), _by_service(warm.before_containment)),
         ("AWS calls of its containment invocation", str(len(cold.calls)), str(len(warm.calls))),
         (
+            "AWS calls of its follow-up invocation",
+            str(len(cold.follow_up_calls)),
+            str(len(warm.follow_up_calls)),
+        ),
+        ("AWS calls, webhook to outcome event", str(len(cold.all_calls)), str(len(warm.all_calls))),
+        ("  by service", _by_service(cold.all_calls), _by_service(warm.all_calls)),
+        (
             "time to containment (worker start → contained_at)",
             f"{cold.contained_after(cold.worker_start) * 1000:.0f} ms",
             f"{warm.contained_after(warm.worker_start) * 1000:.0f} ms",
@@ -452,6 +488,12 @@ def report(
     for kind, single in (("cold", cold), ("warm", warm)):
         print(f"{kind} before containment: {_compact(single.before_containment)}")
         print(f"{kind} after containment:  {_compact(single.calls[len(single.before_containment) :])}")
+        print(f"{kind} follow-up:          {_compact(single.follow_up_calls)}")
+    print()
+    print(
+        f"one warm isolation, webhook to outcome event: {len(warm.all_calls)} AWS calls: "
+        f"{_by_service_and_operation(warm.all_calls)}"
+    )
     alone = warm.contained_after(warm.record["created_at"])
     for each in bursts:
         contained, finished = each.to("contained_at"), each.to("updated_at")
