@@ -71,7 +71,6 @@ from shared.models import (
     IsolationRecord,
     Source,
     StepRecord,
-    StepStatus,
     Target,
     iso8601,
     utcnow,
@@ -156,13 +155,17 @@ class WorkerDeps:
 
 @dataclass
 class StepJournal:
-    """Decides when step outcomes are written. Each is written as it happens, with two exceptions that
-    save writes without losing anything: nothing is written between the prior-state write and the
-    network cut (the containment steps ride with `contained_at`), and the follow-up's last step rides
-    with the final status. A failed step is written at once with whatever rode along. The steps of
-    `HOLD` run side by side, each written as soon as it is done (one write at a time): riding with the
-    hand-over, the first one done would wait for the other, and an environment that died meanwhile
-    would leave it in place with no record of it."""
+    """Decides when step outcomes are written: one write per phase where it can. A phase's prior values
+    go on record in one write before its first change (`remember`, with whatever rode along), and the
+    outcomes of its steps ride with the next write: nothing is written between the prior-state write
+    and the network cut (the containment steps ride with `contained_at`); the follow-up's ride with the
+    write before its snapshots, their evidence and the final status. A failed step is written at once
+    with whatever rode along. An outcome is never needed to undo a change (a release reads the prior
+    state, written first): a crash before it rides loses only the outcome, and the retry finds the
+    change in place (`already`). The exception: the steps of `HOLD` run side by side, each written as
+    soon as it is done (one write at a time): riding with the hand-over, the first one done would wait
+    for the other, and an environment that died meanwhile would leave it in place with no record of it.
+    """
 
     store: IsolationStore
     isolation_id: str
@@ -194,12 +197,10 @@ class StepJournal:
             self.unwritten = []
         return handed
 
-    def followed_up(self, step: StepRecord, *, last: bool) -> None:
+    def followed_up(self, step: StepRecord) -> None:
+        """A follow-up step done: it rides with the next write (snapshots, evidence, the final status)."""
         with self._lock:
             self.unwritten.append(step)
-            if not last and step.status is not StepStatus.ALREADY:
-                self.store.add_steps(self.isolation_id, self.unwritten)
-                self.unwritten = []
 
     def remember(self, prior: dict[str, Any]) -> None:
         """Prior-state fields a step read, written before its change (with whatever rode along)."""
@@ -430,6 +431,25 @@ class _Receive:
             sleep=self.deps.sleep,
             groups_seen=groups_seen,
         )
+
+    def _read_ahead(self, steps: tuple[type[Step], ...], ctx: StepContext) -> None:
+        """The prior values the phase's `steps` read ahead (`Step.prior`), on record in one write before
+        the phase's first change (a field the episode knows already keeps its value)."""
+        prior: dict[str, Any] = {}
+        for step_class in steps:
+            step = step_class()
+            logger.thread_safe_append_keys(step=step.name)
+            try:
+                prior |= step.prior(ctx)
+            except Exception as exc:
+                error = classify(exc, context=step.name)
+                journal = ctx.notes
+                assert isinstance(journal, StepJournal)
+                journal.failed(step.name, error)
+                raise error from exc
+            finally:
+                logger.thread_safe_remove_keys(["step"])
+        ctx.remember(**prior)
 
     def _step(self, step_class: type[Step], ctx: StepContext) -> StepRecord:
         step = step_class()
@@ -761,8 +781,9 @@ class FollowUp(_Receive):
         ctx.snapshots_asked_at = snapshots_asked_at
         journal = ctx.notes
         assert isinstance(journal, StepJournal)
+        self._read_ahead(FOLLOW_UP, ctx)
         for step in FOLLOW_UP:
-            journal.followed_up(self._step(step, ctx), last=step is FOLLOW_UP[-1])
+            journal.followed_up(self._step(step, ctx))
         if self.unmet is not None:
             unmet = ErrorInfo(code=self.unmet.code, message=self.unmet.message)
         journal.finish(begun, unmet)

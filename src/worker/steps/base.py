@@ -87,6 +87,9 @@ class StepContext:
     #: The region's isolation-group claims by VPC, as read from the table with the instance; None: not
     #: looked up (ensure-isolation-sg reads them).
     groups_seen: dict[str, GroupClaim] | None = None
+    #: What the phase's steps read ahead for its prior state (`Step.prior`), by what was read: a step's
+    #: next `run` takes it from here rather than read it twice.
+    read: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ec2(self) -> Any:
@@ -135,6 +138,13 @@ class Step(ABC):
 
     @abstractmethod
     def run(self, ctx: StepContext) -> StepRecord: ...
+
+    def prior(self, ctx: StepContext) -> dict[str, Any]:
+        """The prior-state fields this step's change would overwrite, read before any change of its
+        phase: the engine writes every step's in one write before the phase's first change. {}: the
+        step reads nothing ahead (its prior state is the instance as described, or it remembers its own
+        before its change)."""
+        return {}
 
     def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
         """A dry run of `run`: the same reads, and in place of each change a permission check

@@ -6,8 +6,8 @@
 - Stop protection (`DisableApiStop`): a stop loses the memory.
 - Termination protection (`DisableApiTermination`).
 EC2 refuses termination and stop protection on Spot instances, and stop protection (and stopping) on
-instance-store-backed ones: those are `skipped` with the reason. Each step writes the value it found into
-the prior state before it changes it.
+instance-store-backed ones: those are `skipped` with the reason. Each step reads the value it would change
+ahead (`prior`): the follow-up writes them all into the prior state in one write before its first change.
 """
 
 from __future__ import annotations
@@ -23,11 +23,26 @@ ID_TAG = ISOLATION_ID_TAG
 AT_TAG = f"{TAG_PREFIX}at"
 SOURCE_TAG = f"{TAG_PREFIX}source"
 _MODIFY = ("ec2:DescribeInstanceAttribute", "ec2:ModifyInstanceAttribute")
+#: DescribeInstanceAttribute's name of the shutdown behaviour, and the key of its answer.
+_SHUTDOWN = ("instanceInitiatedShutdownBehavior", "InstanceInitiatedShutdownBehavior")
 
 
 def _attribute(ctx: StepContext, attribute: str, key: str) -> Any:
     described = ctx.ec2.describe_instance_attribute(InstanceId=ctx.target.instance_id, Attribute=attribute)
     return described.get(key, {}).get("Value")
+
+
+def _read_ahead(ctx: StepContext, attribute: str, key: str) -> Any:
+    """`_attribute` read for the phase's prior state (`Step.prior`): the step's next run takes it."""
+    ctx.read[attribute] = _attribute(ctx, attribute, key)
+    return ctx.read[attribute]
+
+
+def _current(ctx: StepContext, attribute: str, key: str) -> Any:
+    """`_attribute` as read ahead for this run (taken: a later run reads it again), or read now."""
+    if attribute in ctx.read:
+        return ctx.read.pop(attribute)
+    return _attribute(ctx, attribute, key)
 
 
 def _refusal(ctx: StepContext, *, spot: bool, instance_store: bool) -> str | None:
@@ -43,11 +58,19 @@ class StopOnShutdown(Step):
     name = "stop-on-shutdown"
     permissions = _MODIFY
 
+    def prior(self, ctx: StepContext) -> dict[str, Any]:
+        if _refusal(ctx, spot=False, instance_store=True):
+            return {}
+        return {"shutdown_behavior": _read_ahead(ctx, *_SHUTDOWN)}
+
+    def _behaviour(self, ctx: StepContext) -> Any:
+        return _current(ctx, *_SHUTDOWN)
+
     def run(self, ctx: StepContext) -> StepRecord:
         refused = _refusal(ctx, spot=False, instance_store=True)
         if refused:
             return StepRecord.skipped(self.name, f"shutdown behaviour stop: {refused}")
-        behaviour = _attribute(ctx, "instanceInitiatedShutdownBehavior", "InstanceInitiatedShutdownBehavior")
+        behaviour = self._behaviour(ctx)
         ctx.remember(shutdown_behavior=behaviour)
         if behaviour == "stop":
             return StepRecord.already(self.name, "shutdown behaviour was stop")
@@ -58,7 +81,7 @@ class StopOnShutdown(Step):
         refused = _refusal(ctx, spot=False, instance_store=True)
         if refused:
             return StepRecord.skipped(self.name, f"shutdown behaviour stop: {refused}")
-        behaviour = _attribute(ctx, "instanceInitiatedShutdownBehavior", "InstanceInitiatedShutdownBehavior")
+        behaviour = self._behaviour(ctx)
         ctx.remember(shutdown_behavior=behaviour)
         if behaviour == "stop":
             return StepRecord.already(self.name, "shutdown behaviour was stop")
@@ -131,11 +154,19 @@ class _Protection(Step):
     what: ClassVar[str]
     refused_on_instance_store: ClassVar[bool]
 
+    def prior(self, ctx: StepContext) -> dict[str, Any]:
+        if _refusal(ctx, spot=True, instance_store=self.refused_on_instance_store):
+            return {}
+        return {self.prior_field: bool(_read_ahead(ctx, self.attribute, self.key))}
+
+    def _protected(self, ctx: StepContext) -> bool:
+        return bool(_current(ctx, self.attribute, self.key))
+
     def run(self, ctx: StepContext) -> StepRecord:
         refused = _refusal(ctx, spot=True, instance_store=self.refused_on_instance_store)
         if refused:
             return StepRecord.skipped(self.name, f"{self.what}: {refused}")
-        protected = bool(_attribute(ctx, self.attribute, self.key))
+        protected = self._protected(ctx)
         ctx.remember(**{self.prior_field: protected})
         if protected:
             return StepRecord.already(self.name, f"{self.what} was on")
@@ -146,7 +177,7 @@ class _Protection(Step):
         refused = _refusal(ctx, spot=True, instance_store=self.refused_on_instance_store)
         if refused:
             return StepRecord.skipped(self.name, f"{self.what}: {refused}")
-        protected = bool(_attribute(ctx, self.attribute, self.key))
+        protected = self._protected(ctx)
         ctx.remember(**{self.prior_field: protected})
         if protected:
             return StepRecord.already(self.name, f"{self.what} was on")
