@@ -24,6 +24,7 @@ both renderings and checks that they agree.
   RELEASING ─ supersede-release ─▶ RELEASE_FAILED  (an isolation of the instance was requested meanwhile)
   RELEASING, on the last receive, lease expired ─ end-release-lost ─▶ RELEASE_FAILED     [sweeper]
   RELEASING, no live lease, message in the DLQ ─ end-release-dead-lettered ─▶ RELEASE_FAILED [sweeper]
+  an earlier record of a RELEASED episode, releasable ─ end-with-episode ─▶ RELEASED  [worker, sweeper]
 ```
 
 A release works on the episode's latest record only; which record that is comes from the `by-instance`
@@ -38,7 +39,9 @@ last receive is found like a containment one (`final_attempt`, `lease_until`).
 Record attributes the conditions read, beside `status`:
 - `lease_owner`, `lease_until` (epoch seconds): the attempt running the record and until when.
 - `final_attempt` (`"final"`): the attempt runs on the message's last allowed receive; with
-  `lease_until` it keys the sparse `by-final-lease` index the sweeper queries.
+  `lease_until` it keys the sparse `by-final-lease` index the sweeper queries. On a RELEASED record,
+  `"episode-to-end"` (with `lease_until` the release's end): earlier records of its episode may still
+  read ISOLATED (`shared.store.episode_ends`); the same index brings them to the sweeper.
 - `resumable` (true): FAILED with its retries exhausted and its message in the DLQ; a redrive resumes it.
 - `dry_run` (true): the record of a dry run (served as well).
 - `phase` (`"follow-up"`): the containment handed over; the follow-up phase runs the record now.
@@ -71,6 +74,9 @@ FINAL = "final"
 #: The index of records in a last-receive attempt, by lease expiry (hash `final_attempt`, range
 #: `lease_until`): the sweeper's way to find lost workers without a scan.
 FINAL_LEASE_INDEX = "by-final-lease"
+#: The value of `final_attempt` on a RELEASED record whose episode's earlier records may not all read
+#: RELEASED yet (`shared.store.episode_ends`): the sweeper finds it in the same index.
+EPISODE_TO_END = "episode-to-end"
 #: The value of `phase` once the containment handed the record over to its follow-up phase.
 FOLLOW_UP = "follow-up"
 
@@ -298,6 +304,12 @@ END_RELEASE_DEAD_LETTERED = Transition(
     "end-release-dead-lettered", RELEASE_RUNNING & UNLEASED, frozenset({Status.RELEASE_FAILED})
 )
 
+#: A release that ended RELEASED ends its episode: each earlier record of it that a release could have
+#: undone reads RELEASED too (`shared.store.episode_ends`).
+END_WITH_EPISODE = Transition("end-with-episode", RELEASABLE, frozenset({Status.RELEASED}))
+#: A RELEASED record whose episode's earlier records are still to be ended.
+EPISODE_UNENDED = StatusIn((Status.RELEASED,)) & Is("final_attempt", EPISODE_TO_END)
+
 TRANSITIONS = (
     BEGIN,
     HAND_OVER,
@@ -313,6 +325,7 @@ TRANSITIONS = (
     SUPERSEDE_RELEASE,
     END_RELEASE_LOST,
     END_RELEASE_DEAD_LETTERED,
+    END_WITH_EPISODE,
 )
 
 

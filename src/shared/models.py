@@ -300,8 +300,11 @@ class IsolationRecord(Model):
     error: ErrorInfo | None = None
     #: The isolation group used in each VPC (VPC id -> group id), written with `contained_at`.
     isolation_groups: dict[str, str] | None = None
-    #: When a release put the instance back (RELEASED).
+    #: When a release put the instance back (RELEASED; for an earlier record of the episode, when the
+    #: releasing record did).
     released_at: str | None = None
+    #: On an earlier record of a released episode: the record whose release ended it.
+    released_by: str | None = None
     #: The latest release of this isolation (RELEASING, RELEASED, RELEASE_FAILED).
     release: ReleaseInfo | None = None
 

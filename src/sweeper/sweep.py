@@ -1,5 +1,6 @@
-"""What the sweeper does: end FAILED the records no worker will end, and (once, after an upgrade from a
-version without them) fill the instances' slots with their latest records (`shared.store.episodes`).
+"""What the sweeper does: end FAILED the records no worker will end, end the earlier records of a
+released episode that its release's worker left, and (once, after an upgrade from a version without
+them) fill the instances' slots with their latest records (`shared.store.episodes`).
 
 Two cases, both on the message's last allowed receive, after which SQS moves the message to the DLQ:
 - the worker stopped (a timeout, out of memory, a crash) after its attempt began: the record is
@@ -19,6 +20,11 @@ Both end the record resumable: a DLQ redrive runs it again. A release (RELEASING
 ends RELEASE_FAILED with the same codes; a new release request finishes it. A record merely waiting in the queue behind a
 burst is never ended by a clock: only an expired last-receive lease or a message in the DLQ ends one.
 Every end is a conditional write (`shared.lifecycle`), so a sweeper racing a worker changes nothing twice.
+
+A release that ended RELEASED ends its whole episode (`shared.store.episode_ends`): when its worker
+stopped before every earlier record of the episode read RELEASED, the record keeps a mark that puts it
+in the `by-final-lease` index, and the sweeper ends the rest (publishing nothing: the releasing record
+published the episode's outcome).
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ class Swept:
     peeked: int = 0
     #: Slots filled from the records by the upgrade's backfill (0 once it is done).
     backfilled: int = 0
+    #: Releases whose episode's earlier records were left to end: releasing id -> the ids ended now.
+    episodes_ended: dict[str, list[str]] = field(default_factory=dict)
 
 
 def sweep(
@@ -101,6 +109,9 @@ def sweep(
             continue  # a call that asked for no repair
         for isolation_id in _repairs_of(store, call):
             dead_lettered(isolation_id, _end_dead_lettered(store, isolation_id, moment))
+    for isolation_id in store.unended_episodes():
+        # No outcome event: the releasing record published the episode's.
+        swept.episodes_ended[isolation_id] = store.end_episode(isolation_id)
     return swept
 
 

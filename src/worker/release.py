@@ -8,7 +8,9 @@ It goes:
    each, the attempt checks that the release still holds the instance's slot: an isolation requested
    meanwhile takes it, and the release stops, RELEASE_FAILED `Superseded`;
 4. the end: RELEASED (`released_at`) and the slot freed, in one transaction (or `Superseded`, when an
-   isolation took the slot at the last moment). Then the outcome event.
+   isolation took the slot at the last moment). Then the episode's earlier records end RELEASED too,
+   naming this one in `released_by` (`shared.store.episode_ends`; the sweeper finishes what a stop
+   leaves), and the outcome event: this record's only.
 
 Its error boundary is the runner's: every exception is classified (`shared.errors.classify`); a permanent
 error ends the release RELEASE_FAILED (`release.error`) and the message is acknowledged; a retryable one
@@ -174,7 +176,19 @@ class ReleaseAttempt:
         if ended is ReleaseEnd.SUPERSEDED:
             return self._supersede(record)
         logger.info("released")
+        self._end_episode(record)
         return ReleaseOutcome.RELEASED
+
+    def _end_episode(self, record: IsolationRecord) -> None:
+        """The episode's earlier records read RELEASED too. The release stands whatever happens here: what
+        is left is marked on the record, and the sweeper finishes it."""
+        try:
+            ended = self.deps.store.end_episode(record.isolation_id)
+        except Exception:
+            logger.exception("the episode's earlier records were not all ended: the sweeper ends them")
+            return
+        if ended:
+            logger.info("ended the episode's earlier records", extra={"released": ended})
 
     def _still_held(self, record: IsolationRecord) -> None:
         if not self.deps.store.release_held(record):

@@ -494,3 +494,161 @@ def test_an_isolation_waits_for_a_running_release_to_stop(stack: Stack, member: 
     record = record_of(stack, again)
     assert record["status"] == "ISOLATED" and record["inherits_from"] == isolated["isolation_id"], record
     assert_isolated(member, instance, vpc.id)
+
+
+# --- a release ends its whole episode -------------------------------------------------------------------
+
+
+def listed_isolated(stack: Stack) -> set[str]:
+    """The ids `GET /isolations?status=ISOLATED` lists."""
+    code, body = stack.api("GET", "/isolations", query={"status": "ISOLATED", "limit": "100"})
+    assert code == 200, body
+    return {item["isolation_id"] for item in body["items"]}
+
+
+def episode_of_three(stack: Stack, member: Member, instance: str) -> list[dict[str, Any]]:
+    """A webhook isolation, a second webhook isolation in its episode, then a GuardDuty finding coalesced
+    with the second: the three records, oldest first, each inheriting from the one before."""
+    first = isolate(stack, member, instance)
+    second = isolate(stack, member, instance)
+    stack.send(guardduty_finding(account_id=member.account_id, region=member.region, instance_id=instance))
+    stack.drain()
+    coalesced = stack.api("GET", "/isolations", query={"instance_id": instance})[1]["items"][0]
+    assert steps(coalesced) == {"coalesced": "already"}, coalesced
+    assert second["inherits_from"] == first["isolation_id"]
+    assert coalesced["inherits_from"] == second["isolation_id"]
+    return [first, second, coalesced]
+
+
+def test_a_release_ends_every_record_of_its_episode_with_one_outcome_event(
+    stack: Stack, member: Member
+) -> None:
+    # Given an episode of three ISOLATED records (webhook, webhook, coalesced finding), all listed as
+    # ISOLATED
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    first, second, latest = episode_of_three(stack, member, instance)
+    ids = {first["isolation_id"], second["isolation_id"], latest["isolation_id"]}
+    assert ids <= listed_isolated(stack)
+    stack.outcomes()
+
+    # When it is released through its latest record
+    released = release(stack, latest["isolation_id"])
+
+    # Then every record of the episode reads RELEASED; the earlier ones name the releasing record and
+    # carry its released_at; the releasing record names none
+    assert released["status"] == "RELEASED", released
+    assert released["released_by"] is None
+    for earlier in (first, second):
+        record = record_of(stack, earlier["isolation_id"])
+        assert record["status"] == "RELEASED", record
+        assert record["released_by"] == latest["isolation_id"]
+        assert record["released_at"] == released["released_at"]
+        assert record["release"] is None  # released with the episode, not by a release of its own
+    # And none is listed as ISOLATED any more, and nothing is left for the sweeper
+    assert not ids & listed_isolated(stack)
+    assert stack.store.unended_episodes() == []
+    # And the release published one outcome event, the releasing record's
+    [event] = stack.outcomes()
+    assert (event["detail"]["isolation_id"], event["detail"]["status"]) == (
+        latest["isolation_id"],
+        "RELEASED",
+    )
+
+
+def test_a_release_that_stops_before_its_earlier_records_are_ended_is_finished_by_the_sweeper(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given an episode of three records, and the table refusing the write that would end the first one
+    # (the release's worker stops after its own record ended RELEASED)
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    first, second, latest = episode_of_three(stack, member, instance)
+    stack.outcomes()
+    refused = faults.inject(
+        "dynamodb",
+        "UpdateItem",
+        "InternalServerError",
+        times=None,
+        status=500,
+        when=lambda params: params["Key"]["pk"]["S"] == first["isolation_id"],
+    )
+
+    # When it is released
+    released = release(stack, latest["isolation_id"])
+
+    # Then the release is RELEASED (one outcome event) and the first record is not ended yet
+    assert released["status"] == "RELEASED", released
+    assert refused.raised >= 1
+    assert record_of(stack, first["isolation_id"])["status"] == "ISOLATED"
+    assert stack.store.unended_episodes() == [latest["isolation_id"]]
+    [event] = stack.outcomes()
+    assert event["detail"]["isolation_id"] == latest["isolation_id"]
+
+    # When the table answers again and the sweeper runs
+    faults.clear()
+    stack.sweep()
+
+    # Then the whole episode reads RELEASED, the earlier records naming the releasing one
+    for earlier in (first, second):
+        record = record_of(stack, earlier["isolation_id"])
+        assert (record["status"], record["released_by"]) == ("RELEASED", latest["isolation_id"]), record
+        assert record["released_at"] == released["released_at"]
+    assert not {first["isolation_id"], second["isolation_id"]} & listed_isolated(stack)
+    assert stack.store.unended_episodes() == []
+    # And the sweeper published nothing (the release's event was the episode's one)
+    assert stack.outcomes() == []
+    # And a second run has nothing left to do: the records are as the first left them
+    before = [record_of(stack, r["isolation_id"]) for r in (first, second, latest)]
+    stack.sweep()
+    assert [record_of(stack, r["isolation_id"]) for r in (first, second, latest)] == before
+
+
+def test_a_release_ends_only_its_own_episode(stack: Stack, member: Member) -> None:
+    # Given an instance whose first episode (two records) was released, and whose earlier record was
+    # left ISOLATED as a version without episode ends left it
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    old_first = isolate(stack, member, instance)
+    old_latest = isolate(stack, member, instance)
+    assert old_latest["inherits_from"] == old_first["isolation_id"]
+    assert release(stack, old_latest["isolation_id"])["status"] == "RELEASED"
+    assert record_of(stack, old_first["isolation_id"])["released_by"] == old_latest["isolation_id"]
+    stack.store.client.update_item(
+        TableName=stack.table_name,
+        Key={"pk": {"S": old_first["isolation_id"]}},
+        UpdateExpression="SET #s = :isolated REMOVE released_at, released_by",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":isolated": {"S": "ISOLATED"}},
+    )
+    # And a dry run of it, an isolation that FAILED before it changed anything (no prior state), and
+    # records of the same instance id in another account (one RELEASED, one ISOLATED)
+    checked = isolate(stack, member, instance, dry_run=True)
+    assert checked["status"] == "CHECKED", checked
+    failed_early = _stored(stack, member, Status.FAILED, instance_id=instance)
+    other_account = Target(account_id="999999999999", region=member.region, instance_id=instance)
+    foreign = []
+    for status in (Status.ISOLATED, Status.RELEASED):
+        record = IsolationRecord.queued(
+            isolation_id=new_isolation_id(), source=Source.WEBHOOK, target=other_account
+        ).model_copy(update={"status": status, "prior_state": PRIOR})
+        assert stack.store.put_record(record)
+        foreign.append(record.isolation_id)
+    # And a second episode of two records
+    first = isolate(stack, member, instance)
+    assert first["inherits_from"] is None
+    latest = isolate(stack, member, instance)
+    assert latest["inherits_from"] == first["isolation_id"]
+    untouched = [old_first, old_latest, checked, {"isolation_id": failed_early}] + [
+        {"isolation_id": i} for i in foreign
+    ]
+    before = {r["isolation_id"]: record_of(stack, r["isolation_id"]) for r in untouched}
+
+    # When the second episode is released
+    assert release(stack, latest["isolation_id"])["status"] == "RELEASED"
+
+    # Then its earlier record is ended, and nothing else changed: the first episode's records (even the
+    # one left ISOLATED), the dry run, the early failure, the other account's records
+    record = record_of(stack, first["isolation_id"])
+    assert (record["status"], record["released_by"]) == ("RELEASED", latest["isolation_id"]), record
+    assert {i: record_of(stack, i) for i in before} == before

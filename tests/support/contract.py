@@ -26,6 +26,7 @@ RECORD_FIELDS = frozenset(
         "error",
         "isolation_groups",
         "released_at",
+        "released_by",
         "release",
     }
 )

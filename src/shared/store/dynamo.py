@@ -3,6 +3,7 @@ condition expressions assembled into one request."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -82,6 +83,17 @@ def updated_if(client: Any, request: dict[str, Any]) -> bool:
             raise
         return False
     return True
+
+
+def query_items(client: Any, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The items a Query finds, deserialized, page after page as they are consumed (a caller that stops
+    early reads no further page)."""
+    while True:
+        page = client.query(**params)
+        yield from (deserialize(item) for item in page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            return
+        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def key(pk: str) -> dict[str, Any]:

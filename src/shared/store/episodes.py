@@ -37,6 +37,9 @@ from shared.store import slots
 from shared.store.dynamo import Write, epoch, key, updated_if
 from shared.store.slots import ISOLATED_IN, LATEST, slot_key
 
+#: The index of the records of an instance by creation: hash `instance_id`, range `created_at` (only
+#: records carry `instance_id`).
+INSTANCE_INDEX = "by-instance"
 #: The sparse index of the slots of instances isolated now: hash `isolated_in` (the account), range `pk`
 #: (`instance#<account>#<region>#<instance>`, so a region is a key prefix).
 ISOLATED_INDEX = "isolated-now"

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import islice
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -59,13 +60,12 @@ from shared.store import (
     slots,
     tamper_repairs,
 )
-from shared.store.dynamo import Refused, Write, deserialize, epoch, key, serialize, updated_if
-from shared.store.episodes import EpisodeReads
+from shared.store.dynamo import Refused, Write, deserialize, epoch, key, query_items, serialize, updated_if
+from shared.store.episodes import INSTANCE_INDEX, EpisodeReads
 from shared.store.idempotency import IdempotencyClaim, Replayed
 from shared.store.record_leases import LeaseHeld
 from shared.store.releases import ReleaseWrites
 
-INSTANCE_INDEX = "by-instance"
 MAX_LISTED = 50
 #: The index of every record by creation, newest first: hash `list_shard` (one of `LIST_SHARDS` write
 #: shards, from the id), range `listed_at` (`<created_at>#<isolation_id>`, unique and time-ordered). A
@@ -275,14 +275,7 @@ class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry
         return [_record(item) for item in self._query(params, None) if lost.holds(item, now=epoch(now))]
 
     def _query(self, params: dict[str, Any], limit: int | None) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        while limit is None or len(items) < limit:
-            page = self.client.query(**params)
-            items.extend(deserialize(item) for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                break
-            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        return items if limit is None else items[:limit]
+        return list(islice(query_items(self.client, params), limit))
 
     # --- ingest --------------------------------------------------------------------------------------
 

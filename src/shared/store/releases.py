@@ -23,8 +23,8 @@ from shared import lifecycle
 from shared.errors import error_code
 from shared.lifecycle import Status, Transition
 from shared.models import ErrorInfo, IsolationRecord, ReleaseInfo, StepRecord, Target, iso8601, utcnow
-from shared.store import record_leases, slots
-from shared.store.dynamo import Refused, Write, deserialize, epoch, key
+from shared.store import episode_ends, record_leases, slots
+from shared.store.dynamo import Refused, Write, deserialize, epoch, key, query_items, updated_if
 from shared.store.record_leases import LeaseHeld
 
 #: The error codes of a release that did not finish.
@@ -233,6 +233,45 @@ class ReleaseWrites:
             return ReleaseEnd.ALREADY
         return ReleaseEnd.ENDED
 
+    def end_episode(self, isolation_id: str) -> list[str]:
+        """End the earlier records of the episode the RELEASED record `isolation_id` released
+        (`shared.store.episode_ends`), then take its mark off; the ids ended. Nothing to do (`[]`) when
+        the record is not RELEASED or its episode was ended already. Safe to run again, and beside
+        another run: every write is conditional."""
+        releasing = self.item(isolation_id)
+        if releasing is None or not lifecycle.EPISODE_UNENDED.holds(releasing):
+            return []
+        query = episode_ends.earlier_query(self.table_name, releasing)
+        done = [
+            str(item["pk"])
+            for item in episode_ends.earlier_records(query_items(self.client, query), releasing)
+            if self._end_with_episode(item, releasing)
+        ]
+        updated_if(self.client, episode_ends.ended(self.table_name, isolation_id))
+        return done
+
+    def _end_with_episode(self, item: dict[str, Any], releasing: dict[str, Any]) -> bool:
+        """`lifecycle.END_WITH_EPISODE` for one earlier record, as long as its status is the one read. An
+        index lags behind the table: a record it shows in flight, or whose write was refused, is read
+        again (consistently) and ended when it is releasable now."""
+        guard = lifecycle.END_WITH_EPISODE.guard
+        pk = str(item["pk"])
+        current = item if guard.holds(item) else self.item(pk)
+        for _ in range(2):
+            if current is None or not guard.holds(current):
+                return False
+            ending = episode_ends.ending(self.table_name, current, releasing, stamp=iso8601(utcnow()))
+            if updated_if(self.client, ending):
+                return True
+            current = self.item(pk)
+        return False
+
+    def unended_episodes(self) -> list[str]:
+        """The RELEASED records whose episode's earlier records are still to be ended (a release whose
+        worker stopped before it ended them), from the `by-final-lease` index."""
+        query = episode_ends.unended_query(self.table_name)
+        return [str(item["pk"]) for item in query_items(self.client, query)]
+
     def end_release_lost(self, record: IsolationRecord, *, now: float) -> bool:
         """`lifecycle.END_RELEASE_LOST`: the release's worker was lost on its message's last receive."""
         message = (
@@ -272,17 +311,20 @@ class ReleaseWrites:
         if status not in transition.to:
             raise ValueError(f"{transition.name} cannot end a record {status.value}")
         stamp = iso8601(utcnow())
+        released = status is Status.RELEASED
         write = Write(
             "#s = :status",
             "updated_at = :stamp",
-            remove=("lease_owner", "lease_until", "final_attempt"),
+            # A RELEASED record keeps `final_attempt` and `lease_until` as the mark of its episode's end.
+            remove=("lease_owner",) if released else ("lease_owner", "lease_until", "final_attempt"),
             condition=transition.guard,
             params={"now": epoch(now)},
             status=status.value,
             stamp=stamp,
         )
-        if status is Status.RELEASED:
+        if released:
             write.set("released_at = :stamp")
+            episode_ends.marking(write, ended=epoch(now))
         if error is not None:
             write.set("#r.#e = :error", error=error.model_dump())
         if extra_steps:
