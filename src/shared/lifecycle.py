@@ -72,7 +72,7 @@ class Status(StrEnum):
 #: The value of `final_attempt` on a record whose attempt runs on its message's last receive.
 FINAL = "final"
 #: The index of records in a last-receive attempt, by lease expiry (hash `final_attempt`, range
-#: `lease_until`): the sweeper's way to find lost workers without a scan.
+#: `lease_until`): the sweeper's way to find lost workers (and released episodes still to end) without a scan.
 FINAL_LEASE_INDEX = "by-final-lease"
 #: The value of `final_attempt` on a RELEASED record whose episode's earlier records may not all read
 #: RELEASED yet (`shared.store.episode_ends`): the sweeper finds it in the same index.

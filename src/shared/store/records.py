@@ -12,11 +12,13 @@ it along its lifecycle (`shared.lifecycle` declares which moves are allowed and 
 | isolation groups | `groups#<account>#<region>` | `shared.store.isolation_groups` |
 | the upgrade's backfill, done | `episodes#backfilled` | `shared.store.episodes` |
 
-Releases of a record (RELEASING, RELEASED, RELEASE_FAILED) are written by `shared.store.releases`.
+Releases of a record (RELEASING, RELEASED, RELEASE_FAILED) are written by `shared.store.releases`, and
+the end of a released episode's earlier records by `shared.store.episode_ends`.
 
 Only record items carry `instance_id`, so the `by-instance` index (instance_id, created_at) holds
-records only; only records in a last-receive attempt carry `final_attempt`, so the `by-final-lease`
-index holds just those; only slots of instances isolated now carry `isolated_in`, so the `isolated-now`
+records only; only records in a last-receive attempt, and RELEASED records whose episode is still to
+be ended (`shared.store.episode_ends`), carry `final_attempt`, so the `by-final-lease` index holds just
+those; only slots of instances isolated now carry `isolated_in`, so the `isolated-now`
 index holds just those (`shared.store.episodes`). Reads never write (but one: an upgraded
 deployment's slot filled from the records, once). Every write that must be atomic with another is one
 `TransactWriteItems`, so ingest stays at two AWS calls on the request path (this transaction and the
