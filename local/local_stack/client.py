@@ -176,6 +176,8 @@ def _released(record: dict[str, Any]) -> str:
 
 def _release_text(record: dict[str, Any]) -> list[str]:
     release = record.get("release")
+    if record.get("released_by"):
+        return [f"released {record.get('released_at') or '-'} with its episode, by {record['released_by']}"]
     if not release:
         return []
     lines = [

@@ -24,7 +24,8 @@ must end in a state a responder can trust:
   RELEASE_FAILED is asked again once the faults are off, as a responder would. Every released instance
   whose latest record is the RELEASED one looks as it did before its isolation
   (`local_stack.isolation_check.release_problems`); on one isolated again, what is in place is what the
-  records since its release say.
+  records since its release say; every earlier record of a released episode reads RELEASED too (none
+  still ISOLATED, FAILED with a prior state, or RELEASE_FAILED).
 
 How the faults get in: one botocore hook (`shared.aws.add_event_hook`) on every client the project builds,
 at `before-parameter-build`, which fails a call with the real AWS error code and HTTP status before it is
@@ -1189,7 +1190,9 @@ def test_chaos(
         owned = service_groups(stack)
         for instance_id, instance in demo.items():
             since = history.get(instance_id, [])
-            released = [r for r in since if r["status"] == "RELEASED"]
+            # The releasing records (an earlier record of a released episode reads RELEASED too, naming
+            # its releasing record in released_by)
+            released = [r for r in since if r["status"] == "RELEASED" and not r.get("released_by")]
             if released:
                 # Released: as it was before its isolation, unless a later isolation started a new episode.
                 last = max(released, key=lambda r: str(r["released_at"]))
@@ -1199,6 +1202,20 @@ def test_chaos(
                     "RELEASED with a release step not done (its last outcome)",
                     last,
                 )
+                # And no record of the episode (nor of an earlier one) still reads as if it were not
+                asked = str((last.get("release") or {}).get("requested_at") or last["released_at"])
+                unended = [
+                    r
+                    for r in since
+                    if r["account_id"] == last["account_id"]
+                    and not r.get("dry_run")
+                    and str(r["created_at"]) <= asked
+                    and (
+                        r["status"] in ("ISOLATED", "RELEASE_FAILED")
+                        or (r["status"] == "FAILED" and r.get("prior_state"))
+                    )
+                ]
+                expect(not unended, "a record of a released episode not RELEASED", last, *unended)
                 since = [r for r in since if str(r["created_at"]) > str(last["released_at"])]
                 expect(
                     not any(_coalesced(r) for r in since),

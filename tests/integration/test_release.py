@@ -652,3 +652,38 @@ def test_a_release_ends_only_its_own_episode(stack: Stack, member: Member) -> No
     record = record_of(stack, first["isolation_id"])
     assert (record["status"], record["released_by"]) == ("RELEASED", latest["isolation_id"]), record
     assert {i: record_of(stack, i) for i in before} == before
+
+
+def test_an_earlier_record_is_ended_only_from_the_status_the_table_holds_now(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given an episode of three records; the table holds the second IN_PROGRESS now (a write the
+    # episode's end must not overwrite), and the by-instance index lags behind it: it shows the first
+    # IN_PROGRESS (it reads ISOLATED) and the second still ISOLATED
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    first, second, latest = episode_of_three(stack, member, instance)
+    stack.store.client.update_item(
+        TableName=stack.table_name,
+        Key={"pk": {"S": second["isolation_id"]}},
+        UpdateExpression="SET #s = :running",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":running": {"S": "IN_PROGRESS"}},
+    )
+    shown = {first["isolation_id"]: "IN_PROGRESS", second["isolation_id"]: "ISOLATED"}
+
+    def lagging(parsed: dict[str, Any], **_: Any) -> None:
+        for item in parsed.get("Items", []):
+            if item["pk"]["S"] in shown:
+                item["status"] = {"S": shown[item["pk"]["S"]]}
+
+    faults.hook("after-call.dynamodb.Query", lagging)
+
+    # When the episode is released
+    assert release(stack, latest["isolation_id"])["status"] == "RELEASED"
+
+    # Then the first, ISOLATED in the table, is ended; the second, in flight in the table, is untouched
+    record = record_of(stack, first["isolation_id"])
+    assert (record["status"], record["released_by"]) == ("RELEASED", latest["isolation_id"]), record
+    record = record_of(stack, second["isolation_id"])
+    assert (record["status"], record["released_by"], record["released_at"]) == ("IN_PROGRESS", None, None)

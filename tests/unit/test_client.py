@@ -284,6 +284,21 @@ def test_status_shows_the_release_part_of_a_record(fake_api: Callable[..., FakeA
     assert "(1.50 s)" in out and "reason: false positive" in out and "restore-security-groups" in out
 
 
+def test_status_names_the_record_that_released_an_earlier_record_of_its_episode(
+    fake_api: Callable[..., FakeApi],
+) -> None:
+    # Given an earlier record of a released episode (no release of its own)
+    releasing = "iso-" + "b" * 32
+    fake_api({("GET", f"/isolations/{ISOLATION}"): [_record("RELEASED") | {"released_by": releasing}]})
+
+    # When its status is shown
+    status, out = run("status", ISOLATION, "--api", LOCAL, "--api-key", "k")
+
+    # Then it says when and by which record it was released
+    assert status == 0
+    assert f"released 2026-11-29T10:05:01.500Z with its episode, by {releasing}" in out, out
+
+
 @pytest.mark.parametrize(
     ("url", "region"),
     [
