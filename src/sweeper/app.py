@@ -32,9 +32,11 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     )
     metrics.add_metric(name="SweptWorkerLost", unit=MetricUnit.Count, value=len(swept.lost))
     metrics.add_metric(name="SweptDeadLettered", unit=MetricUnit.Count, value=len(swept.dead_lettered))
+    metrics.add_metric(name="SweptEpisodes", unit=MetricUnit.Count, value=len(swept.episodes_ended))
     if swept.episodes_ended:
         logger.warning(
-            "ended the earlier records of released episodes a worker had left", extra=swept.episodes_ended
+            "ended the earlier records of released episodes a worker had left",
+            extra={"episodes": swept.episodes_ended},
         )
     if swept.backfilled:
         logger.info("filled slots from their records (upgrade)", extra={"slots": swept.backfilled})
