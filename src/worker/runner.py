@@ -66,6 +66,7 @@ from shared.errors import (
 from shared.exemptions import Exemption
 from shared.lifecycle import Status
 from shared.models import (
+    TAMPER_LOOP,
     ErrorInfo,
     Evidence,
     IsolationRecord,
@@ -716,9 +717,7 @@ class Attempt(_Receive):
             self._tamper_loop_step(self.deps.settings.TAMPER_REPAIRS_PER_HOUR)
         ]
         current = self.deps.store.get(self.record.isolation_id) or self.record
-        self.deps.store.finish(
-            current, Status.FAILED, error=ErrorInfo(code="TamperLoop", message=step.detail)
-        )
+        self.deps.store.finish(current, Status.FAILED, error=ErrorInfo(code=TAMPER_LOOP, message=step.detail))
         return Outcome.TAMPER_LOOP
 
     def _record_refused(self, step: StepRecord, status: Status, code: str) -> None:

@@ -42,6 +42,8 @@ from shared.errors import error_code
 from shared.exemptions import Exemption
 from shared.lifecycle import FINAL, FINAL_LEASE_INDEX, Status, Transition
 from shared.models import (
+    DEAD_LETTERED,
+    WORKER_LOST,
     ErrorInfo,
     Evidence,
     IsolationRecord,
@@ -88,10 +90,6 @@ _INTERNAL = (
     "unmet",
     "snapshots_asked_at",
 )
-
-#: The codes of a record the sweeper ends (see `shared.lifecycle`).
-WORKER_LOST = "WorkerLost"
-DEAD_LETTERED = "DeadLettered"
 
 
 # --- outcomes of the conditional writes --------------------------------------------------------------

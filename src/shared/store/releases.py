@@ -22,15 +22,23 @@ from botocore.exceptions import ClientError
 from shared import lifecycle
 from shared.errors import error_code
 from shared.lifecycle import Status, Transition
-from shared.models import ErrorInfo, IsolationRecord, ReleaseInfo, StepRecord, Target, iso8601, utcnow
+from shared.models import (
+    DEAD_LETTERED,
+    WORKER_LOST,
+    ErrorInfo,
+    IsolationRecord,
+    ReleaseInfo,
+    StepRecord,
+    Target,
+    iso8601,
+    utcnow,
+)
 from shared.store import episode_ends, record_leases, slots
 from shared.store.dynamo import Refused, Write, deserialize, epoch, key, query_items, updated_if
 from shared.store.record_leases import LeaseHeld
 
 #: The error codes of a release that did not finish.
 SUPERSEDED = "Superseded"
-WORKER_LOST = "WorkerLost"
-DEAD_LETTERED = "DeadLettered"
 
 
 @dataclass(frozen=True)
