@@ -95,7 +95,7 @@ from shared.store.isolation_groups import GroupClaim
 from worker import at_once, consistency, dry_run
 from worker.consistency import retry_own_table
 from worker.instance import Instance, describe
-from worker.steps import CONTAINMENT, FOLLOW_UP, Step, StepContext
+from worker.steps import CONTAINMENT, FOLLOW_UP, HOLD, Step, StepContext
 
 #: The step a tamper repair past its budget records first (the record then ends FAILED `TamperLoop`).
 TAMPER_LOOP_STEP = "check-tamper-repairs"
@@ -159,8 +159,8 @@ class StepJournal:
     """Decides when step outcomes are written: one write per phase where it can. A phase's prior values
     go on record in one write before its first change (`remember`, with whatever rode along), and the
     outcomes of its steps ride with the next write: nothing is written between the prior-state write
-    and the network cut (the containment steps ride with `contained_at`); the follow-up's ride with the
-    write before its snapshots, their evidence and the final status. A failed step is written at once
+    and the network cut (the containment steps ride with `contained_at`); the follow-up's (and the
+    evidence) ride with the write before its snapshots and with the final status. A failed step is written at once
     with whatever rode along. An outcome is never needed to undo a change (a release reads the prior
     state, written first): a crash before it rides loses only the outcome, and the retry finds the
     change in place (`already`). The exception: the steps of `HOLD` run side by side, each written as
@@ -171,6 +171,8 @@ class StepJournal:
     store: IsolationStore
     isolation_id: str
     unwritten: list[StepRecord] = field(default_factory=list)
+    #: The episode's evidence, once a step kept it, until it rides with a write.
+    evidence: Evidence | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def contained(self, steps: list[StepRecord], *, isolation_groups: dict[str, str] | None = None) -> None:
@@ -206,36 +208,42 @@ class StepJournal:
     def remember(self, prior: dict[str, Any]) -> None:
         """Prior-state fields a step read, written before its change (with whatever rode along)."""
         with self._lock:
-            self.store.add_steps(self.isolation_id, self.unwritten, prior=prior)
-            self.unwritten = []
+            self.store.add_steps(self.isolation_id, self.unwritten, prior=prior, evidence=self.evidence)
+            self.unwritten, self.evidence = [], None
 
     def keep_evidence(self, evidence: Evidence) -> None:
+        """The episode's evidence: it rides with the next write, like an outcome (a retry after a crash
+        finds the snapshots the record does not name: `snapshots_asked_at`, on record before they were
+        asked for)."""
         with self._lock:
-            self.store.add_steps(self.isolation_id, self.unwritten, evidence=evidence)
-            self.unwritten = []
+            self.evidence = evidence
 
     def asking_snapshots(self, at: str) -> None:
         with self._lock:
-            self.store.add_steps(self.isolation_id, self.unwritten, snapshots_asked_at=at)
-            self.unwritten = []
+            self.store.add_steps(
+                self.isolation_id, self.unwritten, snapshots_asked_at=at, evidence=self.evidence
+            )
+            self.unwritten, self.evidence = [], None
 
     def failed(self, name: str, error: IsolationError) -> None:
         retry = " (will retry)" if isinstance(error, RetryableError) else ""
         failed = StepRecord.failed(name, f"{error.code}: {error.message}{retry}")
         with self._lock:
             try:
-                self.store.add_steps(self.isolation_id, [*self.unwritten, failed])
-                self.unwritten = []
+                self.store.add_steps(self.isolation_id, [*self.unwritten, failed], evidence=self.evidence)
+                self.unwritten, self.evidence = [], None
             except Exception:  # the step's own error matters more; it is logged and raised
                 logger.exception("could not record the failed step")
 
     def finish(self, record: IsolationRecord, unmet: ErrorInfo | None = None) -> None:
         with self._lock:
             if unmet is None:
-                self.store.finish(record, Status.ISOLATED, extra_steps=self.unwritten)
+                self.store.finish(record, Status.ISOLATED, extra_steps=self.unwritten, evidence=self.evidence)
             else:
-                self.store.finish(record, Status.FAILED, error=unmet, extra_steps=self.unwritten)
-            self.unwritten = []
+                self.store.finish(
+                    record, Status.FAILED, error=unmet, extra_steps=self.unwritten, evidence=self.evidence
+                )
+            self.unwritten, self.evidence = [], None
 
 
 def retry_or_give_up(
@@ -435,21 +443,19 @@ class _Receive:
 
     def _read_ahead(self, steps: tuple[type[Step], ...], ctx: StepContext) -> None:
         """The prior values the phase's `steps` read ahead (`Step.prior`), on record in one write before
-        the phase's first change (a field the episode knows already keeps its value)."""
+        the phase's first change (a field the episode knows already keeps its value). A read that fails
+        leaves that step to read again in its run (which writes what it read before its change, and
+        records the failure as its own): one step's failing read never stops another step."""
         prior: dict[str, Any] = {}
         for step_class in steps:
             step = step_class()
-            logger.thread_safe_append_keys(step=step.name)
             try:
                 prior |= step.prior(ctx)
             except Exception as exc:
-                error = classify(exc, context=step.name)
-                journal = ctx.notes
-                assert isinstance(journal, StepJournal)
-                journal.failed(step.name, error)
-                raise error from exc
-            finally:
-                logger.thread_safe_remove_keys(["step"])
+                logger.warning(
+                    "prior state not read ahead: the step reads it again",
+                    extra={"step": step.name, "error": str(exc)},
+                )
         ctx.remember(**prior)
 
     def _step(self, step_class: type[Step], ctx: StepContext) -> StepRecord:
@@ -548,6 +554,13 @@ class Attempt(_Receive):
         steps = [self._step(step, ctx) for step in CONTAINMENT]
         ctx.notes.contained(steps, isolation_groups=ctx.isolation_groups)
         return self._end_tamper_loop() if self.network_only else None
+
+    def read_ahead(self) -> None:
+        """The prior values of every step of `HOLD`, on record in one write before any of them changes
+        anything (after the network cut: the cut never waits on these IAM and Auto Scaling reads)."""
+        ctx = self.ctx
+        assert ctx is not None
+        self._read_ahead(HOLD, ctx)
 
     def hold(self, step: type[Step]) -> None:
         """A step of what must not wait for the follow-up (`HOLD`: the steps run side by side)."""

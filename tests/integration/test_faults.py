@@ -37,7 +37,9 @@ def test_crash_between_the_network_cut_and_the_profile_swap_resumes(
         raise Crash()
 
     faults.hook("before-parameter-build.ec2.DescribeIamInstanceProfileAssociations", die)
-    faults.hook("before-parameter-build.iam.GetInstanceProfile", die)
+    # (the deny's first IAM call of its own: the instance profile's role is read ahead with the Auto
+    # Scaling group, before either step changes anything)
+    faults.hook("before-parameter-build.iam.GetRolePolicy", die)
     [message] = stack.receive()
     with pytest.raises(Crash):
         stack.work([message])

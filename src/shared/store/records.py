@@ -787,6 +787,7 @@ class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry
         attempts: int | None = None,
         transition: Transition = lifecycle.END,
         now: float | None = None,
+        evidence: Evidence | None = None,
     ) -> bool:
         """End the record (`transition`, `lifecycle.END` by default) and free the instance's slot, in
         one transaction. False when the record could not make the transition (it had ended already).
@@ -794,6 +795,7 @@ class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry
         `resumable` marks a FAILED record whose message went on to the DLQ (retries exhausted): a
         redrive of that message runs it again. `attempts`: the attempts to record (when this one failed
         before `begin_attempt` counted it). `now`: the time the transition's condition is checked at.
+        `evidence`: the episode's evidence, written with the end (as `add_steps` writes it).
         """
         moment = time.time() if now is None else now
         ending = self._ending(
@@ -805,6 +807,7 @@ class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry
             extra_steps=extra_steps,
             attempts=attempts,
             now=moment,
+            evidence=evidence,
         )
         if record.dry_run:
             # A dry run holds no slot (and an ISOLATED one never happens): the record's end alone.
@@ -923,6 +926,7 @@ class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry
         extra_steps: list[StepRecord] | None = None,
         attempts: int | None = None,
         now: float | None = None,
+        evidence: Evidence | None = None,
     ) -> dict[str, Any]:
         """The update of a record's end by `transition` (checked at `now`)."""
         if status not in transition.to:
@@ -942,6 +946,8 @@ class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry
             write.set("resumable = :resumable", resumable=True)
         if attempts is not None:
             write.set("attempts = :attempts", attempts=attempts)
+        if evidence is not None:
+            write.set("evidence = :evidence", evidence=evidence.model_dump())
         if extra_steps:
             write.set(
                 "steps = list_append(if_not_exists(steps, :empty), :step)",

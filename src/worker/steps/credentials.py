@@ -65,6 +65,13 @@ class DenyInstanceCredentials(Step):
     permissions = ("iam:GetInstanceProfile", "iam:ListRolePolicies", "iam:GetRolePolicy", *write_permissions)
     one_writer_per_role = True
 
+    def prior(self, ctx: StepContext) -> dict[str, Any]:
+        profile = self._profile(ctx)
+        if isinstance(profile, StepRecord):
+            return {}
+        roles = ctx.read[self.name] = profile_roles(ctx, profile)
+        return {"role_name": roles[0]["RoleName"]} if roles else {}
+
     def run(self, ctx: StepContext) -> StepRecord:
         role = self._role_to_change(ctx)
         if isinstance(role, StepRecord):
@@ -122,8 +129,8 @@ class DenyInstanceCredentials(Step):
             raise _not_cut(role, f"its inline policies would need {size} characters")
         return document, len(denied) + 1, size
 
-    def _role_to_change(self, ctx: StepContext) -> dict[str, Any] | StepRecord:
-        """The role whose policy would deny the instance's sessions, or why there is nothing to do."""
+    def _profile(self, ctx: StepContext) -> str | StepRecord:
+        """The instance profile whose role would be changed, or why there is nothing to do."""
         if not ctx.settings.CUT_INSTANCE_CREDENTIALS:
             return StepRecord.skipped(self.name, "turned off (CutInstanceCredentials=false)")
         profile = profile_name_of(ctx.prior.instance_profile_arn)
@@ -133,6 +140,13 @@ class DenyInstanceCredentials(Step):
             return StepRecord.skipped(
                 self.name, f"the prior instance profile is the isolation profile {profile}: nothing to deny"
             )
+        return profile
+
+    def _role_to_change(self, ctx: StepContext) -> dict[str, Any] | StepRecord:
+        """The role whose policy would deny the instance's sessions, or why there is nothing to do."""
+        profile = self._profile(ctx)
+        if isinstance(profile, StepRecord):
+            return profile
         role = self._role(ctx, profile)
         if role is None:
             return StepRecord.skipped(self.name, f"instance profile {profile} holds no role")
@@ -145,7 +159,8 @@ class DenyInstanceCredentials(Step):
         return role
 
     def _role(self, ctx: StepContext, profile: str) -> dict[str, Any] | None:
-        roles = profile_roles(ctx, profile)
+        # As read ahead for this run (`prior`; taken, a later run reads again), or read now.
+        roles = ctx.read.pop(self.name) if self.name in ctx.read else profile_roles(ctx, profile)
         if roles is None:
             raise ContainmentIncomplete(
                 "CredentialsNotCut", f"instance profile {profile} no longer exists: its role cannot be found"

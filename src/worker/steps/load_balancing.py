@@ -66,10 +66,22 @@ class LeaveAutoScalingAndLoadBalancers(Step):
         "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
     )
 
-    def run(self, ctx: StepContext) -> StepRecord:
+    def prior(self, ctx: StepContext) -> dict[str, Any]:
+        found = ctx.read[self.name] = self._found(ctx)
+        group, _state, registrations, balancers = found
+        return {"autoscaling_group": group, "target_groups": registrations, "load_balancers": balancers}
+
+    def _found(self, ctx: StepContext) -> tuple[str | None, str, list[TargetGroupTarget], list[str]]:
+        """Its Auto Scaling group (and lifecycle state), target group registrations and classic load
+        balancers: as read ahead for this run (`prior`; taken, a later run reads again), or read now."""
+        if self.name in ctx.read:
+            found: tuple[str | None, str, list[TargetGroupTarget], list[str]] = ctx.read.pop(self.name)
+            return found
         group, state = self._group(ctx)
-        registrations = self._registrations(ctx)
-        balancers = self._classic(ctx)
+        return group, state, self._registrations(ctx), self._classic(ctx)
+
+    def run(self, ctx: StepContext) -> StepRecord:
+        group, state, registrations, balancers = self._found(ctx)
         ctx.remember(autoscaling_group=group, target_groups=registrations, load_balancers=balancers)
         done: list[str] = []
         if group is not None and not state.startswith(_LEAVING):
@@ -91,9 +103,7 @@ class LeaveAutoScalingAndLoadBalancers(Step):
         return self._nothing_to_do(ctx, group, state)
 
     def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
-        group, state = self._group(ctx)
-        registrations = self._registrations(ctx)
-        balancers = self._classic(ctx)
+        group, state, registrations, balancers = self._found(ctx)
         ctx.remember(autoscaling_group=group, target_groups=registrations, load_balancers=balancers)
         target = ctx.target
         where = f"arn:{ctx.partition}:{{}}:{target.region}:{target.account_id}:{{}}"
