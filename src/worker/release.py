@@ -35,10 +35,10 @@ from shared.errors import (
 from shared.lifecycle import Status
 from shared.models import ErrorInfo, IsolationRecord, PriorState, ReleaseMessage, StepRecord
 from shared.observability import MetricUnit, logger, metrics
-from shared.regions import known_region
 from shared.store import LeaseHeld, ReleaseEnd
 from shared.store.releases import SUPERSEDED
 from worker import runner
+from worker.admission import admit
 from worker.instance import describe
 from worker.runner import WorkerDeps, retry_or_give_up, settle
 from worker.steps import RELEASE, Step
@@ -143,12 +143,7 @@ class ReleaseAttempt:
         target = record.target
         try:
             self._still_held(record)
-            if not settings.account_allowed(target.account_id):
-                raise PermanentError(
-                    "AccountNotAllowed", f"account {target.account_id} is not in the allowed accounts"
-                )
-            if not known_region(target.region, settings.EXTRA_REGIONS):
-                raise PermanentError("UnknownRegion", f"{target.region} is not a region of the partition")
+            admit(target, settings)
             account = self.deps.session(target)
             instance = describe(account.client("ec2"), target)
             ctx = ReleaseContext(

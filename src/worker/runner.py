@@ -77,7 +77,6 @@ from shared.models import (
     utcnow,
 )
 from shared.observability import MetricUnit, logger, metrics
-from shared.regions import known_region
 from shared.store import (
     Coalesced,
     Exempted,
@@ -93,6 +92,7 @@ from shared.store import (
 )
 from shared.store.isolation_groups import GroupClaim
 from worker import at_once, consistency, dry_run
+from worker.admission import admit
 from worker.consistency import retry_own_table
 from worker.instance import Instance, describe
 from worker.steps import CONTAINMENT, FOLLOW_UP, HOLD, Step, StepContext
@@ -501,18 +501,7 @@ class Attempt(_Receive):
         opened = self._open()
         if opened is not None:
             return opened
-        settings, target = self.deps.settings, self.record.target
-        if not settings.account_allowed(target.account_id):
-            raise PermanentError(
-                "AccountNotAllowed", f"account {target.account_id} is not in the allowed accounts"
-            )
-        if not known_region(target.region, settings.EXTRA_REGIONS):
-            # A made-up region (a trigger's, or a message not from ingest) would only ever time out or
-            # answer HTML: no call is made, and retrying cannot help.
-            raise PermanentError(
-                "UnknownRegion",
-                f"{target.region} is not a region of the aws partition (EXTRA_REGIONS admits a new one)",
-            )
+        admit(self.record.target, self.deps.settings)
         return None
 
     def look_up_episode(self) -> None:
