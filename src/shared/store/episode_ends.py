@@ -28,7 +28,7 @@ from typing import Any
 from shared import lifecycle
 from shared.lifecycle import EPISODE_TO_END, FINAL_LEASE_INDEX, EqualsParam, Status
 from shared.store.dynamo import Write, key
-from shared.store.episodes import INSTANCE_INDEX
+from shared.store.table import INSTANCE_INDEX
 
 #: Records of the instance read per page while looking for the episode's earlier ones.
 PAGE = 50

@@ -27,7 +27,6 @@ the sweeper's `backfill` fills every slot once, then marks the table done (`BACK
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -36,10 +35,8 @@ from shared.models import IsolationRecord, Target
 from shared.store import slots
 from shared.store.dynamo import Write, epoch, key, updated_if
 from shared.store.slots import ISOLATED_IN, LATEST, slot_key
+from shared.store.table import RecordTable
 
-#: The index of the records of an instance by creation: hash `instance_id`, range `created_at` (only
-#: records carry `instance_id`).
-INSTANCE_INDEX = "by-instance"
 #: The sparse index of the slots of instances isolated now: hash `isolated_in` (the account), range `pk`
 #: (`instance#<account>#<region>#<instance>`, so a region is a key prefix).
 ISOLATED_INDEX = "isolated-now"
@@ -131,26 +128,8 @@ def forget_backfilled() -> None:
     _BACKFILLED_TABLES.clear()
 
 
-class EpisodeReads:
-    """The episode half of `shared.store.IsolationStore` (which provides the attributes and reads below)."""
-
-    table_name: str
-    client: Any
-
-    def item(self, pk: str) -> dict[str, Any] | None:
-        raise NotImplementedError
-
-    def get(self, isolation_id: str) -> IsolationRecord | None:
-        raise NotImplementedError
-
-    def list_for_instance(self, instance_id: str, account_id: str | None = None) -> list[IsolationRecord]:
-        raise NotImplementedError
-
-    def _query(self, params: dict[str, Any], limit: int | None) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    def every_record(self) -> Iterator[IsolationRecord]:
-        raise NotImplementedError
+class EpisodeReads(RecordTable):
+    """The episode half of `shared.store.IsolationStore`."""
 
     def latest_changed_id(self, target: Target) -> str | None:
         """The id of the instance's latest record that changed it, from its slot (a consistent read; a

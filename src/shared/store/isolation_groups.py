@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -32,6 +31,7 @@ from shared.lifecycle import Status
 from shared.models import IsolationRecord
 from shared.observability import logger
 from shared.store.dynamo import deserialize, epoch, key, serialize, updated_if
+from shared.store.table import RecordTable
 
 PREFIX = "groups#"
 #: How an older record's `ensure-isolation-sg` step named the group of a VPC ("sg-… (vpc-…)").
@@ -152,15 +152,8 @@ def adopted(table: str, account_id: str, region: str, *, now: Decimal) -> dict[s
     }
 
 
-class GroupRegistry:
-    """The isolation-group half of `shared.store.IsolationStore` (which provides the attributes and reads
-    below)."""
-
-    table_name: str
-    client: Any
-
-    def every_record(self) -> Iterator[IsolationRecord]:
-        raise NotImplementedError
+class GroupRegistry(RecordTable):
+    """The isolation-group half of `shared.store.IsolationStore`."""
 
     def adopt_earlier_groups(self, account_id: str, region: str) -> list[str]:
         """Once per account and region: adopt the groups the service's own ISOLATED records name there

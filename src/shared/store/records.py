@@ -28,16 +28,13 @@ SQS send).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from itertools import islice
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from shared import lifecycle
-from shared.aws import same_account_client
 from shared.errors import error_code
 from shared.exemptions import Exemption
 from shared.lifecycle import FINAL, FINAL_LEASE_INDEX, Status, Transition
@@ -64,33 +61,12 @@ from shared.store import (
     slots,
     tamper_repairs,
 )
-from shared.store.dynamo import Refused, Write, deserialize, epoch, key, query_items, serialize, updated_if
-from shared.store.episodes import INSTANCE_INDEX, EpisodeReads
+from shared.store.dynamo import Refused, Write, deserialize, epoch, key, serialize, updated_if
 from shared.store.idempotency import IdempotencyClaim, Replayed
 from shared.store.record_leases import LeaseHeld
 from shared.store.releases import ReleaseWrites
-
-MAX_LISTED = 50
-#: The index of every record by creation, newest first: hash `list_shard` (one of `LIST_SHARDS` write
-#: shards, from the id), range `listed_at` (`<created_at>#<isolation_id>`, unique and time-ordered). A
-#: page reads each shard's newest and merges them: no scan, and no one partition takes every write.
-RECENT_INDEX = "by-recent"
-LIST_SHARDS = 4
-
-# Attributes of a record item that are not part of the served record.
-_INTERNAL = (
-    "pk",
-    "lease_owner",
-    "lease_until",
-    "resumable",
-    "final_attempt",
-    "list_shard",
-    "listed_at",
-    "phase",
-    "unmet",
-    "snapshots_asked_at",
-)
-
+from shared.store.table import LIST_SHARDS, RECENT_INDEX
+from shared.store.table import record_of as _record
 
 # --- outcomes of the conditional writes --------------------------------------------------------------
 
@@ -172,39 +148,10 @@ def _not_begun(isolation_id: str, current: dict[str, Any] | None) -> Exception:
     return LeaseHeld(isolation_id)
 
 
-class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry):
-    def __init__(self, table_name: str, *, client: Any = None) -> None:
-        self.table_name = table_name
-        self.client = client or same_account_client("dynamodb")
-
-    def as_record(self, item: dict[str, Any]) -> IsolationRecord:
-        return _record(item)
+class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
+    """The service's table: the reads of `RecordTable` and of each concern, and the writes below."""
 
     # --- reads (never a write) -----------------------------------------------------------------------
-
-    def get(self, isolation_id: str) -> IsolationRecord | None:
-        item = self.item(isolation_id)
-        return _record(item) if item else None
-
-    def item(self, pk: str) -> dict[str, Any] | None:
-        """Any item of the table, as stored (consistent read)."""
-        found = self.client.get_item(TableName=self.table_name, Key=key(pk), ConsistentRead=True).get("Item")
-        return deserialize(found) if found else None
-
-    def list_for_instance(self, instance_id: str, account_id: str | None = None) -> list[IsolationRecord]:
-        """Newest first, at most 50."""
-        params: dict[str, Any] = {
-            "TableName": self.table_name,
-            "IndexName": INSTANCE_INDEX,
-            "KeyConditionExpression": "instance_id = :iid",
-            "ExpressionAttributeValues": {":iid": {"S": instance_id}},
-            "ScanIndexForward": False,
-            "Limit": MAX_LISTED,
-        }
-        if account_id:
-            params["FilterExpression"] = "account_id = :acct"
-            params["ExpressionAttributeValues"][":acct"] = {"S": account_id}
-        return [_record(item) for item in self._query(params, MAX_LISTED)]
 
     def recent(
         self, limit: int, *, status: Status | None = None, before: str | None = None
@@ -249,17 +196,6 @@ class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry
                 return items, False
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def every_record(self) -> Iterator[IsolationRecord]:
-        """Every record of the table, from the `by-recent` index (the upgrade's backfill only)."""
-        for shard in range(LIST_SHARDS):
-            params: dict[str, Any] = {
-                "TableName": self.table_name,
-                "IndexName": RECENT_INDEX,
-                "KeyConditionExpression": "list_shard = :shard",
-                "ExpressionAttributeValues": {":shard": {"S": f"all#{shard}"}},
-            }
-            yield from (_record(item) for item in self._query(params, None))
-
     def lost(self, now: float) -> list[IsolationRecord]:
         """Records whose worker was lost on the last receive (`lifecycle.LOST` or, for a release,
         `lifecycle.RELEASE_LOST` at `now`), from the `by-final-lease` index: only records in a
@@ -273,9 +209,6 @@ class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry
         # The index is eventually consistent: the sweeper's write checks `LOST` again.
         lost = lifecycle.LOST | lifecycle.RELEASE_LOST
         return [_record(item) for item in self._query(params, None) if lost.holds(item, now=epoch(now))]
-
-    def _query(self, params: dict[str, Any], limit: int | None) -> list[dict[str, Any]]:
-        return list(islice(query_items(self.client, params), limit))
 
     # --- ingest --------------------------------------------------------------------------------------
 
@@ -612,25 +545,6 @@ class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry
             raise RecordMissing(isolation_id)
         return _record(begun)
 
-    def update_record(self, isolation_id: str, write: Write) -> dict[str, Any]:
-        """Apply a conditional `write` to the record; the item after it. A refused condition raises
-        `Refused` with the record as it stood (None: there is none)."""
-        try:
-            return deserialize(
-                self.client.update_item(
-                    TableName=self.table_name,
-                    Key=key(isolation_id),
-                    ReturnValues="ALL_NEW",
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                    **write.request(),
-                )["Attributes"]
-            )
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
-            old = exc.response.get("Item")
-            raise Refused(deserialize(old) if old else self.item(isolation_id)) from exc
-
     def hand_over(
         self,
         isolation_id: str,
@@ -900,21 +814,6 @@ class IsolationStore(EpisodeReads, ReleaseWrites, isolation_groups.GroupRegistry
             now=now,
         )
 
-    def release_slot(self, record: IsolationRecord) -> None:
-        """Free the instance's slot if this ended isolation still holds it; touch nothing otherwise.
-
-        Every way a record ends frees the slot in the same transaction; a redelivered message of an
-        ended record calls this anyway, so that no slot outlives its isolation whatever happened.
-        """
-        isolated_at = epoch(time.time()) if record.status is Status.ISOLATED else None
-        try:
-            self.client.update_item(
-                **slots.release(self.table_name, record.target, record.isolation_id, isolated_at=isolated_at)
-            )
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
-
     def _ending(
         self,
         record: IsolationRecord,
@@ -964,8 +863,3 @@ def _record_item(record: IsolationRecord) -> dict[str, Any]:
     item["list_shard"] = f"all#{int.from_bytes(record.isolation_id.encode(), 'big') % LIST_SHARDS}"
     item["listed_at"] = f"{record.created_at}#{record.isolation_id}"
     return item
-
-
-def _record(data: dict[str, Any]) -> IsolationRecord:
-    """A deserialized record item → the served record (internal attributes dropped)."""
-    return IsolationRecord.model_validate({k: v for k, v in data.items() if k not in _INTERNAL})

@@ -29,12 +29,12 @@ from shared.models import (
     IsolationRecord,
     ReleaseInfo,
     StepRecord,
-    Target,
     iso8601,
     utcnow,
 )
 from shared.store import episode_ends, record_leases, slots
 from shared.store.dynamo import Refused, Write, deserialize, epoch, key, query_items, updated_if
+from shared.store.episodes import EpisodeReads
 from shared.store.record_leases import LeaseHeld
 
 #: The error codes of a release that did not finish.
@@ -70,26 +70,23 @@ class ReleaseEnd(StrEnum):
     SUPERSEDED = "superseded"
 
 
-class ReleaseWrites:
-    """The release half of `shared.store.IsolationStore` (which provides the attributes and reads below)."""
-
-    table_name: str
-    client: Any
-
-    def item(self, pk: str) -> dict[str, Any] | None:
-        raise NotImplementedError
-
-    def latest(self, target: Target) -> IsolationRecord | None:
-        raise NotImplementedError
-
-    def as_record(self, item: dict[str, Any]) -> IsolationRecord:
-        raise NotImplementedError
-
-    def update_record(self, isolation_id: str, write: Write) -> dict[str, Any]:
-        raise NotImplementedError
+class ReleaseWrites(EpisodeReads):
+    """The release half of `shared.store.IsolationStore` (an instance's latest record: `EpisodeReads`)."""
 
     def release_slot(self, record: IsolationRecord) -> None:
-        raise NotImplementedError
+        """Free the instance's slot if this ended isolation still holds it; touch nothing otherwise.
+
+        Every way a record ends frees the slot in the same transaction; a redelivered message of an
+        ended record calls this anyway, so that no slot outlives its isolation whatever happened.
+        """
+        isolated_at = epoch(time.time()) if record.status is Status.ISOLATED else None
+        try:
+            self.client.update_item(
+                **slots.release(self.table_name, record.target, record.isolation_id, isolated_at=isolated_at)
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
 
     # --- ingest --------------------------------------------------------------------------------------
 
