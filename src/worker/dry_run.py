@@ -45,6 +45,9 @@ class DryRunNotes:
     def asking_snapshots(self, at: str) -> None:
         raise AssertionError("a dry run takes no snapshot")
 
+    def will_ask_snapshots(self, at: str) -> None:
+        raise AssertionError("a dry run takes no snapshot")
+
     def take(self) -> dict[str, Any]:
         taken, self.pending = self.pending, {}
         return taken

@@ -173,6 +173,9 @@ class StepJournal:
     unwritten: list[StepRecord] = field(default_factory=list)
     #: The episode's evidence, once a step kept it, until it rides with a write.
     evidence: Evidence | None = None
+    #: When the phase will ask for snapshots, until it rides with a write; then `asked` is true.
+    asking_at: str | None = None
+    asked: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def contained(self, steps: list[StepRecord], *, isolation_groups: dict[str, str] | None = None) -> None:
@@ -208,8 +211,20 @@ class StepJournal:
     def remember(self, prior: dict[str, Any]) -> None:
         """Prior-state fields a step read, written before its change (with whatever rode along)."""
         with self._lock:
-            self.store.add_steps(self.isolation_id, self.unwritten, prior=prior, evidence=self.evidence)
-            self.unwritten, self.evidence = [], None
+            self._write(prior=prior)
+
+    def _write(self, steps: list[StepRecord] | None = None, **fields: Any) -> None:
+        """One write of the record: the outcomes not written yet (then `steps`), what rides along (the
+        evidence, when the phase will ask for snapshots) and `fields`. Call under the lock."""
+        self.store.add_steps(
+            self.isolation_id,
+            [*self.unwritten, *(steps or [])],
+            evidence=self.evidence,
+            snapshots_asked_at=self.asking_at,
+            **fields,
+        )
+        self.asked = self.asked or self.asking_at is not None
+        self.unwritten, self.evidence, self.asking_at = [], None, None
 
     def keep_evidence(self, evidence: Evidence) -> None:
         """The episode's evidence: it rides with the next write, like an outcome (a retry after a crash
@@ -218,20 +233,23 @@ class StepJournal:
         with self._lock:
             self.evidence = evidence
 
+    def will_ask_snapshots(self, at: str) -> None:
+        with self._lock:
+            self.asking_at = at
+
     def asking_snapshots(self, at: str) -> None:
         with self._lock:
-            self.store.add_steps(
-                self.isolation_id, self.unwritten, snapshots_asked_at=at, evidence=self.evidence
-            )
-            self.unwritten, self.evidence = [], None
+            if self.asked:
+                return  # on record with the phase's prior values
+            self.asking_at = self.asking_at or at
+            self._write()
 
     def failed(self, name: str, error: IsolationError) -> None:
         retry = " (will retry)" if isinstance(error, RetryableError) else ""
         failed = StepRecord.failed(name, f"{error.code}: {error.message}{retry}")
         with self._lock:
             try:
-                self.store.add_steps(self.isolation_id, [*self.unwritten, failed], evidence=self.evidence)
-                self.unwritten, self.evidence = [], None
+                self._write([failed])
             except Exception:  # the step's own error matters more; it is logged and raised
                 logger.exception("could not record the failed step")
 

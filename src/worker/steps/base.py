@@ -33,6 +33,11 @@ class Notes(Protocol):
         its own (a retry after a crash looks for them; before it, nothing the service took can be)."""
         ...
 
+    def will_ask_snapshots(self, at: str) -> None:
+        """The phase will ask for snapshots (`Step.prior`): `at` rides with the phase's prior-value write,
+        and `asking_snapshots` then has nothing left to write."""
+        ...
+
 
 class IsolationGroups(Protocol):
     """The service's own record of each VPC's isolation group (`shared.store.isolation_groups`)."""

@@ -63,6 +63,9 @@ class Notes:
     def asking_snapshots(self, at: str) -> None:
         raise AssertionError("a release step never takes evidence")
 
+    def will_ask_snapshots(self, at: str) -> None:
+        raise AssertionError("a release step never takes evidence")
+
 
 def _outcome(name: str, done: list[str], already: list[str], skipped: list[str]) -> StepRecord:
     detail = "; ".join([*done, *already, *skipped])
