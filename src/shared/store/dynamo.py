@@ -4,6 +4,7 @@ condition expressions assembled into one request."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -83,6 +84,36 @@ def updated_if(client: Any, request: dict[str, Any]) -> bool:
             raise
         return False
     return True
+
+
+@dataclass(frozen=True)
+class Refusals:
+    """Which items' conditions refused a cancelled `TransactWriteItems`, by the items' positions."""
+
+    codes: tuple[str | None, ...]
+    items: tuple[dict[str, Any] | None, ...]
+
+    def refused(self, index: int) -> bool:
+        """The condition of item `index` did not hold."""
+        return index < len(self.codes) and self.codes[index] == "ConditionalCheckFailed"
+
+    def item(self, index: int) -> dict[str, Any] | None:
+        """Item `index` as it stood, deserialized, when the refusal returned it
+        (`ReturnValuesOnConditionCheckFailure`); None otherwise."""
+        return self.items[index] if index < len(self.items) else None
+
+
+def refusals(exc: ClientError) -> Refusals:
+    """The refusals of the transaction `exc` cancelled; `exc` is raised again when it is anything else.
+    A transaction cancelled by a conflict with another write, or throttled, refuses no item: the caller
+    raises it, and it is retried like any transient error."""
+    if error_code(exc) != "TransactionCanceledException":
+        raise exc
+    reasons = exc.response.get("CancellationReasons") or []
+    return Refusals(
+        codes=tuple(reason.get("Code") for reason in reasons),
+        items=tuple(deserialize(reason["Item"]) if reason.get("Item") else None for reason in reasons),
+    )
 
 
 def query_items(client: Any, params: dict[str, Any]) -> Iterator[dict[str, Any]]:

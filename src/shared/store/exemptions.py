@@ -30,7 +30,7 @@ from shared.errors import error_code
 from shared.exemptions import Exemption, KeptExemption
 from shared.lifecycle import Before, EqualsParam, Exists, Missing
 from shared.models import iso8601, utcnow
-from shared.store.dynamo import Write, deserialize, epoch, key, serialize
+from shared.store.dynamo import Write, deserialize, epoch, key, refusals, serialize
 
 EXPIRY_INDEX = "by-expiry"
 #: The one partition of the `by-expiry` index (exemptions are few: one partition serves them).
@@ -140,13 +140,10 @@ class ExemptionStore:
                 self.client.transact_write_items(TransactItems=items)
                 return exemption
             except ClientError as exc:
-                if error_code(exc) != "TransactionCanceledException":
-                    raise
-                reasons = exc.response.get("CancellationReasons") or []
-                if len(reasons) < 2 or reasons[1].get("Code") != "ConditionalCheckFailed":
+                refused = refusals(exc)
+                if not refused.refused(1):
                     raise  # a conflict, or an id collision (uuid4): retried like any transient error
-                old = reasons[1].get("Item")
-                current = deserialize(old) if old else self._item(active["pk"])
+                current = refused.item(1) or self._item(active["pk"])
                 if current is not None and not FREE.holds(current, now=now):
                     return AlreadyExempt(exempting(current))
                 # Deleted or expired since: the condition would pass now.
@@ -175,13 +172,11 @@ class ExemptionStore:
         try:
             self.client.transact_write_items(TransactItems=[{"Update": marking}, {"Delete": unlisting}])
         except ClientError as exc:
-            if error_code(exc) != "TransactionCanceledException":
-                raise
-            reasons = [reason.get("Code") for reason in exc.response.get("CancellationReasons") or []]
-            if reasons[:1] == ["ConditionalCheckFailed"]:
+            refused = refusals(exc)
+            if refused.refused(0):
                 current = self.get(exemption_id)  # deleted meanwhile by another request
                 return (current, False) if current is not None else None
-            if reasons[1:2] != ["ConditionalCheckFailed"]:
+            if not refused.refused(1):
                 raise
             # No longer the instance's active exemption (it expired and another replaced it): mark it only.
             try:

@@ -61,7 +61,7 @@ from shared.store import (
     slots,
     tamper_repairs,
 )
-from shared.store.dynamo import Refused, Write, deserialize, epoch, key, serialize, updated_if
+from shared.store.dynamo import Refused, Write, deserialize, epoch, key, refusals, serialize, updated_if
 from shared.store.idempotency import IdempotencyClaim, Replayed
 from shared.store.record_leases import LeaseHeld
 from shared.store.releases import ReleaseWrites
@@ -347,21 +347,19 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         repairs: int | None = None,
     ) -> _SlotTaken | Replayed | Coalesced | Exists | Exempted | RateLimited | RepairsSpent:
         """Which condition cancelled the transaction, in the order of the items (idempotency first)."""
-        reasons = exc.response.get("CancellationReasons") or []
-        for item, reason in zip(items, reasons, strict=False):
-            if reason.get("Code") != "ConditionalCheckFailed":
+        refused = refusals(exc)
+        for index, item in enumerate(items):
+            if not refused.refused(index):
                 continue
             if "ConditionCheck" in item:  # the exemption, in its own table
                 check = item["ConditionCheck"]
-                old = reason.get("Item")
-                exempting = deserialize(old) if old else self._exemption_item(check)
+                exempting = refused.item(index) or self._exemption_item(check)
                 if exempting is None or exemptions.FREE.holds(exempting, now=epoch(time.time())):
                     break  # deleted or expired since: the condition would pass now
                 return Exempted(exemptions.exempting(exempting))
             operation = item.get("Put") or item["Update"]
             pk = (operation.get("Item") or operation["Key"])["pk"]["S"]
-            old = reason.get("Item")
-            current = deserialize(old) if old else self.item(pk)
+            current = refused.item(index) or self.item(pk)
             if current is None:  # gone since: the condition would pass now; let the caller retry
                 break
             if idempotency_claim is not None and pk == idempotency.idempotency_key(
@@ -455,12 +453,10 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
             self.client.transact_write_items(TransactItems=[{"Put": put}, {"Update": latest}])
             return
         except ClientError as exc:
-            if error_code(exc) != "TransactionCanceledException":
-                raise
-            codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons") or []]
-            if codes[:1] == ["ConditionalCheckFailed"]:
+            refused = refusals(exc)
+            if refused.refused(0):
                 return  # written already (a redelivered trigger)
-            if codes[1:2] != ["ConditionalCheckFailed"]:
+            if not refused.refused(1):
                 raise
         self.put_record(record)  # another record is the instance's latest since: this one is not
 
@@ -532,13 +528,10 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         try:
             self.client.transact_write_items(TransactItems=[{"Update": begin}, {"Update": latest}])
         except ClientError as exc:
-            if error_code(exc) != "TransactionCanceledException":
-                raise
-            reasons = exc.response.get("CancellationReasons") or []
-            if not reasons or reasons[0].get("Code") != "ConditionalCheckFailed":
+            cancelled = refusals(exc)
+            if not cancelled.refused(0):
                 raise  # a conflict with another write: retried like any transient error
-            old = reasons[0].get("Item")
-            raise _not_begun(isolation_id, deserialize(old) if old else self.item(isolation_id)) from exc
+            raise _not_begun(isolation_id, cancelled.item(0) or self.item(isolation_id)) from exc
         # A transaction returns no item: the record as the begin left it (its first prior state kept).
         begun = self.item(isolation_id)
         if begun is None:
@@ -742,12 +735,10 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
                 self._no_longer_isolated(record, error)
             return True
         except ClientError as exc:
-            if error_code(exc) != "TransactionCanceledException":
-                raise
-            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
-            if not reasons or reasons[0] == "ConditionalCheckFailed":
+            refused = refusals(exc)
+            if not refused.codes or refused.refused(0):
                 return False  # the record had already ended
-            if reasons[1:2] != ["ConditionalCheckFailed"]:
+            if not refused.refused(1):
                 raise  # a conflict with another write: retried like any transient error
         # The slot is not this isolation's (taken over after a lease expired, or freed already).
         try:

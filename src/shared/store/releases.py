@@ -33,7 +33,7 @@ from shared.models import (
     utcnow,
 )
 from shared.store import episode_ends, record_leases, slots
-from shared.store.dynamo import Refused, Write, deserialize, epoch, key, query_items, updated_if
+from shared.store.dynamo import Refused, Write, epoch, key, query_items, refusals, updated_if
 from shared.store.episodes import EpisodeReads
 from shared.store.record_leases import LeaseHeld
 
@@ -146,21 +146,16 @@ class ReleaseWrites(EpisodeReads):
         try:
             self.client.transact_write_items(TransactItems=items)
         except ClientError as exc:
-            if error_code(exc) != "TransactionCanceledException":
-                raise
-            reasons = exc.response.get("CancellationReasons") or []
-            codes = [reason.get("Code") for reason in reasons]
-            if codes[:1] == ["ConditionalCheckFailed"]:
-                old = reasons[0].get("Item")
-                current = deserialize(old) if old else self.item(record.isolation_id)
+            refused = refusals(exc)
+            if refused.refused(0):
+                current = refused.item(0) or self.item(record.isolation_id)
                 if current is None:
                     raise
                 return NotReleasable(
                     Status(current["status"]), self.as_record(current), dry_run=bool(current.get("dry_run"))
                 )
-            if codes[1:2] == ["ConditionalCheckFailed"]:
-                old = reasons[1].get("Item")
-                holder = deserialize(old) if old else self.item(slots.slot_key(record.target))
+            if refused.refused(1):
+                holder = refused.item(1) or self.item(slots.slot_key(record.target))
                 return InstanceBusy(str((holder or {}).get("active_id", "unknown")))
             raise
         updated = record.model_copy(update={"status": Status.RELEASING, "release": release})
@@ -221,12 +216,10 @@ class ReleaseWrites(EpisodeReads):
             self.client.transact_write_items(TransactItems=[{"Update": ending}, {"Update": free}])
             return ReleaseEnd.ENDED
         except ClientError as exc:
-            if error_code(exc) != "TransactionCanceledException":
-                raise
-            codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons") or []]
-            if not codes or codes[0] == "ConditionalCheckFailed":
+            refused = refusals(exc)
+            if not refused.codes or refused.refused(0):
                 return ReleaseEnd.ALREADY
-            if codes[1:2] != ["ConditionalCheckFailed"]:
+            if not refused.refused(1):
                 raise
         if status is Status.RELEASED:
             return ReleaseEnd.SUPERSEDED
