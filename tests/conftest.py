@@ -124,7 +124,7 @@ def _aws_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _forget_everything() -> None:
-    from shared.store import accounts, episodes
+    from shared.store import accounts, episodes, isolation_groups
     from worker.steps import forget_caches
 
     ingest_settings.cache_clear()
@@ -134,6 +134,7 @@ def _forget_everything() -> None:
     forget_caches()
     # Process-wide notes keyed by table or account name: the next test's table has the same name.
     episodes.forget_backfilled()
+    isolation_groups.forget_adopted()
     accounts.forget_noted()
 
 

@@ -375,7 +375,7 @@ class LocalStack:
     def _reset_handler_caches() -> None:
         """Settings, clients, sessions and per-VPC caches belong to one stack's endpoint."""
         from shared import aws, config
-        from shared.store import accounts, episodes
+        from shared.store import accounts, episodes, isolation_groups
 
         config.ingest_settings.cache_clear()
         config.worker_settings.cache_clear()
@@ -385,6 +385,7 @@ class LocalStack:
         aws.reset_caches()
         accounts.forget_noted()
         episodes.forget_backfilled()
+        isolation_groups.forget_adopted()
         steps = sys.modules.get("worker.steps")  # imported here only when the worker runs in-process
         if steps is not None and hasattr(steps, "forget_caches"):
             steps.forget_caches()

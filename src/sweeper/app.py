@@ -40,6 +40,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         )
     if swept.backfilled:
         logger.info("filled slots from their records (upgrade)", extra={"slots": swept.backfilled})
+    if swept.adopted:
+        logger.info("adopted isolation groups from the records (upgrade)", extra={"groups": swept.adopted})
     return {"lost": swept.lost, "dead_lettered": swept.dead_lettered, "peeked": swept.peeked}
 
 

@@ -51,6 +51,9 @@ class Swept:
     peeked: int = 0
     #: Slots filled from the records by the upgrade's backfill (0 once it is done).
     backfilled: int = 0
+    #: Isolation groups of an earlier version adopted from the records by the upgrade's pass (0 once
+    #: it is done).
+    adopted: int = 0
     #: Releases whose episode's earlier records were left to end: releasing id -> the ids ended now.
     episodes_ended: dict[str, list[str]] = field(default_factory=dict)
 
@@ -69,7 +72,7 @@ def sweep(
 ) -> Swept:
     """End what no worker will end; `announce(isolation_id)` publishes each ended record's outcome."""
     moment = time.time() if now is None else now
-    swept = Swept(backfilled=store.backfill_episodes())
+    swept = Swept(backfilled=store.backfill_episodes(), adopted=store.adopt_every_earlier_group())
     for record in store.lost(moment):
         if store.end_lost(record, now=moment):
             logger.warning(

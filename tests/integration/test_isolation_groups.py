@@ -240,3 +240,42 @@ def test_an_upgraded_deployment_adopts_only_the_groups_its_own_records_name(
     assert {g for gs in member.eni_groups(second).values() for g in gs} == {groups[theirs_vpc.id]}
     assert described(member, theirs["GroupId"]) == theirs
     assert faults.calls["ec2.CreateSecurityGroup"] == 1
+
+
+def test_the_sweepers_pass_adopts_earlier_groups_everywhere_and_spares_each_first_claim_the_reads(
+    stack: Stack, member: Member, other_member: Member, faults: Faults
+) -> None:
+    # Given an earlier version's group in a VPC of one account, named by its own ISOLATED record
+    from shared.lifecycle import Status
+    from shared.models import IsolationRecord, Source, StepRecord, Target, new_isolation_id
+
+    vpc = member.vpc("10.1.0.0/16")
+    old_group = look_alike(member, vpc.id, "ec2-isolation", tagged=True)["GroupId"]
+    member.ec2.revoke_security_group_ingress(GroupId=old_group, IpPermissions=OPEN)
+    earlier = member.instance(vpc, enis=1)
+    stack.store.put_record(
+        IsolationRecord.queued(
+            isolation_id=new_isolation_id(),
+            source=Source.WEBHOOK,
+            target=Target(account_id=member.account_id, region=member.region, instance_id=earlier),
+        ).model_copy(
+            update={
+                "status": Status.ISOLATED,
+                "steps": [StepRecord.done("ensure-isolation-sg", f"created {old_group} ({vpc.id})")],
+            }
+        )
+    )
+
+    # When the sweeper makes its first run after the upgrade, then instances are isolated there and in
+    # another account and region the service has never isolated in
+    stack.sweep()
+    faults.count()
+    first, elsewhere = member.instance(vpc), other_member.instance(other_member.vpc())
+    assert isolate(stack, member, first)["status"] == "ISOLATED"
+    assert isolate(stack, other_member, elsewhere)["status"] == "ISOLATED"
+
+    # Then the sweeper adopted the earlier group, which the isolation uses, and neither isolation went
+    # through the records to adopt groups (no Query of the table's history on a first claim)
+    assert table_groups(stack, member)[vpc.id] == old_group
+    assert {g for gs in member.eni_groups(first).values() for g in gs} == {old_group}
+    assert faults.calls["dynamodb.Query"] == 0

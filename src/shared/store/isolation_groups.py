@@ -10,10 +10,12 @@ A group that is not in this item is never used, whatever its name or tags: a mem
 like the service's, with any tags. One item per account and region serves a worker's look-ahead (one read,
 while the instances are described) and the tamper watch (which group ids are isolation groups).
 
-Upgrade: a deployment of a version without this item adopts, once per account and region (before its
-first claim there: `adopted_at` marks it done), the groups its own ISOLATED records name: their
-`isolation_groups`, or for older records the group and VPC their `ensure-isolation-sg` step names. Never
-a group found by name or tag.
+Upgrade: a deployment of a version without this item adopts the groups its own ISOLATED records name:
+their `isolation_groups`, or for older records the group and VPC their `ensure-isolation-sg` step names.
+Never a group found by name or tag. The sweeper does it in one pass over the records for every account
+and region, then marks the table done (`ADOPTED_EVERYWHERE`; on a new table its first run finds nothing
+to adopt); until then, an isolation adopts its own account and region's before its first claim there
+(`adopted_at` marks that done). Once the table is marked, a claim reads nothing more for it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ from shared.store.dynamo import deserialize, epoch, key, serialize, updated_if
 from shared.store.table import RecordTable
 
 PREFIX = "groups#"
+#: The item that says every account and region has adopted an earlier version's groups.
+ADOPTED_EVERYWHERE = "groups#adopted-everywhere"
+#: Tables seen marked `ADOPTED_EVERYWHERE` (never undone): the mark is read once per environment.
+_ADOPTED_TABLES: set[str] = set()
+
+
+def forget_adopted() -> None:
+    """Forget which tables were seen marked (a new table of the same name: tests, the local stack)."""
+    _ADOPTED_TABLES.clear()
+
+
 #: How an older record's `ensure-isolation-sg` step named the group of a VPC ("sg-… (vpc-…)").
 _NAMED = re.compile(r"\b(sg-[0-9a-f]{8,17}) \((vpc-[0-9a-f]{8,17})\)")
 ENSURE_STEP = "ensure-isolation-sg"
@@ -157,7 +170,10 @@ class GroupRegistry(RecordTable):
 
     def adopt_earlier_groups(self, account_id: str, region: str) -> list[str]:
         """Once per account and region: adopt the groups the service's own ISOLATED records name there
-        (an upgrade from a version without this table); the group ids adopted now."""
+        (an upgrade from a version without this table); the group ids adopted now. Nothing once the
+        sweeper has adopted them everywhere."""
+        if self._adopted_everywhere():
+            return []
         found = self.client.get_item(
             TableName=self.table_name, Key=key(groups_key(account_id, region)), ConsistentRead=True
         ).get("Item")
@@ -180,6 +196,33 @@ class GroupRegistry(RecordTable):
         except ClientError as exc:
             logger.warning("the adoption pass is not marked done", extra={"code": error_code(exc)})
         return adopted_now
+
+    def adopt_every_earlier_group(self) -> int:
+        """The sweeper's pass (once, after an upgrade): adopt the groups the service's own ISOLATED
+        records name in every account and region, then mark the table done; once done, nothing (one read
+        per environment). The number of groups adopted now."""
+        if self._adopted_everywhere():
+            return 0
+        adopted_now = sum(
+            self.adopt_group(record.account_id, record.region, vpc_id, group_id, record.isolation_id)
+            for record in self.every_record()
+            if record.status is Status.ISOLATED
+            for vpc_id, group_id in groups_named_by(record).items()
+        )
+        self.client.put_item(
+            TableName=self.table_name,
+            Item={"pk": {"S": ADOPTED_EVERYWHERE}, "at": {"N": str(epoch(time.time()))}},
+        )
+        _ADOPTED_TABLES.add(self.table_name)
+        return adopted_now
+
+    def _adopted_everywhere(self) -> bool:
+        if self.table_name in _ADOPTED_TABLES:
+            return True
+        if self.item(ADOPTED_EVERYWHERE) is None:
+            return False
+        _ADOPTED_TABLES.add(self.table_name)
+        return True
 
     def group_claims(self, account_id: str, region: str) -> dict[str, GroupClaim]:
         """Every VPC's claim in the account and region (one consistent read)."""
