@@ -36,8 +36,9 @@ from shared.store.dynamo import deserialize, epoch, key, serialize, updated_if
 from shared.store.table import RecordTable
 
 PREFIX = "groups#"
-#: The item that says every account and region has adopted an earlier version's groups.
-ADOPTED_EVERYWHERE = "groups#adopted-everywhere"
+#: The item that says every account and region has adopted an earlier version's groups (not under
+#: `PREFIX`: whoever reads the `groups#` items finds only accounts and regions there).
+ADOPTED_EVERYWHERE = "adopted#groups"
 #: Tables seen marked `ADOPTED_EVERYWHERE` (never undone): the mark is read once per environment.
 _ADOPTED_TABLES: set[str] = set()
 

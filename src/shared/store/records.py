@@ -11,6 +11,7 @@ it along its lifecycle (`shared.lifecycle` declares which moves are allowed and 
 | role lease | `role#<account>#<role name>` | `shared.store.role_leases` |
 | isolation groups | `groups#<account>#<region>` | `shared.store.isolation_groups` |
 | the upgrade's backfill, done | `episodes#backfilled` | `shared.store.episodes` |
+| the upgrade's adoption of isolation groups, done | `adopted#groups` | `shared.store.isolation_groups` |
 
 Releases of a record (RELEASING, RELEASED, RELEASE_FAILED) are written by `shared.store.releases`, and
 the end of a released episode's earlier records by `shared.store.episode_ends`.
