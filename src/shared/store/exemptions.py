@@ -26,11 +26,10 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.aws import same_account_client
-from shared.errors import error_code
 from shared.exemptions import Exemption, KeptExemption
 from shared.lifecycle import Before, EqualsParam, Exists, Missing
 from shared.models import iso8601, utcnow
-from shared.store.dynamo import Write, deserialize, epoch, key, refusals, serialize
+from shared.store.dynamo import Write, deserialize, epoch, key, refusals, serialize, updated_if
 
 EXPIRY_INDEX = "by-expiry"
 #: The one partition of the `by-expiry` index (exemptions are few: one partition serves them).
@@ -179,11 +178,7 @@ class ExemptionStore:
             if not refused.refused(1):
                 raise
             # No longer the instance's active exemption (it expired and another replaced it): mark it only.
-            try:
-                self.client.update_item(**marking)
-            except ClientError as inner:
-                if error_code(inner) != "ConditionalCheckFailedException":
-                    raise
+            if not updated_if(self.client, marking):
                 current = self.get(exemption_id)
                 return (current, False) if current is not None else None
         deleted = self.get(exemption_id)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import islice
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -62,11 +63,21 @@ from shared.store import (
     slots,
     tamper_repairs,
 )
-from shared.store.dynamo import Refused, Write, deserialize, epoch, key, refusals, serialize, updated_if
+from shared.store.dynamo import (
+    Refused,
+    Write,
+    deserialize,
+    epoch,
+    key,
+    query_items,
+    refusals,
+    serialize,
+    updated_if,
+)
 from shared.store.idempotency import IdempotencyClaim, Replayed
 from shared.store.record_leases import LeaseHeld
 from shared.store.releases import ReleaseWrites
-from shared.store.table import LIST_SHARDS, RECENT_INDEX
+from shared.store.table import LIST_SHARDS, shard_query
 from shared.store.table import record_of as _record
 
 # --- outcomes of the conditional writes --------------------------------------------------------------
@@ -162,14 +173,7 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         found: list[dict[str, Any]] = []
         more = False
         for shard in range(LIST_SHARDS):
-            params: dict[str, Any] = {
-                "TableName": self.table_name,
-                "IndexName": RECENT_INDEX,
-                "KeyConditionExpression": "list_shard = :shard",
-                "ExpressionAttributeValues": {":shard": {"S": f"all#{shard}"}},
-                "ScanIndexForward": False,
-                "Limit": limit,
-            }
+            params = shard_query(self.table_name, shard) | {"ScanIndexForward": False, "Limit": limit}
             if before is not None:
                 params["KeyConditionExpression"] += " AND listed_at < :before"
                 params["ExpressionAttributeValues"][":before"] = {"S": before}
@@ -187,15 +191,8 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
 
     def _query_page(self, params: dict[str, Any], limit: int) -> tuple[list[dict[str, Any]], bool]:
         """Up to `limit` items of one query (filters may need several pages); True when more may follow."""
-        items: list[dict[str, Any]] = []
-        while True:
-            page = self.client.query(**params)
-            items.extend(deserialize(item) for item in page.get("Items", []))
-            if len(items) >= limit:
-                return items[:limit], True
-            if "LastEvaluatedKey" not in page:
-                return items, False
-            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        items = list(islice(query_items(self.client, params), limit))
+        return items, len(items) >= limit
 
     def lost(self, now: float) -> list[IsolationRecord]:
         """Records whose worker was lost on the last receive (`lifecycle.LOST` or, for a release,
@@ -570,13 +567,8 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
             )
         if unmet is not None:
             write.set("unmet = :unmet", unmet=unmet.model_dump())
-        try:
-            self.client.update_item(TableName=self.table_name, Key=key(isolation_id), **write.request())
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
-            return False
-        return True
+        request = {"TableName": self.table_name, "Key": key(isolation_id), **write.request()}
+        return updated_if(self.client, request)
 
     def begin_follow_up(
         self, isolation_id: str, *, owner: str, lease_seconds: int, final: bool = False
@@ -622,11 +614,7 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
                 zero=0,
                 one=1,
             )
-        try:
-            self.client.update_item(TableName=self.table_name, Key=key(isolation_id), **write.request())
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
+        updated_if(self.client, {"TableName": self.table_name, "Key": key(isolation_id), **write.request()})
 
     def add_steps(
         self,
@@ -678,11 +666,7 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         return updated_if(self.client, request)
 
     def release_role_lease(self, account_id: str, role_name: str, owner: str) -> None:
-        try:
-            self.client.update_item(**role_leases.release(self.table_name, account_id, role_name, owner))
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
+        updated_if(self.client, role_leases.release(self.table_name, account_id, role_name, owner))
 
     def finish(
         self,
@@ -719,13 +703,7 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         )
         if record.dry_run:
             # A dry run holds no slot (and an ISOLATED one never happens): the record's end alone.
-            try:
-                self.client.update_item(**ending)
-            except ClientError as exc:
-                if error_code(exc) != "ConditionalCheckFailedException":
-                    raise
-                return False
-            return True
+            return updated_if(self.client, ending)
         isolated_at = epoch(moment) if status is Status.ISOLATED else None
         # The record's end and the slot's release are one transaction: an isolation that ended never
         # keeps its instance's slot (later requests would join an isolation that is over).
@@ -742,11 +720,7 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
             if not refused.refused(1):
                 raise  # a conflict with another write: retried like any transient error
         # The slot is not this isolation's (taken over after a lease expired, or freed already).
-        try:
-            self.client.update_item(**ending)
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
+        if not updated_if(self.client, ending):
             return False
         if isolated_at is not None:
             self.client.update_item(
@@ -764,11 +738,7 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         still is (`IsolationRecord.watched`: a `TamperLoop` whose network cut holds)."""
         if record.model_copy(update={"status": Status.FAILED, "error": error}).watched:
             return
-        try:
-            self.client.update_item(**episodes.failed(self.table_name, record.target, record.isolation_id))
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
+        updated_if(self.client, episodes.failed(self.table_name, record.target, record.isolation_id))
 
     def end_lost(self, record: IsolationRecord, *, now: float) -> bool:
         """`lifecycle.END_LOST`: end FAILED (resumable) a record whose worker was lost on its last receive

@@ -20,7 +20,6 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared import lifecycle
-from shared.errors import error_code
 from shared.lifecycle import Status, Transition
 from shared.models import (
     DEAD_LETTERED,
@@ -80,13 +79,10 @@ class ReleaseWrites(EpisodeReads):
         ended record calls this anyway, so that no slot outlives its isolation whatever happened.
         """
         isolated_at = epoch(time.time()) if record.status is Status.ISOLATED else None
-        try:
-            self.client.update_item(
-                **slots.release(self.table_name, record.target, record.isolation_id, isolated_at=isolated_at)
-            )
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
+        updated_if(
+            self.client,
+            slots.release(self.table_name, record.target, record.isolation_id, isolated_at=isolated_at),
+        )
 
     # --- ingest --------------------------------------------------------------------------------------
 
@@ -223,11 +219,7 @@ class ReleaseWrites(EpisodeReads):
                 raise
         if status is Status.RELEASED:
             return ReleaseEnd.SUPERSEDED
-        try:
-            self.client.update_item(**ending)
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
+        if not updated_if(self.client, ending):
             return ReleaseEnd.ALREADY
         return ReleaseEnd.ENDED
 

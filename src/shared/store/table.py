@@ -43,6 +43,16 @@ _INTERNAL = (
 )
 
 
+def shard_query(table: str, shard: int) -> dict[str, Any]:
+    """The Query of one write shard of the `by-recent` index, oldest first (callers add to it)."""
+    return {
+        "TableName": table,
+        "IndexName": RECENT_INDEX,
+        "KeyConditionExpression": "list_shard = :shard",
+        "ExpressionAttributeValues": {":shard": {"S": f"all#{shard}"}},
+    }
+
+
 def record_of(data: dict[str, Any]) -> IsolationRecord:
     """A deserialized record item → the served record (internal attributes dropped)."""
     return IsolationRecord.model_validate({k: v for k, v in data.items() if k not in _INTERNAL})
@@ -85,13 +95,7 @@ class RecordTable:
     def every_record(self) -> Iterator[IsolationRecord]:
         """Every record of the table, from the `by-recent` index (the upgrade's backfill only)."""
         for shard in range(LIST_SHARDS):
-            params: dict[str, Any] = {
-                "TableName": self.table_name,
-                "IndexName": RECENT_INDEX,
-                "KeyConditionExpression": "list_shard = :shard",
-                "ExpressionAttributeValues": {":shard": {"S": f"all#{shard}"}},
-            }
-            yield from (record_of(item) for item in self._query(params, None))
+            yield from (record_of(item) for item in self._query(shard_query(self.table_name, shard), None))
 
     def update_record(self, isolation_id: str, write: Write) -> dict[str, Any]:
         """Apply a conditional `write` to the record; the item after it. A refused condition raises
