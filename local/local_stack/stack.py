@@ -541,6 +541,10 @@ class LocalStack:
             url = p.follow_up_dead_letter_queue_url if dead_letter else p.follow_up_queue_url
         else:
             url = self.provisioned.dead_letter_queue_url if dead_letter else self.provisioned.queue_url
+        return self.messages_on(url)
+
+    def messages_on(self, url: str) -> int:
+        """Messages on the queue `url` (visible + in flight + delayed)."""
         attributes = self.client("sqs").get_queue_attributes(
             QueueUrl=url,
             AttributeNames=[

@@ -834,15 +834,7 @@ def dead_letters(stack: LocalStack) -> list[str]:
 def tamper_depth(stack: LocalStack) -> int:
     """Messages on the tamper queue (visible + in flight + delayed)."""
     assert stack.provisioned is not None
-    attributes = stack.client("sqs").get_queue_attributes(
-        QueueUrl=stack.provisioned.resources["TamperQueue"],
-        AttributeNames=[
-            "ApproximateNumberOfMessages",
-            "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed",
-        ],
-    )["Attributes"]
-    return sum(int(value) for value in attributes.values())
+    return stack.messages_on(stack.provisioned.resources["TamperQueue"])
 
 
 def settle(stack: LocalStack, *, timeout: float) -> float:

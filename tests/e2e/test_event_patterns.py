@@ -64,6 +64,19 @@ def _isolated_by(stack: LocalStack, instance: DemoInstance, source: str) -> dict
     return record
 
 
+def _isolated_through_the_webhook(stack: LocalStack, instance: DemoInstance) -> dict[str, Any]:
+    stack.resume_worker()
+    status, body = stack.request(
+        "POST",
+        "/isolate",
+        {"instance_id": instance.instance_id, "account_id": instance.account_id, "region": instance.region},
+    )
+    assert status == 202, body
+    record = stack.wait_for(body["isolation_id"])
+    assert record["status"] == "ISOLATED"
+    return record
+
+
 def test_high_severity_ec2_finding_isolates(paused: LocalStack) -> None:
     # Given a severity-8 GuardDuty finding about a demo instance
     instance = paused.demo.instance("web-1", 0)
@@ -202,15 +215,7 @@ def test_an_instance_its_account_tagged_exempt_is_isolated(paused: LocalStack) -
 def test_an_isolation_undone_by_hand_is_undone_in_turn(paused: LocalStack) -> None:
     # Given a demo instance isolated through the webhook
     instance = paused.demo.instance("web-3", 1)
-    paused.resume_worker()
-    status, body = paused.request(
-        "POST",
-        "/isolate",
-        {"instance_id": instance.instance_id, "account_id": instance.account_id, "region": instance.region},
-    )
-    assert status == 202, body
-    first = paused.wait_for(body["isolation_id"])
-    assert first["status"] == "ISOLATED"
+    first = _isolated_through_the_webhook(paused, instance)
 
     # When the member account's administrator (not the execution role) puts an interface back in its
     # old groups, and CloudTrail's event of that call reaches the stack's bus (moto has no CloudTrail)
@@ -244,15 +249,7 @@ def test_an_isolation_undone_by_hand_is_undone_in_turn(paused: LocalStack) -> No
 def test_an_isolation_group_untagged_then_opened_is_repaired_on_the_group(paused: LocalStack) -> None:
     # Given a demo instance isolated through the webhook, behind its VPC's isolation group
     instance = paused.demo.instance("ipv6-1", 1)
-    paused.resume_worker()
-    status, body = paused.request(
-        "POST",
-        "/isolate",
-        {"instance_id": instance.instance_id, "account_id": instance.account_id, "region": instance.region},
-    )
-    assert status == 202, body
-    first = paused.wait_for(body["isolation_id"])
-    assert first["status"] == "ISOLATED"
+    first = _isolated_through_the_webhook(paused, instance)
     [group] = set(first["isolation_groups"].values())
 
     # When the member's administrator removes the group's managed tag, then opens its egress, and

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from tests.conftest import Stack
 from tests.integration.test_worker import assert_isolated, detail, isolate, record_of, request_isolation
-from tests.support.aws import Faults, Member
+from tests.support.aws import Faults, Member, Vpc
 
 from local_stack.isolation_check import isolation_problems
 from shared.store.isolation_groups import claims_of, groups_key
@@ -192,20 +192,15 @@ class _PerThread(dict):  # type: ignore[type-arg]
         self._mine().clear()
 
 
-def test_an_upgraded_deployment_adopts_only_the_groups_its_own_records_name(
-    stack: Stack, member: Member, faults: Faults
-) -> None:
-    # Given what a version without the groups table left: in one VPC its group `ec2-isolation` (tagged
-    # managed) with an instance on it, and the ISOLATED record whose step names it; in another VPC a group
-    # of the same name and tag that no record names (a member's)
+def left_by_an_earlier_version(stack: Stack, member: Member, vpc: Vpc) -> str:
+    """What a version without the groups table left in `vpc`: its group `ec2-isolation` (tagged managed)
+    with an instance on it, and the ISOLATED record whose step names it. The group's id."""
     from shared.lifecycle import Status
     from shared.models import IsolationRecord, Source, StepRecord, Target, new_isolation_id
 
-    ours_vpc, theirs_vpc = member.vpc("10.1.0.0/16"), member.vpc("10.2.0.0/16")
-    old_group = look_alike(member, ours_vpc.id, "ec2-isolation", tagged=True)["GroupId"]
+    old_group = str(look_alike(member, vpc.id, "ec2-isolation", tagged=True)["GroupId"])
     member.ec2.revoke_security_group_ingress(GroupId=old_group, IpPermissions=OPEN)
-    theirs = look_alike(member, theirs_vpc.id, "ec2-isolation", tagged=True)
-    isolated = member.instance(ours_vpc, enis=1)
+    isolated = member.instance(vpc, enis=1)
     for eni in member.eni_groups(isolated):
         member.ec2.modify_network_interface_attribute(NetworkInterfaceId=eni, Groups=[old_group])
     record = IsolationRecord.queued(
@@ -218,12 +213,24 @@ def test_an_upgraded_deployment_adopts_only_the_groups_its_own_records_name(
             "steps": [
                 StepRecord.done(
                     "ensure-isolation-sg",
-                    f"created {old_group} ({ours_vpc.id}), its default rules revoked with the cut",
+                    f"created {old_group} ({vpc.id}), its default rules revoked with the cut",
                 )
             ],
         }
     )
     stack.store.put_record(record)
+    return old_group
+
+
+def test_an_upgraded_deployment_adopts_only_the_groups_its_own_records_name(
+    stack: Stack, member: Member, faults: Faults
+) -> None:
+    # Given what a version without the groups table left: in one VPC its group `ec2-isolation` (tagged
+    # managed) with an instance on it, and the ISOLATED record whose step names it; in another VPC a group
+    # of the same name and tag that no record names (a member's)
+    ours_vpc, theirs_vpc = member.vpc("10.1.0.0/16"), member.vpc("10.2.0.0/16")
+    old_group = left_by_an_earlier_version(stack, member, ours_vpc)
+    theirs = look_alike(member, theirs_vpc.id, "ec2-isolation", tagged=True)
     faults.count()
 
     # When the upgraded version isolates an instance in each VPC
@@ -246,25 +253,8 @@ def test_the_sweepers_pass_adopts_earlier_groups_everywhere_and_spares_each_firs
     stack: Stack, member: Member, other_member: Member, faults: Faults
 ) -> None:
     # Given an earlier version's group in a VPC of one account, named by its own ISOLATED record
-    from shared.lifecycle import Status
-    from shared.models import IsolationRecord, Source, StepRecord, Target, new_isolation_id
-
     vpc = member.vpc("10.1.0.0/16")
-    old_group = look_alike(member, vpc.id, "ec2-isolation", tagged=True)["GroupId"]
-    member.ec2.revoke_security_group_ingress(GroupId=old_group, IpPermissions=OPEN)
-    earlier = member.instance(vpc, enis=1)
-    stack.store.put_record(
-        IsolationRecord.queued(
-            isolation_id=new_isolation_id(),
-            source=Source.WEBHOOK,
-            target=Target(account_id=member.account_id, region=member.region, instance_id=earlier),
-        ).model_copy(
-            update={
-                "status": Status.ISOLATED,
-                "steps": [StepRecord.done("ensure-isolation-sg", f"created {old_group} ({vpc.id})")],
-            }
-        )
-    )
+    old_group = left_by_an_earlier_version(stack, member, vpc)
 
     # When the sweeper makes its first run after the upgrade, then instances are isolated there and in
     # another account and region the service has never isolated in
