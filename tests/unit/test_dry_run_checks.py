@@ -26,8 +26,10 @@ PASS_ROLE = Action(
 
 
 def test_every_step_of_the_plan_has_its_own_dry_run() -> None:
+    # A step's dry run is its plan checked (Step.check): a step plans, or (TRANSITIONAL, this session)
+    # still has a check of its own.
     for step in PLAN:
-        assert step.check is not Step.check, f"{step.name} has no check"
+        assert step.plan is not Step.plan or step.check is not Step.check, f"{step.name} has no check"
 
 
 def _raising(code: str) -> Any:

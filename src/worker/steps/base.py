@@ -1,24 +1,26 @@
 """The step catalogue's shape: each step is a small class with a name, the IAM actions it needs and one
-`run` that checks before it acts, so a redelivered message is harmless. A step returns its outcome as a
-`StepRecord` (done, already, skipped) and raises on failure. Its `check` is the dry run of `run`."""
+`plan`: it reads what it would change and decides once, either settled (`already`, `skipped`: nothing to
+change) or the changes it would make, with the prior values they overwrite. The same plan is applied
+(`run`: its prior values on record, then its changes; `done`) or, in a dry run, checked (`check`: each
+change's permission, EC2's `DryRun` or the policy simulator; `worker.steps.checks`). A step raises on
+failure; a redelivered message finds its changes in place (`already`), so a retry is harmless."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from shared.aws import AccountSession
 from shared.config import WorkerSettings
 from shared.models import Evidence, PriorState, Source, StepRecord, Target
 from shared.store.isolation_groups import GroupClaim
+from worker.at_once import each_at_once
 from worker.instance import Instance
+from worker.steps.checks import Action, Check, PolicySimulator, ec2_dry_run, outcome
 from worker.steps.group_check import GroupCheck
-
-if TYPE_CHECKING:
-    from worker.steps.checks import PolicySimulator
 
 
 class Notes(Protocol):
@@ -132,28 +134,103 @@ class StepContext:
         self.notes.keep_evidence(evidence)
 
 
+@dataclass(frozen=True)
+class Change:
+    """One change of a step's plan: what it does, in the record's words ("set shutdown behaviour stop (is
+    terminate)"), the AWS call that makes it, and what a dry run asks in its place."""
+
+    what: str
+    #: The call that makes the change (a client's method), with its parameters.
+    call: Callable[..., Any]
+    params: dict[str, Any] = field(default_factory=dict)
+    #: The IAM action the policy simulator is asked about, for a call that takes no `DryRun` (IAM, Auto
+    #: Scaling, load balancers, instance-profile associations); None: `call(DryRun=True, **params)`.
+    simulated: Action | None = None
+    #: How the change is made when it is more than the call (under a lease, retried while AWS propagates
+    #: it); None: the call. A dry run still checks the call.
+    apply_by: Callable[[], Any] | None = None
+
+    def apply(self) -> Any:
+        return self.apply_by() if self.apply_by is not None else self.call(**self.params)
+
+    def check(self, simulator: PolicySimulator) -> Check:
+        if self.simulated is not None:
+            return simulator.check(self.simulated)
+        return ec2_dry_run(self.what, self.call, **self.params)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a step decided from one read: the prior-state fields its change would overwrite (on record
+    before any change), and either its settled outcome or the changes it would make."""
+
+    #: Prior-state fields, written before the first change (a field the episode knows keeps its value).
+    prior: dict[str, Any] = field(default_factory=dict)
+    #: Nothing to change (`already`, `skipped`): the step's outcome as it is.
+    settled: StepRecord | None = None
+    changes: tuple[Change, ...] = ()
+    #: The `done` detail: a text, or made from what the changes returned (in order).
+    done: str | Callable[[list[Any]], str] = ""
+    #: What needs no change, told after the changes (in `done` and in a dry run's outcome).
+    unchanged: str = ""
+    #: The changes are independent of each other: made side by side (each interface of an instance).
+    side_by_side: bool = False
+
+    @classmethod
+    def nothing(cls, settled: StepRecord, **prior: Any) -> Plan:
+        return cls(prior=prior, settled=settled)
+
+    @classmethod
+    def making(
+        cls,
+        done: str | Callable[[list[Any]], str],
+        *changes: Change,
+        unchanged: str = "",
+        side_by_side: bool = False,
+        **prior: Any,
+    ) -> Plan:
+        return cls(prior=prior, changes=changes, done=done, unchanged=unchanged, side_by_side=side_by_side)
+
+
 class Step(ABC):
     #: kebab-case verb-noun: the name in the record, the logs and the metrics.
     name: ClassVar[str]
-    #: The IAM actions `run` calls in the target account (the member role grants exactly their union).
+    #: The IAM actions the step calls in the target account (the member role grants exactly their union).
     permissions: ClassVar[tuple[str, ...]]
     #: Instances of one role take turns (their step writes one policy of that role, under its lease):
     #: a batch runs them one after another rather than have them wait on each other.
     one_writer_per_role: ClassVar[bool] = False
 
-    @abstractmethod
-    def run(self, ctx: StepContext) -> StepRecord: ...
+    def plan(self, ctx: StepContext) -> Plan:
+        """Read what the step would change and decide: settled, or the changes with their prior values.
+        Changes nothing (a dry run plans too)."""
+        # TRANSITIONAL (this session): abstract once every step plans; until then a step overrides run/check.
+        raise NotImplementedError(f"{self.name} does not plan yet")
+
+    def run(self, ctx: StepContext) -> StepRecord:
+        """The plan applied: its prior values on record, then its changes; `done`."""
+        plan = self.plan(ctx)
+        ctx.remember(**plan.prior)
+        if plan.settled is not None:
+            return plan.settled
+        if plan.side_by_side:
+            results = each_at_once(lambda change: change.apply(), list(plan.changes))
+        else:
+            results = [change.apply() for change in plan.changes]
+        done = plan.done(results) if callable(plan.done) else plan.done
+        return StepRecord.done(self.name, "; ".join(part for part in (done, plan.unchanged) if part))
+
+    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
+        """The plan checked, not applied (a dry run): `would`, `unverified` or `failed` for its changes,
+        or its settled outcome. Changes nothing."""
+        plan = self.plan(ctx)
+        ctx.remember(**plan.prior)
+        if plan.settled is not None:
+            return plan.settled
+        return outcome(self.name, [change.check(simulator) for change in plan.changes], plan.unchanged)
 
     def prior(self, ctx: StepContext) -> dict[str, Any]:
         """The prior-state fields this step's change would overwrite, read before any change of its
         phase: the engine writes every step's in one write before the phase's first change. {}: the
-        step reads nothing ahead (its prior state is the instance as described, or it remembers its own
-        before its change)."""
+        step reads nothing ahead (its prior state is the instance as described, or its plan carries it)."""
         return {}
-
-    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
-        """A dry run of `run`: the same reads, and in place of each change a permission check
-        (`worker.steps.checks`: EC2's DryRun, or the dry run's `simulator`): `would`, `unverified`,
-        `failed`, or `already` / `skipped` as `run` would say. Changes nothing. Every step of the plan
-        has one (tests/unit checks it)."""
-        raise NotImplementedError(f"{self.name} has no dry-run check")

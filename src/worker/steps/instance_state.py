@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from shared.models import ISOLATION_ID_TAG, TAG_PREFIX, StepRecord, iso8601, utcnow
-from worker.instance import AttachedVolume
-from worker.steps.base import Step, StepContext
+from worker.steps.base import Change, Plan, Step, StepContext
 from worker.steps.checks import PolicySimulator, ec2_dry_run, outcome
 
 ID_TAG = ISOLATION_ID_TAG
@@ -104,42 +103,30 @@ class KeepVolumes(Step):
     name = "keep-volumes"
     permissions = ("ec2:ModifyInstanceAttribute",)
 
-    def run(self, ctx: StepContext) -> StepRecord:
-        volumes = ctx.instance.volumes
-        if not volumes:
-            return StepRecord.skipped(self.name, "no EBS volume attached")
-        deleting = [v for v in volumes if v.delete_on_termination]
-        if not deleting:
-            return StepRecord.already(
-                self.name, f"DeleteOnTermination false on {', '.join(v.id for v in volumes)}"
-            )
+    def plan(self, ctx: StepContext) -> Plan:
         # (The volumes' prior values came with DescribeInstances, in the prior state written first.)
-        ctx.ec2.modify_instance_attribute(**self._change(ctx, deleting))
-        return StepRecord.done(self.name, f"DeleteOnTermination false on {', '.join(v.id for v in deleting)}")
-
-    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
         volumes = ctx.instance.volumes
         if not volumes:
-            return StepRecord.skipped(self.name, "no EBS volume attached")
+            return Plan.nothing(StepRecord.skipped(self.name, "no EBS volume attached"))
         deleting = [v for v in volumes if v.delete_on_termination]
+        listed = ", ".join(v.id for v in deleting)
         if not deleting:
-            return StepRecord.already(
-                self.name, f"DeleteOnTermination false on {', '.join(v.id for v in volumes)}"
+            return Plan.nothing(
+                StepRecord.already(
+                    self.name, f"DeleteOnTermination false on {', '.join(v.id for v in volumes)}"
+                )
             )
-        what = f"set DeleteOnTermination false on {', '.join(v.id for v in deleting)}"
-        return outcome(
-            self.name,
-            [ec2_dry_run(what, ctx.ec2.modify_instance_attribute, **self._change(ctx, deleting))],
-            "",
+        change = Change(
+            f"set DeleteOnTermination false on {listed}",
+            ctx.ec2.modify_instance_attribute,
+            {
+                "InstanceId": ctx.target.instance_id,
+                "BlockDeviceMappings": [
+                    {"DeviceName": v.device_name, "Ebs": {"DeleteOnTermination": False}} for v in deleting
+                ],
+            },
         )
-
-    def _change(self, ctx: StepContext, deleting: list[AttachedVolume]) -> dict[str, Any]:
-        return {
-            "InstanceId": ctx.target.instance_id,
-            "BlockDeviceMappings": [
-                {"DeviceName": v.device_name, "Ebs": {"DeleteOnTermination": False}} for v in deleting
-            ],
-        }
+        return Plan.making(f"DeleteOnTermination false on {listed}", change)
 
 
 class _Protection(Step):
