@@ -299,14 +299,16 @@ def _show_with_the_client(api_url: str, api_key: str, isolation_ids: list[Any]) 
         client.run(parser().parse_args([*command, "--api", api_url, "--api-key", api_key]))
 
 
-#: How to go on once the demo's stack has stopped.
+#: How to go on once the demo's stack has stopped. `make install` puts the command in .venv/bin, which a
+#: fresh shell does not have on its PATH: the commands name it there.
 KEEP_GOING = f"""\
-The demo's stack stops with it. To keep one up and try the client yourself:
+The demo's stack stops with it. To keep one up and try the client yourself, in this directory:
   make run                  (a demo organization like this one; it prints its ids, URL and API key; PORT=N
                             for another port than 8080)
+then in another terminal, in this directory (or `source .venv/bin/activate` and drop the .venv/bin/):
   export {client.API_ENV}=http://127.0.0.1:8080 {client.KEY_ENV}=<the key it prints>
-  ec2-isolation list
-  ec2-isolation isolate INSTANCE_ID --account ACCOUNT_ID --region eu-west-1 --wait"""
+  .venv/bin/ec2-isolation list
+  .venv/bin/ec2-isolation isolate INSTANCE_ID --account ACCOUNT_ID --region eu-west-1 --wait"""
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,7 @@ runs it: every command, --json, and every error path with its exit status, the l
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -289,3 +290,38 @@ def _latest(served: ServedDemo, instance_id: str) -> dict[str, Any]:
             assert items, f"no record of {instance_id}"
             return dict(items[0])
         time.sleep(0.3)
+
+
+# --- the demo's closing commands ------------------------------------------------------------------------
+
+
+def test_the_demos_closing_commands_work_as_printed_in_a_fresh_shell(served: ServedDemo) -> None:
+    from local_stack.demo import KEEP_GOING
+
+    if not (ROOT / ".venv" / "bin" / "ec2-isolation").exists():
+        pytest.skip("the commands name the .venv that `make install` creates; this checkout has none")
+    # Given the commands `make demo` ends with, once `make run` is up (its URL and key put where the
+    # text says), in a shell of this directory whose PATH is a fresh login's: no ec2-isolation on it
+    assert "make run" in KEEP_GOING
+    commands = [
+        line.strip() for line in KEEP_GOING.splitlines() if line.startswith("  ") and "make run" not in line
+    ]
+    export = next(line for line in commands if line.startswith("export "))
+    listing = next(line for line in commands if line.split()[1:2] == ["list"])
+    assert "http://127.0.0.1:8080" in export and "<the key it prints>" in export, export
+    export = export.replace("http://127.0.0.1:8080", served.url).replace("<the key it prints>", served.key)
+    env = subprocess_environment()
+    env.pop("EC2_ISOLATION_API", None)
+    env.pop("EC2_ISOLATION_API_KEY", None)
+    env["PATH"] = os.pathsep.join(
+        folder for folder in env.get("PATH", os.defpath).split(os.pathsep)
+        if folder and not os.access(os.path.join(folder, "ec2-isolation"), os.X_OK)
+    )  # fmt: skip
+
+    # When a person pastes them
+    done = subprocess.run(["bash", "-c", f"{export}\n{listing}"], capture_output=True, text=True,
+                          timeout=90, env=env, cwd=ROOT, stdin=subprocess.DEVNULL)  # fmt: skip
+
+    # Then the list answers from the running stack (its table, or that there is none yet)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split()[:2] in (["isolation", "status"], ["no", "isolation"]), done.stdout
