@@ -125,6 +125,17 @@ def _how_long(record: dict[str, Any]) -> str:
     return "dry run: nothing changed" if record.get("dry_run") else f"contained in {_contained(record)}"
 
 
+def _containment(record: dict[str, Any]) -> str:
+    """The list's column: how long the containment took, or that a dry run contains nothing."""
+    return "dry run" if record.get("dry_run") else _contained(record)
+
+
+def _when_contained(record: dict[str, Any]) -> str:
+    if record.get("dry_run"):
+        return _how_long(record)
+    return f"contained {record.get('contained_at') or '-'} ({_contained(record)})"
+
+
 def _records_table(records: list[dict[str, Any]]) -> str:
     header = ("isolation", "status", "source", "account", "region", "instance", "contained in", "created")
     rows = [
@@ -135,7 +146,7 @@ def _records_table(records: list[dict[str, Any]]) -> str:
             r["account_id"],
             r["region"],
             r["instance_id"],
-            _contained(r),
+            _containment(r),
             r["created_at"],
         )
         for r in records
@@ -197,7 +208,7 @@ def _record_text(record: dict[str, Any]) -> str:
         f"{record['isolation_id']}  {record['status']}{'  (dry run)' if record.get('dry_run') else ''}",
         f"instance {record['instance_id']} in {record['account_id']} {record['region']}, by {record['source']}"
         f", attempts {record['attempts']}",
-        f"created {record['created_at']}, contained {record.get('contained_at') or '-'} ({_contained(record)})",
+        f"created {record['created_at']}, {_when_contained(record)}",
     ]
     if record.get("reason"):
         lines.append(f"reason: {record['reason']}")

@@ -366,6 +366,29 @@ def test_step_columns_line_up_whatever_the_outcome(fake_api: Callable[..., FakeA
     assert len(columns) == 1, out
 
 
+def test_a_dry_run_is_told_apart_in_the_list_and_its_status(fake_api: Callable[..., FakeApi]) -> None:
+    # Given a real isolation that failed and a dry run that failed the same way, and one that checked
+    refused = {"steps": [], "contained_at": None, "error": {"code": "RoleNotAssumable", "message": "no"}}
+    real = _record("FAILED") | refused
+    dry = _record("FAILED") | refused | {"isolation_id": "iso-" + "d" * 32, "dry_run": True}
+    checked = _record("CHECKED") | {"isolation_id": "iso-" + "c" * 32, "dry_run": True, "contained_at": None}
+    fake_api({
+        ("GET", "/isolations"): [{"items": [real, dry, checked], "next": None}],
+        ("GET", f"/isolations/{dry['isolation_id']}"): [dry],
+    })  # fmt: skip
+
+    # When they are listed, and the failed dry run's status is shown
+    _, listed = run("list", "--api", LOCAL, "--api-key", "k")
+    _, shown = run("status", dry["isolation_id"], "--api", LOCAL, "--api-key", "k")
+
+    # Then the dry runs' rows say so where a real one says how long its containment took
+    rows = {line.split()[0]: line for line in listed.splitlines()[1:]}
+    assert "dry run" not in rows[ISOLATION], listed
+    assert "dry run" in rows[dry["isolation_id"]] and "dry run" in rows[checked["isolation_id"]], listed
+    # And the status says nothing was changed, promising no containment
+    assert "(dry run)" in shown and "dry run: nothing changed" in shown and "contained" not in shown, shown
+
+
 # --- exemptions ------------------------------------------------------------------------------------------
 
 EXEMPTION = {
