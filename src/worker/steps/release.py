@@ -28,15 +28,14 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.errors import RetryableError, error_code
-from shared.models import TAG_PREFIX, StepRecord, TargetGroupTarget, iso8601, utcnow
+from shared.models import StepRecord, TargetGroupTarget
 from worker.consistency import until_consistent
 from worker.steps.base import Step, StepContext
 from worker.steps.credentials import POLICY_NAME as DENY_POLICY_NAME
 from worker.steps.credentials import denied_instances, policy_document, role_lease
 from worker.steps.instance_profile import current_association, profile_name_of, put_profile
-from worker.steps.instance_state import AT_TAG, ID_TAG, SOURCE_TAG, _attribute
+from worker.steps.instance_state import RestoreInstanceAttributes, UntagInstance
 
-RELEASED_AT_TAG = f"{TAG_PREFIX}released-at"
 _PROPAGATING = frozenset({"InvalidParameterValue"})
 _GONE = frozenset({"NoSuchEntity"})
 #: Auto Scaling lifecycle states of an instance on its way out of a group.
@@ -333,88 +332,6 @@ class RejoinAutoScalingGroup(Step):
         return StepRecord.done(
             self.name, f"attached to {group} (desired capacity {desired} -> {desired + 1})"
         )
-
-
-class RestoreInstanceAttributes(Step):
-    name = "restore-instance-attributes"
-    permissions = ("ec2:DescribeInstanceAttribute", "ec2:ModifyInstanceAttribute")
-
-    def run(self, ctx: StepContext) -> StepRecord:
-        prior = ctx.prior
-        done: list[str] = []
-        already: list[str] = []
-        instance_id = ctx.target.instance_id
-        if prior.shutdown_behavior is not None:
-            behaviour = _attribute(
-                ctx, "instanceInitiatedShutdownBehavior", "InstanceInitiatedShutdownBehavior"
-            )
-            if behaviour == prior.shutdown_behavior:
-                already.append(f"shutdown behaviour {behaviour}")
-            else:
-                # The Attribute/Value form: moto 5.2.5 mistakes the structured form for a groups change.
-                ctx.ec2.modify_instance_attribute(
-                    InstanceId=instance_id,
-                    Attribute="instanceInitiatedShutdownBehavior",
-                    Value=prior.shutdown_behavior,
-                )
-                done.append(f"shutdown behaviour {prior.shutdown_behavior}")
-        for value, attribute, key, what in (
-            (prior.stop_protection, "disableApiStop", "DisableApiStop", "stop protection"),
-            (
-                prior.termination_protection,
-                "disableApiTermination",
-                "DisableApiTermination",
-                "termination protection",
-            ),
-        ):
-            if value is None:
-                continue
-            setting = f"{what} {'on' if value else 'off'}"
-            if bool(_attribute(ctx, attribute, key)) == value:
-                already.append(setting)
-                continue
-            ctx.ec2.modify_instance_attribute(InstanceId=instance_id, **{key: {"Value": value}})
-            done.append(setting)
-        if prior.volumes is not None:
-            kept = {v.id: v.delete_on_termination for v in prior.volumes}
-            changing = [
-                v for v in ctx.instance.volumes if v.id in kept and kept[v.id] != v.delete_on_termination
-            ]
-            if changing:
-                ctx.ec2.modify_instance_attribute(
-                    InstanceId=instance_id,
-                    BlockDeviceMappings=[
-                        {"DeviceName": v.device_name, "Ebs": {"DeleteOnTermination": kept[v.id]}}
-                        for v in changing
-                    ],
-                )
-                done.extend(f"DeleteOnTermination {kept[v.id]} on {v.id}" for v in changing)
-            elif kept:
-                already.append("DeleteOnTermination as before on every volume still attached")
-        if not done and not already:
-            return StepRecord.skipped(
-                self.name, "the record holds no prior instance attributes (an older record)"
-            )
-        return _outcome(self.name, done, already, [])
-
-
-class UntagInstance(Step):
-    name = "untag-instance"
-    permissions = ("ec2:DeleteTags", "ec2:CreateTags")
-
-    def run(self, ctx: StepContext) -> StepRecord:
-        tags = ctx.instance.tags
-        present = [k for k in (ID_TAG, AT_TAG, SOURCE_TAG) if k in tags]
-        if not present and RELEASED_AT_TAG in tags:
-            return StepRecord.already(self.name, f"{RELEASED_AT_TAG}={tags[RELEASED_AT_TAG]}")
-        if present:
-            ctx.ec2.delete_tags(Resources=[ctx.target.instance_id], Tags=[{"Key": k} for k in present])
-        released = iso8601(utcnow())
-        ctx.ec2.create_tags(
-            Resources=[ctx.target.instance_id], Tags=[{"Key": RELEASED_AT_TAG, "Value": released}]
-        )
-        removed = f"removed {', '.join(present)}; " if present else ""
-        return StepRecord.done(self.name, f"{removed}{RELEASED_AT_TAG}={released}")
 
 
 #: The order of a release (contract: what reopens least first).
