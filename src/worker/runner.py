@@ -676,21 +676,27 @@ class Attempt(_Receive):
         """The record `isolation_id`, once no release of it is running: this isolation took the slot
         from it, and the release stops before its next step (`worker.release`); wait for that, briefly,
         so that the two never change the instance at the same time."""
-        waited, delay = 0.0, RELEASE_WAIT_FIRST_SECONDS
-        while True:
+        item = None
+
+        def stopped() -> bool:
+            nonlocal item
             item = self.deps.store.item(isolation_id)
-            releasing = item is not None and lifecycle.RELEASE_RUNNING.holds(item)
-            if item is None:
-                return None
-            if not releasing or lifecycle.UNLEASED.holds(item, now=time.time()):
-                return self.deps.store.as_record(item)
-            if waited + delay > self.deps.settings.CONSISTENCY_WAIT_SECONDS:
-                raise RetryableError(
-                    "ReleaseInProgress", f"the release of {isolation_id} is still stopping", wait="in-flight"
-                )
-            (self.deps.sleep or consistency.pause)(delay)
-            waited += delay
-            delay = min(delay * 2, 1.0)
+            return (
+                item is None
+                or not lifecycle.RELEASE_RUNNING.holds(item)
+                or lifecycle.UNLEASED.holds(item, now=time.time())
+            )
+
+        consistency.wait_for(
+            stopped,
+            budget_seconds=self.deps.settings.CONSISTENCY_WAIT_SECONDS,
+            first_delay=RELEASE_WAIT_FIRST_SECONDS,
+            max_delay=1.0,
+            sleep=self.deps.sleep,
+            code="ReleaseInProgress",
+            message=f"the release of {isolation_id} is still stopping",
+        )
+        return None if item is None else self.deps.store.as_record(item)
 
     def _duplicate(self, record: IsolationRecord) -> Outcome:
         logger.info("record already ended: nothing to do", extra={"status": record.status.value})

@@ -13,7 +13,7 @@ from botocore.stub import Stubber
 
 from shared import aws, errors
 from shared.errors import PermanentError, RetryableError
-from worker.consistency import until_consistent
+from worker.consistency import WaitedOut, until_consistent, wait_for
 
 
 def error(code: str, status: int = 400) -> ClientError:
@@ -196,3 +196,78 @@ def test_retry_delays_come_from_the_settings() -> None:
     assert retry_delay(RetryableError("IsolationInProgress", "x", wait="in-flight"), settings, 1) == 30
     # An error of the service's own table backs off like throttling
     assert retry_delay(error("InternalServerError", 500), settings, 2) == 20
+
+
+def test_waiting_for_another_worker_backs_off_and_stops_as_soon_as_it_holds() -> None:
+    # Given a condition that holds on its fourth ask
+    slept: list[float] = []
+    answers = iter([False, False, False, True])
+    # When it is waited for
+    wait_for(
+        lambda: next(answers),
+        budget_seconds=5,
+        first_delay=0.05,
+        max_delay=0.1,
+        sleep=slept.append,
+        code="Busy",
+        message="busy",
+    )
+    # Then it was asked at once, then after each wait, each twice the one before up to the cap
+    assert slept == [0.05, 0.1, 0.1]
+    assert next(answers, None) is None
+
+
+def test_waiting_past_the_budget_hands_the_retry_to_the_queue_with_the_time_waited() -> None:
+    # Given a condition that never holds
+    slept: list[float] = []
+    asked = 0
+
+    def never() -> bool:
+        nonlocal asked
+        asked += 1
+        return False
+
+    # When it is waited for with a 1 s budget
+    with pytest.raises(WaitedOut) as raised:
+        wait_for(
+            never,
+            budget_seconds=1,
+            first_delay=0.25,
+            max_delay=4,
+            sleep=slept.append,
+            code="Busy",
+            message=lambda waited: f"still busy after {waited:.2f}s",
+        )
+    # Then it waited within the budget, asked after every wait, and the queue retries it in-flight
+    assert slept == [0.25, 0.5] and asked == 3
+    assert isinstance(raised.value, RetryableError)
+    assert (raised.value.code, raised.value.message, raised.value.wait) == (
+        "Busy",
+        "still busy after 0.75s",
+        "in-flight",
+    )
+
+
+def test_waiting_first_asks_only_after_the_first_wait() -> None:
+    # Given a condition that holds at once
+    slept: list[float] = []
+    asked = 0
+
+    def holds() -> bool:
+        nonlocal asked
+        asked += 1
+        return True
+
+    # When it is waited for, the first ask after the first wait
+    wait_for(
+        holds,
+        budget_seconds=1,
+        first_delay=0.1,
+        max_delay=1,
+        sleep=slept.append,
+        code="Busy",
+        message="busy",
+        wait_first=True,
+    )
+    # Then it waited once, then asked once
+    assert slept == [0.1] and asked == 1

@@ -25,7 +25,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared.errors import ContainmentIncomplete, RetryableError, error_code
+from shared.errors import ContainmentIncomplete, error_code
 from shared.models import StepRecord
 from shared.observability import logger
 from worker import consistency
@@ -290,17 +290,17 @@ def role_lease(ctx: StepContext, role: str) -> Iterator[None]:
     """Hold the role's lease while its deny policy is read, extended and written back."""
     owner = uuid.uuid4().hex
     account = ctx.target.account_id
-    waited, delay = 0.0, FIRST_WAIT_SECONDS
-    while not ctx.leases.take_role_lease(account, role, owner, seconds=ROLE_LEASE_SECONDS):
-        if waited + delay > ctx.settings.CONSISTENCY_WAIT_SECONDS:
-            raise RetryableError(
-                "RoleLeaseHeld",
-                f"another isolation is changing role {role}'s deny policy (waited {waited:.1f}s)",
-                wait="in-flight",
-            )
-        (ctx.sleep or consistency.pause)(delay)
-        waited += delay
-        delay = min(delay * 2, MAX_WAIT_SECONDS)
+    consistency.wait_for(
+        lambda: ctx.leases.take_role_lease(account, role, owner, seconds=ROLE_LEASE_SECONDS),
+        budget_seconds=ctx.settings.CONSISTENCY_WAIT_SECONDS,
+        first_delay=FIRST_WAIT_SECONDS,
+        max_delay=MAX_WAIT_SECONDS,
+        sleep=ctx.sleep,
+        code="RoleLeaseHeld",
+        message=lambda waited: (
+            f"another isolation is changing role {role}'s deny policy (waited {waited:.1f}s)"
+        ),
+    )
     try:
         yield
     finally:

@@ -31,6 +31,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -41,7 +42,7 @@ from shared.errors import RetryableError, error_code
 from shared.models import StepRecord
 from shared.store.isolation_groups import GroupClaim
 from worker.at_once import begun, each_at_once
-from worker.consistency import pause, until_consistent
+from worker.consistency import WaitedOut, until_consistent, wait_for
 from worker.steps.base import Step, StepContext
 from worker.steps.checks import Check, PolicySimulator, ec2_dry_run, outcome
 from worker.steps.group_check import MANAGED_TAG, GroupCheck
@@ -50,9 +51,9 @@ _NOT_YET = frozenset({"InvalidGroup.NotFound"})
 #: A claim younger than this whose group is not visible may be EC2's eventual consistency; an older one
 #: names a group that is gone (the next isolation claims the VPC anew).
 _YOUNG_CLAIM_SECONDS = 300.0
-#: How long a racer waits for the group id of another worker's claim before it finds or creates the group
-#: under the claimed name itself (the claimer may have died).
-CLAIM_WAIT_SECONDS = 3.0
+#: How long a racer waits (at most) for the group id of another worker's claim before it finds or creates
+#: the group under the claimed name itself (the claimer may have died).
+CLAIM_WAIT_SECONDS = 3.5
 
 _Key = tuple[str, str, str]  # account, region, VPC
 
@@ -197,19 +198,30 @@ class EnsureIsolationSecurityGroup(Step):
         return GroupClaim(vpc_id, claim.name, claim.claimed_at, group_id), True
 
     def _await_claim(self, ctx: StepContext, claim: GroupClaim) -> GroupClaim:
-        """Another worker's claim, once it names its group (or as it stands after `CLAIM_WAIT_SECONDS`)."""
-        waited, delay = 0.0, 0.1
-        while waited < CLAIM_WAIT_SECONDS:
-            (ctx.sleep or pause)(delay)
-            waited += delay
-            delay = min(delay * 2, 1.0)
-            standing = ctx.groups.group_claims(ctx.target.account_id, ctx.target.region).get(claim.vpc_id)
-            if standing is None:
+        """Another worker's claim, once it names its group (or as it stands after `CLAIM_WAIT_SECONDS`:
+        its claimer may have died, and this isolation takes the claim over)."""
+        standing = claim
+
+        def named() -> bool:
+            nonlocal standing
+            now = ctx.groups.group_claims(ctx.target.account_id, ctx.target.region).get(claim.vpc_id)
+            if now is None:
                 raise RetryableError("IsolationGroupClaimLost", f"the claim of {claim.vpc_id} was dropped")
-            if standing.group_id is not None:
-                return standing
-            claim = standing
-        return claim
+            standing = now
+            return now.group_id is not None
+
+        with suppress(WaitedOut):  # past the wait: take the claim over as it stands
+            wait_for(
+                named,
+                budget_seconds=CLAIM_WAIT_SECONDS,
+                first_delay=0.1,
+                max_delay=1.0,
+                sleep=ctx.sleep,
+                code="IsolationGroupClaimHeld",
+                message=f"the claim of {claim.vpc_id} names no group yet",
+                wait_first=True,  # the claim was read just now
+            )
+        return standing
 
     def _create_or_find(self, ctx: StepContext, vpc_id: str, name: str) -> str:
         """Create the VPC's group under the claimed name, or find it by that exact name when it exists
