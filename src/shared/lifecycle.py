@@ -258,6 +258,16 @@ class Transition:
 
 
 BEGIN = Transition("begin", Exists("pk") & RUNNABLE & LEASE_FREE_FOR_OWNER, frozenset({Status.IN_PROGRESS}))
+#: `BEGIN` of a record no attempt has begun: QUEUED as written, no attempt counted, no prior state. The
+#: worker that wrote it (or read it from its message) then knows the begun record without reading it.
+BEGIN_FIRST = Transition(
+    "begin-first",
+    BEGIN.guard
+    & StatusIn((Status.QUEUED,))
+    & (Missing("attempts") | Is("attempts", 0))
+    & Missing("prior_state"),
+    frozenset({Status.IN_PROGRESS}),
+)
 #: The containment attempt hands the record over to its follow-up phase: only while it holds the lease.
 HAND_OVER = Transition(
     "hand-over",

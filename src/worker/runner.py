@@ -647,6 +647,9 @@ class Attempt(_Receive):
                 evidence=episode.evidence if episode else None,
                 # A dry run changes nothing: it is never an episode's latest record.
                 target=None if self.record.dry_run else self.record.target,
+                # On its message's first receive the record is as the message (or `_open`) wrote it,
+                # unless another attempt began it meanwhile: the begin's condition tells.
+                queued=self.record if self.receive_count == 1 else None,
             )
 
         try:

@@ -22,7 +22,7 @@ from tests.support.aws import ISOLATION_NAME, Faults, Member
 from tests.support.crashes import Crash, die_on_the_last_receive, time_passes
 
 from local_stack.sample_events import guardduty_finding
-from shared.models import Status
+from shared.models import NetworkInterfaceState, PriorState, Status
 
 
 def test_crash_between_the_network_cut_and_the_profile_swap_resumes(
@@ -122,6 +122,40 @@ def test_a_copy_delivered_while_another_runs_backs_off_without_touching_anything
     stack.drain()
     assert stack.queued() == 0
     assert record_of(stack, isolation_id)["status"] == "ISOLATED"
+
+
+def test_a_first_receive_that_finds_its_record_begun_by_an_attempt_that_died_carries_that_ones_prior_state(
+    stack: Stack, member: Member
+) -> None:
+    # Given an attempt that began the record and died (its lease expired) with the instance as it found
+    # it on record (a message seen by an earlier environment: this copy is the first receive SQS counts)
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    isolation_id = request_isolation(stack, member, instance)
+    queued = stack.store.get(isolation_id)
+    assert queued is not None
+    found = PriorState(
+        vpc_id=vpc.id,
+        network_interfaces=[
+            NetworkInterfaceState(id="eni-0123456789abcdef0", security_group_ids=["sg-0123456789abcdef0"])
+        ],
+    )
+    stack.store.begin_attempt(isolation_id, owner="the-dead-worker", lease_seconds=0, prior_state=found)
+
+    # When the worker begins it on that first receive, knowing the record as queued
+    begun = stack.store.begin_attempt(
+        isolation_id,
+        owner="this-worker",
+        lease_seconds=120,
+        prior_state=None,
+        target=queued.target,
+        queued=queued,
+    )
+
+    # Then its view is the record as stored: the second attempt, the dead attempt's prior state
+    assert begun.attempts == 2
+    assert begun.prior_state == found
+    assert begun == stack.store.get(isolation_id)
 
 
 def test_two_copies_processed_concurrently_isolate_once(

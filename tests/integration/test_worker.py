@@ -857,16 +857,15 @@ def test_warm_path_to_containment_is_describe_one_write_and_one_call_per_eni(
 
     # Then the calls up to the network cut are: one describe and, meanwhile, the consistent read of the
     # instance's slot (its episode, from the service's own table); the prior-state write (the record
-    # becomes the instance's latest in the same transaction) and the record as it left it; one call per
-    # ENI; and beside the cuts (begun with them, not waited for before them) one describe of the group by
-    # id, its check
+    # becomes the instance's latest in the same transaction; on the message's first receive, the record
+    # as it left it is known without a read); one call per ENI; and beside the cuts (begun with them, not
+    # waited for before them) one describe of the group by id, its check
     calls = faults.log
     last_cut = max(i for i, call in enumerate(calls) if call == "ec2.ModifyNetworkInterfaceAttribute")
     up_to_the_cut = [call for call in calls[: last_cut + 1] if call != "ec2.DescribeSecurityGroups"]
     assert sorted(up_to_the_cut[:2]) == ["dynamodb.GetItem", "ec2.DescribeInstances"]
     assert up_to_the_cut[2:] == [
         "dynamodb.TransactWriteItems",
-        "dynamodb.GetItem",
         "ec2.ModifyNetworkInterfaceAttribute",
         "ec2.ModifyNetworkInterfaceAttribute",
     ]

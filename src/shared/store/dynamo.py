@@ -153,6 +153,10 @@ class Write:
         self.names = {"#s": "status", "#e": "error", "#r": "release"}
         self.condition = condition.expression(**(params or {})) if condition is not None else None
 
+    def value(self, name: str) -> Any:
+        """The value the write gives `:name`."""
+        return self.values[f":{name}"]
+
     def set(self, clause: str, **values: Any) -> None:
         self.clauses.append(clause)
         self.values.update({f":{k}": v for k, v in values.items()})

@@ -469,9 +469,15 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         inherits_from: str | None = None,
         evidence: Evidence | None = None,
         target: Target | None = None,
+        queued: IsolationRecord | None = None,
     ) -> IsolationRecord:
         """`lifecycle.BEGIN`: mark the record IN_PROGRESS, count the attempt, keep the first
         `prior_state`, take the lease.
+
+        `queued`: the record as this worker knows it was written (its message's, or the one it wrote),
+        when no attempt may have begun it yet. The begin is then guarded on that (`lifecycle.BEGIN_FIRST`)
+        and the begun record is that one with the begin's changes, not read back (a transaction returns
+        no item); when the guard does not hold, the record is begun as any other and read.
 
         `target`: an isolation that will change the instance (not a dry run): in the same transaction the
         record becomes the instance's latest that changed it (`shared.store.episodes`), before the first
@@ -487,54 +493,83 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         while another worker holds the lease, `RecordEnded` when there is nothing left to do,
         `RecordMissing` when there is no such record.
         """
-        write = record_leases.taking(
-            lifecycle.BEGIN,
-            "#s = :running",
-            "attempts = if_not_exists(attempts, :zero) + :one",
-            owner=owner,
-            lease_seconds=lease_seconds,
-            final=final,
-            remove=("#e", "resumable"),
-            running=Status.IN_PROGRESS.value,
-            zero=0,
-            one=1,
-        )
-        if prior_state is not None:
-            # The first attempt's view is the instance as it was: a retry sees it half isolated. Fields
-            # not known yet stay absent: the step that reads them writes them (`add_steps(prior=...)`).
-            write.set(
-                "prior_state = if_not_exists(prior_state, :prior)",
-                prior=prior_state.model_dump(exclude_none=True),
+
+        def begin_write(transition: Transition) -> Write:
+            write = record_leases.taking(
+                transition,
+                "#s = :running",
+                "attempts = if_not_exists(attempts, :zero) + :one",
+                owner=owner,
+                lease_seconds=lease_seconds,
+                final=final,
+                remove=("#e", "resumable"),
+                running=Status.IN_PROGRESS.value,
+                zero=0,
+                one=1,
             )
-        if inherits_from is not None:
-            write.set("inherits_from = if_not_exists(inherits_from, :inherits)", inherits=inherits_from)
-        if evidence is not None:
-            write.set("evidence = if_not_exists(evidence, :evidence)", evidence=evidence.model_dump())
+            if prior_state is not None:
+                # The first attempt's view is the instance as it was: a retry sees it half isolated.
+                # Fields not known yet stay absent: the step that reads them writes them (`add_steps`).
+                write.set(
+                    "prior_state = if_not_exists(prior_state, :prior)",
+                    prior=prior_state.model_dump(exclude_none=True),
+                )
+            if inherits_from is not None:
+                write.set("inherits_from = if_not_exists(inherits_from, :inherits)", inherits=inherits_from)
+            if evidence is not None:
+                write.set("evidence = if_not_exists(evidence, :evidence)", evidence=evidence.model_dump())
+            return write
+
         if target is None:
             try:
-                item = self.update_record(isolation_id, write)
+                item = self.update_record(isolation_id, begin_write(lifecycle.BEGIN))
             except Refused as refused:
                 raise _not_begun(isolation_id, refused.current) from refused
             return _record(item)
+        latest = episodes.changed_by(self.table_name, target, isolation_id)
+        if queued is not None:
+            first = begin_write(lifecycle.BEGIN_FIRST)
+            if self._began(isolation_id, first, latest, refused_is_final=False):
+                return queued.model_copy(
+                    update={
+                        "status": Status.IN_PROGRESS,
+                        "attempts": 1,
+                        "updated_at": first.value("stamp"),
+                        "prior_state": prior_state,
+                        "inherits_from": inherits_from,
+                        "evidence": evidence,
+                        "error": None,
+                    }
+                )
+        self._began(isolation_id, begin_write(lifecycle.BEGIN), latest, refused_is_final=True)
+        # A transaction returns no item: the record as the begin left it (its first prior state kept).
+        begun = self.item(isolation_id)
+        if begun is None:
+            raise RecordMissing(isolation_id)
+        return _record(begun)
+
+    def _began(
+        self, isolation_id: str, write: Write, latest: dict[str, Any], *, refused_is_final: bool
+    ) -> bool:
+        """The begin `write` and the instance's latest-record mark (`latest`), one transaction. False when
+        the begin's condition did not hold and that is not final (the caller begins another way);
+        otherwise raises what the record says (`_not_begun`)."""
         begin = {
             "TableName": self.table_name,
             "Key": key(isolation_id),
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             **write.request(),
         }
-        latest = episodes.changed_by(self.table_name, target, isolation_id)
         try:
             self.client.transact_write_items(TransactItems=[{"Update": begin}, {"Update": latest}])
         except ClientError as exc:
             cancelled = refusals(exc)
             if not cancelled.refused(0):
                 raise  # a conflict with another write: retried like any transient error
+            if not refused_is_final:
+                return False
             raise _not_begun(isolation_id, cancelled.item(0) or self.item(isolation_id)) from exc
-        # A transaction returns no item: the record as the begin left it (its first prior state kept).
-        begun = self.item(isolation_id)
-        if begun is None:
-            raise RecordMissing(isolation_id)
-        return _record(begun)
+        return True
 
     def hand_over(
         self,
