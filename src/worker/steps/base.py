@@ -146,6 +146,9 @@ class Change:
     #: The IAM action the policy simulator is asked about, for a call that takes no `DryRun` (IAM, Auto
     #: Scaling, load balancers, instance-profile associations); None: `call(DryRun=True, **params)`.
     simulated: Action | None = None
+    #: The further actions the change needs, asked of the policy simulator after the call's own check
+    #: (`iam:PassRole` for an association, `ec2:LockSnapshot` for the snapshots it takes).
+    also: tuple[Action, ...] = ()
     #: How the change is made when it is more than the call (under a lease, retried while AWS propagates
     #: it); None: the call. A dry run still checks the call.
     apply_by: Callable[[], Any] | None = None
@@ -153,10 +156,12 @@ class Change:
     def apply(self) -> Any:
         return self.apply_by() if self.apply_by is not None else self.call(**self.params)
 
-    def check(self, simulator: PolicySimulator) -> Check:
+    def checks(self, simulator: PolicySimulator) -> list[Check]:
         if self.simulated is not None:
-            return simulator.check(self.simulated)
-        return ec2_dry_run(self.what, self.call, **self.params)
+            call = simulator.check(self.simulated)
+        else:
+            call = ec2_dry_run(self.what, self.call, **self.params)
+        return [call, *(simulator.check(action) for action in self.also)]
 
 
 @dataclass(frozen=True)
@@ -169,8 +174,9 @@ class Plan:
     #: Nothing to change (`already`, `skipped`): the step's outcome as it is.
     settled: StepRecord | None = None
     changes: tuple[Change, ...] = ()
-    #: The `done` detail: a text, or made from what the changes returned (in order).
-    done: str | Callable[[list[Any]], str] = ""
+    #: The `done` detail: a text, or made from what the changes returned (in order); or the outcome as
+    #: the changes found it (a concurrent worker made the change first: `already`).
+    done: str | Callable[[list[Any]], str | StepRecord] = ""
     #: What needs no change, told after the changes (in `done` and in a dry run's outcome).
     unchanged: str = ""
     #: The changes are independent of each other: made side by side (each interface of an instance).
@@ -183,7 +189,7 @@ class Plan:
     @classmethod
     def making(
         cls,
-        done: str | Callable[[list[Any]], str],
+        done: str | Callable[[list[Any]], str | StepRecord],
         *changes: Change,
         unchanged: str = "",
         side_by_side: bool = False,
@@ -218,6 +224,8 @@ class Step(ABC):
         else:
             results = [change.apply() for change in plan.changes]
         done = plan.done(results) if callable(plan.done) else plan.done
+        if isinstance(done, StepRecord):
+            return done
         return StepRecord.done(self.name, "; ".join(part for part in (done, plan.unchanged) if part))
 
     def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
@@ -227,7 +235,8 @@ class Step(ABC):
         ctx.remember(**plan.prior)
         if plan.settled is not None:
             return plan.settled
-        return outcome(self.name, [change.check(simulator) for change in plan.changes], plan.unchanged)
+        checks = [check for change in plan.changes for check in change.checks(simulator)]
+        return outcome(self.name, checks, plan.unchanged)
 
     def prior(self, ctx: StepContext) -> dict[str, Any]:
         """The prior-state fields this step's change would overwrite, read before any change of its
