@@ -87,6 +87,10 @@ class Route:
     body_rules: Callable[[Mapping[str, Any]], list[dict[str, Any]]] | None = None
     #: The query string's parameters; a route without one takes none.
     query: type[BaseModel] | None = None
+    #: Rules on the query string beyond its model's (parameters that go together, a cursor): run on the
+    #: parameters the route takes with the model, so that every fault is listed at once. pydantic-shaped
+    #: errors whose messages are written (`ingest.rules.TOLD`).
+    query_rules: Callable[[Mapping[str, Any]], list[dict[str, Any]]] | None = None
     headers: type[BaseModel] | None = None
     #: Path parameters and what they are.
     path: Mapping[str, str] = field(default_factory=dict)
@@ -129,6 +133,8 @@ def read(route: Route, event: Mapping[str, Any]) -> Request:
     query = _query(route, event, errors)
     if route.query is not None:
         inputs["query"] = _validated(route.query, query, "query", errors)
+    if route.query_rules is not None:
+        errors.extend({**error, "loc": ("query", *error["loc"])} for error in route.query_rules(query))
     if route.headers is not None:
         inputs["headers"] = _validated(route.headers, _headers(route.headers, event), "header", errors)
     if errors:

@@ -52,8 +52,12 @@ EXAMPLE_REQUEST = {
 
 _WHERE = ("body", "query", "path", "header")
 
-#: Error types whose message the router already wrote for a person (it knows the route's parameters).
-TOLD = frozenset({"unknown_parameter", "repeated_parameter"})
+#: Error types whose message the router or a route's rules already wrote for a person (they know the
+#: route's parameters).
+TOLD = frozenset({"unknown_parameter", "repeated_parameter", "misplaced", "invalid_cursor"})
+
+#: Error types that alone make a request a 400 rather than a 422: a cursor the API never answered.
+BAD_REQUEST = frozenset({"invalid_cursor"})
 
 
 def field_name(loc: Sequence[Any]) -> str:

@@ -239,6 +239,28 @@ def recent(
     return records, _cursor(next_position) if next_position else None
 
 
+#: GET /isolations' parameters that page the list of every instance: none goes with instance_id.
+_PAGING = ("status", "limit", "next")
+
+
+def list_query_faults(query: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The rules of `GET /isolations`' parameters together, and its cursor: checked with each parameter's
+    own rules, so that every fault is listed at once. pydantic-shaped errors, their messages written."""
+    if "instance_id" in query:
+        return [_misplaced(name, "only without instance_id") for name in _PAGING if name in query]
+    faults = [_misplaced("account_id", "only with instance_id")] if "account_id" in query else []
+    if isinstance(query.get("next"), str):
+        try:
+            _position(query["next"])
+        except BadCursor as exc:
+            faults.append({"type": exc.code, "loc": ("next",), "msg": exc.message})
+    return faults
+
+
+def _misplaced(name: str, where: str) -> dict[str, Any]:
+    return {"type": "misplaced", "loc": (name,), "msg": f"{name} goes {where}"}
+
+
 def _cursor(position: str) -> str:
     return base64.urlsafe_b64encode(json.dumps({"before": position}).encode()).decode().rstrip("=")
 

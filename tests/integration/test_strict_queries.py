@@ -103,6 +103,33 @@ def test_every_fault_of_a_query_is_listed_at_once(stack: Stack) -> None:
     assert re.fullmatch(r"invalid request: instance, limit, status", body["message"]), body
 
 
+@pytest.mark.parametrize(
+    ("query", "faults"),
+    [
+        # a misspelt parameter and a cursor this API never answered
+        ([("Status", "FAILED"), ("next", "zz")], {"Status": "unknown_parameter", "next": "invalid_cursor"}),
+        # a bad status and a cursor this API never answered
+        ([("status", "BOGUS"), ("next", "zz")], {"status": "enum", "next": "invalid_cursor"}),
+        # account_id without instance_id, and a bad status
+        ([("account_id", MEMBER_ACCOUNT), ("status", "BOGUS")], {"account_id": "misplaced", "status": "enum"}),
+        # a malformed instance_id, and status beside it (which goes only without instance_id)
+        ([("instance_id", "i-x"), ("status", "FAILED")], {"instance_id": "string_pattern_mismatch",
+                                                           "status": "misplaced"}),
+    ],
+    ids=["misspelt-and-cursor", "status-and-cursor", "account-alone-and-status", "instance-and-status"],
+)  # fmt: skip
+def test_faults_of_parameters_together_are_listed_with_the_others(
+    stack: Stack, query: list[tuple[str, str]], faults: dict[str, str]
+) -> None:
+    # When a query breaks a rule of one parameter and a rule of parameters together (or a cursor)
+    status, body = stack.api("GET", "/isolations", query=query)
+
+    # Then one answer names every fault, not the first kind found
+    assert status == 422, body
+    assert {name: error["type"] for name, error in errors_by_field(body).items()} == faults, body
+    assert "items" not in body
+
+
 def test_a_parameter_named_like_a_location_is_named_as_given(stack: Stack) -> None:
     # (pydantic's error locations start with "query" or "body": a parameter may have either name)
     status, body = stack.api("GET", "/isolations", query={"query": "x", "body": "y"})
