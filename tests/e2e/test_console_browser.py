@@ -232,6 +232,26 @@ def test_a_deployed_page_says_how_to_release_from_the_cli(served: ServedDemo, br
     assert "AWS credentials" in browser.find_element(By.ID, "release").text
 
 
+def test_an_isolation_that_ended_before_its_first_step_promises_none(
+    served: ServedDemo, browser: Any
+) -> None:
+    # Given an isolation in an account that never deployed the execution role: FAILED before any step
+    body = {"instance_id": "i-0123456789abcdef0", "account_id": "111122223333", "region": served.demo.region}
+    isolation_id = str(_call(served, "/isolate", body)["isolation_id"])
+    assert _settled(served, isolation_id)["error"]["code"] == "RoleNotAssumable"
+
+    # When a responder opens its link
+    browser.get(f"{served.url}/console#key={served.key}&isolation={isolation_id}")
+    wait = WebDriverWait(browser, 20)
+    wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "detail"), "RoleNotAssumable"))
+
+    # Then its timeline and prior state say it ended without them, not that they are still to come
+    detail = browser.find_element(By.ID, "detail").text
+    assert "No step: it ended before its first." in detail, detail
+    assert "Not described: it ended before the instance was read." in detail, detail
+    assert "yet" not in detail, detail
+
+
 # --- the README's pictures, from a realistic story --------------------------------------------------
 
 #: A laptop's screen.
