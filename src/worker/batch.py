@@ -9,8 +9,9 @@
    write each record's `contained_at`;
 5. then, every instance being cut, what the next steps would change read ahead and written in one write
    (the instance's role, Auto Scaling group and load balancers), the credentials deny and the Auto
-   Scaling and load balancer detach side by side, and the hand-over: one message per isolation on the follow-up queue (one
-   SendMessageBatch per ten).
+   Scaling and load balancer detach side by side, each record handed over to its follow-up phase as
+   soon as both are done; then one message per isolation on the follow-up queue (one SendMessageBatch
+   per ten).
 
 An isolation whose phase raises leaves the later phases (the others go on); its exception is settled by
 `Attempt.settle` at the end, so one message of a batch never fails another. An exception that is not an
@@ -66,7 +67,6 @@ def contain(attempts: Sequence[Attempt], deps: WorkerDeps) -> list[Outcome | Exc
         lambda going: _each(going, results, lambda attempt: attempt.contain()),
         lambda going: _each(going, results, lambda attempt: attempt.read_ahead()),
         lambda going: _hold(going, results),
-        lambda going: _each(going, results, lambda attempt: attempt.hand_over()),
     ):
         live = phase(live)
         settle_the_fallen()
@@ -128,7 +128,8 @@ def _each(
 def _hold(attempts: list[Attempt], results: dict[int, Outcome | Exception]) -> list[Attempt]:
     """The steps of `HOLD` side by side, each across the batch at once: they call different services
     (IAM; Auto Scaling and ELB), so the slowest alone sets how long the environment holds the batch
-    before the next one. An attempt one of them failed goes no further (the first step's error first)."""
+    before the next one. The last of an attempt's steps to end hands its record over (`Attempt.hold`).
+    An attempt one of them failed goes no further (the first step's error first)."""
     found: list[dict[int, Outcome | Exception]] = [{} for _ in HOLD]
 
     def track(index: int) -> None:

@@ -20,7 +20,8 @@ whole batch runs phase by phase (`worker.batch`), each attempt going:
 4. contain (`worker.steps.CONTAINMENT`): the network cut, `contained_at`;
 5. hold (`worker.steps.HOLD`), once every instance of the batch is cut: the credentials deny, and out of
    Auto Scaling and load balancers, side by side (IAM on one side, Auto Scaling and ELB on the other);
-6. hand over: the record's follow-up phase begins (`shared.lifecycle.HAND_OVER`) and a message on the
+6. hand over, as soon as both steps of the hold have ended: the record's follow-up phase begins
+   (`shared.lifecycle.HAND_OVER`, the last hold step's outcome riding with it) and a message on the
    follow-up queue carries it. The record stays IN_PROGRESS.
    A dry run's record checks each step instead, changing nothing (`worker.dry_run`), and ends CHECKED or
    FAILED right after its begin.
@@ -135,11 +136,14 @@ class WorkerDeps:
     sessions: Callable[[Target], AccountSession] | None = None
     sleep: Callable[[float], None] | None = None
 
-    def announce(self, isolation_id: str) -> None:
-        """Publish the ended record's outcome event (after its final write; never raises)."""
-        outcomes.announce(
-            self.store, isolation_id, events=same_account_client("events"), bus=self.settings.EVENT_BUS_NAME
-        )
+    def announce(self, isolation_id: str, ended: IsolationRecord | None = None) -> None:
+        """Publish the ended record's outcome event (after its final write; never raises): `ended`, the
+        record as this worker ended it, or else as it is stored, read now."""
+        events, bus = same_account_client("events"), self.settings.EVENT_BUS_NAME
+        if ended is None:
+            outcomes.announce(self.store, isolation_id, events=events, bus=bus)
+        else:
+            outcomes.publish(ended, events=events, bus=bus)
 
     def session(self, target: Target) -> AccountSession:
         if self.sessions is not None:
@@ -160,16 +164,21 @@ class StepJournal:
     go on record in one write before its first change (`remember`, with whatever rode along), and the
     outcomes of its steps ride with the next write: nothing is written between the prior-state write
     and the network cut (the containment steps ride with `contained_at`); the follow-up's (and the
-    evidence) ride with the write before its snapshots and with the final status. A failed step is written at once
-    with whatever rode along. An outcome is never needed to undo a change (a release reads the prior
-    state, written first): a crash before it rides loses only the outcome, and the retry finds the
-    change in place (`already`). The exception: the steps of `HOLD` run side by side, each written as
-    soon as it is done (one write at a time): riding with the hand-over, the first one done would wait
-    for the other, and an environment that died meanwhile would leave it in place with no record of it.
+    evidence) ride with the write before its snapshots and with the final status. A failed step is
+    written at once with whatever rode along. An outcome is never needed to undo a change (a release
+    reads the prior state, written first): a crash before it rides loses only the outcome, and the retry
+    finds the change in place (`already`). The steps of `HOLD` run side by side: each but the last done
+    is written as soon as it is done (riding with the hand-over, it would wait for the other, and an
+    environment that died meanwhile would leave it in place with no record of it); the last rides with
+    the hand-over, made at once (`Attempt.hold`).
+
+    The journal keeps the record as its writes left it (`record`, from the begin on): the follow-up's
+    outcome event is the record it ended, not read back.
     """
 
     store: IsolationStore
-    isolation_id: str
+    #: The record as the attempt's last write left it.
+    record: IsolationRecord
     unwritten: list[StepRecord] = field(default_factory=list)
     #: The episode's evidence, once a step kept it, until it rides with a write.
     evidence: Evidence | None = None
@@ -178,10 +187,14 @@ class StepJournal:
     asked: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    @property
+    def isolation_id(self) -> str:
+        return self.record.isolation_id
+
     def contained(self, steps: list[StepRecord], *, isolation_groups: dict[str, str] | None = None) -> None:
         contained_at = iso8601(utcnow())
         with self._lock:
-            self.store.add_steps(
+            self.record = self.store.add_steps(
                 self.isolation_id,
                 [*self.unwritten, *steps],
                 contained_at=contained_at,
@@ -191,9 +204,9 @@ class StepJournal:
         logger.info("contained", extra={"contained_at": contained_at})
 
     def held(self, step: StepRecord) -> None:
-        """A step of `HOLD` done: on record now."""
+        """A step of `HOLD` done, not the last: on record now."""
         with self._lock:
-            self.store.add_steps(self.isolation_id, [*self.unwritten, step])
+            self.record = self.store.add_steps(self.isolation_id, [*self.unwritten, step])
             self.unwritten = []
 
     def hand_over(self, owner: str, unmet: ContainmentIncomplete | None) -> bool:
@@ -203,8 +216,9 @@ class StepJournal:
             self.unwritten = []
         return handed
 
-    def followed_up(self, step: StepRecord) -> None:
-        """A follow-up step done: it rides with the next write (snapshots, evidence, the final status)."""
+    def ride(self, step: StepRecord) -> None:
+        """A step done: it rides with the next write (the hand-over; in the follow-up, the write before
+        its snapshots or the final status)."""
         with self._lock:
             self.unwritten.append(step)
 
@@ -216,7 +230,7 @@ class StepJournal:
     def _write(self, steps: list[StepRecord] | None = None, **fields: Any) -> None:
         """One write of the record: the outcomes not written yet (then `steps`), what rides along (the
         evidence, when the phase will ask for snapshots) and `fields`. Call under the lock."""
-        self.store.add_steps(
+        self.record = self.store.add_steps(
             self.isolation_id,
             [*self.unwritten, *(steps or [])],
             evidence=self.evidence,
@@ -253,15 +267,21 @@ class StepJournal:
             except Exception:  # the step's own error matters more; it is logged and raised
                 logger.exception("could not record the failed step")
 
-    def finish(self, record: IsolationRecord, unmet: ErrorInfo | None = None) -> None:
+    def finish(self, unmet: ErrorInfo | None = None) -> IsolationRecord | None:
+        """End the record ISOLATED (FAILED with `unmet`), with what rides along: the record as ended, or
+        None when it had ended already (another attempt or the sweeper ended it)."""
+        status = Status.ISOLATED if unmet is None else Status.FAILED
+        stamp = iso8601(utcnow())
         with self._lock:
-            if unmet is None:
-                self.store.finish(record, Status.ISOLATED, extra_steps=self.unwritten, evidence=self.evidence)
-            else:
-                self.store.finish(
-                    record, Status.FAILED, error=unmet, extra_steps=self.unwritten, evidence=self.evidence
-                )
+            record, steps, evidence = self.record, self.unwritten, self.evidence
             self.unwritten, self.evidence = [], None
+            ended = self.store.finish(
+                record, status, error=unmet, extra_steps=steps, evidence=evidence, stamp=stamp
+            )
+        if not ended:
+            return None
+        changes = {"status": status, "error": unmet, "steps": [*record.steps, *steps], "updated_at": stamp}
+        return record.model_copy(update=changes | ({"evidence": evidence} if evidence is not None else {}))
 
 
 def retry_or_give_up(
@@ -342,6 +362,11 @@ class _Receive:
     began_as: int | None = None
     #: A part of the containment that could not be put in place (the record ends FAILED with it).
     unmet: ContainmentIncomplete | None = None
+    #: The steps' context and where their outcomes go, once the record is begun (`_context`).
+    ctx: StepContext | None = None
+    journal: StepJournal | None = None
+    #: The record as this receive ended it (its outcome event), when it did.
+    ended: IsolationRecord | None = None
 
     @property
     def began(self) -> bool:
@@ -370,7 +395,7 @@ class _Receive:
     def conclude(self, outcome: Outcome) -> Outcome:
         _count(outcome)
         if outcome in ENDING:
-            self.deps.announce(self.record.isolation_id)
+            self.deps.announce(self.record.isolation_id, self.ended)
         return outcome
 
     def settle(self, exc: Exception) -> Outcome:
@@ -442,8 +467,8 @@ class _Receive:
         *,
         groups_seen: dict[str, GroupClaim] | None = None,
     ) -> StepContext:
-        journal = StepJournal(self.deps.store, self.record.isolation_id)
-        return StepContext(
+        journal = self.journal = StepJournal(self.deps.store, begun)
+        self.ctx = StepContext(
             isolation_id=self.record.isolation_id,
             source=self.record.source,
             target=self.record.target,
@@ -458,6 +483,7 @@ class _Receive:
             sleep=self.deps.sleep,
             groups_seen=groups_seen,
         )
+        return self.ctx
 
     def _read_ahead(self, steps: tuple[type[Step], ...], ctx: StepContext) -> None:
         """The prior values the phase's `steps` read ahead (`Step.prior`), on record in one write before
@@ -476,10 +502,16 @@ class _Receive:
                 )
         ctx.remember(**prior)
 
+    def _begun(self) -> tuple[StepContext, StepJournal]:
+        """The begun record's step context and journal (`_context`)."""
+        ctx, journal = self.ctx, self.journal
+        assert ctx is not None and journal is not None, "the record is not begun"
+        return ctx, journal
+
     def _step(self, step_class: type[Step], ctx: StepContext) -> StepRecord:
         step = step_class()
-        journal = ctx.notes
-        assert isinstance(journal, StepJournal)
+        journal = self.journal
+        assert journal is not None
         logger.thread_safe_append_keys(step=step.name)
         try:
             outcome = step.run(ctx)
@@ -508,9 +540,12 @@ class Attempt(_Receive):
     groups_seen: dict[str, GroupClaim] | None = None
     #: A tamper repair past the instance's repair budget: the network cut only, then FAILED TamperLoop.
     network_only: bool = False
-    ctx: StepContext | None = None
     #: The episode the instance is in, looked up while it is described (None: not looked up ahead).
     episode_ahead: Future[IsolationRecord | None] | None = None
+    #: The steps of `HOLD` not ended yet (they run side by side), and whether one raised.
+    holding: int = len(HOLD)
+    hold_failed: bool = False
+    _holding_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # --- the phases (each returns an Outcome when the attempt has nothing more to do) ---------------
 
@@ -550,36 +585,43 @@ class Attempt(_Receive):
                 sleep=self.deps.sleep,
             )
             return Outcome.CHECKED if checked is Status.CHECKED else Outcome.FAILED
-        self.ctx = self._context(account, instance, begun, groups_seen=self.groups_seen)
+        self._context(account, instance, begun, groups_seen=self.groups_seen)
         return None
 
     def contain(self) -> Outcome | None:
         """The network cut, then `contained_at` with its steps. A tamper repair past its budget ends
         there (FAILED `TamperLoop`: the rest is not repaired)."""
         ctx = self.ctx
-        assert ctx is not None and isinstance(ctx.notes, StepJournal)
+        ctx, journal = self._begun()
         steps = [self._step(step, ctx) for step in CONTAINMENT]
-        ctx.notes.contained(steps, isolation_groups=ctx.isolation_groups)
+        journal.contained(steps, isolation_groups=ctx.isolation_groups)
         return self._end_tamper_loop() if self.network_only else None
 
     def read_ahead(self) -> None:
         """The prior values of every step of `HOLD`, on record in one write before any of them changes
         anything (after the network cut: the cut never waits on these IAM and Auto Scaling reads)."""
-        ctx = self.ctx
-        assert ctx is not None
+        ctx, _ = self._begun()
         self._read_ahead(HOLD, ctx)
 
-    def hold(self, step: type[Step]) -> None:
-        """A step of what must not wait for the follow-up (`HOLD`: the steps run side by side)."""
-        ctx = self.ctx
-        assert ctx is not None and isinstance(ctx.notes, StepJournal)
-        ctx.notes.held(self._step(step, ctx))
-
-    def hand_over(self) -> Outcome | None:
-        """The record's follow-up phase begins (its message is sent by the batch)."""
-        ctx = self.ctx
-        assert ctx is not None and isinstance(ctx.notes, StepJournal)
-        if not ctx.notes.hand_over(self.owner, self.unmet):
+    def hold(self, step: type[Step]) -> Outcome | None:
+        """A step of what must not wait for the follow-up (`HOLD`: the steps run side by side). The last
+        of them to end hands the record over to its follow-up phase at once, its outcome riding with
+        the hand-over (the follow-up's message is sent by the batch); one that raised ends the attempt
+        here, and the others are then each written as they end."""
+        ctx, journal = self._begun()
+        try:
+            done = self._step(step, ctx)
+        except Exception:
+            with self._holding_lock:
+                self.holding, self.hold_failed = self.holding - 1, True
+            raise
+        with self._holding_lock:  # (the others' writes before the hand-over)
+            self.holding -= 1
+            if self.holding or self.hold_failed:
+                journal.held(done)
+                return None
+            journal.ride(done)
+        if not journal.hand_over(self.owner, self.unmet):
             logger.warning("lost the record before the hand-over: another attempt runs it")
             return Outcome.DUPLICATE
         return None
@@ -807,14 +849,13 @@ class FollowUp(_Receive):
         instance = describe(account.client("ec2"), begun.target)
         ctx = self._context(account, instance, begun)
         ctx.snapshots_asked_at = snapshots_asked_at
-        journal = ctx.notes
-        assert isinstance(journal, StepJournal)
+        _, journal = self._begun()
         self._read_ahead(FOLLOW_UP, ctx)
         for step in FOLLOW_UP:
-            journal.followed_up(self._step(step, ctx))
+            journal.ride(self._step(step, ctx))
         if self.unmet is not None:
             unmet = ErrorInfo(code=self.unmet.code, message=self.unmet.message)
-        journal.finish(begun, unmet)
+        self.ended = journal.finish(unmet)
         if unmet is not None:
             logger.warning("isolation incomplete", extra={"code": unmet.code, "error": unmet.message})
             return Outcome.FAILED

@@ -12,8 +12,8 @@ from tests.support.aws import Faults, Member
 
 #: One warm isolation (the account's session and the VPC's isolation group exist already) of a 2-ENI
 #: instance with an instance profile.
-MAX_CALLS = 40
-MAX_DYNAMODB_CALLS = 14
+MAX_CALLS = 37
+MAX_DYNAMODB_CALLS = 12
 
 
 def by_service(calls: list[str]) -> dict[str, Counter[str]]:

@@ -661,11 +661,11 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         evidence: Evidence | None = None,
         isolation_groups: dict[str, str] | None = None,
         snapshots_asked_at: str | None = None,
-    ) -> None:
+    ) -> IsolationRecord:
         """Append step outcomes, with what rides along: `contained_at`, `prior` (fields of
         `prior_state` a step read before its change; a field already there is kept), `evidence`,
         `isolation_groups` (the isolation group used in each VPC) and `snapshots_asked_at` (the first
-        time an attempt asked for the snapshots, kept)."""
+        time an attempt asked for the snapshots, kept). Returns the record as the write left it."""
         write = Write("updated_at = :stamp", stamp=steps[-1].at if steps else iso8601(utcnow()))
         if steps:
             write.set(
@@ -688,7 +688,7 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
             write.set(
                 "snapshots_asked_at = if_not_exists(snapshots_asked_at, :asked)", asked=snapshots_asked_at
             )
-        self.client.update_item(TableName=self.table_name, Key=key(isolation_id), **write.request())
+        return _record(self.update_record(isolation_id, write))
 
     # --- role leases -----------------------------------------------------------------------------------
 
@@ -715,6 +715,7 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         transition: Transition = lifecycle.END,
         now: float | None = None,
         evidence: Evidence | None = None,
+        stamp: str | None = None,
     ) -> bool:
         """End the record (`transition`, `lifecycle.END` by default) and free the instance's slot, in
         one transaction. False when the record could not make the transition (it had ended already).
@@ -722,7 +723,8 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         `resumable` marks a FAILED record whose message went on to the DLQ (retries exhausted): a
         redrive of that message runs it again. `attempts`: the attempts to record (when this one failed
         before `begin_attempt` counted it). `now`: the time the transition's condition is checked at.
-        `evidence`: the episode's evidence, written with the end (as `add_steps` writes it).
+        `evidence`: the episode's evidence, written with the end (as `add_steps` writes it). `stamp`: the
+        end's `updated_at` (now by default).
         """
         moment = time.time() if now is None else now
         ending = self._ending(
@@ -735,6 +737,7 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
             attempts=attempts,
             now=moment,
             evidence=evidence,
+            stamp=stamp,
         )
         if record.dry_run:
             # A dry run holds no slot (and an ISOLATED one never happens): the record's end alone.
@@ -823,6 +826,7 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         attempts: int | None = None,
         now: float | None = None,
         evidence: Evidence | None = None,
+        stamp: str | None = None,
     ) -> dict[str, Any]:
         """The update of a record's end by `transition` (checked at `now`)."""
         if status not in transition.to:
@@ -834,7 +838,7 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
             condition=transition.guard,
             params={"now": epoch(time.time() if now is None else now)},
             status=status.value,
-            stamp=iso8601(utcnow()),
+            stamp=stamp or iso8601(utcnow()),
         )
         if error is not None:
             write.set("#e = :error", error=error.model_dump())
