@@ -4,7 +4,7 @@ A route names its method and resource (as the template declares them: API Gatewa
 in the proxy event, so dispatch is a lookup), the models its inputs must satisfy (body, query string,
 headers) and the answers it can give. `read` turns a proxy event into the route's validated inputs or
 raises `Invalid` with pydantic's errors, each located (`body`, `query`, `header`, `path`) the way
-`ingest.rules` tells them. This is all the routing a handler of five routes needs: no framework on the
+`ingest.rules` tells them. This is all the routing a handler of a few routes needs: no framework on the
 cold-start path (the OpenAPI machinery is imported only to write the document, never by the handler).
 
 Query strings are as strict as bodies, for every route by the same rule: a route takes exactly the
