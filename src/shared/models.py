@@ -242,10 +242,6 @@ class Evidence(Model):
 
 #: The error of a tamper repair past the instance's repair budget: its network cut repaired, nothing else.
 TAMPER_LOOP = "TamperLoop"
-#: The errors the sweeper ends a record (or its release) with: its worker died on the last receive, or its
-#: message is in a dead-letter queue with no attempt holding it.
-WORKER_LOST = "WorkerLost"
-DEAD_LETTERED = "DeadLettered"
 
 
 class ErrorInfo(Model):

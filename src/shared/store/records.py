@@ -36,13 +36,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared import lifecycle
+from shared import lifecycle, unended
 from shared.errors import error_code
 from shared.exemptions import Exemption
 from shared.lifecycle import FINAL, FINAL_LEASE_INDEX, Status, Transition
 from shared.models import (
-    DEAD_LETTERED,
-    WORKER_LOST,
     ErrorInfo,
     Evidence,
     IsolationRecord,
@@ -783,15 +781,10 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         (a release's: `end_release_lost`)."""
         if record.status is Status.RELEASING:
             return self.end_release_lost(record, now=now)
-        message = (
-            f"the worker stopped during the last allowed attempt (attempt {record.attempts}) without "
-            "recording an outcome (a timeout, out of memory or a crash); the request is in the "
-            "dead-letter queue, and a redrive resumes it. Steps recorded done are in place."
-        )
         return self.finish(
             record,
             Status.FAILED,
-            error=ErrorInfo(code=WORKER_LOST, message=message),
+            error=unended.worker_lost(record),
             resumable=True,
             transition=lifecycle.END_LOST,
             now=now,
@@ -800,15 +793,10 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
     def end_dead_lettered(self, record: IsolationRecord, *, now: float) -> bool:
         """`lifecycle.END_DEAD_LETTERED`: end FAILED (resumable) a record whose message is in the DLQ
         while no attempt holds it (its worker stopped on the last receive before its first write)."""
-        message = (
-            f"the request's message is in the dead-letter queue and no outcome was recorded (after "
-            f"{record.attempts} attempt(s) reached the instance, the worker stopped before recording "
-            "one); a redrive resumes it. Steps recorded done are in place."
-        )
         return self.finish(
             record,
             Status.FAILED,
-            error=ErrorInfo(code=DEAD_LETTERED, message=message),
+            error=unended.dead_lettered(record),
             resumable=True,
             transition=lifecycle.END_DEAD_LETTERED,
             now=now,

@@ -19,11 +19,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared import lifecycle
+from shared import lifecycle, unended
 from shared.lifecycle import Status, Transition
 from shared.models import (
-    DEAD_LETTERED,
-    WORKER_LOST,
     ErrorInfo,
     IsolationRecord,
     ReleaseInfo,
@@ -264,28 +262,18 @@ class ReleaseWrites(EpisodeReads):
 
     def end_release_lost(self, record: IsolationRecord, *, now: float) -> bool:
         """`lifecycle.END_RELEASE_LOST`: the release's worker was lost on its message's last receive."""
-        message = (
-            "the worker stopped during the release's last allowed attempt without recording an outcome "
-            "(a timeout, out of memory or a crash); release steps recorded done are in place. Ask for the "
-            "release again to finish it."
-        )
-        return self._end_release_swept(record, WORKER_LOST, message, lifecycle.END_RELEASE_LOST, now)
+        return self._end_release_swept(record, unended.worker_lost(record), lifecycle.END_RELEASE_LOST, now)
 
     def end_release_dead_lettered(self, record: IsolationRecord, *, now: float) -> bool:
         """`lifecycle.END_RELEASE_DEAD_LETTERED`: the release's message is in the DLQ and no attempt holds
         the record."""
-        message = (
-            "the release's message is in the dead-letter queue and no outcome was recorded; release steps "
-            "recorded done are in place. Ask for the release again to finish it."
-        )
         return self._end_release_swept(
-            record, DEAD_LETTERED, message, lifecycle.END_RELEASE_DEAD_LETTERED, now
+            record, unended.dead_lettered(record), lifecycle.END_RELEASE_DEAD_LETTERED, now
         )
 
     def _end_release_swept(
-        self, record: IsolationRecord, code: str, message: str, transition: Transition, now: float
+        self, record: IsolationRecord, error: ErrorInfo, transition: Transition, now: float
     ) -> bool:
-        error = ErrorInfo(code=code, message=message)
         ended = self.end_release(record, Status.RELEASE_FAILED, error=error, transition=transition, now=now)
         return ended is ReleaseEnd.ENDED
 
