@@ -171,6 +171,17 @@ def _patterns_as_aws_matches_them() -> Iterator[None]:
     restore()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _iam_limits_as_aws_enforces_them() -> Iterator[None]:
+    """IAM refuses a role's inline policy past its limit on the role's inline policies (LimitExceeded);
+    moto does not: every suite refuses it as AWS does, as the local stack does."""
+    from local_stack.iam_limits import inline_policy_limit_enforced
+
+    restore = inline_policy_limit_enforced()
+    yield
+    restore()
+
+
 @pytest.fixture
 def aws_mock() -> Iterator[None]:
     """moto in-process, with AWS managed policies (AWSDenyAll exists in every real account)."""

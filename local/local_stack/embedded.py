@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from local_stack.iam_limits import inline_policy_limit_enforced
 from local_stack.trust import refuse_untrusted_assume_role
 
 log = logging.getLogger("local_stack.embedded")
@@ -57,6 +58,8 @@ class EmbeddedAws:
         self._restore.append(one_request_at_a_time(DynamoHandler))
         # moto gap: any caller assumes any role ARN, existing or not; STS refuses (local_stack.trust).
         self._restore.append(refuse_untrusted_assume_role())
+        # moto gap: a role's inline policies may pass IAM's limit; IAM refuses (local_stack.iam_limits).
+        self._restore.append(inline_policy_limit_enforced())
         self._restore.append(unimplemented_actions_logged_in_one_line())
         self._restore.append(patterns_match_arrays_of_objects())
         server = ThreadedMotoServer(ip_address=self.host, port=0, verbose=False)

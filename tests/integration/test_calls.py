@@ -12,7 +12,7 @@ from tests.support.aws import Faults, Member
 
 #: One warm isolation (the account's session and the VPC's isolation group exist already) of a 2-ENI
 #: instance with an instance profile.
-MAX_CALLS = 37
+MAX_CALLS = 36
 MAX_DYNAMODB_CALLS = 12
 
 

@@ -251,13 +251,13 @@ def test_a_role_without_room_ends_failed_credentials_not_cut_with_everything_els
     }
     member.iam.put_role_policy(RoleName="app", PolicyName="big", PolicyDocument=json.dumps(big))
 
-    # When the instance is isolated (moto does not enforce the limit: the step counts)
+    # When the instance is isolated (IAM refuses the deny: LimitExceeded; the suite makes moto refuse it too)
     record = isolate(stack, member, instance)
 
     # Then FAILED CredentialsNotCut, contained, and every other step done
     assert record["status"] == "FAILED", record
     assert record["error"]["code"] == "CredentialsNotCut"
-    assert "10240" in record["error"]["message"]
+    assert "10240" in record["error"]["message"] and "LimitExceeded" in record["error"]["message"]
     assert record["contained_at"] is not None
     assert steps(record) == {step.name: "done" for step in PLAN} | {DENY: "failed", LEAVE: "skipped"}
     assert member.denied_instances("app") == []

@@ -19,7 +19,8 @@ from shared.errors import ContainmentIncomplete, RetryableError
 from shared.models import NetworkInterfaceState, PriorState, Source, StepStatus, Target
 from worker.instance import AttachedVolume, Instance
 from worker.steps import StepContext
-from worker.steps.credentials import POLICY_NAME, DenyInstanceCredentials, policy_document
+from worker.steps.checks import PolicySimulator
+from worker.steps.credentials import POLICY_NAME, DenyInstanceCredentials, compact_size, policy_document
 from worker.steps.instance_state import EnableStopProtection, EnableTerminationProtection, StopOnShutdown
 
 SETTINGS = WorkerSettings(
@@ -97,14 +98,15 @@ def _profile(iam: AnyOrder) -> None:
 
 
 def _policy(iam: AnyOrder, arns: list[str] | None, *, others: dict[str, Any] | None = None) -> None:
-    """The role's deny policy listing `arns` (None: no such policy), and its `others` inline policies."""
-    others = others or {}
-    if arns is not None:
-        others = {POLICY_NAME: policy_document(arns), **others}
-    iam.add("ListRolePolicies", {"PolicyNames": list(others), "IsTruncated": False})
+    """The role's deny policy listing `arns` (None: no such policy) and, for a dry run (which counts the
+    role's inline policies as IAM does), the listing of its inline policies with its `others`."""
     if arns is None:
         iam.add_error("GetRolePolicy", "NoSuchEntity", 404, {"PolicyName": POLICY_NAME})
-    for name, document in others.items():
+    documents = {POLICY_NAME: policy_document(arns)} if arns is not None else {}
+    if others is not None:
+        documents |= others
+        iam.add("ListRolePolicies", {"PolicyNames": list(documents), "IsTruncated": False})
+    for name, document in documents.items():
         answer = {"RoleName": "app", "PolicyName": name, "PolicyDocument": json.dumps(document)}
         iam.add("GetRolePolicy", answer, {"RoleName": "app", "PolicyName": name})
 
@@ -135,14 +137,13 @@ def test_the_deny_is_merged_under_the_role_lease_after_waiting_for_it() -> None:
     assert leases.taken == ["app"] and leases.held == {}
 
 
-def test_the_deny_policy_and_the_other_inline_policies_are_read_at_once() -> None:
+def test_a_dry_run_reads_the_deny_policy_and_the_other_inline_policies_at_once() -> None:
     # Given a role with its deny policy and another inline policy, and IAM reads that each wait (a few
     # seconds at most) for another read to have begun
     ctx, clients = context()
     iam = AnyOrder(clients["iam"])
     _profile(iam)
     _policy(iam, [OTHER], others={"app-s3": {"Version": "2012-10-17", "Statement": []}})
-    iam.add("PutRolePolicy", {})
     together, met = threading.Barrier(2, timeout=5), []
 
     def meet(model: Any, params: dict[str, Any], **_: Any) -> None:
@@ -156,11 +157,29 @@ def test_the_deny_policy_and_the_other_inline_policies_are_read_at_once() -> Non
                 met.append(False)
 
     clients["iam"].meta.events.register_first("before-parameter-build.iam", meet)
-    # When the step runs
-    outcome = DenyInstanceCredentials().run(ctx)
+    # When the step is dry-run (the simulator unavailable)
+    outcome = DenyInstanceCredentials().check(ctx, PolicySimulator(clients["iam"], "r", unavailable="x"))
     # Then the deny policy was read while the others were listed (one after the other, the wait runs out)
     assert met == [True, True]
+    assert outcome.status is StepStatus.UNVERIFIED
+    iam.assert_all_taken()
+
+
+def test_the_deny_reads_only_its_own_policy_before_it_writes() -> None:
+    # Given a role with its deny policy and another inline policy
+    ctx, clients = context()
+    iam = AnyOrder(clients["iam"])
+    _profile(iam)
+    _policy(iam, [OTHER])
+    iam.add("PutRolePolicy", {})
+    # When the step runs
+    outcome = DenyInstanceCredentials().run(ctx)
+    # Then it read its own policy only (IAM refuses a write past the role's limit itself), and says the
+    # size of what it wrote
+    assert [name for name, _ in iam.calls] == ["GetInstanceProfile", "GetRolePolicy", "PutRolePolicy"]
     assert outcome.status is StepStatus.DONE
+    written = iam.called("PutRolePolicy")[0]["PolicyDocument"]
+    assert f"2 instance(s), {compact_size(json.loads(written))} characters" in outcome.detail
     iam.assert_all_taken()
 
 
@@ -198,7 +217,23 @@ def test_the_instance_arn_takes_the_partition_of_the_region() -> None:
     assert ctx.instance_arn.startswith("arn:aws-cn:ec2:cn-north-1:")
 
 
-def test_other_inline_policies_count_against_the_limit() -> None:
+def test_iam_refusing_the_deny_past_the_roles_limit_is_credentials_not_cut() -> None:
+    # Given a role whose other inline policies leave no room: IAM refuses the write (LimitExceeded)
+    ctx, clients = context()
+    iam = AnyOrder(clients["iam"])
+    _profile(iam)
+    _policy(iam, None)
+    iam.add_error("PutRolePolicy", "LimitExceeded", 409)
+    # When the step runs
+    with pytest.raises(ContainmentIncomplete) as raised:
+        DenyInstanceCredentials().run(ctx)
+    # Then CredentialsNotCut, naming IAM's limit and its refusal
+    iam.assert_all_taken()
+    assert raised.value.code == "CredentialsNotCut"
+    assert "LimitExceeded" in raised.value.message and "10240" in raised.value.message
+
+
+def test_other_inline_policies_count_against_the_limit_in_a_dry_run() -> None:
     ctx, clients = context()
     filler = {
         "Version": "2012-10-17",
@@ -208,7 +243,7 @@ def test_other_inline_policies_count_against_the_limit() -> None:
     _profile(iam)
     _policy(iam, None, others={"big": filler})
     with pytest.raises(ContainmentIncomplete) as raised:
-        DenyInstanceCredentials().run(ctx)
+        DenyInstanceCredentials().check(ctx, PolicySimulator(clients["iam"], "r", unavailable="x"))
     iam.assert_all_taken()
     assert iam.called("PutRolePolicy") == []
     assert raised.value.code == "CredentialsNotCut"

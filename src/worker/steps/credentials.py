@@ -10,7 +10,9 @@ Fleets share roles. One policy per instance would run into IAM's aggregate limit
 of inline policies per role at about 45 instances; one policy per role listing its isolated instances
 holds about 135 (some 74 characters per instance ARN), but its read-modify-write must be serialized
 (IAM has no conditional write): the role's lease in the service's table (`shared.store.role_leases`).
-Past the limit the record ends FAILED `CredentialsNotCut`, every other step done.
+Past the limit IAM refuses the write (`LimitExceeded`: the step reads only its own policy, not the
+role's others) and the record ends FAILED `CredentialsNotCut`, every other step done; a dry run, which
+writes nothing, counts the role's inline policies as IAM does.
 """
 
 from __future__ import annotations
@@ -81,10 +83,12 @@ class DenyInstanceCredentials(Step):
         with role_lease(ctx, name):
             # Read under the lease only (another worker may have added some): one IAM round trip less
             # than a look before the lease too, on the path of every isolation of an instance with a role.
-            merged = self._merged(ctx, name, instance)
-            if isinstance(merged, StepRecord):
-                return merged
-            document, instances, size = merged
+            # Only the deny policy: IAM itself refuses a write past its limit on the role's inline policies
+            # (LimitExceeded), so the others are not read on this path.
+            denied = denied_instances(ctx, name)
+            if instance in denied:
+                return StepRecord.already(self.name, f"sessions of {instance} denied on role {name}")
+            document = policy_document(sorted({*denied, instance}))
             try:
                 ctx.iam.put_role_policy(
                     RoleName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(document)
@@ -92,11 +96,11 @@ class DenyInstanceCredentials(Step):
             except ClientError as exc:
                 if error_code(exc) != "LimitExceeded":
                     raise
-                raise _not_cut(name, str(exc)) from exc
+                raise _not_cut(name, f"IAM refused it: {exc}") from exc
         return StepRecord.done(
             self.name,
-            f"sessions of {instance} denied on role {name} ({POLICY_NAME}: {instances} instance(s), "
-            f"{size}/{INLINE_POLICY_LIMIT} characters of inline policy)",
+            f"sessions of {instance} denied on role {name} ({POLICY_NAME}: {len(denied) + 1} instance(s), "
+            f"{compact_size(document)} characters)",
         )
 
     def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
@@ -104,9 +108,9 @@ class DenyInstanceCredentials(Step):
         if isinstance(role, StepRecord):
             return role
         name, instance = role["RoleName"], ctx.instance_arn
-        merged = self._merged(ctx, name, instance)
-        if isinstance(merged, StepRecord):
-            return merged
+        settled = self._merged(ctx, name, instance)
+        if settled is not None:
+            return settled
         action = Action(
             "iam:PutRolePolicy",
             [role["Arn"]],
@@ -114,20 +118,17 @@ class DenyInstanceCredentials(Step):
         )
         return outcome(self.name, simulate(simulator, action), "")
 
-    def _merged(
-        self, ctx: StepContext, role: str, instance: str
-    ) -> tuple[dict[str, Any], int, int] | StepRecord:
-        """The role's deny policy with the instance added, the instances it lists then, and the size of the
-        role's inline policies then; `already` when the policy lists the instance; raises when the role
-        has no room for it."""
+    def _merged(self, ctx: StepContext, role: str, instance: str) -> None | StepRecord:
+        """A dry run's look at the role: `already` when its deny policy lists the instance; raises when
+        the role's inline policies have no room for it (a dry run makes no write IAM could refuse, so it
+        counts them as IAM does)."""
         denied, others = inline_policies(ctx, role)
         if instance in denied:
             return StepRecord.already(self.name, f"sessions of {instance} denied on role {role}")
-        document = policy_document(sorted({*denied, instance}))
-        size = others + compact_size(document)
+        size = others + compact_size(policy_document(sorted({*denied, instance})))
         if size > INLINE_POLICY_LIMIT:
             raise _not_cut(role, f"its inline policies would need {size} characters")
-        return document, len(denied) + 1, size
+        return None
 
     def _profile(self, ctx: StepContext) -> str | StepRecord:
         """The instance profile whose role would be changed, or why there is nothing to do."""
@@ -265,7 +266,7 @@ def denied_instances(ctx: StepContext, role: str) -> set[str]:
 
 def inline_policies(ctx: StepContext, role: str) -> tuple[set[str], int]:
     """The instances the role's deny policy lists, and the size of its other inline policies (they share
-    IAM's limit), read at once: the deny comes one IAM round trip sooner."""
+    IAM's limit), read at once (a dry run's answer comes one IAM round trip sooner)."""
     return both_at_once(lambda: denied_instances(ctx, role), lambda: _others_size(ctx, role))
 
 
