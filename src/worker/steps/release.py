@@ -29,14 +29,12 @@ from botocore.exceptions import ClientError
 
 from shared.errors import RetryableError, error_code
 from shared.models import StepRecord, TargetGroupTarget
-from worker.consistency import until_consistent
 from worker.steps.base import Step, StepContext
 from worker.steps.credentials import POLICY_NAME as DENY_POLICY_NAME
 from worker.steps.credentials import denied_instances, policy_document, role_lease
-from worker.steps.instance_profile import current_association, profile_name_of, put_profile
+from worker.steps.instance_profile import RestoreInstanceProfile, profile_name_of
 from worker.steps.instance_state import RestoreInstanceAttributes, UntagInstance
 
-_PROPAGATING = frozenset({"InvalidParameterValue"})
 _GONE = frozenset({"NoSuchEntity"})
 #: Auto Scaling lifecycle states of an instance on its way out of a group.
 _LEAVING = ("Detaching", "Detached")
@@ -73,50 +71,6 @@ def _outcome(name: str, done: list[str], already: list[str], skipped: list[str])
     if already:
         return StepRecord.already(name, detail)
     return StepRecord.skipped(name, detail)
-
-
-class RestoreInstanceProfile(Step):
-    name = "restore-instance-profile"
-    permissions = (
-        "ec2:DescribeIamInstanceProfileAssociations",
-        "ec2:AssociateIamInstanceProfile",
-        "ec2:ReplaceIamInstanceProfileAssociation",
-        "ec2:DisassociateIamInstanceProfile",
-        "iam:GetInstanceProfile",
-        "iam:PassRole",
-    )
-
-    def run(self, ctx: StepContext) -> StepRecord:
-        isolation = ctx.settings.ISOLATION_PROFILE_NAME
-        prior = profile_name_of(ctx.prior.instance_profile_arn)
-        association = current_association(ctx)
-        current = profile_name_of((association or {}).get("IamInstanceProfile", {}).get("Arn"))
-        if prior is None or prior == isolation:
-            if current != isolation or association is None:
-                return StepRecord.already(
-                    self.name, "the instance had no instance profile, and has no isolation profile"
-                )
-            ctx.ec2.disassociate_iam_instance_profile(AssociationId=association["AssociationId"])
-            return StepRecord.done(self.name, f"removed {isolation} (the instance had no instance profile)")
-        if current == prior:
-            return StepRecord.already(self.name, f"instance profile is {prior}")
-        try:
-            ctx.iam.get_instance_profile(InstanceProfileName=prior)
-        except ClientError as exc:
-            if error_code(exc) not in _GONE:
-                raise
-            if association is not None and current == isolation:
-                ctx.ec2.disassociate_iam_instance_profile(AssociationId=association["AssociationId"])
-            return StepRecord.skipped(
-                self.name, f"instance profile {prior} no longer exists: {isolation} removed, none associated"
-            )
-        return until_consistent(
-            lambda: put_profile(ctx, self.name, prior),
-            codes=_PROPAGATING,
-            budget_seconds=ctx.settings.CONSISTENCY_WAIT_SECONDS,
-            sleep=ctx.sleep,
-            what=f"associate instance profile {prior}",
-        )
 
 
 class RemoveCredentialsDeny(Step):
