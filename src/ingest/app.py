@@ -319,7 +319,7 @@ ROUTES: tuple[Route, ...] = (
             404: Answer("No exemption has this id", ErrorBody),
         },
     ),
-    Route("GET", "/console", status_page, documented=False),
+    Route("GET", "/console", status_page, documented=False, fragment=("key", "isolation")),
 )
 
 

@@ -98,6 +98,9 @@ class Route:
     documented: bool = True
     #: What an input of this route must be, where it differs from `ingest.rules.EXPECTED`.
     expected: Mapping[str, str] = field(default_factory=dict)
+    #: What a page takes in the URL's fragment (which never reaches a server), never in its query: one
+    #: given in the query is refused saying where it goes.
+    fragment: tuple[str, ...] = ()
 
 
 class Invalid(Exception):
@@ -187,10 +190,11 @@ def _query(route: Route, event: Mapping[str, Any], errors: list[dict[str, Any]])
 def _unknown_parameter(route: Route, name: str, taken: Mapping[str, str]) -> dict[str, Any]:
     where = f"{route.method} {route.resource}"
     if not taken:
+        fragment = f"; give it in the fragment: {route.resource}#{name}=..." if name in route.fragment else ""
         return {
             "type": "unknown_parameter",
             "loc": ("query", name),
-            "msg": f"{json.dumps(name)} is not a query parameter: {where} takes none",
+            "msg": f"{json.dumps(name)} is not a query parameter: {where} takes none{fragment}",
         }
     meant = _closest(name, taken)
     hint = f"; did you mean {json.dumps(meant)}?" if meant else ""

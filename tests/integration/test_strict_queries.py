@@ -183,6 +183,23 @@ def test_every_route_refuses_a_parameter_it_does_not_take(stack: Stack) -> None:
         assert "zz_not_a_parameter" not in parameters(route)
 
 
+@pytest.mark.parametrize("name", ["key", "isolation"])
+def test_the_pages_key_or_isolation_in_the_query_string_is_pointed_at_the_fragment(
+    stack: Stack, name: str
+) -> None:
+    # When a responder opens the status page with the key (or an isolation) in the query string, where
+    # it reaches the server, instead of the fragment, where it never does
+    from ingest.app import handle
+
+    response = handle(api_event("GET", "/console", query={name: "k"}))
+
+    # Then 422 naming it, saying where it goes
+    assert response.status_code == 422, response.body
+    error = errors_by_field(json.loads(response.body))[name]
+    assert error["type"] == "unknown_parameter", error
+    assert f"give it in the fragment: /console#{name}=" in error["message"], error
+
+
 def test_a_bad_account_and_an_unknown_region_are_both_reported(stack: Stack) -> None:
     # When a request has a malformed account id and a region of the right form that is not a region
     status, body = stack.api(
