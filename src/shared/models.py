@@ -405,10 +405,9 @@ class FollowUpMessage(Model):
             instance_id=record.instance_id,
         )
 
-    def record(self) -> IsolationRecord:
-        """The record as the message describes it (the stored one is read when the follow-up begins)."""
-        target = Target(account_id=self.account_id, region=self.region, instance_id=self.instance_id)
-        return IsolationRecord.queued(isolation_id=self.isolation_id, source=self.source, target=target)
+    @property
+    def target(self) -> Target:
+        return Target(account_id=self.account_id, region=self.region, instance_id=self.instance_id)
 
 
 class Accepted(Model):

@@ -86,10 +86,18 @@ def sweep(
             swept.dead_lettered.append(isolation_id)
             announce(isolation_id)
 
-    bodies = _peek(sqs, dead_letter_queue_url, peeks)
-    if follow_up_dead_letter_queue_url:
-        bodies += _peek(sqs, follow_up_dead_letter_queue_url, peeks)
-    for body in bodies:
+    handed_over = (
+        _peek(sqs, follow_up_dead_letter_queue_url, peeks) if follow_up_dead_letter_queue_url else []
+    )
+    for body in handed_over:
+        swept.peeked += 1
+        try:
+            follow_up = FollowUpMessage.model_validate_json(body)
+        except ValidationError:
+            continue  # not a follow-up the containment sent (the DLQ alarm says it is there)
+        # Its record was written before it was sent: the stored one is ended, never one made from this.
+        dead_lettered(follow_up.isolation_id, _end_dead_lettered(store, follow_up.isolation_id, moment))
+    for body in _peek(sqs, dead_letter_queue_url, peeks):
         swept.peeked += 1
         try:
             release = release_of(body)
@@ -97,7 +105,7 @@ def sweep(
                 isolation_id = release.isolation_id
                 dead_lettered(isolation_id, _end_release_dead_lettered(store, isolation_id, moment))
                 continue
-            requested = _isolations(body, container_findings)
+            requested = parse(body, container_findings=container_findings)
         except (InvalidMessage, Ignored, Unusable):
             continue  # nothing of this message can be running (the DLQ alarm says it is there)
         for record in requested:
@@ -116,14 +124,6 @@ def sweep(
         # No outcome event: the releasing record published the episode's.
         swept.episodes_ended[isolation_id] = store.end_episode(isolation_id)
     return swept
-
-
-def _isolations(body: str, container_findings: bool) -> list[IsolationRecord]:
-    """The isolations a dead-lettered message of either queue was about."""
-    try:
-        return [FollowUpMessage.model_validate_json(body).record()]
-    except ValidationError:
-        return parse(body, container_findings=container_findings)
 
 
 def _repairs_of(store: IsolationStore, call: TamperCall) -> list[str]:

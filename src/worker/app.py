@@ -95,7 +95,7 @@ def _parse(message: Message, worker: WorkerDeps) -> _Parsed:
         parsed.error = unrecorded
         return parsed
     parsed.attempts = [
-        Attempt(isolation, worker, receive_count=message.receive_count)
+        Attempt(isolation, deps=worker, receive_count=message.receive_count)
         for isolation in requested
         if isolation.status is not Status.FAILED
     ]
@@ -173,7 +173,7 @@ def _follow_up(message: Message) -> str:
             logger.error("not a follow-up message: on to the DLQ", extra={"reason": str(exc)})
             retry_after(message, 0, queue_url)
             raise InvalidMessage("not a follow-up message") from exc
-        follow_up = FollowUp(handed_over.record(), worker, receive_count=message.receive_count)
+        follow_up = FollowUp(handed_over, deps=worker, receive_count=message.receive_count)
         try:
             return follow_up.run().value
         except Exception as exc:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -70,6 +71,7 @@ from shared.models import (
     TAMPER_LOOP,
     ErrorInfo,
     Evidence,
+    FollowUpMessage,
     IsolationRecord,
     Source,
     StepRecord,
@@ -350,11 +352,10 @@ def settle(
         raise error from exc
 
 
-@dataclass
-class _Receive:
+@dataclass(kw_only=True)
+class _Receive(ABC):
     """What both phases share: one receive of a message about one isolation, and its error boundary."""
 
-    record: IsolationRecord
     deps: WorkerDeps
     receive_count: int = 1
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -367,6 +368,15 @@ class _Receive:
     journal: StepJournal | None = None
     #: The record as this receive ended it (its outcome event), when it did.
     ended: IsolationRecord | None = None
+
+    @property
+    @abstractmethod
+    def subject(self) -> IsolationRecord | FollowUpMessage:
+        """The isolation this receive is about (its id, source and target), as far as it is known."""
+
+    @abstractmethod
+    def _to_end(self) -> IsolationRecord | None:
+        """The record a failure ends (None: there is none to end)."""
 
     @property
     def began(self) -> bool:
@@ -382,10 +392,10 @@ class _Receive:
         """Around each piece of work done for this isolation (a phase, in its thread): every log line of
         the thread names it. (The chaos test also attributes the calls made inside to it.)"""
         logger.thread_safe_append_keys(
-            isolation_id=self.record.isolation_id,
-            account_id=self.record.account_id,
-            instance_id=self.record.instance_id,
-            source=self.record.source.value,
+            isolation_id=self.subject.isolation_id,
+            account_id=self.subject.account_id,
+            instance_id=self.subject.instance_id,
+            source=self.subject.source.value,
         )
         try:
             yield
@@ -395,7 +405,7 @@ class _Receive:
     def conclude(self, outcome: Outcome) -> Outcome:
         _count(outcome)
         if outcome in ENDING:
-            self.deps.announce(self.record.isolation_id, self.ended)
+            self.deps.announce(self.subject.isolation_id, self.ended)
         return outcome
 
     def settle(self, exc: Exception) -> Outcome:
@@ -423,7 +433,7 @@ class _Receive:
         if retry_or_give_up(
             error,
             exc,
-            target=self.record.target,
+            target=self.subject.target,
             deps=self.deps,
             final=self.final,
             receive_count=self.receive_count,
@@ -432,7 +442,7 @@ class _Receive:
             ending=Status.FAILED,
         ):
             _count(Outcome.FAILED)
-            self.deps.announce(self.record.isolation_id)
+            self.deps.announce(self.subject.isolation_id)
 
     def _gave_up(self, attempts: int, error: IsolationError) -> str:
         return (
@@ -441,7 +451,7 @@ class _Receive:
         )
 
     def _end_attempt(self) -> None:
-        self.deps.store.end_attempt(self.record.isolation_id, self.owner, began=self.began)
+        self.deps.store.end_attempt(self.subject.isolation_id, self.owner, began=self.began)
 
     def _attempts(self) -> int:
         """The record's attempts, this one included. One that failed before `begin_attempt` is counted
@@ -449,15 +459,17 @@ class _Receive:
         record existed)."""
         if self.began_as is not None:
             return self.began_as
-        current = self.deps.store.get(self.record.isolation_id)
+        current = self.deps.store.get(self.subject.isolation_id)
         return max((current.attempts if current else 0) + 1, self.receive_count)
 
     def _end_failed(self, error: ErrorInfo, *, resumable: bool = False, attempts: int | None = None) -> None:
-        store = self.deps.store
-        store.put_record(self.record)  # a trigger's record may not exist yet
+        record = self._to_end()
+        if record is None:
+            logger.error("no record to end", extra={"code": error.code})
+            return
         if attempts is None and not self.began:
             attempts = self._attempts()
-        store.finish(self.record, Status.FAILED, error=error, resumable=resumable, attempts=attempts)
+        self.deps.store.finish(record, Status.FAILED, error=error, resumable=resumable, attempts=attempts)
 
     def _context(
         self,
@@ -469,9 +481,9 @@ class _Receive:
     ) -> StepContext:
         journal = self.journal = StepJournal(self.deps.store, begun)
         self.ctx = StepContext(
-            isolation_id=self.record.isolation_id,
-            source=self.record.source,
-            target=self.record.target,
+            isolation_id=self.subject.isolation_id,
+            source=self.subject.source,
+            target=self.subject.target,
             instance=instance,
             account=account,
             settings=self.deps.settings,
@@ -534,6 +546,9 @@ class Attempt(_Receive):
     """The containment of one isolation, on one receive of its message (`worker.batch` runs a batch's
     attempts phase by phase; `worker.batch.contain_one` runs one alone)."""
 
+    #: The record as the message describes it (a trigger's: as `_open` writes it).
+    record: IsolationRecord
+
     account: AccountSession | None = None
     instance: Instance | None = None
     #: The region's isolation-group claims by VPC, read with the instance (None: not looked up).
@@ -546,6 +561,14 @@ class Attempt(_Receive):
     holding: int = len(HOLD)
     hold_failed: bool = False
     _holding_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def subject(self) -> IsolationRecord:
+        return self.record
+
+    def _to_end(self) -> IsolationRecord:
+        self.deps.store.put_record(self.record)  # a trigger's record may not exist yet
+        return self.record
 
     # --- the phases (each returns an Outcome when the attempt has nothing more to do) ---------------
 
@@ -819,6 +842,17 @@ class Attempt(_Receive):
 class FollowUp(_Receive):
     """The follow-up phase of one isolation, on one receive of its follow-up message: it ends the record."""
 
+    message: FollowUpMessage
+    #: The record as `begin_follow_up` left it (None until then).
+    record: IsolationRecord | None = None
+
+    @property
+    def subject(self) -> IsolationRecord | FollowUpMessage:
+        return self.record if self.record is not None else self.message
+
+    def _to_end(self) -> IsolationRecord | None:
+        return self.record if self.record is not None else self.deps.store.get(self.message.isolation_id)
+
     def run(self) -> Outcome:
         with self.acting():
             try:
@@ -831,7 +865,7 @@ class FollowUp(_Receive):
         store = self.deps.store
         try:
             begun, unmet, snapshots_asked_at = store.begin_follow_up(
-                self.record.isolation_id, owner=self.owner, lease_seconds=LEASE_SECONDS, final=self.final
+                self.message.isolation_id, owner=self.owner, lease_seconds=LEASE_SECONDS, final=self.final
             )
         except RecordEnded as ended:
             logger.info("record already ended: nothing to follow up", extra={"status": ended.record.status})
@@ -863,12 +897,12 @@ class FollowUp(_Receive):
 
     def _end_attempt(self) -> None:
         # Gives back this attempt's lease, if it took one; a follow-up counts no attempt of the record.
-        self.deps.store.end_attempt(self.record.isolation_id, self.owner, began=True)
+        self.deps.store.end_attempt(self.message.isolation_id, self.owner, began=True)
 
     def _attempts(self) -> int:
         if self.began_as is not None:
             return self.began_as
-        current = self.deps.store.get(self.record.isolation_id)
+        current = self.deps.store.get(self.message.isolation_id)
         return max(current.attempts if current else 0, 1)
 
     def _gave_up(self, attempts: int, error: IsolationError) -> str:

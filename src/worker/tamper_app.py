@@ -66,7 +66,9 @@ def _repair_call(message: Message) -> str:
             logger.exception("could not find the isolations the call touches: retried")
         bring_back(message, exc, worker.settings, queue_url, final=False)
         raise
-    attempts = [Attempt(isolation, worker, receive_count=message.receive_count) for isolation in requested]
+    attempts = [
+        Attempt(isolation, deps=worker, receive_count=message.receive_count) for isolation in requested
+    ]
     try:
         return ",".join(contain_one(attempt).value for attempt in attempts)
     except Exception as exc:

@@ -1162,7 +1162,7 @@ def test_chaos(
             if asked is not None:
                 [job] = [asked]
             elif "follow-up" in body:
-                [job] = [FollowUpMessage.model_validate_json(body).record()]
+                [job] = [FollowUpMessage.model_validate_json(body)]
             else:
                 [job] = parse(body)
             record = records.get(job.isolation_id) or {}
