@@ -14,6 +14,8 @@ import argparse
 import errno
 import json
 import logging
+import os
+import shlex
 import signal
 import sys
 import threading
@@ -93,7 +95,9 @@ def serve(args: argparse.Namespace) -> int:
                     f"needs IAM authorization (SigV4) by a principal of {principals}"
                 )
         if stack.demo is not None:
-            print(demo_summary(stack.demo, api_url=stack.api_url, api_key=stack.api_key))
+            print(
+                demo_summary(stack.demo, api_url=stack.api_url, api_key=stack.api_key, command=_invoked_as())
+            )
         key_fragment = stack.api_key if not args.api_key else "<your key>"
         print(f"console: {stack.api_url}/console#key={key_fragment}")
         print(f"ready on {stack.api_url}", flush=True)
@@ -105,8 +109,16 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_summary(org: DemoOrg, *, api_url: str, api_key: str) -> str:
-    """The demo organization's ids and ready-to-paste curl commands."""
+def _invoked_as() -> str:
+    """This command as it was started (`.venv/bin/ec2-isolation` under `make run`, which a fresh shell
+    does not have on its PATH), so that the commands it prints work when pasted in the same directory."""
+    given = sys.argv[0] if sys.argv else ""
+    return shlex.quote(given) if os.path.basename(given) == "ec2-isolation" else "ec2-isolation"
+
+
+def demo_summary(org: DemoOrg, *, api_url: str, api_key: str, command: str = "ec2-isolation") -> str:
+    """The demo organization's ids and ready-to-paste commands: curl's, then the client's (`command`: how
+    to run it)."""
     lines = [
         f"demo organization {org.organization_id} (security account {org.security_account_id}, "
         f"region {org.region})",
@@ -144,6 +156,11 @@ def demo_summary(org: DemoOrg, *, api_url: str, api_key: str) -> str:
         "then follow it (isolation_id from the answer):",
         f"  curl -s {api_url}/isolations/ISOLATION_ID -H 'x-api-key: {api_key}'",
         f"  curl -s '{api_url}/isolations?instance_id={target.instance_id}' -H 'x-api-key: {api_key}'",
+        "or with the client (in another terminal, from this directory):",
+        f"  export {client.API_ENV}={shlex.quote(api_url)} {client.KEY_ENV}={shlex.quote(api_key)}",
+        f"  {command} isolate {target.instance_id} --account {target.account_id} --region {target.region}"
+        " --reason demo --wait",
+        f"  {command} list",
     ]
     return "\n".join(lines)
 

@@ -295,6 +295,38 @@ def _latest(served: ServedDemo, instance_id: str) -> dict[str, Any]:
 # --- the demo's closing commands ------------------------------------------------------------------------
 
 
+def _fresh_shell(script: str) -> subprocess.CompletedProcess[str]:
+    """`script` run by bash in this directory, as a person pastes it: a PATH with no ec2-isolation on it
+    (a fresh login's; make install puts the command in .venv/bin), and no API in the environment."""
+    env = subprocess_environment()
+    env.pop("EC2_ISOLATION_API", None)
+    env.pop("EC2_ISOLATION_API_KEY", None)
+    env["PATH"] = os.pathsep.join(
+        folder for folder in env.get("PATH", os.defpath).split(os.pathsep)
+        if folder and not os.access(os.path.join(folder, "ec2-isolation"), os.X_OK)
+    )  # fmt: skip
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=90, env=env,
+                          cwd=ROOT, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def test_serves_banner_gives_client_commands_that_work_as_printed(served: ServedDemo) -> None:
+    # Given what `serve --seed-demo` printed when it started: after the curl commands, the client's
+    banner = served.served.lines[
+        : next(i for i, line in enumerate(served.served.lines) if "ready on" in line)
+    ]
+    start = next(i for i, line in enumerate(banner) if line.startswith("or with the client"))
+    commands = [line.strip() for line in banner[start + 1 :] if line.startswith("  ")]
+    assert commands[0].startswith("export ") and any(" isolate " in line for line in commands), commands
+
+    # When a person pastes them into another terminal
+    done = _fresh_shell("\n".join(commands))
+
+    # Then the demo instance is isolated (or already was: a webhook request isolates it again) and listed
+    assert done.returncode == 0, done.stdout + done.stderr
+    target = served.demo.instance("web-1")
+    assert f"ISOLATED {target.instance_id}" in done.stdout, done.stdout
+
+
 def test_the_demos_closing_commands_work_as_printed_in_a_fresh_shell(served: ServedDemo) -> None:
     from local_stack.demo import KEEP_GOING
 
@@ -310,17 +342,9 @@ def test_the_demos_closing_commands_work_as_printed_in_a_fresh_shell(served: Ser
     listing = next(line for line in commands if line.split()[1:2] == ["list"])
     assert "http://127.0.0.1:8080" in export and "<the key it prints>" in export, export
     export = export.replace("http://127.0.0.1:8080", served.url).replace("<the key it prints>", served.key)
-    env = subprocess_environment()
-    env.pop("EC2_ISOLATION_API", None)
-    env.pop("EC2_ISOLATION_API_KEY", None)
-    env["PATH"] = os.pathsep.join(
-        folder for folder in env.get("PATH", os.defpath).split(os.pathsep)
-        if folder and not os.access(os.path.join(folder, "ec2-isolation"), os.X_OK)
-    )  # fmt: skip
 
     # When a person pastes them
-    done = subprocess.run(["bash", "-c", f"{export}\n{listing}"], capture_output=True, text=True,
-                          timeout=90, env=env, cwd=ROOT, stdin=subprocess.DEVNULL)  # fmt: skip
+    done = _fresh_shell(f"{export}\n{listing}")
 
     # Then the list answers from the running stack (its table, or that there is none yet)
     assert done.returncode == 0, done.stdout + done.stderr
