@@ -78,6 +78,7 @@ def check(
         leases=store,
         groups=store,
         sleep=sleep,
+        dry_run=True,
     )
     # One simulator for the whole dry run, on the execution role itself: it remembers when it cannot answer.
     simulator = PolicySimulator(

@@ -57,9 +57,8 @@ def test_role_grants_exactly_the_step_catalogue(member_stack, helpers) -> None:
 
 
 def _switches() -> list[tuple[str, str, tuple[str, ...]]]:
-    from worker.steps.credentials import DenyInstanceCredentials
+    from worker.steps.credentials import DenyInstanceCredentials, RemoveCredentialsDeny
     from worker.steps.evidence import SnapshotVolumes
-    from worker.steps.release import RemoveCredentialsDeny
 
     credentials = DenyInstanceCredentials.write_permissions + RemoveCredentialsDeny.write_permissions
     return [

@@ -158,6 +158,7 @@ def test_a_dry_run_reads_the_deny_policy_and_the_other_inline_policies_at_once()
 
     clients["iam"].meta.events.register_first("before-parameter-build.iam", meet)
     # When the step is dry-run (the simulator unavailable)
+    ctx.dry_run = True
     outcome = DenyInstanceCredentials().check(ctx, PolicySimulator(clients["iam"], "r", unavailable="x"))
     # Then the deny policy was read while the others were listed (one after the other, the wait runs out)
     assert met == [True, True]
@@ -242,6 +243,7 @@ def test_other_inline_policies_count_against_the_limit_in_a_dry_run() -> None:
     iam = AnyOrder(clients["iam"])
     _profile(iam)
     _policy(iam, None, others={"big": filler})
+    ctx.dry_run = True
     with pytest.raises(ContainmentIncomplete) as raised:
         DenyInstanceCredentials().check(ctx, PolicySimulator(clients["iam"], "r", unavailable="x"))
     iam.assert_all_taken()

@@ -23,9 +23,9 @@ from worker.steps import (
     instance_state,
     load_balancing,
     network,
+    release,
 )
 from worker.steps.base import Step, StepContext
-from worker.steps.release import RELEASE
 
 __all__ = [
     "CONTAINMENT",
@@ -59,6 +59,16 @@ FOLLOW_UP: tuple[type[Step], ...] = (
 )
 #: The order of an isolation.
 PLAN: tuple[type[Step], ...] = CONTAINMENT + HOLD + FOLLOW_UP
+#: The order of a release (contract: what reopens least first).
+RELEASE: tuple[type[Step], ...] = (
+    instance_profile.RestoreInstanceProfile,
+    credentials.RemoveCredentialsDeny,
+    release.RestoreSecurityGroups,
+    release.RejoinLoadBalancers,
+    release.RejoinAutoScalingGroup,
+    instance_state.RestoreInstanceAttributes,
+    instance_state.UntagInstance,
+)
 
 
 def required_permissions() -> frozenset[str]:

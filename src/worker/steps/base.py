@@ -97,6 +97,9 @@ class StepContext:
     #: What the phase's steps read ahead for its prior state (`Step.prior`), by what was read: a step's
     #: next `run` takes it from here rather than read it twice.
     read: dict[str, Any] = field(default_factory=dict)
+    #: The plan is for a dry run (checked, never applied): a step whose apply path learns something from
+    #: AWS's refusal (IAM's limit on a role's inline policies) reads it ahead instead.
+    dry_run: bool = False
 
     @property
     def ec2(self) -> Any:

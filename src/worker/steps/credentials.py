@@ -23,6 +23,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -32,12 +33,14 @@ from shared.models import StepRecord
 from shared.observability import logger
 from worker import consistency
 from worker.at_once import both_at_once, each_at_once
-from worker.steps.base import Step, StepContext
-from worker.steps.checks import Action, PolicySimulator, outcome, simulate
+from worker.steps.base import Change, Plan, Step, StepContext
+from worker.steps.checks import Action
 from worker.steps.instance_profile import profile_name_of, profile_roles
 
 #: The inline policy on a role that denies its isolated instances' sessions.
 POLICY_NAME = "ec2-isolation-deny-isolated-instances"
+#: "No such role or policy", as IAM says it.
+_GONE = frozenset({"NoSuchEntity"})
 #: IAM's limit on a role's inline policies together, whitespace not counted.
 INLINE_POLICY_LIMIT = 10_240
 CONDITION_KEY = "ec2:SourceInstanceARN"
@@ -74,18 +77,44 @@ class DenyInstanceCredentials(Step):
         roles = ctx.read[self.name] = profile_roles(ctx, profile)
         return {"role_name": roles[0]["RoleName"]} if roles else {}
 
-    def run(self, ctx: StepContext) -> StepRecord:
-        role = self._role_to_change(ctx)
-        if isinstance(role, StepRecord):
-            return role
-        name = role["RoleName"]
+    def plan(self, ctx: StepContext) -> Plan:
+        """The role whose deny policy would list the instance, or why there is nothing to do. The policy
+        itself is read under the role's lease, when the change is made (`_deny`)."""
+        profile = self._profile(ctx)
+        if isinstance(profile, StepRecord):
+            return Plan.nothing(profile)
+        role = self._role(ctx, profile)
+        if role is None:
+            return Plan.nothing(StepRecord.skipped(self.name, f"instance profile {profile} holds no role"))
+        name, path, arn = role["RoleName"], role.get("Path", "/"), role["Arn"]
+        if path.startswith("/aws-service-role/"):
+            skipped = StepRecord.skipped(self.name, f"role {name} is service-linked: it cannot be changed")
+            return Plan.nothing(skipped, role_name=name)
+        if self._protected(ctx, name, path, arn):
+            skipped = StepRecord.skipped(self.name, f"role {name} is protected: the service never changes it")
+            return Plan.nothing(skipped, role_name=name)
         instance = ctx.instance_arn
-        with role_lease(ctx, name):
+        if ctx.dry_run:
+            settled = self._merged(ctx, name, instance)
+            if settled is not None:
+                return Plan.nothing(settled, role_name=name)
+        what = f"deny the sessions of {instance} on role {name} ({POLICY_NAME})"
+        change = Change(
+            what,
+            ctx.iam.put_role_policy,
+            simulated=Action("iam:PutRolePolicy", [arn], what),
+            apply_by=partial(self._deny, ctx, name, instance),
+        )
+        return Plan.making(_outcome_of_the_change, change, role_name=name)
+
+    def _deny(self, ctx: StepContext, name: str, instance: str) -> StepRecord:
+        """Add the instance to the role's deny policy, under the role's lease: `already` when it is listed."""
+        with _role_lease(ctx, name):
             # Read under the lease only (another worker may have added some): one IAM round trip less
             # than a look before the lease too, on the path of every isolation of an instance with a role.
             # Only the deny policy: IAM itself refuses a write past its limit on the role's inline policies
             # (LimitExceeded), so the others are not read on this path.
-            denied = denied_instances(ctx, name)
+            denied = _denied_instances(ctx, name)
             if instance in denied:
                 return StepRecord.already(self.name, f"sessions of {instance} denied on role {name}")
             document = policy_document(sorted({*denied, instance}))
@@ -103,26 +132,11 @@ class DenyInstanceCredentials(Step):
             f"{compact_size(document)} characters)",
         )
 
-    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
-        role = self._role_to_change(ctx)
-        if isinstance(role, StepRecord):
-            return role
-        name, instance = role["RoleName"], ctx.instance_arn
-        settled = self._merged(ctx, name, instance)
-        if settled is not None:
-            return settled
-        action = Action(
-            "iam:PutRolePolicy",
-            [role["Arn"]],
-            f"deny the sessions of {instance} on role {name} ({POLICY_NAME})",
-        )
-        return outcome(self.name, simulate(simulator, action), "")
-
-    def _merged(self, ctx: StepContext, role: str, instance: str) -> None | StepRecord:
+    def _merged(self, ctx: StepContext, role: str, instance: str) -> StepRecord | None:
         """A dry run's look at the role: `already` when its deny policy lists the instance; raises when
         the role's inline policies have no room for it (a dry run makes no write IAM could refuse, so it
         counts them as IAM does)."""
-        denied, others = inline_policies(ctx, role)
+        denied, others = _inline_policies(ctx, role)
         if instance in denied:
             return StepRecord.already(self.name, f"sessions of {instance} denied on role {role}")
         size = others + compact_size(policy_document(sorted({*denied, instance})))
@@ -143,22 +157,6 @@ class DenyInstanceCredentials(Step):
             )
         return profile
 
-    def _role_to_change(self, ctx: StepContext) -> dict[str, Any] | StepRecord:
-        """The role whose policy would deny the instance's sessions, or why there is nothing to do."""
-        profile = self._profile(ctx)
-        if isinstance(profile, StepRecord):
-            return profile
-        role = self._role(ctx, profile)
-        if role is None:
-            return StepRecord.skipped(self.name, f"instance profile {profile} holds no role")
-        name, path, arn = role["RoleName"], role.get("Path", "/"), role["Arn"]
-        ctx.remember(role_name=name)
-        if path.startswith("/aws-service-role/"):
-            return StepRecord.skipped(self.name, f"role {name} is service-linked: it cannot be changed")
-        if self._protected(ctx, name, path, arn):
-            return StepRecord.skipped(self.name, f"role {name} is protected: the service never changes it")
-        return role
-
     def _role(self, ctx: StepContext, profile: str) -> dict[str, Any] | None:
         # As read ahead for this run (`prior`; taken, a later run reads again), or read now.
         roles = ctx.read.pop(self.name) if self.name in ctx.read else profile_roles(ctx, profile)
@@ -176,6 +174,95 @@ class DenyInstanceCredentials(Step):
             return True
         qualified = f"{path.strip('/')}/{name}" if path.strip("/") else name
         return any(fnmatch.fnmatchcase(qualified, pattern) for pattern in GUARDED_ROLES)
+
+
+class RemoveCredentialsDeny(Step):
+    """The inverse, in a release: the instance's entry taken out of its role's deny policy, under the
+    role's lease (the policy is deleted with its last entry)."""
+
+    name = "remove-credentials-deny"
+    #: Granted only while the member template's CutInstanceCredentials is on (as the deny's own write).
+    write_permissions = ("iam:PutRolePolicy", "iam:DeleteRolePolicy")
+    permissions = ("iam:GetInstanceProfile", "iam:GetRolePolicy", *write_permissions)
+
+    def plan(self, ctx: StepContext) -> Plan:
+        role = ctx.prior.role_name or self._role_of_profile(ctx)
+        if isinstance(role, StepRecord):
+            return Plan.nothing(role)
+        instance = ctx.instance_arn
+        if instance not in _denied_instances(ctx, role):
+            return Plan.nothing(_not_denied(self.name, instance, role))
+        if not ctx.settings.CUT_INSTANCE_CREDENTIALS:
+            return Plan.nothing(
+                StepRecord.skipped(
+                    self.name,
+                    f"CutInstanceCredentials=false: the worker may not change role {role}; remove "
+                    f"{instance} from its {POLICY_NAME} policy by hand",
+                )
+            )
+        what = f"take {instance} out of {POLICY_NAME} on role {role}"
+        arn = f"arn:{ctx.partition}:iam::{ctx.target.account_id}:role/{role}"
+        change = Change(
+            what,
+            ctx.iam.put_role_policy,
+            simulated=Action("iam:PutRolePolicy", [arn], what),
+            also=(Action("iam:DeleteRolePolicy", [arn], f"delete {POLICY_NAME} on role {role}"),),
+            apply_by=partial(self._remove, ctx, role, instance),
+        )
+        return Plan.making(_outcome_of_the_change, change)
+
+    def _remove(self, ctx: StepContext, role: str, instance: str) -> StepRecord:
+        with _role_lease(ctx, role):
+            denied = _denied_instances(ctx, role)  # again, under the lease
+            if instance not in denied:
+                return _not_denied(self.name, instance, role)
+            rest = sorted(denied - {instance})
+            try:
+                if rest:
+                    ctx.iam.put_role_policy(
+                        RoleName=role,
+                        PolicyName=POLICY_NAME,
+                        PolicyDocument=json.dumps(policy_document(rest)),
+                    )
+                else:
+                    ctx.iam.delete_role_policy(RoleName=role, PolicyName=POLICY_NAME)
+            except ClientError as exc:
+                if error_code(exc) not in _GONE:
+                    raise
+                return StepRecord.skipped(self.name, f"role {role} or its deny policy no longer exists")
+        left = f"{len(rest)} instance(s) still denied" if rest else f"{POLICY_NAME} deleted"
+        return StepRecord.done(self.name, f"sessions of {instance} no longer denied on role {role} ({left})")
+
+    def _role_of_profile(self, ctx: StepContext) -> str | StepRecord:
+        """An older record without `role_name`: the role of the prior profile, as it is now."""
+        profile = profile_name_of(ctx.prior.instance_profile_arn)
+        if profile is None or profile == ctx.settings.ISOLATION_PROFILE_NAME:
+            return StepRecord.skipped(self.name, "the instance had no instance profile: no deny to remove")
+        try:
+            roles = ctx.iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"].get(
+                "Roles", []
+            )
+        except ClientError as exc:
+            if error_code(exc) not in _GONE:
+                raise
+            return StepRecord.skipped(
+                self.name, f"instance profile {profile} no longer exists: no role to change"
+            )
+        if not roles:
+            return StepRecord.skipped(self.name, f"instance profile {profile} holds no role")
+        return str(roles[0]["RoleName"])
+
+
+def _not_denied(step: str, instance: str, role: str) -> StepRecord:
+    return StepRecord.already(step, f"sessions of {instance} not denied on role {role}")
+
+
+def _outcome_of_the_change(results: list[Any]) -> StepRecord:
+    """The outcome the one change found under the role's lease (`done`, or `already`: another worker
+    made it first)."""
+    (outcome,) = results
+    assert isinstance(outcome, StepRecord)
+    return outcome
 
 
 def policy_document(instance_arns: list[str]) -> dict[str, Any]:
@@ -247,7 +334,7 @@ def _document(ctx: StepContext, role: str, policy: str) -> Any:
     return json.loads(document) if isinstance(document, str) else document
 
 
-def denied_instances(ctx: StepContext, role: str) -> set[str]:
+def _denied_instances(ctx: StepContext, role: str) -> set[str]:
     """The instances the role's deny policy lists now."""
     try:
         document = _document(ctx, role, POLICY_NAME)
@@ -264,10 +351,10 @@ def denied_instances(ctx: StepContext, role: str) -> set[str]:
     return arns
 
 
-def inline_policies(ctx: StepContext, role: str) -> tuple[set[str], int]:
+def _inline_policies(ctx: StepContext, role: str) -> tuple[set[str], int]:
     """The instances the role's deny policy lists, and the size of its other inline policies (they share
     IAM's limit), read at once (a dry run's answer comes one IAM round trip sooner)."""
-    return both_at_once(lambda: denied_instances(ctx, role), lambda: _others_size(ctx, role))
+    return both_at_once(lambda: _denied_instances(ctx, role), lambda: _others_size(ctx, role))
 
 
 def _others_size(ctx: StepContext, role: str) -> int:
@@ -287,7 +374,7 @@ def _not_cut(role: str, why: str) -> ContainmentIncomplete:
 
 
 @contextmanager
-def role_lease(ctx: StepContext, role: str) -> Iterator[None]:
+def _role_lease(ctx: StepContext, role: str) -> Iterator[None]:
     """Hold the role's lease while its deny policy is read, extended and written back."""
     owner = uuid.uuid4().hex
     account = ctx.target.account_id

@@ -21,7 +21,6 @@ older record without the newer prior-state fields restores what it has). Snapsho
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +29,6 @@ from botocore.exceptions import ClientError
 from shared.errors import RetryableError, error_code
 from shared.models import StepRecord, TargetGroupTarget
 from worker.steps.base import Step, StepContext
-from worker.steps.credentials import POLICY_NAME as DENY_POLICY_NAME
-from worker.steps.credentials import denied_instances, policy_document, role_lease
-from worker.steps.instance_profile import RestoreInstanceProfile, profile_name_of
-from worker.steps.instance_state import RestoreInstanceAttributes, UntagInstance
 
 _GONE = frozenset({"NoSuchEntity"})
 #: Auto Scaling lifecycle states of an instance on its way out of a group.
@@ -71,66 +66,6 @@ def _outcome(name: str, done: list[str], already: list[str], skipped: list[str])
     if already:
         return StepRecord.already(name, detail)
     return StepRecord.skipped(name, detail)
-
-
-class RemoveCredentialsDeny(Step):
-    name = "remove-credentials-deny"
-    #: Granted only while the member template's CutInstanceCredentials is on (as the deny's own write).
-    write_permissions = ("iam:PutRolePolicy", "iam:DeleteRolePolicy")
-    permissions = ("iam:GetInstanceProfile", "iam:GetRolePolicy", *write_permissions)
-
-    def run(self, ctx: StepContext) -> StepRecord:
-        role = ctx.prior.role_name or self._role_of_profile(ctx)
-        if isinstance(role, StepRecord):
-            return role
-        instance = ctx.instance_arn
-        if instance not in denied_instances(ctx, role):
-            return StepRecord.already(self.name, f"sessions of {instance} not denied on role {role}")
-        if not ctx.settings.CUT_INSTANCE_CREDENTIALS:
-            return StepRecord.skipped(
-                self.name,
-                f"CutInstanceCredentials=false: the worker may not change role {role}; remove "
-                f"{instance} from its {DENY_POLICY_NAME} policy by hand",
-            )
-        with role_lease(ctx, role):
-            denied = denied_instances(ctx, role)  # again, under the lease
-            if instance not in denied:
-                return StepRecord.already(self.name, f"sessions of {instance} not denied on role {role}")
-            rest = sorted(denied - {instance})
-            try:
-                if rest:
-                    ctx.iam.put_role_policy(
-                        RoleName=role,
-                        PolicyName=DENY_POLICY_NAME,
-                        PolicyDocument=json.dumps(policy_document(rest)),
-                    )
-                else:
-                    ctx.iam.delete_role_policy(RoleName=role, PolicyName=DENY_POLICY_NAME)
-            except ClientError as exc:
-                if error_code(exc) not in _GONE:
-                    raise
-                return StepRecord.skipped(self.name, f"role {role} or its deny policy no longer exists")
-        left = f"{len(rest)} instance(s) still denied" if rest else f"{DENY_POLICY_NAME} deleted"
-        return StepRecord.done(self.name, f"sessions of {instance} no longer denied on role {role} ({left})")
-
-    def _role_of_profile(self, ctx: StepContext) -> str | StepRecord:
-        """An older record without `role_name`: the role of the prior profile, as it is now."""
-        profile = profile_name_of(ctx.prior.instance_profile_arn)
-        if profile is None or profile == ctx.settings.ISOLATION_PROFILE_NAME:
-            return StepRecord.skipped(self.name, "the instance had no instance profile: no deny to remove")
-        try:
-            roles = ctx.iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"].get(
-                "Roles", []
-            )
-        except ClientError as exc:
-            if error_code(exc) not in _GONE:
-                raise
-            return StepRecord.skipped(
-                self.name, f"instance profile {profile} no longer exists: no role to change"
-            )
-        if not roles:
-            return StepRecord.skipped(self.name, f"instance profile {profile} holds no role")
-        return str(roles[0]["RoleName"])
 
 
 class RestoreSecurityGroups(Step):
@@ -286,18 +221,6 @@ class RejoinAutoScalingGroup(Step):
         return StepRecord.done(
             self.name, f"attached to {group} (desired capacity {desired} -> {desired + 1})"
         )
-
-
-#: The order of a release (contract: what reopens least first).
-RELEASE: tuple[type[Step], ...] = (
-    RestoreInstanceProfile,
-    RemoveCredentialsDeny,
-    RestoreSecurityGroups,
-    RejoinLoadBalancers,
-    RejoinAutoScalingGroup,
-    RestoreInstanceAttributes,
-    UntagInstance,
-)
 
 
 def _label(registration: TargetGroupTarget) -> str:
