@@ -30,7 +30,6 @@ from shared.errors import RetryableError, error_code
 from shared.models import StepRecord, TargetGroupTarget
 from worker.steps.base import Step, StepContext
 
-_GONE = frozenset({"NoSuchEntity"})
 #: Auto Scaling lifecycle states of an instance on its way out of a group.
 _LEAVING = ("Detaching", "Detached")
 
