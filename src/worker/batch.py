@@ -30,8 +30,9 @@ from shared.observability import logger
 from shared.store.isolation_groups import GroupClaim
 from worker.at_once import both_at_once, each_at_once
 from worker.instance import describe_many
+from worker.procedures import HOLD
 from worker.runner import Attempt, Outcome, WorkerDeps
-from worker.steps import HOLD, network
+from worker.steps import network
 
 #: SendMessageBatch takes at most ten messages.
 SQS_BATCH = 10
@@ -130,14 +131,14 @@ def _hold(attempts: list[Attempt], results: dict[int, Outcome | Exception]) -> l
     (IAM; Auto Scaling and ELB), so the slowest alone sets how long the environment holds the batch
     before the next one. The last of an attempt's steps to end hands its record over (`Attempt.hold`).
     An attempt one of them failed goes no further (the first step's error first)."""
-    found: list[dict[int, Outcome | Exception]] = [{} for _ in HOLD]
+    found: list[dict[int, Outcome | Exception]] = [{} for _ in HOLD.steps]
 
     def track(index: int) -> None:
-        step = HOLD[index]
+        step = HOLD.steps[index]
         together = _same_role if step.one_writer_per_role else id
         _each(attempts, found[index], lambda attempt: attempt.hold(step), together=together)
 
-    each_at_once(track, list(range(len(HOLD))))
+    each_at_once(track, list(range(len(HOLD.steps))))
     for track_results in found:
         for key, result in track_results.items():
             results.setdefault(key, result)

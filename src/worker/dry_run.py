@@ -20,13 +20,13 @@ from typing import Any
 from shared import lifecycle
 from shared.aws import AccountSession
 from shared.config import WorkerSettings
-from shared.errors import PermanentError, classify
 from shared.lifecycle import Status
 from shared.models import ErrorInfo, Evidence, IsolationRecord, StepRecord, StepStatus
-from shared.observability import MetricUnit, logger, metrics
+from shared.observability import logger
 from shared.store import IsolationStore
 from worker.instance import Instance
-from worker.steps import PLAN, StepContext
+from worker.procedures import DRY_RUN
+from worker.steps import StepContext
 from worker.steps.checks import PolicySimulator
 
 
@@ -85,21 +85,15 @@ def check(
         ctx.iam, f"arn:{ctx.partition}:iam::{ctx.target.account_id}:role/{settings.TARGET_ROLE_NAME}"
     )
     failures: list[StepRecord] = []
-    for step_class in PLAN:
-        step = step_class()
-        logger.append_keys(step=step.name)
-        try:
-            outcome = step.check(ctx, simulator)
-        except Exception as exc:
-            error = classify(exc, context=step.name)
-            if not isinstance(error, PermanentError):
-                raise error from exc
-            outcome = StepRecord.failed(step.name, f"{error.code}: {error.message}")
+
+    def on_record(outcome: StepRecord) -> None:
+        store.add_steps(record.isolation_id, [outcome], prior=notes.take())
+
+    for step_class in DRY_RUN.steps:
+        outcome = DRY_RUN.perform(step_class, ctx, record_failed=on_record, simulator=simulator)
         if outcome.status is StepStatus.FAILED:
             failures.append(outcome)
-        metrics.add_metric(name=f"DryRunStep-{outcome.status.value}", unit=MetricUnit.Count, value=1)
-        store.add_steps(record.isolation_id, [outcome], prior=notes.take())
-    logger.remove_keys(["step"])
+        on_record(outcome)
     if not failures:
         store.finish(record, Status.CHECKED, transition=lifecycle.CHECK)
         logger.info("dry run checked: every step possible")

@@ -4,7 +4,7 @@ It goes:
 1. begin: the record's lease for this attempt (`lifecycle.BEGIN_RELEASE`); a record that is no longer
    RELEASING has nothing to do (a duplicate);
 2. describe: assume the execution role, DescribeInstances;
-3. the release steps (`worker.steps.RELEASE`), each recorded in `release.steps` as it happens. Before
+3. the release steps (`worker.procedures.RELEASE`), each recorded in `release.steps` as it happens. Before
    each, the attempt checks that the release still holds the instance's slot: an isolation requested
    meanwhile takes it, and the release stops, RELEASE_FAILED `Superseded`;
 4. the end: RELEASED (`released_at`) and the slot freed, in one transaction (or `Superseded`, when an
@@ -30,7 +30,6 @@ from shared.errors import (
     IsolationError,
     PermanentError,
     RetryableError,
-    classify,
 )
 from shared.lifecycle import Status
 from shared.models import ErrorInfo, IsolationRecord, PriorState, ReleaseMessage, StepRecord
@@ -40,8 +39,9 @@ from shared.store.releases import SUPERSEDED
 from worker import runner
 from worker.admission import admit
 from worker.instance import describe
+from worker.procedures import RELEASE
 from worker.runner import WorkerDeps, retry_or_give_up, settle
-from worker.steps import RELEASE, Step
+from worker.steps import Step
 from worker.steps.release import Notes, ReleaseContext
 
 
@@ -159,10 +159,9 @@ class ReleaseAttempt:
                 groups=store,
                 sleep=self.deps.sleep,
             )
-            for step in RELEASE:
+            for step in RELEASE.steps:
                 self._still_held(record)
                 store.add_release_steps(record.isolation_id, [self._step(step, ctx)])
-            logger.remove_keys(["step"])
             ended = store.end_release(record, Status.RELEASED)
         except _Superseded:
             ended = ReleaseEnd.SUPERSEDED
@@ -212,22 +211,11 @@ class ReleaseAttempt:
         )
 
     def _step(self, step_class: type[Step], ctx: ReleaseContext) -> StepRecord:
-        step = step_class()
-        logger.append_keys(step=step.name)
-        try:
-            outcome = step.run(ctx)
-        except Exception as exc:
-            error = classify(exc, context=step.name)
-            retry = " (will retry)" if isinstance(error, RetryableError) else ""
-            try:
-                self.deps.store.add_release_steps(
-                    ctx.isolation_id, [StepRecord.failed(step.name, f"{error.code}: {error.message}{retry}")]
-                )
-            except Exception:  # the step's own error matters more; it is logged and raised
-                logger.exception("could not record the failed release step")
-            raise error from exc
-        metrics.add_metric(name=f"ReleaseStep-{outcome.status.value}", unit=MetricUnit.Count, value=1)
-        return outcome
+        """A release step (`Procedure.perform`): a failure is on record in `release.steps`, then raised."""
+        store = self.deps.store
+        return RELEASE.perform(
+            step_class, ctx, record_failed=lambda failed: store.add_release_steps(ctx.isolation_id, [failed])
+        )
 
 
 def _count(outcome: ReleaseOutcome) -> None:

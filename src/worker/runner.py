@@ -17,8 +17,8 @@ whole batch runs phase by phase (`worker.batch`), each attempt going:
    such record (the service's own, read consistently: `shared.store.episodes`) is another isolation's
    and not released is in its episode: this isolation takes that one's `prior_state` and evidence
    (`inherits_from`), never the isolated state it sees now; its tags decide nothing;
-4. contain (`worker.steps.CONTAINMENT`): the network cut, `contained_at`;
-5. hold (`worker.steps.HOLD`), once every instance of the batch is cut: the credentials deny, and out of
+4. contain (`worker.procedures.CONTAINMENT`): the network cut, `contained_at`;
+5. hold (`worker.procedures.HOLD`), once every instance of the batch is cut: the credentials deny, and out of
    Auto Scaling and load balancers, side by side (IAM on one side, Auto Scaling and ELB on the other);
 6. hand over, as soon as both steps of the hold have ended: the record's follow-up phase begins
    (`shared.lifecycle.HAND_OVER`, the last hold step's outcome riding with it) and a message on the
@@ -27,7 +27,7 @@ whole batch runs phase by phase (`worker.batch`), each attempt going:
    FAILED right after its begin.
 
 A `FollowUp` takes the handed-over record (`begin_follow_up`), describes the instance again, runs
-`worker.steps.FOLLOW_UP` and ends the record ISOLATED (or FAILED with what the containment could not put
+`worker.procedures.FOLLOW_UP` and ends the record ISOLATED (or FAILED with what the containment could not put
 in place). The `StepJournal` decides when outcomes are written. A step that raises
 `ContainmentIncomplete` is recorded failed, the others still run, and the record ends FAILED with that
 error.
@@ -59,7 +59,6 @@ from shared.aws import AccountSession, forget_session, same_account_client, sess
 from shared.config import WorkerSettings
 from shared.errors import (
     EXPIRED_CODES,
-    ContainmentIncomplete,
     IsolationError,
     PermanentError,
     RetryableError,
@@ -98,7 +97,8 @@ from worker import at_once, consistency, dry_run
 from worker.admission import admit
 from worker.consistency import retry_own_table
 from worker.instance import Instance, describe
-from worker.steps import CONTAINMENT, FOLLOW_UP, HOLD, Step, StepContext
+from worker.procedures import CONTAINMENT, FOLLOW_UP, HOLD, Procedure
+from worker.steps import Step, StepContext
 
 #: The step a tamper repair past its budget records first (the record then ends FAILED `TamperLoop`).
 TAMPER_LOOP_STEP = "check-tamper-repairs"
@@ -211,7 +211,7 @@ class StepJournal:
             self.record = self.store.add_steps(self.isolation_id, [*self.unwritten, step])
             self.unwritten = []
 
-    def hand_over(self, owner: str, unmet: ContainmentIncomplete | None) -> bool:
+    def hand_over(self, owner: str, unmet: PermanentError | None) -> bool:
         error = ErrorInfo(code=unmet.code, message=unmet.message) if unmet is not None else None
         with self._lock:
             handed = self.store.hand_over(self.isolation_id, owner, self.unwritten, unmet=error)
@@ -260,14 +260,10 @@ class StepJournal:
             self.asking_at = self.asking_at or at
             self._write()
 
-    def failed(self, name: str, error: IsolationError) -> None:
-        retry = " (will retry)" if isinstance(error, RetryableError) else ""
-        failed = StepRecord.failed(name, f"{error.code}: {error.message}{retry}")
+    def failed(self, step: StepRecord) -> None:
+        """A step failed: on record now, with whatever rode along."""
         with self._lock:
-            try:
-                self._write([failed])
-            except Exception:  # the step's own error matters more; it is logged and raised
-                logger.exception("could not record the failed step")
+            self._write([step])
 
     def finish(self, unmet: ErrorInfo | None = None) -> IsolationRecord | None:
         """End the record ISOLATED (FAILED with `unmet`), with what rides along: the record as ended, or
@@ -362,7 +358,7 @@ class _Receive(ABC):
     #: The record's attempts, this one included, once the attempt began (it holds the lease).
     began_as: int | None = None
     #: A part of the containment that could not be put in place (the record ends FAILED with it).
-    unmet: ContainmentIncomplete | None = None
+    unmet: PermanentError | None = None
     #: The steps' context and where their outcomes go, once the record is begun (`_context`).
     ctx: StepContext | None = None
     journal: StepJournal | None = None
@@ -520,25 +516,15 @@ class _Receive(ABC):
         assert ctx is not None and journal is not None, "the record is not begun"
         return ctx, journal
 
-    def _step(self, step_class: type[Step], ctx: StepContext) -> StepRecord:
-        step = step_class()
-        journal = self.journal
-        assert journal is not None
-        logger.thread_safe_append_keys(step=step.name)
-        try:
-            outcome = step.run(ctx)
-        except ContainmentIncomplete as exc:
-            # Recorded failed like any step outcome; the other steps still run (the record ends FAILED).
-            self.unmet = exc
-            outcome = StepRecord.failed(step.name, f"{exc.code}: {exc.message}")
-        except Exception as exc:
-            error = classify(exc, context=step.name)
-            journal.failed(step.name, error)
-            raise error from exc
-        finally:
-            logger.thread_safe_remove_keys(["step"])
-        metrics.add_metric(name=f"Step-{outcome.status.value}", unit=MetricUnit.Count, value=1)
-        return outcome
+    def _step(self, procedure: Procedure, step_class: type[Step], ctx: StepContext) -> StepRecord:
+        """A step of `procedure` (`Procedure.perform`): one that cannot be put in place is recorded failed
+        and the others still run (`unmet`: the record ends FAILED with it)."""
+        _, journal = self._begun()
+
+        def incomplete(error: PermanentError) -> None:
+            self.unmet = error
+
+        return procedure.perform(step_class, ctx, record_failed=journal.failed, incomplete=incomplete)
 
 
 @dataclass
@@ -558,7 +544,7 @@ class Attempt(_Receive):
     #: The episode the instance is in, looked up while it is described (None: not looked up ahead).
     episode_ahead: Future[IsolationRecord | None] | None = None
     #: The steps of `HOLD` not ended yet (they run side by side), and whether one raised.
-    holding: int = len(HOLD)
+    holding: int = len(HOLD.steps)
     hold_failed: bool = False
     _holding_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -616,7 +602,7 @@ class Attempt(_Receive):
         there (FAILED `TamperLoop`: the rest is not repaired)."""
         ctx = self.ctx
         ctx, journal = self._begun()
-        steps = [self._step(step, ctx) for step in CONTAINMENT]
+        steps = [self._step(CONTAINMENT, step, ctx) for step in CONTAINMENT.steps]
         journal.contained(steps, isolation_groups=ctx.isolation_groups)
         return self._end_tamper_loop() if self.network_only else None
 
@@ -624,7 +610,7 @@ class Attempt(_Receive):
         """The prior values of every step of `HOLD`, on record in one write before any of them changes
         anything (after the network cut: the cut never waits on these IAM and Auto Scaling reads)."""
         ctx, _ = self._begun()
-        self._read_ahead(HOLD, ctx)
+        self._read_ahead(HOLD.steps, ctx)
 
     def hold(self, step: type[Step]) -> Outcome | None:
         """A step of what must not wait for the follow-up (`HOLD`: the steps run side by side). The last
@@ -633,7 +619,7 @@ class Attempt(_Receive):
         here, and the others are then each written as they end."""
         ctx, journal = self._begun()
         try:
-            done = self._step(step, ctx)
+            done = self._step(HOLD, step, ctx)
         except Exception:
             with self._holding_lock:
                 self.holding, self.hold_failed = self.holding - 1, True
@@ -884,9 +870,9 @@ class FollowUp(_Receive):
         ctx = self._context(account, instance, begun)
         ctx.snapshots_asked_at = snapshots_asked_at
         _, journal = self._begun()
-        self._read_ahead(FOLLOW_UP, ctx)
-        for step in FOLLOW_UP:
-            journal.ride(self._step(step, ctx))
+        self._read_ahead(FOLLOW_UP.steps, ctx)
+        for step in FOLLOW_UP.steps:
+            journal.ride(self._step(FOLLOW_UP, step, ctx))
         if self.unmet is not None:
             unmet = ErrorInfo(code=self.unmet.code, message=self.unmet.message)
         self.ended = journal.finish(unmet)
