@@ -184,6 +184,9 @@ class Plan:
     unchanged: str = ""
     #: The changes are independent of each other: made side by side (each interface of an instance).
     side_by_side: bool = False
+    #: The episode's evidence the step keeps on record once its changes are made (or as it settled): the
+    #: evidence, or made from what the changes returned; None: none. A dry run keeps none.
+    evidence: Evidence | Callable[[list[Any]], Evidence] | None = None
 
     @classmethod
     def nothing(cls, settled: StepRecord, **prior: Any) -> Plan:
@@ -217,15 +220,20 @@ class Step(ABC):
         raise NotImplementedError(f"{self.name} does not plan yet")
 
     def run(self, ctx: StepContext) -> StepRecord:
-        """The plan applied: its prior values on record, then its changes; `done`."""
+        """The plan applied: its prior values on record, then its changes, then the evidence it keeps;
+        `done` (or its settled outcome)."""
         plan = self.plan(ctx)
         ctx.remember(**plan.prior)
         if plan.settled is not None:
-            return plan.settled
-        if plan.side_by_side:
+            results: list[Any] = []
+        elif plan.side_by_side:
             results = each_at_once(lambda change: change.apply(), list(plan.changes))
         else:
             results = [change.apply() for change in plan.changes]
+        if plan.evidence is not None:
+            ctx.keep_evidence(plan.evidence(results) if callable(plan.evidence) else plan.evidence)
+        if plan.settled is not None:
+            return plan.settled
         done = plan.done(results) if callable(plan.done) else plan.done
         if isinstance(done, StepRecord):
             return done
