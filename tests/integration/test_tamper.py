@@ -13,7 +13,15 @@ import boto3
 import pytest
 from tests.conftest import STACK_REGION, Stack
 from tests.integration.test_isolation_groups import as_the_member_role
-from tests.integration.test_worker import assert_isolated, isolate, record_of, records_for, request_isolation
+from tests.integration.test_worker import (
+    assert_isolated,
+    detail,
+    isolate,
+    record_of,
+    records_for,
+    request_isolation,
+    steps,
+)
 from tests.support.aws import Faults, Member
 from tests.support.crashes import Crash, time_passes
 from tests.support.events import lambda_context, sqs_event
@@ -630,3 +638,42 @@ def test_a_look_alike_group_or_another_tag_change_asks_for_no_repair(
 
     # Then no repair is asked for (the table does not name it: tags are labels)
     assert [r["source"] for r in records_for(stack, instance)] == ["webhook"]
+
+
+def test_a_deleted_snapshot_of_the_evidence_is_taken_again(
+    stack: Stack, member: Member, tamper: TamperQueue
+) -> None:
+    # Given an isolated instance with two volumes: its evidence, one snapshot of each
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    first = isolate(stack, member, instance)
+    kept = {s["snapshot_id"] for s in first["evidence"]["snapshots"]}
+    assert len(kept) == 2
+
+    # When a person deletes one of them (DeleteSnapshot, as CloudTrail records it)
+    deleted = sorted(kept)[0]
+    member.ec2.delete_snapshot(SnapshotId=deleted)
+    tamper.put(
+        cloudtrail_call(
+            source="aws.ec2",
+            event_name="DeleteSnapshot",
+            account_id=member.account_id,
+            region=member.region,
+            caller_role_arn=HARNESS_ROLE.format(account=member.account_id),
+            request_parameters={"snapshotId": deleted},
+            response_elements={"requestId": "r", "_return": True},
+        )
+    )
+    assert tamper.work() == []
+
+    # Then a repair took the instance's snapshots again, tagged with its own id, and its evidence names
+    # them instead
+    [repair] = [r for r in records_for(stack, instance) if r["source"] == "tamper"]
+    assert repair["status"] == "ISOLATED", repair
+    assert steps(repair)["snapshot-volumes"] == "done"
+    assert detail(repair, "snapshot-volumes").startswith(f"{deleted} deleted: snapshots again: ")
+    again = {s["volume_id"]: s["snapshot_id"] for s in repair["evidence"]["snapshots"]}
+    assert set(again) == set(member.volumes(instance)) and not set(again.values()) & kept
+    for snapshot in member.ec2.describe_snapshots(SnapshotIds=list(again.values()))["Snapshots"]:
+        tags = {t["Key"]: t["Value"] for t in snapshot["Tags"]}
+        assert tags["ec2-isolation:id"] == repair["isolation_id"]

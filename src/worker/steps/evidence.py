@@ -15,6 +15,8 @@ disks with it. The step does not wait for the snapshots to complete.
 - A tamper repair checks that the episode's snapshots still exist: when one was deleted, it takes the
   instance's snapshots again (its own, tagged with its id).
 - `ConcurrentSnapshotLimitExceeded` (and throttling) is retried through the queue like any transient error.
+
+No inverse: a release keeps the snapshots (and their lock).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from shared.models import (
     iso8601,
     utcnow,
 )
-from worker.steps.base import Step, StepContext
-from worker.steps.checks import Action, PolicySimulator, ec2_dry_run, outcome, simulate
+from worker.steps.base import Change, Plan, Step, StepContext
+from worker.steps.checks import Action
 
 INSTANCE_TAG = f"{TAG_PREFIX}instance-id"
 #: How far EC2's clock may be behind the worker's when it starts a snapshot the worker asked for.
@@ -63,51 +65,60 @@ class SnapshotVolumes(Step):
             ctx.notes.will_ask_snapshots(iso8601(utcnow()))
         return {}
 
-    def run(self, ctx: StepContext) -> StepRecord:
+    def plan(self, ctx: StepContext) -> Plan:
         deleted = self._deleted(ctx) if ctx.source is Source.TAMPER else []
         if ctx.evidence is not None and ctx.evidence.snapshots and not deleted:
-            return StepRecord.already(self.name, _listed(ctx.evidence, "the episode's snapshots"))
+            return Plan.nothing(
+                StepRecord.already(self.name, _listed(ctx.evidence, "the episode's snapshots"))
+            )
         if not ctx.settings.SNAPSHOT_VOLUMES:
-            if ctx.evidence is None:
-                ctx.keep_evidence(Evidence())
-            return StepRecord.skipped(self.name, "snapshots are off (SnapshotVolumes=false)")
+            return Plan(
+                settled=StepRecord.skipped(self.name, "snapshots are off (SnapshotVolumes=false)"),
+                evidence=Evidence() if ctx.evidence is None else None,
+            )
         if not ctx.instance.volumes:
-            ctx.keep_evidence(Evidence())
-            return StepRecord.skipped(self.name, "no EBS volume attached")
-        taken = self._taken(ctx)
+            return Plan(settled=StepRecord.skipped(self.name, "no EBS volume attached"), evidence=Evidence())
+        taken = self._taken(ctx)  # (nothing to look for in a dry run: it never asks for snapshots)
         if taken.snapshots:
-            self._lock(ctx, taken)
-            ctx.keep_evidence(taken)
-            return StepRecord.done(self.name, _listed(taken, "found the snapshots an earlier attempt took"))
+            return Plan(
+                changes=self._locks(ctx, taken),
+                done=_listed(taken, "found the snapshots an earlier attempt took"),
+                evidence=taken,
+            )
+        days = ctx.settings.SNAPSHOT_LOCK_DAYS
+        # LockSnapshot names a snapshot that a dry run never takes: simulated.
+        snapshots = f"arn:{ctx.partition}:ec2:{ctx.target.region}::snapshot/*"
+        locking = (Action("ec2:LockSnapshot", [snapshots], f"lock them for {days} day(s)"),) if days else ()
+        creation = self._creation(ctx)
+        volumes = ", ".join(v.id for v in ctx.instance.volumes)
+        what = f"{', '.join(deleted)} deleted: snapshots again" if deleted else "crash-consistent snapshots"
+        return Plan(
+            changes=(
+                Change(
+                    f"snapshot {volumes}",
+                    ctx.ec2.create_snapshots,
+                    creation,
+                    also=locking,
+                    apply_by=lambda: self._take(ctx, creation),
+                ),
+            ),
+            done=lambda results: _listed(results[0], what),
+            evidence=lambda results: results[0],
+        )
+
+    def _take(self, ctx: StepContext, creation: dict[str, Any]) -> Evidence:
+        """The snapshots, asked for once the record says so (a retry after a crash looks for them), and
+        locked."""
         asked = iso8601(utcnow())
         ctx.notes.asking_snapshots(asked)
         ctx.snapshots_asked_at = ctx.snapshots_asked_at or asked
-        created = ctx.ec2.create_snapshots(**self._creation(ctx))["Snapshots"]
+        created = ctx.ec2.create_snapshots(**creation)["Snapshots"]
         evidence = Evidence(
             snapshots=[Snapshot(volume_id=s["VolumeId"], snapshot_id=s["SnapshotId"]) for s in created]
         )
-        self._lock(ctx, evidence)
-        ctx.keep_evidence(evidence)
-        what = f"{', '.join(deleted)} deleted: snapshots again" if deleted else "crash-consistent snapshots"
-        return StepRecord.done(self.name, _listed(evidence, what))
-
-    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
-        if ctx.evidence is not None and ctx.evidence.snapshots:
-            return StepRecord.already(self.name, _listed(ctx.evidence, "the episode's snapshots"))
-        if not ctx.settings.SNAPSHOT_VOLUMES:
-            return StepRecord.skipped(self.name, "snapshots are off (SnapshotVolumes=false)")
-        if not ctx.instance.volumes:
-            return StepRecord.skipped(self.name, "no EBS volume attached")
-        volumes = ", ".join(v.id for v in ctx.instance.volumes)
-        checks = [ec2_dry_run(f"snapshot {volumes}", ctx.ec2.create_snapshots, **self._creation(ctx))]
-        if ctx.settings.SNAPSHOT_LOCK_DAYS:
-            # LockSnapshot names a snapshot that a dry run never takes: simulated.
-            snapshots = f"arn:{ctx.partition}:ec2:{ctx.target.region}::snapshot/*"
-            lock = Action(
-                "ec2:LockSnapshot", [snapshots], f"lock them for {ctx.settings.SNAPSHOT_LOCK_DAYS} day(s)"
-            )
-            checks += simulate(simulator, lock)
-        return outcome(self.name, checks, "")
+        for lock in self._locks(ctx, evidence):
+            lock.apply()
+        return evidence
 
     def _creation(self, ctx: StepContext) -> dict[str, Any]:
         """CreateSnapshots' parameters: every volume, crash-consistent, tagged on creation."""
@@ -161,12 +172,19 @@ class SnapshotVolumes(Step):
         found = [Snapshot(volume_id=v, snapshot_id=s["SnapshotId"]) for v, s in first.items()]
         return Evidence(snapshots=sorted(found, key=lambda s: s.volume_id))
 
-    def _lock(self, ctx: StepContext, evidence: Evidence) -> None:
+    def _locks(self, ctx: StepContext, evidence: Evidence) -> tuple[Change, ...]:
+        """Each snapshot locked in governance mode for `SNAPSHOT_LOCK_DAYS` (none: not locked)."""
         days = ctx.settings.SNAPSHOT_LOCK_DAYS
         if not days:
-            return
-        for snapshot in evidence.snapshots:
-            ctx.ec2.lock_snapshot(SnapshotId=snapshot.snapshot_id, LockMode="governance", LockDuration=days)
+            return ()
+        return tuple(
+            Change(
+                f"lock {snapshot.snapshot_id} for {days} day(s)",
+                ctx.ec2.lock_snapshot,
+                {"SnapshotId": snapshot.snapshot_id, "LockMode": "governance", "LockDuration": days},
+            )
+            for snapshot in evidence.snapshots
+        )
 
 
 def _listed(evidence: Evidence, what: str) -> str:
