@@ -81,8 +81,9 @@ class SwapInstanceProfile(Step):
         role_arn, profile_arn = iam_arn.format(f"role/{role}"), iam_arn.format(f"instance-profile/{profile}")
         key = (target.account_id, profile)
         with _ready_lock:
-            ready = key in _ready
-        # The profile and its role, as they are (known to exist on a warm Lambda: not read again).
+            ready = key in _ready and not ctx.dry_run
+        # The profile and its role, as they are (known to exist on a warm Lambda: not read again; a dry
+        # run reads them).
         roles = [{"RoleName": role}] if ready else profile_roles(ctx, profile)
         changes: list[Change] = []
         if roles is None:
