@@ -64,8 +64,8 @@ RELEASE: tuple[type[Step], ...] = (
     instance_profile.RestoreInstanceProfile,
     credentials.RemoveCredentialsDeny,
     release.RestoreSecurityGroups,
-    release.RejoinLoadBalancers,
-    release.RejoinAutoScalingGroup,
+    load_balancing.RejoinLoadBalancers,
+    load_balancing.RejoinAutoScalingGroup,
     instance_state.RestoreInstanceAttributes,
     instance_state.UntagInstance,
 )

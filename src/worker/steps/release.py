@@ -24,10 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from shared.errors import RetryableError, error_code
-from shared.models import StepRecord, TargetGroupTarget
+from shared.models import StepRecord
 from worker.steps.base import Step, StepContext
 
 #: Auto Scaling lifecycle states of an instance on its way out of a group.
@@ -58,7 +55,9 @@ class Notes:
         raise AssertionError("a release step never takes evidence")
 
 
-def _outcome(name: str, done: list[str], already: list[str], skipped: list[str]) -> StepRecord:
+def release_outcome(name: str, done: list[str], already: list[str], skipped: list[str]) -> StepRecord:
+    """A release step's outcome: `done` when it changed something, else `already`, else `skipped`; the
+    detail tells all three."""
     detail = "; ".join([*done, *already, *skipped])
     if done:
         return StepRecord.done(name, detail)
@@ -97,7 +96,7 @@ class RestoreSecurityGroups(Step):
             done.append(f"{interface.id} -> [{', '.join(groups)}]{missing}")
         if isinstance(ctx, ReleaseContext):
             ctx.network_back = bool(done or already)
-        return _outcome(self.name, done, already, skipped)
+        return release_outcome(self.name, done, already, skipped)
 
     def _existing(self, ctx: StepContext, group_ids: list[str]) -> set[str]:
         if not group_ids:
@@ -107,130 +106,3 @@ class RestoreSecurityGroups(Step):
         for page in paginator.paginate(Filters=[{"Name": "group-id", "Values": group_ids}]):
             found.update(g["GroupId"] for g in page["SecurityGroups"])
         return found
-
-
-class RejoinLoadBalancers(Step):
-    name = "rejoin-load-balancers"
-    permissions = (
-        "elasticloadbalancing:DescribeTargetHealth",
-        "elasticloadbalancing:RegisterTargets",
-        "elasticloadbalancing:DescribeLoadBalancers",
-        "elasticloadbalancing:RegisterInstancesWithLoadBalancer",
-    )
-
-    def run(self, ctx: StepContext) -> StepRecord:
-        registrations = ctx.prior.target_groups or []
-        balancers = ctx.prior.load_balancers or []
-        if not registrations and not balancers:
-            return StepRecord.skipped(self.name, "registered with no load balancer before its isolation")
-        if isinstance(ctx, ReleaseContext) and not ctx.network_back:
-            return StepRecord.skipped(
-                self.name, "the network is not back: not registered (it would fail its health checks)"
-            )
-        done: list[str] = []
-        already: list[str] = []
-        skipped: list[str] = []
-        for registration in registrations:
-            label = _label(registration)
-            try:
-                if self._registered(ctx, registration):
-                    already.append(f"{label} registered")
-                    continue
-                ctx.account.client("elbv2").register_targets(
-                    TargetGroupArn=registration.arn, Targets=[_target(registration)]
-                )
-            except ClientError as exc:
-                if error_code(exc) != "TargetGroupNotFound":
-                    raise
-                skipped.append(f"{label}: the target group no longer exists")
-                continue
-            done.append(f"registered {label}")
-        elb = ctx.account.client("elb")
-        for balancer in balancers:
-            try:
-                (described,) = elb.describe_load_balancers(LoadBalancerNames=[balancer])[
-                    "LoadBalancerDescriptions"
-                ]
-            except ClientError as exc:
-                if error_code(exc) not in ("LoadBalancerNotFound", "AccessPointNotFound"):
-                    raise
-                skipped.append(f"classic load balancer {balancer} no longer exists")
-                continue
-            if any(i.get("InstanceId") == ctx.target.instance_id for i in described.get("Instances", [])):
-                already.append(f"registered with classic load balancer {balancer}")
-                continue
-            elb.register_instances_with_load_balancer(
-                LoadBalancerName=balancer, Instances=[{"InstanceId": ctx.target.instance_id}]
-            )
-            done.append(f"registered with classic load balancer {balancer}")
-        return _outcome(self.name, done, already, skipped)
-
-    def _registered(self, ctx: StepContext, registration: TargetGroupTarget) -> bool:
-        health = ctx.account.client("elbv2").describe_target_health(TargetGroupArn=registration.arn)
-        return any(
-            d["Target"]["Id"] == registration.id
-            and (registration.port is None or d["Target"].get("Port") == registration.port)
-            and d.get("TargetHealth", {}).get("State") not in ("draining", "unused")
-            for d in health["TargetHealthDescriptions"]
-        )
-
-
-class RejoinAutoScalingGroup(Step):
-    name = "rejoin-auto-scaling-group"
-    permissions = (
-        "autoscaling:DescribeAutoScalingInstances",
-        "autoscaling:DescribeAutoScalingGroups",
-        "autoscaling:AttachInstances",
-    )
-
-    def run(self, ctx: StepContext) -> StepRecord:
-        group = ctx.prior.autoscaling_group
-        if not group:
-            return StepRecord.skipped(self.name, "in no Auto Scaling group before its isolation")
-        if isinstance(ctx, ReleaseContext) and not ctx.network_back:
-            return StepRecord.skipped(
-                self.name,
-                f"the network is not back: not attached to {group} (its health check would replace it)",
-            )
-        autoscaling = ctx.account.client("autoscaling")
-        found = autoscaling.describe_auto_scaling_instances(InstanceIds=[ctx.target.instance_id])[
-            "AutoScalingInstances"
-        ]
-        if found:
-            now, state = str(found[0]["AutoScalingGroupName"]), str(found[0].get("LifecycleState", ""))
-            if state.startswith(_LEAVING):
-                # AWS keeps a detached instance Detaching for the deregistration delay (300 s by default).
-                raise RetryableError(
-                    "StillDetaching", f"the instance is still {state} from {now}: attaching it again later"
-                )
-            if now == group:
-                return StepRecord.already(self.name, f"in {group} ({state})")
-            return StepRecord.skipped(self.name, f"in Auto Scaling group {now} now: not moved to {group}")
-        groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"]
-        if not groups:
-            return StepRecord.skipped(self.name, f"Auto Scaling group {group} no longer exists")
-        size, maximum = len(groups[0].get("Instances", [])), int(groups[0]["MaxSize"])
-        if size >= maximum:
-            return StepRecord.skipped(
-                self.name,
-                f"Auto Scaling group {group} is full ({size} of at most {maximum} instances): not attached",
-            )
-        desired = int(groups[0]["DesiredCapacity"])
-        autoscaling.attach_instances(InstanceIds=[ctx.target.instance_id], AutoScalingGroupName=group)
-        return StepRecord.done(
-            self.name, f"attached to {group} (desired capacity {desired} -> {desired + 1})"
-        )
-
-
-def _label(registration: TargetGroupTarget) -> str:
-    port = f":{registration.port}" if registration.port is not None else ""
-    return f"{registration.id}{port} in {registration.arn.rsplit(':', 1)[-1]}"
-
-
-def _target(registration: TargetGroupTarget) -> dict[str, Any]:
-    target: dict[str, Any] = {"Id": registration.id}
-    if registration.port is not None:
-        target["Port"] = registration.port
-    if registration.availability_zone is not None:
-        target["AvailabilityZone"] = registration.availability_zone
-    return target
