@@ -135,7 +135,8 @@ def _hold(attempts: list[Attempt], results: dict[int, Outcome | Exception]) -> l
 
     def track(index: int) -> None:
         step = HOLD.steps[index]
-        together = _same_role if step.one_writer_per_role else id
+        # Instances of one role take turns on its deny policy (one after another, not waiting on each other).
+        together: Callable[[Attempt], object] = (lambda a: a.role_key) if step.one_writer_per_role else id
         _each(attempts, found[index], lambda attempt: attempt.hold(step), together=together)
 
     each_at_once(track, list(range(len(HOLD.steps))))
@@ -143,14 +144,6 @@ def _hold(attempts: list[Attempt], results: dict[int, Outcome | Exception]) -> l
         for key, result in track_results.items():
             results.setdefault(key, result)
     return [attempt for attempt in attempts if id(attempt) not in results]
-
-
-def _same_role(attempt: Attempt) -> object:
-    """Instances of one instance profile share its role, whose deny policy takes one writer at a time
-    (the role's lease): their credentials are denied one after another rather than wait on each other."""
-    ctx = attempt.ctx
-    profile = ctx.prior.instance_profile_arn if ctx is not None else None
-    return (attempt.record.account_id, profile) if profile else id(attempt)
 
 
 def _describe(
@@ -185,8 +178,7 @@ def _describe(
             if isinstance(instance, PermanentError):
                 results[id(attempt)] = instance
             else:
-                attempt.account, attempt.instance = account, instance
-                attempt.groups_seen = groups_seen
+                attempt.described(account, instance, groups_seen)
 
     each_at_once(describe_group, groups)
     return [attempt for attempt in attempts if id(attempt) not in results]

@@ -571,6 +571,20 @@ class Attempt(_Receive):
         instance), to be waited for by `begin`: it runs while the instance is described."""
         self.episode_ahead = at_once.begun(self._episode)
 
+    def described(
+        self, account: AccountSession, instance: Instance, groups_seen: dict[str, GroupClaim] | None
+    ) -> None:
+        """The instance as the batch described it, in the account's session, with the region's
+        isolation-group claims when they were read with it."""
+        self.account, self.instance, self.groups_seen = account, instance, groups_seen
+
+    @property
+    def role_key(self) -> object:
+        """Instances of one instance profile share its role (the hold's credentials deny of such
+        instances takes turns): the account and the prior profile, or this attempt alone."""
+        profile = self.ctx.prior.instance_profile_arn if self.ctx is not None else None
+        return (self.record.account_id, profile) if profile else id(self)
+
     def begin(self) -> Outcome | None:
         """The IN_PROGRESS write with the prior state."""
         instance, account = self.instance, self.account
