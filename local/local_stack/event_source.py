@@ -216,10 +216,14 @@ class SqsEventSource:
         for thread in self._threads:
             thread.start()
 
+    def request_stop(self) -> None:
+        """Stop polling once the current receive or batch ends, without waiting for it (`stop` waits)."""
+        self._stop.set()
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop polling; a batch in progress finishes first (bounded by the function timeout). The
         environments stay (warm) until `close`."""
-        self._stop.set()
+        self.request_stop()
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout_seconds + 5)
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -40,8 +40,12 @@ class ScheduledFunction:
         self._thread = threading.Thread(target=self._run_forever, name=f"schedule-{self.name}", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Run no more, without waiting for a run in progress (`stop` waits)."""
         self._stop.set()
+
+    def stop(self) -> None:
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout=self.every_seconds + 5)
             self._thread = None

@@ -394,10 +394,7 @@ class LocalStack:
         return str(importlib.import_module("ingest.openapi").document())
 
     def stop(self) -> None:
-        for scheduled in self.scheduled:
-            scheduled.stop()
-        for source in self.event_sources.values():
-            source.stop()
+        self._stop_polling()
         for runtime in self._runtimes:
             runtime.close()
         self._runtimes.clear()
@@ -417,10 +414,16 @@ class LocalStack:
 
     def pause_worker(self) -> None:
         """Stop polling the queue (messages stay there) and running schedules until `resume_worker`."""
-        for scheduled in self.scheduled:
-            scheduled.stop()
-        for source in self.event_sources.values():
-            source.stop()
+        self._stop_polling()
+
+    def _stop_polling(self) -> None:
+        """Every schedule and queue poller is told to stop, then each is waited for: stopping takes the
+        longest of their waits (a long poll, a batch in progress), not their sum (Ctrl-C on `serve`)."""
+        pollers: list[ScheduledFunction | SqsEventSource] = [*self.scheduled, *self.event_sources.values()]
+        for poller in pollers:
+            poller.request_stop()
+        for poller in pollers:
+            poller.stop()
 
     def resume_worker(self) -> None:
         for source in self.event_sources.values():
