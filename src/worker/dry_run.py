@@ -13,97 +13,36 @@ outcome event carries `dry_run: true`. A dry run took no instance slot and relea
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
 from shared import lifecycle
-from shared.aws import AccountSession
-from shared.config import WorkerSettings
 from shared.lifecycle import Status
-from shared.models import ErrorInfo, Evidence, IsolationRecord, StepRecord, StepStatus
+from shared.models import ErrorInfo, IsolationRecord, StepRecord, StepStatus
 from shared.observability import logger
-from shared.store import IsolationStore
-from worker.instance import Instance
+from worker.journal import StepJournal
 from worker.procedures import DRY_RUN
 from worker.steps import StepContext
 from worker.steps.checks import PolicySimulator
 
 
-@dataclass
-class DryRunNotes:
-    """What the checks read of the prior state rides with the next step outcome written."""
-
-    pending: dict[str, Any] = field(default_factory=dict)
-
-    def remember(self, prior: dict[str, Any]) -> None:
-        self.pending.update(prior)
-
-    def keep_evidence(self, evidence: Evidence) -> None:  # a check takes none
-        raise AssertionError("a dry run keeps no evidence")
-
-    def asking_snapshots(self, at: str) -> None:
-        raise AssertionError("a dry run takes no snapshot")
-
-    def will_ask_snapshots(self, at: str) -> None:
-        raise AssertionError("a dry run takes no snapshot")
-
-    def take(self) -> dict[str, Any]:
-        taken, self.pending = self.pending, {}
-        return taken
-
-
-def check(
-    record: IsolationRecord,
-    begun: IsolationRecord,
-    *,
-    account: AccountSession,
-    instance: Instance,
-    settings: WorkerSettings,
-    store: IsolationStore,
-    sleep: Callable[[float], None] | None = None,
-) -> Status:
-    """Check every step of the plan, record each outcome, end the record; CHECKED or FAILED."""
-    notes = DryRunNotes()
-    ctx = StepContext(
-        isolation_id=record.isolation_id,
-        source=record.source,
-        target=record.target,
-        instance=instance,
-        account=account,
-        prior=begun.prior_state or instance.state,
-        evidence=begun.evidence,
-        notes=notes,
-        settings=settings,
-        leases=store,
-        groups=store,
-        sleep=sleep,
-        dry_run=True,
-    )
+def check(ctx: StepContext, journal: StepJournal, *, role_name: str) -> tuple[Status, IsolationRecord | None]:
+    """Check every step of the plan (the execution role `role_name` asked about what EC2 cannot check),
+    record each outcome, end the record: CHECKED or FAILED, and the record as ended (None: it had
+    ended already)."""
     # One simulator for the whole dry run, on the execution role itself: it remembers when it cannot answer.
-    simulator = PolicySimulator(
-        ctx.iam, f"arn:{ctx.partition}:iam::{ctx.target.account_id}:role/{settings.TARGET_ROLE_NAME}"
-    )
+    simulator = PolicySimulator(ctx.iam, f"arn:{ctx.partition}:iam::{ctx.target.account_id}:role/{role_name}")
     failures: list[StepRecord] = []
-
-    def on_record(outcome: StepRecord) -> None:
-        store.add_steps(record.isolation_id, [outcome], prior=notes.take())
-
     for step_class in DRY_RUN.steps:
-        outcome = DRY_RUN.perform(step_class, ctx, record_failed=on_record, simulator=simulator)
+        outcome = DRY_RUN.perform(step_class, ctx, record_failed=journal.failed, simulator=simulator)
         if outcome.status is StepStatus.FAILED:
             failures.append(outcome)
-        on_record(outcome)
+        journal.ride(outcome)
     if not failures:
-        store.finish(record, Status.CHECKED, transition=lifecycle.CHECK)
         logger.info("dry run checked: every step possible")
-        return Status.CHECKED
+        return Status.CHECKED, journal.end(Status.CHECKED, transition=lifecycle.CHECK)
     first = failures[0]
     code = first.detail.split(":", 1)[0] if ":" in first.detail else "DryRunFailed"
     names = ", ".join(step.name for step in failures)
     failed = ErrorInfo(
         code=code, message=f"dry run: {len(failures)} step(s) would fail ({names}): {first.detail}"
     )
-    store.finish(record, Status.FAILED, error=failed)
     logger.warning("dry run found steps that would fail", extra={"code": code, "steps": names})
-    return Status.FAILED
+    return Status.FAILED, journal.end(Status.FAILED, error=failed)

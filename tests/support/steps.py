@@ -16,7 +16,7 @@ from shared.store.isolation_groups import GroupClaim
 
 @dataclass
 class Notebook:
-    """The runner's `StepJournal` as a step sees it, keeping what it was told."""
+    """The attempt's `StepJournal` (`worker.journal`) as a step sees it, keeping what it was told."""
 
     remembered: list[dict[str, Any]] = field(default_factory=list)
     evidence: list[Evidence] = field(default_factory=list)

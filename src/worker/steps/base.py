@@ -24,7 +24,7 @@ from worker.steps.group_check import GroupCheck
 
 
 class Notes(Protocol):
-    """Where a step writes what it found before it changes anything (the runner's `StepJournal`)."""
+    """Where a step writes what it found before it changes anything (`worker.journal.StepJournal`)."""
 
     def remember(self, prior: dict[str, Any]) -> None: ...
 
