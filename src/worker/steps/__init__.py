@@ -23,7 +23,6 @@ from worker.steps import (
     instance_state,
     load_balancing,
     network,
-    release,
 )
 from worker.steps.base import Step, StepContext
 
@@ -63,7 +62,7 @@ PLAN: tuple[type[Step], ...] = CONTAINMENT + HOLD + FOLLOW_UP
 RELEASE: tuple[type[Step], ...] = (
     instance_profile.RestoreInstanceProfile,
     credentials.RemoveCredentialsDeny,
-    release.RestoreSecurityGroups,
+    network.RestoreSecurityGroups,
     load_balancing.RejoinLoadBalancers,
     load_balancing.RejoinAutoScalingGroup,
     instance_state.RestoreInstanceAttributes,

@@ -41,11 +41,12 @@ from botocore.exceptions import ClientError
 from shared.errors import RetryableError, error_code
 from shared.models import StepRecord
 from shared.store.isolation_groups import GroupClaim
-from worker.at_once import begun, each_at_once
+from worker.at_once import begun
 from worker.consistency import WaitedOut, until_consistent, wait_for
-from worker.steps.base import Step, StepContext
+from worker.steps.base import Change, Plan, Step, StepContext
 from worker.steps.checks import Check, PolicySimulator, ec2_dry_run, outcome
 from worker.steps.group_check import MANAGED_TAG, GroupCheck
+from worker.steps.release import ReleaseContext, release_outcome
 
 _NOT_YET = frozenset({"InvalidGroup.NotFound"})
 #: A claim younger than this whose group is not visible may be EC2's eventual consistency; an older one
@@ -368,59 +369,49 @@ class SwapSecurityGroups(Step):
     name = "swap-security-groups"
     permissions = ("ec2:ModifyNetworkInterfaceAttribute",)
 
-    def run(self, ctx: StepContext) -> StepRecord:
+    def plan(self, ctx: StepContext) -> Plan:
+        state = ctx.instance.state
+        changes: list[Change] = []
         changed: list[str] = []
         unchanged: list[str] = []
-        state = ctx.instance.state
-        cuts: list[tuple[str, str, str]] = []
         for interface in state.network_interfaces:
             vpc_id = state.vpc_of(interface)
-            group_id = ctx.isolation_groups[vpc_id]
-            if interface.security_group_ids == [group_id]:
+            group_id = ctx.isolation_groups.get(vpc_id)
+            if group_id is not None and interface.security_group_ids == [group_id]:
                 unchanged.append(interface.id)
                 continue
-            cuts.append((interface.id, vpc_id, group_id))
+            # In a dry run the VPC's group may not exist yet (ensure-isolation-sg would create it): EC2
+            # authorises the same kinds of resource with the interface's own groups.
+            groups = [group_id] if group_id is not None else interface.security_group_ids
+            changes.append(
+                Change(
+                    f"put {group_id or 'the new isolation group'} alone on {interface.id}",
+                    ctx.ec2.modify_network_interface_attribute,
+                    {"NetworkInterfaceId": interface.id, "Groups": groups},
+                    apply_by=partial(self._set, ctx, interface.id, vpc_id, group_id),
+                )
+            )
             changed.append(f"{interface.id} [{', '.join(interface.security_group_ids) or '-'}] -> {group_id}")
+        isolated = f"only the isolation group on {', '.join(unchanged)}"
+        if not changes:
+            # Contained already; the groups' check (begun by ensure-isolation-sg) may still revoke rules.
+            revoked = _revoked(ctx)
+            if revoked:
+                return Plan.nothing(StepRecord.done(self.name, isolated + revoked))
+            return Plan.nothing(StepRecord.already(self.name, isolated))
+
+        def cut(_: list[Any]) -> StepRecord:
+            tail = f"; already isolated: {', '.join(unchanged)}" if unchanged else ""
+            return StepRecord.done(self.name, "; ".join(changed) + tail + _revoked(ctx))
+
         # Every interface at once: the last cut, not the sum of them, is when the instance is contained.
         # Each group is checked meanwhile (ensure-isolation-sg began it: a new group's default rules, or
         # whatever rule someone added, revoked): the instance is contained once both are done.
-        each_at_once(lambda cut: self._set(ctx, *cut), cuts)
-        revoked = "".join(
-            f"; {summary}" for check in ctx.revoking.values() if (summary := check.result().summary())
-        )
-        if changed:
-            tail = f"; already isolated: {', '.join(unchanged)}" if unchanged else ""
-            return StepRecord.done(self.name, "; ".join(changed) + tail + revoked)
-        detail = f"only the isolation group on {', '.join(unchanged)}"
-        return (
-            StepRecord.done(self.name, detail + revoked) if revoked else StepRecord.already(self.name, detail)
-        )
+        return Plan.making(cut, *changes, unchanged=isolated if unchanged else "", side_by_side=True)
 
-    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
-        checks: list[Check] = []
-        settled: list[str] = []
-        state = ctx.instance.state
-        for interface in state.network_interfaces:
-            group_id = ctx.isolation_groups.get(state.vpc_of(interface))
-            if group_id is not None and interface.security_group_ids == [group_id]:
-                settled.append(interface.id)
-                continue
-            # The VPC's group does not exist yet (ensure-isolation-sg would create it): EC2 authorises
-            # the same kinds of resource with the interface's own groups.
-            groups = [group_id] if group_id is not None else interface.security_group_ids
-            checks.append(
-                ec2_dry_run(
-                    f"put {group_id or 'the new isolation group'} alone on {interface.id}",
-                    ctx.ec2.modify_network_interface_attribute,
-                    NetworkInterfaceId=interface.id,
-                    Groups=groups,
-                )
-            )
-        return outcome(
-            self.name, checks, f"only the isolation group on {', '.join(settled)}" if settled else ""
-        )
+    def _set(self, ctx: StepContext, eni_id: str, vpc_id: str, group_id: str | None) -> None:
+        assert group_id is not None, "ensure-isolation-sg names the group of every VPC before the cut"
 
-    def _set(self, ctx: StepContext, eni_id: str, vpc_id: str, group_id: str) -> None:
         def call() -> None:
             ctx.ec2.modify_network_interface_attribute(NetworkInterfaceId=eni_id, Groups=[group_id])
 
@@ -438,6 +429,76 @@ class SwapSecurityGroups(Step):
             with _groups_lock:
                 _groups.pop(_cache_key(ctx, vpc_id), None)
             raise
+
+
+def _revoked(ctx: StepContext) -> str:
+    """What the checks of the instance's groups revoked, once they are done ("" when nothing)."""
+    return "".join(f"; {summary}" for check in ctx.revoking.values() if (summary := check.result().summary()))
+
+
+class RestoreSecurityGroups(Step):
+    """The inverse, in a release: each interface still attached gets its prior groups (those that still
+    exist); an interface none of whose groups exist keeps the isolation group."""
+
+    name = "restore-security-groups"
+    permissions = ("ec2:DescribeSecurityGroups", "ec2:ModifyNetworkInterfaceAttribute")
+
+    def plan(self, ctx: StepContext) -> Plan:
+        attached = {i.id: i.security_group_ids for i in ctx.instance.state.network_interfaces}
+        wanted = sorted({g for i in ctx.prior.network_interfaces for g in i.security_group_ids})
+        existing = self._existing(ctx, wanted)
+        changes: list[Change] = []
+        done: list[str] = []
+        already: list[str] = []
+        skipped: list[str] = []
+        for interface in ctx.prior.network_interfaces:
+            if interface.id not in attached:
+                skipped.append(f"{interface.id} is no longer attached to the instance: left as it is")
+                continue
+            groups = [g for g in interface.security_group_ids if g in existing]
+            gone = [g for g in interface.security_group_ids if g not in existing]
+            if not groups:
+                skipped.append(
+                    f"{interface.id}: its groups {', '.join(gone) or '-'} no longer exist: isolation group kept"
+                )
+                continue
+            missing = f" ({', '.join(gone)} no longer exist)" if gone else ""
+            if sorted(attached[interface.id]) == sorted(groups):
+                already.append(f"{interface.id} has [{', '.join(groups)}]{missing}")
+                continue
+            changes.append(
+                Change(
+                    f"put [{', '.join(groups)}] back on {interface.id}",
+                    ctx.ec2.modify_network_interface_attribute,
+                    {"NetworkInterfaceId": interface.id, "Groups": groups},
+                )
+            )
+            done.append(f"{interface.id} -> [{', '.join(groups)}]{missing}")
+        if not changes:
+            _network_back(ctx, bool(already))
+            return Plan.nothing(release_outcome(self.name, [], already, skipped))
+
+        def restored(_: list[Any]) -> StepRecord:
+            _network_back(ctx, True)
+            return release_outcome(self.name, done, already, skipped)
+
+        return Plan.making(restored, *changes)
+
+    def _existing(self, ctx: StepContext, group_ids: list[str]) -> set[str]:
+        if not group_ids:
+            return set()
+        found: set[str] = set()
+        paginator = ctx.ec2.get_paginator("describe_security_groups")
+        for page in paginator.paginate(Filters=[{"Name": "group-id", "Values": group_ids}]):
+            found.update(g["GroupId"] for g in page["SecurityGroups"])
+        return found
+
+
+def _network_back(ctx: StepContext, back: bool) -> None:
+    """Tell the release's later steps whether some interface has its prior groups again (it can pass a
+    health check)."""
+    if isinstance(ctx, ReleaseContext):
+        ctx.network_back = back
 
 
 def _creation(ctx: StepContext, vpc_id: str, name: str) -> dict[str, Any]:

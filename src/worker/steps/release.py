@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.models import StepRecord
-from worker.steps.base import Step, StepContext
+from worker.steps.base import StepContext
 
 #: Auto Scaling lifecycle states of an instance on its way out of a group.
 _LEAVING = ("Detaching", "Detached")
@@ -64,45 +64,3 @@ def release_outcome(name: str, done: list[str], already: list[str], skipped: lis
     if already:
         return StepRecord.already(name, detail)
     return StepRecord.skipped(name, detail)
-
-
-class RestoreSecurityGroups(Step):
-    name = "restore-security-groups"
-    permissions = ("ec2:DescribeSecurityGroups", "ec2:ModifyNetworkInterfaceAttribute")
-
-    def run(self, ctx: StepContext) -> StepRecord:
-        attached = {i.id: i.security_group_ids for i in ctx.instance.state.network_interfaces}
-        wanted = sorted({g for i in ctx.prior.network_interfaces for g in i.security_group_ids})
-        existing = self._existing(ctx, wanted)
-        done: list[str] = []
-        already: list[str] = []
-        skipped: list[str] = []
-        for interface in ctx.prior.network_interfaces:
-            if interface.id not in attached:
-                skipped.append(f"{interface.id} is no longer attached to the instance: left as it is")
-                continue
-            groups = [g for g in interface.security_group_ids if g in existing]
-            gone = [g for g in interface.security_group_ids if g not in existing]
-            if not groups:
-                skipped.append(
-                    f"{interface.id}: its groups {', '.join(gone) or '-'} no longer exist: isolation group kept"
-                )
-                continue
-            missing = f" ({', '.join(gone)} no longer exist)" if gone else ""
-            if sorted(attached[interface.id]) == sorted(groups):
-                already.append(f"{interface.id} has [{', '.join(groups)}]{missing}")
-                continue
-            ctx.ec2.modify_network_interface_attribute(NetworkInterfaceId=interface.id, Groups=groups)
-            done.append(f"{interface.id} -> [{', '.join(groups)}]{missing}")
-        if isinstance(ctx, ReleaseContext):
-            ctx.network_back = bool(done or already)
-        return release_outcome(self.name, done, already, skipped)
-
-    def _existing(self, ctx: StepContext, group_ids: list[str]) -> set[str]:
-        if not group_ids:
-            return set()
-        found: set[str] = set()
-        paginator = ctx.ec2.get_paginator("describe_security_groups")
-        for page in paginator.paginate(Filters=[{"Name": "group-id", "Values": group_ids}]):
-            found.update(g["GroupId"] for g in page["SecurityGroups"])
-        return found
