@@ -653,17 +653,7 @@ def test_a_deleted_snapshot_of_the_evidence_is_taken_again(
     # When a person deletes one of them (DeleteSnapshot, as CloudTrail records it)
     deleted = sorted(kept)[0]
     member.ec2.delete_snapshot(SnapshotId=deleted)
-    tamper.put(
-        cloudtrail_call(
-            source="aws.ec2",
-            event_name="DeleteSnapshot",
-            account_id=member.account_id,
-            region=member.region,
-            caller_role_arn=HARNESS_ROLE.format(account=member.account_id),
-            request_parameters={"snapshotId": deleted},
-            response_elements={"requestId": "r", "_return": True},
-        )
-    )
+    tamper.put(_on_group(member, "DeleteSnapshot", deleted, {"snapshotId": deleted}))
     assert tamper.work() == []
 
     # Then a repair took the instance's snapshots again, tagged with its own id, and its evidence names
