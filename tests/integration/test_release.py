@@ -307,6 +307,29 @@ def test_an_interface_detached_since_is_skipped_and_the_rest_restored(stack: Sta
     assert release_steps(record)["restore-instance-profile"] == "done"
 
 
+def test_a_prior_profile_deleted_since_leaves_the_instance_with_none(stack: Stack, member: Member) -> None:
+    # Given an isolated instance whose instance profile was deleted since (its role kept)
+    vpc = member.vpc()
+    instance = member.instance(vpc, profile="app")
+    isolated = isolate(stack, member, instance)
+    iam = member.session.client("iam")
+    for role in iam.get_instance_profile(InstanceProfileName="app")["InstanceProfile"]["Roles"]:
+        iam.remove_role_from_instance_profile(InstanceProfileName="app", RoleName=role["RoleName"])
+    iam.delete_instance_profile(InstanceProfileName="app")
+
+    # When it is released
+    record = release(stack, isolated["isolation_id"])
+
+    # Then it is RELEASED without the isolation profile nor any other, the step skipped saying why
+    assert record["status"] == "RELEASED", record
+    profile = next(s for s in record["release"]["steps"] if s["name"] == "restore-instance-profile")
+    assert (profile["status"], profile["detail"]) == (
+        "skipped",
+        "instance profile app no longer exists: ec2-isolation-deny-all removed, none associated",
+    )
+    assert member.profile_of(instance) is None
+
+
 def test_what_no_longer_exists_is_skipped_saying_why(stack: Stack, member: Member) -> None:
     # Given an isolated web-tier instance whose group, classic load balancer and ip target group were
     # deleted since
