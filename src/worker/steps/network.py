@@ -44,7 +44,6 @@ from shared.store.isolation_groups import GroupClaim
 from worker.at_once import begun
 from worker.consistency import WaitedOut, until_consistent, wait_for
 from worker.steps.base import Change, Plan, Step, StepContext
-from worker.steps.checks import Check, PolicySimulator, ec2_dry_run, outcome
 from worker.steps.group_check import MANAGED_TAG, GroupCheck
 from worker.steps.release import ReleaseContext, release_outcome
 
@@ -122,41 +121,108 @@ class EnsureIsolationSecurityGroup(Step):
         "ec2:RevokeSecurityGroupIngress",
     )
 
-    def run(self, ctx: StepContext) -> StepRecord:
-        created: list[str] = []
-        reused: list[str] = []
-        for vpc_id in ctx.instance.state.vpc_ids:
-            key = _cache_key(ctx, vpc_id)
-            with _group_lock(key):
-                with _groups_lock:
-                    checking, cached = _checking.get(key), _groups.get(key)
-                if checking is not None:  # a batch-mate checks it now: one check serves both
-                    group_id, check, new = checking.group_id, checking.check, False
-                else:
-                    claim = cached or self._known(ctx, vpc_id)
-                    if claim is not None and claim.group_id is not None:
-                        group_id, new = claim.group_id, False
-                    else:
-                        claim, new = self._claim_and_create(ctx, vpc_id)
-                        assert claim.group_id is not None
-                        group_id = claim.group_id
-                    check = begun(partial(self._check, ctx, vpc_id, claim, new))
-                    with _groups_lock:
-                        _groups[key] = claim
-                        _checking[key] = _Checking(group_id, check)
-                    check.add_done_callback(partial(_checked, key))
-            ctx.isolation_groups[vpc_id] = group_id
-            ctx.revoking[group_id] = check
-            label = f"{group_id} ({vpc_id})"
-            if new:
-                created.append(f"{label}, its default rules revoked with the cut")
+    def plan(self, ctx: StepContext) -> Plan:
+        """Each VPC's group ensured, one VPC after another. A run decides under the VPC's lock, not
+        before it (its batch-mates find or create the same group, and share its check), and the group is
+        described, retagged and stripped by that check, in the background while the interfaces are cut:
+        so the run's plan is one change per VPC, made under the lock (`_ensure`). A dry run takes no lock
+        and begins no check: its plan reads the group as the check would, and names each change."""
+        if ctx.dry_run:
+            return self._as_it_stands(ctx)
+        changes = [
+            Change(
+                f"ensure the isolation group of {vpc_id}",
+                ctx.ec2.create_security_group,
+                apply_by=partial(self._ensure, ctx, vpc_id),
+            )
+            for vpc_id in ctx.instance.state.vpc_ids
+        ]
+        return Plan.making(self._ensured, *changes)
+
+    def _ensure(self, ctx: StepContext, vpc_id: str) -> tuple[str, bool]:
+        """The VPC's group (found, or claimed and created) with its check begun; its label, and whether
+        this isolation created it."""
+        key = _cache_key(ctx, vpc_id)
+        with _group_lock(key):
+            with _groups_lock:
+                checking, cached = _checking.get(key), _groups.get(key)
+            if checking is not None:  # a batch-mate checks it now: one check serves both
+                group_id, check, new = checking.group_id, checking.check, False
             else:
-                reused.append(f"{label}, its rules checked with the cut")
+                claim = cached or self._known(ctx, vpc_id)
+                if claim is not None and claim.group_id is not None:
+                    group_id, new = claim.group_id, False
+                else:
+                    claim, new = self._claim_and_create(ctx, vpc_id)
+                    assert claim.group_id is not None
+                    group_id = claim.group_id
+                check = begun(partial(self._check, ctx, vpc_id, claim, new))
+                with _groups_lock:
+                    _groups[key] = claim
+                    _checking[key] = _Checking(group_id, check)
+                check.add_done_callback(partial(_checked, key))
+        ctx.isolation_groups[vpc_id] = group_id
+        ctx.revoking[group_id] = check
+        return f"{group_id} ({vpc_id})", new
+
+    def _ensured(self, results: list[Any]) -> StepRecord:
+        created = [f"{label}, its default rules revoked with the cut" for label, new in results if new]
+        reused = [f"{label}, its rules checked with the cut" for label, new in results if not new]
         parts = [f"created {', '.join(created)}"] * bool(created) + [f"in place {', '.join(reused)}"] * bool(
             reused
         )
         detail = "; ".join(parts)
         return StepRecord.done(self.name, detail) if created else StepRecord.already(self.name, detail)
+
+    def _as_it_stands(self, ctx: StepContext) -> Plan:
+        """A dry run's plan: for each VPC, the group to create, or the group's tag to put back and its
+        rules to revoke (what the run's check would do); in place when there is nothing to do."""
+        changes: list[Change] = []
+        settled: list[str] = []
+        for vpc_id in ctx.instance.state.vpc_ids:
+            claim = ctx.groups.group_claims(ctx.target.account_id, ctx.target.region).get(vpc_id)
+            group = None
+            if claim is not None and claim.group_id is not None:
+                try:
+                    group = self._describe(ctx, claim.group_id)
+                except ClientError as exc:
+                    if error_code(exc) not in _NOT_YET:
+                        raise
+            if group is None:
+                changes.append(
+                    Change(
+                        f"create the isolation group of {vpc_id}",
+                        ctx.ec2.create_security_group,
+                        _creation(ctx, vpc_id, group_name(ctx.settings.ISOLATION_SG_NAME)),
+                    )
+                )
+                continue
+            group_id = group["GroupId"]
+            ctx.isolation_groups[vpc_id] = group_id  # the cut's dry run names it
+            if not _managed(group):
+                changes.append(
+                    Change(
+                        f"restore the tag {MANAGED_TAG} of {group_id} ({vpc_id})",
+                        ctx.ec2.create_tags,
+                        {"Resources": [group_id], "Tags": [{"Key": MANAGED_TAG, "Value": "true"}]},
+                    )
+                )
+            rule_sets = _rule_sets(ctx, group)
+            for rules, revoke in rule_sets:
+                count = sum(_rule_count(rule) for rule in rules)
+                changes.append(
+                    Change(
+                        f"revoke {count} rule(s) of {group_id} ({vpc_id})",
+                        revoke,
+                        {"GroupId": group_id, "IpPermissions": [_as_request(rule) for rule in rules]},
+                    )
+                )
+            if not rule_sets and _managed(group):
+                settled.append(f"{group_id} ({vpc_id})")
+        unchanged = f"in place {', '.join(settled)}" if settled else ""
+        if not changes:
+            return Plan.nothing(StepRecord.already(self.name, unchanged))
+        return Plan.making("", *changes, unchanged=unchanged)
 
     # --- which group ----------------------------------------------------------------------------------
 
@@ -317,52 +383,6 @@ class EnsureIsolationSecurityGroup(Step):
             )
             revoked += sum(_rule_count(rule) for rule in rules)
         return revoked
-
-    def check(self, ctx: StepContext, simulator: PolicySimulator) -> StepRecord:
-        checks: list[Check] = []
-        settled: list[str] = []
-        for vpc_id in ctx.instance.state.vpc_ids:
-            claim = ctx.groups.group_claims(ctx.target.account_id, ctx.target.region).get(vpc_id)
-            group = None
-            if claim is not None and claim.group_id is not None:
-                try:
-                    group = self._describe(ctx, claim.group_id)
-                except ClientError as exc:
-                    if error_code(exc) not in _NOT_YET:
-                        raise
-            if group is None:
-                checks.append(
-                    ec2_dry_run(
-                        f"create the isolation group of {vpc_id}",
-                        ctx.ec2.create_security_group,
-                        **_creation(ctx, vpc_id, group_name(ctx.settings.ISOLATION_SG_NAME)),
-                    )
-                )
-                continue
-            ctx.isolation_groups[vpc_id] = group["GroupId"]
-            if not _managed(group):
-                checks.append(
-                    ec2_dry_run(
-                        f"restore the tag {MANAGED_TAG} of {group['GroupId']} ({vpc_id})",
-                        ctx.ec2.create_tags,
-                        Resources=[group["GroupId"]],
-                        Tags=[{"Key": MANAGED_TAG, "Value": "true"}],
-                    )
-                )
-            rule_sets = _rule_sets(ctx, group)
-            for rules, revoke in rule_sets:
-                count = sum(_rule_count(rule) for rule in rules)
-                checks.append(
-                    ec2_dry_run(
-                        f"revoke {count} rule(s) of {group['GroupId']} ({vpc_id})",
-                        revoke,
-                        GroupId=group["GroupId"],
-                        IpPermissions=[_as_request(rule) for rule in rules],
-                    )
-                )
-            if not rule_sets and _managed(group):
-                settled.append(f"{group['GroupId']} ({vpc_id})")
-        return outcome(self.name, checks, f"in place {', '.join(settled)}" if settled else "")
 
 
 class SwapSecurityGroups(Step):
