@@ -12,7 +12,7 @@ from tests.support.aws import client_error
 
 from shared.errors import PermanentError
 from shared.models import StepStatus
-from worker.steps import PLAN
+from worker.steps import PLAN, RELEASE
 from worker.steps.base import Step
 from worker.steps.checks import Action, PolicySimulator, ec2_dry_run, outcome
 
@@ -26,10 +26,11 @@ PASS_ROLE = Action(
 
 
 def test_every_step_of_the_plan_has_its_own_dry_run() -> None:
-    # A step's dry run is its plan checked (Step.check): a step plans, or (TRANSITIONAL, this session)
-    # still has a check of its own.
-    for step in PLAN:
-        assert step.plan is not Step.plan or step.check is not Step.check, f"{step.name} has no check"
+    # A step's dry run is its plan checked (Step.check), and its run the same plan applied (Step.run):
+    # every step of an isolation and of a release plans, and none runs or checks in a way of its own.
+    for step in PLAN + RELEASE:
+        assert step.plan is not Step.plan, f"{step.name} does not plan"
+        assert step.run is Step.run and step.check is Step.check, f"{step.name} runs or checks on its own"
 
 
 def _raising(code: str) -> Any:

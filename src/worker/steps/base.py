@@ -7,7 +7,7 @@ failure; a redelivered message finds its changes in place (`already`), so a retr
 
 from __future__ import annotations
 
-from abc import ABC
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -213,11 +213,10 @@ class Step(ABC):
     #: a batch runs them one after another rather than have them wait on each other.
     one_writer_per_role: ClassVar[bool] = False
 
+    @abstractmethod
     def plan(self, ctx: StepContext) -> Plan:
         """Read what the step would change and decide: settled, or the changes with their prior values.
         Changes nothing (a dry run plans too)."""
-        # TRANSITIONAL (this session): abstract once every step plans; until then a step overrides run/check.
-        raise NotImplementedError(f"{self.name} does not plan yet")
 
     def run(self, ctx: StepContext) -> StepRecord:
         """The plan applied: its prior values on record, then its changes, then the evidence it keeps;
