@@ -6,10 +6,17 @@ Scaling can beat us to (the instance's credentials denied on its role; the insta
 and its load balancers, before the failing health checks get it replaced). `FOLLOW_UP` is everything
 else (the API cut, protection, evidence, labels): it runs later, from the isolation's own message on the
 follow-up queue, so that it never delays another instance's containment.
-`RELEASE` (`worker.steps.release`) undoes an isolation from the record's prior state.
-`required_permissions()` is what the member-account role must grant (tests/infra checks
-iam-execution-role.yml against it in both directions): the steps' actions, and a dry run's permission
-simulator (`worker.steps.checks`; each step's `check` is its dry run).
+`RELEASE` undoes an isolation from the record's prior state, in the order that reopens least first (the
+instance never comes back online with deny-all credentials, and never rejoins its Auto Scaling group
+before it can pass the group's health check): the prior instance profile, the credentials deny taken
+out, the prior security groups, the load balancers, the Auto Scaling group (once the network is back),
+the instance attributes, the labels. Each step of an isolation and its inverse live in one module (the
+release-wide context in `worker.steps.release`).
+
+A step plans (`worker.steps.base`): its plan is applied (`run`) or, in a dry run, checked (`check`,
+`worker.steps.checks`). `required_permissions()` is what the member-account role must grant
+(tests/infra checks iam-execution-role.yml against it in both directions): the steps' actions, and a
+dry run's permission simulator.
 """
 
 from __future__ import annotations

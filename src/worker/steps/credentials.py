@@ -1,5 +1,7 @@
 """Cut the credentials the instance already holds: temporary credentials it took from its role (IMDS)
-stay valid for hours after the profile swap, and they are what an attacker steals first.
+stay valid for hours after the profile swap, and they are what an attacker steals first. Its inverse in
+a release, `remove-credentials-deny`, takes the instance out of the role's deny policy again (under the
+same lease; the policy is deleted with its last entry).
 
 IAM evaluates policies on every request, so a deny on the instance's *prior* role takes effect within
 seconds. The deny is conditioned on `ec2:SourceInstanceARN` (present on requests signed with an

@@ -14,6 +14,11 @@ Scaling), its disks and memory with it.
   (DescribeTargetHealth). `instance` target groups of the instance's VPCs match its id; `ip` target
   groups (which may sit outside the VPC, `AvailabilityZone: all`) match any IPv4 or IPv6 address of any
   of its interfaces.
+
+The inverses, in a release, once the network is back (before, the instance would fail the health checks
+and be replaced): `rejoin-load-balancers` registers it again with the target groups and classic load
+balancers of the prior state; `rejoin-auto-scaling-group` attaches it to its group again when the group
+still exists and has room (attaching raises the group's desired capacity by one).
 """
 
 from __future__ import annotations

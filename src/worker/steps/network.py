@@ -1,4 +1,5 @@
-"""Containment: the isolation security group of each VPC, alone on every network interface.
+"""Containment: the isolation security group of each VPC, alone on every network interface; and its
+inverse in a release, `restore-security-groups`: each interface still attached gets its prior groups.
 
 The isolation group of a VPC is the group the service's own table names (`shared.store.isolation_groups`),
 never one found by name or tag: a member can make a group named like the service's, with any tags and

@@ -1,18 +1,7 @@
-"""The release steps: an isolation undone from the record's `prior_state`, in the order that reopens
-least first (the instance never comes back online with deny-all credentials, and never rejoins its Auto
-Scaling group before it can pass the group's health check):
-
-1. `restore-instance-profile`: the prior profile associated again (the isolation profile removed when
-   there was none);
-2. `remove-credentials-deny`: the instance's entry taken out of its role's deny policy (under the role's
-   lease, like the credentials step; the policy is deleted with its last entry);
-3. `restore-security-groups`: each interface still attached gets its prior groups;
-4. `rejoin-load-balancers`: registered again with its target groups and classic load balancers;
-5. `rejoin-auto-scaling-group`: attached to its group again, once the network is back, when the group
-   still exists and has room (attaching raises the group's desired capacity by one);
-6. `restore-instance-attributes`: shutdown behaviour, stop and termination protection,
-   `DeleteOnTermination`;
-7. `untag-instance`: `ec2-isolation:id`, `:at`, `:source` removed, `ec2-isolation:released-at` added.
+"""What every release step shares: its context (`ReleaseContext`: the record's prior state, the instance
+now, whether the network is back), its notes (a release writes no prior state and no evidence) and how
+it words its outcome (`release_outcome`). Each release step lives beside the step it undoes (a forward
+step and its inverse in one module); their order is `worker.steps.RELEASE`.
 
 Each checks before it acts (`already`), and skips with the reason what no longer exists (an interface
 detached since, a deleted group, role, profile or load balancer) or what the record does not know (an
