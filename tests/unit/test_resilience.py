@@ -198,20 +198,17 @@ def test_retry_delays_come_from_the_settings() -> None:
     assert retry_delay(error("InternalServerError", 500), settings, 2) == 20
 
 
+def _wait(condition: Any, slept: list[float], **options: Any) -> None:
+    """`wait_for` with the code "Busy" and the message "busy", waits recorded in `slept`."""
+    wait_for(condition, sleep=slept.append, **{"code": "Busy", "message": "busy", **options})
+
+
 def test_waiting_for_another_worker_backs_off_and_stops_as_soon_as_it_holds() -> None:
     # Given a condition that holds on its fourth ask
     slept: list[float] = []
     answers = iter([False, False, False, True])
     # When it is waited for
-    wait_for(
-        lambda: next(answers),
-        budget_seconds=5,
-        first_delay=0.05,
-        max_delay=0.1,
-        sleep=slept.append,
-        code="Busy",
-        message="busy",
-    )
+    _wait(lambda: next(answers), slept, budget_seconds=5, first_delay=0.05, max_delay=0.1)
     # Then it was asked at once, then after each wait, each twice the one before up to the cap
     assert slept == [0.05, 0.1, 0.1]
     assert next(answers, None) is None
@@ -229,13 +226,12 @@ def test_waiting_past_the_budget_hands_the_retry_to_the_queue_with_the_time_wait
 
     # When it is waited for with a 1 s budget
     with pytest.raises(WaitedOut) as raised:
-        wait_for(
+        _wait(
             never,
+            slept,
             budget_seconds=1,
             first_delay=0.25,
             max_delay=4,
-            sleep=slept.append,
-            code="Busy",
             message=lambda waited: f"still busy after {waited:.2f}s",
         )
     # Then it waited within the budget, asked after every wait, and the queue retries it in-flight
@@ -251,23 +247,15 @@ def test_waiting_past_the_budget_hands_the_retry_to_the_queue_with_the_time_wait
 def test_waiting_first_asks_only_after_the_first_wait() -> None:
     # Given a condition that holds at once
     slept: list[float] = []
-    asked = 0
-
-    def holds() -> bool:
-        nonlocal asked
-        asked += 1
-        return True
-
+    asked: list[bool] = []
     # When it is waited for, the first ask after the first wait
-    wait_for(
-        holds,
+    _wait(
+        lambda: asked.append(True) or True,
+        slept,
         budget_seconds=1,
         first_delay=0.1,
         max_delay=1,
-        sleep=slept.append,
-        code="Busy",
-        message="busy",
         wait_first=True,
     )
     # Then it waited once, then asked once
-    assert slept == [0.1] and asked == 1
+    assert slept == [0.1] and asked == [True]
