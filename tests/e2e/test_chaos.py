@@ -957,7 +957,7 @@ def test_chaos(
 
         @contextlib.contextmanager
         def acting(receive: Any) -> Iterator[None]:
-            job = receive.record
+            job = receive.subject
             phase = "follow-up" if isinstance(receive, worker.runner.FollowUp) else "containment"
             with chaos.attempt(job, receive.receive_count, phase), real_acting(receive):
                 try:
@@ -967,7 +967,7 @@ def test_chaos(
                     raise
 
         def conclude(receive: Any, outcome: Any) -> Any:
-            chaos.ran(receive.record, real_conclude(receive, outcome).value)
+            chaos.ran(receive.subject, real_conclude(receive, outcome).value)
             return outcome
 
         def run_release(attempt: Any) -> Any:
@@ -985,7 +985,7 @@ def test_chaos(
             try:
                 return real_settle(receive, exc)
             except Exception as error:
-                chaos.ran(receive.record, f"retry ({getattr(error, 'code', type(error).__name__)})")
+                chaos.ran(receive.subject, f"retry ({getattr(error, 'code', type(error).__name__)})")
                 raise
 
         def create_queued(store: IsolationStore, record: Any, **kwargs: Any) -> Any:

@@ -56,6 +56,7 @@ from shared.store import (
     idempotency,
     isolation_groups,
     rate_limits,
+    record_ends,
     record_leases,
     role_leases,
     slots,
@@ -73,6 +74,7 @@ from shared.store.dynamo import (
     updated_if,
 )
 from shared.store.idempotency import IdempotencyClaim, Replayed
+from shared.store.record_ends import Ended, end_with_slot
 from shared.store.record_leases import LeaseHeld
 from shared.store.releases import ReleaseWrites
 from shared.store.table import LIST_SHARDS, shard_query
@@ -744,17 +746,13 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         # The record's end and the slot's release are one transaction: an isolation that ended never
         # keeps its instance's slot (later requests would join an isolation that is over).
         release = slots.release(self.table_name, record.target, record.isolation_id, isolated_at=isolated_at)
-        try:
-            self.client.transact_write_items(TransactItems=[{"Update": ending}, {"Update": release}])
+        ended = end_with_slot(self.client, ending, release)
+        if ended is Ended.ALREADY:
+            return False
+        if ended is Ended.WITH_SLOT:
             if status is Status.FAILED:
                 self._no_longer_isolated(record, error)
             return True
-        except ClientError as exc:
-            refused = refusals(exc)
-            if not refused.codes or refused.refused(0):
-                return False  # the record had already ended
-            if not refused.refused(1):
-                raise  # a conflict with another write: retried like any transient error
         # The slot is not this isolation's (taken over after a lease expired, or freed already).
         if not updated_if(self.client, ending):
             return False
@@ -817,31 +815,20 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         stamp: str | None = None,
     ) -> dict[str, Any]:
         """The update of a record's end by `transition` (checked at `now`)."""
-        if status not in transition.to:
-            raise ValueError(f"{transition.name} cannot end a record {status.value}")
-        write = Write(
-            "#s = :status",
-            "updated_at = :stamp",
-            remove=("lease_owner", "lease_until", "final_attempt"),
-            condition=transition.guard,
-            params={"now": epoch(time.time() if now is None else now)},
-            status=status.value,
+        write = record_ends.ending(
+            transition,
+            status,
+            now=time.time() if now is None else now,
             stamp=stamp or iso8601(utcnow()),
+            error=error,
+            steps=extra_steps,
         )
-        if error is not None:
-            write.set("#e = :error", error=error.model_dump())
         if resumable:
             write.set("resumable = :resumable", resumable=True)
         if attempts is not None:
             write.set("attempts = :attempts", attempts=attempts)
         if evidence is not None:
             write.set("evidence = :evidence", evidence=evidence.model_dump())
-        if extra_steps:
-            write.set(
-                "steps = list_append(if_not_exists(steps, :empty), :step)",
-                empty=[],
-                step=[step.model_dump(mode="json") for step in extra_steps],
-            )
         return {"TableName": self.table_name, "Key": key(record.isolation_id), **write.request()}
 
 

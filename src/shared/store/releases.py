@@ -29,9 +29,10 @@ from shared.models import (
     iso8601,
     utcnow,
 )
-from shared.store import episode_ends, record_leases, slots
+from shared.store import episode_ends, record_ends, record_leases, slots
 from shared.store.dynamo import Refused, Write, epoch, key, query_items, refusals, updated_if
 from shared.store.episodes import EpisodeReads
+from shared.store.record_ends import Ended, end_with_slot
 from shared.store.record_leases import LeaseHeld
 
 #: The error codes of a release that did not finish.
@@ -206,15 +207,11 @@ class ReleaseWrites(EpisodeReads):
         moment = time.time() if now is None else now
         ending = self._release_ending(record, status, transition, error, extra_steps, moment)
         free = slots.release_after_release(self.table_name, record.target, record.isolation_id)
-        try:
-            self.client.transact_write_items(TransactItems=[{"Update": ending}, {"Update": free}])
+        ended = end_with_slot(self.client, ending, free)
+        if ended is Ended.WITH_SLOT:
             return ReleaseEnd.ENDED
-        except ClientError as exc:
-            refused = refusals(exc)
-            if not refused.codes or refused.refused(0):
-                return ReleaseEnd.ALREADY
-            if not refused.refused(1):
-                raise
+        if ended is Ended.ALREADY:
+            return ReleaseEnd.ALREADY
         if status is Status.RELEASED:
             return ReleaseEnd.SUPERSEDED
         if not updated_if(self.client, ending):
@@ -286,28 +283,20 @@ class ReleaseWrites(EpisodeReads):
         extra_steps: list[StepRecord] | None,
         now: float,
     ) -> dict[str, Any]:
-        if status not in transition.to:
-            raise ValueError(f"{transition.name} cannot end a record {status.value}")
         stamp = iso8601(utcnow())
         released = status is Status.RELEASED
-        write = Write(
-            "#s = :status",
-            "updated_at = :stamp",
-            # A RELEASED record keeps `final_attempt` and `lease_until` as the mark of its episode's end.
-            remove=("lease_owner",) if released else ("lease_owner", "lease_until", "final_attempt"),
-            condition=transition.guard,
-            params={"now": epoch(now)},
-            status=status.value,
+        # A RELEASED record keeps `final_attempt` and `lease_until` as the mark of its episode's end.
+        write = record_ends.ending(
+            transition,
+            status,
+            now=now,
             stamp=stamp,
+            error=error,
+            steps=extra_steps,
+            under="#r.",
+            keep_lease_mark=released,
         )
         if released:
             write.set("released_at = :stamp")
             episode_ends.marking(write, ended=epoch(now))
-        if error is not None:
-            write.set("#r.#e = :error", error=error.model_dump())
-        if extra_steps:
-            write.set(
-                "#r.steps = list_append(#r.steps, :steps)",
-                steps=[step.model_dump(mode="json") for step in extra_steps],
-            )
         return {"TableName": self.table_name, "Key": key(record.isolation_id), **write.request()}
