@@ -125,7 +125,7 @@ class SwapInstanceProfile(Step):
                     ),
                 )
             )
-        association = current_association(ctx)
+        association = _current_association(ctx)
         if _profile_of(association) == profile:
             return Plan.nothing(StepRecord.already(self.name, f"instance profile is {profile}"))
 
@@ -170,7 +170,7 @@ class RestoreInstanceProfile(Step):
     def plan(self, ctx: StepContext) -> Plan:
         isolation = ctx.settings.ISOLATION_PROFILE_NAME
         prior = profile_name_of(ctx.prior.instance_profile_arn)
-        association = current_association(ctx)
+        association = _current_association(ctx)
         current = _profile_of(association)
         if prior is None or prior == isolation:
             if current != isolation or association is None:
@@ -280,7 +280,7 @@ def _put_profile(
     planned = [association]
 
     def attempt() -> StepRecord:
-        return _give(ctx, step, profile, planned.pop() if planned else current_association(ctx))
+        return _give(ctx, step, profile, planned.pop() if planned else _current_association(ctx))
 
     return until_consistent(
         attempt,
@@ -303,7 +303,7 @@ def _give(ctx: StepContext, step: str, profile: str, association: dict[str, Any]
             if error_code(exc) != "IncorrectState":
                 raise
             # Associated concurrently (or describe lagged): replace whatever is there now.
-            association = current_association(ctx)
+            association = _current_association(ctx)
             if association is None:
                 raise
     previous = association.get("IamInstanceProfile", {}).get("Arn")
@@ -326,7 +326,7 @@ def profile_roles(ctx: StepContext, profile: str) -> list[dict[str, Any]] | None
     return list(roles)
 
 
-def current_association(ctx: StepContext) -> dict[str, Any] | None:
+def _current_association(ctx: StepContext) -> dict[str, Any] | None:
     """The instance's profile association (associating or associated), if any. Read here rather than
     from DescribeInstances: moto's does not follow a replaced association."""
     associations = ctx.ec2.describe_iam_instance_profile_associations(
