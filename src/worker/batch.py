@@ -187,10 +187,12 @@ def _describe(
 def _look_ahead(deps: WorkerDeps, target: Target) -> dict[str, GroupClaim] | None:
     """The region's isolation groups as the service's table names them, read while the instances are
     described, when this environment knows none of the account and region yet (None otherwise, or when
-    the read failed: the step then reads them itself)."""
+    the read failed: the step then reads them itself). A new environment also learns then whether an
+    earlier version's groups are adopted, which a claim would otherwise read on the cut's path."""
     if network.knows_groups_of(target.account_id, target.region):
         return None
     try:
+        deps.store.adopted_everywhere()
         return deps.store.group_claims(target.account_id, target.region)
     except Exception as exc:
         logger.warning("isolation groups not looked up ahead", extra={"error": str(exc)})

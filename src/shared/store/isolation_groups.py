@@ -173,7 +173,7 @@ class GroupRegistry(RecordTable):
         """Once per account and region: adopt the groups the service's own ISOLATED records name there
         (an upgrade from a version without this table); the group ids adopted now. Nothing once the
         sweeper has adopted them everywhere."""
-        if self._adopted_everywhere():
+        if self.adopted_everywhere():
             return []
         found = self.client.get_item(
             TableName=self.table_name, Key=key(groups_key(account_id, region)), ConsistentRead=True
@@ -202,7 +202,7 @@ class GroupRegistry(RecordTable):
         """The sweeper's pass (once, after an upgrade): adopt the groups the service's own ISOLATED
         records name in every account and region, then mark the table done; once done, nothing (one read
         per environment). The number of groups adopted now."""
-        if self._adopted_everywhere():
+        if self.adopted_everywhere():
             return 0
         adopted_now = sum(
             self.adopt_group(record.account_id, record.region, vpc_id, group_id, record.isolation_id)
@@ -217,7 +217,9 @@ class GroupRegistry(RecordTable):
         _ADOPTED_TABLES.add(self.table_name)
         return adopted_now
 
-    def _adopted_everywhere(self) -> bool:
+    def adopted_everywhere(self) -> bool:
+        """Whether the sweeper has adopted an earlier version's groups everywhere (read once per
+        environment, then known)."""
         if self.table_name in _ADOPTED_TABLES:
             return True
         if self.item(ADOPTED_EVERYWHERE) is None:
