@@ -495,15 +495,12 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         """
 
         def begin_write(transition: Transition) -> Write:
-            write = record_leases.taking(
+            write = _running(
                 transition,
-                "#s = :running",
                 "attempts = if_not_exists(attempts, :zero) + :one",
                 owner=owner,
                 lease_seconds=lease_seconds,
                 final=final,
-                remove=("#e", "resumable"),
-                running=Status.IN_PROGRESS.value,
                 zero=0,
                 one=1,
             )
@@ -615,15 +612,7 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         Raises `RecordEnded` when there is nothing left to do, `RecordMissing` when there is no such
         record, `LeaseHeld` while another attempt holds it or the containment has not handed it over.
         """
-        write = record_leases.taking(
-            lifecycle.BEGIN_FOLLOW_UP,
-            "#s = :running",
-            owner=owner,
-            lease_seconds=lease_seconds,
-            final=final,
-            remove=("#e", "resumable"),
-            running=Status.IN_PROGRESS.value,
-        )
+        write = _running(lifecycle.BEGIN_FOLLOW_UP, owner=owner, lease_seconds=lease_seconds, final=final)
         try:
             stored = self.update_record(isolation_id, write)
         except Refused as refused:
@@ -830,6 +819,24 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         if evidence is not None:
             write.set("evidence = :evidence", evidence=evidence.model_dump())
         return {"TableName": self.table_name, "Key": key(record.isolation_id), **write.request()}
+
+
+def _running(
+    transition: Transition, *clauses: str, owner: str, lease_seconds: int, final: bool, **values: object
+) -> Write:
+    """The write by which an attempt (an isolation's containment or its follow-up) takes the record by
+    `transition`: IN_PROGRESS, its lease, an earlier end's error and resumable mark taken off."""
+    return record_leases.taking(
+        transition,
+        "#s = :running",
+        *clauses,
+        owner=owner,
+        lease_seconds=lease_seconds,
+        final=final,
+        remove=("#e", "resumable"),
+        running=Status.IN_PROGRESS.value,
+        **values,
+    )
 
 
 def _record_item(record: IsolationRecord) -> dict[str, Any]:
