@@ -4,8 +4,8 @@ Runs the local stack in-process (embedded moto, a demo organization of three mem
 worker as Lambda runs it: batches of the template's `BatchSize`, at most `WorkerMaxConcurrency`
 execution environments, each a process. Every environment (and the ingest) gets a rough model of AWS
 (`local_stack.aws_model`): each call delayed as AWS would answer it (STS/IAM ~100 ms, EC2 ~70 ms,
-DynamoDB ~8 ms, SQS ~12 ms) and a share of EC2's mutating calls throttled (`RequestLimitExceeded`, left
-to the worker's retry). Through the webhook, as a user sends them:
+DynamoDB ~8 ms, SQS ~12 ms) and, in the bursts, a share of EC2's mutating calls throttled
+(`RequestLimitExceeded`, left to the worker's retry). Through the webhook, as a user sends them:
 
 1. one 2-ENI instance alone, cold (the first isolation in its account and region: no assumed-role
    session, no isolation security group yet; the environment already started), then a second one of the
@@ -37,12 +37,14 @@ import contextlib
 import io
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from local_stack.aws_model import LATENCY_SECONDS, Latency, Throttling
@@ -345,7 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     from shared.observability import logger
 
     logger.setLevel("ERROR")  # the ingest's, in this process (each environment reads the variable)
-    latency, throttling = Latency(), Throttling(share=THROTTLED_SHARE)
+    # The single isolations are measured without the throttling: a throttled one is retried through the
+    # queue, and its figures are no longer those of one isolation's path (the bursts keep it).
+    singles = Path(tempfile.mkdtemp(prefix="bench-")) / "singles-unthrottled"
+    singles.touch()
+    latency, throttling = Latency(), Throttling(share=THROTTLED_SHARE, paused_by=str(singles))
     environment = {"POWERTOOLS_LOG_LEVEL": "ERROR", "POWERTOOLS_METRICS_DISABLED": "true"}
     calls = Calls()
     remove = add_event_hook("before-call", calls.hook)
@@ -388,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             first, second = stack.demo.instance("web-1", account=0), stack.demo.instance("web-2", account=0)
             cold = isolate_one(stack, batches, follow_ups, first, calls)
             warm = isolate_one(stack, batches, follow_ups, second, calls)
+            singles.unlink()
             _progress(f"one alone, cold and warm: {time.monotonic() - began:.0f} s")
 
             accounts = stack.demo.accounts
@@ -446,6 +453,7 @@ def report(
         "ec2-isolation benchmark: local stack (embedded moto), 2-ENI instances; the worker in "
         f"environment processes (batch size {batch_size}, at most {concurrency} at once); "
         f"AWS latency model: {model} per call; {THROTTLED_SHARE:.0%} of EC2 mutating calls throttled"
+        " (in the bursts; one alone is measured unthrottled)"
     )
     started = f"all {concurrency} started before the bursts" if warm_environments else "one started before"
     print(f"(stack started and demo organization seeded in {seeded:.0f} s; worker environments: {started})")

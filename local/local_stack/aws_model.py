@@ -9,7 +9,9 @@ clients make (`shared.aws` hooks, before the call is sent):
 - `Throttling`: a share of EC2's mutating calls (not Describe/Get/List/Search) answer
   `RequestLimitExceeded` (HTTP 503), as EC2's per-account token buckets do when a burst empties them.
   The error is raised where botocore's own retries do not see it: it stands for a throttle that
-  outlasted them, which the worker's retry (the message back on the queue) must handle.
+  outlasted them, which the worker's retry (the message back on the queue) must handle. While the file
+  `paused_by` names exists, nothing is throttled (the environments are processes: a file is what they
+  all see at once).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -55,15 +57,23 @@ class Latency:
 class Throttling:
     share: float = 0.03
     seed: int = 20261129
+    #: While this file exists, no call is throttled (None: always on).
+    paused_by: str | None = None
 
     def install(self) -> None:
         from shared.aws import add_event_hook
 
+        add_event_hook("before-call.ec2", self.hook())
+
+    def hook(self) -> Callable[..., None]:
+        """The `before-call.ec2` hook: this process's own draw of which calls are throttled."""
         chance = random.Random(self.seed * 100_003 + os.getpid())  # noqa: S311 - a model, not security
 
         def throttle(event_name: str = "", **_: Any) -> None:
             _service, operation = _service_and_operation(event_name)
             if operation.startswith(_NON_MUTATING) or chance.random() >= self.share:
+                return
+            if self.paused_by is not None and os.path.exists(self.paused_by):
                 return
             raise ClientError(
                 {
@@ -73,4 +83,4 @@ class Throttling:
                 operation,
             )
 
-        add_event_hook("before-call.ec2", throttle)
+        return throttle
