@@ -28,8 +28,11 @@ class StepJournal:
     environment that died meanwhile would leave it in place with no record of it); the last rides with
     the hand-over, made at once (`Attempt.hold`).
 
+    A dry run's checks go through the same journal: what they read of the prior state is written before
+    the next outcome, and `end` ends the record CHECKED or FAILED.
+
     The journal keeps the record as its writes left it (`record`, from the begin on): the follow-up's
-    outcome event is the record it ended, not read back.
+    and the dry run's outcome event is the record it ended, not read back.
     """
 
     store: IsolationStore
