@@ -16,9 +16,6 @@ from typing import Any
 from shared.models import StepRecord
 from worker.steps.base import StepContext
 
-#: Auto Scaling lifecycle states of an instance on its way out of a group.
-_LEAVING = ("Detaching", "Detached")
-
 
 @dataclass
 class ReleaseContext(StepContext):
