@@ -1254,7 +1254,15 @@ def test_chaos(
                 isolation_groups(instance, owned),
                 settings.ISOLATION_PROFILE_NAME,
                 unrecorded,
-                chaos.write_failed,
+                # Outcomes the injector made unwritable: a failed record write, or a crash on a step's
+                # call after the record began (its change half made, as an environment dies between two
+                # calls; the record keeps the prior state, so it is releasable: FAILED with a prior state)
+                chaos.write_failed
+                | {
+                    r["isolation_id"]
+                    for r in since
+                    if r["isolation_id"] in chaos.crashed and r.get("prior_state")
+                },
                 # Tags a member forged after the instance's last isolation ended other than ISOLATED are
                 # nobody's to repair (the tamper watch re-tags isolated instances only).
                 forged=instance_id in adversary.forged
@@ -1379,9 +1387,10 @@ def _check_instance(
     `forged`: a member wrote `ec2-isolation:` tags on it after its last isolation, which did not end
     ISOLATED (nothing repairs them): its tags are not checked.
 
-    A change no record mentions is a violation, unless one of the instance's records had a write failed
-    by the injector (the change was made, its record write failed, and no later attempt got as far as
-    that step again to record it `already`): counted in `unrecorded`. Returns 1 for an isolated instance.
+    A change no record mentions is a violation, unless one of the instance's records lost an outcome to
+    the injector (`write_failed`: a record write failed, or the worker crashed on a step's call after the
+    record began; the change was made, and no later attempt got as far as that step again to record it
+    `already`): counted in `unrecorded`. Returns 1 for an isolated instance.
     """
     where = f"{instance.label} {instance.instance_id} in {instance.account_id}"
     state = {"records": [_show(r) for r in history], "before": before.__dict__, "now": now.__dict__}
