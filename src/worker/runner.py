@@ -393,10 +393,10 @@ class _Receive(ABC):
         assert ctx is not None and journal is not None, "the record is not begun"
         return ctx, journal
 
-    def _step(self, procedure: Procedure, step_class: type[Step], ctx: StepContext) -> StepRecord:
-        """A step of `procedure` (`Procedure.perform`): one that cannot be put in place is recorded failed
-        and the others still run (`unmet`: the record ends FAILED with it)."""
-        _, journal = self._begun()
+    def _step(self, procedure: Procedure, step_class: type[Step]) -> StepRecord:
+        """A step of `procedure` (`Procedure.perform`) in the begun record's context: one that cannot be
+        put in place is recorded failed and the others still run (`unmet`: the record ends FAILED with it)."""
+        ctx, journal = self._begun()
 
         def incomplete(error: PermanentError) -> None:
             self.unmet = error
@@ -484,9 +484,8 @@ class Attempt(_Receive):
     def contain(self) -> Outcome | None:
         """The network cut, then `contained_at` with its steps. A tamper repair past its budget ends
         there (FAILED `TamperLoop`: the rest is not repaired)."""
-        ctx = self.ctx
         ctx, journal = self._begun()
-        steps = [self._step(CONTAINMENT, step, ctx) for step in CONTAINMENT.steps]
+        steps = [self._step(CONTAINMENT, step) for step in CONTAINMENT.steps]
         journal.contained(steps, isolation_groups=ctx.isolation_groups)
         return self._end_tamper_loop() if self.network_only else None
 
@@ -501,9 +500,9 @@ class Attempt(_Receive):
         of them to end hands the record over to its follow-up phase at once, its outcome riding with
         the hand-over (the follow-up's message is sent by the batch); one that raised ends the attempt
         here, and the others are then each written as they end."""
-        ctx, journal = self._begun()
+        _, journal = self._begun()
         try:
-            done = self._step(HOLD, step, ctx)
+            done = self._step(HOLD, step)
         except Exception:
             with self._holding_lock:
                 self.holding, self.hold_failed = self.holding - 1, True
@@ -756,7 +755,7 @@ class FollowUp(_Receive):
         _, journal = self._begun()
         self._read_ahead(FOLLOW_UP.steps, ctx)
         for step in FOLLOW_UP.steps:
-            journal.ride(self._step(FOLLOW_UP, step, ctx))
+            journal.ride(self._step(FOLLOW_UP, step))
         if self.unmet is not None:
             unmet = ErrorInfo(code=self.unmet.code, message=self.unmet.message)
         self.ended = journal.end(Status.ISOLATED if unmet is None else Status.FAILED, error=unmet)
