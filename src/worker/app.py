@@ -14,7 +14,8 @@
 - A Security Hub custom action asks for several isolations: each is its own attempt; if one must be
   retried the message comes back, and the ones that ended are duplicates then.
 - A release message (`POST /isolations/{id}/release`) runs one `worker.release.ReleaseAttempt` (not part
-  of the batch's containment), with the same retry and last-receive handling.
+  of the batch's containment): a receive like the others (`worker.receive`), with the same retry and
+  last-receive handling.
 - `follow_up_handler` runs each follow-up message's `FollowUp`, which ends the record.
 """
 
@@ -33,8 +34,9 @@ from shared.observability import MetricUnit, logger, metrics
 from shared.store import IsolationStore
 from worker.batch import contain
 from worker.messages import Ignored, InvalidMessage, Unusable, parse, release_of
+from worker.receive import Outcome, WorkerDeps
 from worker.release import ReleaseAttempt
-from worker.runner import Attempt, FollowUp, Outcome, WorkerDeps
+from worker.runner import Attempt, FollowUp
 from worker.sqs_batch import Message, bring_back, messages, partial_response, retry_after
 
 
@@ -87,7 +89,7 @@ def _parse(message: Message, worker: WorkerDeps) -> _Parsed:
     finally:
         logger.remove_keys(["message_id"])
     if release is not None:
-        parsed.release = ReleaseAttempt(release, worker, receive_count=message.receive_count)
+        parsed.release = ReleaseAttempt(release, deps=worker, receive_count=message.receive_count)
     refused = [isolation for isolation in requested if isolation.status is Status.FAILED]
     try:
         _record_refused(refused, worker)
@@ -158,7 +160,7 @@ def _release(message: Message, release: ReleaseAttempt, worker: WorkerDeps) -> s
         bring_back(message, exc, worker.settings, worker.settings.QUEUE_URL, final=release.final)
         raise
     finally:
-        logger.remove_keys(["isolation_id", "account_id", "instance_id", "source", "step", "message_id"])
+        logger.remove_keys(["message_id"])
 
 
 def _follow_up(message: Message) -> str:

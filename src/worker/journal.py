@@ -1,4 +1,5 @@
-"""Where a procedure's step outcomes go, and when: the attempt's journal of one record."""
+"""Where a procedure's step outcomes go, and when: the attempt's journal of one record (`StepJournal`), or
+of one release (`ReleaseJournal`: the record's `release.steps`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from shared.errors import PermanentError
 from shared.lifecycle import Status, Transition
 from shared.models import ErrorInfo, Evidence, IsolationRecord, StepRecord, iso8601, utcnow
 from shared.observability import logger
-from shared.store import IsolationStore
+from shared.store import IsolationStore, ReleaseEnd
 
 
 @dataclass
@@ -144,3 +145,47 @@ class StepJournal:
             return None
         changes = {"status": status, "error": error, "steps": [*record.steps, *steps], "updated_at": stamp}
         return record.model_copy(update=changes | ({"evidence": evidence} if evidence is not None else {}))
+
+
+@dataclass
+class ReleaseJournal:
+    """Where a release's step outcomes go, and when: the record's `release.steps`, each on record as soon
+    as its step ends (a release's progress, step by step: `watch` shows it), a failed one at once; `end`
+    ends the release (RELEASED, RELEASE_FAILED, or `Superseded`) with its instance's slot freed.
+
+    A release step writes no prior state and no evidence (the release reads the episode's, and keeps
+    it): the journal is the notes its steps are given, and refuses both."""
+
+    store: IsolationStore
+    #: The record as the release's begin left it.
+    record: IsolationRecord
+
+    def done(self, step: StepRecord) -> None:
+        """A release step ended: on record now."""
+        self.store.add_release_steps(self.record.isolation_id, [step])
+
+    #: A release step failed: on record now too (the release then ends).
+    failed = done
+
+    def end(
+        self,
+        status: Status,
+        *,
+        error: ErrorInfo | None = None,
+        transition: Transition = lifecycle.END_RELEASE,
+    ) -> ReleaseEnd:
+        """End the release `status` (by `transition`) and free the instance's slot: ENDED, ALREADY (another
+        attempt or the sweeper ended it) or SUPERSEDED (RELEASED only: an isolation took the slot)."""
+        return self.store.end_release(self.record, status, error=error, transition=transition)
+
+    def remember(self, prior: dict[str, Any]) -> None:
+        raise AssertionError("a release step never writes the prior state")
+
+    def keep_evidence(self, evidence: Evidence) -> None:
+        raise AssertionError("a release step never takes evidence")
+
+    def asking_snapshots(self, at: str) -> None:
+        raise AssertionError("a release step never takes evidence")
+
+    def will_ask_snapshots(self, at: str) -> None:
+        raise AssertionError("a release step never takes evidence")

@@ -9,7 +9,7 @@ where the outcomes go (the attempt's journal, the release's steps) is the caller
 - a dry run (`DRY_RUN`, every step of the isolation's plan, checked): a permanent error is the step's
   `failed` outcome, the other steps are still checked, and the record ends FAILED.
 Any other failure is recorded as the step's failed outcome (best effort) and raised, classified: the
-receive's error boundary decides what it means (`worker.runner.settle`).
+receive's error boundary decides what it means (`worker.receive.Receive.settle`).
 """
 
 from __future__ import annotations

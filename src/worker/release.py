@@ -4,7 +4,7 @@ It goes:
 1. begin: the record's lease for this attempt (`lifecycle.BEGIN_RELEASE`); a record that is no longer
    RELEASING has nothing to do (a duplicate);
 2. describe: assume the execution role, DescribeInstances;
-3. the release steps (`worker.procedures.RELEASE`), each recorded in `release.steps` as it happens. Before
+3. the release steps (`worker.procedures.RELEASE`), each recorded in `release.steps` as it ends. Before
    each, the attempt checks that the release still holds the instance's slot: an isolation requested
    meanwhile takes it, and the release stops, RELEASE_FAILED `Superseded`;
 4. the end: RELEASED (`released_at`) and the slot freed, in one transaction (or `Superseded`, when an
@@ -12,44 +12,35 @@ It goes:
    naming this one in `released_by` (`shared.store.episode_ends`; the sweeper finishes what a stop
    leaves), and the outcome event: this record's only.
 
-Its error boundary is the runner's: every exception is classified (`shared.errors.classify`); a permanent
-error ends the release RELEASE_FAILED (`release.error`) and the message is acknowledged; a retryable one
-brings the message back, except on the last receive, where the release ends RELEASE_FAILED with that
-error first. A worker lost during the last receive: the sweeper ends the release (`WorkerLost`,
-`DeadLettered`). A RELEASE_FAILED record is released again by a new request.
+It is a receive like an isolation's (`worker.receive.Receive`): the same log keys (with `phase=release`),
+lease and error boundary: every exception is classified (`shared.errors.classify`); a permanent error
+ends the release RELEASE_FAILED (`release.error`) and the message is acknowledged; a retryable one
+brings the message back with the lease given back, except on the last receive, where the release ends
+RELEASE_FAILED with that error first. A worker lost during the last receive: the sweeper ends the release
+(`WorkerLost`, `DeadLettered`). A RELEASE_FAILED record is released again by a new request. Its step
+outcomes and its end go through its journal (`worker.journal.ReleaseJournal`); its outcomes count in
+`Release-<outcome>` (`released`, `release-failed`, `superseded`, `duplicate`).
 """
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from shared import lifecycle
-from shared.errors import (
-    IsolationError,
-    PermanentError,
-    RetryableError,
-)
+from shared.errors import IsolationError, PermanentError, RetryableError
 from shared.lifecycle import Status
-from shared.models import ErrorInfo, IsolationRecord, PriorState, ReleaseMessage, StepRecord
-from shared.observability import MetricUnit, logger, metrics
+from shared.models import ErrorInfo, IsolationRecord, PriorState, ReleaseMessage, Target
+from shared.observability import logger
 from shared.store import LeaseHeld, ReleaseEnd
 from shared.store.releases import SUPERSEDED
-from worker import runner
+from worker import receive
 from worker.admission import admit
 from worker.instance import describe
+from worker.journal import ReleaseJournal
 from worker.procedures import RELEASE
-from worker.runner import WorkerDeps, retry_or_give_up, settle
-from worker.steps import Step
-from worker.steps.release import Notes, ReleaseContext
-
-
-class ReleaseOutcome(StrEnum):
-    RELEASED = "released"
-    FAILED = "release-failed"
-    SUPERSEDED = "superseded"
-    DUPLICATE = "duplicate"
+from worker.receive import Outcome, Receive
+from worker.steps.release import ReleaseContext
 
 
 class _Superseded(Exception):
@@ -57,78 +48,51 @@ class _Superseded(Exception):
 
 
 @dataclass
-class ReleaseAttempt:
+class ReleaseAttempt(Receive):
     """One receive of one release's message."""
 
+    what: ClassVar[str] = "release"
+    metric: ClassVar[str] = "Release"
+    failed_outcome: ClassVar[Outcome] = Outcome.RELEASE_FAILED
+    failed_status: ClassVar[Status] = Status.RELEASE_FAILED
+    #: A release counts no attempt of the record (it gives its lease back, once it took one).
+    counts_attempts: ClassVar[bool] = False
+
     message: ReleaseMessage
-    deps: WorkerDeps
-    receive_count: int = 1
-    owner: str = field(default_factory=lambda: uuid.uuid4().hex)
-    #: The record as `begin_release` left it (None until then).
-    record: IsolationRecord | None = None
+    #: Where the release's outcomes go, from its begin on (`journal.record`: the record as it began).
+    journal: ReleaseJournal | None = None
 
     @property
-    def final(self) -> bool:
-        """The message's last allowed receive: after it, SQS moves the message to the DLQ."""
-        return self.receive_count >= self.deps.settings.MAX_RECEIVE_COUNT
+    def subject(self) -> IsolationRecord | ReleaseMessage:
+        return self.journal.record if self.journal is not None else self.message
 
-    def run(self) -> ReleaseOutcome:
-        """The error boundary: every exception ends here, classified."""
-        logger.append_keys(isolation_id=self.message.isolation_id, phase="release")
-        try:
-            outcome = self._run()
-        except Exception as exc:
-            record = self.record
-            settle(
-                exc,
-                what="release",
-                end_failed=self._end_failed,
-                retry_or_give_up=self._retry_or_give_up,
-                give_back=None if record is None or self.final else lambda: self._give_back(record),
-            )
-            outcome = ReleaseOutcome.FAILED
-        finally:
-            logger.remove_keys(["phase"])
-        _count(outcome)
-        if outcome is not ReleaseOutcome.DUPLICATE:
-            self.deps.announce(self.message.isolation_id)
-        return outcome
+    def _log_keys(self) -> dict[str, Any]:
+        # The record's account and instance join them once the release began (`_run`).
+        return {"isolation_id": self.message.isolation_id, "phase": "release"}
 
-    def _retry_or_give_up(self, error: IsolationError, exc: Exception) -> None:
-        record = self.record
-        if record is None:  # nothing begun: the message comes back (or goes on to the DLQ)
-            return
-        message = f"gave up on the last allowed receive of its message ({self.receive_count}); last error: {error.message}"
-        if retry_or_give_up(
-            error,
-            exc,
-            target=record.target,
-            deps=self.deps,
-            final=self.final,
-            receive_count=self.receive_count,
-            give_back=lambda: self._give_back(record),
-            give_up=lambda: self._end_failed(ErrorInfo(code=error.code, message=message)),
-            ending=Status.RELEASE_FAILED,
-        ):
-            _count(ReleaseOutcome.FAILED)
-            self.deps.announce(record.isolation_id)
+    def _target(self) -> Target | None:
+        return self.journal.record.target if self.journal is not None else None
 
-    def _give_back(self, record: IsolationRecord) -> None:
-        self.deps.store.end_attempt(record.isolation_id, self.owner, began=True)
+    def run(self) -> Outcome:
+        return self._whole(self._run)
 
     def _end_failed(self, error: ErrorInfo) -> None:
-        if self.record is not None:
-            self.deps.store.end_release(self.record, Status.RELEASE_FAILED, error=error)
+        if self.journal is not None:
+            self.journal.end(Status.RELEASE_FAILED, error=error)
+
+    def _give_up(self, error: IsolationError) -> None:
+        message = f"gave up on the last allowed receive of its message ({self.receive_count}); last error: {error.message}"
+        self._end_failed(ErrorInfo(code=error.code, message=message))
 
     # --- the attempt -------------------------------------------------------------------------------
 
-    def _run(self) -> ReleaseOutcome:
+    def _run(self) -> Outcome:
         store, settings = self.deps.store, self.deps.settings
         try:
             record = store.begin_release(
                 self.message.isolation_id,
                 owner=self.owner,
-                lease_seconds=runner.LEASE_SECONDS,
+                lease_seconds=receive.LEASE_SECONDS,
                 final=self.final,
             )
         except LeaseHeld as exc:
@@ -137,9 +101,9 @@ class ReleaseAttempt:
             ) from exc
         if record is None or record.release is None:
             logger.info("not RELEASING: nothing to do")
-            return ReleaseOutcome.DUPLICATE
-        self.record = record
-        logger.append_keys(account_id=record.account_id, instance_id=record.instance_id)
+            return Outcome.DUPLICATE
+        journal = self.journal = ReleaseJournal(store, record)
+        logger.thread_safe_append_keys(account_id=record.account_id, instance_id=record.instance_id)
         target = record.target
         try:
             self._still_held(record)
@@ -154,24 +118,25 @@ class ReleaseAttempt:
                 account=account,
                 settings=settings,
                 prior=self._prior_state(record),
-                notes=Notes(),
+                notes=journal,
                 leases=store,
                 groups=store,
                 sleep=self.deps.sleep,
             )
             for step in RELEASE.steps:
                 self._still_held(record)
-                store.add_release_steps(record.isolation_id, [self._step(step, ctx)])
-            ended = store.end_release(record, Status.RELEASED)
+                # A failure is on record in `release.steps`, then raised (`Procedure.perform`).
+                journal.done(RELEASE.perform(step, ctx, record_failed=journal.failed))
+            ended = journal.end(Status.RELEASED)
         except _Superseded:
             ended = ReleaseEnd.SUPERSEDED
         if ended is ReleaseEnd.ALREADY:
-            return ReleaseOutcome.DUPLICATE
+            return Outcome.DUPLICATE
         if ended is ReleaseEnd.SUPERSEDED:
-            return self._supersede(record)
+            return self._supersede(journal)
         logger.info("released")
         self._end_episode(record)
-        return ReleaseOutcome.RELEASED
+        return Outcome.RELEASED
 
     def _end_episode(self, record: IsolationRecord) -> None:
         """The episode's earlier records read RELEASED too. The release stands whatever happens here: what
@@ -188,16 +153,15 @@ class ReleaseAttempt:
         if not self.deps.store.release_held(record):
             raise _Superseded()
 
-    def _supersede(self, record: IsolationRecord) -> ReleaseOutcome:
+    def _supersede(self, journal: ReleaseJournal) -> Outcome:
         message = "an isolation of the instance was requested while the release ran: the isolation wins"
         logger.warning("release superseded by an isolation")
-        ended = self.deps.store.end_release(
-            record,
+        ended = journal.end(
             Status.RELEASE_FAILED,
             error=ErrorInfo(code=SUPERSEDED, message=message),
             transition=lifecycle.SUPERSEDE_RELEASE,
         )
-        return ReleaseOutcome.SUPERSEDED if ended is ReleaseEnd.ENDED else ReleaseOutcome.DUPLICATE
+        return Outcome.SUPERSEDED if ended is ReleaseEnd.ENDED else Outcome.DUPLICATE
 
     def _prior_state(self, record: IsolationRecord) -> PriorState:
         """The episode's prior state: the record's, or (an older coalesced record) the one it inherits."""
@@ -209,14 +173,3 @@ class ReleaseAttempt:
         raise PermanentError(
             "NoPriorState", "the record holds no prior state: there is nothing to restore from"
         )
-
-    def _step(self, step_class: type[Step], ctx: ReleaseContext) -> StepRecord:
-        """A release step (`Procedure.perform`): a failure is on record in `release.steps`, then raised."""
-        store = self.deps.store
-        return RELEASE.perform(
-            step_class, ctx, record_failed=lambda failed: store.add_release_steps(ctx.isolation_id, [failed])
-        )
-
-
-def _count(outcome: ReleaseOutcome) -> None:
-    metrics.add_metric(name=f"Release-{outcome.value}", unit=MetricUnit.Count, value=1)

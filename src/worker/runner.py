@@ -32,37 +32,26 @@ in place). The `StepJournal` decides when outcomes are written. A step that rais
 `ContainmentIncomplete` is recorded failed, the others still run, and the record ends FAILED with that
 error.
 
-Both have the same error boundary (`settle`): every exception is classified (`shared.errors.classify`):
-a permanent error ends the record FAILED and the message is acknowledged; a retryable one (and anything
-unexpected) brings the message back, except on the last receive, where the record ends FAILED with that
-error first (resumable: a DLQ redrive runs it again). If the worker dies during the last receive, the
-sweeper ends the record. Nothing stays QUEUED or IN_PROGRESS forever.
+Both are receives (`worker.receive.Receive`): the same error boundary (`settle`), log keys (`acting`) and
+last-receive handling; an isolation's record that a failure ends ends FAILED, and on the last receive it
+is resumable (a DLQ redrive runs it again).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import uuid
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from abc import abstractmethod
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from shared import lifecycle, outcomes
-from shared.aws import AccountSession, forget_session, same_account_client, session_for_account
-from shared.config import WorkerSettings
+from shared import lifecycle
+from shared.aws import AccountSession
 from shared.errors import (
-    EXPIRED_CODES,
     IsolationError,
     PermanentError,
     RetryableError,
-    classify,
 )
 from shared.exemptions import Exemption
 from shared.lifecycle import Status
@@ -75,171 +64,43 @@ from shared.models import (
     StepRecord,
     Target,
 )
-from shared.observability import MetricUnit, logger, metrics
+from shared.observability import logger
 from shared.store import (
     Coalesced,
     Exempted,
     Exists,
-    IsolationStore,
     Joined,
     LeaseHeld,
     RateLimited,
     RecordEnded,
     RecordMissing,
     RepairsSpent,
-    accounts,
 )
 from shared.store.isolation_groups import GroupClaim
-from worker import at_once, consistency, dry_run
+from worker import at_once, consistency, dry_run, receive
 from worker.admission import admit
-from worker.consistency import retry_own_table
 from worker.instance import Instance, describe
 from worker.journal import StepJournal
 from worker.procedures import CONTAINMENT, FOLLOW_UP, HOLD, Procedure
+from worker.receive import Outcome, Receive
+from worker.receive import WorkerDeps as WorkerDeps  # (`worker.batch` takes it from here)
 from worker.steps import Step, StepContext
 
 #: The step a tamper repair past its budget records first (the record then ends FAILED `TamperLoop`).
 TAMPER_LOOP_STEP = "check-tamper-repairs"
-#: How long one attempt holds the record (longer than the worker's 60 s timeout).
-LEASE_SECONDS = 120
 #: The first wait for a release that an isolation took the instance's slot from to stop.
 RELEASE_WAIT_FIRST_SECONDS = 0.1
-#: How long the last receive keeps trying to write its FAILED outcome when its own table throttles.
-FINAL_WRITE_BUDGET_SECONDS = 4.0
-#: The log keys of one isolation (thread-safe keys: a batch runs its isolations in threads).
-LOG_KEYS = ("isolation_id", "account_id", "instance_id", "source", "step")
-
-
-class Outcome(StrEnum):
-    ISOLATED = "isolated"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    JOINED = "joined"
-    COALESCED = "coalesced"
-    RATE_LIMITED = "rate-limited"
-    DUPLICATE = "duplicate"
-    TAMPER_LOOP = "tamper-loop"
-    CHECKED = "checked"
-    #: The containment is in place and the follow-up is queued (the record is still IN_PROGRESS).
-    CONTAINED = "contained"
-
-
-#: Outcomes that end a record (its outcome event is published); a join, a duplicate or a containment
-#: handed over to its follow-up ends nothing.
-ENDING = frozenset(set(Outcome) - {Outcome.JOINED, Outcome.DUPLICATE, Outcome.CONTAINED})
-
-
-@dataclass
-class WorkerDeps:
-    settings: WorkerSettings
-    store: IsolationStore
-    sessions: Callable[[Target], AccountSession] | None = None
-    sleep: Callable[[float], None] | None = None
-
-    def announce(self, isolation_id: str, ended: IsolationRecord | None = None) -> None:
-        """Publish the ended record's outcome event (after its final write; never raises): `ended`, the
-        record as this worker ended it, or else as it is stored, read now."""
-        events, bus = same_account_client("events"), self.settings.EVENT_BUS_NAME
-        if ended is None:
-            outcomes.announce(self.store, isolation_id, events=events, bus=bus)
-        else:
-            outcomes.publish(ended, events=events, bus=bus)
-
-    def session(self, target: Target) -> AccountSession:
-        if self.sessions is not None:
-            return self.sessions(target)
-        session = session_for_account(
-            target.account_id,
-            target.region,
-            self.settings.TARGET_ROLE_NAME,
-            external_id=self.settings.EXTERNAL_ID,
-        )
-        accounts.note_once(self.store.client, self.store.table_name, target.account_id)
-        return session
-
-
-def retry_or_give_up(
-    error: IsolationError,
-    exc: Exception,
-    *,
-    target: Target,
-    deps: WorkerDeps,
-    final: bool,
-    receive_count: int,
-    give_back: Callable[[], None],
-    give_up: Callable[[], None],
-    ending: Status,
-) -> bool:
-    """A retryable `error` (from `exc`) ends a receive, an isolation's or a release's: before the message's
-    last receive, `give_back()` (its lease) and the message comes back; on the last, `give_up()` (the write
-    that ends the record `ending`, retried within the final-write budget). True when it gave up."""
-    if not isinstance(exc, IsolationError | ClientError | BotoCoreError):
-        logger.exception("unexpected error: retried like a transient one")
-    if error.code in EXPIRED_CODES:
-        forget_session(target.account_id, target.region, deps.settings.TARGET_ROLE_NAME)
-    if not final:
-        logger.warning("will retry", extra={"code": error.code, "receive_count": receive_count})
-        give_back()
-        return False
-    logger.error("retries exhausted", extra={"code": error.code, "receive_count": receive_count})
-    retry_own_table(
-        give_up,
-        budget_seconds=FINAL_WRITE_BUDGET_SECONDS,
-        sleep=deps.sleep,
-        what=f"the final {ending.value} write",
-    )
-    return True
-
-
-def settle(
-    exc: Exception,
-    *,
-    what: str,
-    end_failed: Callable[[ErrorInfo], None],
-    retry_or_give_up: Callable[[IsolationError, Exception], None],
-    give_back: Callable[[], None] | None,
-) -> None:
-    """The error boundary of a receive, an isolation's or a release's: `exc` classified; a permanent error
-    ends the record (`end_failed`) and returns (the message is acknowledged); a retryable one goes to
-    `retry_or_give_up` and is raised (the message comes back). When the outcome cannot be written (the
-    service's own table), that error is raised instead: the message comes back, and behind the last
-    receive the sweeper finds it in the DLQ; `give_back` (the lease, best effort) first, so that the
-    next receive runs rather than wait for the lease to expire."""
-    error = classify(exc)
-    try:
-        if isinstance(error, PermanentError):
-            logger.warning(f"{what} failed", extra={"code": error.code, "error": error.message})
-            end_failed(ErrorInfo(code=error.code, message=error.message))
-        else:
-            retry_or_give_up(error, exc)
-    except Exception as unrecorded:
-        logger.exception(f"could not record the {what}'s outcome")
-        if give_back is not None:
-            try:
-                give_back()
-            except Exception:
-                logger.warning("could not give the lease back", exc_info=True)
-        raise classify(unrecorded) from unrecorded
-    if not isinstance(error, PermanentError):
-        raise error from exc
 
 
 @dataclass(kw_only=True)
-class _Receive(ABC):
-    """What both phases share: one receive of a message about one isolation, and its error boundary."""
+class _Receive(Receive):
+    """What both phases of an isolation share: the begun record's steps, and how a failure ends it."""
 
-    deps: WorkerDeps
-    receive_count: int = 1
-    owner: str = field(default_factory=lambda: uuid.uuid4().hex)
-    #: The record's attempts, this one included, once the attempt began (it holds the lease).
-    began_as: int | None = None
     #: A part of the containment that could not be put in place (the record ends FAILED with it).
     unmet: PermanentError | None = None
     #: The steps' context and where their outcomes go, once the record is begun (`_context`).
     ctx: StepContext | None = None
     journal: StepJournal | None = None
-    #: The record as this receive ended it (its outcome event), when it did.
-    ended: IsolationRecord | None = None
 
     @property
     @abstractmethod
@@ -250,80 +111,31 @@ class _Receive(ABC):
     def _to_end(self) -> IsolationRecord | None:
         """The record a failure ends (None: there is none to end)."""
 
-    @property
-    def began(self) -> bool:
-        return self.began_as is not None
+    def _log_keys(self) -> dict[str, Any]:
+        subject = self.subject
+        return {
+            "isolation_id": subject.isolation_id,
+            "account_id": subject.account_id,
+            "instance_id": subject.instance_id,
+            "source": subject.source.value,
+        }
 
-    @property
-    def final(self) -> bool:
-        """The message's last allowed receive: after it, SQS moves the message to the DLQ."""
-        return self.receive_count >= self.deps.settings.MAX_RECEIVE_COUNT
+    def _target(self) -> Target:
+        return self.subject.target
 
-    @contextmanager
-    def acting(self) -> Iterator[None]:
-        """Around each piece of work done for this isolation (a phase, in its thread): every log line of
-        the thread names it. (The chaos test also attributes the calls made inside to it.)"""
-        logger.thread_safe_append_keys(
-            isolation_id=self.subject.isolation_id,
-            account_id=self.subject.account_id,
-            instance_id=self.subject.instance_id,
-            source=self.subject.source.value,
+    def _give_up(self, error: IsolationError) -> None:
+        attempts = self._attempts()
+        self._end_failed(
+            ErrorInfo(code=error.code, message=self._gave_up(attempts, error)),
+            resumable=True,
+            attempts=attempts,
         )
-        try:
-            yield
-        finally:
-            logger.thread_safe_remove_keys(LOG_KEYS)
-
-    def conclude(self, outcome: Outcome) -> Outcome:
-        _count(outcome)
-        if outcome in ENDING:
-            self.deps.announce(self.subject.isolation_id, self.ended)
-        return outcome
-
-    def settle(self, exc: Exception) -> Outcome:
-        """The error boundary: record what `exc` means for the isolation; return FAILED (a permanent
-        error, acknowledged) or raise the classified error (the message comes back)."""
-        settle(
-            exc,
-            what="isolation",
-            end_failed=self._end_failed,
-            retry_or_give_up=self._retry_or_give_up,
-            # On the last receive the lease stays: the sweeper finds it expired.
-            give_back=None if self.final else self._end_attempt,
-        )
-        return self.conclude(Outcome.FAILED)
-
-    def _retry_or_give_up(self, error: IsolationError, exc: Exception) -> None:
-        def give_up() -> None:
-            attempts = self._attempts()
-            self._end_failed(
-                ErrorInfo(code=error.code, message=self._gave_up(attempts, error)),
-                resumable=True,
-                attempts=attempts,
-            )
-
-        if retry_or_give_up(
-            error,
-            exc,
-            target=self.subject.target,
-            deps=self.deps,
-            final=self.final,
-            receive_count=self.receive_count,
-            give_back=self._end_attempt,
-            give_up=give_up,
-            ending=Status.FAILED,
-        ):
-            _count(Outcome.FAILED)
-            self.deps.announce(self.subject.isolation_id)
 
     def _gave_up(self, attempts: int, error: IsolationError) -> str:
         return (
             f"gave up after {attempts} attempts (the last allowed receive of its message); "
             f"last error: {error.message}"
         )
-
-    def _end_attempt(self) -> None:
-        self.deps.store.end_attempt(self.subject.isolation_id, self.owner, began=self.began)
 
     def _attempts(self) -> int:
         """The record's attempts, this one included. One that failed before `begin_attempt` is counted
@@ -574,7 +386,7 @@ class Attempt(_Receive):
             return self.deps.store.begin_attempt(
                 self.record.isolation_id,
                 owner=self.owner,
-                lease_seconds=LEASE_SECONDS,
+                lease_seconds=receive.LEASE_SECONDS,
                 prior_state=episode.prior_state if episode else instance.state,
                 final=self.final,
                 inherits_from=episode.isolation_id if episode else None,
@@ -711,6 +523,9 @@ class Attempt(_Receive):
 class FollowUp(_Receive):
     """The follow-up phase of one isolation, on one receive of its follow-up message: it ends the record."""
 
+    #: A follow-up counts no attempt of the record (it gives its lease back, if it took one).
+    counts_attempts: ClassVar[bool] = False
+
     message: FollowUpMessage
     #: The record as `begin_follow_up` left it (None until then).
     record: IsolationRecord | None = None
@@ -723,18 +538,16 @@ class FollowUp(_Receive):
         return self.record if self.record is not None else self.deps.store.get(self.message.isolation_id)
 
     def run(self) -> Outcome:
-        with self.acting():
-            try:
-                outcome = self._run()
-            except Exception as exc:
-                return self.settle(exc)
-            return self.conclude(outcome)
+        return self._whole(self._run)
 
     def _run(self) -> Outcome:
         store = self.deps.store
         try:
             begun, unmet, snapshots_asked_at = store.begin_follow_up(
-                self.message.isolation_id, owner=self.owner, lease_seconds=LEASE_SECONDS, final=self.final
+                self.message.isolation_id,
+                owner=self.owner,
+                lease_seconds=receive.LEASE_SECONDS,
+                final=self.final,
             )
         except RecordEnded as ended:
             logger.info("record already ended: nothing to follow up", extra={"status": ended.record.status})
@@ -764,10 +577,6 @@ class FollowUp(_Receive):
             return Outcome.FAILED
         return Outcome.ISOLATED
 
-    def _end_attempt(self) -> None:
-        # Gives back this attempt's lease, if it took one; a follow-up counts no attempt of the record.
-        self.deps.store.end_attempt(self.message.isolation_id, self.owner, began=True)
-
     def _attempts(self) -> int:
         if self.began_as is not None:
             return self.began_as
@@ -779,7 +588,3 @@ class FollowUp(_Receive):
             f"the follow-up gave up after {self.receive_count} receives (the last allowed receive of its "
             f"message; contained, the steps recorded done are in place); last error: {error.message}"
         )
-
-
-def _count(outcome: Outcome) -> None:
-    metrics.add_metric(name=f"Isolation-{outcome.value}", unit=MetricUnit.Count, value=1)

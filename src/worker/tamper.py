@@ -40,7 +40,7 @@ from shared.lifecycle import Status
 from shared.models import IsolationRecord, Source, Target
 from shared.observability import logger
 from worker.messages import Ignored, TamperCall
-from worker.runner import WorkerDeps
+from worker.receive import WorkerDeps
 
 #: Isolation ids of a record's episode are followed at most this far (coalesced records carry none).
 _MAX_HOPS = 5

@@ -26,7 +26,8 @@ from shared.observability import MetricUnit, logger, metrics
 from worker.app import deps
 from worker.batch import contain_one
 from worker.messages import Ignored, InvalidMessage, parse_tamper
-from worker.runner import Attempt, WorkerDeps
+from worker.receive import WorkerDeps
+from worker.runner import Attempt
 from worker.sqs_batch import Message, bring_back, messages, partial_response, retry_after, send_again
 from worker.tamper import repairs
 

@@ -38,7 +38,7 @@ FAILED (`WorkerLost`, or `DeadLettered` when it died before its first write); th
 record through the API first, as a responder would.
 
 Two knobs make the local run fast (both put back after the test):
-- `worker.runner.LEASE_SECONDS` (120 s, the release's too) becomes LEASE_SECONDS: the lease a crashed attempt leaves on its
+- `worker.receive.LEASE_SECONDS` (120 s, the release's too) becomes LEASE_SECONDS: the lease a crashed attempt leaves on its
   record. 8 s keeps the deployed relation: a lease outlasts a message's remaining retries (locally
   1 + 2 + 2 + 2 s of retry delays, deployed 10 + 30 + 30 + 30 s);
 - the queues' visibility timeout (360 s in template.yaml) becomes VISIBILITY_TIMEOUT_SECONDS, longer than
@@ -885,6 +885,7 @@ def test_chaos(
         demo_accounts=ACCOUNT_NAMES,
         demo_instances=SPECS,
     ) as stack:
+        import worker.receive
         import worker.runner
         from shared import aws
         from shared.config import worker_settings
@@ -903,7 +904,7 @@ def test_chaos(
             sqs.set_queue_attributes(
                 QueueUrl=queue, Attributes={"VisibilityTimeout": str(VISIBILITY_TIMEOUT_SECONDS)}
             )
-        monkeypatch.setattr(worker.runner, "LEASE_SECONDS", LEASE_SECONDS)
+        monkeypatch.setattr(worker.receive, "LEASE_SECONDS", LEASE_SECONDS)
 
         # Three member accounts; one instance of each is terminated, two made-up ids per account.
         accounts = stack.demo.accounts
@@ -996,6 +997,8 @@ def test_chaos(
             return created
 
         monkeypatch.setattr(ReleaseAttempt, "run", run_release)
+        # On the isolations' receives only (`worker.runner._Receive`): a release, a `worker.receive.Receive`
+        # too, keeps the real ones (its faults, never a crash, are `run_release`'s).
         monkeypatch.setattr(worker.runner._Receive, "acting", acting)
         monkeypatch.setattr(worker.runner._Receive, "conclude", conclude)
         monkeypatch.setattr(worker.runner._Receive, "settle", settle_receive)

@@ -50,9 +50,9 @@ def test_a_worker_dying_on_the_last_receive_is_swept_then_redriven(
     stack: LocalStack, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     assert stack.demo is not None and stack.provisioned is not None and stack.event_source is not None
-    import worker.runner
+    import worker.receive
 
-    monkeypatch.setattr(worker.runner, "LEASE_SECONDS", 0)  # its lease is over as soon as it dies
+    monkeypatch.setattr(worker.receive, "LEASE_SECONDS", 0)  # its lease is over as soon as it dies
     sqs = stack.client("sqs")
     instance = next(i for i in stack.demo.instances if not i.exempt and i.label != "chaos-terminated")
     # Given a webhook request whose message is on its last allowed receive

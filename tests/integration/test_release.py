@@ -5,17 +5,22 @@ Where moto is more lenient than AWS the test says which gap it works around."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import uuid
 from typing import Any
 
+import pytest
 from tests.conftest import Stack
 from tests.integration.test_worker import assert_isolated, isolate, record_of, request_isolation, steps
 from tests.support.aws import Faults, Member, classic_instances, targets, web_tier
 
 from local_stack.sample_events import guardduty_finding, tag_change
 from shared.lifecycle import Status
-from shared.models import IsolationRecord, PriorState, Source, Target, new_isolation_id
+from shared.models import Evidence, IsolationRecord, PriorState, Source, Target, new_isolation_id
+from shared.observability import logger, metrics
+from worker.journal import ReleaseJournal
 from worker.steps import RELEASE
 
 RELEASE_STEPS = [step.name for step in RELEASE]
@@ -393,6 +398,64 @@ def test_a_failed_release_ends_release_failed_and_a_second_request_finishes_it(
     assert record["status"] == "RELEASED", record
     assert release_steps(record)["restore-instance-profile"] == "already"
     assert seen(member, instance) == before
+
+
+def test_a_release_counts_its_outcomes_as_releases_and_its_log_lines_name_it(
+    stack: Stack, member: Member, faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an isolated instance, with the metrics the worker counts and its log lines noted from now on
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    isolation_id = isolate(stack, member, instance)["isolation_id"]
+    counted: list[str] = []
+    monkeypatch.setattr(metrics, "add_metric", lambda *, name, unit, value: counted.append(name))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logger.registered_formatter)
+    logger._logger.addHandler(handler)
+    try:
+        # When its release fails (a permanent AWS error), then a second request finishes it
+        faults.inject("ec2", "ModifyNetworkInterfaceAttribute", "UnauthorizedOperation", status=403)
+        assert release(stack, isolation_id)["status"] == "RELEASE_FAILED"
+        assert release(stack, isolation_id)["status"] == "RELEASED"
+        logger.info("after the release")
+    finally:
+        logger._logger.removeHandler(handler)
+
+    # Then each receive counted its outcome as a release's (dashboards and alarms read these names), and
+    # each step that ended as a release step's; nothing as an isolation's
+    outcomes = [name for name in counted if name.startswith(("Release-", "Isolation-"))]
+    assert outcomes == ["Release-release-failed", "Release-released"]
+    assert "ReleaseStep-done" in counted
+    assert not any(name.startswith(("Step-", "Isolation-")) for name in counted)
+    # And the lines the release logged name it: the isolation, and that it is its release
+    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    about = [line for line in lines if line.get("phase") == "release"]
+    assert all(line["isolation_id"] == isolation_id for line in about)
+    failed = [line for line in about if line["message"] == "release failed"]
+    assert failed and failed[0]["code"] == "UnauthorizedOperation"
+    assert [line for line in about if line["message"] == "released"]
+    # And the release's keys end with its receive
+    assert lines[-1]["message"] == "after the release" and "phase" not in lines[-1]
+
+
+def test_a_release_step_never_writes_a_prior_state_or_evidence(stack: Stack, member: Member) -> None:
+    # Given a release's journal (the notes its steps are given)
+    isolation_id = _stored(stack, member, Status.RELEASING, prior_state=PRIOR)
+    stored = stack.store.get(isolation_id)
+    assert stored is not None
+    journal = ReleaseJournal(stack.store, stored)
+
+    # When a step would note a prior value or evidence, it is refused, and nothing is written
+    for note in (
+        lambda: journal.remember({"vpc_id": "vpc-2"}),
+        lambda: journal.keep_evidence(Evidence()),
+        lambda: journal.asking_snapshots("2026-01-01T00:00:00Z"),
+        lambda: journal.will_ask_snapshots("2026-01-01T00:00:00Z"),
+    ):
+        with pytest.raises(AssertionError, match="a release step never"):
+            note()
+    assert stack.store.get(isolation_id) == stored
 
 
 def test_a_release_whose_end_cannot_be_written_gives_its_lease_back_and_runs_again(

@@ -1,7 +1,8 @@
 """What every release step shares: its context (`ReleaseContext`: the record's prior state, the instance
-now, whether the network is back), its notes (a release writes no prior state and no evidence) and how
-it words its outcome (`release_outcome`). Each release step lives beside the step it undoes (a forward
-step and its inverse in one module); their order is `worker.steps.RELEASE`.
+now, whether the network is back) and how it words its outcome (`release_outcome`). A release step
+writes no prior state and no evidence: the notes it is given (`worker.journal.ReleaseJournal`) refuse
+them. Each release step lives beside the step it undoes (a forward step and its inverse in one module);
+their order is `worker.steps.RELEASE`.
 
 Each checks before it acts (`already`), and skips with the reason what no longer exists (an interface
 detached since, a deleted group, role, profile or load balancer) or what the record does not know (an
@@ -11,7 +12,6 @@ older record without the newer prior-state fields restores what it has). Snapsho
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from shared.models import StepRecord
 from worker.steps.base import StepContext
@@ -23,22 +23,6 @@ class ReleaseContext(StepContext):
 
     #: Some interface has its prior groups again (done or already): the instance can pass a health check.
     network_back: bool = False
-
-
-class Notes:
-    """A release writes no prior state and no evidence: its steps' outcomes are its record."""
-
-    def remember(self, prior: dict[str, Any]) -> None:
-        raise AssertionError("a release step never writes the prior state")
-
-    def keep_evidence(self, evidence: Any) -> None:
-        raise AssertionError("a release step never takes evidence")
-
-    def asking_snapshots(self, at: str) -> None:
-        raise AssertionError("a release step never takes evidence")
-
-    def will_ask_snapshots(self, at: str) -> None:
-        raise AssertionError("a release step never takes evidence")
 
 
 def release_outcome(name: str, done: list[str], already: list[str], skipped: list[str]) -> StepRecord:
