@@ -439,6 +439,42 @@ def test_a_release_counts_its_outcomes_as_releases_and_its_log_lines_name_it(
     assert lines[-1]["message"] == "after the release" and "phase" not in lines[-1]
 
 
+def test_a_release_retried_on_every_receive_ends_release_failed_on_its_last(
+    stack: Stack, member: Member, faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an isolated instance whose release meets a throttled DescribeInstances on every receive
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    isolated = isolate(stack, member, instance)
+    stack.outcomes()
+    throttled = faults.inject("ec2", "DescribeInstances", "RequestLimitExceeded", status=503, times=100)
+    counted: list[str] = []
+    monkeypatch.setattr(metrics, "add_metric", lambda *, name, unit, value: counted.append(name))
+
+    # When it is released and the worker has used every receive of its message
+    assert ask_release(stack, isolated["isolation_id"], body={})[0] == 202
+    stack.drain(rounds=stack.max_receive_count + 1)
+    stack.receive()  # the receive after the last one moves it to the DLQ
+
+    # Then each receive but the last gave its lease back (the next one began the release: every receive
+    # met the throttle), and the last ended it RELEASE_FAILED with the last error, counted once, with one
+    # outcome event; the instance is still isolated and its message is in the DLQ
+    assert throttled.raised == stack.max_receive_count
+    record = record_of(stack, isolated["isolation_id"])
+    assert record["status"] == "RELEASE_FAILED", record
+    assert record["release"]["error"]["code"] == "RequestLimitExceeded"
+    assert record["release"]["error"]["message"].startswith(
+        f"gave up on the last allowed receive of its message ({stack.max_receive_count})"
+    )
+    assert [name for name in counted if name.startswith(("Release-", "Isolation-"))] == [
+        "Release-release-failed"
+    ]
+    [event] = stack.outcomes()
+    assert event["detail"]["status"] == "RELEASE_FAILED"
+    assert_isolated(member, instance, vpc.id)
+    assert len(stack.dead_letters()) == 1
+
+
 def test_a_release_step_never_writes_a_prior_state_or_evidence(stack: Stack, member: Member) -> None:
     # Given a release's journal (the notes its steps are given)
     isolation_id = _stored(stack, member, Status.RELEASING, prior_state=PRIOR)
