@@ -307,6 +307,11 @@ class IsolationRecord(Model):
     released_by: str | None = None
     #: The latest release of this isolation (RELEASING, RELEASED, RELEASE_FAILED).
     release: ReleaseInfo | None = None
+    #: Stored, never served: the steps each attempt planned changes for (appended: a step two attempts
+    #: planned is named twice), written with the prior values of their phase before the first of its
+    #: changes (`worker.steps.base.StepContext.note_plans`). A retry that finds such a step's change in
+    #: place, with no outcome on record, records it `done`.
+    planned: tuple[str, ...] = Field(default=(), exclude=True)
 
     @property
     def target(self) -> Target:

@@ -7,7 +7,7 @@
 3. begin each: the prior state written before any change;
 4. cut every interface of every instance (the isolation group of each VPC found or created once) and
    write each record's `contained_at`;
-5. then, every instance being cut, what the next steps would change read ahead and written in one write
+5. then, every instance being cut, the next steps planned and their plans written in one write
    (the instance's role, Auto Scaling group and load balancers), the credentials deny and the Auto
    Scaling and load balancer detach side by side, each record handed over to its follow-up phase as
    soon as both are done; then one message per isolation on the follow-up queue (one SendMessageBatch
@@ -66,7 +66,7 @@ def contain(attempts: Sequence[Attempt], deps: WorkerDeps) -> list[Outcome | Exc
         lambda going: _describe(going, results, deps),
         lambda going: _each(going, results, lambda attempt: attempt.begin()),
         lambda going: _each(going, results, lambda attempt: attempt.contain()),
-        lambda going: _each(going, results, lambda attempt: attempt.read_ahead()),
+        lambda going: _each(going, results, lambda attempt: attempt.plan_hold()),
         lambda going: _hold(going, results),
     ):
         live = phase(live)

@@ -17,17 +17,17 @@ from shared.store import IsolationStore, ReleaseEnd
 
 @dataclass
 class StepJournal:
-    """Decides when step outcomes are written: one write per phase where it can. A phase's prior values
-    go on record in one write before its first change (`remember`, with whatever rode along), and the
-    outcomes of its steps ride with the next write: nothing is written between the prior-state write
-    and the network cut (the containment steps ride with `contained_at`); the follow-up's (and the
-    evidence) ride with the write before its snapshots and with the final status. A failed step is
-    written at once with whatever rode along. An outcome is never needed to undo a change (a release
-    reads the prior state, written first): a crash before it rides loses only the outcome, and the retry
-    finds the change in place (`already`). The steps of `HOLD` run side by side: each but the last done
-    is written as soon as it is done (riding with the hand-over, it would wait for the other, and an
-    environment that died meanwhile would leave it in place with no record of it); the last rides with
-    the hand-over, made at once (`Attempt.hold`).
+    """Decides when step outcomes are written: one write per phase where it can. A phase's plans go on
+    record in one write before its first change (`remember`: the prior values they read and the steps
+    that will change something, with whatever rode along; the network cut's ride with the begin), and
+    the outcomes of its steps ride with the next write: nothing is written between the begin and the
+    network cut (the containment steps ride with `contained_at`); the follow-up's (and the evidence)
+    ride with the final status. A failed step is written at once with whatever rode along. An outcome
+    is never needed to undo a change (a release reads the prior state, written first): a crash before
+    it rides loses only the outcome, and the retry finds the change in place, which the record names as
+    planned (`done`). The steps of `HOLD` run side by side: each but the last done is written as soon
+    as it is done (riding with the hand-over, it would wait for the other); the last rides with the
+    hand-over, made at once (`Attempt.hold`).
 
     A dry run's checks go through the same journal: what they read of the prior state is written before
     the next outcome, and `end` ends the record CHECKED or FAILED.
@@ -82,10 +82,11 @@ class StepJournal:
         with self._lock:
             self.unwritten.append(step)
 
-    def remember(self, prior: dict[str, Any]) -> None:
-        """Prior-state fields a step read, written before its change (with whatever rode along)."""
+    def remember(self, prior: dict[str, Any], planned: list[str]) -> None:
+        """Prior-state fields the phase's steps read and the steps that will change something, written
+        before their changes (with whatever rode along)."""
         with self._lock:
-            self._write(prior=prior)
+            self._write(prior=prior, planned=planned)
 
     def _write(self, steps: list[StepRecord] | None = None, **fields: Any) -> None:
         """One write of the record: the outcomes not written yet (then `steps`), what rides along (the
@@ -178,7 +179,7 @@ class ReleaseJournal:
         attempt or the sweeper ended it) or SUPERSEDED (RELEASED only: an isolation took the slot)."""
         return self.store.end_release(self.record, status, error=error, transition=transition)
 
-    def remember(self, prior: dict[str, Any]) -> None:
+    def remember(self, prior: dict[str, Any], planned: list[str]) -> None:
         raise AssertionError("a release step never writes the prior state")
 
     def keep_evidence(self, evidence: Evidence) -> None:

@@ -22,6 +22,7 @@ from shared.models import StepRecord
 from shared.observability import MetricUnit, logger, metrics
 from worker import steps
 from worker.steps import Step, StepContext
+from worker.steps.base import Plan
 from worker.steps.checks import PolicySimulator
 
 
@@ -44,10 +45,12 @@ class Procedure:
         record_failed: Callable[[StepRecord], None],
         simulator: PolicySimulator | None = None,
         incomplete: Callable[[PermanentError], None] | None = None,
+        plan: Plan | None = None,
     ) -> StepRecord:
         """One step: its outcome. A failure the procedure goes on after is the step's failed outcome
         (`incomplete` is told of it); any other is recorded (`record_failed`, best effort) and raised,
-        classified. `simulator`: a dry run's (`checks`)."""
+        classified. `simulator`: a dry run's (`checks`); `plan`: the step's, as its phase made it ahead
+        (None: the step plans now)."""
         step = step_class()
         logger.thread_safe_append_keys(step=step.name)
         try:
@@ -55,7 +58,7 @@ class Procedure:
                 assert simulator is not None, f"{self.name} checks its steps with a simulator"
                 outcome = step.check(ctx, simulator)
             else:
-                outcome = step.run(ctx)
+                outcome = step.run(ctx, plan)
         except Exception as exc:
             error = classify(exc, context=step.name)
             if self.goes_on_after is None or not isinstance(error, self.goes_on_after):

@@ -12,8 +12,9 @@ whole batch runs phase by phase (`worker.batch`), each attempt going:
    exempt), blast-radius budget (which an exempted trigger does not spend);
 2. describe: assume the execution role, DescribeInstances (one call per account and region of the
    batch) and, meanwhile, the instance's episode from the service's own table;
-3. begin: the IN_PROGRESS write with `prior_state`, the only write before the first change (with it, in
-   one transaction, the record becomes the instance's latest that changed it). An instance whose latest
+3. begin: the IN_PROGRESS write with `prior_state` and the network cut's plan (`network.planned_cut`),
+   the only write before the first change (with it, in one transaction, the record becomes the
+   instance's latest that changed it). An instance whose latest
    such record (the service's own, read consistently: `shared.store.episodes`) is another isolation's
    and not released is in its episode: this isolation takes that one's `prior_state` and evidence
    (`inherits_from`), never the isolated state it sees now; its tags decide nothing;
@@ -42,6 +43,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import abstractmethod
+from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -84,7 +86,8 @@ from worker.journal import StepJournal
 from worker.procedures import CONTAINMENT, FOLLOW_UP, HOLD, Procedure
 from worker.receive import Outcome, Receive
 from worker.receive import WorkerDeps as WorkerDeps  # (`worker.batch` takes it from here)
-from worker.steps import Step, StepContext
+from worker.steps import Step, StepContext, network
+from worker.steps.base import Plan
 
 #: The step a tamper repair past its budget records first (the record then ends FAILED `TamperLoop`).
 TAMPER_LOOP_STEP = "check-tamper-repairs"
@@ -101,6 +104,8 @@ class _Receive(Receive):
     #: The steps' context and where their outcomes go, once the record is begun (`_context`).
     ctx: StepContext | None = None
     journal: StepJournal | None = None
+    #: The plans a phase made ahead (`_plan_ahead`), until each step's run applies its own.
+    plans: dict[type[Step], Plan] = field(default_factory=dict)
 
     @property
     @abstractmethod
@@ -162,8 +167,13 @@ class _Receive(Receive):
         begun: IsolationRecord,
         *,
         groups_seen: dict[str, GroupClaim] | None = None,
+        planned_now: list[str] | None = None,
     ) -> StepContext:
+        """The begun record's step context and journal. `planned_now`: the steps the begin itself put
+        on record as planned (the rest of `begun.planned` is earlier attempts')."""
         journal = self.journal = StepJournal(self.deps.store, begun)
+        earlier = Counter(begun.planned) - Counter(planned_now or ())
+        recorded = {step.name for step in begun.steps}
         self.ctx = StepContext(
             isolation_id=self.subject.isolation_id,
             source=self.subject.source,
@@ -179,25 +189,29 @@ class _Receive(Receive):
             sleep=self.deps.sleep,
             groups_seen=groups_seen,
             dry_run=begun.dry_run,
+            # A dry run changes nothing: no plan of it is put on record.
+            planned=None if begun.dry_run else frozenset(begun.planned),
+            planned_earlier=frozenset(earlier) - recorded,
         )
         return self.ctx
 
-    def _read_ahead(self, steps: tuple[type[Step], ...], ctx: StepContext) -> None:
-        """The prior values the phase's `steps` read ahead (`Step.prior`), on record in one write before
-        the phase's first change (a field the episode knows already keeps its value). A read that fails
-        leaves that step to read again in its run (which writes what it read before its change, and
-        records the failure as its own): one step's failing read never stops another step."""
-        prior: dict[str, Any] = {}
+    def _plan_ahead(self, steps: tuple[type[Step], ...]) -> None:
+        """Every step of the phase planned before any of them changes anything, and the plans on record
+        in one write (their prior values, and which steps will change something:
+        `StepContext.note_plans`); each step's run applies its own. A step whose plan fails plans again
+        in its run (which records the failure as its own): one step's failing read never stops another."""
+        ctx, _ = self._begun()
+        plans: dict[type[Step], Plan] = {}
         for step_class in steps:
-            step = step_class()
             try:
-                prior |= step.prior(ctx)
+                plans[step_class] = step_class().plan(ctx)
             except Exception as exc:
                 logger.warning(
-                    "prior state not read ahead: the step reads it again",
-                    extra={"step": step.name, "error": str(exc)},
+                    "not planned ahead: the step plans again in its run",
+                    extra={"step": step_class.name, "error": str(exc)},
                 )
-        ctx.remember(**prior)
+        ctx.note_plans(plans)
+        self.plans |= plans
 
     def _begun(self) -> tuple[StepContext, StepJournal]:
         """The begun record's step context and journal (`_context`)."""
@@ -213,7 +227,13 @@ class _Receive(Receive):
         def incomplete(error: PermanentError) -> None:
             self.unmet = error
 
-        return procedure.perform(step_class, ctx, record_failed=journal.failed, incomplete=incomplete)
+        return procedure.perform(
+            step_class,
+            ctx,
+            record_failed=journal.failed,
+            incomplete=incomplete,
+            plan=self.plans.pop(step_class, None),
+        )
 
 
 @dataclass
@@ -278,15 +298,19 @@ class Attempt(_Receive):
         """The IN_PROGRESS write with the prior state."""
         instance, account = self.instance, self.account
         assert instance is not None and account is not None
+        # The network cut's plan rides with the begin (a dry run plans nothing on record).
+        planned = (
+            [] if self.record.dry_run else network.planned_cut(self.record.target, instance, self.groups_seen)
+        )
         try:
-            begun = self._begin(instance)
+            begun = self._begin(instance, planned)
         except RecordEnded as ended:
             return self._duplicate(ended.record)
         except LeaseHeld as exc:
             raise RetryableError(
                 "IsolationInProgress", "another worker is running this isolation", wait="in-flight"
             ) from exc
-        ctx = self._context(account, instance, begun, groups_seen=self.groups_seen)
+        ctx = self._context(account, instance, begun, groups_seen=self.groups_seen, planned_now=planned)
         if self.record.dry_run:
             _, journal = self._begun()
             checked, self.ended = dry_run.check(ctx, journal, role_name=self.deps.settings.TARGET_ROLE_NAME)
@@ -301,11 +325,10 @@ class Attempt(_Receive):
         journal.contained(steps, isolation_groups=ctx.isolation_groups)
         return self._end_tamper_loop() if self.network_only else None
 
-    def read_ahead(self) -> None:
-        """The prior values of every step of `HOLD`, on record in one write before any of them changes
-        anything (after the network cut: the cut never waits on these IAM and Auto Scaling reads)."""
-        ctx, _ = self._begun()
-        self._read_ahead(HOLD.steps, ctx)
+    def plan_hold(self) -> None:
+        """Every step of `HOLD` planned, on record in one write before any of them changes anything
+        (after the network cut: the cut never waits on these IAM and Auto Scaling reads)."""
+        self._plan_ahead(HOLD.steps)
 
     def hold(self, step: type[Step]) -> Outcome | None:
         """A step of what must not wait for the follow-up (`HOLD`: the steps run side by side). The last
@@ -379,7 +402,7 @@ class Attempt(_Receive):
         # (a FAILED one may be a DLQ redrive: `begin_attempt` decides)
         return None
 
-    def _begin(self, instance: Instance) -> IsolationRecord:
+    def _begin(self, instance: Instance, planned: list[str]) -> IsolationRecord:
         episode = self.episode_ahead.result() if self.episode_ahead is not None else self._episode()
 
         def begin() -> IsolationRecord:
@@ -396,6 +419,7 @@ class Attempt(_Receive):
                 # On its message's first receive the record is as the message (or `_open`) wrote it,
                 # unless another attempt began it meanwhile: the begin's condition tells.
                 queued=self.record if self.receive_count == 1 else None,
+                planned=planned,
             )
 
         try:
@@ -566,7 +590,7 @@ class FollowUp(_Receive):
         ctx = self._context(account, instance, begun)
         ctx.snapshots_asked_at = snapshots_asked_at
         _, journal = self._begun()
-        self._read_ahead(FOLLOW_UP.steps, ctx)
+        self._plan_ahead(FOLLOW_UP.steps)
         for step in FOLLOW_UP.steps:
             journal.ride(self._step(FOLLOW_UP, step))
         if self.unmet is not None:

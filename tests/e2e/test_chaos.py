@@ -236,8 +236,6 @@ class Chaos:
         self.joined: dict[str, str] = {}  # a trigger's isolation id -> the isolation in flight it joined
         #: What each isolation's runs met (receives, faults, outcomes), shown with its violations.
         self.trace: dict[str, list[str]] = {}
-        #: Isolation records whose own write (UpdateItem) got a fault after the instance was changed.
-        self.write_failed: set[str] = set()
 
     @contextlib.contextmanager
     def attempt(self, job: Any, receive_count: int, phase: str) -> Iterator[None]:
@@ -309,9 +307,6 @@ class Chaos:
             self.note(attempt.isolation_id, f"worker crash on {call}")
             raise fault
         self.note(attempt.isolation_id, f"{fault.code} on {call}")
-        if call in ("dynamodb.record", "dynamodb.TransactWriteItems"):
-            with self.lock:
-                self.write_failed.add(key)
         raise fault.error(operation)
 
     def _fault(
@@ -1257,15 +1252,6 @@ def test_chaos(
                 isolation_groups(instance, owned),
                 settings.ISOLATION_PROFILE_NAME,
                 unrecorded,
-                # Outcomes the injector made unwritable: a failed record write, or a crash on a step's
-                # call after the record began (its change half made, as an environment dies between two
-                # calls; the record keeps the prior state, so it is releasable: FAILED with a prior state)
-                chaos.write_failed
-                | {
-                    r["isolation_id"]
-                    for r in since
-                    if r["isolation_id"] in chaos.crashed and r.get("prior_state")
-                },
                 # Tags a member forged after the instance's last isolation ended other than ISOLATED are
                 # nobody's to repair (the tamper watch re-tags isolated instances only).
                 forged=instance_id in adversary.forged
@@ -1382,7 +1368,6 @@ def _check_instance(
     groups: list[dict[str, Any]],
     profile_name: str,
     unrecorded: Counter[str],
-    write_failed: set[str],
     *,
     forged: bool = False,
 ) -> int:
@@ -1390,20 +1375,20 @@ def _check_instance(
     `forged`: a member wrote `ec2-isolation:` tags on it after its last isolation, which did not end
     ISOLATED (nothing repairs them): its tags are not checked.
 
-    A change no record mentions is a violation, unless one of the instance's records lost an outcome to
-    the injector (`write_failed`: a record write failed, or the worker crashed on a step's call after the
-    record began; the change was made, and no later attempt got as far as that step again to record it
-    `already`): counted in `unrecorded`. Returns 1 for an isolated instance.
+    A change no record mentions is a violation. A record mentions a change by the step's outcome, or, when
+    the injector lost that outcome (a crash or a failed record write after the change, and no later
+    attempt got as far as that step again), by the step planned on record (`planned`, stored before the
+    change): counted in `unrecorded`. Returns 1 for an isolated instance.
     """
     where = f"{instance.label} {instance.instance_id} in {instance.account_id}"
     state = {"records": [_show(r) for r in history], "before": before.__dict__, "now": now.__dict__}
     group_ids = [g["GroupId"] for g in groups]
     profile_suffix = f":instance-profile/{profile_name}"
 
-    def recorded(step: str, what: str) -> None:
-        if _tried(history, step):
+    def recorded(step: str, what: str, records: list[dict[str, Any]] = history) -> None:
+        if _tried(records, step):
             return
-        if any(r["isolation_id"] in write_failed for r in history):
+        if any(step in (r.get("planned") or ()) for r in records):
             unrecorded[step] += 1
             return
         expect(False, f"{where}: {what}, no record says so", state)
@@ -1454,11 +1439,11 @@ def _check_instance(
             now.tags.get("ec2-isolation:source") == sources.get(tagged), f"{where}: wrong source tag", state
         )
         expect(now.tags.get("ec2-isolation:at"), f"{where}: no ec2-isolation:at tag", state)
-        if not _tried([r for r in history if r["isolation_id"] == tagged], "tag-instance"):
-            if tagged in write_failed:
-                unrecorded["tag-instance"] += 1
-            else:
-                expect(False, f"{where}: tagged by {tagged}, its record does not say so", state)
+        recorded(
+            "tag-instance",
+            f"tagged by {tagged}, its record does not say so",
+            [r for r in history if r["isolation_id"] == tagged],
+        )
     if _done(history, "tag-instance"):
         expect(tagged is not None, f"{where}: tagging recorded, no tag", state)
 
@@ -1561,8 +1546,9 @@ def _figures(
     ]
     if unrecorded:
         lines.append(
-            "changes in place that no record mentions, each after an injected failure of its record's "
-            "write: " + ", ".join(f"{step} {n}" for step, n in sorted(unrecorded.items()))
+            "changes in place whose outcome no record has, each planned on record before it was made (the "
+            "outcome lost to a crash or a failed write): "
+            + ", ".join(f"{step} {n}" for step, n in sorted(unrecorded.items()))
         )
     return [f"chaos: {line}" for line in lines]
 

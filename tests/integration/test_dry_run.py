@@ -128,9 +128,12 @@ def test_a_dry_run_checks_every_step_and_changes_nothing(stack: Stack, member: M
     prior = record["prior_state"]
     assert prior["role_name"] == "app" and prior["autoscaling_group"] == tier.group
     assert prior["load_balancers"] == [tier.classic] and prior["shutdown_behavior"] == "terminate"
-    # And nothing changed in the account: not even the isolation group was created
+    # And nothing changed in the account: not even the isolation group was created; nor is a change
+    # planned on record (only what a run will change is)
     assert account_state(member, instance, vpc, tier) == before
     assert member.isolation_groups(vpc.id) == []
+    stored = stack.store.item(record["isolation_id"])
+    assert stored is not None and "planned" not in stored
     # And its outcome event says CHECKED, dry run (which the notification rule excludes)
     [event] = stack.outcomes()
     assert event["detail"]["status"] == "CHECKED" and event["detail"]["dry_run"] is True

@@ -98,6 +98,102 @@ def test_crash_between_the_network_cut_and_the_profile_swap_resumes(
     assert assert_isolated(member, instance, vpc.id)
 
 
+def _crash_after(faults: Faults, call: str, *, nth: int = 1) -> None:
+    """The worker dies right after the `nth` answer to `call` (`service.Operation`): the change made,
+    no outcome of it written."""
+    answered = 0
+    lock = threading.Lock()
+
+    def die(**_: Any) -> None:
+        nonlocal answered
+        with lock:
+            answered += 1
+            if answered == nth:
+                raise Crash()
+
+    faults.hook(f"after-call.{call}", die)
+
+
+def _retry(stack: Stack, monkeypatch: pytest.MonkeyPatch, faults: Faults, message: dict[str, Any]) -> None:
+    """The crashed attempt's message back once its lease has expired, and every message processed."""
+    faults.clear()
+    time_passes(monkeypatch)
+    stack.sqs.change_message_visibility(
+        QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+    )
+    stack.drain()
+
+
+def test_a_crash_mid_cut_leaves_the_cut_planned_on_record_and_the_retry_records_it_done(
+    stack: Stack, member: Member, faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the worker dies once both interfaces of the instance are cut, before the cut's outcome is
+    # written
+    vpc = member.vpc()
+    instance = member.instance(vpc, enis=2)
+    isolation_id = request_isolation(stack, member, instance)
+    _crash_after(faults, "ec2.ModifyNetworkInterfaceAttribute", nth=2)
+    [message] = stack.receive()
+    with pytest.raises(Crash):
+        stack.work([message])
+
+    # Then no outcome says so, but the record names the cut as planned (stored, never served) beside the
+    # prior state, both written by the begin, before the first change
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "IN_PROGRESS" and record["steps"] == []
+    assert record["prior_state"]["network_interfaces"]
+    assert "planned" not in record
+    stored = stack.store.item(isolation_id)
+    assert stored is not None and stored["planned"] == ["swap-security-groups"]
+    isolation_group = member.isolation_groups(vpc.id)[0]["GroupId"]
+    assert all(groups == [isolation_group] for groups in member.eni_groups(instance).values())
+
+    # When the message comes back
+    _retry(stack, monkeypatch, faults, message)
+
+    # Then the retry records the cut it finds in place as done (by the attempt that planned it), not as
+    # found already in place
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "ISOLATED" and record["attempts"] == 2
+    [swap] = [step for step in record["steps"] if step["name"] == "swap-security-groups"]
+    assert swap["status"] == "done"
+    assert "made by an earlier attempt" in swap["detail"]
+    assert assert_isolated(member, instance, vpc.id)
+
+
+def test_a_crash_after_the_credentials_deny_is_recorded_done_by_the_retry(
+    stack: Stack, member: Member, faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the worker dies right after it wrote the instance's role's deny policy
+    vpc = member.vpc()
+    instance = member.instance(vpc)
+    isolation_id = request_isolation(stack, member, instance)
+    _crash_after(faults, "iam.PutRolePolicy")
+    [message] = stack.receive()
+    with pytest.raises(Crash):
+        stack.work([message])
+
+    # Then the hold's plans are on record (written with the role's name, before the deny), its outcome
+    # is not
+    stored = stack.store.item(isolation_id)
+    assert stored is not None and "deny-instance-credentials" in stored["planned"]
+    assert stored["prior_state"]["role_name"]
+    assert "deny-instance-credentials" not in steps(record_of(stack, isolation_id))
+
+    # When the message comes back
+    _retry(stack, monkeypatch, faults, message)
+
+    # Then the deny is recorded done, and what the crashed attempt had recorded stays as it was
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "ISOLATED"
+    outcomes = [(s["name"], s["status"]) for s in record["steps"]]
+    assert ("deny-instance-credentials", "done") in outcomes
+    assert ("deny-instance-credentials", "already") not in outcomes
+    assert outcomes[:2] == [("ensure-isolation-sg", "done"), ("swap-security-groups", "done")]
+    # (the cut's outcome was on record: the retry finds it in place, as the record says)
+    assert ("swap-security-groups", "already") in outcomes
+
+
 def test_a_copy_delivered_while_another_runs_backs_off_without_touching_anything(
     stack: Stack, member: Member, faults: Faults
 ) -> None:

@@ -19,10 +19,12 @@ class Notebook:
     """The attempt's `StepJournal` (`worker.journal`) as a step sees it, keeping what it was told."""
 
     remembered: list[dict[str, Any]] = field(default_factory=list)
+    planned: list[str] = field(default_factory=list)
     evidence: list[Evidence] = field(default_factory=list)
 
-    def remember(self, prior: dict[str, Any]) -> None:
+    def remember(self, prior: dict[str, Any], planned: list[str]) -> None:
         self.remembered.append(prior)
+        self.planned.extend(planned)
 
     def keep_evidence(self, evidence: Evidence) -> None:
         self.evidence.append(evidence)

@@ -470,9 +470,11 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         evidence: Evidence | None = None,
         target: Target | None = None,
         queued: IsolationRecord | None = None,
+        planned: list[str] | None = None,
     ) -> IsolationRecord:
         """`lifecycle.BEGIN`: mark the record IN_PROGRESS, count the attempt, keep the first
-        `prior_state`, take the lease.
+        `prior_state`, take the lease; `planned`: the steps of the network cut that will change the
+        instance (`add_steps`).
 
         `queued`: the record as this worker knows it was written (its message's, or the one it wrote),
         when no attempt may have begun it yet. The begin is then guarded on that (`lifecycle.BEGIN_FIRST`)
@@ -515,6 +517,8 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
                 write.set("inherits_from = if_not_exists(inherits_from, :inherits)", inherits=inherits_from)
             if evidence is not None:
                 write.set("evidence = if_not_exists(evidence, :evidence)", evidence=evidence.model_dump())
+            if planned:
+                write.set(_PLANNED, empty=[], planned=planned)
             return write
 
         if target is None:
@@ -536,6 +540,7 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
                         "inherits_from": inherits_from,
                         "evidence": evidence,
                         "error": None,
+                        "planned": tuple(planned or ()),
                     }
                 )
         self._began(isolation_id, begin_write(lifecycle.BEGIN), latest, refused_is_final=True)
@@ -650,11 +655,13 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         evidence: Evidence | None = None,
         isolation_groups: dict[str, str] | None = None,
         snapshots_asked_at: str | None = None,
+        planned: list[str] | None = None,
     ) -> IsolationRecord:
         """Append step outcomes, with what rides along: `contained_at`, `prior` (fields of
-        `prior_state` a step read before its change; a field already there is kept), `evidence`,
-        `isolation_groups` (the isolation group used in each VPC) and `snapshots_asked_at` (the first
-        time an attempt asked for the snapshots, kept). Returns the record as the write left it."""
+        `prior_state` a step read before its change; a field already there is kept), `planned` (the
+        steps whose changes follow), `evidence`, `isolation_groups` (the isolation group used in each
+        VPC) and `snapshots_asked_at` (the first time an attempt asked for the snapshots, kept). Returns
+        the record as the write left it."""
         write = Write("updated_at = :stamp", stamp=steps[-1].at if steps else iso8601(utcnow()))
         if steps:
             write.set(
@@ -677,6 +684,8 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
             write.set(
                 "snapshots_asked_at = if_not_exists(snapshots_asked_at, :asked)", asked=snapshots_asked_at
             )
+        if planned:
+            write.set(_PLANNED, empty=[], planned=planned)
         return _record(self.update_record(isolation_id, write))
 
     # --- role leases -----------------------------------------------------------------------------------
@@ -819,6 +828,10 @@ class IsolationStore(ReleaseWrites, isolation_groups.GroupRegistry):
         if evidence is not None:
             write.set("evidence = :evidence", evidence=evidence.model_dump())
         return {"TableName": self.table_name, "Key": key(record.isolation_id), **write.request()}
+
+
+#: The steps an attempt planned, appended to those earlier attempts planned (`IsolationRecord.planned`).
+_PLANNED = "planned = list_append(if_not_exists(planned, :empty), :planned)"
 
 
 def _running(

@@ -1,9 +1,12 @@
 """The step catalogue's shape: each step is a small class with a name, the IAM actions it needs and one
 `plan`: it reads what it would change and decides once, either settled (`already`, `skipped`: nothing to
 change) or the changes it would make, with the prior values they overwrite. The same plan is applied
-(`run`: its prior values on record, then its changes; `done`) or, in a dry run, checked (`check`: each
-change's permission, EC2's `DryRun` or the policy simulator; `worker.steps.checks`). A step raises on
-failure; a redelivered message finds its changes in place (`already`), so a retry is harmless."""
+(`run`: its prior values and that it plans changes on record, then its changes; `done`) or, in a dry
+run, checked (`check`: each change's permission, EC2's `DryRun` or the policy simulator;
+`worker.steps.checks`). A phase plans its steps ahead and puts every plan on record in one write
+(`StepContext.note_plans`); a step's `run` applies the plan made for it. A step raises on failure; a
+redelivered message finds its changes in place, so a retry is harmless: `already`, or `done` when an
+earlier attempt planned them and stopped before recording its outcome."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Any, ClassVar, Protocol
 
 from shared.aws import AccountSession
 from shared.config import WorkerSettings
-from shared.models import Evidence, PriorState, Source, StepRecord, Target
+from shared.models import Evidence, PriorState, Source, StepRecord, StepStatus, Target
 from shared.store.isolation_groups import GroupClaim
 from worker.at_once import each_at_once
 from worker.instance import Instance
@@ -26,7 +29,9 @@ from worker.steps.group_check import GroupCheck
 class Notes(Protocol):
     """Where a step writes what it found before it changes anything (`worker.journal.StepJournal`)."""
 
-    def remember(self, prior: dict[str, Any]) -> None: ...
+    def remember(self, prior: dict[str, Any], planned: list[str]) -> None:
+        """Prior-state fields and the steps whose changes follow, in one write before the changes."""
+        ...
 
     def keep_evidence(self, evidence: Evidence) -> None: ...
 
@@ -36,8 +41,8 @@ class Notes(Protocol):
         ...
 
     def will_ask_snapshots(self, at: str) -> None:
-        """The phase will ask for snapshots (`Step.prior`): `at` rides with the phase's prior-value write,
-        and `asking_snapshots` then has nothing left to write."""
+        """The step's plan asks for snapshots: `at` rides with the write of the phase's plans
+        (`StepContext.note_plans`), and `asking_snapshots` then has nothing left to write."""
         ...
 
 
@@ -86,6 +91,12 @@ class StepContext:
     snapshots_asked_at: str | None = None
     #: None: `worker.consistency.pause`.
     sleep: Callable[[float], None] | None = None
+    #: The steps whose planned changes are on record (`IsolationRecord.planned`); None: the procedure
+    #: puts no plan on record (a release, which keeps no prior state; a dry run, which changes nothing).
+    planned: frozenset[str] | None = None
+    #: The steps an earlier attempt planned and recorded no outcome of: one that finds its change in
+    #: place made it (`done`, not `already`).
+    planned_earlier: frozenset[str] = frozenset()
     #: Filled by ensure-isolation-sg: the isolation security group of each VPC.
     isolation_groups: dict[str, str] = field(default_factory=dict)
     #: Filled by ensure-isolation-sg: the check of each group it uses (its rules revoked, its tag put
@@ -94,9 +105,6 @@ class StepContext:
     #: The region's isolation-group claims by VPC, as read from the table with the instance; None: not
     #: looked up (ensure-isolation-sg reads them).
     groups_seen: dict[str, GroupClaim] | None = None
-    #: What the phase's steps read ahead for its prior state (`Step.prior`), by what was read: a step's
-    #: next `run` takes it from here rather than read it twice.
-    read: dict[str, Any] = field(default_factory=dict)
     #: The plan is for a dry run (checked, never applied): a step whose apply path learns something from
     #: AWS's refusal (IAM's limit on a role's inline policies) reads it ahead instead.
     dry_run: bool = False
@@ -118,19 +126,32 @@ class StepContext:
         target = self.target
         return f"arn:{self.partition}:ec2:{target.region}:{target.account_id}:instance/{target.instance_id}"
 
-    def remember(self, **prior: Any) -> None:
-        """Write fields of the prior state before the change they describe; a field the episode knows
-        already keeps its value (the instance as it was, not as a retry finds it)."""
+    def note_plans(self, plans: dict[type[Step], Plan]) -> None:
+        """Put `plans` (by step) on record before any of their changes, in one write: the prior-state
+        fields they read (a field the episode knows already keeps its value: the instance as it was,
+        not as a retry finds it) and, where the procedure records plans, the steps that will change
+        something. Nothing to write when all of it is on record."""
         unknown = {
             name: value
-            for name, value in prior.items()
+            for plan in plans.values()
+            for name, value in plan.prior.items()
             if value is not None and getattr(self.prior, name) is None
         }
-        if not unknown:
+        planned = sorted(
+            step.name
+            for step, plan in plans.items()
+            if plan.changes
+            and not step.claimed_elsewhere
+            and self.planned is not None
+            and step.name not in self.planned
+        )
+        if not unknown and not planned:
             return
         self.prior = self.prior.model_copy(update=unknown)
         dumped = self.prior.model_dump(mode="json")
-        self.notes.remember({name: dumped[name] for name in unknown})
+        self.notes.remember({name: dumped[name] for name in unknown}, planned)
+        if planned:
+            self.planned = (self.planned or frozenset()) | set(planned)
 
     def keep_evidence(self, evidence: Evidence) -> None:
         self.evidence = evidence
@@ -212,17 +233,30 @@ class Step(ABC):
     #: Instances of one role take turns (their step writes one policy of that role, under its lease):
     #: a batch runs them one after another rather than have them wait on each other.
     one_writer_per_role: ClassVar[bool] = False
+    #: The step's changes are on record before they are made some other way (the isolation group's
+    #: claim in the service's table): its plan is not put on record (`StepContext.note_plans`).
+    claimed_elsewhere: ClassVar[bool] = False
 
     @abstractmethod
     def plan(self, ctx: StepContext) -> Plan:
         """Read what the step would change and decide: settled, or the changes with their prior values.
         Changes nothing (a dry run plans too)."""
 
-    def run(self, ctx: StepContext) -> StepRecord:
-        """The plan applied: its prior values on record, then its changes, then the evidence it keeps;
-        `done` (or its settled outcome)."""
-        plan = self.plan(ctx)
-        ctx.remember(**plan.prior)
+    def run(self, ctx: StepContext, plan: Plan | None = None) -> StepRecord:
+        """The plan applied (`plan`, as its phase made it ahead; None: made now): its prior values on
+        record, then its changes, then the evidence it keeps; `done` (or its settled outcome)."""
+        if plan is None:
+            plan = self.plan(ctx)
+        ctx.note_plans({type(self): plan})
+        outcome = self._applied(ctx, plan)
+        if outcome.status is StepStatus.ALREADY and self.name in ctx.planned_earlier:
+            # An earlier attempt planned this change and stopped before its outcome was on record.
+            return StepRecord.done(
+                self.name, f"{outcome.detail} (made by an earlier attempt, which stopped before recording it)"
+            )
+        return outcome
+
+    def _applied(self, ctx: StepContext, plan: Plan) -> StepRecord:
         if plan.settled is not None:
             results: list[Any] = []
         elif plan.side_by_side:
@@ -242,14 +276,8 @@ class Step(ABC):
         """The plan checked, not applied (a dry run): `would`, `unverified` or `failed` for its changes,
         or its settled outcome. Changes nothing."""
         plan = self.plan(ctx)
-        ctx.remember(**plan.prior)
+        ctx.note_plans({type(self): plan})
         if plan.settled is not None:
             return plan.settled
         checks = [check for change in plan.changes for check in change.checks(simulator)]
         return outcome(self.name, checks, plan.unchanged)
-
-    def prior(self, ctx: StepContext) -> dict[str, Any]:
-        """The prior-state fields this step's change would overwrite, read before any change of its
-        phase: the engine writes every step's in one write before the phase's first change. {}: the
-        step reads nothing ahead (its prior state is the instance as described, or its plan carries it)."""
-        return {}

@@ -72,13 +72,6 @@ class DenyInstanceCredentials(Step):
     permissions = ("iam:GetInstanceProfile", "iam:ListRolePolicies", "iam:GetRolePolicy", *write_permissions)
     one_writer_per_role = True
 
-    def prior(self, ctx: StepContext) -> dict[str, Any]:
-        profile = self._profile(ctx)
-        if isinstance(profile, StepRecord):
-            return {}
-        roles = ctx.read[self.name] = profile_roles(ctx, profile)
-        return {"role_name": roles[0]["RoleName"]} if roles else {}
-
     def plan(self, ctx: StepContext) -> Plan:
         """The role whose deny policy would list the instance, or why there is nothing to do. The policy
         itself is read under the role's lease, when the change is made (`_deny`)."""
@@ -160,8 +153,7 @@ class DenyInstanceCredentials(Step):
         return profile
 
     def _role(self, ctx: StepContext, profile: str) -> dict[str, Any] | None:
-        # As read ahead for this run (`prior`; taken, a later run reads again), or read now.
-        roles = ctx.read.pop(self.name) if self.name in ctx.read else profile_roles(ctx, profile)
+        roles = profile_roles(ctx, profile)
         if roles is None:
             raise ContainmentIncomplete(
                 "CredentialsNotCut", f"instance profile {profile} no longer exists: its role cannot be found"

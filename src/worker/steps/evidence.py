@@ -51,20 +51,6 @@ class SnapshotVolumes(Step):
     lock_permissions = ("ec2:LockSnapshot",)
     permissions = ("ec2:DescribeSnapshots", "ec2:CreateTags", *write_permissions, *lock_permissions)
 
-    def prior(self, ctx: StepContext) -> dict[str, Any]:
-        """No prior-state field; but when this run will ask for the volumes' snapshots for the first time
-        (no evidence yet, none asked for before), when it does rides with the phase's prior-value write."""
-        first_ask = (
-            ctx.source is not Source.TAMPER  # (a repair first looks for deleted ones)
-            and ctx.snapshots_asked_at is None
-            and (ctx.evidence is None or not ctx.evidence.snapshots)
-            and ctx.settings.SNAPSHOT_VOLUMES
-            and ctx.instance.volumes
-        )
-        if first_ask:
-            ctx.notes.will_ask_snapshots(iso8601(utcnow()))
-        return {}
-
     def plan(self, ctx: StepContext) -> Plan:
         deleted = self._deleted(ctx) if ctx.source is Source.TAMPER else []
         if ctx.evidence is not None and ctx.evidence.snapshots and not deleted:
@@ -90,6 +76,9 @@ class SnapshotVolumes(Step):
         snapshots = f"arn:{ctx.partition}:ec2:{ctx.target.region}::snapshot/*"
         locking = (Action("ec2:LockSnapshot", [snapshots], f"lock them for {days} day(s)"),) if days else ()
         creation = self._creation(ctx)
+        if not ctx.dry_run:
+            # When the snapshots are asked for rides with the phase's plans, on record before the ask.
+            ctx.notes.will_ask_snapshots(iso8601(utcnow()))
         volumes = ", ".join(v.id for v in ctx.instance.volumes)
         what = f"{', '.join(deleted)} deleted: snapshots again" if deleted else "crash-consistent snapshots"
         return Plan(

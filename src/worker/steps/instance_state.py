@@ -36,19 +36,6 @@ def _attribute(ctx: StepContext, attribute: str, key: str) -> Any:
     return described.get(key, {}).get("Value")
 
 
-def _read_ahead(ctx: StepContext, attribute: str, key: str) -> Any:
-    """`_attribute` read for the phase's prior state (`Step.prior`): the step's next run takes it."""
-    ctx.read[attribute] = _attribute(ctx, attribute, key)
-    return ctx.read[attribute]
-
-
-def _current(ctx: StepContext, attribute: str, key: str) -> Any:
-    """`_attribute` as read ahead for this run (taken: a later run reads it again), or read now."""
-    if attribute in ctx.read:
-        return ctx.read.pop(attribute)
-    return _attribute(ctx, attribute, key)
-
-
 def _refusal(ctx: StepContext, *, spot: bool, instance_store: bool) -> str | None:
     """Why EC2 refuses this protection for this instance, if it does."""
     if spot and ctx.instance.lifecycle == "spot":
@@ -78,16 +65,11 @@ class StopOnShutdown(Step):
     name = "stop-on-shutdown"
     permissions = _MODIFY
 
-    def prior(self, ctx: StepContext) -> dict[str, Any]:
-        if _refusal(ctx, spot=False, instance_store=True):
-            return {}
-        return {"shutdown_behavior": _read_ahead(ctx, *_SHUTDOWN)}
-
     def plan(self, ctx: StepContext) -> Plan:
         refused = _refusal(ctx, spot=False, instance_store=True)
         if refused:
             return Plan.nothing(StepRecord.skipped(self.name, f"shutdown behaviour stop: {refused}"))
-        behaviour = _current(ctx, *_SHUTDOWN)
+        behaviour = _attribute(ctx, *_SHUTDOWN)
         if behaviour == "stop":
             return Plan.nothing(
                 StepRecord.already(self.name, "shutdown behaviour was stop"), shutdown_behavior=behaviour
@@ -141,16 +123,11 @@ class _Protection(Step):
     what: ClassVar[str]
     refused_on_instance_store: ClassVar[bool]
 
-    def prior(self, ctx: StepContext) -> dict[str, Any]:
-        if _refusal(ctx, spot=True, instance_store=self.refused_on_instance_store):
-            return {}
-        return {self.prior_field: bool(_read_ahead(ctx, self.attribute, self.key))}
-
     def plan(self, ctx: StepContext) -> Plan:
         refused = _refusal(ctx, spot=True, instance_store=self.refused_on_instance_store)
         if refused:
             return Plan.nothing(StepRecord.skipped(self.name, f"{self.what}: {refused}"))
-        protected = bool(_current(ctx, self.attribute, self.key))
+        protected = bool(_attribute(ctx, self.attribute, self.key))
         prior: dict[str, Any] = {self.prior_field: protected}
         if protected:
             return Plan.nothing(StepRecord.already(self.name, f"{self.what} was on"), **prior)

@@ -73,22 +73,11 @@ class LeaveAutoScalingAndLoadBalancers(Step):
         "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
     )
 
-    def prior(self, ctx: StepContext) -> dict[str, Any]:
-        found = ctx.read[self.name] = self._found(ctx)
-        group, _state, registrations, balancers = found
-        return {"autoscaling_group": group, "target_groups": registrations, "load_balancers": balancers}
-
-    def _found(self, ctx: StepContext) -> tuple[str | None, str, list[TargetGroupTarget], list[str]]:
-        """Its Auto Scaling group (and lifecycle state), target group registrations and classic load
-        balancers: as read ahead for this run (`prior`; taken, a later run reads again), or read now."""
-        if self.name in ctx.read:
-            found: tuple[str | None, str, list[TargetGroupTarget], list[str]] = ctx.read.pop(self.name)
-            return found
-        group, state = self._group(ctx)
-        return group, state, self._registrations(ctx), self._classic(ctx)
-
     def plan(self, ctx: StepContext) -> Plan:
-        group, state, registrations, balancers = self._found(ctx)
+        # Its Auto Scaling group (and lifecycle state), target group registrations and classic load
+        # balancers.
+        group, state = self._group(ctx)
+        registrations, balancers = self._registrations(ctx), self._classic(ctx)
         prior: dict[str, Any] = {
             "autoscaling_group": group,
             "target_groups": registrations,

@@ -40,10 +40,11 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.errors import RetryableError, error_code
-from shared.models import StepRecord
+from shared.models import NetworkInterfaceState, StepRecord, Target
 from shared.store.isolation_groups import GroupClaim
 from worker.at_once import begun
 from worker.consistency import WaitedOut, until_consistent, wait_for
+from worker.instance import Instance
 from worker.steps.base import Change, Plan, Step, StepContext
 from worker.steps.group_check import MANAGED_TAG, GroupCheck
 from worker.steps.release import ReleaseContext, release_outcome
@@ -103,6 +104,26 @@ def knows_groups_of(account_id: str, region: str) -> bool:
         return any(key[:2] == (account_id, region) for key in _groups)
 
 
+def planned_cut(target: Target, instance: Instance, groups_seen: dict[str, GroupClaim] | None) -> list[str]:
+    """The steps of the network cut that will change the instance, as far as they are known before the
+    record's begin, which puts them on record (`StepContext.note_plans`, for the other phases): the swap,
+    unless every interface has only the isolation group of its VPC as this environment knows it. (The
+    group itself is claimed in the service's table before it is created: `claimed_elsewhere`.)"""
+    state = instance.state
+    for interface in state.network_interfaces:
+        vpc_id = state.vpc_of(interface)
+        with _groups_lock:
+            claim = _groups.get((target.account_id, target.region, vpc_id))
+        claim = claim or (groups_seen or {}).get(vpc_id)
+        if claim is None or not _isolated(interface, claim.group_id):
+            return [SwapSecurityGroups.name]
+    return []
+
+
+def _isolated(interface: NetworkInterfaceState, group_id: str | None) -> bool:
+    return group_id is not None and interface.security_group_ids == [group_id]
+
+
 def group_name(prefix: str) -> str:
     """A new isolation group's name: the prefix and a nonce nobody can guess before the group exists."""
     return f"{prefix}-{uuid.uuid4().hex[:16]}"
@@ -121,6 +142,8 @@ class EnsureIsolationSecurityGroup(Step):
         "ec2:RevokeSecurityGroupEgress",
         "ec2:RevokeSecurityGroupIngress",
     )
+    #: The group is the service's own, claimed in its table before it is created.
+    claimed_elsewhere = True
 
     def plan(self, ctx: StepContext) -> Plan:
         """Each VPC's group ensured, one VPC after another. A run decides under the VPC's lock, not
@@ -398,7 +421,7 @@ class SwapSecurityGroups(Step):
         for interface in state.network_interfaces:
             vpc_id = state.vpc_of(interface)
             group_id = ctx.isolation_groups.get(vpc_id)
-            if group_id is not None and interface.security_group_ids == [group_id]:
+            if _isolated(interface, group_id):
                 unchanged.append(interface.id)
                 continue
             # In a dry run the VPC's group may not exist yet (ensure-isolation-sg would create it): EC2
