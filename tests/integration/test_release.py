@@ -484,7 +484,7 @@ def test_a_release_step_never_writes_a_prior_state_or_evidence(stack: Stack, mem
 
     # When a step would note a prior value or evidence, it is refused, and nothing is written
     for note in (
-        lambda: journal.remember({"vpc_id": "vpc-2"}),
+        lambda: journal.remember({"vpc_id": "vpc-2"}, []),
         lambda: journal.keep_evidence(Evidence()),
         lambda: journal.asking_snapshots("2026-01-01T00:00:00Z"),
         lambda: journal.will_ask_snapshots("2026-01-01T00:00:00Z"),
