@@ -63,8 +63,10 @@ class Procedure:
             error = classify(exc, context=step.name)
             if self.goes_on_after is None or not isinstance(error, self.goes_on_after):
                 retry = " (will retry)" if isinstance(error, RetryableError) else ""
+                failed = StepRecord.failed(step.name, f"{error.code}: {error.message}{retry}")
+                self._count(failed)
                 try:
-                    record_failed(StepRecord.failed(step.name, f"{error.code}: {error.message}{retry}"))
+                    record_failed(failed)
                 except Exception:  # the step's own error matters more; it is logged and raised
                     logger.exception("could not record the failed step")
                 raise error from exc
@@ -73,8 +75,11 @@ class Procedure:
             outcome = StepRecord.failed(step.name, f"{error.code}: {error.message}")
         finally:
             logger.thread_safe_remove_keys(["step"])
-        metrics.add_metric(name=f"{self.metric}-{outcome.status.value}", unit=MetricUnit.Count, value=1)
+        self._count(outcome)
         return outcome
+
+    def _count(self, outcome: StepRecord) -> None:
+        metrics.add_metric(name=f"{self.metric}-{outcome.status.value}", unit=MetricUnit.Count, value=1)
 
 
 #: The network cut, first and fast.

@@ -427,6 +427,8 @@ def test_a_release_counts_its_outcomes_as_releases_and_its_log_lines_name_it(
     outcomes = [name for name in counted if name.startswith(("Release-", "Isolation-"))]
     assert outcomes == ["Release-release-failed", "Release-released"]
     assert "ReleaseStep-done" in counted
+    # (the step that failed the first release too: a failure that ends a procedure is a step outcome)
+    assert counted.count("ReleaseStep-failed") == 1
     assert not any(name.startswith(("Step-", "Isolation-")) for name in counted)
     # And the lines the release logged name it: the isolation, and that it is its release
     lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
