@@ -196,20 +196,25 @@ class _Receive(Receive):
         return self.ctx
 
     def _plan_ahead(self, steps: tuple[type[Step], ...]) -> None:
-        """Every step of the phase planned before any of them changes anything, and the plans on record
-        in one write (their prior values, and which steps will change something:
-        `StepContext.note_plans`); each step's run applies its own. A step whose plan fails plans again
-        in its run (which records the failure as its own): one step's failing read never stops another."""
+        """Every step of the phase planned before any of them changes anything (side by side: a plan only
+        reads), and the plans on record in one write (their prior values, and which steps will change
+        something: `StepContext.note_plans`); each step's run applies its own. A step whose plan fails
+        plans again in its run (which records the failure as its own): one step's failing read never
+        stops another."""
         ctx, _ = self._begun()
-        plans: dict[type[Step], Plan] = {}
-        for step_class in steps:
+
+        def plan(step_class: type[Step]) -> Plan | None:
             try:
-                plans[step_class] = step_class().plan(ctx)
+                return step_class().plan(ctx)
             except Exception as exc:
                 logger.warning(
                     "not planned ahead: the step plans again in its run",
                     extra={"step": step_class.name, "error": str(exc)},
                 )
+                return None
+
+        planned = zip(steps, at_once.each_at_once(plan, list(steps)), strict=True)
+        plans = {step_class: plan for step_class, plan in planned if plan is not None}
         ctx.note_plans(plans)
         self.plans |= plans
 
