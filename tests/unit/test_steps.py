@@ -419,3 +419,54 @@ def test_tags_all_carry_the_prefix(clients: dict[str, Any]) -> None:
     keys = [tag["Key"] for tag in sent[0]["Tags"]]
     assert sorted(keys) == ["ec2-isolation:at", "ec2-isolation:id", "ec2-isolation:source"]
     assert sent[0]["Resources"] == [TARGET.instance_id]
+
+
+def test_a_plan_is_on_record_before_its_change_once_and_only_where_the_procedure_keeps_plans(
+    clients: dict[str, Any],
+) -> None:
+    # Given an isolation whose record keeps plans, and an instance without termination protection
+    ctx = context(clients, facts(eni("eni-1", "vpc-1", ())))
+    ctx.planned = frozenset()
+    notes: Notebook = ctx.notes
+    with Stubber(clients["ec2"]) as ec2:
+        ec2.add_response("describe_instance_attribute", {"DisableApiTermination": {"Value": False}})
+        ec2.add_response("modify_instance_attribute", {})
+        # When the step's plan is noted (as its phase does ahead), then the step applies it
+        plan = EnableTerminationProtection().plan(ctx)
+        ctx.note_plans({EnableTerminationProtection: plan})
+        outcome = EnableTerminationProtection().run(ctx, plan)
+        ec2.assert_no_pending_responses()
+
+    # Then the prior value and the planned step were written once, before the change, and the step is done
+    assert notes.remembered == [{"termination_protection": False}]
+    assert notes.planned == ["enable-termination-protection"]
+    assert outcome.status is StepStatus.DONE
+
+    # And a step whose change is on record elsewhere (the group's claim), or a procedure that keeps no
+    # plans (a release, a dry run), puts no step on record as planned
+    ctx.planned = frozenset()
+    with Stubber(clients["ec2"]):
+        ctx.note_plans({EnsureIsolationSecurityGroup: EnsureIsolationSecurityGroup().plan(ctx)})
+    ctx.planned = None
+    ctx.note_plans({TagInstance: TagInstance().plan(ctx)})
+    assert notes.planned == ["enable-termination-protection"]
+
+
+def test_a_change_an_earlier_attempt_planned_and_recorded_no_outcome_of_is_done_when_found_in_place(
+    clients: dict[str, Any],
+) -> None:
+    # Given an attempt that planned termination protection, turned it on and died before its outcome
+    ctx = context(clients, facts(eni("eni-1", "vpc-1", ())))
+    ctx.planned = ctx.planned_earlier = frozenset({"enable-termination-protection"})
+    with Stubber(clients["ec2"]) as ec2:
+        ec2.add_response("describe_instance_attribute", {"DisableApiTermination": {"Value": True}})
+        # When the retry finds it in place
+        outcome = EnableTerminationProtection().run(ctx)
+
+    # Then it records it done, by the earlier attempt; a change nobody planned found in place is `already`
+    assert outcome.status is StepStatus.DONE
+    assert "made by an earlier attempt" in outcome.detail
+    ctx.planned_earlier = frozenset()
+    with Stubber(clients["ec2"]) as ec2:
+        ec2.add_response("describe_instance_attribute", {"DisableApiTermination": {"Value": True}})
+        assert EnableTerminationProtection().run(ctx).status is StepStatus.ALREADY
