@@ -13,6 +13,19 @@ WORKER_LOST = "WorkerLost"
 DEAD_LETTERED = "DeadLettered"
 
 
+def unrecorded(record: IsolationRecord) -> str:
+    """The steps an attempt of the isolation planned (on record before their changes) and recorded no
+    outcome of, said for the operator: their changes may be in place. "" when there are none."""
+    recorded = {step.name for step in record.steps}
+    pending = [name for name in dict.fromkeys(record.planned) if name not in recorded]
+    if not pending:
+        return ""
+    return (
+        f" Planned before the worker stopped, so perhaps in place with no outcome recorded: "
+        f"{', '.join(pending)} (a release puts the prior state back)."
+    )
+
+
 def worker_lost(record: IsolationRecord) -> ErrorInfo:
     if record.status is Status.RELEASING:
         message = (
@@ -25,7 +38,7 @@ def worker_lost(record: IsolationRecord) -> ErrorInfo:
             f"the worker stopped during the last allowed attempt (attempt {record.attempts}) without "
             "recording an outcome (a timeout, out of memory or a crash); the request is in the "
             "dead-letter queue, and a redrive resumes it. Steps recorded done are in place."
-        )
+        ) + unrecorded(record)
     return ErrorInfo(code=WORKER_LOST, message=message)
 
 
@@ -40,5 +53,5 @@ def dead_lettered(record: IsolationRecord) -> ErrorInfo:
             f"the request's message is in the dead-letter queue and no outcome was recorded (after "
             f"{record.attempts} attempt(s) reached the instance, the worker stopped before recording "
             "one); a redrive resumes it. Steps recorded done are in place."
-        )
+        ) + unrecorded(record)
     return ErrorInfo(code=DEAD_LETTERED, message=message)

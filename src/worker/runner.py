@@ -48,7 +48,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from shared import lifecycle
+from shared import lifecycle, unended
 from shared.aws import AccountSession
 from shared.errors import (
     IsolationError,
@@ -130,11 +130,14 @@ class _Receive(Receive):
 
     def _give_up(self, error: IsolationError) -> None:
         attempts = self._attempts()
-        self._end_failed(
-            ErrorInfo(code=error.code, message=self._gave_up(attempts, error)),
-            resumable=True,
-            attempts=attempts,
+        # What an earlier attempt planned and left no outcome of (this one may not have begun the record).
+        stored = (
+            self.journal.record
+            if self.journal is not None
+            else self.deps.store.get(self.subject.isolation_id)
         )
+        message = self._gave_up(attempts, error) + (unended.unrecorded(stored) if stored else "")
+        self._end_failed(ErrorInfo(code=error.code, message=message), resumable=True, attempts=attempts)
 
     def _gave_up(self, attempts: int, error: IsolationError) -> str:
         return (

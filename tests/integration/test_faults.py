@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from botocore.parsers import ResponseParserError
 from tests.conftest import Stack
+from tests.integration.test_release import release
 from tests.integration.test_worker import (
     assert_isolated,
     isolate,
@@ -192,6 +193,66 @@ def test_a_crash_after_the_credentials_deny_is_recorded_done_by_the_retry(
     assert outcomes[:2] == [("ensure-isolation-sg", "done"), ("swap-security-groups", "done")]
     # (the cut's outcome was on record: the retry finds it in place, as the record says)
     assert ("swap-security-groups", "already") in outcomes
+
+
+def test_a_worker_lost_mid_cut_is_reported_with_the_cut_it_planned_and_released_from_its_prior_state(
+    stack: Stack, member: Member, faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the worker dies on the message's last allowed receive once both interfaces are cut, before the
+    # cut's outcome is written (the message then goes on to the DLQ)
+    vpc = member.vpc()
+    instance = member.instance(vpc, enis=2)
+    before = member.eni_groups(instance)
+    isolation_id = request_isolation(stack, member, instance)
+    _crash_after(faults, "ec2.ModifyNetworkInterfaceAttribute", nth=2)
+    [message] = stack.receive()
+    message["Attributes"]["ApproximateReceiveCount"] = str(stack.max_receive_count)
+    with pytest.raises(Crash):
+        stack.work([message], follow_up=False)
+    faults.clear()
+    stack.sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
+    stack.sqs.send_message(QueueUrl=stack.dlq_url, MessageBody=message["Body"])
+
+    # When the sweeper ends it
+    time_passes(monkeypatch)
+    assert stack.sweep()["lost"] == [isolation_id]
+
+    # Then the record, with no step recorded, says the cut was planned and may be in place
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "FAILED" and record["error"]["code"] == "WorkerLost"
+    assert record["steps"] == [] and record["prior_state"]
+    assert "perhaps in place with no outcome recorded: swap-security-groups" in record["error"]["message"]
+
+    # And a release puts the interfaces back as they were
+    assert release(stack, isolation_id)["status"] == "RELEASED"
+    assert member.eni_groups(instance) == before
+
+
+def test_retries_exhausted_after_a_crash_mid_cut_say_the_cut_may_be_in_place(
+    stack: Stack, member: Member, faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the worker died once both interfaces were cut, before the cut's outcome was written
+    vpc = member.vpc()
+    instance = member.instance(vpc, enis=2)
+    isolation_id = request_isolation(stack, member, instance)
+    _crash_after(faults, "ec2.ModifyNetworkInterfaceAttribute", nth=2)
+    [message] = stack.receive()
+    with pytest.raises(Crash):
+        stack.work([message])
+    faults.clear()
+
+    # When the message's last allowed receive is throttled before it reaches the instance
+    faults.inject("ec2", "DescribeInstances", "RequestLimitExceeded", status=503)
+    time_passes(monkeypatch)
+    message["Attributes"]["ApproximateReceiveCount"] = str(stack.max_receive_count)
+    stack.work([message], follow_up=False)
+
+    # Then the record ends FAILED with the last error, and says the cut an earlier attempt planned may be
+    # in place (nothing in its steps does)
+    record = record_of(stack, isolation_id)
+    assert record["status"] == "FAILED" and record["error"]["code"] == "RequestLimitExceeded"
+    assert record["steps"] == []
+    assert "perhaps in place with no outcome recorded: swap-security-groups" in record["error"]["message"]
 
 
 def test_a_copy_delivered_while_another_runs_backs_off_without_touching_anything(
