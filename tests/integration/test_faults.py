@@ -115,6 +115,26 @@ def _crash_after(faults: Faults, call: str, *, nth: int = 1) -> None:
     faults.hook(f"after-call.{call}", die)
 
 
+def _die_mid_cut(
+    stack: Stack, member: Member, faults: Faults, instance: str, *, last: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """The worker dies once both interfaces of `instance` are cut, before the cut's outcome is written
+    (on the message's last allowed receive when `last`: the message then goes on to the DLQ). Returns the
+    isolation id and the message."""
+    isolation_id = request_isolation(stack, member, instance)
+    _crash_after(faults, "ec2.ModifyNetworkInterfaceAttribute", nth=2)
+    [message] = stack.receive()
+    if last:
+        message["Attributes"]["ApproximateReceiveCount"] = str(stack.max_receive_count)
+    with pytest.raises(Crash):
+        stack.work([message], follow_up=False)
+    faults.clear()
+    if last:
+        stack.sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        stack.sqs.send_message(QueueUrl=stack.dlq_url, MessageBody=message["Body"])
+    return isolation_id, message
+
+
 def _retry(stack: Stack, monkeypatch: pytest.MonkeyPatch, faults: Faults, message: dict[str, Any]) -> None:
     """The crashed attempt's message back once its lease has expired, and every message processed."""
     faults.clear()
@@ -132,11 +152,7 @@ def test_a_crash_mid_cut_leaves_the_cut_planned_on_record_and_the_retry_records_
     # written
     vpc = member.vpc()
     instance = member.instance(vpc, enis=2)
-    isolation_id = request_isolation(stack, member, instance)
-    _crash_after(faults, "ec2.ModifyNetworkInterfaceAttribute", nth=2)
-    [message] = stack.receive()
-    with pytest.raises(Crash):
-        stack.work([message])
+    isolation_id, message = _die_mid_cut(stack, member, faults, instance)
 
     # Then no outcome says so, but the record names the cut as planned (stored, never served) beside the
     # prior state, both written by the begin, before the first change
@@ -203,15 +219,7 @@ def test_a_worker_lost_mid_cut_is_reported_with_the_cut_it_planned_and_released_
     vpc = member.vpc()
     instance = member.instance(vpc, enis=2)
     before = member.eni_groups(instance)
-    isolation_id = request_isolation(stack, member, instance)
-    _crash_after(faults, "ec2.ModifyNetworkInterfaceAttribute", nth=2)
-    [message] = stack.receive()
-    message["Attributes"]["ApproximateReceiveCount"] = str(stack.max_receive_count)
-    with pytest.raises(Crash):
-        stack.work([message], follow_up=False)
-    faults.clear()
-    stack.sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
-    stack.sqs.send_message(QueueUrl=stack.dlq_url, MessageBody=message["Body"])
+    isolation_id, _ = _die_mid_cut(stack, member, faults, instance, last=True)
 
     # When the sweeper ends it
     time_passes(monkeypatch)
@@ -234,12 +242,7 @@ def test_retries_exhausted_after_a_crash_mid_cut_say_the_cut_may_be_in_place(
     # Given the worker died once both interfaces were cut, before the cut's outcome was written
     vpc = member.vpc()
     instance = member.instance(vpc, enis=2)
-    isolation_id = request_isolation(stack, member, instance)
-    _crash_after(faults, "ec2.ModifyNetworkInterfaceAttribute", nth=2)
-    [message] = stack.receive()
-    with pytest.raises(Crash):
-        stack.work([message])
-    faults.clear()
+    isolation_id, message = _die_mid_cut(stack, member, faults, instance)
 
     # When the message's last allowed receive is throttled before it reaches the instance
     faults.inject("ec2", "DescribeInstances", "RequestLimitExceeded", status=503)
