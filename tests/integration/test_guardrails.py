@@ -363,7 +363,7 @@ def test_the_worker_notes_the_accounts_it_held_the_role_in(
             raise PermanentError("RoleNotAssumable", "not trusted")  # moto trusts everyone: AWS's answer
         return real(account_id, *args, **kwargs)
 
-    monkeypatch.setattr("worker.runner.session_for_account", refused)
+    monkeypatch.setattr("worker.receive.session_for_account", refused)
     stack.api(
         "POST",
         "/isolate",
