@@ -12,7 +12,9 @@ same function, or another function, never sees it. Two ways to run a function he
   of memory, `os._exit`) or overruns the function's timeout is killed and gone: its invocation fails
   with `EnvironmentDied` and the next one starts a fresh environment, as in Lambda. Each invocation's
   AWS calls (`service.Operation` with the time each was made) come back with its result, so counts
-  cross the process boundary.
+  cross the process boundary. As Lambda does, an environment learns why it was initialized
+  (`AWS_LAMBDA_INITIALIZATION_TYPE`): `on-demand` when an invocation started it, `provisioned-concurrency`
+  when `warm` started it ahead of any invocation (the handler's init may then prepare more).
 - `InProcess`: the handler in this process, one invocation at a time. Its module state is shared with
   everything else in the process; tests use it to inject faults and crashes in-process (hooks, patched
   functions) where a child process could not see them.
@@ -117,16 +119,21 @@ class FunctionCode:
     count_calls: bool = True
 
 
+#: Lambda's `AWS_LAMBDA_INITIALIZATION_TYPE` of an environment an invocation started, and of one started
+#: ahead of any invocation (Lambda's provisioned concurrency; `Processes.warm` here).
+ON_DEMAND, AHEAD_OF_DEMAND = "on-demand", "provisioned-concurrency"
+
+
 class _Environment:
     """One spawned process running a function's invocations."""
 
-    def __init__(self, code: FunctionCode) -> None:
+    def __init__(self, code: FunctionCode, initialization: str = ON_DEMAND) -> None:
         requests_in, self._requests = _SPAWN.Pipe(duplex=False)
         self._answers, answers_out = _SPAWN.Pipe(duplex=False)
         started = time.monotonic()
         self.process = _SPAWN.Process(
             target=_serve,
-            args=(requests_in, answers_out, code),
+            args=(requests_in, answers_out, code, initialization),
             name=f"lambda-env-{code.handler}",
             daemon=True,
         )
@@ -192,7 +199,7 @@ class Processes:
         self.started = 0  # environments started so far (cold starts)
         self.init_seconds: list[float] = []  # each one's init phase (spawn, imports)
 
-    def _acquire(self) -> tuple[_Environment, bool]:
+    def _acquire(self, initialization: str = ON_DEMAND) -> tuple[_Environment, bool]:
         with self._available:
             while not self._idle and self._count >= self.limit:
                 if self._closed:
@@ -205,7 +212,7 @@ class Processes:
             self._count += 1
             self.started += 1
         try:
-            environment = _Environment(self.code)
+            environment = _Environment(self.code, initialization)
         except BaseException:
             self._gone()
             raise
@@ -227,14 +234,15 @@ class Processes:
             self._available.notify()
 
     def warm(self, count: int = 1) -> None:
-        """Start environments until `count` are idle (at most `limit`): the first invocations are warm."""
+        """Start environments until `count` are idle (at most `limit`): the first invocations are warm.
+        They are initialized as Lambda's provisioned concurrency initializes them (`AHEAD_OF_DEMAND`)."""
         started: list[_Environment] = []
         with contextlib.suppress(EnvironmentDied):
             while len(started) < count:
                 with self._available:
                     if self._count >= self.limit or len(self._idle) + len(started) >= count:
                         break
-                started.append(self._acquire()[0])
+                started.append(self._acquire(AHEAD_OF_DEMAND)[0])
         for environment in started:
             self._release(environment)
 
@@ -297,13 +305,14 @@ class _CallLog:
         return calls
 
 
-def _serve(requests: Connection, answers: Connection, code: FunctionCode) -> None:
-    """An environment's process: init (settings, setups, the handler imported once), then invocations
-    until told to stop. A BaseException that is not an Exception (an injected EnvironmentDied) ends the
-    process without an answer, as a crash would."""
+def _serve(requests: Connection, answers: Connection, code: FunctionCode, initialization: str) -> None:
+    """An environment's process: init (settings, why it is initialized, setups, the handler imported
+    once), then invocations until told to stop. A BaseException that is not an Exception (an injected
+    EnvironmentDied) ends the process without an answer, as a crash would."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the stack, which stops its environments
     try:
         os.environ.update(code.environment)
+        os.environ["AWS_LAMBDA_INITIALIZATION_TYPE"] = initialization
         for setup in code.setups:
             setup.install()
         calls = _CallLog()

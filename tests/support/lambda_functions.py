@@ -30,4 +30,5 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "started": started,
         "ended": time.time(),
         "function": context.function_name,
+        "initialization": os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE"),
     }

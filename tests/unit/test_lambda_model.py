@@ -146,6 +146,28 @@ def test_module_state_belongs_to_one_environment(runtimes: list[Processes]) -> N
     assert {first.result["function"], cold.result["function"]} == {"test-fn"}
 
 
+def test_an_environment_knows_why_it_was_initialized_as_in_lambda(runtimes: list[Processes]) -> None:
+    # Given a function with one environment started ahead of any invocation (provisioned concurrency)
+    runtime = Processes(code(TEST_HANDLER_SECONDS="0.3"), limit=2)
+    runtimes.append(runtime)
+    runtime.warm(1)
+    event = {"Records": [{"body": "x"}]}
+
+    # When two invocations come at once (the second starts an environment on demand)
+    concurrent: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda: concurrent.append(runtime.invoke(event, context()))) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then each environment's init saw Lambda's AWS_LAMBDA_INITIALIZATION_TYPE for how it started
+    by_start = {invocation.cold: invocation.result["initialization"] for invocation in concurrent}
+    assert by_start == {False: "provisioned-concurrency", True: "on-demand"}
+
+
 @pytest.mark.parametrize("body", ["die", "sleep"], ids=["killed", "timed-out"])
 def test_a_dead_environment_returns_its_whole_batch_and_is_replaced(
     runtimes: list[Processes], body: str
