@@ -320,7 +320,9 @@ class LocalStack:
 
     def _exempt_demo_instances(self) -> None:
         """The demo's exempt instances get their exemption in the stack's exemption table, as
-        POST /exemptions creates it (its event too): nothing on an instance exempts it."""
+        POST /exemptions creates it (its event too): nothing on an instance exempts it. The seeding is the
+        stack's own work, not a request's: the functions' log lines of it are not printed (they would
+        come before the banner, which lists the exempt instances)."""
         from datetime import timedelta
 
         from ingest import exemptions
@@ -332,22 +334,28 @@ class LocalStack:
         assert self.demo is not None
         settings = ingest_settings()
         store = ExemptionStore(settings.EXEMPTION_TABLE_NAME, client=self.client("dynamodb"))
-        for instance in (instance for instance in self.demo.instances if instance.exempt):
-            request = ExemptionRequest(
-                account_id=instance.account_id,
-                instance_id=instance.instance_id,
-                reason="demo: a workload the security team chose to leave to its owners",
-                expires_at=iso8601(utcnow() + timedelta(days=30)),
-                requested_by="ec2-isolation serve --seed-demo",
-            )
-            with contextlib.suppress(exemptions.ExemptAlready):  # an endpoint seeded before
-                exemptions.create(
-                    request,
-                    caller_arn=None,
-                    store=store,
-                    events=self.client("events"),
-                    bus=settings.EVENT_BUS_NAME,
+        function_logger = logging.getLogger(os.environ.get("POWERTOOLS_SERVICE_NAME") or "ec2-isolation")
+        level = function_logger.level
+        function_logger.setLevel(logging.WARNING)
+        try:
+            for instance in (instance for instance in self.demo.instances if instance.exempt):
+                request = ExemptionRequest(
+                    account_id=instance.account_id,
+                    instance_id=instance.instance_id,
+                    reason="demo: a workload the security team chose to leave to its owners",
+                    expires_at=iso8601(utcnow() + timedelta(days=30)),
+                    requested_by="ec2-isolation serve --seed-demo",
                 )
+                with contextlib.suppress(exemptions.ExemptAlready):  # an endpoint seeded before
+                    exemptions.create(
+                        request,
+                        caller_arn=None,
+                        store=store,
+                        events=self.client("events"),
+                        bus=settings.EVENT_BUS_NAME,
+                    )
+        finally:
+            function_logger.setLevel(level)
 
     @staticmethod
     def _not_ready(event: dict[str, Any], context: Any) -> Any:

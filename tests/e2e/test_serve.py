@@ -82,6 +82,13 @@ def server() -> Iterator[Server]:
         served.stop(signal.SIGKILL if served.process.poll() is None else signal.SIGTERM)
 
 
+def test_the_banner_is_the_first_thing_printed(server: Server) -> None:
+    # (seeding the demo is the stack's own work: no function log line comes before the banner)
+    banner = next(i for i, line in enumerate(server.served.lines) if line.startswith("aws endpoint: "))
+    before = [line for line in server.served.lines[:banner] if line.lstrip().startswith("{")]
+    assert before == []
+
+
 def _follow(server: Server, isolation_id: str, timeout: float = 30) -> tuple[list[str], dict[str, Any]]:
     seen: list[str] = []
     deadline = time.monotonic() + timeout
