@@ -30,9 +30,9 @@ import time
 from decimal import Decimal
 from typing import Any
 
+import shared.store.slots as slots
 from shared.lifecycle import EqualsParam, Missing, Status
 from shared.models import IsolationRecord, Target
-from shared.store import slots
 from shared.store.dynamo import Write, epoch, key, updated_if
 from shared.store.slots import ISOLATED_IN, LATEST, slot_key
 from shared.store.table import RecordTable

@@ -36,6 +36,16 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+import shared.store.episodes as episodes
+import shared.store.exemptions as exemptions
+import shared.store.idempotency as idempotency
+import shared.store.isolation_groups as isolation_groups
+import shared.store.rate_limits as rate_limits
+import shared.store.record_ends as record_ends
+import shared.store.record_leases as record_leases
+import shared.store.role_leases as role_leases
+import shared.store.slots as slots
+import shared.store.tamper_repairs as tamper_repairs
 from shared import lifecycle, unended
 from shared.errors import error_code
 from shared.exemptions import Exemption
@@ -49,18 +59,6 @@ from shared.models import (
     Target,
     iso8601,
     utcnow,
-)
-from shared.store import (
-    episodes,
-    exemptions,
-    idempotency,
-    isolation_groups,
-    rate_limits,
-    record_ends,
-    record_leases,
-    role_leases,
-    slots,
-    tamper_repairs,
 )
 from shared.store.dynamo import (
     Refused,

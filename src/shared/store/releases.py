@@ -19,6 +19,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+import shared.store.episode_ends as episode_ends
+import shared.store.record_ends as record_ends
+import shared.store.record_leases as record_leases
+import shared.store.slots as slots
 from shared import lifecycle, unended
 from shared.lifecycle import Status, Transition
 from shared.models import (
@@ -29,7 +33,6 @@ from shared.models import (
     iso8601,
     utcnow,
 )
-from shared.store import episode_ends, record_ends, record_leases, slots
 from shared.store.dynamo import Refused, Write, epoch, key, query_items, refusals, updated_if
 from shared.store.episodes import EpisodeReads
 from shared.store.record_ends import Ended, end_with_slot

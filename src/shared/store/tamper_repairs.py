@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import shared.store.rate_limits as rate_limits
 from shared.models import Target
-from shared.store import rate_limits
 
 PREFIX = "repairs#"
 
