@@ -117,6 +117,19 @@ def test_batches_of_the_batch_size_in_at_most_maximum_concurrency_environments(
     assert len({result["pid"] for result in results}) == 2 == runtime.started
 
 
+def _at_once(runtime: Processes, event: dict[str, Any], count: int) -> list[Any]:
+    """`count` invocations of `event` at once: their invocations, in the order they ended."""
+    ended: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda: ended.append(runtime.invoke(event, context()))) for _ in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return ended
+
+
 def test_module_state_belongs_to_one_environment(runtimes: list[Processes]) -> None:
     # Given a function allowed two environments
     runtime = Processes(code(TEST_HANDLER_SECONDS="0.3"), limit=2)
@@ -125,14 +138,7 @@ def test_module_state_belongs_to_one_environment(runtimes: list[Processes]) -> N
 
     # When it is invoked once, then twice at once
     first = runtime.invoke(event, context())
-    concurrent: list[Any] = []
-    threads = [
-        threading.Thread(target=lambda: concurrent.append(runtime.invoke(event, context()))) for _ in range(2)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    concurrent = _at_once(runtime, event, 2)
 
     # Then the first environment was reused warm (its module state carried on) and a second one started
     # cold, with module state of its own
@@ -154,14 +160,7 @@ def test_an_environment_knows_why_it_was_initialized_as_in_lambda(runtimes: list
     event = {"Records": [{"body": "x"}]}
 
     # When two invocations come at once (the second starts an environment on demand)
-    concurrent: list[Any] = []
-    threads = [
-        threading.Thread(target=lambda: concurrent.append(runtime.invoke(event, context()))) for _ in range(2)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    concurrent = _at_once(runtime, event, 2)
 
     # Then each environment's init saw Lambda's AWS_LAMBDA_INITIALIZATION_TYPE for how it started
     by_start = {invocation.cold: invocation.result["initialization"] for invocation in concurrent}
