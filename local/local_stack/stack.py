@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import secrets
+import string
 import sys
 import threading
 import time
@@ -87,6 +88,16 @@ def _handler(function: Function) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
+#: What an API key is made of when API Gateway generates one: letters and digits.
+_KEY_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_api_key() -> str:
+    """A key for the local API, shaped as API Gateway generates one (40 letters and digits): it never
+    starts with "-", which a command line would read as an option (`--api-key -x...`)."""
+    return "".join(secrets.choice(_KEY_ALPHABET) for _ in range(40))
+
+
 class LocalStack:
     def __init__(
         self,
@@ -123,7 +134,7 @@ class LocalStack:
         self.host = host
         self.port = port
         self.requested_endpoint = aws_endpoint
-        self.api_key = api_key or secrets.token_urlsafe(24)
+        self.api_key = api_key or new_api_key()
         self.target_role_name = target_role_name
         self.allowed_accounts = allowed_accounts
         self.seed = seed_demo

@@ -523,3 +523,17 @@ def test_until_that_is_not_a_time_is_a_usage_error(given: str, capsys: Any) -> N
             ["exempt", "i-0123456789abcdef0", "--account", "111122223333", "--reason", "x", "--until", given]
         )
     assert exited.value.code == 2 and "--until" in capsys.readouterr().err
+
+
+def test_a_local_api_key_is_never_read_as_an_option() -> None:
+    # Given the keys the local stack generates (a key starting with "-" once made the client's own
+    # `--api-key KEY` fail: "expected one argument")
+    from local_stack.stack import new_api_key
+
+    keys = {new_api_key() for _ in range(2000)}
+
+    # Then each is shaped as API Gateway generates one, and the client's parser takes it as the key
+    assert all(re.fullmatch(r"[A-Za-z0-9]{40}", key) for key in keys)
+    for key in list(keys)[:200]:
+        parsed = arguments.parser().parse_args(["list", "--api", LOCAL, "--api-key", key])
+        assert parsed.api_key == key
