@@ -31,7 +31,8 @@ from shared.store.isolation_groups import GroupClaim
 from worker.at_once import both_at_once, each_at_once
 from worker.instance import describe_many
 from worker.procedures import HOLD
-from worker.runner import Attempt, Outcome, WorkerDeps
+from worker.receive import Outcome, WorkerDeps
+from worker.runner import Attempt
 from worker.steps import network
 
 #: SendMessageBatch takes at most ten messages.

@@ -85,7 +85,6 @@ from worker.instance import Instance, describe
 from worker.journal import StepJournal
 from worker.procedures import CONTAINMENT, FOLLOW_UP, HOLD, Procedure
 from worker.receive import Outcome, Receive
-from worker.receive import WorkerDeps as WorkerDeps  # (`worker.batch` takes it from here)
 from worker.steps import Step, StepContext, network
 from worker.steps.base import Plan
 
@@ -129,13 +128,14 @@ class _Receive(Receive):
         return self.subject.target
 
     def _give_up(self, error: IsolationError) -> None:
-        attempts = self._attempts()
-        # What an earlier attempt planned and left no outcome of (this one may not have begun the record).
+        # The record as this receive's writes left it, or (it may not have begun it) as stored, read once:
+        # its attempts, and what an earlier attempt planned and left no outcome of.
         stored = (
             self.journal.record
             if self.journal is not None
             else self.deps.store.get(self.subject.isolation_id)
         )
+        attempts = self._attempts(stored)
         message = self._gave_up(attempts, error) + (unended.unrecorded(stored) if stored else "")
         self._end_failed(ErrorInfo(code=error.code, message=message), resumable=True, attempts=attempts)
 
@@ -145,13 +145,13 @@ class _Receive(Receive):
             f"last error: {error.message}"
         )
 
-    def _attempts(self) -> int:
+    def _attempts(self, current: IsolationRecord | None = None) -> int:
         """The record's attempts, this one included. One that failed before `begin_attempt` is counted
         here; so is every receive of the message (a trigger's earlier receives may have failed before its
-        record existed)."""
+        record existed). `current`: the record as stored, when the caller read it (else it is read)."""
         if self.began_as is not None:
             return self.began_as
-        current = self.deps.store.get(self.subject.isolation_id)
+        current = current or self.deps.store.get(self.subject.isolation_id)
         return max((current.attempts if current else 0) + 1, self.receive_count)
 
     def _end_failed(self, error: ErrorInfo, *, resumable: bool = False, attempts: int | None = None) -> None:
@@ -609,10 +609,10 @@ class FollowUp(_Receive):
             return Outcome.FAILED
         return Outcome.ISOLATED
 
-    def _attempts(self) -> int:
+    def _attempts(self, current: IsolationRecord | None = None) -> int:
         if self.began_as is not None:
             return self.began_as
-        current = self.deps.store.get(self.message.isolation_id)
+        current = current or self.deps.store.get(self.message.isolation_id)
         return max(current.attempts if current else 0, 1)
 
     def _gave_up(self, attempts: int, error: IsolationError) -> str:
